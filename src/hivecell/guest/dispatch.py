@@ -1,0 +1,62 @@
+"""Method registry and the validating wrapper every handler goes through.
+
+Handlers are plain ``async def handler(params, ctx) -> Result`` functions registered on a
+``Router`` per tool module. The dispatcher validates params against the contract in
+``hivecell.protocol.methods`` (pydantic ValidationError -> invalid params) and checks the
+result type; turning exceptions into wire errors happens in one place,
+``hivecell.protocol.jsonrpc.exception_to_error``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from hivecell.errors import InternalError, MethodNotFound
+from hivecell.guest.context import CallContext
+from hivecell.protocol.methods import METHODS, MethodSpec, Params, Result
+
+P = TypeVar("P", bound=Params)
+Handler = Callable[[Any, CallContext], Awaitable[Result]]
+
+
+class Router:
+    """Collects handlers of one tool module."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, Handler] = {}
+
+    def method(self, name: str) -> Callable[[Handler], Handler]:
+        if name not in METHODS:
+            raise ValueError(f"{name!r} is not in hivecell.protocol.methods.METHODS")
+
+        def register(fn: Handler) -> Handler:
+            self.handlers[name] = fn
+            return fn
+
+        return register
+
+
+class Dispatcher:
+    def __init__(self, *routers: Router) -> None:
+        self._handlers: dict[str, tuple[MethodSpec, Handler]] = {}
+        for router in routers:
+            for name, fn in router.handlers.items():
+                self._handlers[name] = (METHODS[name], fn)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._handlers)
+
+    async def call(self, method: str, params: dict[str, Any] | None, ctx: CallContext) -> Any:
+        entry = self._handlers.get(method)
+        if entry is None:
+            raise MethodNotFound(
+                f"method not found: {method!r}; call get_agent_info for the method list", op=method
+            )
+        spec, fn = entry
+        parsed = spec.params.model_validate(params or {})
+        result = await fn(parsed, ctx)
+        if not isinstance(result, spec.result):
+            raise InternalError(f"{method} returned {type(result).__name__}", op=method)
+        return result.model_dump(mode="json")

@@ -1,0 +1,171 @@
+"""One JSON-RPC connection: read frames, run each request in its own cancel scope, answer.
+
+The connection is an explicit state machine (authenticating -> ready -> closed). Every
+request runs in the connection's task group with a cancel scope registered under its id,
+so ``cancel`` can stop it and a dropped connection stops all of them.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import logging
+import time
+from typing import Any
+
+import anyio
+from anyio.abc import ByteStream, TaskGroup
+
+from pydantic import ValidationError
+
+from hivecell.errors import Cancelled, HivecellError, Unauthenticated
+from hivecell.guest.context import CallContext, Services
+from hivecell.guest.dispatch import Dispatcher
+from hivecell.protocol import jsonrpc
+from hivecell.protocol.framing import MAX_FRAME_BYTES, FrameReader, FrameWriter, Oversized
+
+log = logging.getLogger("hivecell.guest")
+
+
+class ConnState(enum.Enum):
+    AUTHENTICATING = "authenticating"
+    READY = "ready"
+    CLOSED = "closed"
+
+
+class Connection:
+    def __init__(
+        self,
+        stream: ByteStream,
+        dispatcher: Dispatcher,
+        services: Services,
+        max_frame: int = MAX_FRAME_BYTES,
+    ) -> None:
+        self._stream = stream
+        self._dispatcher = dispatcher
+        self._services = services
+        self._max_frame = max_frame
+        self._writer = FrameWriter(stream)
+        self._inflight: dict[jsonrpc.RequestId, anyio.CancelScope] = {}
+        needs_auth = services.config.token is not None
+        self.state = ConnState.AUTHENTICATING if needs_auth else ConnState.READY
+
+    async def serve(self) -> None:
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._heartbeat)
+                await self._read_loop(tg)
+                tg.cancel_scope.cancel()  # peer went away: stop its in-flight work
+        finally:
+            self.state = ConnState.CLOSED
+            await self._stream.aclose()
+
+    async def _read_loop(self, tg: TaskGroup) -> None:
+        async for frame in FrameReader(self._stream, self._max_frame):
+            if isinstance(frame, Oversized):
+                await self._send_error(
+                    None,
+                    jsonrpc.INVALID_REQUEST,
+                    f"frame of {frame.size} bytes exceeds the {self._max_frame}-byte limit; "
+                    "send large files in chunks (read_file offset/length)",
+                )
+                continue
+            if frame.strip():
+                await self._accept(frame, tg)
+
+    async def _accept(self, frame: bytes, tg: TaskGroup) -> None:
+        try:
+            request = jsonrpc.parse_request(frame)
+        except jsonrpc.BadFrame as bad:
+            await self._send_error(bad.request_id, bad.code, bad.message)
+            return
+        if self.state is ConnState.AUTHENTICATING and request.method != "authenticate":
+            await self._reply_exception(
+                request,
+                Unauthenticated("call authenticate with the sandbox token first", op=request.method),
+            )
+        elif request.method in ("authenticate", "cancel"):
+            await self._handle_inline(request)  # answered in order, never queued behind work
+        else:
+            tg.start_soon(self._run, request)
+
+    async def _handle_inline(self, request: jsonrpc.Request) -> None:
+        try:
+            if request.method == "authenticate":
+                result = self._authenticate(request.params or {})
+            else:
+                result = self._cancel(request.params or {})
+        except Exception as exc:
+            await self._reply_exception(request, exc)
+            return
+        if not request.is_notification:
+            await self._write(jsonrpc.result_message(request.id, result))
+
+    def _authenticate(self, params: dict[str, Any]) -> dict[str, Any]:
+        from hivecell.protocol.methods import AuthenticateParams
+
+        token = AuthenticateParams.model_validate(params).token
+        expected = self._services.config.token
+        if expected is not None and not hmac.compare_digest(token.encode(), expected.encode()):
+            raise Unauthenticated("wrong token; use the token printed when the sandbox was created")
+        self.state = ConnState.READY
+        return {"ok": True}
+
+    def _cancel(self, params: dict[str, Any]) -> dict[str, Any]:
+        from hivecell.protocol.methods import CancelParams
+
+        target = CancelParams.model_validate(params).id
+        scope = self._inflight.get(target)
+        if scope is not None:
+            scope.cancel()
+        return {"cancelled": scope is not None}
+
+    async def _run(self, request: jsonrpc.Request) -> None:
+        ctx = CallContext(self._services, request.id, self._notify)
+        key = request.id if request.id is not None else object()
+        with anyio.CancelScope() as scope:
+            if not request.is_notification:
+                self._inflight[key] = scope  # type: ignore[index]
+            try:
+                result = await self._dispatcher.call(request.method, request.params, ctx)
+            except Exception as exc:
+                log.debug("request %s failed", request.method, exc_info=True)
+                await self._reply_exception(request, exc)
+                return
+            finally:
+                self._inflight.pop(key, None)  # type: ignore[call-overload]
+            if not request.is_notification:
+                await self._write(jsonrpc.result_message(request.id, result))
+        if scope.cancelled_caught and not request.is_notification:
+            with anyio.CancelScope(shield=True):
+                await self._reply_exception(
+                    request, Cancelled("cancelled by a cancel request", op=request.method)
+                )
+
+    async def _reply_exception(self, request: jsonrpc.Request, exc: BaseException) -> None:
+        if not isinstance(exc, HivecellError | ValidationError):
+            if isinstance(exc, Exception):
+                log.exception("unexpected error in %s", request.method, exc_info=exc)
+        if request.is_notification:
+            return
+        await self._write(jsonrpc.exception_to_error(request.id, exc, request.method))
+
+    async def _write(self, message: dict[str, Any]) -> None:
+        try:
+            await self._writer.send(message)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            pass  # the peer left; the read loop sees end of stream and closes
+
+    async def _send_error(self, request_id: jsonrpc.RequestId | None, code: int, msg: str) -> None:
+        await self._write(jsonrpc.error_message(request_id, code, msg))
+
+    async def _notify(self, method: str, params: dict[str, Any]) -> None:
+        await self._write(jsonrpc.notification(method, params))
+
+    async def _heartbeat(self) -> None:
+        seq = 0
+        while True:
+            if self.state is ConnState.READY:
+                seq += 1
+                await self._notify("heartbeat", {"seq": seq, "time": time.time()})
+            await anyio.sleep(self._services.config.heartbeat_interval)

@@ -1,0 +1,7 @@
+"""Guest tools: shell (handlers registered on ``router``)."""
+
+from __future__ import annotations
+
+from hivecell.guest.dispatch import Router
+
+router = Router()

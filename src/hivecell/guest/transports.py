@@ -1,0 +1,89 @@
+"""Byte-stream transports the agent listens on: unix socket, TCP, virtio-serial device.
+
+They all hand a ``ByteStream`` to the same ``Connection``; only how the stream is obtained
+differs. TCP requires a token (``authenticate`` first), enforced by the connection.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import anyio
+from anyio.abc import ByteStream, Listener
+
+from hivecell.errors import ConfigError
+
+StreamHandler = Callable[[ByteStream], Awaitable[None]]
+
+
+async def unix_listener(path: Path) -> Listener[ByteStream]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    listener = await anyio.create_unix_listener(path)
+    path.chmod(0o600)
+    return listener  # type: ignore[return-value]
+
+
+async def tcp_listener(host: str, port: int, token: str | None) -> Listener[ByteStream]:
+    if not token:
+        raise ConfigError(
+            "TCP needs a token: pass --token or set HIVECELL_GUEST_TOKEN", op="listen"
+        )
+    return await anyio.create_tcp_listener(local_host=host, local_port=port)  # type: ignore[return-value]
+
+
+class CharDeviceStream(ByteStream):
+    """A virtio-serial port (``/dev/virtio-ports/NAME``) used as a byte stream.
+
+    The device never reports end of stream when the host side disconnects; reads just
+    block until the next host opens it, which is what a long-lived agent wants.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self._fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while True:
+            await anyio.wait_readable(self._fd)
+            try:
+                data = os.read(self._fd, max_bytes)
+            except BlockingIOError:
+                continue
+            if data:
+                return data
+            await anyio.sleep(0.05)  # no host connected: poll gently
+
+    async def send(self, item: bytes) -> None:
+        view = memoryview(item)
+        while view:
+            try:
+                written = os.write(self._fd, view)
+            except BlockingIOError:
+                await anyio.wait_writable(self._fd)
+                continue
+            except OSError as exc:
+                if exc.errno == errno.EIO:
+                    raise anyio.BrokenResourceError from exc
+                raise
+            view = view[written:]
+
+    async def send_eof(self) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+async def serve_listener(listener: Listener[ByteStream], handler: StreamHandler) -> None:
+    async with listener:
+        await listener.serve(handler)
+
+
+async def serve_device(path: Path, handler: StreamHandler) -> None:
+    while True:
+        await handler(CharDeviceStream(path))

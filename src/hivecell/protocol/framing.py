@@ -1,0 +1,104 @@
+"""Newline-delimited JSON framing over any anyio byte stream.
+
+The same reader serves unix sockets, TCP and virtio-serial character devices. A frame
+that grows past the limit is skipped up to its newline and reported as ``Oversized``
+so the peer gets an error instead of the agent running out of memory.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from anyio.abc import ByteReceiveStream, ByteSendStream
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+_CHUNK = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A frame longer than the limit; its bytes were discarded."""
+
+    size: int
+
+
+class FrameReader:
+    """Yields each line (without the newline) or ``Oversized`` markers."""
+
+    def __init__(self, stream: ByteReceiveStream, max_bytes: int = MAX_FRAME_BYTES) -> None:
+        self._stream = stream
+        self._max = max_bytes
+        self._buf = bytearray()
+        self._skipping = 0  # bytes discarded of the current oversized frame; 0 = not skipping
+        self._eof = False
+
+    def __aiter__(self) -> FrameReader:
+        return self
+
+    async def __anext__(self) -> bytes | Oversized:
+        while True:
+            frame = self._take_frame()
+            if frame is not None:
+                return frame
+            if self._eof:
+                raise StopAsyncIteration
+            await self._fill()
+
+    def _take_frame(self) -> bytes | Oversized | None:
+        idx = self._buf.find(b"\n")
+        if self._skipping:
+            return self._skip(idx)
+        if idx >= 0:
+            line = bytes(self._buf[:idx])
+            del self._buf[: idx + 1]
+            return line if len(line) <= self._max else Oversized(len(line))
+        if len(self._buf) > self._max:
+            self._skipping = len(self._buf)
+            self._buf.clear()
+        elif self._eof and self._buf:
+            line = bytes(self._buf)  # last frame without trailing newline
+            self._buf.clear()
+            return line
+        return None
+
+    def _skip(self, idx: int) -> Oversized | None:
+        if idx < 0:
+            self._skipping += len(self._buf)
+            self._buf.clear()
+            if not self._eof:
+                return None
+            size, self._skipping = self._skipping, 0
+            return Oversized(size)
+        size = self._skipping + idx
+        del self._buf[: idx + 1]
+        self._skipping = 0
+        return Oversized(size)
+
+    async def _fill(self) -> None:
+        try:
+            chunk = await self._stream.receive(_CHUNK)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._eof = True
+            return
+        self._buf += chunk
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    """One compact JSON document plus the newline; JSON escapes keep it on one line."""
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+class FrameWriter:
+    """Serialises writes so concurrent responses never interleave on the wire."""
+
+    def __init__(self, stream: ByteSendStream) -> None:
+        self._stream = stream
+        self._lock = anyio.Lock()
+
+    async def send(self, message: dict[str, Any]) -> None:
+        data = encode(message)
+        async with self._lock:
+            await self._stream.send(data)

@@ -1,0 +1,72 @@
+"""The one interface every sandbox provider implements (local now; qemu and k8s later).
+
+Providers pass the shared conformance suite in ``tests/sandbox/conformance.py``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from hivecell.sandbox.guest_client import GuestClient
+
+NetworkMode = Literal["offline", "nat"]
+Status = Literal["running", "stopped", "error"]
+
+
+class SandboxSpec(BaseModel):
+    """What to create. Defaults are what a user gets from a bare ``hivecell sandbox create``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int = Field(1280, ge=320, le=7680)
+    height: int = Field(800, ge=200, le=4320)
+    depth: Literal[16, 24] = 24
+    network: NetworkMode = "offline"
+    memory_mb: int | None = Field(4096, ge=64, description="memory limit; None = unlimited")
+    max_pids: int | None = Field(1024, ge=16, description="process limit; None = unlimited")
+    max_file_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    name: str | None = Field(None, max_length=64)
+
+
+class SandboxInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    provider: str
+    status: Status
+    spec: SandboxSpec
+    created_at: float
+    endpoint: str = Field(description="guest agent address: unix:/path, tcp:host:port or serial:/path")
+    shared_dir: str = Field(description="host folder mounted at /shared inside the sandbox")
+    vnc_endpoint: str | None = None
+    detail: str = ""
+
+
+@runtime_checkable
+class SandboxProvider(Protocol):
+    """Creates, runs and removes sandboxes; hands out guest connections."""
+
+    name: str
+
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        """Create and start a sandbox; returns once the guest answers ``ping``."""
+        ...
+
+    async def start(self, sandbox_id: str) -> SandboxInfo: ...
+
+    async def stop(self, sandbox_id: str) -> SandboxInfo: ...
+
+    async def destroy(self, sandbox_id: str) -> None:
+        """Stop and remove everything: processes, mounts, folders. Idempotent."""
+        ...
+
+    async def connect(self, sandbox_id: str) -> GuestClient:
+        """An open client to the sandbox's guest agent (caller closes it)."""
+        ...
+
+    async def info(self, sandbox_id: str) -> SandboxInfo: ...
+
+    async def list(self) -> list[SandboxInfo]: ...
