@@ -1,0 +1,1 @@
+"""Benchmarks behind ``hivecell bench``: medians and ratios against a peer in the same run."""

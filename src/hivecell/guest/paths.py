@@ -22,9 +22,11 @@ def resolve(raw: str, roots: list[Path], *, op: str, base: Path | None = None) -
     its existing part is resolved through symlinks.
     """
     if "\x00" in raw or len(raw) > MAX_PATH:
-        raise PathDenied("path contains a NUL byte or is too long", op=op, context={"path": raw[:200]})
+        raise PathDenied(
+            "path contains a NUL byte or is too long", op=op, context={"path": raw[:200]}
+        )
     start = base or (roots[0] if roots else Path("/"))
-    joined = Path(os.path.expanduser(raw)) if raw.startswith("~") else start / raw
+    joined = Path(raw).expanduser() if raw.startswith("~") else start / raw
     real = Path(os.path.realpath(joined))
     for root in roots:
         root_real = Path(os.path.realpath(root))

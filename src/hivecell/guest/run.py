@@ -46,7 +46,9 @@ async def _listen(handle, unix, tcp, device, services: Services) -> None:  # typ
         await transports.serve_listener(await transports.unix_listener(unix), handle)
     elif tcp is not None:
         host, _, port = tcp.rpartition(":")
-        listener = await transports.tcp_listener(host or "127.0.0.1", int(port), services.config.token)
+        listener = await transports.tcp_listener(
+            host or "127.0.0.1", int(port), services.config.token
+        )
         await transports.serve_listener(listener, handle)
     elif device is not None:
         await transports.serve_device(device, handle)

@@ -7,6 +7,7 @@ so ``cancel`` can stop it and a dropped connection stops all of them.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hmac
 import logging
@@ -15,7 +16,6 @@ from typing import Any
 
 import anyio
 from anyio.abc import ByteStream, TaskGroup
-
 from pydantic import ValidationError
 
 from hivecell.errors import Cancelled, HivecellError, Unauthenticated
@@ -82,7 +82,9 @@ class Connection:
         if self.state is ConnState.AUTHENTICATING and request.method != "authenticate":
             await self._reply_exception(
                 request,
-                Unauthenticated("call authenticate with the sandbox token first", op=request.method),
+                Unauthenticated(
+                    "call authenticate with the sandbox token first", op=request.method
+                ),
             )
         elif request.method in ("authenticate", "cancel"):
             await self._handle_inline(request)  # answered in order, never queued behind work
@@ -143,18 +145,16 @@ class Connection:
                 )
 
     async def _reply_exception(self, request: jsonrpc.Request, exc: BaseException) -> None:
-        if not isinstance(exc, HivecellError | ValidationError):
-            if isinstance(exc, Exception):
-                log.exception("unexpected error in %s", request.method, exc_info=exc)
+        if isinstance(exc, Exception) and not isinstance(exc, HivecellError | ValidationError):
+            log.exception("unexpected error in %s", request.method, exc_info=exc)
         if request.is_notification:
             return
         await self._write(jsonrpc.exception_to_error(request.id, exc, request.method))
 
     async def _write(self, message: dict[str, Any]) -> None:
-        try:
+        # If the peer left, the read loop sees end of stream and closes the connection.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             await self._writer.send(message)
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            pass  # the peer left; the read loop sees end of stream and closes
 
     async def _send_error(self, request_id: jsonrpc.RequestId | None, code: int, msg: str) -> None:
         await self._write(jsonrpc.error_message(request_id, code, msg))

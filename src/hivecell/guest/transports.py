@@ -20,10 +20,11 @@ StreamHandler = Callable[[ByteStream], Awaitable[None]]
 
 
 async def unix_listener(path: Path) -> Listener[ByteStream]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
+    apath = anyio.Path(path)
+    await apath.parent.mkdir(parents=True, exist_ok=True)
+    await apath.unlink(missing_ok=True)
     listener = await anyio.create_unix_listener(path)
-    path.chmod(0o600)
+    await apath.chmod(0o600)
     return listener  # type: ignore[return-value]
 
 

@@ -62,13 +62,17 @@ def parse_request(frame: bytes) -> Request:
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadFrame(PARSE_ERROR, f"parse error: frame is not valid UTF-8 JSON ({exc})") from None
     if not isinstance(doc, dict):
-        raise BadFrame(INVALID_REQUEST, "invalid request: expected a JSON object (batches are not supported)")
+        raise BadFrame(
+            INVALID_REQUEST, "invalid request: expected a JSON object (batches are not supported)"
+        )
     raw_id = doc.get("id")
     request_id = raw_id if isinstance(raw_id, int | str) and not isinstance(raw_id, bool) else None
     try:
         return Request.model_validate({**doc, "has_id": "id" in doc})
     except ValidationError as exc:
-        raise BadFrame(INVALID_REQUEST, f"invalid request: {describe_validation(exc)}", request_id) from None
+        raise BadFrame(
+            INVALID_REQUEST, f"invalid request: {describe_validation(exc)}", request_id
+        ) from None
 
 
 def describe_validation(exc: ValidationError, limit: int = 5) -> str:
@@ -117,7 +121,9 @@ def exception_to_error(request_id: RequestId | None, exc: BaseException, op: str
     if isinstance(exc, BadFrame):
         exc = InvalidRequest(exc.message, op=op)
     if not isinstance(exc, HivecellError):
-        exc = InternalError(f"internal error ({type(exc).__name__}); see the guest agent log", op=op)
+        exc = InternalError(
+            f"internal error ({type(exc).__name__}); see the guest agent log", op=op
+        )
     if not exc.op:
         exc.op = op
     return error_message(request_id, exc.rpc_code, exc.message, exc.to_data())

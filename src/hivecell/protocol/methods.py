@@ -126,12 +126,16 @@ class _ExecLimits(Params):
     env: dict[str, str] | None = Field(None, description="added to the sandbox environment")
     stdin: str | None = Field(None, max_length=MAX_TEXT)
     timeout: float = Field(60.0, gt=0, le=3600, description="seconds before the process is killed")
-    max_output: int = Field(1024 * 1024, ge=0, le=16 * 1024 * 1024, description="bytes kept per stream")
+    max_output: int = Field(
+        1024 * 1024, ge=0, le=16 * 1024 * 1024, description="bytes kept per stream"
+    )
     stream: bool = Field(False, description="send exec.output notifications while it runs")
 
 
 class ExecParams(_ExecLimits):
-    argv: list[str] = Field(min_length=1, max_length=4096, description="program and arguments; no shell")
+    argv: list[str] = Field(
+        min_length=1, max_length=4096, description="program and arguments; no shell"
+    )
 
 
 class RunShellParams(_ExecLimits):
@@ -371,7 +375,9 @@ class QuitResult(Result):
 
 class SettleParams(Params):
     timeout: float = Field(5.0, gt=0, le=120)
-    quiet_ms: int = Field(50, ge=10, le=10_000, description="how long the screen must stay unchanged")
+    quiet_ms: int = Field(
+        50, ge=10, le=10_000, description="how long the screen must stay unchanged"
+    )
 
 
 class SettleResult(Result):

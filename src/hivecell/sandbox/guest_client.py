@@ -10,6 +10,7 @@ them. Use it as an async context manager::
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import time
@@ -101,7 +102,9 @@ class GuestClient:
             self._pending.pop(request_id, None)
         return self._unwrap(pending, method)
 
-    async def _wait(self, pending: _Pending, request_id: int, method: str, timeout: float | None) -> None:
+    async def _wait(
+        self, pending: _Pending, request_id: int, method: str, timeout: float | None
+    ) -> None:
         try:
             with anyio.fail_after(timeout):
                 await pending.event.wait()
@@ -115,16 +118,19 @@ class GuestClient:
             raise
 
     async def _cancel_remote(self, request_id: int) -> None:
-        with anyio.CancelScope(shield=True), anyio.move_on_after(1):
-            try:
-                await self._send({"jsonrpc": "2.0", "method": "cancel", "params": {"id": request_id}}, "cancel")
-            except GuestUnavailable:
-                pass
+        with (
+            anyio.CancelScope(shield=True),
+            anyio.move_on_after(1),
+            contextlib.suppress(GuestUnavailable),
+        ):
+            await self.notify("cancel", {"id": request_id})
 
     def _unwrap(self, pending: _Pending, method: str) -> Any:
         reply = pending.reply
         if reply is None:
-            raise GuestUnavailable(f"connection to the guest closed: {self._closed_reason}", op=method)
+            raise GuestUnavailable(
+                f"connection to the guest closed: {self._closed_reason}", op=method
+            )
         if reply.get("error") is not None:
             raise from_wire(reply["error"], op=method)
         return reply.get("result")

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One entry point for a fresh Debian/Ubuntu box (root or sudo):
+#   ./scripts/setup.sh run   - install everything, check it, run a sandbox demo
+#   ./scripts/setup.sh test  - install everything, then lint, type-check and run all tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  bubblewrap xvfb openbox x11vnc xclip xsel xdotool wmctrl x11-utils slirp4netns
+  xterm mousepad chromium scrot fonts-dejavu-core dbus-x11 procps iproute2
+  python3 python3-venv python3-pip ca-certificates git
+)
+
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+install_system() {
+  local missing=()
+  for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+  done
+  if [ "${#missing[@]}" -gt 0 ]; then
+    echo "installing system packages: ${missing[*]}"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  fi
+}
+
+install_uv() {
+  if command -v uv >/dev/null 2>&1; then UV=uv; return; fi
+  local venv="${XDG_CACHE_HOME:-$HOME/.cache}/hivecell/uv-bootstrap"
+  if [ ! -x "$venv/bin/uv" ]; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q uv
+  fi
+  UV="$venv/bin/uv"
+}
+
+install_python() {
+  "$UV" sync --frozen --all-extras
+}
+
+run_demo() {
+  "$UV" run hivecell doctor
+  local id
+  id=$("$UV" run hivecell sandbox create --json | "$UV" run python -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+  echo "created sandbox $id"
+  "$UV" run hivecell sandbox exec "$id" -- uname -a
+  "$UV" run hivecell sandbox screenshot "$id" -o hivecell-demo.png
+  "$UV" run hivecell sandbox rm "$id"
+}
+
+run_tests() {
+  "$UV" run ruff check src tests
+  "$UV" run ruff format --check src tests
+  "$UV" run mypy
+  "$UV" run pytest -q -n 2 --dist loadgroup -p no:cacheprovider
+}
+
+mode="${1:-}"
+case "$mode" in
+  run|test) ;;
+  *) echo "usage: $0 run|test" >&2; exit 2 ;;
+esac
+install_system
+install_uv
+install_python
+if [ "$mode" = run ]; then run_demo; else run_tests; fi

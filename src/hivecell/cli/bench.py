@@ -1,0 +1,118 @@
+"""``hivecell bench ...``: speed and footprint, as medians and ratios against a peer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from hivecell.bench.sandbox import TARGETS_MS, SandboxReport, machine, measure_sandbox, targets_met
+from hivecell.cli.common import HomeOption, err, out, provider, run
+
+app = typer.Typer(help="Benchmarks (medians over repeated runs).", no_args_is_help=True)
+
+CUA_CACHE = Path("~/.cache/hivecell/bench-cua").expanduser()
+# our report field -> the Cua operation measured the same way
+PEER_OPS = {
+    "screenshot": "screenshot",
+    "click": "click",
+    "move": "move",
+    "exec_true": "exec_true",
+    "type_text": "type_text",
+}
+
+
+@app.command("sandbox")
+def sandbox(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    vs_cua: Annotated[
+        bool, typer.Option("--vs-cua", help="also measure cua-computer-server")
+    ] = False,
+    runs: Annotated[int, typer.Option(help="repetitions per operation")] = 20,
+    cold_runs: Annotated[int, typer.Option(help="cold starts to time")] = 10,
+    parallel: Annotated[int, typer.Option(help="sandboxes to start at once")] = 24,
+    cua_cache: Annotated[Path, typer.Option(help="venv cache for the Cua peer")] = CUA_CACHE,
+    home: Path | None = HomeOption,
+) -> None:
+    """Cold start, screenshot, click, exec, settle, idle memory, parallel starts."""
+    if not as_json:
+        err.print("measuring hivecell sandboxes...")
+    ours = run(
+        lambda: measure_sandbox(
+            provider(home=home), runs=runs, cold_runs=cold_runs, parallel=parallel
+        )
+    )
+    peer = _measure_peer(runs, cua_cache, quiet=as_json) if vs_cua else None
+    result = _result(ours, peer)
+    if as_json:
+        print(json.dumps(result, indent=2))
+    else:
+        out.print(_table(ours, peer))
+
+
+def _measure_peer(runs: int, cache: Path, *, quiet: bool) -> Any:
+    from hivecell.bench.cua import measure_cua
+
+    if not quiet:
+        err.print("measuring cua-computer-server (first run installs it into a cached venv)...")
+    return run(lambda: measure_cua(runs=runs, workdir=cache))
+
+
+def _ratios(ours: SandboxReport, peer: Any) -> dict[str, float]:
+    ratios = {}
+    for mine, theirs in PEER_OPS.items():
+        peer_stats = getattr(peer, theirs, None)
+        if peer_stats is not None and getattr(ours, mine).median_ms > 0:
+            ratios[mine] = round(peer_stats.median_ms / getattr(ours, mine).median_ms, 2)
+    return ratios
+
+
+def _result(ours: SandboxReport, peer: Any) -> dict[str, Any]:
+    result: dict[str, Any] = {
+        "machine": machine(),
+        "hivecell": ours.model_dump(),
+        "targets_ms": TARGETS_MS,
+        "targets_met": targets_met(ours),
+    }
+    if peer is not None:
+        result["cua"] = peer.model_dump()
+        result["ratio_cua_over_hivecell"] = _ratios(ours, peer)
+    return result
+
+
+def _table(ours: SandboxReport, peer: Any) -> Table:
+    table = Table(
+        "operation", "hivecell median ms", "p90", "cua median ms", "cua / hivecell", "target"
+    )
+    ratios = _ratios(ours, peer) if peer is not None else {}
+    for name in (
+        "cold_start",
+        "screenshot",
+        "click",
+        "move",
+        "exec_true",
+        "type_text",
+        "settle_static",
+    ):
+        stats = getattr(ours, name)
+        peer_stats = getattr(peer, PEER_OPS.get(name, ""), None) if peer is not None else None
+        table.add_row(
+            name,
+            f"{stats.median_ms:.2f}",
+            f"{stats.p90_ms:.2f}",
+            f"{peer_stats.median_ms:.2f}" if peer_stats else "-",
+            f"{ratios[name]:.1f}x" if name in ratios else "-",
+            f"≤ {TARGETS_MS[name]:g}" if name in TARGETS_MS else "",
+        )
+    table.add_row("idle memory (MB)", f"{ours.idle_rss_mb:.1f}", "", _peer_rss(peer), "", "≤ 50")
+    table.add_row(
+        "parallel sandboxes", f"{ours.parallel_started}/{ours.parallel_tried}", "", "", "", "≥ 24"
+    )
+    return table
+
+
+def _peer_rss(peer: Any) -> str:
+    return f"{peer.idle_rss_mb:.1f}" if peer is not None else "-"

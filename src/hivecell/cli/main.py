@@ -1,0 +1,21 @@
+"""The ``hivecell`` command."""
+
+from __future__ import annotations
+
+import typer
+
+from hivecell.cli import bench, doctor, sandbox
+
+app = typer.Typer(
+    name="hivecell",
+    help="Run AI agents in isolated Linux desktop sandboxes.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(bench.app, name="bench")
+app.command("doctor")(doctor.doctor)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,153 @@
+"""``hivecell sandbox ...``: create, list, exec in, screenshot and remove sandboxes."""
+
+from __future__ import annotations
+
+import base64
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from hivecell.cli.common import HomeOption, err, out, provider, run, write_stdout
+from hivecell.errors import InvalidParams
+from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxSpec
+
+app = typer.Typer(help="Create, use and remove sandboxes.", no_args_is_help=True)
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: use WIDTHxHEIGHT, e.g. 1280x800") from None
+    return width, height
+
+
+@app.command("create")
+def create(
+    network: Annotated[str, typer.Option(help="offline | nat")] = "offline",
+    resolution: Annotated[str, typer.Option(help="WIDTHxHEIGHT")] = "1280x800",
+    memory_mb: Annotated[int, typer.Option(help="memory limit in MiB")] = 4096,
+    max_pids: Annotated[int, typer.Option(help="process limit")] = 1024,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON object")] = False,
+    home: Path | None = HomeOption,
+) -> None:
+    """Create a sandbox and print its id. It keeps running after this command exits."""
+    if network not in ("offline", "nat"):
+        raise typer.BadParameter(f"--network {network!r}: use offline or nat")
+    width, height = parse_resolution(resolution)
+    mode: NetworkMode = "nat" if network == "nat" else "offline"
+    spec = SandboxSpec(
+        width=width, height=height, network=mode, memory_mb=memory_mb, max_pids=max_pids
+    )
+    started = time.perf_counter()
+    info = run(provider(home=home).create, spec)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    if as_json:
+        print(json.dumps({**info.model_dump(mode="json"), "create_ms": round(elapsed_ms, 1)}))
+    else:
+        out.print(f"{info.id}  [dim](ready in {elapsed_ms:.0f} ms)[/dim]", highlight=False)
+
+
+@app.command("ls")
+def ls(
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    home: Path | None = HomeOption,
+) -> None:
+    """List sandboxes."""
+    infos = run(provider(home=home).list)
+    if as_json:
+        print(json.dumps([i.model_dump(mode="json") for i in infos]))
+        return
+    out.print(_table(infos))
+
+
+def _table(infos: list[SandboxInfo]) -> Table:
+    table = Table("id", "status", "network", "screen", "created", "shared folder")
+    for i in infos:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created_at))
+        screen = f"{i.spec.width}x{i.spec.height}"
+        table.add_row(i.id, i.status, i.spec.network, screen, created, i.shared_dir)
+    return table
+
+
+@app.command("info")
+def info(sandbox_id: str, home: Path | None = HomeOption) -> None:
+    """Print a sandbox's details as JSON."""
+    print(run(provider(home=home).info, sandbox_id).model_dump_json(indent=2))
+
+
+@app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def exec_(
+    sandbox_id: str,
+    command: Annotated[list[str], typer.Argument(help="program and arguments (after --)")],
+    timeout: Annotated[float, typer.Option(help="seconds")] = 600.0,
+    cwd: Annotated[str | None, typer.Option(help="working directory inside")] = None,
+    home: Path | None = HomeOption,
+) -> None:
+    """Run a command inside a sandbox; streams its output and exits with its code."""
+    code = run(_exec, provider(home=home), sandbox_id, command, timeout, cwd)
+    raise typer.Exit(code)
+
+
+async def _exec(backend, sandbox_id: str, argv: list[str], timeout: float, cwd: str | None) -> int:  # type: ignore[no-untyped-def]
+    async def show(stream: str, text: str) -> None:
+        if stream == "stdout":
+            write_stdout(text)
+        else:
+            sys.stderr.write(text)
+
+    params = {"argv": argv, "timeout": timeout, "cwd": cwd, "stream": True}
+    async with await backend.connect(sandbox_id) as guest:
+        result = await guest.call("exec_command", params, timeout=timeout + 10, on_output=show)
+    if result["truncated"]:
+        err.print("[yellow]output truncated[/yellow]")
+    return int(result["exit_code"]) & 0xFF
+
+
+@app.command("screenshot")
+def screenshot(
+    sandbox_id: str,
+    output: Annotated[Path, typer.Option("-o", "--output", help="file to write")],
+    fmt: Annotated[str, typer.Option("--format", help="png | jpeg | webp")] = "png",
+    home: Path | None = HomeOption,
+) -> None:
+    """Save a screenshot of the sandbox's screen."""
+    if fmt not in ("png", "jpeg", "webp"):
+        raise typer.BadParameter(f"--format {fmt!r}: use png, jpeg or webp")
+    data = run(_screenshot, provider(home=home), sandbox_id, fmt)
+    output.write_bytes(data)
+    out.print(f"wrote {output} ({len(data)} bytes)", highlight=False)
+
+
+async def _screenshot(backend, sandbox_id: str, fmt: str) -> bytes:  # type: ignore[no-untyped-def]
+    async with await backend.connect(sandbox_id) as guest:
+        raw = await guest.call("screenshot", {"format": fmt})
+    return base64.b64decode(raw["data"])
+
+
+@app.command("rm")
+def rm(
+    sandbox_ids: Annotated[list[str] | None, typer.Argument(help="ids to remove")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="remove every sandbox")] = False,
+    home: Path | None = HomeOption,
+) -> None:
+    """Stop and remove sandboxes: processes, mounts and folders."""
+    backend = provider(home=home)
+    if all_:
+        sandbox_ids = [i.id for i in run(backend.list)]
+    if not sandbox_ids:
+        if all_:
+            return
+        run(_raise, InvalidParams("name a sandbox id or pass --all", op="rm"))
+    for sandbox_id in sandbox_ids or []:
+        run(backend.destroy, sandbox_id)
+        out.print(f"removed {sandbox_id}", highlight=False)
+
+
+async def _raise(exc: Exception) -> None:
+    raise exc
