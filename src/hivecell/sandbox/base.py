@@ -39,7 +39,9 @@ class SandboxInfo(BaseModel):
     status: Status
     spec: SandboxSpec
     created_at: float
-    endpoint: str = Field(description="guest agent address: unix:/path, tcp:host:port or serial:/path")
+    endpoint: str = Field(
+        description="guest agent address: unix:/path, tcp:host:port or serial:/path"
+    )
     shared_dir: str = Field(description="host folder mounted at /shared inside the sandbox")
     vnc_endpoint: str | None = None
     detail: str = ""

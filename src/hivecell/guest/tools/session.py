@@ -35,8 +35,17 @@ async def get_agent_info(p: m.Empty, ctx: CallContext) -> m.AgentInfo:
     return m.AgentInfo(
         version=hivecell.__version__,
         protocol_version=m.PROTOCOL_VERSION,
-        capabilities=sorted({"cancel", "heartbeat", "exec.stream", "screenshot.png",
-                             "screenshot.jpeg", "screenshot.webp", "vnc"}),
+        capabilities=sorted(
+            {
+                "cancel",
+                "heartbeat",
+                "exec.stream",
+                "screenshot.png",
+                "screenshot.jpeg",
+                "screenshot.webp",
+                "vnc",
+            }
+        ),
         tools=tools,
     )
 

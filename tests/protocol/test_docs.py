@@ -1,0 +1,20 @@
+"""docs/protocol.md must describe exactly the methods the code implements."""
+
+from pathlib import Path
+
+from hivecell.guest.agent import build_dispatcher
+from hivecell.protocol.docgen import BEGIN, END, render
+from hivecell.protocol.methods import METHODS
+
+DOC = Path(__file__).parents[2] / "docs" / "protocol.md"
+
+
+def test_generated_reference_is_current() -> None:
+    text = DOC.read_text()
+    block = text[text.index(BEGIN) : text.index(END) + len(END)]
+    assert block + "\n" == render(), "run: uv run python -m hivecell.protocol.docgen --write docs/protocol.md"
+
+
+def test_every_contract_method_has_a_handler() -> None:
+    # authenticate and cancel are handled by the connection itself, before dispatch
+    assert set(build_dispatcher().names) | {"authenticate", "cancel"} == set(METHODS)
