@@ -121,7 +121,7 @@ async def _count_alive(provider: SandboxProvider, ids: list[str]) -> int:
 def sandbox_rss_mb(sandbox_id: str) -> float:
     """RSS of every process of the sandbox: the supervisor-launched bwrap and its descendants."""
     procs = _process_table()
-    roots = [pid for pid, (_, cmd) in procs.items() if sandbox_id in cmd and b"bwrap" in cmd]
+    roots = [pid for pid, (_, cmd) in procs.items() if sandbox_id.encode() in cmd and b"bwrap" in cmd]
     members = _descendants(procs, roots)
     return sum(_rss_kb(pid) for pid in members) / 1024
 

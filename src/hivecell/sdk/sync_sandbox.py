@@ -9,6 +9,8 @@ there is one implementation of every operation, not two that drift apart.
 
 from __future__ import annotations
 
+import builtins
+
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from functools import partial
@@ -91,7 +93,7 @@ class Sandbox(_Blocking):
 
     @property
     def info(self) -> SandboxInfo:
-        return self._target.info  # type: ignore[no-any-return]
+        return self._target.info
 
     @classmethod
     def create(
@@ -152,6 +154,9 @@ class Sandbox(_Blocking):
         return self
 
     def __exit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+        self,
+        et: builtins.type[BaseException] | None,
+        e: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
