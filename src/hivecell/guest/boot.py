@@ -1,0 +1,168 @@
+"""``python -m hivecell.guest.boot``: the first process inside a local sandbox.
+
+Starts the X display (Xvfb) and a window manager (openbox), then serves the guest agent on
+``/run/hivecell/guest.sock``. The socket appears only once the display is up, so a host that
+can ping the agent knows the desktop is ready. When the agent stops (``shutdown`` or
+``reboot``) the display and window manager are stopped and the process exits, which ends
+the sandbox.
+
+Xvfb starts before the agent's heavy imports so the two overlap. Every sandbox has its own
+network namespace and /tmp, so every sandbox uses display :0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import resource
+import select
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+DISPLAY = ":0"
+DISPLAY_TIMEOUT = 15.0
+# Set by the sandbox launcher for this interpreter only; apps inside must not inherit them.
+LAUNCHER_ENV = ("PYTHONPATH", "LD_LIBRARY_PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+# What the agent imports at boot or on first use; the host precompiles exactly these.
+AGENT_MODULES = (
+    "anyio",
+    "anyio._backends._asyncio",
+    "hivecell.guest.context",
+    "hivecell.guest.run",
+    "hivecell.guest.x11",
+)
+
+log = logging.getLogger("hivecell.guest.boot")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m hivecell.guest.boot", description=__doc__)
+    p.add_argument("--screen", default="1280x800x24", help="WIDTHxHEIGHTxDEPTH")
+    p.add_argument("--run-dir", type=Path, default=Path("/run/hivecell"))
+    p.add_argument("--root", type=Path, action="append", help="allowed file root (repeatable)")
+    p.add_argument("--max-file-bytes", type=int, default=10 * 1024 * 1024)
+    p.add_argument("--network-mode", default="unknown")
+    p.add_argument("--rlimit-nproc", type=int, help="process limit when cgroups are unavailable")
+    p.add_argument("--rlimit-data", type=int, help="per-process memory limit (bytes), likewise")
+    p.add_argument("--log-level", default="WARNING")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    for name in LAUNCHER_ENV:
+        os.environ.pop(name, None)
+    apply_rlimits(args.rlimit_nproc, args.rlimit_data)
+    make_runtime_dir()
+    xvfb, display_fd = start_xvfb(args.screen)
+    children = [xvfb]
+    try:
+        serve = _import_agent()  # overlaps with Xvfb's startup
+        wait_for_display(display_fd, xvfb)
+        children += start_window_manager()
+        reason = serve(args)
+        log.info("agent stopped: %s", reason)
+    finally:
+        stop_all(children)
+    return 0
+
+
+def apply_rlimits(nproc: int | None, data: int | None) -> None:
+    """Fallback limits; soft == hard so nothing inside can raise them again."""
+    if nproc is not None:
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+    if data is not None:
+        resource.setrlimit(resource.RLIMIT_DATA, (data, data))
+
+
+def make_runtime_dir() -> None:
+    runtime = Path(os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp/xdg-runtime"))
+    runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def start_xvfb(screen: str) -> tuple[subprocess.Popen[bytes], int]:
+    """Start Xvfb; returns it and the pipe on which it reports the display once ready."""
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None:
+        raise SystemExit("Xvfb is not installed in the sandbox image (apt install xvfb)")
+    ready_r, ready_w = os.pipe()
+    argv = [xvfb, DISPLAY, "-screen", "0", screen, "-nolisten", "tcp", "-noreset"]
+    argv += ["-displayfd", str(ready_w)]
+    proc = subprocess.Popen(argv, pass_fds=(ready_w,), stdin=subprocess.DEVNULL)
+    os.close(ready_w)
+    return proc, ready_r
+
+
+def wait_for_display(ready_r: int, xvfb: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + DISPLAY_TIMEOUT
+    try:
+        while not select.select([ready_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
+            if time.monotonic() >= deadline:
+                raise SystemExit(f"Xvfb did not come up within {DISPLAY_TIMEOUT} s")
+        if not os.read(ready_r, 16).strip():
+            raise SystemExit(f"Xvfb exited with code {xvfb.wait()} before the display was up")
+    finally:
+        os.close(ready_r)
+
+
+def start_window_manager() -> list[subprocess.Popen[bytes]]:
+    """openbox, not waited for: apps can open windows before it manages them."""
+    openbox = shutil.which("openbox")
+    if openbox is None:
+        log.warning("openbox is not installed; windows will have no manager")
+        return []
+    return [subprocess.Popen([openbox, "--sm-disable"], stdin=subprocess.DEVNULL)]
+
+
+def preload() -> None:
+    """Import everything the agent needs (missing optional modules are skipped)."""
+    for name in AGENT_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            log.debug("not preloaded: %s (%s)", name, exc)
+
+
+def _import_agent() -> Callable[[argparse.Namespace], str]:
+    """The agent's entry point; importing it is most of the boot time."""
+    preload()
+    import anyio
+
+    from hivecell.guest.context import GuestConfig, Services
+    from hivecell.guest.run import serve
+
+    def run(args: argparse.Namespace) -> str:
+        config = GuestConfig(
+            roots=args.root or [Path("/shared"), Path.home()],
+            max_file_bytes=args.max_file_bytes,
+            display=DISPLAY,
+            run_dir=args.run_dir,
+            network_mode=args.network_mode,
+        )
+        return anyio.run(serve, Services(config), args.run_dir / "guest.sock")
+
+    return run
+
+
+def stop_all(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in reversed(children):
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + 2.0
+    for child in reversed(children):
+        try:
+            child.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

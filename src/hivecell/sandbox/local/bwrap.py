@@ -1,0 +1,108 @@
+"""The bubblewrap command line for one sandbox.
+
+Everything is unshared (user, ipc, pid, net, uts, cgroup namespaces). The root is an empty
+tmpfs into which we bind, read-only, /usr (plus the merged-usr symlinks), a curated /etc and
+the host's Python runtime; writable are only the sandbox's own home, /shared, /run/hivecell
+and private tmpfs folders. The environment is rebuilt from scratch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hivecell.sandbox.base import SandboxSpec
+from hivecell.sandbox.local import etcfiles
+from hivecell.sandbox.local.layout import Layout
+from hivecell.sandbox.local.limits import LimitPlan
+from hivecell.sandbox.local.pyruntime import PythonRuntime
+
+TOP_LEVEL = ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
+HOST_EXTRAS = ("/var/cache/fontconfig",)  # a warm font cache saves every app ~100 ms
+XDG_RUNTIME_DIR = "/tmp/xdg-runtime"
+BOOT_MODULE = "hivecell.guest.boot"
+PYCACHE = "/opt/hivecell/pycache"
+
+
+def build(layout: Layout, runtime: PythonRuntime, pycache: Path) -> list[str]:
+    """bwrap's options, without the program name, the supervisor's fd options and the command.
+
+    The supervisor passes these through ``--args FD`` so host paths never show in the box's
+    /proc/1/cmdline; bwrap only reads options from there, the command stays on its argv.
+    """
+    args = _namespaces(layout.sandbox_id)
+    args += _system_mounts()
+    args += _bind_all("--ro-bind", etcfiles.binds(layout))
+    args += _bind_all("--ro-bind", [*runtime.binds, (str(pycache), PYCACHE)])
+    args += _sandbox_mounts(layout)
+    args += ["--chdir", etcfiles.SANDBOX_HOME, "--clearenv"]
+    for key, value in environment(runtime).items():
+        args += ["--setenv", key, value]
+    return args
+
+
+def _namespaces(sandbox_id: str) -> list[str]:
+    uid = str(etcfiles.SANDBOX_UID)
+    return [
+        "--unshare-all", "--hostname", sandbox_id, "--uid", uid, "--gid", uid,
+        "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+    ]  # fmt: skip
+
+
+def _system_mounts() -> list[str]:
+    args = ["--ro-bind", "/usr", "/usr"]
+    for name in TOP_LEVEL:
+        path = Path("/", name)
+        if path.is_symlink():
+            args += ["--symlink", str(path.readlink()), str(path)]
+        elif path.is_dir():
+            args += ["--ro-bind", str(path), str(path)]
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm"]
+    args += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--symlink", "../run", "/var/run"]
+    for extra in HOST_EXTRAS:
+        args += ["--ro-bind-try", extra, extra]
+    return args
+
+
+def _sandbox_mounts(layout: Layout) -> list[str]:
+    return [
+        "--bind", str(layout.home), etcfiles.SANDBOX_HOME,
+        "--bind", str(layout.shared), "/shared",
+        "--bind", str(layout.run), "/run/hivecell",
+    ]  # fmt: skip
+
+
+def _bind_all(option: str, pairs: list[tuple[str, str]]) -> list[str]:
+    return [arg for host, guest in pairs for arg in (option, host, guest)]
+
+
+def environment(runtime: PythonRuntime) -> dict[str, str]:
+    """The box's environment; boot drops the PYTHON*/LD_* entries before starting anything."""
+    env = {
+        "HOME": etcfiles.SANDBOX_HOME,
+        "USER": etcfiles.SANDBOX_USER,
+        "LOGNAME": etcfiles.SANDBOX_USER,
+        "SHELL": "/bin/bash" if Path("/bin/bash").exists() else "/bin/sh",
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "DISPLAY": ":0",
+        "LANG": "C.UTF-8",
+        "XDG_RUNTIME_DIR": XDG_RUNTIME_DIR,
+        "HIVECELL_SANDBOX": "local",
+        "PYTHONPATH": ":".join(runtime.pythonpath),
+        "PYTHONDONTWRITEBYTECODE": "1",  # the runtime is read-only; don't even try
+        "PYTHONPYCACHEPREFIX": PYCACHE,  # see bytecode.py
+    }
+    if runtime.library_path:
+        env["LD_LIBRARY_PATH"] = runtime.library_path
+    return env
+
+
+def boot_command(spec: SandboxSpec, runtime: PythonRuntime, limits: LimitPlan) -> list[str]:
+    # -S: no site module, so the interpreter's own site-packages (and .pth hooks) stay out.
+    cmd = [runtime.executable, "-S", "-m", BOOT_MODULE]
+    cmd += ["--screen", f"{spec.width}x{spec.height}x{spec.depth}"]
+    cmd += ["--max-file-bytes", str(spec.max_file_bytes), "--network-mode", spec.network]
+    if limits.rlimit_nproc is not None:
+        cmd += ["--rlimit-nproc", str(limits.rlimit_nproc)]
+    if limits.rlimit_data is not None:
+        cmd += ["--rlimit-data", str(limits.rlimit_data)]
+    return cmd

@@ -1,0 +1,85 @@
+"""Where one local sandbox keeps its files on the host.
+
+Stdlib only, and no dataclasses (importing them costs the supervisor ~10 ms).
+
+    <home>/sandboxes/<id>/
+        meta.json        SandboxInfo + supervisor pid (written by the provider)
+        plan.json        what the supervisor runs (written by the provider before each start)
+        exit.json        how the last run ended (written by the supervisor)
+        sandbox.log      supervisor, bwrap, slirp4netns, Xvfb and guest output
+        etc/             passwd, group, hosts, ... bound read-only over the sandbox's /etc
+        home/            /home/user
+        shared/          /shared (inbox, outbox, workspace)
+        run/             /run/hivecell (guest.sock, vnc.sock)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+SHARED_FOLDERS = ("inbox", "outbox", "workspace")
+SUPERVISOR_MODULE = "hivecell.sandbox.local.supervisor"
+
+
+class Layout:
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Layout) and other.root == self.root
+
+    def __hash__(self) -> int:
+        return hash(self.root)
+
+    @classmethod
+    def of(cls, home: Path, sandbox_id: str) -> Layout:
+        return cls(home / "sandboxes" / sandbox_id)
+
+    @property
+    def sandbox_id(self) -> str:
+        return self.root.name
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def exit(self) -> Path:
+        return self.root / "exit.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "sandbox.log"
+
+    @property
+    def etc(self) -> Path:
+        return self.root / "etc"
+
+    @property
+    def home(self) -> Path:
+        return self.root / "home"
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def guest_socket(self) -> Path:
+        return self.run / "guest.sock"
+
+    @property
+    def vnc_socket(self) -> Path:
+        return self.run / "vnc.sock"
+
+    def writable_dirs(self) -> list[Path]:
+        return [self.etc, self.home, self.run, *(self.shared / d for d in SHARED_FOLDERS)]

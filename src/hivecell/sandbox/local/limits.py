@@ -1,0 +1,246 @@
+"""Memory and process limits for one sandbox: cgroup v2, cgroup v1, or rlimits as a last resort.
+
+Stdlib only (the supervisor imports it). The provider *plans* (reads only: which mechanism is
+usable here), the supervisor *sets up* the cgroups before each start, *joins* the bwrap
+child to them between fork and exec (so nothing the box forks escapes), and *cleans up*
+when the box has exited.
+
+Each sandbox gets its own cgroup ``hivecell-<id>`` *under* the cgroup the provider runs
+in, so the sandbox stays inside whatever limits the host already puts on us. cgroup v2
+forbids processes in a cgroup that delegates controllers, so there we fall back to the
+hierarchy root when our own cgroup cannot delegate (needs root).
+
+The rlimit fallback is weaker and applied inside the box by ``hivecell.guest.boot``:
+RLIMIT_NPROC counts the sandbox user's tasks in the sandbox's user namespace (which is what
+we want), RLIMIT_DATA caps each process's private writable memory, not the box's total.
+RLIMIT_AS is not used: Xvfb and Chromium reserve far more address space than they touch.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+BACKENDS = ("auto", "cgroup2", "cgroup1", "rlimit")
+MOUNTINFO = Path("/proc/self/mountinfo")
+SELF_CGROUP = Path("/proc/self/cgroup")
+
+
+class LimitsUnavailable(ValueError):
+    """The requested backend cannot limit a resource on this host."""
+
+
+class LimitPlan:
+    """What to limit and how; a plain class because the supervisor avoids dataclasses."""
+
+    def __init__(
+        self,
+        memory_bytes: int | None,
+        max_pids: int | None,
+        memory: str = "none",
+        pids: str = "none",
+        cgroups: list[str] | None = None,
+        settings: list[tuple[str, str]] | None = None,
+    ) -> None:
+        self.memory_bytes = memory_bytes
+        self.max_pids = max_pids
+        self.memory = memory  # mechanism per resource: cgroup2 | cgroup1 | rlimit | none
+        self.pids = pids
+        self.cgroups = cgroups or []  # dirs created at start, joined, removed at exit
+        self.settings = settings or []  # (file, value) written in order; "?" = if present
+
+    def describe(self) -> str:
+        return f"memory={self.memory} pids={self.pids}"
+
+    @property
+    def rlimit_nproc(self) -> int | None:
+        return self.max_pids if self.pids == "rlimit" else None
+
+    @property
+    def rlimit_data(self) -> int | None:
+        return self.memory_bytes if self.memory == "rlimit" else None
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(vars(self))
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LimitPlan:
+        plan = cls(**data)
+        plan.settings = [(str(f), str(v)) for f, v in plan.settings]
+        return plan
+
+    def __repr__(self) -> str:
+        return f"LimitPlan({self.to_json()!r})"
+
+
+# --- planning (provider side, read-only) --------------------------------------------------
+def plan(
+    memory_bytes: int | None, max_pids: int | None, name: str, backend: str = "auto"
+) -> LimitPlan:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown limits backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    result = LimitPlan(memory_bytes, max_pids)
+    if memory_bytes is not None:
+        result.memory = _place(result, "memory", backend, name)
+    if max_pids is not None:
+        result.pids = _place(result, "pids", backend, name)
+    return result
+
+
+def _place(result: LimitPlan, controller: str, backend: str, name: str) -> str:
+    """Adds the cgroup and settings for one controller; returns the mechanism used."""
+    value = result.memory_bytes if controller == "memory" else result.max_pids
+    assert value is not None
+    if backend in ("auto", "cgroup2"):
+        parent = _v2_parent(controller)
+        if parent is not None:
+            _add(result, parent / name, _v2_settings(parent / name, controller, value))
+            return "cgroup2"
+    if backend in ("auto", "cgroup1"):
+        parent = _v1_parent(controller)
+        if parent is not None:
+            _add(result, parent / name, _v1_settings(parent / name, controller, value))
+            return "cgroup1"
+    if backend in ("auto", "rlimit"):
+        return "rlimit"
+    raise LimitsUnavailable(
+        f"{backend} has no writable {controller} controller here; use limits backend 'auto'"
+    )
+
+
+def _add(result: LimitPlan, cgroup: Path, settings: list[tuple[str, str]]) -> None:
+    if str(cgroup) not in result.cgroups:
+        result.cgroups.append(str(cgroup))
+    result.settings.extend(settings)
+
+
+def _v2_settings(cg: Path, controller: str, value: int) -> list[tuple[str, str]]:
+    if controller == "pids":
+        return [(str(cg / "pids.max"), str(value))]
+    # Without this the kernel pushes the excess to swap instead of enforcing the limit.
+    return [(str(cg / "memory.max"), str(value)), (str(cg / "memory.swap.max?"), "0")]
+
+
+def _v1_settings(cg: Path, controller: str, value: int) -> list[tuple[str, str]]:
+    if controller == "pids":
+        return [(str(cg / "pids.max"), str(value))]
+    # memsw must be set after limit_in_bytes (it may never be below it); absent without swapaccount.
+    return [
+        (str(cg / "memory.limit_in_bytes"), str(value)),
+        (str(cg / "memory.memsw.limit_in_bytes?"), str(value)),
+    ]
+
+
+def _mounts() -> list[tuple[str, str, str, set[str]]]:
+    """(fstype, mount root, mount point, super options) of every cgroup mount."""
+    found = []
+    for line in MOUNTINFO.read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(tail) >= 3 and tail[0] in ("cgroup", "cgroup2"):
+            found.append((tail[0], fields[3], fields[4], set(tail[2].split(","))))
+    return found
+
+
+def _own_paths() -> dict[str, str]:
+    """Controller ('' for v2) -> our cgroup path, from /proc/self/cgroup."""
+    paths: dict[str, str] = {}
+    for line in SELF_CGROUP.read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        for c in controllers.split(",") if controllers else [""]:
+            paths[c] = path
+    return paths
+
+
+def _under(mount_point: str, mount_root: str, path: str) -> Path:
+    """Host folder of cgroup ``path`` in a hierarchy whose ``mount_root`` is mounted there."""
+    if mount_root != "/" and (path == mount_root or path.startswith(mount_root + "/")):
+        path = path[len(mount_root) :]
+    return Path(mount_point) / path.lstrip("/")
+
+
+def _v1_parent(controller: str) -> Path | None:
+    own = _own_paths().get(controller)
+    for fstype, root, point, opts in _mounts():
+        if fstype == "cgroup" and controller in opts and own is not None:
+            parent = _under(point, root, own)
+            return parent if os.access(parent, os.W_OK) else None
+    return None
+
+
+def _v2_parent(controller: str) -> Path | None:
+    own = _own_paths().get("")
+    for fstype, root, point, _ in _mounts():
+        if fstype != "cgroup2" or own is None:
+            continue
+        for parent in (_under(point, root, own), Path(point)):
+            if _v2_can_delegate(parent, controller, is_root=parent == Path(point)):
+                return parent
+    return None
+
+
+def _v2_can_delegate(parent: Path, controller: str, *, is_root: bool) -> bool:
+    try:
+        available = (parent / "cgroup.controllers").read_text().split()
+        enabled = (parent / "cgroup.subtree_control").read_text().split()
+        busy = bool((parent / "cgroup.procs").read_text().strip())
+    except OSError:
+        return False
+    if controller not in available or not os.access(parent, os.W_OK):
+        return False
+    return controller in enabled or is_root or not busy
+
+
+# --- supervisor side ------------------------------------------------------------------------
+def setup(limits: LimitPlan) -> None:
+    """Create the cgroups and write the limits. Raises OSError if the host refuses."""
+    for cg in map(Path, limits.cgroups):
+        _enable_v2_controllers(cg.parent)
+        cg.mkdir(exist_ok=True)
+    for target, value in limits.settings:
+        optional = target.endswith("?")
+        path = Path(target.rstrip("?"))
+        if optional and not path.exists():
+            continue
+        path.write_text(value)
+
+
+def _enable_v2_controllers(parent: Path) -> None:
+    control = parent / "cgroup.subtree_control"
+    if not control.exists():
+        return  # cgroup v1
+    wanted = {"memory", "pids"} & set((parent / "cgroup.controllers").read_text().split())
+    missing = wanted - set(control.read_text().split())
+    if missing:
+        control.write_text(" ".join(f"+{c}" for c in sorted(missing)))
+
+
+def join(limits: LimitPlan) -> None:
+    """Move the calling process into the sandbox's cgroups (runs between fork and exec)."""
+    pid = str(os.getpid())
+    for cg in limits.cgroups:
+        Path(cg, "cgroup.procs").write_text(pid)
+
+
+def cleanup(limits: LimitPlan, timeout: float = 5.0) -> list[str]:
+    """Remove the cgroups once empty; returns those still left (busy or refused)."""
+    left = [cg for cg in limits.cgroups if Path(cg).is_dir()]
+    deadline = time.monotonic() + timeout
+    while left:
+        left = [cg for cg in left if not _try_rmdir(cg)]
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.02)  # the kernel frees a dying pid namespace asynchronously
+    return left
+
+
+def _try_rmdir(cg: str) -> bool:
+    try:
+        Path(cg).rmdir()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return True

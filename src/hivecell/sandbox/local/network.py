@@ -1,0 +1,82 @@
+"""``nat`` networking: slirp4netns gives the box's network namespace a ``tap0``.
+
+Stdlib only (run by the supervisor). slirp4netns runs on the host side as a normal process,
+so the box gets outbound TCP/UDP (via 10.0.2.2) and DNS (10.0.2.3) without any host
+privileges; ``--disable-host-loopback`` keeps the host's 127.0.0.1 services out of reach.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+
+NS_GET_USERNS = 0xB701  # ioctl: the user namespace owning a namespace
+MTU = 65520
+
+
+class Slirp:
+    """A running slirp4netns; it also exits by itself when the supervisor dies (exit fd)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], exit_w: int) -> None:
+        self.proc = proc
+        self._exit_w = exit_w
+
+    def stop(self) -> None:
+        if self._exit_w >= 0:
+            os.close(self._exit_w)  # slirp4netns exits when its exit fd reaches EOF
+            self._exit_w = -1
+        try:
+            self.proc.wait(timeout=2)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start(slirp4netns: str, child_pid: int) -> Slirp:
+    """Attach slirp4netns to the namespace of ``child_pid``; returns once tap0 is configured.
+
+    bwrap may nest a second user namespace inside the one owning the network namespace, so
+    slirp4netns must join the *owner* (found with NS_GET_USERNS), not the child's own.
+    """
+    userns = _owner_userns(child_pid)
+    ready_r, ready_w = os.pipe()
+    exit_r, exit_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            _argv(slirp4netns, child_pid, userns, ready_w, exit_r),
+            pass_fds=(userns, ready_w, exit_r),
+            stdin=subprocess.DEVNULL,
+        )
+    finally:
+        for fd in (userns, ready_w, exit_r):
+            os.close(fd)
+    slirp = Slirp(proc, exit_w)
+    _await_ready(ready_r, slirp)
+    return slirp
+
+
+def _argv(slirp4netns: str, child_pid: int, userns: int, ready_w: int, exit_r: int) -> list[str]:
+    return [
+        slirp4netns, "--configure", f"--mtu={MTU}", "--disable-host-loopback",
+        "--enable-sandbox", "--enable-seccomp", f"--userns-path=/proc/self/fd/{userns}",
+        f"--ready-fd={ready_w}", f"--exit-fd={exit_r}", str(child_pid), "tap0",
+    ]  # fmt: skip
+
+
+def _owner_userns(child_pid: int) -> int:
+    netns = os.open(f"/proc/{child_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return fcntl.ioctl(netns, NS_GET_USERNS)
+    finally:
+        os.close(netns)
+
+
+def _await_ready(ready_r: int, slirp: Slirp) -> None:
+    try:
+        ok = os.read(ready_r, 1) == b"1"
+    finally:
+        os.close(ready_r)
+    if not ok:
+        slirp.stop()
+        raise OSError(f"slirp4netns exited with {slirp.proc.returncode} before configuring tap0")

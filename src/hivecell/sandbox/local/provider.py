@@ -1,0 +1,329 @@
+"""The ``local`` provider: each sandbox is a bubblewrap box run by a small detached supervisor.
+
+State lives under ``home`` (``$HIVECELL_HOME``, resolved by the CLI), one folder per sandbox
+(see ``layout.py``). Sandboxes outlive the process that created them; any process with the
+same ``home`` can list, connect to, stop and destroy them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio import to_thread
+
+from hivecell.errors import ConfigError, GuestUnavailable, SandboxError, SandboxNotFound
+from hivecell.sandbox.base import SandboxInfo, SandboxSpec
+from hivecell.sandbox.guest_client import GuestClient
+from hivecell.sandbox.local import bwrap, bytecode, etcfiles, limits, state
+from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
+from hivecell.sandbox.local.limits import LimitPlan, LimitsUnavailable
+from hivecell.sandbox.local.pyruntime import PythonRuntime
+from hivecell.sandbox.local.state import SandboxMeta
+
+MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the NUL
+STOP_TIMEOUT = 10.0
+HOST_TOOLS = {"bwrap": "bubblewrap", "Xvfb": "xvfb", "slirp4netns": "slirp4netns"}
+
+
+class LocalProvider:
+    """Sandboxes as bubblewrap boxes on this machine (the embedded default)."""
+
+    name = "local"
+
+    def __init__(
+        self, home: Path, *, limits_backend: str = "auto", boot_timeout: float = 20.0
+    ) -> None:
+        if limits_backend not in limits.BACKENDS:
+            choices = ", ".join(limits.BACKENDS)
+            raise ConfigError(f"unknown limits backend {limits_backend!r}; use one of {choices}")
+        self.home = Path(home)
+        self.limits_backend = limits_backend
+        self.boot_timeout = boot_timeout
+        self._runtime: PythonRuntime | None = None
+        self._bytecode_warm = False
+        self._supervisors: dict[str, subprocess.Popen[bytes]] = {}  # ours, to reap
+
+    # --- the provider protocol ----------------------------------------------------------------
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        layout, meta = await to_thread.run_sync(self._prepare, spec)
+        await self._launch(layout, meta)
+        return await self.info(layout.sandbox_id)
+
+    async def start(self, sandbox_id: str) -> SandboxInfo:
+        layout, meta = await self._load(sandbox_id)
+        if await self._is_running(layout, meta):
+            return await self.info(sandbox_id)
+        await self._launch(layout, meta)
+        return await self.info(sandbox_id)
+
+    async def stop(self, sandbox_id: str) -> SandboxInfo:
+        layout, meta = await self._load(sandbox_id)
+        await to_thread.run_sync(self._stop_sync, layout, meta.supervisor_pid)
+        return await self.info(sandbox_id)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        layout = self._layout(sandbox_id, op="destroy")
+        await to_thread.run_sync(self._destroy_sync, layout)
+
+    async def connect(self, sandbox_id: str) -> GuestClient:
+        info = await self.info(sandbox_id)
+        if info.status != "running":
+            raise SandboxError(
+                f"sandbox {sandbox_id} is {info.status}; start it first",
+                op="connect",
+                context={"id": sandbox_id, "status": info.status, "detail": info.detail},
+            )
+        return GuestClient(info.endpoint)
+
+    async def info(self, sandbox_id: str) -> SandboxInfo:
+        layout, meta = await self._load(sandbox_id)
+        return await to_thread.run_sync(state.current, layout, meta)
+
+    async def list(self) -> list[SandboxInfo]:
+        return await to_thread.run_sync(self._list_sync)
+
+    # --- creating and starting -----------------------------------------------------------------
+    def _prepare(self, spec: SandboxSpec) -> tuple[Layout, SandboxMeta]:
+        _require_tools(spec)
+        layout = self._new_layout()
+        for folder in layout.writable_dirs():
+            folder.mkdir(parents=True, exist_ok=True)
+        etcfiles.write(layout, layout.sandbox_id, spec.network)
+        info = SandboxInfo(
+            id=layout.sandbox_id,
+            provider=self.name,
+            status="stopped",
+            spec=spec,
+            created_at=time.time(),
+            endpoint=f"unix:{layout.guest_socket}",
+            shared_dir=str(layout.shared),
+            vnc_endpoint=f"unix:{layout.vnc_socket}",
+        )
+        meta = SandboxMeta(info=info)
+        state.save(layout, meta)
+        return layout, meta
+
+    def _new_layout(self) -> Layout:
+        while True:
+            layout = Layout.of(self.home, state.new_id())
+            _check_socket_path(layout)
+            layout.root.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                layout.root.mkdir()
+            except FileExistsError:
+                continue  # 32 random bits collided; draw again
+            return layout
+
+    async def _launch(self, layout: Layout, meta: SandboxMeta) -> None:
+        proc = await to_thread.run_sync(self._spawn, layout, meta)
+        await self._wait_until_ready(layout, proc)
+
+    def _spawn(self, layout: Layout, meta: SandboxMeta) -> subprocess.Popen[bytes]:
+        spec = meta.info.spec
+        _require_tools(spec)
+        plan = self._plan(layout, spec)
+        layout.plan.write_text(json.dumps(plan))
+        layout.exit.unlink(missing_ok=True)
+        layout.guest_socket.unlink(missing_ok=True)
+        with open(layout.log, "ab") as log:
+            log.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-m", SUPERVISOR_MODULE, str(layout.root)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives us; no terminal signals
+            )
+        self._supervisors[layout.sandbox_id] = proc
+        meta.supervisor_pid = proc.pid
+        meta.limits = LimitPlan.from_json(plan["limits"]).describe()
+        state.save(layout, meta)
+        return proc
+
+    def _plan(self, layout: Layout, spec: SandboxSpec) -> dict[str, Any]:
+        memory = spec.memory_mb * 1024 * 1024 if spec.memory_mb else None
+        try:
+            plan = limits.plan(
+                memory, spec.max_pids, f"hivecell-{layout.sandbox_id}", self.limits_backend
+            )
+        except LimitsUnavailable as exc:
+            raise ConfigError(str(exc), op="create") from exc
+        return {
+            "bwrap": shutil.which("bwrap"),
+            "slirp4netns": shutil.which("slirp4netns"),
+            "network": spec.network,
+            "limits": plan.to_json(),
+            "bwrap_args": bwrap.build(layout, self.runtime, self._pycache()),
+            "command": bwrap.boot_command(spec, self.runtime, plan),
+        }
+
+    def _pycache(self) -> Path:
+        cache = self.home / "pycache"
+        if not self._bytecode_warm:
+            bytecode.warm(cache, self.runtime)
+            self._bytecode_warm = True
+        return cache
+
+    @property
+    def runtime(self) -> PythonRuntime:
+        if self._runtime is None:
+            self._runtime = PythonRuntime.detect()
+        return self._runtime
+
+    async def _wait_until_ready(self, layout: Layout, proc: subprocess.Popen[bytes]) -> None:
+        """Poll the guest socket with a short backoff until ``ping`` answers."""
+        deadline = anyio.current_time() + self.boot_timeout
+        delay = 0.002
+        while not await _pings(layout):
+            if proc.poll() is not None:
+                raise await self._boot_failed(layout, f"it exited with code {proc.returncode}")
+            if anyio.current_time() > deadline:
+                await to_thread.run_sync(self._stop_sync, layout, proc.pid)
+                raise await self._boot_failed(layout, f"no answer within {self.boot_timeout} s")
+            await anyio.sleep(delay)
+            delay = min(delay * 1.5, 0.05)
+
+    async def _boot_failed(self, layout: Layout, why: str) -> SandboxError:
+        tail = await to_thread.run_sync(_log_tail, layout.log)
+        return SandboxError(
+            f"sandbox {layout.sandbox_id} did not start: {why}. Log {layout.log} ends with:\n"
+            f"{tail}\n(remove it with destroy once inspected)",
+            op="create",
+            context={"id": layout.sandbox_id, "log": str(layout.log)},
+        )
+
+    # --- stopping and destroying ---------------------------------------------------------------
+    def _stop_sync(self, layout: Layout, pid: int | None) -> None:
+        if not state.supervisor_alive(layout, pid):
+            self._reap(layout.sandbox_id)
+            return
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        if not self._wait_gone(layout, pid, STOP_TIMEOUT):
+            os.kill(pid, signal.SIGKILL)  # bwrap --die-with-parent takes the box down too
+            self._wait_gone(layout, pid, STOP_TIMEOUT)
+        self._reap(layout.sandbox_id)
+
+    def _wait_gone(self, layout: Layout, pid: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while state.supervisor_alive(layout, pid):
+            if time.monotonic() > deadline:
+                return False
+            self._reap(layout.sandbox_id)
+            time.sleep(0.005)
+        return True
+
+    def _reap(self, sandbox_id: str) -> None:
+        proc = self._supervisors.get(sandbox_id)
+        if proc is not None and proc.poll() is not None:
+            del self._supervisors[sandbox_id]
+
+    def _destroy_sync(self, layout: Layout) -> None:
+        if not layout.root.is_dir():
+            raise SandboxNotFound(f"no sandbox {layout.sandbox_id} in {self.home}", op="destroy")
+        meta = state.load(layout)
+        pid = meta.supervisor_pid if meta else state.find_supervisor(layout)
+        self._stop_sync(layout, pid)
+        _remove_cgroups(layout)
+        shutil.rmtree(layout.root, onerror=_force_remove)
+
+    # --- reading state -------------------------------------------------------------------------
+    def _layout(self, sandbox_id: str, *, op: str) -> Layout:
+        if not state.is_valid_id(sandbox_id):
+            raise SandboxNotFound(f"{sandbox_id!r} is not a sandbox id", op=op)
+        return Layout.of(self.home, sandbox_id)
+
+    async def _load(self, sandbox_id: str) -> tuple[Layout, SandboxMeta]:
+        layout = self._layout(sandbox_id, op="load")
+        meta = await to_thread.run_sync(state.load, layout)
+        if meta is None:
+            raise SandboxNotFound(
+                f"no sandbox {sandbox_id} in {self.home}; list shows the existing ones",
+                op="load",
+                context={"id": sandbox_id},
+            )
+        return layout, meta
+
+    async def _is_running(self, layout: Layout, meta: SandboxMeta) -> bool:
+        return await to_thread.run_sync(state.supervisor_alive, layout, meta.supervisor_pid)
+
+    def _list_sync(self) -> builtins.list[SandboxInfo]:
+        found = []
+        for sandbox_id in state.sandbox_ids(self.home):
+            layout = Layout.of(self.home, sandbox_id)
+            meta = state.load(layout)
+            if meta is not None:
+                found.append(state.current(layout, meta))
+        return sorted(found, key=lambda info: info.created_at)
+
+
+async def _pings(layout: Layout) -> bool:
+    try:
+        async with GuestClient(f"unix:{layout.guest_socket}", connect_timeout=2) as guest:
+            await guest.call("ping", timeout=5)
+    except GuestUnavailable:
+        return False
+    return True
+
+
+def _require_tools(spec: SandboxSpec) -> None:
+    needed = ["bwrap", "Xvfb"] + (["slirp4netns"] if spec.network == "nat" else [])
+    missing = [name for name in needed if shutil.which(name) is None]
+    if missing:
+        packages = " ".join(HOST_TOOLS[name] for name in missing)
+        raise ConfigError(
+            f"the local provider needs {', '.join(missing)}: install with apt install {packages}",
+            op="create",
+        )
+
+
+def _check_socket_path(layout: Layout) -> None:
+    longest = max(len(str(layout.guest_socket).encode()), len(str(layout.vnc_socket).encode()))
+    if longest > MAX_SOCKET_PATH:
+        raise ConfigError(
+            f"sandbox home {layout.root.parent.parent} is too long for unix socket paths "
+            f"({longest} > {MAX_SOCKET_PATH} bytes); use a shorter HIVECELL_HOME",
+            op="create",
+        )
+
+
+def _remove_cgroups(layout: Layout) -> None:
+    """The supervisor removes its cgroups; this covers a supervisor that was SIGKILLed."""
+    try:
+        plan = json.loads(layout.plan.read_text())
+    except (OSError, ValueError):
+        return
+    left = limits.cleanup(LimitPlan.from_json(plan["limits"]))
+    if left:
+        raise SandboxError(f"cgroups {left} are still busy", op="destroy", retryable=True)
+
+
+def _force_remove(func: Callable[..., Any], path: str, exc_info: Any) -> None:
+    """rmtree fallback for folders the sandbox made read-only (chmod -w) for itself."""
+    target = Path(path)
+    target.parent.chmod(target.parent.stat().st_mode | stat.S_IRWXU)
+    if target.is_dir() and not target.is_symlink():
+        target.chmod(stat.S_IRWXU)
+        shutil.rmtree(target, onerror=_force_remove)
+    else:
+        func(path)
+
+
+def _log_tail(log: Path, lines: int = 15) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])
