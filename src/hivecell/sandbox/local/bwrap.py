@@ -56,8 +56,10 @@ def _system_mounts() -> list[str]:
             args += ["--symlink", str(path.readlink()), str(path)]
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
-    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/dev/shm"]
-    args += ["--tmpfs", "/tmp", "--tmpfs", "/var/tmp", "--symlink", "../run", "/var/run"]
+    args += ["--proc", "/proc", "--dev", "/dev"]
+    for scratch in ("/dev/shm", "/tmp", "/var/tmp"):
+        args += ["--perms", "1777", "--tmpfs", scratch]  # sticky, world-writable as usual
+    args += ["--symlink", "../run", "/var/run"]
     for extra in HOST_EXTRAS:
         args += ["--ro-bind-try", extra, extra]
     return args

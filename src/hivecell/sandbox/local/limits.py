@@ -12,8 +12,10 @@ hierarchy root when our own cgroup cannot delegate (needs root).
 
 The rlimit fallback is weaker and applied inside the box by ``hivecell.guest.boot``:
 RLIMIT_NPROC counts the sandbox user's tasks in the sandbox's user namespace (which is what
-we want), RLIMIT_DATA caps each process's private writable memory, not the box's total.
-RLIMIT_AS is not used: Xvfb and Chromium reserve far more address space than they touch.
+we want) but the kernel never applies it to host root, whom the box's user maps to when
+hivecell runs as root; RLIMIT_DATA caps each process's private writable memory, not the
+box's total. RLIMIT_AS is not used: Xvfb and Chromium reserve far more address space than
+they touch.
 """
 
 from __future__ import annotations
@@ -103,11 +105,19 @@ def _place(result: LimitPlan, controller: str, backend: str, name: str) -> str:
         if parent is not None:
             _add(result, parent / name, _v1_settings(parent / name, controller, value))
             return "cgroup1"
-    if backend in ("auto", "rlimit"):
-        return "rlimit"
-    raise LimitsUnavailable(
-        f"{backend} has no writable {controller} controller here; use limits backend 'auto'"
-    )
+    if backend not in ("auto", "rlimit"):
+        raise LimitsUnavailable(
+            f"{backend} has no writable {controller} controller here; use limits backend 'auto'"
+        )
+    if controller == "pids" and os.geteuid() == 0:
+        # The box's user is host root then, and the kernel never applies RLIMIT_NPROC to root.
+        if backend == "rlimit":
+            raise LimitsUnavailable(
+                "RLIMIT_NPROC cannot limit processes when hivecell runs as root; "
+                "use limits backend 'auto' (cgroups) or max_pids=None"
+            )
+        return "none"
+    return "rlimit"
 
 
 def _add(result: LimitPlan, cgroup: Path, settings: list[tuple[str, str]]) -> None:

@@ -43,14 +43,22 @@ class LocalProvider:
     name = "local"
 
     def __init__(
-        self, home: Path, *, limits_backend: str = "auto", boot_timeout: float = 20.0
+        self,
+        home: Path,
+        *,
+        limits_backend: str = "auto",
+        boot_timeout: float = 20.0,
+        pycache: Path | None = None,
     ) -> None:
+        """``pycache``: where the guest's bytecode is compiled (default ``home/pycache``);
+        providers with different homes may share one."""
         if limits_backend not in limits.BACKENDS:
             choices = ", ".join(limits.BACKENDS)
             raise ConfigError(f"unknown limits backend {limits_backend!r}; use one of {choices}")
         self.home = Path(home)
         self.limits_backend = limits_backend
         self.boot_timeout = boot_timeout
+        self.pycache = pycache or self.home / "pycache"
         self._runtime: PythonRuntime | None = None
         self._bytecode_warm = False
         self._supervisors: dict[str, subprocess.Popen[bytes]] = {}  # ours, to reap
@@ -170,11 +178,10 @@ class LocalProvider:
         }
 
     def _pycache(self) -> Path:
-        cache = self.home / "pycache"
         if not self._bytecode_warm:
-            bytecode.warm(cache, self.runtime)
+            bytecode.warm(self.pycache, self.runtime)
             self._bytecode_warm = True
-        return cache
+        return self.pycache
 
     @property
     def runtime(self) -> PythonRuntime:

@@ -1,0 +1,124 @@
+"""The conformance suite every sandbox provider must pass.
+
+Subclass ``ProviderConformance`` in a ``test_*.py`` module and give it a ``provider``
+fixture: a fresh provider whose leftover sandboxes the fixture destroys afterwards (see
+``test_local_conformance.py``). The tests only use the provider protocol, the guest agent
+and what the host can see in /proc, so a VM provider runs them unchanged.
+"""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from hivecell.errors import HivecellError, SandboxNotFound
+from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec
+from tests.sandbox import host
+from tests.sandbox.host import sh_out
+
+UNKNOWN_ID = "sb-00000000"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+class ProviderConformance:
+    spec = SandboxSpec(width=800, height=600, memory_mb=1024, max_pids=256)
+
+    pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+    async def test_create_answers_ping_and_is_listed_running(
+        self, provider: SandboxProvider
+    ) -> None:
+        info = await provider.create(self.spec)
+        assert (info.status, info.provider, info.spec) == ("running", provider.name, self.spec)
+        async with await provider.connect(info.id) as guest:
+            assert (await guest.call("ping"))["pong"] is True
+        assert (await provider.info(info.id)).status == "running"
+        listed = {item.id: item for item in await provider.list()}
+        assert listed[info.id].status == "running"
+
+    async def test_exec_runs_as_the_sandbox_user(self, provider: SandboxProvider) -> None:
+        info = await provider.create(self.spec)
+        async with await provider.connect(info.id) as guest:
+            assert await sh_out(guest, "echo hi; id -un; echo $HOME") == "hi\nuser\n/home/user\n"
+            system = await guest.call("get_system_info")
+        assert (system["user"], system["home"]) == ("user", "/home/user")
+
+    async def test_shared_folders_work_both_ways(self, provider: SandboxProvider) -> None:
+        info = await provider.create(self.spec)
+        shared = anyio.Path(info.shared_dir)
+        await (shared / "inbox" / "from-host.txt").write_text("hello box\n")
+        async with await provider.connect(info.id) as guest:
+            assert await sh_out(guest, "ls /shared") == "inbox\noutbox\nworkspace\n"
+            assert await sh_out(guest, "cat /shared/inbox/from-host.txt") == "hello box\n"
+            await sh_out(guest, "echo hello host > /shared/outbox/from-box.txt")
+        assert await (shared / "outbox" / "from-box.txt").read_text() == "hello host\n"
+
+    async def test_screenshot_shows_the_whole_screen(self, provider: SandboxProvider) -> None:
+        info = await provider.create(self.spec)
+        async with await provider.connect(info.id) as guest:
+            shot = await guest.call("screenshot", {"format": "png"})
+        assert (shot["screen_width"], shot["screen_height"]) == (800, 600)
+        assert host.png_bytes(shot).startswith(PNG_MAGIC)
+
+    async def test_vnc_endpoint_speaks_rfb(self, provider: SandboxProvider) -> None:
+        info = await provider.create(self.spec)
+        assert info.vnc_endpoint is not None
+        async with await provider.connect(info.id) as guest:
+            await guest.call("start_vnc")
+            assert (await host.read_banner(info.vnc_endpoint, 12)).startswith(b"RFB 003.")
+            await guest.call("stop_vnc")
+
+    async def test_stop_then_start_keeps_home_and_shared(self, provider: SandboxProvider) -> None:
+        info = await provider.create(self.spec)
+        async with await provider.connect(info.id) as guest:
+            await sh_out(guest, "echo kept > ~/note.txt; echo kept > /shared/workspace/w.txt")
+        stopped = await provider.stop(info.id)
+        assert stopped.status == "stopped"
+        assert (await provider.stop(info.id)).status == "stopped"  # idempotent
+        with pytest.raises(HivecellError):
+            async with await provider.connect(info.id) as guest:
+                await guest.call("ping")
+        assert (await provider.start(info.id)).status == "running"
+        async with await provider.connect(info.id) as guest:
+            assert await sh_out(guest, "cat ~/note.txt /shared/workspace/w.txt") == "kept\nkept\n"
+
+    async def test_shutdown_from_inside_stops_it(self, provider: SandboxProvider) -> None:
+        info = await provider.create(self.spec)
+        async with await provider.connect(info.id) as guest:
+            await guest.call("shutdown")
+        assert (await _wait_status(provider, info.id, "stopped")).status == "stopped"
+
+    async def test_destroy_leaves_nothing(self, provider: SandboxProvider) -> None:
+        info = await provider.create(self.spec)
+        procs = host.process_tree(info.id)
+        assert procs, "the host should see the sandbox's processes before destroy"
+        await provider.destroy(info.id)
+        assert host.alive(procs) == set(), host.commands(host.alive(procs))
+        assert host.process_tree(info.id) == set()
+        assert host.mounts_mentioning(info.id) == []
+        assert not await anyio.Path(info.shared_dir).exists()
+        assert info.id not in [item.id for item in await provider.list()]
+        with pytest.raises(SandboxNotFound):
+            await provider.info(info.id)
+
+    async def test_unknown_ids_raise_not_found(self, provider: SandboxProvider) -> None:
+        for call in (provider.destroy, provider.info, provider.start, provider.stop):
+            with pytest.raises(SandboxNotFound):
+                await call(UNKNOWN_ID)
+        with pytest.raises(SandboxNotFound):
+            await provider.connect(UNKNOWN_ID)
+
+    async def test_destroy_twice_raises_not_found(self, provider: SandboxProvider) -> None:
+        info = await provider.create(self.spec)
+        await provider.destroy(info.id)
+        with pytest.raises(SandboxNotFound):
+            await provider.destroy(info.id)
+
+
+async def _wait_status(provider: SandboxProvider, sandbox_id: str, status: str) -> SandboxInfo:
+    for _ in range(300):
+        info = await provider.info(sandbox_id)
+        if info.status == status:
+            return info
+        await anyio.sleep(0.05)
+    raise AssertionError(f"{sandbox_id} is still {info.status} ({info.detail}), not {status}")
