@@ -135,7 +135,9 @@ class Connection:
                 await self._reply_exception(request, exc)
                 return
             finally:
-                self._inflight.pop(key, None)  # type: ignore[call-overload]
+                # a reused id may have replaced our entry: never drop the newer scope
+                if self._inflight.get(key) is scope:  # type: ignore[call-overload]
+                    del self._inflight[key]  # type: ignore[arg-type]
             if not request.is_notification:
                 await self._write(jsonrpc.result_message(request.id, result))
         if scope.cancelled_caught and not request.is_notification:

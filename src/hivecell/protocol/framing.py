@@ -33,6 +33,7 @@ class FrameReader:
         self._max = max_bytes
         self._buf = bytearray()
         self._skipping = 0  # bytes discarded of the current oversized frame; 0 = not skipping
+        self._searched = 0  # bytes of _buf known to hold no newline: rescanning is quadratic
         self._eof = False
 
     def __aiter__(self) -> FrameReader:
@@ -48,7 +49,8 @@ class FrameReader:
             await self._fill()
 
     def _take_frame(self) -> bytes | Oversized | None:
-        idx = self._buf.find(b"\n")
+        idx = self._buf.find(b"\n", self._searched)
+        self._searched = len(self._buf) if idx < 0 else 0
         if self._skipping:
             return self._skip(idx)
         if idx >= 0:
@@ -58,6 +60,7 @@ class FrameReader:
         if len(self._buf) > self._max:
             self._skipping = len(self._buf)
             self._buf.clear()
+            self._searched = 0
         elif self._eof and self._buf:
             line = bytes(self._buf)  # last frame without trailing newline
             self._buf.clear()
@@ -68,6 +71,7 @@ class FrameReader:
         if idx < 0:
             self._skipping += len(self._buf)
             self._buf.clear()
+            self._searched = 0
             if not self._eof:
                 return None
             size, self._skipping = self._skipping, 0

@@ -62,7 +62,13 @@ class GuestClient:
         await self._tg.__aenter__()
         self._tg.start_soon(self._read_loop)
         if self._token is not None:
-            await self.call("authenticate", {"token": self._token})
+            try:
+                await self.call("authenticate", {"token": self._token})
+            except BaseException:
+                # the caller's `async with` never calls __aexit__ after a failed __aenter__:
+                # close the task group here or its cancel scope stays on the task's stack
+                await self.__aexit__(None, None, None)
+                raise
         return self
 
     async def __aexit__(
