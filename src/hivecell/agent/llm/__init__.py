@@ -1,0 +1,34 @@
+"""The model client of the agent runtime: one OpenAI-compatible endpoint per ``LLMClient``.
+
+``load_provider`` resolves settings at the edge, ``LLMClient.complete`` makes one call with
+retries and typed errors, and ``ScriptedLLMServer`` (in ``hivecell.agent.llm.scripted``) is
+the real-HTTP fake that tests and demos run it against.
+"""
+
+from hivecell.agent.llm.client import LLMClient
+from hivecell.agent.llm.config import DEFAULT_BASE_URL, ProviderConfig, load_provider
+from hivecell.agent.llm.errors import LLMError, LLMRejected, LLMUnavailable
+from hivecell.agent.llm.messages import image_part, user_message
+from hivecell.agent.llm.pricing import DEFAULT_PRICES, ModelPrice, PriceTable, estimate_cost
+from hivecell.agent.llm.response import LLMResponse, ToolCall, Usage
+from hivecell.agent.llm.retry import RetryPolicy
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_PRICES",
+    "LLMClient",
+    "LLMError",
+    "LLMRejected",
+    "LLMResponse",
+    "LLMUnavailable",
+    "ModelPrice",
+    "PriceTable",
+    "ProviderConfig",
+    "RetryPolicy",
+    "ToolCall",
+    "Usage",
+    "estimate_cost",
+    "image_part",
+    "load_provider",
+    "user_message",
+]

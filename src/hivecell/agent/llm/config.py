@@ -1,0 +1,193 @@
+"""Which model endpoint to talk to, resolved at the edge: argument > config file > environment.
+
+Named providers are ``[providers.NAME]`` tables in ``$HIVECELL_HOME/config.toml``::
+
+    default_provider = "local"          # used when no name is given (optional)
+
+    [providers.local]
+    base_url = "http://127.0.0.1:11434/v1"
+    model = "qwen2.5vl:7b"              # no key: loopback servers get a placeholder
+
+    [providers.groq]
+    base_url = "https://api.groq.com/openai/v1"
+    model = "llama-4-scout"
+    api_key_env = "GROQ_API_KEY"        # read the key from this variable, not OPENAI_API_KEY
+    max_retries = 3
+
+    [providers.groq.prices."llama-4-scout"]
+    input = 0.11                        # USD per 1M tokens
+    output = 0.34
+
+The environment gives the defaults: ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` (or the variable a
+table names in ``api_key_env``, which then replaces it, so one vendor's key is never sent to
+another vendor's URL by accident) and ``HIVECELL_MODEL``.
+
+Keys for local servers: Ollama, vLLM and LM Studio accept any key, so when no key is configured
+and ``base_url`` is a loopback address, the placeholder ``"local"`` is used and nothing has to
+be set. A non-loopback URL without a key is an error, even on a LAN: a silent placeholder there
+would turn a forgotten key into a confusing 401 from a remote server. A key that is given
+explicitly (``api_key = "none"`` for an unauthenticated vLLM on another host) is always used
+as is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from hivecell.agent.llm.pricing import ModelPrice
+from hivecell.errors import ConfigError
+
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+LOCAL_API_KEY = "local"
+_OP = "llm.config"
+
+
+class ProviderConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "default"
+    base_url: str = DEFAULT_BASE_URL
+    api_key: SecretStr
+    model: str = Field(min_length=1)
+    max_retries: int = Field(5, ge=0, le=100)
+    timeout_s: float = Field(120.0, gt=0)
+    backoff_base_s: float = Field(1.0, gt=0, description="first retry waits up to this long")
+    backoff_max_s: float = Field(60.0, gt=0, description="cap of one exponential backoff wait")
+    retry_after_max_s: float = Field(120.0, ge=0, description="cap of a server's Retry-After")
+    prices: dict[str, ModelPrice] = Field(default_factory=dict)
+
+
+def load_provider(
+    name: str | None,
+    *,
+    model: str | None = None,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    config_path: Path,
+    environ: Mapping[str, str],
+) -> ProviderConfig:
+    """Resolve one provider; raises ``ConfigError`` naming the flag, variable and file to fix.
+
+    Reads ``config_path`` (a missing file is fine unless a provider is named). Synchronous:
+    call it at the edge, before or outside the event loop's hot path.
+    """
+    document = _read_document(config_path)
+    name = name or _optional_str(document.get("default_provider"))
+    table = _provider_table(document, name, config_path)
+    where = f"[providers.{name}] in {config_path}" if name else f"a provider table in {config_path}"
+    url = _first(base_url, table.pop("base_url", None), environ.get("OPENAI_BASE_URL"))
+    url = _check_url(url or DEFAULT_BASE_URL)
+    key = _resolve_key(api_key, table, environ, url, where)
+    chosen = _resolve_model(model, table, environ, where)
+    prices = {**_mapping(document.get("prices")), **_mapping(table.pop("prices", None))}
+    fields = {"name": name or "default", "base_url": url, "api_key": key, "model": chosen}
+    return _build({**table, **fields, "prices": prices}, where)
+
+
+def is_loopback(url: str) -> bool:
+    host = urlsplit(url).hostname or ""
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_document(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(
+            f"cannot read {path}: {exc}", op=_OP, context={"path": str(path)}
+        ) from exc
+
+
+def _provider_table(document: dict[str, Any], name: str | None, path: Path) -> dict[str, Any]:
+    if name is None:
+        return {}
+    providers = _mapping(document.get("providers"))
+    if name not in providers:
+        known = ", ".join(sorted(providers)) or "none"
+        raise ConfigError(
+            f"no provider {name!r}: add a [providers.{name}] table to {path} (defined: {known})",
+            op=_OP,
+            context={"provider": name, "path": str(path)},
+        )
+    return dict(_mapping(providers[name]))
+
+
+def _resolve_key(
+    arg: str | None, table: dict[str, Any], environ: Mapping[str, str], url: str, where: str
+) -> str:
+    key_env = _optional_str(table.pop("api_key_env", None)) or "OPENAI_API_KEY"
+    key = _first(arg, table.pop("api_key", None), environ.get(key_env))
+    if key:
+        return key
+    if is_loopback(url):
+        return LOCAL_API_KEY
+    raise ConfigError(
+        f"no API key for {url}: pass --api-key, set {key_env}, "
+        f"or set api_key (or api_key_env) in {where}",
+        op=_OP,
+        context={"base_url": url, "env": key_env},
+    )
+
+
+def _resolve_model(
+    arg: str | None, table: dict[str, Any], environ: Mapping[str, str], where: str
+) -> str:
+    model = _first(arg, table.pop("model", None), environ.get("HIVECELL_MODEL"))
+    if not model:
+        raise ConfigError(
+            f"no model set: pass --model, set HIVECELL_MODEL, or set model in {where}", op=_OP
+        )
+    return model
+
+
+def _check_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"base_url {url!r} is not an http(s) URL: fix --base-url, OPENAI_BASE_URL "
+            "or base_url in the provider table",
+            op=_OP,
+            context={"base_url": url},
+        )
+    return url.rstrip("/")
+
+
+def _build(values: dict[str, Any], where: str) -> ProviderConfig:
+    try:
+        return ProviderConfig.model_validate(values)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)
+        )
+        raise ConfigError(f"invalid settings in {where}: {problems}", op=_OP) from exc
+
+
+def _first(*values: object) -> str | None:
+    """First value that is set; an empty string counts as unset (``FOO= cmd``)."""
+    for value in values:
+        if value is not None and value != "":
+            return str(value)
+    return None
+
+
+def _optional_str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _mapping(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
