@@ -1,0 +1,60 @@
+"""The trace record: one JSON object per line of trace.jsonl, used for writing and reading."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+TRACE_FILE = "trace.jsonl"
+SCREENSHOTS_DIR = "screenshots"
+CONVERSATION_FILE = "conversation.json"
+# Bare file names only: a trace read from disk must not point an export outside screenshots/.
+SCREENSHOT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+
+
+class StepKind(StrEnum):
+    LLM = "llm"
+    TOOL = "tool"
+    OBSERVATION = "observation"
+    USER = "user"
+    STATUS = "status"
+    ERROR = "error"
+
+
+class Tokens(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: int = Field(default=0, ge=0)
+    completion: int = Field(default=0, ge=0)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class TraceStep(BaseModel):
+    """One event of a task run. Several records may share a step number (llm, then tool)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ts: datetime = Field(default_factory=_now)
+    step: int = Field(ge=0)
+    kind: StepKind
+    # What the model said or thought before acting.
+    reasoning: str | None = None
+    # Free text for user messages, status changes and observations.
+    text: str | None = None
+    tool: str | None = None
+    arguments: dict[str, JsonValue] | None = None
+    result: JsonValue = None
+    error: str | None = None
+    screenshot: str | None = Field(default=None, pattern=SCREENSHOT_NAME)
+    tokens: Tokens | None = None
+    llm_latency_ms: float | None = Field(default=None, ge=0)
+    tool_latency_ms: float | None = Field(default=None, ge=0)
+
+    def to_line(self) -> bytes:
+        # Unset fields are left out to keep long traces small; reading fills the defaults back.
+        return self.model_dump_json(exclude_none=True).encode() + b"\n"
