@@ -14,7 +14,7 @@ from hivecell.sandbox.local.provider import LocalProvider
 MakeProvider = Callable[..., LocalProvider]
 
 
-def _short_tmp(prefix: str) -> Path:
+def short_tmp(prefix: str) -> Path:
     # Not tmp_path: unix socket paths must stay under 108 bytes, pytest's are long.
     return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
 
@@ -22,14 +22,14 @@ def _short_tmp(prefix: str) -> Path:
 @pytest.fixture(scope="session")
 def pycache() -> Iterator[Path]:
     """One bytecode cache for the session, so each test's fresh home does not recompile."""
-    path = _short_tmp("hc-pyc-")
+    path = short_tmp("hc-pyc-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
 def home() -> Iterator[Path]:
-    path = _short_tmp("hc-")
+    path = short_tmp("hc-")
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

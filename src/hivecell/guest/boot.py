@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in LAUNCHER_ENV:
         os.environ.pop(name, None)
     apply_rlimits(args.rlimit_nproc, args.rlimit_data)
-    make_runtime_dir()
+    make_runtime_dirs()
     xvfb, display_fd = start_xvfb(args.screen)
     children = [xvfb]
     try:
@@ -82,9 +82,13 @@ def apply_rlimits(nproc: int | None, data: int | None) -> None:
         resource.setrlimit(resource.RLIMIT_DATA, (data, data))
 
 
-def make_runtime_dir() -> None:
+def make_runtime_dirs() -> None:
     runtime = Path(os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp/xdg-runtime"))
     runtime.mkdir(mode=0o700, parents=True, exist_ok=True)
+    # Xvfb creates its socket folder only as root, and /tmp is sticky: make it ourselves.
+    sockets = Path("/tmp/.X11-unix")
+    sockets.mkdir(exist_ok=True)
+    sockets.chmod(0o1777)
 
 
 def start_xvfb(screen: str) -> tuple[subprocess.Popen[bytes], int]:

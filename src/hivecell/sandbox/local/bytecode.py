@@ -15,6 +15,7 @@ import os
 import py_compile
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from hivecell.sandbox.local.pyruntime import PythonRuntime
@@ -50,7 +51,7 @@ def _agent_files(cache: Path) -> list[Path]:
         return [Path(line) for line in lines[1:]]
     files = _discover()
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = listing.with_name(f"{LISTING}.{os.getpid()}")
+    tmp = listing.with_name(f"{LISTING}.{os.getpid()}.{threading.get_ident()}")
     tmp.write_text("\n".join([key, *map(str, files)]) + "\n")
     tmp.replace(listing)
     return files

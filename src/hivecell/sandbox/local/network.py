@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import time
 
 NS_GET_USERNS = 0xB701  # ioctl: the user namespace owning a namespace
 MTU = 65520
@@ -39,6 +40,7 @@ def start(slirp4netns: str, child_pid: int) -> Slirp:
     bwrap may nest a second user namespace inside the one owning the network namespace, so
     slirp4netns must join the *owner* (found with NS_GET_USERNS), not the child's own.
     """
+    _await_loopback(child_pid)
     userns = _owner_userns(child_pid)
     ready_r, ready_w = os.pipe()
     exit_r, exit_w = os.pipe()
@@ -62,6 +64,23 @@ def _argv(slirp4netns: str, child_pid: int, userns: int, ready_w: int, exit_r: i
         "--enable-sandbox", "--enable-seccomp", f"--userns-path=/proc/self/fd/{userns}",
         f"--ready-fd={ready_w}", f"--exit-fd={exit_r}", str(child_pid), "tap0",
     ]  # fmt: skip
+
+
+def _await_loopback(child_pid: int, timeout: float = 5.0) -> None:
+    """Wait until bwrap has set up the box's loopback.
+
+    bwrap adds 127.0.0.1 to ``lo`` with NLM_F_EXCL just after reporting the child pid and
+    dies if the address exists, which it does once slirp4netns has brought ``lo`` up. The
+    address shows in the namespace's FIB only once bwrap is done with it.
+    """
+    fib = f"/proc/{child_pid}/net/fib_trie"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(fib) as fh:
+            if "127.0.0.1" in fh.read():
+                return
+        time.sleep(0.0005)
+    raise OSError(f"the box's loopback was not set up within {timeout} s")
 
 
 def _owner_userns(child_pid: int) -> int:

@@ -15,6 +15,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,7 @@ class LocalProvider:
         self.pycache = pycache or self.home / "pycache"
         self._runtime: PythonRuntime | None = None
         self._bytecode_warm = False
+        self._bytecode_lock = threading.Lock()
         self._supervisors: dict[str, subprocess.Popen[bytes]] = {}  # ours, to reap
 
     # --- the provider protocol ----------------------------------------------------------------
@@ -105,6 +107,7 @@ class LocalProvider:
     # --- creating and starting -----------------------------------------------------------------
     def _prepare(self, spec: SandboxSpec) -> tuple[Layout, SandboxMeta]:
         _require_tools(spec)
+        self._limits(spec, "hivecell-probe")  # refuse impossible limits before making folders
         layout = self._new_layout()
         for folder in layout.writable_dirs():
             folder.mkdir(parents=True, exist_ok=True)
@@ -160,14 +163,15 @@ class LocalProvider:
         state.save(layout, meta)
         return proc
 
-    def _plan(self, layout: Layout, spec: SandboxSpec) -> dict[str, Any]:
+    def _limits(self, spec: SandboxSpec, cgroup_name: str) -> LimitPlan:
         memory = spec.memory_mb * 1024 * 1024 if spec.memory_mb else None
         try:
-            plan = limits.plan(
-                memory, spec.max_pids, f"hivecell-{layout.sandbox_id}", self.limits_backend
-            )
+            return limits.plan(memory, spec.max_pids, cgroup_name, self.limits_backend)
         except LimitsUnavailable as exc:
             raise ConfigError(str(exc), op="create") from exc
+
+    def _plan(self, layout: Layout, spec: SandboxSpec) -> dict[str, Any]:
+        plan = self._limits(spec, f"hivecell-{layout.sandbox_id}")
         return {
             "bwrap": shutil.which("bwrap"),
             "slirp4netns": shutil.which("slirp4netns"),
@@ -178,9 +182,10 @@ class LocalProvider:
         }
 
     def _pycache(self) -> Path:
-        if not self._bytecode_warm:
-            bytecode.warm(self.pycache, self.runtime)
-            self._bytecode_warm = True
+        with self._bytecode_lock:  # parallel creates: compile once, the others wait for it
+            if not self._bytecode_warm:
+                bytecode.warm(self.pycache, self.runtime)
+                self._bytecode_warm = True
         return self.pycache
 
     @property
