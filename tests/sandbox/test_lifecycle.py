@@ -156,3 +156,22 @@ async def test_start_and_stop_are_idempotent(make_provider: MakeProvider) -> Non
     assert (await provider.stop(info.id)).status == "stopped"
     assert (await provider.start(info.id)).status == "running"
     assert await _ping(provider, info.id)
+
+
+async def test_a_cancelled_create_leaves_nothing(make_provider: MakeProvider, home: Path) -> None:
+    provider = make_provider()
+    with anyio.move_on_after(0.1):
+        await provider.create(SandboxSpec())
+    assert await provider.list() == []
+    assert await anyio.Path(home, "sandboxes").exists()
+    assert [p async for p in anyio.Path(home, "sandboxes").iterdir()] == []
+    assert await to_thread.run_sync(host.process_tree, str(home)) == set()
+
+
+async def test_a_boot_timeout_stops_the_box(make_provider: MakeProvider, home: Path) -> None:
+    provider = LocalProvider(home, pycache=make_provider().pycache, boot_timeout=0.05)
+    with pytest.raises(SandboxError, match=r"no answer within 0\.05 s"):
+        await provider.create(SandboxSpec())
+    [info] = await provider.list()
+    assert info.status == "error" and "did not boot: no answer within" in info.detail
+    assert await to_thread.run_sync(host.process_tree, str(home)) == set()

@@ -39,6 +39,7 @@ AGENT_MODULES = (
 )
 
 log = logging.getLogger("hivecell.guest.boot")
+_STARTED = time.monotonic()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -65,13 +66,19 @@ def main(argv: list[str] | None = None) -> int:
     children = [xvfb]
     try:
         serve = _import_agent()  # overlaps with Xvfb's startup
+        log.info("agent imported after %.0f ms", _elapsed_ms())
         wait_for_display(display_fd, xvfb)
+        log.info("display up after %.0f ms", _elapsed_ms())
         children += start_window_manager()
         reason = serve(args)
         log.info("agent stopped: %s", reason)
     finally:
         stop_all(children)
     return 0
+
+
+def _elapsed_ms() -> float:
+    return (time.monotonic() - _STARTED) * 1000
 
 
 def apply_rlimits(nproc: int | None, data: int | None) -> None:

@@ -15,6 +15,9 @@ Stdlib only, and no dataclasses (importing them costs the supervisor ~10 ms).
 
 from __future__ import annotations
 
+import json
+import os
+import time
 from pathlib import Path
 
 SHARED_FOLDERS = ("inbox", "outbox", "workspace")
@@ -83,3 +86,10 @@ class Layout:
 
     def writable_dirs(self) -> list[Path]:
         return [self.etc, self.home, self.run, *(self.shared / d for d in SHARED_FOLDERS)]
+
+    def record_exit(self, status: str, detail: str, code: int | None = None) -> None:
+        """How the last run ended, for ``list``/``info`` once nothing runs any more."""
+        record = {"status": status, "detail": detail, "code": code, "time": time.time()}
+        tmp = self.exit.with_name(f"exit.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.exit)

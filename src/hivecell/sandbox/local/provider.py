@@ -68,7 +68,13 @@ class LocalProvider:
     # --- the provider protocol ----------------------------------------------------------------
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
         layout, meta = await to_thread.run_sync(self._prepare, spec)
-        await self._launch(layout, meta)
+        try:
+            await self._launch(layout, meta)
+        except anyio.get_cancelled_exc_class():
+            # The caller never learns the id, so nobody else could clean this up.
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(self._destroy_sync, layout)
+            raise
         return await self.info(layout.sandbox_id)
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
@@ -139,7 +145,12 @@ class LocalProvider:
 
     async def _launch(self, layout: Layout, meta: SandboxMeta) -> None:
         proc = await to_thread.run_sync(self._spawn, layout, meta)
-        await self._wait_until_ready(layout, proc)
+        try:
+            await self._wait_until_ready(layout, proc)
+        except BaseException:
+            with anyio.CancelScope(shield=True):  # half-booted boxes are not left running
+                await to_thread.run_sync(self._stop_sync, layout, proc.pid)
+            raise
 
     def _spawn(self, layout: Layout, meta: SandboxMeta) -> subprocess.Popen[bytes]:
         spec = meta.info.spec
@@ -202,10 +213,12 @@ class LocalProvider:
             if proc.poll() is not None:
                 raise await self._boot_failed(layout, f"it exited with code {proc.returncode}")
             if anyio.current_time() > deadline:
+                why = f"no answer within {self.boot_timeout} s"
                 await to_thread.run_sync(self._stop_sync, layout, proc.pid)
-                raise await self._boot_failed(layout, f"no answer within {self.boot_timeout} s")
+                await to_thread.run_sync(layout.record_exit, "error", f"did not boot: {why}")
+                raise await self._boot_failed(layout, why)
             await anyio.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+            delay = min(delay * 1.5, 0.01)  # boot takes ~0.3 s: poll often, it is cheap
 
     async def _boot_failed(self, layout: Layout, why: str) -> SandboxError:
         tail = await to_thread.run_sync(_log_tail, layout.log)

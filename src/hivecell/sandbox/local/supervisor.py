@@ -137,10 +137,7 @@ def _record_exit(layout: Layout, code: int, stopped: bool) -> None:
         status, detail = "stopped", "stopped on request" if stopped else "the guest shut down"
     else:
         status, detail = "error", f"the sandbox exited with code {code}; see {layout.log}"
-    record = {"status": status, "detail": detail, "code": code, "time": time.time()}
-    tmp = layout.exit.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record))
-    tmp.replace(layout.exit)
+    layout.record_exit(status, detail, code)
 
 
 def main(argv: list[str]) -> int:
