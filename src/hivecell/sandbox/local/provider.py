@@ -8,6 +8,7 @@ same ``home`` can list, connect to, stop and destroy them.
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import os
 import shutil
@@ -24,7 +25,13 @@ from typing import Any
 import anyio
 from anyio import to_thread
 
-from hivecell.errors import ConfigError, GuestUnavailable, SandboxError, SandboxNotFound
+from hivecell.errors import (
+    ConfigError,
+    GuestUnavailable,
+    SandboxError,
+    SandboxNotFound,
+    Timeout,
+)
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local import bwrap, bytecode, etcfiles, limits, state
@@ -63,7 +70,6 @@ class LocalProvider:
         self._runtime: PythonRuntime | None = None
         self._bytecode_warm = False
         self._bytecode_lock = threading.Lock()
-        self._supervisors: dict[str, subprocess.Popen[bytes]] = {}  # ours, to reap
 
     # --- the provider protocol ----------------------------------------------------------------
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
@@ -144,35 +150,27 @@ class LocalProvider:
             return layout
 
     async def _launch(self, layout: Layout, meta: SandboxMeta) -> None:
-        proc = await to_thread.run_sync(self._spawn, layout, meta)
+        pid = await to_thread.run_sync(self._spawn, layout, meta)
         try:
-            await self._wait_until_ready(layout, proc)
+            await self._wait_until_ready(layout, pid)
         except BaseException:
             with anyio.CancelScope(shield=True):  # half-booted boxes are not left running
-                await to_thread.run_sync(self._stop_sync, layout, proc.pid)
+                await to_thread.run_sync(self._stop_sync, layout, pid)
             raise
 
-    def _spawn(self, layout: Layout, meta: SandboxMeta) -> subprocess.Popen[bytes]:
+    def _spawn(self, layout: Layout, meta: SandboxMeta) -> int:
+        """Start the supervisor; returns its pid."""
         spec = meta.info.spec
         _require_tools(spec)
         plan = self._plan(layout, spec)
         layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)
         layout.guest_socket.unlink(missing_ok=True)
-        with open(layout.log, "ab") as log:
-            log.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-            proc = subprocess.Popen(
-                [sys.executable, "-I", "-m", SUPERVISOR_MODULE, str(layout.root)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # outlives us; no terminal signals
-            )
-        self._supervisors[layout.sandbox_id] = proc
-        meta.supervisor_pid = proc.pid
+        pid = _start_supervisor(layout)
+        meta.supervisor_pid = pid
         meta.limits = LimitPlan.from_json(plan["limits"]).describe()
         state.save(layout, meta)
-        return proc
+        return pid
 
     def _limits(self, spec: SandboxSpec, cgroup_name: str) -> LimitPlan:
         memory = spec.memory_mb * 1024 * 1024 if spec.memory_mb else None
@@ -205,16 +203,17 @@ class LocalProvider:
             self._runtime = PythonRuntime.detect()
         return self._runtime
 
-    async def _wait_until_ready(self, layout: Layout, proc: subprocess.Popen[bytes]) -> None:
+    async def _wait_until_ready(self, layout: Layout, pid: int) -> None:
         """Poll the guest socket with a short backoff until ``ping`` answers."""
         deadline = anyio.current_time() + self.boot_timeout
         delay = 0.002
         while not await _pings(layout):
-            if proc.poll() is not None:
-                raise await self._boot_failed(layout, f"it exited with code {proc.returncode}")
+            if not await to_thread.run_sync(state.supervisor_alive, layout, pid):
+                last = await to_thread.run_sync(state.read_exit, layout)
+                raise await self._boot_failed(layout, str(last.get("detail", "it exited")))
             if anyio.current_time() > deadline:
                 why = f"no answer within {self.boot_timeout} s"
-                await to_thread.run_sync(self._stop_sync, layout, proc.pid)
+                await to_thread.run_sync(self._stop_sync, layout, pid)
                 await to_thread.run_sync(layout.record_exit, "error", f"did not boot: {why}")
                 raise await self._boot_failed(layout, why)
             await anyio.sleep(delay)
@@ -231,29 +230,13 @@ class LocalProvider:
 
     # --- stopping and destroying ---------------------------------------------------------------
     def _stop_sync(self, layout: Layout, pid: int | None) -> None:
-        if not state.supervisor_alive(layout, pid):
-            self._reap(layout.sandbox_id)
+        if pid is None or not state.supervisor_alive(layout, pid):
             return
-        assert pid is not None
-        os.kill(pid, signal.SIGTERM)
-        if not self._wait_gone(layout, pid, STOP_TIMEOUT):
-            os.kill(pid, signal.SIGKILL)  # bwrap --die-with-parent takes the box down too
-            self._wait_gone(layout, pid, STOP_TIMEOUT)
-        self._reap(layout.sandbox_id)
-
-    def _wait_gone(self, layout: Layout, pid: int, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while state.supervisor_alive(layout, pid):
-            if time.monotonic() > deadline:
-                return False
-            self._reap(layout.sandbox_id)
-            time.sleep(0.005)
-        return True
-
-    def _reap(self, sandbox_id: str) -> None:
-        proc = self._supervisors.get(sandbox_id)
-        if proc is not None and proc.poll() is not None:
-            del self._supervisors[sandbox_id]
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            if not _wait_gone(layout, pid, STOP_TIMEOUT):
+                os.kill(pid, signal.SIGKILL)  # bwrap --die-with-parent takes the box down too
+                _wait_gone(layout, pid, STOP_TIMEOUT)
 
     def _destroy_sync(self, layout: Layout) -> None:
         if not layout.root.is_dir():
@@ -294,12 +277,48 @@ class LocalProvider:
         return sorted(found, key=lambda info: info.created_at)
 
 
+def _start_supervisor(layout: Layout) -> int:
+    """Run the supervisor detached (it forks away and reports its pid on a pipe)."""
+    pid_r, pid_w = os.pipe()
+    try:
+        with open(layout.log, "ab") as log:
+            log.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+            launcher = subprocess.Popen(
+                [sys.executable, "-I", "-m", SUPERVISOR_MODULE, str(layout.root), str(pid_w)],
+                pass_fds=(pid_w,),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # no terminal signals from the CLI's session
+            )
+        os.close(pid_w)
+        pid_w = -1
+        reported = os.read(pid_r, 32)
+    finally:
+        os.close(pid_r)
+        if pid_w >= 0:
+            os.close(pid_w)
+    launcher.wait()
+    if not reported:
+        raise SandboxError(f"the supervisor did not start; see {layout.log}", op="start")
+    return int(reported)
+
+
+def _wait_gone(layout: Layout, pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while state.supervisor_alive(layout, pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
 async def _pings(layout: Layout) -> bool:
     try:
         async with GuestClient(f"unix:{layout.guest_socket}", connect_timeout=2) as guest:
             await guest.call("ping", timeout=5)
-    except GuestUnavailable:
-        return False
+    except (GuestUnavailable, Timeout):
+        return False  # not up yet, or too busy booting to answer: keep polling
     return True
 
 

@@ -140,8 +140,20 @@ def _record_exit(layout: Layout, code: int, stopped: bool) -> None:
     layout.record_exit(status, detail, code)
 
 
+def detach(pid_fd: int) -> None:
+    """Fork away from the launcher, which exits at once: the supervisor is then nobody's
+    child (so never a zombie in a long-lived host process); tell the launcher our pid."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.write(pid_fd, str(os.getpid()).encode())
+    os.close(pid_fd)
+
+
 def main(argv: list[str]) -> int:
+    """argv: the sandbox folder, then optionally a fd on which to report our pid."""
     layout = Layout(Path(argv[0]).resolve())
+    if len(argv) > 1:
+        detach(int(argv[1]))
     box = Box(layout, json.loads(layout.plan.read_text()))
     for sig in STOP_SIGNALS:
         signal.signal(sig, box.stop)
