@@ -79,45 +79,51 @@ class LimitPlan:
 
 # --- planning (provider side, read-only) --------------------------------------------------
 def plan(
-    memory_bytes: int | None, max_pids: int | None, name: str, backend: str = "auto"
+    memory_bytes: int | None,
+    max_pids: int | None,
+    name: str,
+    backend: str = "auto",
+    hierarchies: Hierarchies | None = None,
 ) -> LimitPlan:
+    """How to limit a sandbox whose cgroups will be called ``name``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown limits backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    found = hierarchies or Hierarchies.read()
     result = LimitPlan(memory_bytes, max_pids)
     if memory_bytes is not None:
-        result.memory = _place(result, "memory", backend, name)
+        result.memory = _place(result, found, "memory", memory_bytes, backend, name)
     if max_pids is not None:
-        result.pids = _place(result, "pids", backend, name)
+        result.pids = _place(result, found, "pids", max_pids, backend, name)
     return result
 
 
-def _place(result: LimitPlan, controller: str, backend: str, name: str) -> str:
+def _place(
+    result: LimitPlan, found: Hierarchies, controller: str, value: int, backend: str, name: str
+) -> str:
     """Adds the cgroup and settings for one controller; returns the mechanism used."""
-    value = result.memory_bytes if controller == "memory" else result.max_pids
-    assert value is not None
-    if backend in ("auto", "cgroup2"):
-        parent = _v2_parent(controller)
+    for version in ("cgroup2", "cgroup1"):
+        parent = found.parent(version, controller) if backend in ("auto", version) else None
         if parent is not None:
-            _add(result, parent / name, _v2_settings(parent / name, controller, value))
-            return "cgroup2"
-    if backend in ("auto", "cgroup1"):
-        parent = _v1_parent(controller)
-        if parent is not None:
-            _add(result, parent / name, _v1_settings(parent / name, controller, value))
-            return "cgroup1"
+            settings = _SETTINGS[version](parent / name, controller, value)
+            _add(result, parent / name, settings)
+            return version
     if backend not in ("auto", "rlimit"):
         raise LimitsUnavailable(
             f"{backend} has no writable {controller} controller here; use limits backend 'auto'"
         )
-    if controller == "pids" and os.geteuid() == 0:
-        # The box's user is host root then, and the kernel never applies RLIMIT_NPROC to root.
-        if backend == "rlimit":
-            raise LimitsUnavailable(
-                "RLIMIT_NPROC cannot limit processes when hivecell runs as root; "
-                "use limits backend 'auto' (cgroups) or max_pids=None"
-            )
-        return "none"
-    return "rlimit"
+    return _rlimit_mechanism(controller, backend)
+
+
+def _rlimit_mechanism(controller: str, backend: str) -> str:
+    if controller != "pids" or os.geteuid() != 0:
+        return "rlimit"
+    # The box's user is host root then, and the kernel never applies RLIMIT_NPROC to root.
+    if backend == "rlimit":
+        raise LimitsUnavailable(
+            "RLIMIT_NPROC cannot limit processes when hivecell runs as root; "
+            "use limits backend 'auto' (cgroups) or max_pids=None"
+        )
+    return "none"
 
 
 def _add(result: LimitPlan, cgroup: Path, settings: list[tuple[str, str]]) -> None:
@@ -136,62 +142,78 @@ def _v2_settings(cg: Path, controller: str, value: int) -> list[tuple[str, str]]
 def _v1_settings(cg: Path, controller: str, value: int) -> list[tuple[str, str]]:
     if controller == "pids":
         return [(str(cg / "pids.max"), str(value))]
-    # memsw must be set after limit_in_bytes (it may never be below it); absent without swapaccount.
+    # memsw may never be below limit_in_bytes, so it goes second; absent without swap accounting.
     return [
         (str(cg / "memory.limit_in_bytes"), str(value)),
         (str(cg / "memory.memsw.limit_in_bytes?"), str(value)),
     ]
 
 
-def _mounts() -> list[tuple[str, str, str, set[str]]]:
-    """(fstype, mount root, mount point, super options) of every cgroup mount."""
-    found = []
-    for line in MOUNTINFO.read_text().splitlines():
-        left, _, right = line.partition(" - ")
-        fields, tail = left.split(), right.split()
-        if len(tail) >= 3 and tail[0] in ("cgroup", "cgroup2"):
-            found.append((tail[0], fields[3], fields[4], set(tail[2].split(","))))
-    return found
+_SETTINGS = {"cgroup2": _v2_settings, "cgroup1": _v1_settings}
 
 
-def _own_paths() -> dict[str, str]:
-    """Controller ('' for v2) -> our cgroup path, from /proc/self/cgroup."""
-    paths: dict[str, str] = {}
-    for line in SELF_CGROUP.read_text().splitlines():
-        _, controllers, path = line.split(":", 2)
-        for c in controllers.split(",") if controllers else [""]:
-            paths[c] = path
-    return paths
+class Mount:
+    def __init__(self, fstype: str, root: str, point: str, options: set[str]) -> None:
+        self.fstype, self.root, self.point, self.options = fstype, root, point, options
+
+    def folder(self, cgroup: str) -> Path:
+        """Host folder of ``cgroup`` (a path in this hierarchy) under this mount."""
+        if self.root != "/" and (cgroup == self.root or cgroup.startswith(self.root + "/")):
+            cgroup = cgroup[len(self.root) :]
+        return Path(self.point) / cgroup.lstrip("/")
 
 
-def _under(mount_point: str, mount_root: str, path: str) -> Path:
-    """Host folder of cgroup ``path`` in a hierarchy whose ``mount_root`` is mounted there."""
-    if mount_root != "/" and (path == mount_root or path.startswith(mount_root + "/")):
-        path = path[len(mount_root) :]
-    return Path(mount_point) / path.lstrip("/")
+class Hierarchies:
+    """The cgroup mounts and our own place in each hierarchy."""
 
+    def __init__(self, mounts: list[Mount], own: dict[str, str]) -> None:
+        self.mounts = mounts
+        self.own = own  # controller ("" for the v2 hierarchy) -> our cgroup path
 
-def _v1_parent(controller: str) -> Path | None:
-    own = _own_paths().get(controller)
-    for fstype, root, point, opts in _mounts():
-        if fstype == "cgroup" and controller in opts and own is not None:
-            parent = _under(point, root, own)
-            return parent if os.access(parent, os.W_OK) else None
-    return None
+    @classmethod
+    def read(cls) -> Hierarchies:
+        return cls.parse(MOUNTINFO.read_text(), SELF_CGROUP.read_text())
 
+    @classmethod
+    def parse(cls, mountinfo: str, self_cgroup: str) -> Hierarchies:
+        mounts = []
+        for line in mountinfo.splitlines():
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(tail) >= 3 and tail[0] in ("cgroup", "cgroup2"):
+                mounts.append(Mount(tail[0], fields[3], fields[4], set(tail[2].split(","))))
+        own: dict[str, str] = {}
+        for line in self_cgroup.splitlines():
+            _, controllers, path = line.split(":", 2)
+            for controller in controllers.split(",") if controllers else [""]:
+                own[controller] = path
+        return cls(mounts, own)
 
-def _v2_parent(controller: str) -> Path | None:
-    own = _own_paths().get("")
-    for fstype, root, point, _ in _mounts():
-        if fstype != "cgroup2" or own is None:
-            continue
-        for parent in (_under(point, root, own), Path(point)):
-            if _v2_can_delegate(parent, controller, is_root=parent == Path(point)):
-                return parent
-    return None
+    def parent(self, version: str, controller: str) -> Path | None:
+        """Where to create a sandbox's cgroup for ``controller``; None if we cannot."""
+        return self._v2_parent(controller) if version == "cgroup2" else self._v1_parent(controller)
+
+    def _v1_parent(self, controller: str) -> Path | None:
+        own = self.own.get(controller)
+        for mount in self.mounts:
+            if mount.fstype == "cgroup" and controller in mount.options and own is not None:
+                parent = mount.folder(own)
+                return parent if os.access(parent, os.W_OK) else None
+        return None
+
+    def _v2_parent(self, controller: str) -> Path | None:
+        own = self.own.get("")
+        for mount in self.mounts:
+            if mount.fstype != "cgroup2" or own is None:
+                continue
+            for parent in (mount.folder(own), Path(mount.point)):
+                if _v2_can_delegate(parent, controller, is_root=parent == Path(mount.point)):
+                    return parent
+        return None
 
 
 def _v2_can_delegate(parent: Path, controller: str, *, is_root: bool) -> bool:
+    """Whether children of ``parent`` can get ``controller`` (v2: no processes in inner nodes)."""
     try:
         available = (parent / "cgroup.controllers").read_text().split()
         enabled = (parent / "cgroup.subtree_control").read_text().split()

@@ -85,12 +85,15 @@ class Box:
             for fd in fds:
                 os.close(fd)
         self.child_pid = _read_child_pid(info_r)
-        if self.stopping:
-            self._kill()  # a stop request raced the start
-        elif self.plan["network"] == "nat" and self.child_pid is not None:
-            self.slirp = network.start(self.plan["slirp4netns"], self.child_pid)
-        os.write(block_w, b"go")  # let the box run only once its network is in place
-        os.close(block_w)
+        try:
+            if self.stopping or self.child_pid is None:
+                self._kill()  # a stop request raced the start, or bwrap failed
+                return
+            if self.plan["network"] == "nat":
+                self.slirp = network.start(self.plan["slirp4netns"], self.child_pid)
+            os.write(block_w, b"go")  # let the box run only once its network is in place
+        finally:
+            os.close(block_w)
 
     def _join_limits(self) -> None:
         limits.join(self.limits)
