@@ -34,15 +34,15 @@ print("\\n".join(sorted(f for f in files if f and f.endswith(".py"))))
 def warm(cache: Path, runtime: PythonRuntime) -> None:
     """Bring ``cache`` up to date; cheap (a stat per module) when nothing changed."""
     tag = sys.implementation.cache_tag
-    for host_file in _agent_files(cache):
+    for host_file in _agent_files(cache, runtime):
         guest = runtime.guest_path(host_file)
         if guest is not None and tag is not None:
             _compile(host_file, guest, cache / f"{guest.lstrip('/')[:-3]}.{tag}.pyc")
 
 
-def _agent_files(cache: Path) -> list[Path]:
+def _agent_files(cache: Path, runtime: PythonRuntime) -> list[Path]:
     listing = cache / LISTING
-    key = _fingerprint()
+    key = _fingerprint(runtime)
     try:
         lines = listing.read_text().splitlines()
     except OSError:
@@ -57,10 +57,12 @@ def _agent_files(cache: Path) -> list[Path]:
     return files
 
 
-def _fingerprint() -> str:
-    """Changes when the interpreter or any hivecell source file changes."""
+def _fingerprint(runtime: PythonRuntime) -> str:
+    """Changes with the interpreter, any hivecell source file, or packages (un)installed."""
     package = Path(__file__).resolve().parents[2]
     digest = hashlib.sha1(f"{sys.version}|{sys.executable}|{package}".encode())
+    for host_dir, _ in runtime.binds:
+        digest.update(f"{host_dir}:{Path(host_dir).stat().st_mtime_ns}".encode())
     for source in sorted(package.rglob("*.py")):
         digest.update(f"{source}:{source.stat().st_mtime_ns}".encode())
     return digest.hexdigest()

@@ -1,0 +1,31 @@
+"""The guest's bytecode cache: compiled on the host at the paths the box sees."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hivecell.guest.run
+from hivecell.sandbox.local import bytecode
+from hivecell.sandbox.local.pyruntime import PythonRuntime
+
+
+def test_warm_compiles_the_agent_at_its_sandbox_paths(tmp_path: Path) -> None:
+    runtime = PythonRuntime.detect()
+    bytecode.warm(tmp_path, runtime)
+    guest = runtime.guest_path(Path(hivecell.guest.run.__file__).resolve())
+    assert guest is not None and guest.startswith("/opt/hivecell/")
+    pyc = tmp_path / f"{guest.lstrip('/')[:-3]}.{sys.implementation.cache_tag}.pyc"
+    assert pyc.read_bytes()[16:]  # header + marshalled code
+
+
+def test_a_second_warm_reuses_the_module_list(tmp_path: Path) -> None:
+    runtime = PythonRuntime.detect()
+    bytecode.warm(tmp_path, runtime)
+    listing = tmp_path / bytecode.LISTING
+    before = listing.stat().st_mtime_ns
+    bytecode.warm(tmp_path, runtime)
+    assert listing.stat().st_mtime_ns == before
+    modules = listing.read_text().splitlines()[1:]
+    assert any(m.endswith("hivecell/guest/tools/shell.py") for m in modules)
+    assert any("/pydantic/" in m for m in modules)
