@@ -140,7 +140,10 @@ def _record_exit(layout: Layout, code: int, stopped: bool) -> None:
         status, detail = "stopped", "stopped on request" if stopped else "the guest shut down"
     else:
         status, detail = "error", f"the sandbox exited with code {code}; see {layout.log}"
-    layout.record_exit(status, detail, code)
+    try:
+        layout.record_exit(status, detail, code)
+    except OSError as exc:  # the folder was removed under a running box
+        log(f"cannot record the exit: {exc}")
 
 
 def detach(pid_fd: int) -> None:
