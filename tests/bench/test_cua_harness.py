@@ -7,10 +7,9 @@ from pathlib import Path
 
 import anyio
 import pytest
+import websockets  # noqa: F401  (the bench extra; CI installs all extras: fail, never skip)
 
 from hivecell.bench.cua import CuaReport, default_workdir, measure_cua
-
-pytest.importorskip("websockets", reason="needs the bench extra: uv sync --extra bench")
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 

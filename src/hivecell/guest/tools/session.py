@@ -21,6 +21,7 @@ from hivecell.protocol import methods as m
 router = Router()
 _BOOT = time.monotonic()
 _SIOCGIFADDR = 0x8915
+_SIOCGIFFLAGS = 0x8913
 
 
 @router.method("ping")
@@ -151,12 +152,17 @@ async def get_network_info(p: m.Empty, ctx: CallContext) -> m.NetworkInfo:
 
 
 def _interface(name: str) -> m.InterfaceInfo:
-    base = Path("/sys/class/net") / name
-    try:
-        flags = int((base / "flags").read_text(), 16)
-    except (OSError, ValueError):
-        flags = 0
-    return m.InterfaceInfo(name=name, up=bool(flags & 1), addresses=_addresses(name))
+    return m.InterfaceInfo(name=name, up=_is_up(name), addresses=_addresses(name))
+
+
+def _is_up(name: str) -> bool:
+    """IFF_UP via the SIOCGIFFLAGS ioctl: sandboxes have no /sys to read it from."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return False
+    return bool(struct.unpack_from("H", packed, 16)[0] & 1)
 
 
 def _addresses(name: str) -> list[str]:
