@@ -12,7 +12,8 @@ DOC = Path(__file__).parents[2] / "docs" / "protocol.md"
 def test_generated_reference_is_current() -> None:
     text = DOC.read_text()
     block = text[text.index(BEGIN) : text.index(END) + len(END)]
-    assert block + "\n" == render(), "run: uv run python -m hivecell.protocol.docgen --write docs/protocol.md"
+    fix = "run: uv run python -m hivecell.protocol.docgen --write docs/protocol.md"
+    assert block + "\n" == render(), fix
 
 
 def test_every_contract_method_has_a_handler() -> None:

@@ -18,7 +18,7 @@ import anyio
 from anyio.abc import ByteStream, TaskGroup
 from pydantic import ValidationError
 
-from hivecell.errors import Cancelled, HivecellError, Unauthenticated
+from hivecell.errors import Cancelled, HivecellError, TooLarge, Unauthenticated
 from hivecell.guest.context import CallContext, Services
 from hivecell.guest.dispatch import Dispatcher
 from hivecell.protocol import jsonrpc
@@ -45,7 +45,7 @@ class Connection:
         self._dispatcher = dispatcher
         self._services = services
         self._max_frame = max_frame
-        self._writer = FrameWriter(stream)
+        self._writer = FrameWriter(stream, max_frame)
         self._inflight: dict[jsonrpc.RequestId, anyio.CancelScope] = {}
         needs_auth = services.config.token is not None
         self.state = ConnState.AUTHENTICATING if needs_auth else ConnState.READY
@@ -139,12 +139,18 @@ class Connection:
                 if self._inflight.get(key) is scope:  # type: ignore[call-overload]
                     del self._inflight[key]  # type: ignore[arg-type]
             if not request.is_notification:
-                await self._write(jsonrpc.result_message(request.id, result))
+                await self._send_result(request, result)
         if scope.cancelled_caught and not request.is_notification:
             with anyio.CancelScope(shield=True):
                 await self._reply_exception(
                     request, Cancelled("cancelled by a cancel request", op=request.method)
                 )
+
+    async def _send_result(self, request: jsonrpc.Request, result: Any) -> None:
+        try:
+            await self._write(jsonrpc.result_message(request.id, result))
+        except TooLarge as exc:
+            await self._reply_exception(request, exc)
 
     async def _reply_exception(self, request: jsonrpc.Request, exc: BaseException) -> None:
         if isinstance(exc, Exception) and not isinstance(exc, HivecellError | ValidationError):

@@ -14,6 +14,8 @@ from typing import Any
 import anyio
 from anyio.abc import ByteReceiveStream, ByteSendStream
 
+from hivecell.errors import TooLarge
+
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 _CHUNK = 256 * 1024
 
@@ -98,11 +100,20 @@ def encode(message: dict[str, Any]) -> bytes:
 class FrameWriter:
     """Serialises writes so concurrent responses never interleave on the wire."""
 
-    def __init__(self, stream: ByteSendStream) -> None:
+    def __init__(self, stream: ByteSendStream, max_bytes: int = MAX_FRAME_BYTES) -> None:
         self._stream = stream
+        self._max = max_bytes
         self._lock = anyio.Lock()
 
     async def send(self, message: dict[str, Any]) -> None:
+        """Raises TooLarge, sending nothing, when the frame would exceed the peer's limit."""
         data = encode(message)
+        if len(data) > self._max:
+            raise TooLarge(
+                f"message of {len(data)} bytes exceeds the {self._max}-byte frame limit; "
+                "split it (e.g. read_file/write_file in chunks)",
+                op=str(message.get("method", "")),
+                context={"size": len(data), "limit": self._max},
+            )
         async with self._lock:
             await self._stream.send(data)
