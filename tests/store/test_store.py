@@ -31,7 +31,9 @@ def full_record() -> TaskRecord:
         trace_dir="/traces/t",
         output_dir="/out/t",
         artifacts=["report.pdf"],
-        settings=TaskSettings(max_steps=30, timeout_s=600, network=False, disabled_tools=["shell"]),
+        settings=TaskSettings(
+            max_steps=30, timeout_s=600, network="offline", disabled_tools=["shell"]
+        ),
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hivecell.cli import bench, doctor, sandbox
+from hivecell.cli import bench, doctor, run, sandbox, tasks
 
 app = typer.Typer(
     name="hivecell",
@@ -15,6 +15,9 @@ app = typer.Typer(
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(bench.app, name="bench")
 app.command("doctor")(doctor.doctor)
+app.command("run")(run.run_task)
+app.add_typer(tasks.app, name="tasks")
+app.add_typer(tasks.trace_app, name="trace")
 
 
 if __name__ == "__main__":

@@ -68,7 +68,7 @@ class TaskSettings(BaseModel):
 
     max_steps: int | None = None
     timeout_s: float | None = None
-    network: bool | None = None
+    network: str | None = Field(None, description="offline | nat")
     disabled_tools: list[str] = Field(default_factory=list)
 
 

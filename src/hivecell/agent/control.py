@@ -1,0 +1,154 @@
+"""Live control of a running task: pause, resume, instruct, cancel, answer, approve.
+
+The control methods are synchronous and only flip state and events; the runner notices at
+its checkpoints (between steps) or while it waits for the person. Call them from the
+runner's event loop (other threads: ``anyio.from_thread.run_sync``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+import anyio
+
+from hivecell.errors import InvalidParams, ToolFailed
+
+if TYPE_CHECKING:
+    from hivecell.agent.history import History
+
+INSTRUCTION = "New instruction from the person: {text}"
+
+
+@dataclass
+class Pending:
+    """What the runner waits for from the person."""
+
+    kind: Literal["question", "choice", "approval"]
+    tool: str
+    question: str = ""
+    options: list[str] = field(default_factory=list)
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "tool": self.tool,
+            "question": self.question,
+            "options": self.options,
+            "arguments": self.arguments,
+        }
+
+
+class Control:
+    def __init__(self, set_status: Callable[..., None]) -> None:
+        self.cancel_scope = anyio.CancelScope()
+        self.pending: Pending | None = None
+        self.pause_reason = ""
+        self.detached = ""
+        self._set_status = set_status
+        self._pause_requested = False
+        self._resumed = anyio.Event()
+        self._instructions: list[str] = []
+        self._replied = anyio.Event()
+        self._reply: tuple[bool, str] = (False, "")
+
+    # --- called by people (server, CLI) --------------------------------------------------
+    def pause(self) -> None:
+        self._pause_requested = True
+
+    def resume(self, text: str | None = None) -> None:
+        if text:
+            self._instructions.append(text)
+        self._pause_requested = False
+        self._resumed.set()
+
+    def instruct(self, text: str) -> None:
+        if not text.strip():
+            raise InvalidParams("instruction text is empty", op="instruct")
+        self._instructions.append(text)
+
+    def cancel(self) -> None:
+        self.cancel_scope.cancel()
+
+    def detach(self, reason: str) -> None:
+        """Stop running but leave the task paused (e.g. the CLI cannot ask anyone)."""
+        self.detached = reason
+        self.cancel_scope.cancel()
+
+    def answer(self, text: str) -> str:
+        """Answer the pending question; for a choice, text may be the option or its number."""
+        pending = self._expect(("question", "choice"), "answer")
+        value = _match_option(text, pending.options) if pending.kind == "choice" else text
+        self._reply = (True, value)
+        self._replied.set()
+        return value
+
+    def approve(self) -> None:
+        self._expect(("approval",), "approve")
+        self._reply = (True, "")
+        self._replied.set()
+
+    def deny(self, reason: str = "") -> None:
+        self._expect(("approval",), "deny")
+        self._reply = (False, reason)
+        self._replied.set()
+
+    def _expect(self, kinds: tuple[str, ...], op: str) -> Pending:
+        if self.pending is None or self.pending.kind not in kinds:
+            raise InvalidParams(f"nothing to {op}: the task is not waiting for that", op=op)
+        return self.pending
+
+    # --- awaited by the runner -----------------------------------------------------------
+    async def checkpoint(self, history: History) -> None:
+        """Between steps: apply new instructions, and stop here while paused."""
+        if self._pause_requested:
+            await self.pause_for("paused by the person")
+        for text in self._instructions:
+            history.add({"role": "user", "content": INSTRUCTION.format(text=text)})
+        self._instructions.clear()
+
+    async def pause_for(self, reason: str) -> None:
+        self.pause_reason = reason
+        self._resumed = anyio.Event()
+        self._set_status("paused", reason)
+        await self._resumed.wait()
+        self.pause_reason = ""
+        self._set_status("running")
+
+    async def ask(self, tool: str, args: dict[str, Any]) -> str:
+        kind: Literal["question", "choice"] = "choice" if tool == "ask_user_choice" else "question"
+        pending = Pending(kind, tool, args["question"], list(args.get("options", [])))
+        _, value = await self._wait_for_person(pending)
+        return value
+
+    async def approval(self, tool: str, arguments: dict[str, Any]) -> None:
+        pending = Pending("approval", tool, f"allow {tool}?", arguments=arguments)
+        ok, reason = await self._wait_for_person(pending)
+        if not ok:
+            raise ToolFailed(
+                f"the person denied {tool}" + (f": {reason}" if reason else ""), op=tool
+            )
+
+    async def _wait_for_person(self, pending: Pending) -> tuple[bool, str]:
+        self.pending = pending
+        self._replied = anyio.Event()
+        self._set_status("waiting_for_user", pending.question)
+        try:
+            await self._replied.wait()
+        finally:
+            self.pending = None
+        self._set_status("running")
+        return self._reply
+
+
+def _match_option(text: str, options: list[str]) -> str:
+    cleaned = text.strip()
+    for option in options:
+        if cleaned.casefold() == option.casefold():
+            return option
+    if cleaned.isdigit() and 1 <= int(cleaned) <= len(options):
+        return options[int(cleaned) - 1]
+    listed = ", ".join(f"{i}) {o}" for i, o in enumerate(options, 1))
+    raise InvalidParams(f"{text!r} is not one of the options: {listed}", op="answer")

@@ -1,0 +1,367 @@
+"""The agent loop for one task: observe -> decide -> act, with limits and live control.
+
+A ``TaskRunner`` owns nothing but the conversation and its control state; the sandbox, the
+model client and the trace are handed in. Servers and the CLI drive it through the control
+methods (pause, resume, instruct, cancel, answer, approve, deny), which are plain sync
+methods to call from the runner's event loop thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, Literal, Protocol
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+from hivecell.agent import prompts
+from hivecell.agent.control import Control, Pending
+from hivecell.agent.history import History, image_message
+from hivecell.agent.tools import GUI_TOOLS, USER_TOOLS, GuestCall, ToolBox
+from hivecell.errors import HivecellError, InvalidParams
+
+Status = Literal[
+    "queued",
+    "running",
+    "paused",
+    "waiting_for_user",
+    "completed",
+    "failed",
+    "cancelled",
+    "timed_out",
+    "max_steps_reached",
+    "budget_exceeded",
+    "interrupted",
+]
+FINAL = frozenset(
+    {
+        "completed",
+        "failed",
+        "cancelled",
+        "timed_out",
+        "max_steps_reached",
+        "budget_exceeded",
+        "interrupted",
+    }
+)
+
+
+class RunSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_steps: int = Field(100, ge=1)
+    timeout_s: float = Field(1800.0, gt=0)
+    max_tokens: int | None = Field(None, ge=1, description="total token budget")
+    max_cost_usd: float | None = Field(None, gt=0)
+    disabled_tools: list[str] = Field(default_factory=list)
+    approval_tools: list[str] = Field(default_factory=lambda: ["delete_file"])
+    keep_screenshots: int = Field(3, ge=1)
+    screenshot_max_width: int | None = Field(1280, ge=320)
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+class Outcome(BaseModel):
+    status: Status
+    success: bool
+    summary: str
+    steps: int
+    usage: Usage
+    error: str | None = None
+
+
+class ChatModel(Protocol):
+    async def complete(
+        self,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        response_format: dict[str, Any] | None = None,
+    ) -> Any: ...
+
+
+class Recorder(Protocol):
+    """What the runner needs from a trace (``hivecell.trace.TraceWriter`` fits)."""
+
+    async def record(self, step: int, kind: str, **fields: Any) -> Any: ...
+
+    async def save_screenshot(self, step: int, png: bytes) -> str: ...
+
+    async def write_conversation(self, messages: list[dict[str, Any]]) -> None: ...
+
+
+EventSink = Callable[[str, dict[str, Any]], None]
+
+
+class _Finished(Exception):
+    def __init__(self, status: Status, success: bool, summary: str, error: str | None = None):
+        super().__init__(summary)
+        self.outcome = (status, success, summary, error)
+
+
+class TaskRunner:
+    def __init__(
+        self,
+        *,
+        description: str,
+        guest: GuestCall,
+        llm: ChatModel,
+        trace: Recorder,
+        settings: RunSettings | None = None,
+        screen: tuple[int, int] = (1280, 800),
+        network: str = "offline",
+        inbox: list[str] | None = None,
+        on_event: EventSink | None = None,
+    ) -> None:
+        self.description = description
+        self.settings = settings or RunSettings()
+        self.status: Status = "queued"
+        self.steps = 0
+        self.usage = Usage()
+        self.control = Control(self._set_status)
+        self._guest = guest
+        self._llm = llm
+        self._trace = trace
+        self._screen = screen
+        self._network = network
+        self._inbox = inbox or []
+        self._on_event = on_event or (lambda kind, data: None)
+        self._tools = ToolBox(guest, disabled=frozenset(self.settings.disabled_tools))
+        self._history: History | None = None
+
+    # --- the loop ------------------------------------------------------------------------
+    async def run(self) -> Outcome:
+        self._set_status("running")
+        try:
+            with anyio.move_on_after(self.settings.timeout_s) as deadline:
+                with self.control.cancel_scope:
+                    await self._loop()
+                if self.control.detached:
+                    raise _Finished("paused", False, self.control.detached, self.control.detached)
+                if self.control.cancel_scope.cancel_called:
+                    raise _Finished("cancelled", False, "cancelled by the person")
+            if deadline.cancelled_caught:
+                raise _Finished("timed_out", False, f"stopped after {self.settings.timeout_s:g} s")
+        except _Finished as done:
+            return await self._finish(*done.outcome)
+        return await self._finish("failed", False, "the agent loop ended unexpectedly")
+
+    async def _loop(self) -> None:
+        shot = await self._observe(0)
+        self._history = History(
+            self._system_prompt(shot), self.description, keep_images=self.settings.keep_screenshots
+        )
+        self._history.add(image_message("The desktop now.", shot["png"]))
+        while True:
+            await self.control.checkpoint(self._history)
+            if self.steps >= self.settings.max_steps:
+                raise _Finished(
+                    "max_steps_reached", False, f"stopped after {self.steps} steps (max_steps)"
+                )
+            await self._step()
+
+    async def _step(self) -> None:
+        assert self._history is not None
+        self.steps += 1
+        response = await self._decide(self._history.messages, tools=self._tools.schemas())
+        if not response.tool_calls:
+            await self._check_done(response)
+            return
+        self._history.add(_assistant_message(response))
+        await self._record(kind="llm", reasoning=response.text, **_llm_fields(response))
+        for call in response.tool_calls:
+            self._history.add(await self._act(call))
+        shot = await self._observe(self.steps)
+        self._history.add(image_message(f"Screenshot after step {self.steps}.", shot["png"]))
+
+    # --- decide --------------------------------------------------------------------------
+    async def _decide(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        """One model call; endpoint outages pause the task until resumed, then retry."""
+        while True:
+            try:
+                response = await self._llm.complete(messages, **kwargs)
+            except HivecellError as exc:
+                if exc.code not in ("llm_unavailable", "llm_rejected"):
+                    raise
+                await self._record(kind="error", error=str(exc))
+                await self.control.pause_for(f"model endpoint failing: {exc}")
+                continue
+            self._account(response)
+            return response
+
+    def _account(self, response: Any) -> None:
+        usage = getattr(response, "usage", None)
+        if usage is not None:
+            self.usage.prompt_tokens += usage.prompt_tokens
+            self.usage.completion_tokens += usage.completion_tokens
+        self.usage.cost_usd += getattr(response, "cost_usd", None) or 0.0
+        s = self.settings
+        if s.max_tokens is not None and self.usage.total_tokens > s.max_tokens:
+            raise _Finished(
+                "budget_exceeded", False, f"used {self.usage.total_tokens} tokens (max_tokens)"
+            )
+        if s.max_cost_usd is not None and self.usage.cost_usd > s.max_cost_usd:
+            raise _Finished(
+                "budget_exceeded", False, f"cost ${self.usage.cost_usd:.4f} (max_cost_usd)"
+            )
+
+    async def _check_done(self, response: Any) -> None:
+        """The model stopped calling tools: ask it, with structured output, if it is done."""
+        assert self._history is not None
+        self._history.add({"role": "assistant", "content": response.text or ""})
+        await self._record(kind="llm", reasoning=response.text, **_llm_fields(response))
+        question = prompts.COMPLETION_CHECK.format(task=self.description)
+        check = [*self._history.messages, {"role": "user", "content": question}]
+        verdict_response = await self._decide(check, response_format=prompts.COMPLETION_SCHEMA)
+        verdict = _parse_verdict(verdict_response.text)
+        await self._record(kind="llm", text="completion check", result=verdict)
+        if verdict["complete"]:
+            status: Status = "completed" if verdict["success"] else "failed"
+            raise _Finished(status, bool(verdict["success"]), str(verdict["summary"]))
+        self._history.add(
+            {"role": "user", "content": prompts.NOT_COMPLETE.format(summary=verdict["summary"])}
+        )
+
+    # --- act -----------------------------------------------------------------------------
+    async def _act(self, call: Any) -> dict[str, Any]:
+        """Run one tool call; every failure becomes an observation for the model."""
+        started = time.perf_counter()
+        try:
+            result: Any = await self._dispatch(call)
+            error = None
+        except (HivecellError, InvalidParams) as exc:
+            result, error = None, f"{exc.code}: {exc}"
+        except ValueError as exc:  # pydantic ValidationError of the tool's arguments
+            result, error = None, f"invalid arguments for {call.name}: {exc}"
+        tool_ms = (time.perf_counter() - started) * 1000
+        await self._record(
+            kind="tool",
+            tool=call.name,
+            arguments=call.arguments,
+            result=_short(result),
+            error=error,
+            tool_latency_ms=tool_ms,
+        )
+        content = json.dumps({"error": error} if error else _short(result))
+        return {"role": "tool", "tool_call_id": call.id, "content": content}
+
+    async def _dispatch(self, call: Any) -> Any:
+        if call.parse_error:
+            raise InvalidParams(
+                f"arguments are not valid JSON ({call.parse_error}); resend the call", op=call.name
+            )
+        args = self._tools.validate(call.name, call.arguments)
+        if call.name in USER_TOOLS:
+            return {"answer": await self.control.ask(call.name, args.model_dump())}
+        if call.name in self.settings.approval_tools:
+            await self.control.approval(call.name, call.arguments or {})
+        result = await self._tools.execute(call.name, args)
+        if call.name in GUI_TOOLS:
+            await self._guest("wait_for_settle", {"timeout": 2.0})
+        return result
+
+    # --- observe -------------------------------------------------------------------------
+    async def _observe(self, step: int) -> dict[str, Any]:
+        import base64
+
+        params: dict[str, Any] = {"format": "png", "max_width": self.settings.screenshot_max_width}
+        raw = await self._guest("screenshot", params)
+        self._tools.scale = float(raw["scale"])
+        png = base64.b64decode(raw["data"])
+        name = await self._trace.save_screenshot(step, png)
+        await self._record(kind="observation", screenshot=name)
+        return {"png": png, "width": raw["width"], "height": raw["height"]}
+
+    # --- bookkeeping ---------------------------------------------------------------------
+    def _system_prompt(self, shot: dict[str, Any]) -> str:
+        return prompts.system_prompt(
+            width=self._screen[0],
+            height=self._screen[1],
+            shot_width=shot["width"],
+            shot_height=shot["height"],
+            network=self._network,
+            inbox=self._inbox,
+        )
+
+    def _set_status(self, status: Status, reason: str = "") -> None:
+        self.status = status
+        self._on_event("status", {"status": status, "reason": reason})
+
+    async def _record(self, **fields: Any) -> None:
+        await self._trace.record(step=self.steps, **fields)
+        self._on_event(
+            "step", {"step": self.steps, **{k: v for k, v in fields.items() if k != "result"}}
+        )
+
+    async def _finish(
+        self, status: Status, success: bool, summary: str, error: str | None = None
+    ) -> Outcome:
+        with anyio.CancelScope(shield=True):
+            if self._history is not None:
+                await self._trace.write_conversation(self._history.messages)
+            await self._record(kind="status", result={"status": status, "summary": summary})
+        self._set_status(status, summary)
+        outcome = Outcome(
+            status=status,
+            success=success,
+            summary=summary,
+            steps=self.steps,
+            usage=self.usage,
+            error=error,
+        )
+        self._on_event("finished", outcome.model_dump())
+        return outcome
+
+
+def _assistant_message(response: Any) -> dict[str, Any]:
+    calls = [
+        {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.raw_arguments}}
+        for c in response.tool_calls
+    ]
+    return {"role": "assistant", "content": response.text or None, "tool_calls": calls}
+
+
+def _llm_fields(response: Any) -> dict[str, Any]:
+    usage = getattr(response, "usage", None)
+    tokens = (
+        {"prompt": usage.prompt_tokens, "completion": usage.completion_tokens} if usage else None
+    )
+    return {"tokens": tokens, "llm_latency_ms": getattr(response, "latency_ms", None)}
+
+
+def _parse_verdict(text: str | None) -> dict[str, Any]:
+    try:
+        verdict = json.loads(text or "")
+    except ValueError:
+        verdict = None
+    if not isinstance(verdict, dict) or not isinstance(verdict.get("complete"), bool):
+        # A model that cannot produce the check is treated as "not done" with a nudge.
+        return {
+            "complete": False,
+            "success": False,
+            "summary": "the completion check reply was not valid JSON",
+        }
+    verdict.setdefault("success", False)
+    verdict.setdefault("summary", "")
+    return verdict
+
+
+def _short(result: Any, limit: int = 20_000) -> Any:
+    """Results go to the model as text; cap huge ones so one tool cannot flood the context."""
+    text = json.dumps(result, default=str)
+    if len(text) <= limit:
+        return result
+    return {"truncated": True, "head": text[:limit]}
+
+
+__all__ = ["FINAL", "Outcome", "Pending", "RunSettings", "Status", "TaskRunner", "Usage"]

@@ -1,0 +1,246 @@
+"""Runs one task end to end: sandbox, inbox files, the agent loop, outbox, trace, record.
+
+Both ``hivecell run`` and the server use ``TaskService``; it owns no global state. Events
+from the runner flow through a memory stream to one consumer task that persists status
+changes and forwards them to the caller's (async) event handler.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.streams.memory import MemoryObjectReceiveStream
+from pydantic import BaseModel, ConfigDict, Field
+
+from hivecell.agent.runner import ChatModel, Outcome, RunSettings, TaskRunner
+from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxProvider, SandboxSpec
+from hivecell.store import TaskRecord, TaskSettings, TaskStore
+from hivecell.trace import TraceWriter
+
+EventHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+class TaskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(min_length=1)
+    files: list[Path] = Field(default_factory=list)
+    settings: RunSettings = Field(default_factory=RunSettings)
+    network: NetworkMode = "offline"
+    resolution: tuple[int, int] = (1280, 800)
+    output_dir: Path | None = None
+    keep_sandbox: bool = False
+    sandbox_id: str | None = Field(None, description="reuse a running sandbox (warm start)")
+
+
+class TaskResult(BaseModel):
+    task_id: str
+    status: str
+    success: bool
+    summary: str
+    steps: int
+    artifacts: list[str]
+    output_dir: str
+    trace_dir: str
+    sandbox_id: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    duration_s: float
+
+
+class TaskService:
+    def __init__(
+        self,
+        *,
+        home: Path,
+        provider: SandboxProvider,
+        store: TaskStore,
+        llm: ChatModel,
+        model: str = "",
+        provider_name: str = "",
+    ) -> None:
+        self._home = home
+        self._provider = provider
+        self._store = store
+        self._llm = llm
+        self._model = model
+        self._provider_name = provider_name
+
+    async def create(self, request: TaskRequest) -> TaskRecord:
+        """Record a queued task (so it is listed even before a sandbox exists)."""
+        record = TaskRecord(
+            description=request.description,
+            model=self._model or None,
+            provider=self._provider_name or None,
+            settings=_settings(request),
+        )
+        trace_dir = self._home / "traces" / record.id
+        output_dir = request.output_dir or self._home / "outputs" / record.id
+        record = record.model_copy(
+            update={"trace_dir": str(trace_dir), "output_dir": str(output_dir)}
+        )
+        return await self._store.create_task(record)
+
+    async def run(
+        self,
+        record: TaskRecord,
+        request: TaskRequest,
+        *,
+        on_event: EventHandler | None = None,
+        on_runner: Callable[[TaskRunner], None] | None = None,
+    ) -> TaskResult:
+        started = time.perf_counter()
+        info = await self._sandbox(request)
+        try:
+            await self._store.update(record.id, sandbox_id=info.id, status="running")
+            inbox = await anyio.to_thread.run_sync(
+                _copy_inbox, request.files, Path(info.shared_dir)
+            )
+            outcome = await self._run_loop(record, request, info, inbox, on_event, on_runner)
+            artifacts = await anyio.to_thread.run_sync(
+                _collect_outbox, Path(info.shared_dir), Path(str(record.output_dir))
+            )
+        finally:
+            if not request.keep_sandbox and request.sandbox_id is None:
+                with anyio.CancelScope(shield=True):
+                    await self._provider.destroy(info.id)
+        return await self._save(record, outcome, artifacts, info, time.perf_counter() - started)
+
+    async def _sandbox(self, request: TaskRequest) -> SandboxInfo:
+        if request.sandbox_id is not None:
+            return await self._provider.info(request.sandbox_id)
+        width, height = request.resolution
+        return await self._provider.create(
+            SandboxSpec(width=width, height=height, network=request.network)
+        )
+
+    async def _run_loop(
+        self,
+        record: TaskRecord,
+        request: TaskRequest,
+        info: SandboxInfo,
+        inbox: list[str],
+        on_event: EventHandler | None,
+        on_runner: Callable[[TaskRunner], None] | None,
+    ) -> Outcome:
+        send, receive = anyio.create_memory_object_stream[tuple[str, dict[str, Any]]](math.inf)
+        async with (
+            await self._provider.connect(info.id) as guest,
+            TraceWriter(Path(str(record.trace_dir))) as trace,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(self._consume, record.id, receive, on_event)
+            runner = TaskRunner(
+                description=request.description,
+                guest=guest.call,
+                llm=self._llm,
+                trace=trace,
+                settings=request.settings,
+                screen=(info.spec.width, info.spec.height),
+                network=info.spec.network,
+                inbox=inbox,
+                on_event=lambda kind, data: send.send_nowait((kind, data)),
+            )
+            if on_runner is not None:
+                on_runner(runner)
+            with send:
+                return await runner.run()
+        raise AssertionError("unreachable")  # pragma: no cover - the block always returns
+
+    async def _consume(
+        self,
+        task_id: str,
+        events: MemoryObjectReceiveStream[tuple[str, dict[str, Any]]],
+        on_event: EventHandler | None,
+    ) -> None:
+        async with events:
+            async for kind, data in events:
+                if kind == "status" and data["status"] in ("paused", "waiting_for_user", "running"):
+                    await self._store.update(
+                        task_id, status=data["status"], error=data.get("reason") or None
+                    )
+                if on_event is not None:
+                    await on_event(kind, {"task_id": task_id, **data})
+
+    async def _save(
+        self,
+        record: TaskRecord,
+        outcome: Outcome,
+        artifacts: list[str],
+        info: SandboxInfo,
+        duration_s: float,
+    ) -> TaskResult:
+        usage = outcome.usage
+        saved = await self._store.update(
+            record.id,
+            status=outcome.status,
+            success=outcome.success,
+            summary=outcome.summary,
+            error=outcome.error,
+            steps=outcome.steps,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost_usd=usage.cost_usd,
+            artifacts=artifacts,
+        )
+        return TaskResult(
+            task_id=saved.id,
+            status=outcome.status,
+            success=outcome.success,
+            summary=outcome.summary,
+            steps=outcome.steps,
+            artifacts=artifacts,
+            output_dir=str(saved.output_dir),
+            trace_dir=str(saved.trace_dir),
+            sandbox_id=info.id,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            cost_usd=usage.cost_usd,
+            duration_s=round(duration_s, 3),
+        )
+
+
+def _settings(request: TaskRequest) -> TaskSettings:
+    s = request.settings
+    return TaskSettings(
+        max_steps=s.max_steps,
+        timeout_s=s.timeout_s,
+        network=request.network,
+        disabled_tools=list(s.disabled_tools),
+    )
+
+
+def _copy_inbox(files: list[Path], shared: Path) -> list[str]:
+    """Copy input files into /shared/inbox; returns the names the agent will see."""
+    names = []
+    for source in files:
+        if not source.is_file():
+            from hivecell.errors import NotFound
+
+            raise NotFound(
+                f"input file {source} does not exist", op="run", context={"file": str(source)}
+            )
+        shutil.copy2(source, shared / "inbox" / source.name)
+        names.append(f"/shared/inbox/{source.name}")
+    return names
+
+
+def _collect_outbox(shared: Path, output_dir: Path) -> list[str]:
+    """Copy everything in /shared/outbox to the task's output folder; returns relative paths."""
+    outbox = shared / "outbox"
+    output_dir.mkdir(parents=True, exist_ok=True)
+    artifacts = []
+    for path in sorted(outbox.rglob("*")):
+        if path.is_file() and not path.is_symlink():
+            relative = path.relative_to(outbox)
+            (output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, output_dir / relative)
+            artifacts.append(str(relative))
+    return artifacts

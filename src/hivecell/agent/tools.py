@@ -1,0 +1,211 @@
+"""The tools offered to the model and how each maps onto a guest agent call.
+
+Tool names are public (traces and dashboards show them). Coordinates the model sends are in
+screenshot pixels; ``ToolBox`` converts them to screen pixels with the last screenshot's
+scale so clicks land where the model meant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from hivecell.errors import InvalidParams
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoArgs(_Args):
+    pass
+
+
+class PointArgs(_Args):
+    x: int = Field(description="x in screenshot pixels")
+    y: int = Field(description="y in screenshot pixels")
+
+
+class ClickArgs(PointArgs):
+    button: str = Field("left", description="left | right | middle")
+
+
+class DragArgs(_Args):
+    from_x: int
+    from_y: int
+    to_x: int
+    to_y: int
+
+
+class ScrollArgs(PointArgs):
+    dx: int = Field(0, description="notches; positive scrolls right")
+    dy: int = Field(0, description="notches; positive scrolls down")
+
+
+class TypeArgs(_Args):
+    text: str
+
+
+class KeyArgs(_Args):
+    keys: str = Field(description="a key or combo, e.g. Return, ctrl+s, alt+F4, ctrl+shift+t")
+
+
+class ShellArgs(_Args):
+    command: str = Field(description="a /bin/sh command line")
+    timeout: float = Field(60, description="seconds")
+
+
+class PathArgs(_Args):
+    path: str
+
+
+class WriteArgs(PathArgs):
+    content: str
+
+
+class MoveArgs(_Args):
+    source: str
+    destination: str
+
+
+class NameArgs(_Args):
+    name: str = Field(description="app name, .desktop id or command, e.g. mousepad, xterm")
+
+
+class UrlArgs(_Args):
+    url: str
+
+
+class TextArgs(_Args):
+    text: str
+
+
+class WaitArgs(_Args):
+    seconds: float = Field(ge=0, le=60)
+
+
+class AskArgs(_Args):
+    question: str
+
+
+class ChoiceArgs(AskArgs):
+    options: list[str] = Field(min_length=2, max_length=10)
+
+
+@dataclass(frozen=True)
+class ToolDef:
+    name: str
+    description: str
+    args: type[_Args]
+    dangerous: bool = False
+
+    def schema(self) -> dict[str, Any]:
+        params = self.args.model_json_schema()
+        params.pop("title", None)
+        return {
+            "type": "function",
+            "function": {"name": self.name, "description": self.description, "parameters": params},
+        }
+
+
+TOOLS: dict[str, ToolDef] = {
+    t.name: t
+    for t in (
+        ToolDef("screenshot", "Take a fresh screenshot of the desktop.", NoArgs),
+        ToolDef("mouse_click", "Click at a point of the latest screenshot.", ClickArgs),
+        ToolDef("mouse_double_click", "Double-click at a point.", PointArgs),
+        ToolDef("mouse_move", "Move the pointer to a point.", PointArgs),
+        ToolDef("mouse_drag", "Drag with the left button from one point to another.", DragArgs),
+        ToolDef("scroll", "Scroll at a point.", ScrollArgs),
+        ToolDef("keyboard_type", "Type text (any Unicode) into the focused window.", TypeArgs),
+        ToolDef("keyboard_key", "Press a key or key combination.", KeyArgs),
+        ToolDef("run_shell", "Run a shell command in the sandbox; returns its output.", ShellArgs),
+        ToolDef("read_file", "Read a text file.", PathArgs),
+        ToolDef("write_file", "Write a text file (creates parent folders).", WriteArgs),
+        ToolDef("list_directory", "List a directory.", PathArgs),
+        ToolDef("move_file", "Move or rename a file.", MoveArgs),
+        ToolDef("delete_file", "Delete a file.", PathArgs, dangerous=True),
+        ToolDef("open_app", "Start an application.", NameArgs),
+        ToolDef("open_file", "Open a file with its default application.", PathArgs),
+        ToolDef("open_url", "Open a URL in the browser.", UrlArgs),
+        ToolDef("clipboard_read", "Read the clipboard text.", NoArgs),
+        ToolDef("clipboard_write", "Put text on the clipboard.", TextArgs),
+        ToolDef("wait", "Wait some seconds (e.g. for an app to load).", WaitArgs),
+        ToolDef("ask_user", "Ask the person a question; returns their answer.", AskArgs),
+        ToolDef("ask_user_choice", "Ask the person to pick one of several options.", ChoiceArgs),
+    )
+}
+USER_TOOLS = frozenset({"ask_user", "ask_user_choice"})
+GUI_TOOLS = frozenset(
+    {
+        "mouse_click",
+        "mouse_double_click",
+        "mouse_move",
+        "mouse_drag",
+        "scroll",
+        "keyboard_type",
+        "keyboard_key",
+        "open_app",
+        "open_file",
+        "open_url",
+    }
+)
+
+GuestCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+class ToolBox:
+    """Executes model tool calls against one sandbox's guest agent."""
+
+    def __init__(self, call: GuestCall, *, disabled: frozenset[str] = frozenset()) -> None:
+        self._call = call
+        self.disabled = disabled
+        self.scale = 1.0  # screenshot px per screen px of the latest screenshot
+
+    def schemas(self) -> list[dict[str, Any]]:
+        return [t.schema() for name, t in TOOLS.items() if name not in self.disabled]
+
+    def validate(self, name: str, arguments: dict[str, Any] | None) -> _Args:
+        tool = TOOLS.get(name)
+        if tool is None or name in self.disabled:
+            available = ", ".join(n for n in TOOLS if n not in self.disabled)
+            raise InvalidParams(
+                f"unknown or disabled tool {name!r}; available: {available}", op=name
+            )
+        return tool.args.model_validate(arguments or {})
+
+    def _screen(self, x: int, y: int) -> dict[str, int]:
+        return {"x": round(x / self.scale), "y": round(y / self.scale)}
+
+    async def execute(self, name: str, args: _Args) -> Any:
+        """Run one (validated, non-user) tool; returns the guest result."""
+        handler = getattr(self, f"_do_{name}", None)
+        if handler is not None:
+            return await handler(args)
+        return await self._call(name, args.model_dump())
+
+    async def _do_mouse_click(self, a: ClickArgs) -> Any:
+        return await self._call("mouse_click", {**self._screen(a.x, a.y), "button": a.button})
+
+    async def _do_mouse_double_click(self, a: PointArgs) -> Any:
+        return await self._call("mouse_click", {**self._screen(a.x, a.y), "clicks": 2})
+
+    async def _do_mouse_move(self, a: PointArgs) -> Any:
+        return await self._call("mouse_move", self._screen(a.x, a.y))
+
+    async def _do_scroll(self, a: ScrollArgs) -> Any:
+        return await self._call("scroll", {**self._screen(a.x, a.y), "dx": a.dx, "dy": a.dy})
+
+    async def _do_mouse_drag(self, a: DragArgs) -> Any:
+        start, end = self._screen(a.from_x, a.from_y), self._screen(a.to_x, a.to_y)
+        params = {"from_x": start["x"], "from_y": start["y"], "to_x": end["x"], "to_y": end["y"]}
+        return await self._call("mouse_drag", params)
+
+    async def _do_run_shell(self, a: ShellArgs) -> Any:
+        return await self._call("run_shell", {"command": a.command, "timeout": a.timeout})
+
+    async def _do_delete_file(self, a: PathArgs) -> Any:
+        return await self._call("delete_file", {"path": a.path})

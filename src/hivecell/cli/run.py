@@ -1,0 +1,121 @@
+"""``hivecell run "TASK"``: one task in a fresh sandbox, watched from the terminal."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+
+from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
+from hivecell.agent.runner import RunSettings
+from hivecell.agent.service import TaskRequest, TaskResult, TaskService
+from hivecell.cli.common import HomeOption, out, run
+from hivecell.cli.live import LiveConsole
+from hivecell.config import resolve_home
+from hivecell.sandbox.registry import get_provider
+from hivecell.store import TaskStore, default_database_url
+
+
+def run_task(
+    task: Annotated[str, typer.Argument(help="what the agent should do, in plain words")],
+    model: Annotated[str | None, typer.Option(help="model name (default $HIVECELL_MODEL)")] = None,
+    base_url: Annotated[
+        str | None, typer.Option(help="OpenAI-compatible URL (default $OPENAI_BASE_URL)")
+    ] = None,
+    api_key: Annotated[str | None, typer.Option(help="API key (default $OPENAI_API_KEY)")] = None,
+    llm: Annotated[
+        str | None, typer.Option("--provider", help="a [providers.NAME] from config.toml")
+    ] = None,
+    file: Annotated[
+        list[Path] | None, typer.Option("--file", help="input file for /shared/inbox")
+    ] = None,
+    max_steps: Annotated[int, typer.Option(help="stop after this many steps")] = 100,
+    timeout: Annotated[float, typer.Option(help="stop after this many seconds")] = 1800.0,
+    max_cost: Annotated[float | None, typer.Option(help="stop above this cost in USD")] = None,
+    network: Annotated[str, typer.Option(help="offline | nat")] = "offline",
+    disable_tool: Annotated[
+        list[str] | None, typer.Option(help="tool the model may not use")
+    ] = None,
+    output_dir: Annotated[Path | None, typer.Option(help="where outbox files go")] = None,
+    keep: Annotated[bool, typer.Option(help="keep the sandbox afterwards")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print a final JSON object")] = False,
+    home: Path | None = HomeOption,
+) -> None:
+    """Run a task: create a sandbox, let the agent work, collect outputs and the trace."""
+    if network not in ("offline", "nat"):
+        raise typer.BadParameter(f"--network {network!r}: use offline or nat")
+    root = resolve_home(home)
+    config = run(_provider, llm, model, base_url, api_key, root)
+    request = TaskRequest(
+        description=task,
+        files=file or [],
+        network="nat" if network == "nat" else "offline",
+        settings=RunSettings(
+            max_steps=max_steps,
+            timeout_s=timeout,
+            max_cost_usd=max_cost,
+            disabled_tools=disable_tool or [],
+        ),
+        output_dir=output_dir,
+        keep_sandbox=keep,
+    )
+    result = run(_run, root, config, request)
+    _report(result, as_json)
+    raise typer.Exit(0 if result.success else 1)
+
+
+async def _provider(
+    name: str | None, model: str | None, base_url: str | None, api_key: str | None, home: Path
+) -> ProviderConfig:
+    return load_provider(
+        name,
+        model=model,
+        base_url=base_url,
+        api_key=api_key,
+        config_path=home / "config.toml",
+        environ=os.environ,
+    )
+
+
+async def _run(home: Path, config: ProviderConfig, request: TaskRequest) -> TaskResult:
+    live = LiveConsole(interactive=sys.stdin.isatty())
+    async with TaskStore(default_database_url(home)) as store, LLMClient(config) as client:
+        await store.mark_interrupted()
+        service = TaskService(
+            home=home,
+            provider=get_provider("local", home),
+            store=store,
+            llm=client,
+            model=config.model,
+            provider_name=config.name,
+        )
+        record = await service.create(request)
+        live.console.print(f"task {record.id}: {request.description}")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(live.watch_interrupts)
+            result = await service.run(
+                record, request, on_event=live.on_event, on_runner=live.attach
+            )
+            tg.cancel_scope.cancel()
+    return result
+
+
+def _report(result: TaskResult, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result.model_dump(mode="json"), indent=2))
+        return
+    colour = "green" if result.success else "red"
+    out.print(f"[{colour}]{result.status}[/{colour}]: {result.summary}", highlight=False)
+    out.print(
+        f"{result.steps} steps, {result.prompt_tokens + result.completion_tokens} tokens, "
+        f"${result.cost_usd:.4f}, {result.duration_s:.1f} s",
+        highlight=False,
+    )
+    for name in result.artifacts:
+        out.print(f"  output: {Path(result.output_dir) / name}", highlight=False)
+    out.print(f"  trace:  {result.trace_dir}", highlight=False)

@@ -1,0 +1,97 @@
+"""``hivecell tasks ...`` and ``hivecell trace export``: history and traces of past tasks."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import anyio
+import typer
+from rich.table import Table
+
+from hivecell.cli.common import HomeOption, out, run
+from hivecell.config import resolve_home
+from hivecell.errors import InvalidParams
+from hivecell.store import TaskRecord, TaskStore, default_database_url
+from hivecell.trace import export_html, export_json, export_markdown
+
+app = typer.Typer(help="List and inspect tasks.", no_args_is_help=True)
+trace_app = typer.Typer(help="Export task traces.", no_args_is_help=True)
+EXPORTS = {"json": export_json, "md": export_markdown, "html": export_html}
+
+
+async def _list(home: Path, status: str | None, search: str | None, limit: int) -> list[TaskRecord]:
+    async with TaskStore(default_database_url(home)) as store:
+        return await store.list(status=status, search=search, limit=limit)
+
+
+async def _get(home: Path, task_id: str) -> TaskRecord:
+    async with TaskStore(default_database_url(home)) as store:
+        return await store.get(task_id)
+
+
+@app.command("ls")
+def ls(
+    status: Annotated[str | None, typer.Option(help="only this status")] = None,
+    search: Annotated[str | None, typer.Option(help="text in the description")] = None,
+    limit: Annotated[int, typer.Option(help="newest N")] = 50,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    home: Path | None = HomeOption,
+) -> None:
+    """List tasks, newest first."""
+    records = run(_list, resolve_home(home), status, search, limit)
+    if as_json:
+        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        return
+    table = Table("id", "status", "steps", "tokens", "cost", "created", "description")
+    for r in records:
+        table.add_row(
+            r.id,
+            r.status.value,
+            str(r.steps),
+            str(r.prompt_tokens + r.completion_tokens),
+            f"${r.cost_usd:.4f}",
+            r.created_at.strftime("%Y-%m-%d %H:%M"),
+            r.description[:60],
+        )
+    out.print(table)
+
+
+@app.command("show")
+def show(task_id: str, home: Path | None = HomeOption) -> None:
+    """Print one task as JSON."""
+    print(run(_get, resolve_home(home), task_id).model_dump_json(indent=2))
+
+
+@trace_app.command("export")
+def export(
+    task_id: str,
+    fmt: Annotated[str, typer.Option("--format", help="json | md | html")] = "html",
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="file (default stdout)")
+    ] = None,
+    home: Path | None = HomeOption,
+) -> None:
+    """Export a task's trace (md and html include screenshots and tool calls)."""
+    root = resolve_home(home)
+    text = run(_export, root, task_id, fmt)
+    if output is None:
+        print(text)
+        return
+    output.write_text(text)
+    if fmt == "md":  # markdown links screenshots/ relatively: bring them along
+        trace_dir = Path(str(run(_get, root, task_id).trace_dir))
+        shutil.copytree(
+            trace_dir / "screenshots", output.parent / "screenshots", dirs_exist_ok=True
+        )
+    out.print(f"wrote {output}", highlight=False)
+
+
+async def _export(home: Path, task_id: str, fmt: str) -> str:
+    exporter = EXPORTS.get(fmt)
+    if exporter is None:
+        raise InvalidParams(f"--format {fmt!r}: use one of {', '.join(EXPORTS)}", op="trace export")
+    record = await _get(home, task_id)
+    return await anyio.to_thread.run_sync(exporter, Path(str(record.trace_dir)))
