@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from hivecell.config import resolve_home
 from hivecell.errors import HivecellError
@@ -32,7 +33,7 @@ def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     try:
         return anyio.run(fn, *args)
     except HivecellError as exc:
-        err.print(f"[red]error[/red] [{exc.code}] {exc}", highlight=False)
+        err.print(f"[red]error[/red] {escape(f'[{exc.code}] {exc}')}", highlight=False)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("interrupted")
