@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  bubblewrap xvfb openbox x11vnc xclip xsel xdotool wmctrl x11-utils slirp4netns
+  bubblewrap xvfb openbox x11vnc xclip xsel xdotool wmctrl x11-utils slirp4netns nftables
   xterm mousepad chromium scrot fonts-dejavu-core dbus-x11 procps iproute2
   python3 python3-venv python3-pip ca-certificates git
 )

@@ -32,6 +32,7 @@ NEEDS = (
     Need("wmctrl", "wmctrl", "wmctrl", required=False, why="window control fallback"),
     Need("xdotool", "xdotool", "xdotool", required=False, why="debugging input"),
     Need("slirp4netns", "slirp4netns", "slirp4netns", required=False, why="--network nat"),
+    Need("nftables", "nft", "nftables", required=False, why="--network nat: host filter"),
     Need("xterm", "xterm", "xterm", required=False, why="a terminal app inside sandboxes"),
     Need("mousepad", "mousepad", "mousepad", required=False, why="a text editor inside sandboxes"),
     Need("chromium", "chromium", "chromium", required=False, why="a browser inside sandboxes"),

@@ -1,8 +1,9 @@
 """``nat`` networking: slirp4netns gives the box's network namespace a ``tap0``.
 
 Stdlib only (run by the supervisor). slirp4netns runs on the host side as a normal process,
-so the box gets outbound TCP/UDP (via 10.0.2.2) and DNS (10.0.2.3) without any host
-privileges; ``--disable-host-loopback`` keeps the host's 127.0.0.1 services out of reach.
+so the box gets outbound TCP/UDP and DNS (10.0.2.3). ``--disable-host-loopback`` refuses
+10.0.2.2 (slirp's alias for the host's 127.0.0.1), and the host filter (``hostfilter.py``)
+refuses every other address of the host: slirp4netns starts only once its group is filtered.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import fcntl
 import os
 import subprocess
 import time
+
+from hivecell.sandbox.local.hostfilter import HostFilter
 
 NS_GET_USERNS = 0xB701  # ioctl: the user namespace owning a namespace
 MTU = 65520
@@ -34,13 +37,45 @@ class Slirp:
             self.proc.wait()
 
 
-def start(slirp4netns: str, child_pid: int) -> Slirp:
-    """Attach slirp4netns to the namespace of ``child_pid``; returns once tap0 is configured.
+class Network:
+    """slirp4netns plus its entry in the host filter, for one run of a ``nat`` box."""
+
+    def __init__(self, slirp4netns: str, host_filter: HostFilter, sandbox_id: str) -> None:
+        self.slirp4netns = slirp4netns
+        self.host_filter = host_filter
+        self.sandbox_id = sandbox_id
+        self.slirp: Slirp | None = None
+        self.gid = -1
+
+    def start(self, child_pid: int) -> None:
+        """Returns once tap0 is configured; raises OSError (with nothing left) otherwise."""
+        _await_loopback(child_pid)
+        self.gid = self.host_filter.attach(self.sandbox_id)
+        try:
+            self.slirp = start(self.slirp4netns, child_pid, self.gid)
+        except BaseException:
+            self.host_filter.detach(self.sandbox_id)
+            raise
+
+    def ensure_filtered(self) -> bool:
+        """Puts the host filter back if it was removed; returns whether it had to."""
+        return self.host_filter.ensure(self.sandbox_id, self.gid)
+
+    def stop(self) -> None:
+        """Stops slirp4netns, then (never before: its sockets would go unfiltered) detaches."""
+        if self.slirp is not None:
+            self.slirp.stop()
+            self.slirp = None
+        self.host_filter.detach(self.sandbox_id)
+
+
+def start(slirp4netns: str, child_pid: int, gid: int) -> Slirp:
+    """Attach slirp4netns, running with group ``gid`` only, to the namespace of ``child_pid``
+    once its loopback is up; returns once tap0 is configured.
 
     bwrap may nest a second user namespace inside the one owning the network namespace, so
     slirp4netns must join the *owner* (found with NS_GET_USERNS), not the child's own.
     """
-    _await_loopback(child_pid)
     userns = _owner_userns(child_pid)
     ready_r, ready_w = os.pipe()
     exit_r, exit_w = os.pipe()
@@ -49,7 +84,13 @@ def start(slirp4netns: str, child_pid: int) -> Slirp:
             _argv(slirp4netns, child_pid, userns, ready_w, exit_r),
             pass_fds=(userns, ready_w, exit_r),
             stdin=subprocess.DEVNULL,
+            group=gid,  # the sockets' fsgid is what the host filter matches
+            extra_groups=[],
         )
+    except OSError:
+        os.close(ready_r)
+        os.close(exit_w)
+        raise
     finally:
         for fd in (userns, ready_w, exit_r):
             os.close(fd)

@@ -34,7 +34,7 @@ from hivecell.errors import (
 )
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
-from hivecell.sandbox.local import bwrap, bytecode, etcfiles, limits, state
+from hivecell.sandbox.local import bwrap, bytecode, etcfiles, hostfilter, limits, state
 from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
 from hivecell.sandbox.local.limits import LimitPlan, LimitsUnavailable
 from hivecell.sandbox.local.pyruntime import PythonRuntime
@@ -93,6 +93,7 @@ class LocalProvider:
     async def stop(self, sandbox_id: str) -> SandboxInfo:
         layout, meta = await self._load(sandbox_id)
         await to_thread.run_sync(self._stop_sync, layout, meta.supervisor_pid)
+        await to_thread.run_sync(_leave_host_filter, layout, meta.supervisor_pid)
         return await self.info(sandbox_id)
 
     async def destroy(self, sandbox_id: str) -> None:
@@ -119,6 +120,7 @@ class LocalProvider:
     # --- creating and starting -----------------------------------------------------------------
     def _prepare(self, spec: SandboxSpec) -> tuple[Layout, SandboxMeta]:
         _require_tools(spec)
+        _require_host_filter(spec)
         self._limits(spec, "hivecell-probe")  # refuse impossible limits before making folders
         layout = self._new_layout()
         for folder in layout.writable_dirs():
@@ -162,6 +164,7 @@ class LocalProvider:
         """Start the supervisor; returns its pid."""
         spec = meta.info.spec
         _require_tools(spec)
+        _require_host_filter(spec)
         plan = self._plan(layout, spec)
         layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)
@@ -184,6 +187,7 @@ class LocalProvider:
         return {
             "bwrap": shutil.which("bwrap"),
             "slirp4netns": shutil.which("slirp4netns"),
+            "nft": hostfilter.find_nft(),
             "network": spec.network,
             "limits": plan.to_json(),
             "bwrap_args": bwrap.build(layout, self.runtime, self._pycache()),
@@ -245,6 +249,7 @@ class LocalProvider:
         pid = meta.supervisor_pid if meta else state.find_supervisor(layout)
         self._stop_sync(layout, pid)
         _remove_cgroups(layout)
+        _leave_host_filter(layout, pid)
         shutil.rmtree(layout.root, onerror=_force_remove)
 
     # --- reading state -------------------------------------------------------------------------
@@ -333,6 +338,19 @@ def _require_tools(spec: SandboxSpec) -> None:
         )
 
 
+def _require_host_filter(spec: SandboxSpec) -> None:
+    if spec.network != "nat":
+        return
+    why = hostfilter.unavailable(hostfilter.find_nft())
+    if why is not None:
+        raise ConfigError(
+            "--network nat must keep the sandbox off the host's own addresses with an "
+            f"nftables filter, but {why}; otherwise use --network offline (no network).",
+            op="create",
+            context={"network": "nat", "reason": why},
+        )
+
+
 def _check_socket_path(layout: Layout) -> None:
     longest = max(len(str(layout.guest_socket).encode()), len(str(layout.vnc_socket).encode()))
     if longest > MAX_SOCKET_PATH:
@@ -352,6 +370,23 @@ def _remove_cgroups(layout: Layout) -> None:
     left = limits.cleanup(LimitPlan.from_json(plan["limits"]))
     if left:
         raise SandboxError(f"cgroups {left} are still busy", op="destroy", retryable=True)
+
+
+def _leave_host_filter(layout: Layout, pid: int | None) -> None:
+    """The supervisor detaches when it stops; this covers one that was SIGKILLed."""
+    if pid is not None and state.supervisor_alive(layout, pid):
+        return  # its slirp4netns may still run: it must stay filtered
+    try:
+        plan = json.loads(layout.plan.read_text())
+    except (OSError, ValueError):
+        return
+    nft = plan.get("nft") or hostfilter.find_nft()
+    if plan.get("network") != "nat" or nft is None:
+        return
+    try:
+        hostfilter.HostFilter(nft).detach(layout.sandbox_id)
+    except OSError as exc:
+        raise SandboxError(str(exc), op="destroy", retryable=True) from exc
 
 
 def _force_remove(func: Callable[..., Any], path: str, exc_info: Any) -> None:

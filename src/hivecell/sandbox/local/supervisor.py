@@ -2,14 +2,15 @@
 
 Started detached by the provider so the sandbox outlives the CLI that created it. It sets up
 the resource limits, runs bwrap (with ``--die-with-parent``: killing this process kills the
-box), attaches slirp4netns in ``nat`` mode, and exits when the box does. SIGTERM stops the
-box. Stdlib only, so it starts in a few milliseconds.
+box), attaches slirp4netns in ``nat`` mode (behind the host filter), and exits when the box
+does. SIGTERM stops the box. Stdlib only, so it starts in a few milliseconds.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -19,10 +20,12 @@ from types import FrameType
 from typing import Any
 
 from hivecell.sandbox.local import limits, network
+from hivecell.sandbox.local.hostfilter import HostFilter
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.limits import LimitPlan
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+FILTER_CHECK_SECONDS = 2.0  # how long a flushed host filter may stay missing
 
 
 def log(message: str) -> None:
@@ -39,15 +42,14 @@ class Box:
         self.limits = LimitPlan.from_json(plan["limits"])
         self.proc: subprocess.Popen[bytes] | None = None
         self.child_pid: int | None = None
-        self.slirp: network.Slirp | None = None
+        self.network: network.Network | None = None
         self.stopping = False
 
     def run(self) -> int:
         try:
             limits.setup(self.limits)
             self._start()
-            assert self.proc is not None
-            self.proc.wait()
+            self._wait()
         except OSError as exc:
             log(f"cannot run the sandbox: {exc}")
         finally:
@@ -90,10 +92,35 @@ class Box:
                 self._kill()  # a stop request raced the start, or bwrap failed
                 return
             if self.plan["network"] == "nat":
-                self.slirp = network.start(self.plan["slirp4netns"], self.child_pid)
+                self.network = self._network()
+                self.network.start(self.child_pid)
             os.write(block_w, b"go")  # let the box run only once its network is in place
         finally:
             os.close(block_w)
+
+    def _wait(self) -> None:
+        """Until the box exits; a ``nat`` box's host filter is checked meanwhile."""
+        assert self.proc is not None
+        if self.network is not None:
+            pidfd = os.pidfd_open(self.proc.pid)
+            try:
+                while not select.select([pidfd], [], [], FILTER_CHECK_SECONDS)[0]:
+                    self._check_filter(self.network)
+            finally:
+                os.close(pidfd)
+        self.proc.wait()
+
+    def _check_filter(self, net: network.Network) -> None:
+        try:
+            if net.ensure_filtered():
+                log("the host filter had been removed (a ruleset flush?); put it back")
+        except OSError as exc:
+            log(f"cannot put the host filter back, stopping the box: {exc}")
+            self._kill()  # fail closed
+
+    def _network(self) -> network.Network:
+        host_filter = HostFilter(self.plan["nft"])
+        return network.Network(self.plan["slirp4netns"], host_filter, self.layout.sandbox_id)
 
     def _join_limits(self) -> None:
         limits.join(self.limits)
@@ -104,8 +131,11 @@ class Box:
             if self.proc.poll() is None:
                 self._kill()
             code = self.proc.wait()
-        if self.slirp is not None:
-            self.slirp.stop()
+        if self.network is not None:
+            try:
+                self.network.stop()
+            except OSError as exc:  # destroy retries; the box and slirp4netns are gone already
+                log(f"cannot detach from the host filter: {exc}")
         left = limits.cleanup(self.limits)
         if left:
             log(f"could not remove cgroups {left}")
