@@ -13,9 +13,13 @@ APT_PACKAGES=(
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
+# Tests also run the task store against a real PostgreSQL server.
+TEST_APT_PACKAGES=(postgresql)
+
 install_system() {
-  local missing=()
-  for pkg in "${APT_PACKAGES[@]}"; do
+  local missing=() wanted=("${APT_PACKAGES[@]}")
+  if [ "${mode:-}" = test ]; then wanted+=("${TEST_APT_PACKAGES[@]}"); fi
+  for pkg in "${wanted[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
   done
   if [ "${#missing[@]}" -gt 0 ]; then
@@ -49,7 +53,21 @@ run_demo() {
   "$UV" run hivecell sandbox rm "$id"
 }
 
+start_postgres() {
+  # The first local cluster, started if needed; a login role the store tests may create
+  # scratch databases with.
+  local version cluster
+  read -r version cluster < <(pg_lsclusters --no-header | awk 'NR==1 {print $1, $2}')
+  as_root pg_ctlcluster "$version" "$cluster" start 2>/dev/null || true
+  as_root runuser -u postgres -- psql -q -c \
+    "DO \$\$ BEGIN CREATE ROLE hivecell LOGIN CREATEDB PASSWORD 'hivecell'; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;"
+  local port
+  port=$(pg_lsclusters --no-header | awk 'NR==1 {print $3}')
+  export HIVECELL_TEST_POSTGRES_URL="postgresql+asyncpg://hivecell:hivecell@127.0.0.1:${port}/postgres"
+}
+
 run_tests() {
+  start_postgres
   "$UV" run ruff check src tests
   "$UV" run ruff format --check src tests
   "$UV" run mypy
