@@ -120,7 +120,6 @@ async def test_window_ids_are_checked(guest: Guest) -> None:
 async def test_quit_app_by_pid_by_name_and_by_force(
     guest: Guest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(desktop, "QUIT_GRACE_S", 0.5)
     first = (await guest("open_app", name="xterm"))["pid"]
     second = (await guest("open_app", name="org.xfce.mousepad"))["pid"]
     stubborn = (await guest("open_app", name="sh -c \"trap '' TERM; sleep 600\""))["pid"]
@@ -129,6 +128,10 @@ async def test_quit_app_by_pid_by_name_and_by_force(
     assert await guest("quit_app", pid=first) == {"pids": [first]}
     assert await guest("quit_app", name="Mousepad") == {"pids": [second]}
     assert not desktop.alive(first) and not desktop.alive(second)
+    apps = (await guest("list_running_apps"))["apps"]
+    windowless = next(app for app in apps if app["pid"] == stubborn)  # launched, no window
+    assert (windowless["name"], windowless["windows"]) == ("sh", 0)
+    monkeypatch.setattr(desktop, "QUIT_GRACE_S", 0.5)  # it ignores SIGTERM: spare us 2x3 s
     with pytest.raises(ToolFailed, match="force=true"):
         await guest("quit_app", pid=stubborn)
     assert await guest("quit_app", pid=stubborn, force=True) == {"pids": [stubborn]}
@@ -174,6 +177,11 @@ async def test_open_url_in_chromium(
     assert "--no-sandbox" in launched["command"]  # tests run as root
     await guest.wait_window(lambda w: w["title"].startswith("hivecell test page"), timeout=30)
     assert (tmp_path / ".config" / "chromium-hivecell").is_dir()
+    second = tmp_path / "second.html"
+    second.write_text("<title>second page</title>")
+    with anyio.fail_after(8):  # the running browser takes it: no new window to wait for
+        await guest("open_url", url=second.as_uri(), settle=True)
+    await guest.wait_window(lambda w: w["title"].startswith("second page"), timeout=30)
 
 
 def test_urls_are_normalised_and_never_become_flags() -> None:
@@ -194,6 +202,19 @@ def test_desktop_entries_and_exec_field_codes() -> None:
     assert desktop.resolve_app("mousepad", entries) == ["mousepad"]
     assert desktop.resolve_app("chromium", entries) == ["/usr/bin/chromium"]
     assert desktop.resolve_app("vim", entries) == ["xterm", "-e", "vim"]  # Terminal=true
+
+
+def test_files_get_the_app_for_their_mime_type(tmp_path: Path) -> None:
+    """The path open_file takes when xdg-open is missing."""
+    entries = desktop.desktop_entries()
+    notes, page, blob = tmp_path / "a b.txt", tmp_path / "p.html", tmp_path / "blob"
+    notes.write_text("hi")
+    page.write_text("<p>hi</p>")
+    blob.write_bytes(b"\0\1\2")
+    assert desktop.handler_argv(notes, entries) == ["mousepad", str(notes)]  # not vim
+    assert desktop.handler_argv(page, entries) == ["/usr/bin/chromium", str(page)]
+    with pytest.raises(NotFound, match="application/octet-stream"):
+        desktop.handler_argv(blob, entries)
 
 
 async def test_fresh_display_has_no_windows_and_no_frontmost_app(tmp_path: Path) -> None:

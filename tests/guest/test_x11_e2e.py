@@ -44,18 +44,22 @@ async def client(display: str, tmp_path: Path) -> AsyncIterator[GuestClient]:
         sock = Path(folder) / "g.sock"
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve, Services(config), sock)
-            await _until_exists(sock)
+            await _until_listening(sock)
             async with GuestClient(f"unix:{sock}") as guest:
                 yield guest
                 await guest.call("shutdown")
 
 
-async def _until_exists(sock: Path) -> None:
+async def _until_listening(sock: Path) -> None:
     with anyio.fail_after(5):
         while True:
-            if await anyio.Path(sock).exists():
-                return
-            await anyio.sleep(0.01)
+            try:
+                stream = await anyio.connect_unix(sock)
+            except OSError:  # not bound yet, or bound but not listening yet
+                await anyio.sleep(0.01)
+                continue
+            await stream.aclose()
+            return
 
 
 async def _until_managed(client: GuestClient, probe: Probe) -> None:

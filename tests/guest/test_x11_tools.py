@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 from Xlib import XK, X
 
-from hivecell.errors import InvalidParams
+from hivecell.errors import InvalidParams, ToolFailed
 from hivecell.guest.tools.input import parse_keys
 from tests.guest.xdisplay import Guest, Probe, guest_services, of_type, x_display
 
@@ -121,6 +121,15 @@ async def test_action_with_settle_waits_for_the_screen(guest: Guest, probe: Prob
             "x": px + 5,
             "y": py + 5,
         }
+
+
+async def test_unreachable_display_is_a_clear_error(tmp_path: Path) -> None:
+    with guest_services(":4093", tmp_path) as services:
+        guest = Guest(services)
+        with pytest.raises(ToolFailed, match=r"cannot connect to X display ':4093' \(DISPLAY\)"):
+            await guest("get_screen_size")
+        health = await guest("health_check")
+        assert health["checks"]["display"]["ok"] is False
 
 
 # --- pointer -----------------------------------------------------------------------------

@@ -219,7 +219,14 @@ class XSession:
         self.display = display
         self.root = display.screen().root
         self.xtest = display.has_extension("XTEST")
-        self.keymap = Keymap(display)
+        self._keymap: Keymap | None = None
+
+    @property
+    def keymap(self) -> Keymap:
+        """Loaded on first keyboard use, inside ``run``: it costs a few round trips."""
+        if self._keymap is None:
+            self._keymap = Keymap(self.display)
+        return self._keymap
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking Xlib/mss work in a worker thread, one call at a time."""

@@ -10,11 +10,12 @@ import shutil
 import subprocess
 
 import anyio
+from Xlib import X
 
 from hivecell.errors import NotSupported, Timeout, ToolFailed
 from hivecell.guest.context import CallContext
 from hivecell.guest.dispatch import Router
-from hivecell.guest.x11 import display_env
+from hivecell.guest.x11 import XSession, display_env
 from hivecell.protocol import methods as m
 
 router = Router()
@@ -41,14 +42,33 @@ async def clipboard_read(p: m.Empty, ctx: CallContext) -> m.ClipboardText:
 @router.method("clipboard_write")
 async def clipboard_write(p: m.ClipboardWriteParams, ctx: CallContext) -> m.Ok:
     argv = [_xclip(), "-selection", "clipboard", "-i"]
+    x = ctx.services.x
+    before = await x.run(_owner, x)
     try:
         with anyio.fail_after(XCLIP_TIMEOUT_S):
             code = await _feed(argv, p.text.encode("utf-8"), ctx)
+            if code == 0:
+                await _until_owner_changes(x, before)
     except TimeoutError:
         raise _timeout("write") from None
     if code != 0:
         raise ToolFailed(f"xclip could not set the clipboard (exit {code}); check DISPLAY")
     return m.Ok()
+
+
+def _owner(x: XSession) -> int:
+    owner = x.display.get_selection_owner(x.display.intern_atom("CLIPBOARD"))
+    return int(getattr(owner, "id", owner))
+
+
+async def _until_owner_changes(x: XSession, before: int) -> None:
+    """xclip's parent exits before its forked child owns the selection: a read right
+    after the write could still get the old text."""
+    while True:
+        owner = await x.run(_owner, x)
+        if owner not in (before, X.NONE):
+            return
+        await anyio.sleep(0.002)
 
 
 async def _feed(argv: list[str], data: bytes, ctx: CallContext) -> int:

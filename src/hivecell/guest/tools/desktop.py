@@ -20,6 +20,7 @@ import anyio.to_thread
 from Xlib import X, Xatom
 from Xlib import error as xerror
 from Xlib.protocol import event as xevent
+from Xlib.xobject.drawable import Window
 
 from hivecell.errors import InvalidParams, NotFound, NotSupported, Timeout, ToolFailed
 from hivecell.guest.context import CallContext
@@ -142,7 +143,20 @@ async def activate_window(p: m.WindowParams, ctx: CallContext) -> m.Ok:
 
 
 async def _is_active(x: XSession, wid: int) -> bool:
-    return await x.run(_active_id, x) == wid
+    return await x.run(_focused_sync, x, wid)
+
+
+def _focused_sync(x: XSession, wid: int) -> bool:
+    """The WM calls it active and the X input focus is in it (the WM updates the property
+    first, so a key sent in between would still go to the old window)."""
+    if _active_id(x) != wid:
+        return False
+    window = x.display.get_input_focus().focus
+    while isinstance(window, Window) and window.id != x.root.id:
+        if window.id == wid:
+            return True
+        window = window.query_tree().parent
+    return False
 
 
 @router.method("move_resize_window")
@@ -347,12 +361,13 @@ async def launch(argv: list[str], p: m.ActionParams, ctx: CallContext) -> m.Laun
     await anyio.sleep(STARTUP_CHECK_S)
     code = child.poll()
     if code:
+        ctx.services.launched.pop(child.pid, None)
         raise ToolFailed(
             f"{shlex.join(argv)} exited with code {code} right after starting; "
             "run it with exec_command to see its error output"
         )
     if p.settle:
-        await _poll(lambda: _has_new_window(ctx, before), LAUNCH_WINDOW_TIMEOUT_S)
+        await _poll(lambda: _shown(ctx, before, child), LAUNCH_WINDOW_TIMEOUT_S)
         await maybe_settle(p, ctx)
     return m.Launched(pid=child.pid, command=argv)
 
@@ -379,8 +394,10 @@ async def _window_ids(ctx: CallContext) -> set[str]:
         return set()
 
 
-async def _has_new_window(ctx: CallContext, before: set[str]) -> bool:
-    return bool(await _window_ids(ctx) - before)
+async def _shown(ctx: CallContext, before: set[str], child: subprocess.Popen[bytes]) -> bool:
+    """A new window appeared, or the launcher exited (it handed the request to a running
+    instance, as a second chromium or xdg-open with a single-instance app does)."""
+    return child.poll() is not None or bool(await _window_ids(ctx) - before)
 
 
 def desktop_entries() -> list[DesktopEntry]:
@@ -485,10 +502,13 @@ def opener_argv(path: Path) -> list[str]:
         raise NotFound(f"{str(path)!r} does not exist")
     if shutil.which("xdg-open"):
         return ["xdg-open", str(path)]
+    return handler_argv(path, desktop_entries())
+
+
+def handler_argv(path: Path, entries: list[DesktopEntry]) -> list[str]:
+    """The app for path's MIME type (GUI apps before terminal ones), as xdg-open would."""
     mime = mime_type(path)
-    handlers = sorted(
-        (e for e in desktop_entries() if mime in e.mime_types), key=lambda e: e.terminal
-    )
+    handlers = sorted((e for e in entries if mime in e.mime_types), key=lambda e: e.terminal)
     if handlers:
         return entry_argv(handlers[0], [str(path)])
     for argv in (["mousepad", str(path)], ["xterm", "-e", "less", str(path)]):

@@ -40,12 +40,15 @@ def encode(frame: Frame, p: m.ScreenshotParams) -> tuple[bytes, int, int]:
     image = Image.frombuffer("RGB", (frame.width, frame.height), frame.bgra, "raw", "BGRX", 0, 1)
     size = target_size(frame.width, frame.height, p)
     if size != image.size:
-        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
+        # reducing_gap=1: box-average by the integer part first (scale 0.5: 1 ms, not 13 ms)
+        image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=1.0)
     out = io.BytesIO()
     if p.format == "png":
         image.save(out, "PNG", compress_level=1)  # level 1: 4x faster, ~20% larger
+    elif p.format == "webp":
+        image.save(out, "WEBP", quality=p.quality, method=0)  # method 0: 13 ms, not 51 ms
     else:
-        image.save(out, p.format.upper(), quality=p.quality)
+        image.save(out, "JPEG", quality=p.quality)
     return out.getvalue(), image.width, image.height
 
 
