@@ -23,7 +23,9 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 DISPLAY = ":0"
 DISPLAY_TIMEOUT = 15.0
@@ -65,11 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     xvfb, display_fd = start_xvfb(args.screen)
     children = [xvfb]
     try:
-        serve = _import_agent()  # overlaps with Xvfb's startup
+        # Xvfb and then openbox start on a helper thread while this one imports the agent
+        # (most of the boot time); the thread only waits on a pipe and spawns a process.
+        desktop = ThreadPoolExecutor(max_workers=1).submit(_start_desktop, display_fd, xvfb)
+        serve = _import_agent()
         log.info("agent imported after %.0f ms", _elapsed_ms())
-        wait_for_display(display_fd, xvfb)
+        children += desktop.result()
         log.info("display up after %.0f ms", _elapsed_ms())
-        children += start_window_manager()
+        if children[1:]:  # "desktop up" includes a window manager that manages windows
+            wait_for_window_manager()
+            log.info("window manager ready after %.0f ms", _elapsed_ms())
         reason = serve(args)
         log.info("agent stopped: %s", reason)
     finally:
@@ -112,15 +119,25 @@ def start_xvfb(screen: str) -> tuple[subprocess.Popen[bytes], int]:
 
 
 def wait_for_display(ready_r: int, xvfb: subprocess.Popen[bytes]) -> None:
+    # Read up to the newline: Xvfb may write the number and the newline separately, and
+    # closing the pipe in between makes its second write fail, which kills the server.
     deadline = time.monotonic() + DISPLAY_TIMEOUT
+    data = b""
     try:
-        while not select.select([ready_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
-            if time.monotonic() >= deadline:
+        while not data.endswith(b"\n"):
+            if not select.select([ready_r], [], [], max(0.0, deadline - time.monotonic()))[0]:
                 raise SystemExit(f"Xvfb did not come up within {DISPLAY_TIMEOUT} s")
-        if not os.read(ready_r, 16).strip():
-            raise SystemExit(f"Xvfb exited with code {xvfb.wait()} before the display was up")
+            chunk = os.read(ready_r, 16)
+            if not chunk:
+                raise SystemExit(f"Xvfb exited with code {xvfb.wait()} before the display was up")
+            data += chunk
     finally:
         os.close(ready_r)
+
+
+def _start_desktop(display_fd: int, xvfb: subprocess.Popen[bytes]) -> list[subprocess.Popen[bytes]]:
+    wait_for_display(display_fd, xvfb)
+    return start_window_manager()
 
 
 def start_window_manager() -> list[subprocess.Popen[bytes]]:
@@ -130,6 +147,40 @@ def start_window_manager() -> list[subprocess.Popen[bytes]]:
         log.warning("openbox is not installed; windows will have no manager")
         return []
     return [subprocess.Popen([openbox, "--sm-disable"], stdin=subprocess.DEVNULL)]
+
+
+def wait_for_window_manager(timeout: float = 5.0) -> None:
+    """Block until openbox manages new windows, so the first app a task opens is managed.
+
+    openbox announces itself (_NET_SUPPORTING_WM_CHECK) before it handles map requests, and
+    a window mapped in between stays unmanaged for good: map a 1x1 scratch window until it
+    shows up in _NET_CLIENT_LIST.
+    """
+    from Xlib import X, Xatom
+    from Xlib.display import Display
+
+    display = Display(DISPLAY)
+    try:
+        root = display.screen().root
+        clients = display.intern_atom("_NET_CLIENT_LIST")
+        scratch = root.create_window(0, 0, 1, 1, 0, X.CopyFromParent)
+        deadline = time.monotonic() + timeout
+        while not _managed(root.get_full_property(clients, Xatom.WINDOW), scratch.id):
+            if time.monotonic() > deadline:
+                log.warning("openbox did not manage a window within %.0f s", timeout)
+                break
+            scratch.unmap()
+            scratch.map()
+            display.sync()
+            time.sleep(0.01)
+        scratch.destroy()
+        display.sync()
+    finally:
+        display.close()
+
+
+def _managed(prop: Any, window_id: int) -> bool:
+    return prop is not None and window_id in prop.value
 
 
 def preload() -> None:
