@@ -25,7 +25,7 @@ async def unix_listener(path: Path) -> Listener[ByteStream]:
     await apath.unlink(missing_ok=True)
     listener = await anyio.create_unix_listener(path)
     await apath.chmod(0o600)
-    return listener  # type: ignore[return-value]
+    return listener
 
 
 async def tcp_listener(host: str, port: int, token: str | None) -> Listener[ByteStream]:
@@ -33,7 +33,7 @@ async def tcp_listener(host: str, port: int, token: str | None) -> Listener[Byte
         raise ConfigError(
             "TCP needs a token: pass --token or set HIVECELL_GUEST_TOKEN", op="listen"
         )
-    return await anyio.create_tcp_listener(local_host=host, local_port=port)  # type: ignore[return-value]
+    return await anyio.create_tcp_listener(local_host=host, local_port=port)
 
 
 class CharDeviceStream(ByteStream):

@@ -10,7 +10,6 @@ there is one implementation of every operation, not two that drift apart.
 from __future__ import annotations
 
 import builtins
-
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from functools import partial
