@@ -105,6 +105,9 @@ class Control:
         """Between steps: apply new instructions, and stop here while paused."""
         if self._pause_requested:
             await self.pause_for("paused by the person")
+        self.apply_instructions(history)
+
+    def apply_instructions(self, history: History) -> None:
         for text in self._instructions:
             history.add({"role": "user", "content": INSTRUCTION.format(text=text)})
         self._instructions.clear()

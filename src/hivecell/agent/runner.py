@@ -8,10 +8,12 @@ methods to call from the runner's event loop thread.
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 import time
-from collections.abc import Callable
-from typing import Any, Literal, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
@@ -101,12 +103,63 @@ class Recorder(Protocol):
 
 
 EventSink = Callable[[str, dict[str, Any]], None]
+_T = TypeVar("_T")
 
 
 class _Finished(Exception):
     def __init__(self, status: Status, success: bool, summary: str, error: str | None = None):
         super().__init__(summary)
-        self.outcome = (status, success, summary, error)
+        self.outcome: tuple[Status, bool, str, str | None] = (status, success, summary, error)
+
+
+class _WriteBehind:
+    """Trace writes in submission order on one task beside the loop.
+
+    A step's records are written while its tool runs and its screenshot is taken instead of
+    one after the other in its path; ``flush`` before each model request keeps the promise
+    that everything up to the request the model is working on is on disk.
+    """
+
+    def __init__(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[
+            Callable[[], Awaitable[None]]
+        ](math.inf)
+
+    def submit(self, job: Callable[[], Awaitable[None]]) -> None:
+        self._send.send_nowait(job)
+
+    async def flush(self) -> None:
+        written = anyio.Event()
+
+        async def mark() -> None:
+            written.set()
+
+        self.submit(mark)
+        await written.wait()
+
+    async def around(self, body: Callable[[], Awaitable[_T]]) -> _T:
+        """Run ``body`` while writing; when it ends, finish the queued writes.
+
+        Errors of ``body`` are re-raised as themselves, not wrapped in an ExceptionGroup, so
+        callers still see the typed HivecellError.
+        """
+        failure: Exception | None = None
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._drain)
+            try:
+                result = await body()
+            except Exception as exc:
+                failure = exc
+            finally:
+                self._send.close()
+        if failure is not None:
+            raise failure
+        return result
+
+    async def _drain(self) -> None:
+        async with self._receive:
+            async for job in self._receive:
+                await job()
 
 
 class TaskRunner:
@@ -138,10 +191,17 @@ class TaskRunner:
         self._on_event = on_event or (lambda kind, data: None)
         self._tools = ToolBox(guest, disabled=frozenset(self.settings.disabled_tools))
         self._history: History | None = None
+        self._writes = _WriteBehind()
 
     # --- the loop ------------------------------------------------------------------------
     async def run(self) -> Outcome:
         self._set_status("running")
+        # The writes happen outside the timeout and cancel scopes, so stopping the loop
+        # never loses records already queued.
+        outcome = await self._writes.around(self._until_finished)
+        return await self._finish(*outcome)
+
+    async def _until_finished(self) -> tuple[Status, bool, str, str | None]:
         try:
             with anyio.move_on_after(self.settings.timeout_s) as deadline:
                 with self.control.cancel_scope:
@@ -153,8 +213,8 @@ class TaskRunner:
             if deadline.cancelled_caught:
                 raise _Finished("timed_out", False, f"stopped after {self.settings.timeout_s:g} s")
         except _Finished as done:
-            return await self._finish(*done.outcome)
-        return await self._finish("failed", False, "the agent loop ended unexpectedly")
+            return done.outcome
+        return "failed", False, "the agent loop ended unexpectedly", None
 
     async def _loop(self) -> None:
         shot = await self._observe(0)
@@ -178,7 +238,7 @@ class TaskRunner:
             await self._check_done(response)
             return
         self._history.add(_assistant_message(response))
-        await self._record(kind="llm", reasoning=response.text, **_llm_fields(response))
+        self._record(kind="llm", reasoning=response.text, **_llm_fields(response))
         for call in response.tool_calls:
             self._history.add(await self._act(call))
         shot = await self._observe(self.steps)
@@ -188,13 +248,17 @@ class TaskRunner:
     async def _decide(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """One model call; endpoint outages pause the task until resumed, then retry."""
         while True:
+            await self._writes.flush()
             try:
                 response = await self._llm.complete(messages, **kwargs)
             except HivecellError as exc:
                 if exc.code not in ("llm_unavailable", "llm_rejected"):
                     raise
-                await self._record(kind="error", error=str(exc))
+                self._record(kind="error", error=str(exc))
                 await self.control.pause_for(f"model endpoint failing: {exc}")
+                if self._history is not None:
+                    # The retry sends the same list: let it carry what the person said on resume.
+                    self.control.apply_instructions(self._history)
                 continue
             self._account(response)
             return response
@@ -219,12 +283,12 @@ class TaskRunner:
         """The model stopped calling tools: ask it, with structured output, if it is done."""
         assert self._history is not None
         self._history.add({"role": "assistant", "content": response.text or ""})
-        await self._record(kind="llm", reasoning=response.text, **_llm_fields(response))
+        self._record(kind="llm", reasoning=response.text, **_llm_fields(response))
         question = prompts.COMPLETION_CHECK.format(task=self.description)
         check = [*self._history.messages, {"role": "user", "content": question}]
         verdict_response = await self._decide(check, response_format=prompts.COMPLETION_SCHEMA)
         verdict = _parse_verdict(verdict_response.text)
-        await self._record(kind="llm", text="completion check", result=verdict)
+        self._record(kind="llm", text="completion check", result=verdict)
         if verdict["complete"]:
             status: Status = "completed" if verdict["success"] else "failed"
             raise _Finished(status, bool(verdict["success"]), str(verdict["summary"]))
@@ -244,15 +308,16 @@ class TaskRunner:
         except ValueError as exc:  # pydantic ValidationError of the tool's arguments
             result, error = None, f"invalid arguments for {call.name}: {exc}"
         tool_ms = (time.perf_counter() - started) * 1000
-        await self._record(
+        result = _short(result)
+        self._record(
             kind="tool",
             tool=call.name,
             arguments=call.arguments,
-            result=_short(result),
+            result=result,
             error=error,
             tool_latency_ms=tool_ms,
         )
-        content = json.dumps({"error": error} if error else _short(result))
+        content = json.dumps({"error": error} if error else result)
         return {"role": "tool", "tool_call_id": call.id, "content": content}
 
     async def _dispatch(self, call: Any) -> Any:
@@ -262,8 +327,10 @@ class TaskRunner:
             )
         args = self._tools.validate(call.name, call.arguments)
         if call.name in USER_TOOLS:
+            await self._writes.flush()  # a person may take hours: what led here is on disk
             return {"answer": await self.control.ask(call.name, args.model_dump())}
         if call.name in self.settings.approval_tools:
+            await self._writes.flush()
             await self.control.approval(call.name, call.arguments or {})
         result = await self._tools.execute(call.name, args)
         if call.name in GUI_TOOLS:
@@ -272,15 +339,16 @@ class TaskRunner:
 
     # --- observe -------------------------------------------------------------------------
     async def _observe(self, step: int) -> dict[str, Any]:
-        import base64
-
         params: dict[str, Any] = {"format": "png", "max_width": self.settings.screenshot_max_width}
         raw = await self._guest("screenshot", params)
         self._tools.scale = float(raw["scale"])
         png = base64.b64decode(raw["data"])
-        name = await self._trace.save_screenshot(step, png)
-        await self._record(kind="observation", screenshot=name)
+        self._writes.submit(lambda: self._write_observation(step, png))
         return {"png": png, "width": raw["width"], "height": raw["height"]}
+
+    async def _write_observation(self, step: int, png: bytes) -> None:
+        name = await self._trace.save_screenshot(step, png)
+        await self._write(step, {"kind": "observation", "screenshot": name})
 
     # --- bookkeeping ---------------------------------------------------------------------
     def _system_prompt(self, shot: dict[str, Any]) -> str:
@@ -297,11 +365,14 @@ class TaskRunner:
         self.status = status
         self._on_event("status", {"status": status, "reason": reason})
 
-    async def _record(self, **fields: Any) -> None:
-        await self._trace.record(step=self.steps, **fields)
-        self._on_event(
-            "step", {"step": self.steps, **{k: v for k, v in fields.items() if k != "result"}}
-        )
+    def _record(self, **fields: Any) -> None:
+        step = self.steps
+        self._writes.submit(lambda: self._write(step, fields))
+
+    async def _write(self, step: int, fields: dict[str, Any]) -> None:
+        """Persist one record, then tell the watchers (so what they see is in the trace)."""
+        await self._trace.record(step=step, **fields)
+        self._on_event("step", {"step": step, **{k: v for k, v in fields.items() if k != "result"}})
 
     async def _finish(
         self, status: Status, success: bool, summary: str, error: str | None = None
@@ -309,7 +380,8 @@ class TaskRunner:
         with anyio.CancelScope(shield=True):
             if self._history is not None:
                 await self._trace.write_conversation(self._history.messages)
-            await self._record(kind="status", result={"status": status, "summary": summary})
+            status_record = {"kind": "status", "result": {"status": status, "summary": summary}}
+            await self._write(self.steps, status_record)
         self._set_status(status, summary)
         outcome = Outcome(
             status=status,

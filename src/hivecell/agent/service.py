@@ -11,6 +11,7 @@ import math
 import shutil
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hivecell.agent.runner import ChatModel, Outcome, RunSettings, TaskRunner
 from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxProvider, SandboxSpec
-from hivecell.store import TaskRecord, TaskSettings, TaskStore
+from hivecell.store import InvalidTransition, TaskRecord, TaskSettings, TaskStore
 from hivecell.trace import TraceWriter
 
 EventHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -95,6 +96,23 @@ class TaskService:
         *,
         on_event: EventHandler | None = None,
         on_runner: Callable[[TaskRunner], None] | None = None,
+    ) -> TaskResult:
+        try:
+            return await self._run(record, request, on_event, on_runner)
+        except Exception as exc:
+            # Without this a task whose sandbox or inbox failed stays "running" for ever.
+            with anyio.CancelScope(shield=True), suppress(InvalidTransition):
+                await self._store.update(
+                    record.id, status="failed", success=False, summary=str(exc), error=str(exc)
+                )
+            raise
+
+    async def _run(
+        self,
+        record: TaskRecord,
+        request: TaskRequest,
+        on_event: EventHandler | None,
+        on_runner: Callable[[TaskRunner], None] | None,
     ) -> TaskResult:
         started = time.perf_counter()
         info = await self._sandbox(request)

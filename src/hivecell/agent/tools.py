@@ -7,6 +7,7 @@ scale so clicks land where the model meant.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -154,6 +155,11 @@ GUI_TOOLS = frozenset(
     }
 )
 
+# Launchers return as soon as the process runs; these ask the guest to wait for the new window
+# too, or the step's screenshot often shows the desktop without it and the model opens it again.
+LAUNCH_TOOLS = frozenset({"open_app", "open_file", "open_url"})
+SCREENSHOT_NOTE = "a fresh screenshot follows this step"
+
 GuestCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
 
 
@@ -166,7 +172,7 @@ class ToolBox:
         self.scale = 1.0  # screenshot px per screen px of the latest screenshot
 
     def schemas(self) -> list[dict[str, Any]]:
-        return [t.schema() for name, t in TOOLS.items() if name not in self.disabled]
+        return _schemas(self.disabled)
 
     def validate(self, name: str, arguments: dict[str, Any] | None) -> _Args:
         tool = TOOLS.get(name)
@@ -185,7 +191,15 @@ class ToolBox:
         handler = getattr(self, f"_do_{name}", None)
         if handler is not None:
             return await handler(args)
-        return await self._call(name, args.model_dump())
+        params = args.model_dump()
+        if name in LAUNCH_TOOLS:
+            params["settle"] = True
+        return await self._call(name, params)
+
+    async def _do_screenshot(self, a: NoArgs) -> Any:
+        # Every step ends with a screenshot the model sees as an image; the guest's base64
+        # here would only reach it as text, cut to garbage by the result size cap.
+        return {"note": SCREENSHOT_NOTE}
 
     async def _do_mouse_click(self, a: ClickArgs) -> Any:
         return await self._call("mouse_click", {**self._screen(a.x, a.y), "button": a.button})
@@ -209,3 +223,9 @@ class ToolBox:
 
     async def _do_delete_file(self, a: PathArgs) -> Any:
         return await self._call("delete_file", {"path": a.path})
+
+
+@functools.cache
+def _schemas(disabled: frozenset[str]) -> list[dict[str, Any]]:
+    # Building JSON schemas costs milliseconds; the runner asks for them every step.
+    return [t.schema() for name, t in TOOLS.items() if name not in disabled]

@@ -99,7 +99,7 @@ def _agent_table(report: agent_bench.AgentReport, met: dict[str, bool]) -> Table
         ("  model latency (client)", "llm_latency"),
         ("  tool latency", "tool_latency"),
         ("  screenshot capture", "screenshot"),
-        ("  trace writes (behind the step)", "trace_write"),
+        ("  trace writes (overlapped)", "trace_write"),
         ("warm dispatch", "warm_dispatch"),
     ]
     for label, name in rows:

@@ -53,6 +53,8 @@ class LiveConsole:
         if status == "waiting_for_user":
             await self._ask_person()
         elif status == "paused" and reason:
+            if self.runner is not None and self.runner.control.detached:
+                return  # the run has ended paused; the final report says why
             self.console.print(f"[yellow]paused:[/yellow] {reason}")
             await self._paused(reason)
         elif status not in ("running",):

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import anyio
 import typer
+from pydantic import ValidationError
 
 from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
 from hivecell.agent.runner import RunSettings
@@ -55,18 +56,25 @@ def run_task(
         description=task,
         files=file or [],
         network="nat" if network == "nat" else "offline",
-        settings=RunSettings(
-            max_steps=max_steps,
-            timeout_s=timeout,
-            max_cost_usd=max_cost,
-            disabled_tools=disable_tool or [],
-        ),
+        settings=_settings(max_steps, timeout, max_cost, disable_tool or []),
         output_dir=output_dir,
         keep_sandbox=keep,
     )
     result = run(_run, root, config, request)
     _report(result, as_json)
     raise typer.Exit(0 if result.success else 1)
+
+
+def _settings(
+    max_steps: int, timeout: float, max_cost: float | None, disabled: list[str]
+) -> RunSettings:
+    try:
+        return RunSettings(
+            max_steps=max_steps, timeout_s=timeout, max_cost_usd=max_cost, disabled_tools=disabled
+        )
+    except ValidationError as exc:  # e.g. --max-steps 0: a usage error, not a traceback
+        error = exc.errors(include_url=False)[0]
+        raise typer.BadParameter(f"{error['loc'][0]}: {error['msg']}") from None
 
 
 async def _provider(

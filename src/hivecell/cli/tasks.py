@@ -82,10 +82,9 @@ def export(
         return
     output.write_text(text)
     if fmt == "md":  # markdown links screenshots/ relatively: bring them along
-        trace_dir = Path(str(run(_get, root, task_id).trace_dir))
-        shutil.copytree(
-            trace_dir / "screenshots", output.parent / "screenshots", dirs_exist_ok=True
-        )
+        shots = Path(str(run(_get, root, task_id).trace_dir)) / "screenshots"
+        if shots.is_dir():  # a run killed before its first screenshot has none
+            shutil.copytree(shots, output.parent / "screenshots", dirs_exist_ok=True)
     out.print(f"wrote {output}", highlight=False)
 
 

@@ -21,6 +21,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from contextlib import AsyncExitStack, suppress
@@ -46,6 +47,9 @@ class RecordedRequest(BaseModel):
     path: str
     headers: dict[str, str]
     body: Any = None
+    # time.perf_counter() when the whole request had been read; on Linux that is
+    # CLOCK_MONOTONIC, so other processes on the host can compare it with their own clock.
+    received_at: float | None = None
 
 
 class ScriptedLLMServer:
@@ -122,6 +126,7 @@ class ScriptedLLMServer:
         return keep and conn.our_state is h11.DONE and conn.their_state is h11.DONE
 
     async def _route(self, request: h11.Request, body: bytes, answer: _Answer) -> bool:
+        arrived = time.perf_counter()
         method, path = request.method.decode(), request.target.decode().split("?")[0]
         if (method, path) == ("GET", "/_scripted/requests"):
             await answer.json(200, [r.model_dump() for r in self.requests])
@@ -129,7 +134,13 @@ class ScriptedLLMServer:
         parsed = _json_or_none(body)
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         self.requests.append(
-            RecordedRequest(method=method, path=path, headers=headers, body=parsed)
+            RecordedRequest(
+                method=method,
+                path=path,
+                headers=headers,
+                body=parsed,
+                received_at=arrived,
+            )
         )
         if (method, path) == ("POST", CHAT_PATH):
             return await self._chat(parsed, answer)

@@ -1,0 +1,103 @@
+"""Control and History on their own: answers, refusals and screenshot pruning (no sandbox)."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from hivecell.agent.control import INSTRUCTION, Control
+from hivecell.agent.history import History, image_message
+from hivecell.errors import InvalidParams, ToolFailed
+
+pytestmark = pytest.mark.anyio
+CHOICE = {"question": "?", "options": ["csv", "json"]}
+
+
+def control() -> tuple[Control, list[str]]:
+    statuses: list[str] = []
+    return Control(lambda status, reason="": statuses.append(status)), statuses
+
+
+async def ask(ctl: Control, reply: str) -> str:
+    answers: list[str] = []
+
+    async def person() -> None:
+        await anyio.lowlevel.checkpoint()  # the question is pending once the runner waits
+        assert ctl.pending is not None and ctl.pending.options == ["csv", "json"]
+        ctl.answer(reply)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(person)
+            answers.append(
+                await ctl.ask("ask_user_choice", {"question": "?", "options": ["csv", "json"]})
+            )
+    return answers[0]
+
+
+@pytest.mark.parametrize("reply", ["2", "JSON", " json "])
+async def test_a_choice_is_answered_by_number_or_name(reply: str) -> None:
+    ctl, statuses = control()
+    assert await ask(ctl, reply) == "json"
+    assert statuses == ["waiting_for_user", "running"] and ctl.pending is None
+
+
+async def test_a_wrong_answer_is_refused_and_the_question_stays() -> None:
+    ctl, _ = control()
+
+    async def person() -> None:
+        await anyio.lowlevel.checkpoint()
+        with pytest.raises(InvalidParams, match=r"1\) csv, 2\) json"):
+            ctl.answer("3")
+        assert ctl.pending is not None
+        ctl.answer("csv")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(person)
+        assert (
+            await ctl.ask("ask_user_choice", {"question": "?", "options": ["csv", "json"]}) == "csv"
+        )
+
+
+async def test_denial_raises_for_the_tool_call() -> None:
+    ctl, _ = control()
+
+    async def person() -> None:
+        await anyio.lowlevel.checkpoint()
+        ctl.deny("not that one")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(person)
+        with pytest.raises(ToolFailed, match="denied delete_file: not that one"):
+            await ctl.approval("delete_file", {"path": "/x"})
+
+
+async def test_nothing_to_answer_and_empty_instructions_are_refused() -> None:
+    ctl, _ = control()
+    for act in (lambda: ctl.answer("1"), ctl.approve, ctl.deny):
+        with pytest.raises(InvalidParams, match="not waiting"):
+            act()
+    with pytest.raises(InvalidParams, match="empty"):
+        ctl.instruct("  ")
+
+
+async def test_instructions_are_applied_once_at_the_checkpoint() -> None:
+    ctl, _ = control()
+    history = History("system", "task")
+    ctl.instruct("first")
+    ctl.instruct("second")
+    await ctl.checkpoint(history)
+    await ctl.checkpoint(history)
+    texts = [m["content"] for m in history.messages[2:]]
+    assert texts == [INSTRUCTION.format(text="first"), INSTRUCTION.format(text="second")]
+
+
+def test_history_keeps_the_newest_screenshots() -> None:
+    history = History("system", "task", keep_images=2)
+    for n in range(4):
+        history.add(image_message(f"shot {n}", bytes([n])))
+    assert history.image_count() == 2
+    kept = [m["content"][1]["type"] for m in history.messages[2:]]
+    assert kept == ["text", "text", "image_url", "image_url"]
+    assert history.messages[2]["content"][1]["text"] == "[older screenshot omitted]"

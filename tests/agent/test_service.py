@@ -1,0 +1,117 @@
+"""TaskService end to end in-process: sandbox, inbox, runner, outbox, trace and task record."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from hivecell.agent.llm import LLMClient
+from hivecell.agent.llm.script import Reply, ScriptItem
+from hivecell.agent.llm.scripted import ScriptedLLMServer
+from hivecell.agent.runner import TaskRunner
+from hivecell.agent.service import TaskRequest, TaskService
+from hivecell.errors import NotFound
+from hivecell.sandbox.base import SandboxInfo
+from hivecell.sandbox.local.provider import LocalProvider
+from hivecell.store import TaskStore
+from tests.agent.helpers import act, call, finish, provider_config, system_prompt, tool_results
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@asynccontextmanager
+async def service(
+    home: Path, provider: LocalProvider, store: TaskStore, steps: list[ScriptItem]
+) -> AsyncIterator[tuple[TaskService, ScriptedLLMServer]]:
+    async with (
+        ScriptedLLMServer(steps) as server,
+        LLMClient(provider_config(server.base_url)) as llm,
+    ):
+        yield TaskService(home=home, provider=provider, store=store, llm=llm, model="m"), server
+
+
+async def test_inbox_files_are_listed_and_outbox_files_collected(
+    home: Path, provider: LocalProvider, store: TaskStore, tmp_path: Path
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("three apples\n")
+    command = (
+        "cat /shared/inbox/notes.txt > /shared/outbox/copy.txt"
+        " && mkdir /shared/outbox/sub && echo deep > /shared/outbox/sub/deep.txt"
+    )
+    steps = [act(call("run_shell", command=command)), *finish("copied")]
+    async with service(home, provider, store, steps) as (svc, server):
+        request = TaskRequest(description="copy the notes", files=[notes])
+        record = await svc.create(request)
+        result = await svc.run(record, request)
+    assert (result.status, result.success, result.summary) == ("completed", True, "copied")
+    assert "/shared/inbox/notes.txt" in system_prompt(server.chat_requests[0])
+    assert tool_results(server.chat_requests[1])[0]["exit_code"] == 0
+    output = Path(result.output_dir)
+    assert output == home / "outputs" / record.id
+    assert sorted(result.artifacts) == ["copy.txt", "sub/deep.txt"]
+    assert (output / "copy.txt").read_text() == "three apples\n"
+    saved = await store.get(record.id)
+    assert saved.status == "completed" and saved.success is True
+    assert saved.artifacts == result.artifacts and saved.steps == 2
+    assert saved.prompt_tokens == 30 and saved.sandbox_id == result.sandbox_id
+    assert await provider.list() == []  # the task's own sandbox is gone
+
+
+async def test_pause_is_recorded_in_the_store(
+    home: Path, provider: LocalProvider, store: TaskStore
+) -> None:
+    runners: list[TaskRunner] = []
+    paused = anyio.Event()
+
+    def first(request: dict[str, Any]) -> Reply:
+        runners[0].control.pause()  # takes effect once step 1 is done
+        return act(call("wait", seconds=0))
+
+    async def on_event(kind: str, data: dict[str, Any]) -> None:
+        if kind == "status" and data["status"] == "paused":
+            paused.set()
+
+    async def person(task_id: str) -> None:
+        await paused.wait()
+        saved = await store.get(task_id)
+        assert (saved.status, saved.error) == ("paused", "paused by the person")
+        runners[0].control.resume()
+
+    async with service(home, provider, store, [first, *finish()]) as (svc, _):
+        request = TaskRequest(description="pause me")
+        record = await svc.create(request)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(person, record.id)
+            result = await svc.run(record, request, on_event=on_event, on_runner=runners.append)
+    assert result.status == "completed"
+    assert (await store.get(record.id)).status == "completed"
+
+
+async def test_warm_start_reuses_and_keeps_the_sandbox(
+    home: Path, provider: LocalProvider, store: TaskStore, sandbox: SandboxInfo
+) -> None:
+    async with service(home, provider, store, finish()) as (svc, _):
+        request = TaskRequest(description="nothing to do", sandbox_id=sandbox.id)
+        result = await svc.run(await svc.create(request), request)
+    assert result.status == "completed" and result.sandbox_id == sandbox.id
+    assert (await provider.info(sandbox.id)).status == "running"
+
+
+async def test_a_run_that_breaks_is_recorded_as_failed(
+    home: Path, provider: LocalProvider, store: TaskStore, tmp_path: Path
+) -> None:
+    async with service(home, provider, store, []) as (svc, _):
+        request = TaskRequest(description="read a file", files=[tmp_path / "missing.txt"])
+        record = await svc.create(request)
+        with pytest.raises(NotFound, match=r"missing\.txt"):
+            await svc.run(record, request)
+    saved = await store.get(record.id)
+    assert saved.status == "failed" and saved.success is False
+    assert "missing.txt" in (saved.error or "")
+    assert await provider.list() == []
