@@ -27,7 +27,7 @@ from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.sandbox.base import SandboxInfo, SandboxProvider
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local.provider import LocalProvider
-from hivecell.trace import TraceWriter
+from hivecell.trace import TraceReader, TraceStep, TraceWriter
 
 Request = dict[str, Any]
 Hook = Callable[[str, dict[str, Any]], None]
@@ -118,6 +118,10 @@ def system_prompt(request: Request) -> str:
 
 def tool_names(request: Request) -> list[str]:
     return [t["function"]["name"] for t in request.get("tools") or []]
+
+
+async def trace_steps(trace_dir: Path) -> list[TraceStep]:
+    return await anyio.to_thread.run_sync(lambda: TraceReader(trace_dir).steps())
 
 
 # --- a runner on a real sandbox ------------------------------------------------------------

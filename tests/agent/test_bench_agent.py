@@ -33,4 +33,5 @@ async def test_bench_agent_reports_medians_against_targets(
     assert 0 < report["overhead_per_step"]["min_ms"] < report["step_wall"]["min_ms"]
     assert any("model latency" in text for text in report["excluded"])
     assert await provider.list() == []
-    assert list((home / "bench").iterdir()) == []  # its scratch traces and store are gone
+    left = [p async for p in anyio.Path(home / "bench").iterdir()]
+    assert left == []  # its scratch traces and store are gone

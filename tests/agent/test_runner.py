@@ -15,7 +15,6 @@ from hivecell.agent.runner import Outcome, RunSettings
 from hivecell.agent.tools import SCREENSHOT_NOTE
 from hivecell.sandbox.base import SandboxInfo
 from hivecell.sandbox.local.provider import LocalProvider
-from hivecell.trace import TraceReader
 from tests.agent.helpers import (
     Harness,
     act,
@@ -26,6 +25,7 @@ from tests.agent.helpers import (
     system_prompt,
     tool_names,
     tool_results,
+    trace_steps,
     user_texts,
 )
 
@@ -111,7 +111,7 @@ async def test_cancel_stops_a_slow_model_call(
         outcome = await run_with(h, person)
     assert outcome.status == "cancelled" and not outcome.success
     assert time.perf_counter() - started < 10
-    last = TraceReader(h.trace_dir).steps()[-1]
+    last = (await trace_steps(h.trace_dir))[-1]
     assert last.kind == "status" and last.result == {"status": "cancelled", "summary": ANY_TEXT}
 
 
@@ -140,16 +140,16 @@ async def test_model_outage_pauses_until_resumed(
     assert outcome.status == "completed"
     retried = h.requests[3]  # the first request after the resume
     assert INSTRUCTION.format(text="it is back up") in user_texts(retried)
-    errors = [s for s in TraceReader(h.trace_dir).steps() if s.kind == "error"]
+    errors = [s for s in await trace_steps(h.trace_dir) if s.kind == "error"]
     assert len(errors) == 1 and "503" in (errors[0].error or "")
 
 
 # --- approvals -------------------------------------------------------------------------------
 async def approval_run(
     provider: LocalProvider, sandbox: SandboxInfo, trace: Path, *, approve: bool
-) -> tuple[Harness, Outcome, Path]:
-    victim = Path(sandbox.shared_dir) / "workspace" / "old.txt"
-    victim.write_text("keep me?")
+) -> tuple[Harness, Outcome, anyio.Path]:
+    victim = anyio.Path(sandbox.shared_dir) / "workspace" / "old.txt"
+    await victim.write_text("keep me?")
     steps = [act(call("delete_file", path="/shared/workspace/old.txt")), *finish()]
     async with harness(provider, sandbox, steps, trace) as h:
         waiting = h.when_status("waiting_for_user")
@@ -160,7 +160,7 @@ async def approval_run(
             assert pending is not None and pending.kind == "approval"
             assert pending.tool == "delete_file"
             assert pending.arguments == {"path": "/shared/workspace/old.txt"}
-            assert victim.exists()  # nothing happens before the person decides
+            assert await victim.exists()  # nothing happens before the person decides
             if approve:
                 h.runner.control.approve()
             else:
@@ -175,7 +175,7 @@ async def test_approved_delete_runs(
 ) -> None:
     h, outcome, victim = await approval_run(provider, sandbox, tmp_path / "t", approve=True)
     assert outcome.status == "completed"
-    assert not victim.exists()
+    assert not await victim.exists()
     assert tool_results(h.requests[1]) == [{"path": "/shared/workspace/old.txt"}]
 
 
@@ -184,7 +184,7 @@ async def test_denied_delete_is_an_error_for_the_model(
 ) -> None:
     h, outcome, victim = await approval_run(provider, sandbox, tmp_path / "t", approve=False)
     assert outcome.status == "completed"
-    assert victim.read_text() == "keep me?"
+    assert await victim.read_text() == "keep me?"
     [result] = tool_results(h.requests[1])
     assert "denied delete_file" in result["error"] and "I still need it" in result["error"]
 
@@ -202,7 +202,7 @@ async def test_disabled_tool_is_not_offered_and_refused(
     assert "run_shell" not in offered and {"read_file", "mouse_click"} <= set(offered)
     [result] = tool_results(h.requests[1])
     assert "disabled tool 'run_shell'" in result["error"]
-    assert not (Path(sandbox.shared_dir) / "outbox" / "ran").exists()
+    assert not await (anyio.Path(sandbox.shared_dir) / "outbox" / "ran").exists()
 
 
 async def test_bad_tool_calls_become_error_observations(
@@ -220,7 +220,7 @@ async def test_bad_tool_calls_become_error_observations(
     assert "not valid JSON" in malformed and "resend" in malformed
     assert "invalid arguments for mouse_click" in invalid
     assert "unknown or disabled tool 'fly_to_the_moon'" in unknown
-    tools = [s for s in TraceReader(h.trace_dir).steps() if s.kind == "tool"]
+    tools = [s for s in await trace_steps(h.trace_dir) if s.kind == "tool"]
     assert [bool(s.error) for s in tools] == [True, True, True]
 
 

@@ -39,7 +39,7 @@ async def test_inbox_files_are_listed_and_outbox_files_collected(
     home: Path, provider: LocalProvider, store: TaskStore, tmp_path: Path
 ) -> None:
     notes = tmp_path / "notes.txt"
-    notes.write_text("three apples\n")
+    await anyio.Path(notes).write_text("three apples\n")
     command = (
         "cat /shared/inbox/notes.txt > /shared/outbox/copy.txt"
         " && mkdir /shared/outbox/sub && echo deep > /shared/outbox/sub/deep.txt"
@@ -52,10 +52,10 @@ async def test_inbox_files_are_listed_and_outbox_files_collected(
     assert (result.status, result.success, result.summary) == ("completed", True, "copied")
     assert "/shared/inbox/notes.txt" in system_prompt(server.chat_requests[0])
     assert tool_results(server.chat_requests[1])[0]["exit_code"] == 0
-    output = Path(result.output_dir)
-    assert output == home / "outputs" / record.id
+    output = anyio.Path(result.output_dir)
+    assert output == anyio.Path(home / "outputs" / record.id)
     assert sorted(result.artifacts) == ["copy.txt", "sub/deep.txt"]
-    assert (output / "copy.txt").read_text() == "three apples\n"
+    assert await (output / "copy.txt").read_text() == "three apples\n"
     saved = await store.get(record.id)
     assert saved.status == "completed" and saved.success is True
     assert saved.artifacts == result.artifacts and saved.steps == 2

@@ -48,7 +48,8 @@ NOTES = [
     "and the screenshot is captured, and flushed before the next model request; what is "
     "still waited for (mostly writing the step's screenshot record) counts as overhead; "
     "trace_write is the writer's own wall time per step, mostly overlapped",
-    "warm dispatch includes the first screenshot (the model is never asked without one)",
+    "warm dispatch includes the first screenshot (the model is never asked without one); "
+    "one warm-up run, which opens the HTTP connection, is left out",
 ]
 WAIT = Reply(tool_calls=[ScriptedToolCall(name="wait", arguments={"seconds": 0})])
 
