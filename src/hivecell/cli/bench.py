@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
-from hivecell.bench import agent as agent_bench
 from hivecell.bench.sandbox import TARGETS_MS, SandboxReport, machine, measure_sandbox, targets_met
 from hivecell.cli.common import HomeOption, err, out, provider, run
 from hivecell.config import resolve_home
+
+if TYPE_CHECKING:
+    from hivecell.bench import agent as agent_bench
 
 app = typer.Typer(help="Benchmarks (medians over repeated runs).", no_args_is_help=True)
 
@@ -64,6 +66,8 @@ def agent(
     home: Path | None = HomeOption,
 ) -> None:
     """Agent runtime: orchestration overhead per step, and warm dispatch to the model."""
+    from hivecell.bench import agent as agent_bench
+
     if not as_json:
         err.print("measuring the agent runtime (real sandbox, scripted model on loopback)...")
     workdir = resolve_home(home) / "bench" / f"agent-{secrets.token_hex(4)}"
@@ -83,6 +87,8 @@ def agent(
 
 
 def _agent_result(report: agent_bench.AgentReport, met: dict[str, bool]) -> dict[str, Any]:
+    from hivecell.bench import agent as agent_bench
+
     return {
         "machine": machine(),
         "agent": report.model_dump(),
@@ -92,6 +98,8 @@ def _agent_result(report: agent_bench.AgentReport, met: dict[str, bool]) -> dict
 
 
 def _agent_table(report: agent_bench.AgentReport, met: dict[str, bool]) -> Table:
+    from hivecell.bench import agent as agent_bench
+
     table = Table("measure", "median ms", "p90", "target", "met")
     rows = [
         ("orchestration overhead / step", "overhead_per_step"),

@@ -6,20 +6,22 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
 from pydantic import ValidationError
 
-from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
-from hivecell.agent.runner import RunSettings
-from hivecell.agent.service import TaskRequest, TaskResult, TaskService
 from hivecell.cli.common import HomeOption, out, run
-from hivecell.cli.live import LiveConsole
 from hivecell.config import resolve_home
-from hivecell.sandbox.registry import get_provider
-from hivecell.store import TaskStore, default_database_url
+
+if TYPE_CHECKING:
+    from hivecell.agent.llm import ProviderConfig
+    from hivecell.agent.runner import RunSettings
+    from hivecell.agent.service import TaskRequest, TaskResult
+
+# The model client, store and agent are imported inside the commands: together they take
+# seconds to import, and every other hivecell command would pay for them.
 
 
 def run_task(
@@ -50,6 +52,8 @@ def run_task(
     """Run a task: create a sandbox, let the agent work, collect outputs and the trace."""
     if network not in ("offline", "nat"):
         raise typer.BadParameter(f"--network {network!r}: use offline or nat")
+    from hivecell.agent.service import TaskRequest
+
     root = resolve_home(home)
     config = run(_provider, llm, model, base_url, api_key, root)
     request = TaskRequest(
@@ -68,6 +72,8 @@ def run_task(
 def _settings(
     max_steps: int, timeout: float, max_cost: float | None, disabled: list[str]
 ) -> RunSettings:
+    from hivecell.agent.runner import RunSettings
+
     try:
         return RunSettings(
             max_steps=max_steps, timeout_s=timeout, max_cost_usd=max_cost, disabled_tools=disabled
@@ -80,6 +86,8 @@ def _settings(
 async def _provider(
     name: str | None, model: str | None, base_url: str | None, api_key: str | None, home: Path
 ) -> ProviderConfig:
+    from hivecell.agent.llm import load_provider
+
     return load_provider(
         name,
         model=model,
@@ -91,6 +99,12 @@ async def _provider(
 
 
 async def _run(home: Path, config: ProviderConfig, request: TaskRequest) -> TaskResult:
+    from hivecell.agent.llm import LLMClient
+    from hivecell.agent.service import TaskService
+    from hivecell.cli.live import LiveConsole
+    from hivecell.sandbox.registry import get_provider
+    from hivecell.store import TaskStore, default_database_url
+
     live = LiveConsole(interactive=sys.stdin.isatty())
     async with TaskStore(default_database_url(home)) as store, LLMClient(config) as client:
         await store.mark_interrupted()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import anyio
 import typer
@@ -14,20 +14,28 @@ from rich.table import Table
 from hivecell.cli.common import HomeOption, out, run
 from hivecell.config import resolve_home
 from hivecell.errors import InvalidParams
-from hivecell.store import TaskRecord, TaskStore, default_database_url
-from hivecell.trace import export_html, export_json, export_markdown
+
+if TYPE_CHECKING:
+    from hivecell.store import TaskRecord
+
+# The store and trace exporters are imported inside the commands (sqlalchemy and alembic
+# take most of a second): other hivecell commands should not pay for them.
 
 app = typer.Typer(help="List and inspect tasks.", no_args_is_help=True)
 trace_app = typer.Typer(help="Export task traces.", no_args_is_help=True)
-EXPORTS = {"json": export_json, "md": export_markdown, "html": export_html}
+EXPORTS = {"json": "export_json", "md": "export_markdown", "html": "export_html"}
 
 
 async def _list(home: Path, status: str | None, search: str | None, limit: int) -> list[TaskRecord]:
+    from hivecell.store import TaskStore, default_database_url
+
     async with TaskStore(default_database_url(home)) as store:
         return await store.list(status=status, search=search, limit=limit)
 
 
 async def _get(home: Path, task_id: str) -> TaskRecord:
+    from hivecell.store import TaskStore, default_database_url
+
     async with TaskStore(default_database_url(home)) as store:
         return await store.get(task_id)
 
@@ -89,8 +97,11 @@ def export(
 
 
 async def _export(home: Path, task_id: str, fmt: str) -> str:
-    exporter = EXPORTS.get(fmt)
-    if exporter is None:
+    import hivecell.trace
+
+    name = EXPORTS.get(fmt)
+    if name is None:
         raise InvalidParams(f"--format {fmt!r}: use one of {', '.join(EXPORTS)}", op="trace export")
     record = await _get(home, task_id)
-    return await anyio.to_thread.run_sync(exporter, Path(str(record.trace_dir)))
+    exporter = getattr(hivecell.trace, name)
+    return str(await anyio.to_thread.run_sync(exporter, Path(str(record.trace_dir))))

@@ -26,6 +26,8 @@ from hivecell.errors import Cancelled, ConfigError, GuestUnavailable, Timeout, f
 from hivecell.protocol.framing import FrameReader, FrameWriter, Oversized
 
 HEARTBEAT_INTERVAL = 2.0
+DEFAULT_TIMEOUT = 120.0
+GUEST_TIMEOUT_MARGIN = 15.0  # time for the guest to kill, drain and answer after its timeout
 MISSED_HEARTBEATS = 3
 OutputHandler = Callable[[str, str], Awaitable[None]]  # (stream name, text)
 
@@ -92,10 +94,15 @@ class GuestClient:
         method: str,
         params: dict[str, Any] | None = None,
         *,
-        timeout: float | None = 120.0,
+        timeout: float | None = DEFAULT_TIMEOUT,
         on_output: OutputHandler | None = None,
     ) -> Any:
-        """Call a guest method; raises the typed HivecellError the guest reported."""
+        """Call a guest method; raises the typed HivecellError the guest reported.
+
+        The wait is never shorter than the method's own ``timeout``/``seconds`` param plus a
+        margin, so a long exec or wait fails on the guest's clock with its partial output.
+        """
+        timeout = _effective_timeout(timeout, params)
         if self._closed_reason or self._writer is None:
             raise GuestUnavailable(self._closed_reason or "client is not open", op=method)
         request_id = next(self._ids)
@@ -187,6 +194,16 @@ class GuestClient:
                 await pending.on_output(str(params.get("stream")), str(params.get("data")))
         if self.on_notification is not None:
             self.on_notification(method, params)
+
+
+def _effective_timeout(timeout: float | None, params: dict[str, Any] | None) -> float | None:
+    if timeout is None or not params:
+        return timeout
+    own = max(
+        (v for k in ("timeout", "seconds") if isinstance(v := params.get(k), int | float)),
+        default=0.0,
+    )
+    return max(timeout, own + GUEST_TIMEOUT_MARGIN)
 
 
 async def _open(endpoint: str) -> ByteStream:
