@@ -44,30 +44,29 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
-def test_create_exec_screenshot_rm(tmp_path: Path) -> None:
-    created = json.loads(hivecell(tmp_path, "sandbox", "create", "--json").stdout)
+def test_create_exec_screenshot_rm(short_home: Path, tmp_path: Path) -> None:
+    home = short_home
+    created = json.loads(hivecell(home, "sandbox", "create", "--json").stdout)
     sandbox_id = created["id"]
-    listed = json.loads(hivecell(tmp_path, "sandbox", "ls", "--json").stdout)
+    listed = json.loads(hivecell(home, "sandbox", "ls", "--json").stdout)
     assert [s["id"] for s in listed] == [sandbox_id] and listed[0]["status"] == "running"
 
-    assert hivecell(tmp_path, "sandbox", "exec", sandbox_id, "--", "echo", "hi").stdout == "hi\n"
-    failing = hivecell(
-        tmp_path, "sandbox", "exec", sandbox_id, "--", "sh", "-c", "exit 7", check=False
-    )
+    assert hivecell(home, "sandbox", "exec", sandbox_id, "--", "echo", "hi").stdout == "hi\n"
+    failing = hivecell(home, "sandbox", "exec", sandbox_id, "--", "sh", "-c", "exit 7", check=False)
     assert failing.returncode == 7
 
     shot = tmp_path / "s.png"
-    hivecell(tmp_path, "sandbox", "screenshot", sandbox_id, "-o", str(shot))
+    hivecell(home, "sandbox", "screenshot", sandbox_id, "-o", str(shot))
     image = Image.open(io.BytesIO(shot.read_bytes()))
     assert (image.format, image.size) == ("PNG", (1280, 800))
 
-    sandbox_dir = tmp_path / "sandboxes" / sandbox_id
+    sandbox_dir = home / "sandboxes" / sandbox_id
     assert processes_mentioning(sandbox_id)
-    hivecell(tmp_path, "sandbox", "rm", sandbox_id)
+    hivecell(home, "sandbox", "rm", sandbox_id)
     assert not sandbox_dir.exists()
     assert processes_mentioning(sandbox_id) == []
     assert str(sandbox_dir) not in Path("/proc/self/mountinfo").read_text()
-    assert json.loads(hivecell(tmp_path, "sandbox", "ls", "--json").stdout) == []
+    assert json.loads(hivecell(home, "sandbox", "ls", "--json").stdout) == []
 
 
 def test_errors_are_one_clear_line(tmp_path: Path) -> None:

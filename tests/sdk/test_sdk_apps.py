@@ -23,8 +23,8 @@ def wait_for_window(sb: Sandbox, needle: str, timeout: float = 20.0) -> str:
     raise AssertionError(f"no window matching {needle!r}: {sb.windows.list()}")
 
 
-def test_types_into_a_terminal_and_reads_the_file(tmp_path: Path) -> None:
-    with Sandbox.create(home=tmp_path) as sb:
+def test_types_into_a_terminal_and_reads_the_file(short_home: Path) -> None:
+    with Sandbox.create(home=short_home) as sb:
         sb.exec("xterm -T typist -e sh -c 'cat > /shared/workspace/typed.txt' >/dev/null 2>&1 &")
         window = wait_for_window(sb, "typist")
         sb.windows.activate(window)
@@ -40,8 +40,8 @@ def test_types_into_a_terminal_and_reads_the_file(tmp_path: Path) -> None:
         assert text == "héllo wörld ✓ from hivecell\n"
 
 
-def test_text_editor_round_trip_through_the_clipboard(tmp_path: Path) -> None:
-    with Sandbox.create(home=tmp_path) as sb:
+def test_text_editor_round_trip_through_the_clipboard(short_home: Path) -> None:
+    with Sandbox.create(home=short_home) as sb:
         sb.open_app("mousepad")
         window = wait_for_window(sb, "mousepad")
         sb.windows.activate(window)
@@ -55,8 +55,8 @@ def test_text_editor_round_trip_through_the_clipboard(tmp_path: Path) -> None:
         assert sb.clipboard.read() == "typed in mousepad ✓"
 
 
-def test_sdk_basics_and_typed_errors(tmp_path: Path) -> None:
-    with Sandbox.create(home=tmp_path) as sb:
+def test_sdk_basics_and_typed_errors(short_home: Path) -> None:
+    with Sandbox.create(home=short_home) as sb:
         result = sb.exec(["echo", "hi"])
         assert (result.stdout, result.exit_code) == ("hi\n", 0)
         assert sb.exec("exit 3").exit_code == 3
@@ -71,7 +71,7 @@ def test_sdk_basics_and_typed_errors(tmp_path: Path) -> None:
             sb.files.read("/etc/hostname")
         assert denied.value.code == "path_denied" and denied.value.op == "read_file"
         sandbox_id = sb.id
-        with Sandbox.connect(sandbox_id, home=tmp_path) as again:
+        with Sandbox.connect(sandbox_id, home=short_home) as again:
             assert again.exec(["true"]).exit_code == 0
         assert sb.exec(["true"]).exit_code == 0  # connect's exit only disconnected
-    assert not (tmp_path / "sandboxes" / sandbox_id).exists()
+    assert not (short_home / "sandboxes" / sandbox_id).exists()
