@@ -30,12 +30,6 @@ if POSTGRES_URL:
     BACKENDS.append(pytest.param("postgres", id="postgres", marks=pytest.mark.postgres))
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "postgres: runs against the server named by HIVECELL_TEST_POSTGRES_URL"
-    )
-
-
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
