@@ -28,6 +28,10 @@ class SandboxSpec(BaseModel):
     memory_mb: int | None = Field(4096, ge=64, description="memory limit; None = unlimited")
     max_pids: int | None = Field(1024, ge=16, description="process limit; None = unlimited")
     max_file_bytes: int = Field(10 * 1024 * 1024, ge=1024)
+    glx: bool = Field(
+        False,
+        description="GLX (software OpenGL) for apps that need it; costs ~55 MB per sandbox",
+    )
     name: str | None = Field(None, max_length=64)
 
 

@@ -49,6 +49,7 @@ class AsyncSandbox:
         network: NetworkMode = "offline",
         memory_mb: int | None = 4096,
         max_pids: int | None = 1024,
+        glx: bool = False,
         home: str | Path | None = None,
     ) -> AsyncSandbox:
         """Create a sandbox (not yet connected: use ``async with``)."""
@@ -59,6 +60,7 @@ class AsyncSandbox:
             network=network,
             memory_mb=memory_mb,
             max_pids=max_pids,
+            glx=glx,
         )
         return cls(await backend.create(spec), backend, owned=True)
 

@@ -103,6 +103,7 @@ class Sandbox(_Blocking):
         network: NetworkMode = "offline",
         memory_mb: int | None = 4096,
         max_pids: int | None = 1024,
+        glx: bool = False,
         home: str | Path | None = None,
     ) -> Sandbox:
         """Create and connect a sandbox; it is destroyed by ``kill()`` or leaving ``with``."""
@@ -113,6 +114,7 @@ class Sandbox(_Blocking):
             network=network,
             memory_mb=memory_mb,
             max_pids=max_pids,
+            glx=glx,
             home=home,
         )
         return cls._open(factory)

@@ -103,6 +103,8 @@ def boot_command(spec: SandboxSpec, runtime: PythonRuntime, limits: LimitPlan) -
     cmd = [runtime.executable, "-S", "-m", BOOT_MODULE]
     cmd += ["--screen", f"{spec.width}x{spec.height}x{spec.depth}"]
     cmd += ["--max-file-bytes", str(spec.max_file_bytes), "--network-mode", spec.network]
+    if spec.glx:
+        cmd.append("--glx")
     if limits.rlimit_nproc is not None:
         cmd += ["--rlimit-nproc", str(limits.rlimit_nproc)]
     if limits.rlimit_data is not None:
