@@ -19,3 +19,10 @@ def test_generated_reference_is_current() -> None:
 def test_every_contract_method_has_a_handler() -> None:
     # authenticate and cancel are handled by the connection itself, before dispatch
     assert set(build_dispatcher().names) | {"authenticate", "cancel"} == set(METHODS)
+
+
+def test_agent_tools_are_documented() -> None:
+    from hivecell.agent.tools import TOOLS
+
+    text = (DOC.parent / "tools.md").read_text()
+    assert all(f"| `{name}` |" in text for name in TOOLS)
