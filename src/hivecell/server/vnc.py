@@ -1,0 +1,217 @@
+"""WebSocket ``/api/v1/sandboxes/{id}/vnc``: a byte relay between noVNC and a sandbox's x11vnc.
+
+noVNC speaks RFB over a binary WebSocket (subprotocol ``binary``); x11vnc listens on a unix
+socket that the guest method ``start_vnc`` creates, reachable on the host at
+``SandboxInfo.vnc_endpoint``. No websockify: each WebSocket message is written to the socket
+as it is, and whatever the socket yields goes back as one binary message.
+
+Two modes, fixed per connection: an interactive connection forwards everything; a
+``view_only=true`` connection never forwards input (keys, pointer, clipboard, resize). Taking
+over a desktop therefore means opening a new, interactive connection — there is no in-band
+switch a page could forget to flip back.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import suppress
+from typing import Any
+
+import anyio
+import anyio.abc
+from fastapi import APIRouter, WebSocket
+from fastapi.params import Depends
+from starlette.websockets import WebSocketDisconnect
+
+from hivecell.errors import HivecellError
+from hivecell.sandbox.base import SandboxProvider
+
+log = logging.getLogger(__name__)
+
+VNC_PATH = "/api/v1/sandboxes/{sandbox_id}/vnc"
+SUBPROTOCOL = "binary"
+READ_SIZE = 64 * 1024
+
+# Close codes the page can tell apart (4000-4999 are the application's own range).
+CLOSE_NORMAL = 1000
+CLOSE_POLICY = 1008  # a view-only browser sent something the filter cannot vouch for
+CLOSE_UNAVAILABLE = 4404  # no such sandbox, or its VNC server cannot start
+
+# sandbox id -> "unix:/host/path" of a running VNC server (starting it if needed)
+VncResolver = Callable[[str], Awaitable[str]]
+
+
+class RfbViolation(Exception):
+    """The client stream cannot be parsed, so a view-only relay cannot tell input apart."""
+
+
+# --- view-only filter ---------------------------------------------------------------------
+# Client->server RFB messages by type: (header size, size of the variable part or None, input?)
+# Sizes per RFC 6143 and the community extensions noVNC sends.
+_SET_PIXEL_FORMAT, _SET_ENCODINGS, _FB_UPDATE_REQUEST = 0, 2, 3
+_KEY, _POINTER, _CUT_TEXT = 4, 5, 6
+_CONTINUOUS_UPDATES, _FENCE, _XVP, _SET_DESKTOP_SIZE, _QEMU = 150, 248, 250, 251, 255
+
+
+def _message_size(buf: bytes | bytearray) -> int | None:
+    """Length of the client message at the start of ``buf``; None until enough is buffered."""
+    kind = buf[0]
+    fixed = {_SET_PIXEL_FORMAT: 20, _FB_UPDATE_REQUEST: 10, _KEY: 8, _POINTER: 6, _XVP: 4}
+    fixed |= {_CONTINUOUS_UPDATES: 10, _QEMU: 12}
+    if kind in fixed:
+        if kind == _QEMU and len(buf) >= 2 and buf[1] != 0:
+            raise RfbViolation(f"unknown QEMU client message {buf[1]}")
+        return fixed[kind]
+    if kind == _SET_ENCODINGS:
+        return None if len(buf) < 4 else 4 + 4 * struct.unpack_from(">H", buf, 2)[0]
+    if kind == _CUT_TEXT:  # a negative length is the extended-clipboard form
+        return None if len(buf) < 8 else 8 + abs(struct.unpack_from(">i", buf, 4)[0])
+    if kind == _FENCE:
+        return None if len(buf) < 9 else 9 + buf[8]
+    if kind == _SET_DESKTOP_SIZE:
+        return None if len(buf) < 7 else 8 + 16 * buf[6]
+    raise RfbViolation(f"unknown client message type {kind}")
+
+
+_INPUT = frozenset({_KEY, _POINTER, _CUT_TEXT, _XVP, _SET_DESKTOP_SIZE, _QEMU})
+
+
+class ViewOnlyFilter:
+    """Passes the handshake and display requests of a client stream, drops its input.
+
+    Assumes RFB 3.7/3.8 with security type None (x11vnc runs with -nopw behind the relay,
+    which is the only way in); anything else closes the connection rather than guess.
+    """
+
+    # ProtocolVersion, chosen security type, ClientInit: the client sends each one only after
+    # the server's previous handshake message, so each is buffered whole and forwarded alone.
+    _HANDSHAKE = (12, 1, 1)
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._field = 0
+
+    def feed(self, data: bytes) -> bytes:
+        self._buf += data
+        out = bytearray()
+        while self._buf:
+            size = self._next_size()
+            if size is None or len(self._buf) < size:
+                break
+            message, self._buf = bytes(self._buf[:size]), self._buf[size:]
+            if self._field < len(self._HANDSHAKE):
+                self._check_handshake(message)
+                self._field += 1
+                out += message
+            elif message[0] not in _INPUT:
+                out += message
+        return bytes(out)
+
+    def _next_size(self) -> int | None:
+        if self._field < len(self._HANDSHAKE):
+            return self._HANDSHAKE[self._field]
+        return _message_size(self._buf)
+
+    def _check_handshake(self, message: bytes) -> None:
+        if self._field == 0 and message[:11] not in (b"RFB 003.007", b"RFB 003.008"):
+            raise RfbViolation(f"view-only relay needs RFB 3.7 or 3.8, got {message[:11]!r}")
+        if self._field == 1 and message != b"\x01":
+            raise RfbViolation(f"view-only relay needs security type None, got {message[0]}")
+
+
+# --- relay --------------------------------------------------------------------------------
+async def _browser_to_vnc(
+    websocket: WebSocket, stream: anyio.abc.ByteStream, view_filter: ViewOnlyFilter | None
+) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data = message.get("bytes") or (message.get("text") or "").encode()
+        if view_filter is not None:
+            data = view_filter.feed(data)
+        if data:
+            await stream.send(data)
+
+
+async def _vnc_to_browser(websocket: WebSocket, stream: anyio.abc.ByteStream) -> None:
+    while True:
+        try:
+            data = await stream.receive(READ_SIZE)
+        except (anyio.EndOfStream, anyio.BrokenResourceError):
+            return
+        await websocket.send_bytes(data)
+
+
+async def relay(websocket: WebSocket, endpoint: str, *, view_only: bool) -> int:
+    """Pump bytes both ways until either side ends; returns the close code for the browser."""
+    kind, _, path = endpoint.partition(":")
+    if kind != "unix":
+        return CLOSE_UNAVAILABLE
+    try:
+        stream = await anyio.connect_unix(path)
+    except OSError:
+        return CLOSE_UNAVAILABLE
+    code = CLOSE_NORMAL
+    async with stream, anyio.create_task_group() as tg:
+
+        async def pump(job: Callable[..., Awaitable[None]], *args: Any) -> None:
+            nonlocal code
+            try:
+                await job(websocket, stream, *args)
+            except RfbViolation as exc:
+                log.warning("vnc relay: closing a view-only viewer: %s", exc)
+                code = CLOSE_POLICY
+            except (WebSocketDisconnect, anyio.BrokenResourceError, anyio.ClosedResourceError):
+                pass
+            tg.cancel_scope.cancel()  # either side ending ends the other
+
+        tg.start_soon(pump, _browser_to_vnc, ViewOnlyFilter() if view_only else None)
+        tg.start_soon(pump, _vnc_to_browser)
+    return code
+
+
+async def serve_viewer(
+    websocket: WebSocket, sandbox_id: str, resolve: VncResolver, *, view_only: bool
+) -> None:
+    """One viewer: resolving -> refused (4404) | open -> closed (1000, or 1008 for a view-only
+    viewer that sent what the filter cannot parse)."""
+    try:
+        endpoint = await resolve(sandbox_id)
+    except HivecellError as exc:
+        log.info("vnc relay: %s unavailable: %s", sandbox_id, exc)
+        await websocket.close(CLOSE_UNAVAILABLE, reason=str(exc)[:120])
+        return
+    await websocket.accept(subprotocol=SUBPROTOCOL)
+    code = await relay(websocket, endpoint, view_only=view_only)
+    log.debug("vnc relay: %s closed (code %d)", sandbox_id, code)
+    # The browser may have closed first; Starlette refuses a second close with RuntimeError.
+    with suppress(RuntimeError):
+        await websocket.close(code)
+
+
+def provider_resolver(provider: SandboxProvider) -> VncResolver:
+    """Resolve through the sandbox provider: start x11vnc in the guest, return its socket."""
+
+    async def resolve(sandbox_id: str) -> str:
+        info = await provider.info(sandbox_id)
+        if info.vnc_endpoint is None:
+            raise HivecellError(f"sandbox {sandbox_id} has no VNC endpoint", op="vnc")
+        async with await provider.connect(sandbox_id) as guest:
+            await guest.call("start_vnc", {})
+        return info.vnc_endpoint
+
+    return resolve
+
+
+def vnc_router(resolve: VncResolver, dependencies: Sequence[Depends] = ()) -> APIRouter:
+    """The relay route; ``dependencies`` carry the server's auth, as on every route."""
+    router = APIRouter(dependencies=list(dependencies))
+
+    @router.websocket(VNC_PATH)
+    async def vnc(websocket: WebSocket, sandbox_id: str, view_only: bool = False) -> None:
+        await serve_viewer(websocket, sandbox_id, resolve, view_only=view_only)
+
+    return router

@@ -1,0 +1,128 @@
+"""The VNC relay against a real sandbox's x11vnc, served by a real uvicorn on loopback."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import anyio
+import pytest
+import uvicorn
+from fastapi import FastAPI
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.typing import Subprotocol
+
+from hivecell.sandbox.base import SandboxSpec
+from hivecell.sandbox.local.provider import LocalProvider
+from hivecell.server.vnc import CLOSE_POLICY, ViewOnlyFilter, provider_resolver, vnc_router
+from tests.server.rfb_client import RfbClient
+
+pytestmark = pytest.mark.anyio
+BINARY = [Subprotocol("binary")]
+
+
+@asynccontextmanager
+async def serve(app: FastAPI) -> AsyncIterator[str]:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(server.serve, [sock])
+        while not server.started:  # noqa: ASYNC110 - uvicorn offers no event to wait on
+            await anyio.sleep(0.01)
+        yield f"ws://127.0.0.1:{port}"
+        server.should_exit = True
+
+
+@asynccontextmanager
+async def relay_to_sandbox(home: Path) -> AsyncIterator[tuple[str, str, LocalProvider]]:
+    provider = LocalProvider(home)
+    app = FastAPI()
+    app.include_router(vnc_router(provider_resolver(provider)))
+    info = await provider.create(SandboxSpec(width=800, height=600))
+    try:
+        async with serve(app) as base:
+            yield f"{base}/api/v1/sandboxes/{info.id}/vnc", info.id, provider
+    finally:
+        await provider.destroy(info.id)
+
+
+async def cursor(provider: LocalProvider, sandbox_id: str) -> tuple[int, int]:
+    async with await provider.connect(sandbox_id) as guest:
+        pos = await guest.call("get_cursor_position", {})
+    return pos["x"], pos["y"]
+
+
+@pytest.mark.slow
+async def test_interactive_and_view_only_viewers(short_home: Path) -> None:
+    async with relay_to_sandbox(short_home) as (url, sandbox_id, provider):
+        start = await cursor(provider, sandbox_id)
+        async with connect(f"{url}?view_only=true", subprotocols=BINARY) as ws:
+            assert ws.subprotocol == "binary"
+            viewer = RfbClient(ws)
+            assert await viewer.handshake() == (800, 600)
+            await viewer.pointer(123, 77)
+            await viewer.update_request(800, 600)
+            assert await viewer.first_update() >= 1  # display requests pass
+        assert await cursor(provider, sandbox_id) == start  # input did not
+
+        async with connect(url, subprotocols=BINARY) as ws:
+            driver = RfbClient(ws)
+            await driver.handshake()
+            await driver.pointer(123, 77)
+            await driver.update_request(800, 600)
+            await driver.first_update()  # x11vnc has handled the pointer event by now
+        assert await cursor(provider, sandbox_id) == (123, 77)
+
+
+@pytest.mark.slow
+async def test_view_only_viewer_speaking_garbage_is_closed(short_home: Path) -> None:
+    async with (
+        relay_to_sandbox(short_home) as (url, _, _),
+        connect(f"{url}?view_only=true", subprotocols=BINARY) as ws,
+    ):
+        client = RfbClient(ws)
+        await client.handshake()
+        await ws.send(b"\x63" * 8)  # no such client message type
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd is not None
+        assert closed.value.rcvd.code == CLOSE_POLICY
+
+
+async def test_unknown_sandbox_is_refused(short_home: Path) -> None:
+    app = FastAPI()
+    app.include_router(vnc_router(provider_resolver(LocalProvider(short_home))))
+    async with serve(app) as base:
+        # Closing before accepting is how ASGI refuses a WebSocket: an HTTP 403 to the client.
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(f"{base}/api/v1/sandboxes/nope/vnc", subprotocols=BINARY):
+                pass
+        assert refused.value.response.status_code == 403
+
+
+def test_filter_drops_input_and_keeps_display_requests() -> None:
+    f = ViewOnlyFilter()
+    assert f.feed(b"RFB 003.0") == b""  # the version is forwarded whole
+    assert f.feed(b"08\n") == b"RFB 003.008\n"
+    assert f.feed(b"\x01\x01") == b"\x01\x01"  # security None, ClientInit
+    key = b"\x04\x01\0\0\0\0\xff\x0d"
+    pointer = b"\x05\x00\x00\x10\x00\x20"
+    request = b"\x03\x01\0\0\0\0\x03\x20\x02\x58"
+    encodings = b"\x02\x00\x00\x02" + b"\0\0\0\0" + b"\xff\xff\xff\x21"
+    cut = b"\x06\0\0\0\0\0\0\x03abc"
+    stream = key + request + pointer + encodings + cut + request
+    # byte by byte, to prove messages split across WebSocket frames are handled
+    out = b"".join(f.feed(stream[i : i + 1]) for i in range(len(stream)))
+    assert out == request + encodings + request
+
+
+def test_filter_refuses_what_it_cannot_vouch_for() -> None:
+    with pytest.raises(Exception, match=r"3\.7 or 3\.8"):
+        ViewOnlyFilter().feed(b"RFB 003.003\n")
+    with pytest.raises(Exception, match="security type None"):
+        ViewOnlyFilter().feed(b"RFB 003.008\n\x02")
