@@ -112,8 +112,10 @@ def hivecell(short_home: Path, script_file: Path) -> Iterator[Hivecell]:
         _stop(llm)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def browser() -> Iterator[Browser]:
+    # Per test, not per session: sync Playwright keeps an event loop running in this thread
+    # while it is open, and the anyio tests the same worker runs next could not start theirs.
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
