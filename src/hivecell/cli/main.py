@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hivecell.cli import bench, doctor, run, sandbox, tasks
+from hivecell.cli import bench, doctor, run, sandbox, tasks, up
 
 app = typer.Typer(
     name="hivecell",
@@ -16,6 +16,7 @@ app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(bench.app, name="bench")
 app.command("doctor")(doctor.doctor)
 app.command("run")(run.run_task)
+app.command("up")(up.up)
 app.add_typer(tasks.app, name="tasks")
 app.add_typer(tasks.trace_app, name="trace")
 

@@ -1,0 +1,114 @@
+"""What a task left behind: its trace, screenshots, output files and exports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from fastapi import APIRouter, Query
+from fastapi.responses import FileResponse, Response
+
+from hivecell.errors import NotFound, PathDenied
+from hivecell.server.api.deps import AUTH, State
+from hivecell.store import TaskRecord
+from hivecell.trace import TraceReader, export_html, export_json, export_markdown
+
+router = APIRouter(tags=["tasks"], dependencies=AUTH)
+
+_EXPORTS = {
+    "json": (export_json, "application/json", "json"),
+    "md": (export_markdown, "text/markdown; charset=utf-8", "md"),
+    "html": (export_html, "text/html; charset=utf-8", "html"),
+}
+
+
+@router.get("/tasks/{task_id}/trace")
+async def trace(task_id: str, state: State) -> dict[str, Any]:
+    record = await state.store.get(task_id)
+    trace_dir = _trace_dir(record)
+    if not await anyio.Path(trace_dir).is_dir():
+        return {"task_id": task_id, "truncated": False, "steps": []}
+    loaded = await anyio.to_thread.run_sync(lambda: TraceReader(trace_dir).load())
+    steps = [step.model_dump(mode="json", exclude_none=True) for step in loaded.steps]
+    return {"task_id": task_id, "truncated": loaded.truncated, "steps": steps}
+
+
+@router.get("/tasks/{task_id}/screenshots/{name}", response_class=Response)
+async def screenshot(task_id: str, name: str, state: State) -> Response:
+    trace_dir = _trace_dir(await state.store.get(task_id))
+    data = await anyio.to_thread.run_sync(_read_screenshot, trace_dir, name)
+    if data is None:
+        raise NotFound(
+            f"task {task_id} has no screenshot {name!r}",
+            op="screenshot",
+            context={"id": task_id, "name": name},
+        )
+    media = "image/webp" if name.endswith(".webp") else "image/png"
+    return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.get("/tasks/{task_id}/artifacts")
+async def artifacts(task_id: str, state: State) -> dict[str, Any]:
+    record = await state.store.get(task_id)
+    items = await anyio.to_thread.run_sync(_list_outputs, record)
+    return {"task_id": task_id, "items": items}
+
+
+@router.get("/tasks/{task_id}/artifacts/{name:path}", response_class=FileResponse)
+async def artifact(task_id: str, name: str, state: State) -> FileResponse:
+    record = await state.store.get(task_id)
+    path = await anyio.to_thread.run_sync(_confined, record, name)
+    return FileResponse(path, filename=path.name)
+
+
+@router.get("/tasks/{task_id}/export", response_class=Response)
+async def export(
+    task_id: str, state: State, format: Literal["json", "md", "html"] = Query("json")
+) -> Response:
+    trace_dir = _trace_dir(await state.store.get(task_id))
+    render, media, suffix = _EXPORTS[format]
+    text = await anyio.to_thread.run_sync(render, trace_dir)
+    disposition = f'attachment; filename="{task_id}.{suffix}"'
+    return Response(text, media_type=media, headers={"Content-Disposition": disposition})
+
+
+def _trace_dir(record: TaskRecord) -> Path:
+    if not record.trace_dir:
+        raise NotFound(f"task {record.id} has no trace", op="trace", context={"id": record.id})
+    return Path(record.trace_dir)
+
+
+def _read_screenshot(trace_dir: Path, name: str) -> bytes | None:
+    if not trace_dir.is_dir():
+        return None
+    return TraceReader(trace_dir).screenshot(name)  # only bare recorded names are served
+
+
+def _output_dir(record: TaskRecord) -> Path:
+    if not record.output_dir:
+        raise NotFound(f"task {record.id} has no output folder", op="artifacts")
+    return Path(record.output_dir).resolve()
+
+
+def _list_outputs(record: TaskRecord) -> list[dict[str, Any]]:
+    root = _output_dir(record)
+    if not root.is_dir():
+        return []
+    files = sorted(p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+    return [{"name": str(p.relative_to(root)), "size": p.stat().st_size} for p in files]
+
+
+def _confined(record: TaskRecord, name: str) -> Path:
+    """``name`` inside the output folder, symlinks resolved; anything outside is refused."""
+    root = _output_dir(record)
+    path = (root / name).resolve()
+    if not path.is_relative_to(root) or path == root:
+        raise PathDenied(
+            f"{name!r} is outside the task's output folder", op="artifact", context={"name": name}
+        )
+    if not path.is_file():
+        raise NotFound(
+            f"task {record.id} has no output {name!r}", op="artifact", context={"name": name}
+        )
+    return path

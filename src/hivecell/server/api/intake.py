@@ -1,0 +1,170 @@
+"""Turning a ``POST /tasks`` body (JSON or multipart) into a queued task.
+
+Multipart sends the same fields as form fields (``disabled_tools`` repeated or comma
+separated) plus any number of ``files``, saved under ``$HIVECELL_HOME/inputs/<task-id>/`` and
+copied to the sandbox's ``/shared/inbox``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from fastapi import Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import FormData, UploadFile
+
+from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
+from hivecell.agent.runner import RunSettings
+from hivecell.agent.service import TaskRequest, TaskService
+from hivecell.server.app import ServerState
+from hivecell.store import TaskRecord
+
+MAX_FILES_BYTES = 200 * 1024 * 1024
+_FILE_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
+
+
+class TaskCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    description: str = Field(min_length=1, max_length=50_000)
+    provider: str | None = Field(None, description="a [providers.NAME] in config.toml")
+    model: str | None = None
+    max_steps: int | None = Field(None, ge=1, le=10_000)
+    timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    network: Literal["offline", "nat"] | None = None
+    disabled_tools: list[str] = Field(default_factory=list)
+
+
+async def create_task(request: Request, state: ServerState) -> TaskRecord:
+    fields, uploads = await _read_body(request)
+    body = _validate(fields)
+    llm = await anyio.to_thread.run_sync(_resolve_llm, state, body)
+    task_request = _task_request(body, state)
+    client = LLMClient(llm)
+    try:
+        service = TaskService(
+            home=state.config.home,
+            provider=state.provider,
+            store=state.store,
+            llm=client,
+            model=llm.model,
+            provider_name=llm.name,
+        )
+        record = await service.create(task_request)
+        record = await _place_outputs(state, record)
+        paths = await _save_uploads(state.config.home / "inputs" / record.id, uploads)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await client.aclose()
+        raise
+    # From here the manager owns the client and closes it when the task ends.
+    state.manager.enqueue(record, task_request.model_copy(update={"files": paths}), service, client)
+    return record
+
+
+async def _read_body(request: Request) -> tuple[dict[str, Any], list[UploadFile]]:
+    kind = request.headers.get("content-type", "")
+    if kind.startswith("multipart/form-data"):
+        form = await request.form(max_files=100, max_fields=100)
+        return _form_fields(form), [f for f in form.getlist("files") if isinstance(f, UploadFile)]
+    try:
+        data = await request.json()
+    except ValueError:
+        raise _invalid("body", "send a JSON object or multipart/form-data") from None
+    if not isinstance(data, dict):
+        raise _invalid("body", "the body must be a JSON object")
+    return data, []
+
+
+def _form_fields(form: FormData) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key in form:
+        values = [v for v in form.getlist(key) if isinstance(v, str)]
+        if key == "files" or not values:
+            continue
+        if key == "disabled_tools":
+            fields[key] = [t.strip() for v in values for t in v.split(",") if t.strip()]
+        else:
+            fields[key] = values[-1] if values[-1] != "" else None
+    return fields
+
+
+def _validate(fields: dict[str, Any]) -> TaskCreate:
+    try:
+        return TaskCreate.model_validate(fields)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+
+
+def validation_error(exc: ValidationError) -> RequestValidationError:
+    """A pydantic error in a body we parse ourselves, reported like FastAPI's own."""
+    return RequestValidationError(
+        [{**e, "loc": ("body", *e["loc"])} for e in exc.errors(include_url=False)]
+    )
+
+
+def _resolve_llm(state: ServerState, body: TaskCreate) -> ProviderConfig:
+    # Synchronous (reads config.toml): runs in a worker thread.
+    return load_provider(
+        body.provider,
+        model=body.model,
+        config_path=state.config.config_path,
+        environ=state.config.environ,
+    )
+
+
+def _task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
+    prefs = state.prefs
+    settings = RunSettings(
+        max_steps=body.max_steps or prefs.task.max_steps,
+        timeout_s=body.timeout_s or prefs.task.timeout_s,
+        disabled_tools=body.disabled_tools,
+    )
+    return TaskRequest(
+        description=body.description,
+        settings=settings,
+        network=body.network or prefs.sandbox.network,
+        resolution=(prefs.sandbox.width, prefs.sandbox.height),
+    )
+
+
+async def _place_outputs(state: ServerState, record: TaskRecord) -> TaskRecord:
+    folder = state.prefs.output_dir
+    if not folder:
+        return record
+    return await state.store.update(record.id, output_dir=str(Path(folder) / record.id))
+
+
+async def _save_uploads(folder: Path, uploads: list[UploadFile]) -> list[Path]:
+    names = [_file_name(upload) for upload in uploads]
+    if len(set(names)) != len(names):
+        raise _invalid("files", "two files have the same name")
+    paths, total = [], 0
+    for name, upload in zip(names, uploads, strict=True):
+        data = await upload.read()
+        total += len(data)
+        if total > MAX_FILES_BYTES:
+            raise _invalid("files", f"the files exceed {MAX_FILES_BYTES // 2**20} MB in total")
+        paths.append(await _write(folder / name, data))
+    return paths
+
+
+def _file_name(upload: UploadFile) -> str:
+    name = upload.filename or ""
+    if not _FILE_NAME.match(name) or name in (".", ".."):
+        raise _invalid("files", f"{name!r} is not a plain file name (no folders, not empty)")
+    return name
+
+
+async def _write(path: Path, data: bytes) -> Path:
+    await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+    await anyio.Path(path).write_bytes(data)
+    return path
+
+
+def _invalid(field: str, message: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", field), "msg": message, "type": "value_error"}])

@@ -1,0 +1,115 @@
+"""``/providers``: the model endpoints in config.toml; keys are written, never read back."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl
+
+from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
+from hivecell.errors import HivecellError, NotFound
+from hivecell.server import configfile
+from hivecell.server.api.deps import AUTH, State
+from hivecell.server.app import ServerState
+
+router = APIRouter(tags=["providers"], dependencies=AUTH)
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_PUBLIC = ("base_url", "model", "api_key_env", "max_retries", "timeout_s")
+
+
+class ProviderIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME)
+    base_url: HttpUrl
+    model: str = Field(min_length=1)
+    api_key: str | None = Field(None, description="stored in config.toml (0600); never returned")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    max_retries: int | None = Field(None, ge=0, le=100)
+    timeout_s: float | None = Field(None, gt=0)
+    default: bool = Field(False, description="make this the default provider")
+
+
+@router.get("/providers")
+async def list_providers(state: State) -> dict[str, Any]:
+    document = await anyio.to_thread.run_sync(configfile.read, state.config.config_path)
+    return _listing(document)
+
+
+@router.post("/providers", status_code=201)
+async def save_provider(body: ProviderIn, state: State) -> dict[str, Any]:
+    def change(document: Any) -> None:
+        providers = configfile.table(document, "providers")
+        old = dict(providers.get(body.name, {}))
+        values = body.model_dump(exclude={"name", "default"}, exclude_none=True, mode="json")
+        values["base_url"] = str(values["base_url"]).rstrip("/")
+        if "api_key" not in values and "api_key" in old:
+            values["api_key"] = old["api_key"]  # editing other fields keeps the stored key
+        providers[body.name] = values
+        if body.default:
+            document["default_provider"] = body.name
+
+    await anyio.to_thread.run_sync(configfile.edit, state.config.config_path, change)
+    return await _one(state, body.name)
+
+
+@router.delete("/providers/{name}", status_code=204)
+async def delete_provider(name: str, state: State) -> Response:
+    def change(document: Any) -> None:
+        providers = configfile.table(document, "providers")
+        if name not in providers:
+            raise NotFound(f"no provider {name!r}", op="providers", context={"name": name})
+        del providers[name]
+        if document.get("default_provider") == name:
+            del document["default_provider"]
+
+    await anyio.to_thread.run_sync(configfile.edit, state.config.config_path, change)
+    return Response(status_code=204)
+
+
+@router.post("/providers/{name}/test")
+async def test_provider(name: str, state: State) -> dict[str, Any]:
+    """One real, tiny chat call; the answer says how long it took or what went wrong."""
+    config = await anyio.to_thread.run_sync(_load, state, name)
+    quick = config.model_copy(update={"max_retries": 0, "timeout_s": min(config.timeout_s, 30)})
+    started = time.perf_counter()
+    try:
+        async with LLMClient(quick) as client:
+            reply = await client.complete([{"role": "user", "content": "Reply with: ok"}])
+    except HivecellError as exc:
+        error = {"code": exc.code, "message": exc.message}
+        return {"ok": False, "name": name, "model": config.model, "error": error}
+    latency = round((time.perf_counter() - started) * 1000, 1)
+    return {
+        "ok": True,
+        "name": name,
+        "model": config.model,
+        "latency_ms": latency,
+        "reply": (reply.text or "")[:200],
+    }
+
+
+def _load(state: ServerState, name: str) -> ProviderConfig:
+    return load_provider(name, config_path=state.config.config_path, environ=state.config.environ)
+
+
+async def _one(state: ServerState, name: str) -> dict[str, Any]:
+    listing = await list_providers(state)
+    return next(p for p in listing["items"] if p["name"] == name)
+
+
+def _listing(document: Any) -> dict[str, Any]:
+    providers = dict(document.get("providers", {}))
+    default = document.get("default_provider")
+    items = [_masked(name, dict(table), default) for name, table in sorted(providers.items())]
+    return {"default": default, "items": items}
+
+
+def _masked(name: str, table: dict[str, Any], default: Any) -> dict[str, Any]:
+    key = str(table.get("api_key") or "")
+    view = {field: table.get(field) for field in _PUBLIC}
+    masked = ("…" + key[-4:] if len(key) > 11 else "set") if key else None
+    return {"name": name, **view, "api_key": masked, "default": name == default}

@@ -1,0 +1,79 @@
+"""``/sandboxes``: list, create, remove, and screenshot the desktops."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxSpec
+from hivecell.server.api.deps import AUTH, State
+from hivecell.server.errors import Conflict
+
+router = APIRouter(tags=["sandboxes"], dependencies=AUTH)
+
+
+class SandboxCreate(BaseModel):
+    """Unset fields take the sandbox defaults from ``/settings``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    width: int | None = Field(None, ge=320, le=7680)
+    height: int | None = Field(None, ge=200, le=4320)
+    network: NetworkMode | None = None
+    memory_mb: int | None = Field(None, ge=64)
+    name: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
+
+
+@router.get("/sandboxes")
+async def list_sandboxes(state: State) -> dict[str, Any]:
+    items = [_view(state, info) for info in await state.provider.list()]
+    return {"items": items, "total": len(items)}
+
+
+@router.post("/sandboxes", status_code=201)
+async def create_sandbox(state: State, body: SandboxCreate | None = None) -> dict[str, Any]:
+    given = (body or SandboxCreate()).model_dump(exclude_none=True)
+    if str(given.get("name", "")).startswith("task-"):
+        raise Conflict("names starting with 'task-' are reserved for task sandboxes", op="create")
+    spec = SandboxSpec.model_validate(state.prefs.sandbox.model_dump() | given)
+    info = await state.provider.create(spec)
+    state.hub.publish("sandbox.created", {"sandbox_id": info.id, "task_id": None})
+    return _view(state, info)
+
+
+@router.get("/sandboxes/{sandbox_id}")
+async def get_sandbox(sandbox_id: str, state: State) -> dict[str, Any]:
+    return _view(state, await state.provider.info(sandbox_id))
+
+
+@router.delete("/sandboxes/{sandbox_id}", status_code=204)
+async def delete_sandbox(sandbox_id: str, state: State) -> Response:
+    await state.provider.info(sandbox_id)  # unknown ids: 404
+    task_id = state.manager.task_of_sandbox(sandbox_id)
+    if task_id is not None:
+        raise Conflict(
+            f"sandbox {sandbox_id} runs task {task_id}: cancel the task instead",
+            op="destroy",
+            context={"id": sandbox_id, "task_id": task_id},
+        )
+    await state.manager.destroy_sandbox(sandbox_id)
+    return Response(status_code=204)
+
+
+@router.get("/sandboxes/{sandbox_id}/screenshot", response_class=Response)
+async def sandbox_screenshot(sandbox_id: str, state: State) -> Response:
+    async with await state.provider.connect(sandbox_id) as guest:
+        raw = await guest.call("screenshot", {"format": "png"})
+    return Response(
+        base64.b64decode(raw["data"]), media_type="image/png", headers={"Cache-Control": "no-store"}
+    )
+
+
+def _view(state: State, info: SandboxInfo) -> dict[str, Any]:
+    task_id = state.manager.task_of_sandbox(info.id)
+    busy = "error" if info.status == "error" else ("busy" if task_id else "idle")
+    view = info.model_dump(mode="json", exclude={"endpoint"})
+    return view | {"task_id": task_id, "activity": busy}

@@ -1,0 +1,116 @@
+"""The FastAPI application: state, lifespan, auth, error shape, routers, and UI installers.
+
+Installers: ``INSTALLERS`` is a list of ``(app, state) -> None`` functions called by
+``create_app`` after the API routes are mounted; they add routers, static files or middleware
+(the dashboard's ``hivecell.server.web.install`` is appended automatically when that module
+exists). Installers run before start-up, so they must not touch ``state.store``/``manager``
+then; at request time ``state`` is fully set up.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+
+from hivecell.sandbox.base import SandboxProvider
+from hivecell.sandbox.registry import get_provider
+from hivecell.server.auth import TokenLinkMiddleware
+from hivecell.server.errors import install_error_handlers
+from hivecell.server.events import EventHub
+from hivecell.server.manager import TaskManager
+from hivecell.server.settings import Preferences, ServerConfig, load_preferences
+from hivecell.store import TaskStore
+
+API_PREFIX = "/api/v1"
+
+
+class ServerState:
+    """Everything a request handler may need; ``store`` and ``manager`` exist once started."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.hub = EventHub()
+        self.prefs = Preferences()
+        self.provider: SandboxProvider = get_provider(config.sandbox_provider, config.home)
+        self._store: TaskStore | None = None
+        self._manager: TaskManager | None = None
+        self.recovered: dict[str, list[str]] = {}
+
+    @property
+    def store(self) -> TaskStore:
+        assert self._store is not None, "the server has not started"
+        return self._store
+
+    @property
+    def manager(self) -> TaskManager:
+        assert self._manager is not None, "the server has not started"
+        return self._manager
+
+    async def start(self, store: TaskStore) -> TaskManager:
+        self.prefs = await anyio.to_thread.run_sync(load_preferences, self.config.config_path)
+        if self.config.max_concurrent is not None:
+            self.prefs = self.prefs.model_copy(
+                update={"max_concurrent": self.config.max_concurrent}
+            )
+        self._store = store
+        self._manager = TaskManager(
+            provider=self.provider, store=store, hub=self.hub, prefs=lambda: self.prefs
+        )
+        self.recovered = await self._manager.recover()
+        return self._manager
+
+
+Installer = Callable[[FastAPI, ServerState], None]
+INSTALLERS: list[Installer] = []
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    state = ServerState(config)
+    app = FastAPI(
+        title="hivecell", version="1", lifespan=_lifespan(state), openapi_url="/openapi.json"
+    )
+    app.state.hivecell = state
+    install_error_handlers(app)
+    app.add_middleware(TokenLinkMiddleware, token=config.token)
+    _include_api(app)
+    for install in [*INSTALLERS, *_web_installer()] if config.ui else []:
+        install(app, state)
+    return app
+
+
+def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with TaskStore(state.config.database_url) as store:
+            manager = await state.start(store)
+            async with anyio.create_task_group() as tg:
+                await tg.start(manager.run)
+                try:
+                    yield
+                finally:
+                    tg.cancel_scope.cancel()
+            await manager.interrupt_queued()
+
+    return lifespan
+
+
+def _include_api(app: FastAPI) -> None:
+    from hivecell.server.api import events, files, providers, sandboxes, system, tasks
+
+    for module in (tasks, files, sandboxes, providers, system, events):
+        app.include_router(module.router, prefix=API_PREFIX)
+
+
+def _web_installer() -> list[Installer]:
+    try:
+        web = importlib.import_module("hivecell.server.web")
+    except ModuleNotFoundError as exc:
+        if exc.name != "hivecell.server.web":
+            raise  # the module exists but is broken: say so instead of serving without UI
+        return []
+    return [web.install]

@@ -1,0 +1,390 @@
+"""``TaskManager``: the server's task runs, one sandbox each, at most N at once, FIFO beyond.
+
+Runs live in a task group that lives as long as the app (see ``app.lifespan``). The live
+``TaskRunner`` of each running task is kept for the control routes. Control calls only flip
+state (``Control`` is synchronous), so pause/takeover answer at once and the runner stops at
+its next checkpoint.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskGroup
+
+from hivecell.agent.llm import LLMClient
+from hivecell.agent.runner import FINAL, TaskRunner
+from hivecell.agent.service import TaskRequest, TaskService
+from hivecell.errors import HivecellError
+from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec
+from hivecell.server.errors import Conflict
+from hivecell.server.events import EventHub
+from hivecell.server.settings import Preferences
+from hivecell.store import ACTIVE_STATUSES, InvalidTransition, TaskRecord, TaskStore
+
+SANDBOX_PREFIX = "task-"  # task sandboxes are named task-<task id>: restarts find their owner
+CONTROL_ACTIONS = (
+    "pause",
+    "resume",
+    "cancel",
+    "instruct",
+    "answer",
+    "approve",
+    "deny",
+    "takeover",
+    "handback",
+)
+
+
+@dataclass
+class Job:
+    record: TaskRecord
+    request: TaskRequest
+    service: TaskService
+    client: LLMClient
+    runner: TaskRunner | None = None
+    sandbox_id: str | None = None
+    cancelled: bool = False
+    paused: bool = False
+    taken_over: bool = False
+    instructions: list[str] = field(default_factory=list)
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+
+class TaskManager:
+    def __init__(
+        self,
+        *,
+        provider: SandboxProvider,
+        store: TaskStore,
+        hub: EventHub,
+        prefs: Callable[[], Preferences],
+    ) -> None:
+        self.provider = provider
+        self.store = store
+        self.hub = hub
+        self._prefs = prefs
+        self._queue: OrderedDict[str, Job] = OrderedDict()
+        self._running: dict[str, Job] = {}
+        self._changed = anyio.Event()
+
+    # --- lifetime ------------------------------------------------------------------------
+    async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
+        """Dispatch queued jobs until cancelled (the app's lifespan owns this task)."""
+        async with anyio.create_task_group() as tg:
+            task_status.started()
+            await self._dispatch(tg)
+
+    async def _dispatch(self, tg: TaskGroup) -> None:
+        while True:
+            self._changed = anyio.Event()
+            while self._queue and len(self._running) < self._prefs().max_concurrent:
+                _, job = self._queue.popitem(last=False)
+                self._running[job.id] = job
+                tg.start_soon(self._run_job, job, name=f"task {job.id}")
+            await self._changed.wait()
+
+    def poke(self) -> None:
+        """Something changed (a slot freed, a job queued, the limit raised): dispatch again."""
+        self._changed.set()
+
+    async def interrupt_queued(self) -> None:
+        """At shutdown: queued tasks will not run in this process; say so in their records."""
+        with anyio.CancelScope(shield=True):
+            for task_id, job in list(self._queue.items()):
+                await job.client.aclose()
+                await _try_update(
+                    self.store,
+                    task_id,
+                    status="interrupted",
+                    error="the server stopped before the task started",
+                )
+
+    # --- creating ------------------------------------------------------------------------
+    def enqueue(
+        self, record: TaskRecord, request: TaskRequest, service: TaskService, client: LLMClient
+    ) -> None:
+        self._queue[record.id] = Job(record, request, service, client)
+        self.hub.publish("task.created", {"task_id": record.id, "task": _public(record)})
+        self.poke()
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "running": len(self._running),
+            "queued": len(self._queue),
+            "max_concurrent": self._prefs().max_concurrent,
+        }
+
+    def position(self, task_id: str) -> int | None:
+        for index, queued in enumerate(self._queue, 1):
+            if queued == task_id:
+                return index
+        return None
+
+    # --- one run -------------------------------------------------------------------------
+    async def _run_job(self, job: Job) -> None:
+        try:
+            await self._run_in_sandbox(job)
+        except Exception as exc:  # the service recorded it as failed; the server goes on
+            await _try_update(
+                self.store, job.id, status="failed", success=False, summary=str(exc), error=str(exc)
+            )
+        finally:
+            with anyio.CancelScope(shield=True):
+                del self._running[job.id]
+                await job.client.aclose()
+                await self._finished(job.id)
+                self.poke()
+
+    async def _run_in_sandbox(self, job: Job) -> None:
+        info = await self._create_sandbox(job)
+        try:
+            if job.cancelled:
+                await self.store.update(
+                    job.id, status="cancelled", success=False, summary="cancelled by the person"
+                )
+                return
+            await self._run_service(job, info)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.destroy_sandbox(info.id)
+
+    async def _create_sandbox(self, job: Job) -> SandboxInfo:
+        defaults = self._prefs().sandbox
+        width, height = job.request.resolution
+        spec = SandboxSpec(
+            width=width,
+            height=height,
+            network=job.request.network,
+            memory_mb=defaults.memory_mb,
+            name=SANDBOX_PREFIX + job.id,
+        )
+        # Shielded: a cancel during boot must not leave a half-made sandbox behind.
+        with anyio.CancelScope(shield=True):
+            info = await self.provider.create(spec)
+            job.sandbox_id = info.id
+            await self.store.update(job.id, sandbox_id=info.id)
+        self.hub.publish("sandbox.created", {"sandbox_id": info.id, "task_id": job.id})
+        return info
+
+    async def _run_service(self, job: Job, info: SandboxInfo) -> None:
+        request = job.request.model_copy(update={"sandbox_id": info.id})
+        await job.service.run(
+            job.record,
+            request,
+            on_event=lambda kind, data: self._on_event(job, kind, data),
+            on_runner=lambda runner: self._attach(job, runner),
+        )
+
+    def _attach(self, job: Job, runner: TaskRunner) -> None:
+        """Apply what people asked for while the sandbox was still booting."""
+        job.runner = runner
+        for text in job.instructions:
+            runner.control.instruct(text)
+        if job.paused:
+            runner.control.pause()
+        if job.cancelled:
+            runner.control.cancel()
+
+    async def _on_event(self, job: Job, kind: str, data: dict[str, Any]) -> None:
+        if kind == "step":
+            self.hub.publish("task.step", data)
+        elif kind == "status" and data["status"] not in FINAL:
+            self.hub.publish("task.status", data)
+            self._publish_pending(job)
+
+    def _publish_pending(self, job: Job) -> None:
+        pending = job.runner.control.pending if job.runner else None
+        if pending is not None:
+            kind = "task.approval" if pending.kind == "approval" else "task.question"
+            self.hub.publish(kind, {"task_id": job.id, "pending": pending.as_dict()})
+
+    async def _finished(self, task_id: str) -> None:
+        record = await self.store.get(task_id)
+        if record.status in ACTIVE_STATUSES:
+            # The run ended without a final status (the server is shutting down).
+            record = await self.store.update(
+                task_id, status="interrupted", error="the server stopped before the task ended"
+            )
+        data = {"task_id": task_id, "status": str(record.status), "reason": record.summary or ""}
+        self.hub.publish("task.status", data)
+        self.hub.publish("task.finished", {"task_id": task_id, "task": _public(record)})
+
+    # --- control -------------------------------------------------------------------------
+    async def control(self, task_id: str, action: str, text: str = "") -> TaskRecord:
+        record = await self.store.get(task_id)  # unknown ids: 404
+        if task_id in self._queue:
+            await self._control_queued(self._queue[task_id], action, text)
+        elif task_id in self._running:
+            _control_running(self._running[task_id], action, text)
+        else:
+            raise Conflict(
+                f"task {task_id} is {record.status}: it cannot be controlled now",
+                op=action,
+                context={"id": task_id, "status": str(record.status)},
+            )
+        return await self.store.get(task_id)
+
+    async def _control_queued(self, job: Job, action: str, text: str) -> None:
+        if action == "cancel":
+            del self._queue[job.id]
+            await job.client.aclose()
+            await self.store.update(
+                job.id, status="cancelled", success=False, summary="cancelled before it started"
+            )
+            await self._finished(job.id)
+            return
+        _control_before_runner(job, action, text)
+
+    def pending(self, task_id: str) -> dict[str, Any] | None:
+        job = self._running.get(task_id)
+        if job is None or job.runner is None or job.runner.control.pending is None:
+            return None
+        return job.runner.control.pending.as_dict()
+
+    def live(self, task_id: str) -> dict[str, Any]:
+        """What only the running process knows: pending question, take-over, queue place,
+        and the step and token counts so far (the record gets them when the task ends)."""
+        job = self._running.get(task_id) or self._queue.get(task_id)
+        view: dict[str, Any] = {
+            "pending": self.pending(task_id),
+            "taken_over": bool(job and job.taken_over),
+            "queue_position": self.position(task_id),
+        }
+        if job is not None and job.runner is not None:
+            usage = job.runner.usage
+            view |= {
+                "steps": job.runner.steps,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "cost_usd": usage.cost_usd,
+            }
+        return view
+
+    async def stop_all(self) -> list[str]:
+        stopped = list(self._queue)
+        for task_id in stopped:
+            await self._control_queued(self._queue[task_id], "cancel", "")
+        for job in list(self._running.values()):
+            if not job.runner or job.runner.status not in FINAL:
+                _control_running(job, "cancel", "")
+                stopped.append(job.id)
+        return stopped
+
+    # --- sandboxes -----------------------------------------------------------------------
+    def task_of_sandbox(self, sandbox_id: str) -> str | None:
+        for job in self._running.values():
+            if job.sandbox_id == sandbox_id:
+                return job.id
+        return None
+
+    async def destroy_sandbox(self, sandbox_id: str) -> None:
+        await self.provider.destroy(sandbox_id)
+        self.hub.publish("sandbox.destroyed", {"sandbox_id": sandbox_id})
+
+    async def recover(self) -> dict[str, list[str]]:
+        """At start-up: interrupt the tasks of dead processes and remove their sandboxes.
+
+        Sandboxes made for a task (named ``task-<id>`` or recorded on the task) are removed
+        unless that task is still active in another live process; sandboxes people created
+        themselves are kept (they show up in ``GET /sandboxes`` again).
+        """
+        interrupted = await self.store.mark_interrupted()
+        live = {r.id: r for r in await self.store.list(status=ACTIVE_STATUSES, limit=10_000)}
+        by_sandbox = {r.sandbox_id: r.id for r in live.values() if r.sandbox_id}
+        owned = {await _sandbox_of(self.store, task_id) for task_id in interrupted}
+        removed = []
+        for info in await self.provider.list():
+            task_id = _task_of(info) or by_sandbox.get(info.id)
+            leftover = info.id in owned and info.id not in by_sandbox
+            if (task_id and task_id not in live) or leftover:
+                await self.provider.destroy(info.id)
+                removed.append(info.id)
+        return {"interrupted": interrupted, "sandboxes_removed": removed}
+
+
+def _control_running(job: Job, action: str, text: str) -> None:
+    runner = job.runner
+    if runner is None:
+        _control_before_runner(job, action, text)
+        return
+    if runner.status in FINAL:
+        raise Conflict(
+            f"task {job.id} already ended ({runner.status})",
+            op=action,
+            context={"id": job.id, "status": runner.status},
+        )
+    _apply(job, runner, action, text)
+
+
+def _apply(job: Job, runner: TaskRunner, action: str, text: str) -> None:
+    control = runner.control
+    if action in ("answer", "approve", "deny") and control.pending is None:
+        raise Conflict(f"task {job.id} is not waiting for an answer or an approval", op=action)
+    if action in ("pause", "takeover"):
+        job.taken_over = job.taken_over or action == "takeover"
+        control.pause()
+    elif action in ("resume", "handback"):
+        job.taken_over = False
+        control.resume(text or None)
+    elif action == "cancel":
+        job.cancelled = True
+        control.cancel()
+    else:
+        _reply(control, action, text)
+
+
+def _reply(control: Any, action: str, text: str) -> None:
+    if action == "instruct":
+        control.instruct(text)
+    elif action == "answer":
+        control.answer(text)
+    elif action == "approve":
+        control.approve()
+    else:
+        control.deny(text)
+
+
+def _control_before_runner(job: Job, action: str, text: str) -> None:
+    """Queued or still booting: remember the wish and apply it when the runner exists."""
+    if action in ("pause", "takeover"):
+        job.paused = True
+        job.taken_over = job.taken_over or action == "takeover"
+    elif action in ("resume", "handback"):
+        job.paused = job.taken_over = False
+    elif action == "cancel":
+        job.cancelled = True
+    elif action == "instruct" and text.strip():
+        job.instructions.append(text)
+    else:
+        raise Conflict(f"task {job.id} has not started: nothing to {action}", op=action)
+
+
+def _task_of(info: SandboxInfo) -> str | None:
+    name = info.spec.name or ""
+    return name[len(SANDBOX_PREFIX) :] if name.startswith(SANDBOX_PREFIX) else None
+
+
+async def _sandbox_of(store: TaskStore, task_id: str) -> str | None:
+    return (await store.get(task_id)).sandbox_id
+
+
+async def _try_update(store: TaskStore, task_id: str, **fields: Any) -> None:
+    with suppress(InvalidTransition, HivecellError):  # already final: the service said why
+        await store.update(task_id, **fields)
+
+
+def _public(record: TaskRecord) -> dict[str, Any]:
+    return record.model_dump(mode="json", exclude={"owner"})
+
+
+def public_record(record: TaskRecord, live: Mapping[str, Any]) -> dict[str, Any]:
+    return _public(record) | dict(live)
