@@ -185,3 +185,49 @@ def _table(ours: SandboxReport, peer: Any) -> Table:
 
 def _peer_rss(peer: Any) -> str:
     return f"{peer.idle_rss_mb:.1f}" if peer is not None else "-"
+
+
+@app.command("server")
+def server(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    clients: Annotated[int, typer.Option(min=1, help="dashboard WebSocket clients")] = 100,
+    steps: Annotated[int, typer.Option(min=1, help="agent steps generating events")] = 30,
+    takeovers: Annotated[int, typer.Option(min=1, help="take-overs to time")] = 10,
+    home: Path | None = HomeOption,
+) -> None:
+    """Server: event fan-out latency to many dashboards, and pause-to-takeover time."""
+    from hivecell.bench import server as server_bench
+
+    if not as_json:
+        err.print(f"measuring hivecell up: {clients} dashboards, {takeovers} take-overs...")
+    workdir = resolve_home(home) / "bench" / f"server-{secrets.token_hex(4)}"
+    report = run(
+        lambda: server_bench.measure_server(
+            workdir, clients=clients, steps=steps, takeovers=takeovers
+        )
+    )
+    met = server_bench.targets_met(report)
+    result = {"machine": machine(), "server": report.model_dump(), "targets_met": met}
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table("measure", "median ms", "p90", "p99", "target", "met")
+    fan = report.fanout_latency
+    table.add_row(
+        f"event fan-out ({report.clients} clients x {report.events_per_client} events)",
+        f"{fan.median_ms:.2f}",
+        f"{fan.p90_ms:.2f}",
+        f"{report.fanout_p99_ms:.2f}",
+        "",
+        "",
+    )
+    for label, stats in (
+        ("take over: person has control", report.takeover_control),
+        ("take over: agent paused", report.takeover_paused),
+    ):
+        table.add_row(label, f"{stats.median_ms:.1f}", f"{stats.p90_ms:.1f}", "", "", "")
+    out.print(table)
+    out.print(
+        f"take-over target ≤ {server_bench.TARGET_TAKEOVER_MS:g} ms: "
+        f"{'met' if met['takeover'] else 'not met'}"
+    )
