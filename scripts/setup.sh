@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One entry point for a fresh Debian/Ubuntu box (root or sudo):
-#   ./scripts/setup.sh run   - install everything, check it, run a sandbox demo
+#   ./scripts/setup.sh run   - install everything, check it, serve the dashboard (hivecell up)
 #   ./scripts/setup.sh test  - install everything, then lint, type-check and run all tests
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,14 +43,10 @@ install_python() {
   "$UV" sync --frozen --all-extras
 }
 
-run_demo() {
+run_server() {
   "$UV" run hivecell doctor
-  local id
-  id=$("$UV" run hivecell sandbox create --json | "$UV" run python -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-  echo "created sandbox $id"
-  "$UV" run hivecell sandbox exec "$id" -- uname -a
-  "$UV" run hivecell sandbox screenshot "$id" -o hivecell-demo.png
-  "$UV" run hivecell sandbox rm "$id"
+  # Extra arguments go to `hivecell up` (e.g. --port 9000); it prints the login link.
+  exec "$UV" run hivecell up "$@"
 }
 
 start_postgres() {
@@ -82,4 +78,5 @@ esac
 install_system
 install_uv
 install_python
-if [ "$mode" = run ]; then run_demo; else run_tests; fi
+shift
+if [ "$mode" = run ]; then run_server "$@"; else run_tests; fi
