@@ -12,12 +12,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
+import anyio
+
 from hivecell.errors import InternalError, MethodNotFound
-from hivecell.guest.context import CallContext
+from hivecell.guest.context import CallContext, GuestConfig
 from hivecell.protocol.methods import METHODS, MethodSpec, Params, Result
 
 P = TypeVar("P", bound=Params)
 Handler = Callable[[Any, CallContext], Awaitable[Result]]
+SyncHandler = Callable[[Any, GuestConfig], Result]
 
 
 class Router:
@@ -32,6 +35,18 @@ class Router:
 
         def register(fn: Handler) -> Handler:
             self.handlers[name] = fn
+            return fn
+
+        return register
+
+    def threaded(self, name: str) -> Callable[[SyncHandler], SyncHandler]:
+        """Register a blocking ``fn(params, config)``; each call runs on a worker thread."""
+
+        def register(fn: SyncHandler) -> SyncHandler:
+            async def handler(params: Any, ctx: CallContext) -> Result:
+                return await anyio.to_thread.run_sync(fn, params, ctx.config)
+
+            self.method(name)(handler)
             return fn
 
         return register

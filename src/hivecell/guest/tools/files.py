@@ -31,45 +31,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-import anyio
-
 from hivecell.errors import InvalidParams, NotFound, PathDenied, TooLarge, ToolFailed
-from hivecell.guest.context import CallContext, GuestConfig
+from hivecell.guest.context import GuestConfig
 from hivecell.guest.dispatch import Router
 from hivecell.guest.paths import holds_root, resolve
 from hivecell.protocol import methods as m
 
 router = Router()
-
-
-@router.method("read_file")
-async def read_file(p: m.ReadFileParams, ctx: CallContext) -> m.ReadFileResult:
-    return await anyio.to_thread.run_sync(_read, p, ctx.config)
-
-
-@router.method("write_file")
-async def write_file(p: m.WriteFileParams, ctx: CallContext) -> m.WriteFileResult:
-    return await anyio.to_thread.run_sync(_write, p, ctx.config)
-
-
-@router.method("list_directory")
-async def list_directory(p: m.ListDirectoryParams, ctx: CallContext) -> m.ListDirectoryResult:
-    return await anyio.to_thread.run_sync(_list, p, ctx.config)
-
-
-@router.method("move_file")
-async def move_file(p: m.MoveFileParams, ctx: CallContext) -> m.MoveFileResult:
-    return await anyio.to_thread.run_sync(_move, p, ctx.config)
-
-
-@router.method("delete_file")
-async def delete_file(p: m.DeleteFileParams, ctx: CallContext) -> m.DeleteFileResult:
-    return await anyio.to_thread.run_sync(_delete, p, ctx.config)
-
-
-@router.method("stat_file")
-async def stat_file(p: m.PathParams, ctx: CallContext) -> m.StatResult:
-    return await anyio.to_thread.run_sync(_stat, p, ctx.config)
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -94,6 +62,7 @@ def _os_errors(op: str, raw: str) -> Iterator[None]:
 
 
 # --- read --------------------------------------------------------------------------------
+@router.threaded("read_file")
 def _read(p: m.ReadFileParams, config: GuestConfig) -> m.ReadFileResult:
     path = resolve(p.path, config.roots, op="read_file")
     with _os_errors("read_file", p.path), _open_regular(path, p.path) as fh:
@@ -158,6 +127,7 @@ def _as_base64(data: bytes) -> tuple[str, int]:
 
 
 # --- write -------------------------------------------------------------------------------
+@router.threaded("write_file")
 def _write(p: m.WriteFileParams, config: GuestConfig) -> m.WriteFileResult:
     path = resolve(p.path, config.roots, op="write_file")
     data = _payload(p, config.max_file_bytes)
@@ -251,6 +221,7 @@ def _write_in_place(path: Path, data: bytes, p: m.WriteFileParams) -> int:
 
 
 # --- list --------------------------------------------------------------------------------
+@router.threaded("list_directory")
 def _list(p: m.ListDirectoryParams, config: GuestConfig) -> m.ListDirectoryResult:
     path = resolve(p.path, config.roots, op="list_directory")
     with _os_errors("list_directory", p.path):
@@ -292,6 +263,7 @@ def _file_type(mode: int) -> m.FileType:
 
 
 # --- move, delete, stat ------------------------------------------------------------------
+@router.threaded("move_file")
 def _move(p: m.MoveFileParams, config: GuestConfig) -> m.MoveFileResult:
     source = _entry_path(p.source, config.roots, "move_file")
     destination = _entry_path(p.destination, config.roots, "move_file")
@@ -329,6 +301,7 @@ def _move_across_filesystems(source: Path, destination: Path, raw: str) -> None:
     shutil.move(source, destination)
 
 
+@router.threaded("delete_file")
 def _delete(p: m.DeleteFileParams, config: GuestConfig) -> m.DeleteFileResult:
     path = _entry_path(p.path, config.roots, "delete_file")
     with _os_errors("delete_file", p.path):
@@ -354,6 +327,7 @@ def _remove_empty_dir(path: Path, raw: str) -> None:
         ) from None
 
 
+@router.threaded("stat_file")
 def _stat(p: m.PathParams, config: GuestConfig) -> m.StatResult:
     path = resolve(p.path, config.roots, op="stat_file", follow=False)
     with _os_errors("stat_file", p.path):
