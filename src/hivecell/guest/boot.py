@@ -168,14 +168,19 @@ def wait_for_window_manager(timeout: float = 5.0) -> None:
         clients = display.intern_atom("_NET_CLIENT_LIST")
         scratch = root.create_window(0, 0, 1, 1, 0, X.CopyFromParent)
         deadline = time.monotonic() + timeout
-        while not _managed(root.get_full_property(clients, Xatom.WINDOW), scratch.id):
-            if time.monotonic() > deadline:
-                log.warning("openbox did not manage a window within %.0f s", timeout)
-                break
+        managed = False
+        while not managed and time.monotonic() < deadline:
             scratch.unmap()
             scratch.map()
             display.sync()
-            time.sleep(0.01)
+            # A ready openbox manages the map within a few ms; only an early map is lost.
+            for _ in range(25):
+                managed = _managed(root.get_full_property(clients, Xatom.WINDOW), scratch.id)
+                if managed:
+                    break
+                time.sleep(0.002)
+        if not managed:
+            log.warning("openbox did not manage a window within %.0f s", timeout)
         scratch.destroy()
         display.sync()
     finally:
