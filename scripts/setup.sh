@@ -13,8 +13,9 @@ APT_PACKAGES=(
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# Tests also run the task store against a real PostgreSQL server.
-TEST_APT_PACKAGES=(postgresql)
+# Tests also run the task store against a real PostgreSQL server and the dashboard in Firefox
+# (driven over WebDriver BiDi, which Firefox speaks natively).
+TEST_APT_PACKAGES=(postgresql firefox-esr)
 
 install_system() {
   local missing=() wanted=("${APT_PACKAGES[@]}")
