@@ -182,8 +182,14 @@ def _serve(netns: str, address: str) -> Iterator[int]:
         server.wait()
 
 
-def _ip(*args: str) -> str:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, check=True).stdout
+def _ip(*args: str, attempts: int = 5) -> str:
+    """Run `ip`; retried because netlink calls race with other workers' namespaces under load."""
+    for attempt in range(attempts):
+        proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            return proc.stdout
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
 
 
 # --- what the host sees ------------------------------------------------------------------------
