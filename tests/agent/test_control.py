@@ -101,3 +101,14 @@ def test_history_keeps_the_newest_screenshots() -> None:
     kept = [m["content"][1]["type"] for m in history.messages[2:]]
     assert kept == ["text", "text", "image_url", "image_url"]
     assert history.messages[2]["content"][1]["text"] == "[older screenshot omitted]"
+
+
+def test_settings_refuse_unknown_tool_names() -> None:
+    from pydantic import ValidationError
+
+    from hivecell.agent.runner import RunSettings
+
+    settings = RunSettings(approval_tools=["delete_file", "run_shell"])
+    assert settings.approval_tools[-1] == "run_shell"
+    with pytest.raises(ValidationError, match=r"teleport.*tools: screenshot"):
+        RunSettings(disabled_tools=["teleport"])

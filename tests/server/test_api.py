@@ -101,6 +101,7 @@ async def test_bad_input_names_the_field(home: Path) -> None:
             ({"description": "x", "max_steps": 0}, "max_steps"),
             ({"description": "x", "network": "wifi"}, "network"),
             ({"description": "x", "surprise": 1}, "surprise"),
+            ({"description": "x", "disabled_tools": ["teleport"]}, "disabled_tools"),
         ]
         for body, field in cases:
             response = await running.post("/tasks", json=body)

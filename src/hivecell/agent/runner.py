@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hivecell.agent import prompts
 from hivecell.agent.control import Control, Pending
 from hivecell.agent.history import History, image_message
-from hivecell.agent.tools import GUI_TOOLS, USER_TOOLS, GuestCall, ToolBox
+from hivecell.agent.tools import GUI_TOOLS, TOOLS, USER_TOOLS, GuestCall, ToolBox
 from hivecell.errors import HivecellError, InvalidParams
 
 Status = Literal[
@@ -61,6 +61,14 @@ class RunSettings(BaseModel):
     approval_tools: list[str] = Field(default_factory=lambda: ["delete_file"])
     keep_screenshots: int = Field(3, ge=1)
     screenshot_max_width: int | None = Field(1280, ge=320)
+
+    @field_validator("disabled_tools", "approval_tools")
+    @classmethod
+    def _known_tools(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(TOOLS))
+        if unknown:
+            raise ValueError(f"unknown tool(s) {', '.join(unknown)}; tools: {', '.join(TOOLS)}")
+        return names
 
 
 class Usage(BaseModel):

@@ -44,6 +44,12 @@ def run_task(
     disable_tool: Annotated[
         list[str] | None, typer.Option(help="tool the model may not use")
     ] = None,
+    approve_tool: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="tool that waits for your approval before each call (delete_file always)"
+        ),
+    ] = None,
     output_dir: Annotated[Path | None, typer.Option(help="where outbox files go")] = None,
     keep: Annotated[bool, typer.Option(help="keep the sandbox afterwards")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print a final JSON object")] = False,
@@ -60,7 +66,7 @@ def run_task(
         description=task,
         files=file or [],
         network="nat" if network == "nat" else "offline",
-        settings=_settings(max_steps, timeout, max_cost, disable_tool or []),
+        settings=_settings(max_steps, timeout, max_cost, disable_tool or [], approve_tool or []),
         output_dir=output_dir,
         keep_sandbox=keep,
     )
@@ -70,13 +76,17 @@ def run_task(
 
 
 def _settings(
-    max_steps: int, timeout: float, max_cost: float | None, disabled: list[str]
+    max_steps: int, timeout: float, max_cost: float | None, disabled: list[str], approve: list[str]
 ) -> RunSettings:
     from hivecell.agent.runner import RunSettings
 
     try:
         return RunSettings(
-            max_steps=max_steps, timeout_s=timeout, max_cost_usd=max_cost, disabled_tools=disabled
+            max_steps=max_steps,
+            timeout_s=timeout,
+            max_cost_usd=max_cost,
+            disabled_tools=disabled,
+            approval_tools=["delete_file", *approve],
         )
     except ValidationError as exc:  # e.g. --max-steps 0: a usage error, not a traceback
         error = exc.errors(include_url=False)[0]

@@ -20,6 +20,8 @@ from starlette.datastructures import FormData, UploadFile
 from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
 from hivecell.agent.runner import RunSettings
 from hivecell.agent.service import TaskRequest, TaskService
+from hivecell.errors import InvalidParams
+from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.server.app import ServerState
 from hivecell.store import TaskRecord
 
@@ -42,8 +44,8 @@ class TaskCreate(BaseModel):
 async def create_task(request: Request, state: ServerState) -> TaskRecord:
     fields, uploads = await _read_body(request)
     body = _validate(fields)
+    task_request = _task_request(body, state)  # the caller's input is checked first
     llm = await anyio.to_thread.run_sync(_resolve_llm, state, body)
-    task_request = _task_request(body, state)
     client = LLMClient(llm)
     try:
         service = TaskService(
@@ -119,11 +121,14 @@ def _resolve_llm(state: ServerState, body: TaskCreate) -> ProviderConfig:
 
 def _task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
     prefs = state.prefs
-    settings = RunSettings(
-        max_steps=body.max_steps or prefs.task.max_steps,
-        timeout_s=body.timeout_s or prefs.task.timeout_s,
-        disabled_tools=body.disabled_tools,
-    )
+    try:
+        settings = RunSettings(
+            max_steps=body.max_steps or prefs.task.max_steps,
+            timeout_s=body.timeout_s or prefs.task.timeout_s,
+            disabled_tools=body.disabled_tools,
+        )
+    except ValidationError as exc:  # e.g. an unknown tool name: the caller's input, not a bug
+        raise InvalidParams(describe_validation(exc), op="create_task") from None
     return TaskRequest(
         description=body.description,
         settings=settings,
