@@ -616,7 +616,9 @@ async def _await_socket(process: Any, sock: Path, log: Path) -> None:
     try:
         with anyio.fail_after(VNC_START_TIMEOUT_S):
             while True:
-                if await anyio.Path(sock).exists():
+                # The file appears at bind(), before listen(): wait for a listening socket,
+                # or a viewer connecting right away is refused.
+                if await anyio.to_thread.run_sync(_listening, sock):
                     return
                 if process.returncode is not None:
                     raise ToolFailed(
@@ -627,6 +629,18 @@ async def _await_socket(process: Any, sock: Path, log: Path) -> None:
         raise Timeout(
             f"x11vnc did not create {sock} within {VNC_START_TIMEOUT_S:g} s: {await _tail(log)}"
         ) from None
+
+
+def _listening(sock: Path) -> bool:
+    """Whether a unix socket bound at ``sock`` accepts connections (/proc/net/unix)."""
+    try:
+        lines = Path("/proc/net/unix").read_text().splitlines()[1:]
+    except OSError:
+        return sock.exists()  # no procfs view: the best remaining sign
+    accepting = "00010000"  # __SO_ACCEPTCON: listen() was called
+    return any(
+        len(f := line.split()) >= 8 and f[-1] == str(sock) and f[3] == accepting for line in lines
+    )
 
 
 async def _tail(log: Path) -> str:
