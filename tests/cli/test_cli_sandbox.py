@@ -54,6 +54,10 @@ def test_create_exec_screenshot_rm(short_home: Path, tmp_path: Path) -> None:
     assert hivecell(home, "sandbox", "exec", sandbox_id, "--", "echo", "hi").stdout == "hi\n"
     failing = hivecell(home, "sandbox", "exec", sandbox_id, "--", "sh", "-c", "exit 7", check=False)
     assert failing.returncode == 7
+    killed = hivecell(
+        home, "sandbox", "exec", sandbox_id, "--", "sh", "-c", "kill -9 $$", check=False
+    )
+    assert killed.returncode == 128 + 9
 
     shot = tmp_path / "s.png"
     hivecell(home, "sandbox", "screenshot", sandbox_id, "-o", str(shot))

@@ -107,7 +107,8 @@ async def _exec(backend, sandbox_id: str, argv: list[str], timeout: float, cwd: 
         result = await guest.call("exec_command", params, timeout=timeout + 10, on_output=show)
     if result["truncated"]:
         err.print("[yellow]output truncated[/yellow]")
-    return int(result["exit_code"]) & 0xFF
+    code = int(result["exit_code"])
+    return 128 - code if code < 0 else code & 0xFF  # killed by signal N: 128+N, as shells do
 
 
 @app.command("screenshot")
