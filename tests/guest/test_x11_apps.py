@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -16,18 +15,6 @@ from tests.guest.xdisplay import Guest, Probe, guest_services, x_display
 pytestmark = pytest.mark.anyio
 # More distinct characters than the keymap has spare keycodes, so bindings get reused.
 UNICODE_TEXT = "héllo wörld ✓ 日本 日本語のテキストを入力する時に漢字も使います ✗★☆→← αβγδ ÆØÅ"
-
-
-@pytest.fixture(scope="module")
-def display() -> Iterator[str]:
-    with x_display() as name:
-        yield name
-
-
-@pytest.fixture
-def guest(display: str, tmp_path: Path) -> Iterator[Guest]:
-    with guest_services(display, tmp_path) as services:
-        yield Guest(services)
 
 
 async def _wait_file(path: Path, expected: str, timeout: float = 10.0) -> str:

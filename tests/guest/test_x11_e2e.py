@@ -7,7 +7,7 @@ import io
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -19,7 +19,7 @@ from hivecell.errors import InvalidParams
 from hivecell.guest.context import GuestConfig, Services
 from hivecell.guest.run import serve
 from hivecell.sandbox.guest_client import GuestClient
-from tests.guest.xdisplay import Probe, of_type, x_display
+from tests.guest.xdisplay import Probe, of_type
 
 pytestmark = pytest.mark.anyio
 X11_TOOLS = {
@@ -29,12 +29,6 @@ X11_TOOLS = {
     "get_frontmost_app", "list_running_apps", "open_app", "open_file", "open_url", "quit_app",
     "start_vnc", "stop_vnc",
 }  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def display() -> Iterator[str]:
-    with x_display() as name:
-        yield name
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import io
 import os
 import socket
 import statistics
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +22,6 @@ from tests.guest.xdisplay import Guest, Probe, guest_services, of_type, x_displa
 
 pytestmark = pytest.mark.anyio
 RED = 0xFF0000
-
-
-@pytest.fixture(scope="module")
-def display() -> Iterator[str]:
-    with x_display() as name:
-        yield name
-
-
-@pytest.fixture
-def guest(display: str, tmp_path: Path) -> Iterator[Guest]:
-    with guest_services(display, tmp_path) as services:
-        yield Guest(services)
 
 
 @pytest.fixture

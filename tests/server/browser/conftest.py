@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,13 @@ def script_file(short_home: Path) -> Path:
 def hivecell(short_home: Path, script_file: Path) -> Iterator[Hivecell]:
     if not script_file.exists():
         script_file.write_text(json.dumps({"steps": []}))
+    with running_hivecell(short_home, script_file) as running:
+        yield running
+
+
+@contextmanager
+def running_hivecell(short_home: Path, script_file: Path) -> Iterator[Hivecell]:
+    """`hivecell up` against a scripted model playing ``script_file``, both as processes."""
     llm, llm_url = start_llm(script_file)
     try:
         server, link = start_server(short_home, llm_url)

@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 import pytest
 
-from tests.server.browser.conftest import Hivecell, _stop, start_llm, start_server
+from tests.server.browser.conftest import Hivecell, running_hivecell
 from tests.server.firefox.bidi import BiDi, BiDiError, session
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -71,16 +71,8 @@ def hivecell(short_home: Path) -> Iterator[Hivecell]:
     script.write_text(
         json.dumps({"steps": steps, "default": {"kind": "reply", "text": json.dumps(verdict)}})
     )
-    llm, llm_url = start_llm(script)
-    try:
-        server, link = start_server(short_home, llm_url)
-        try:
-            base, _, query = link.partition("/?")
-            yield Hivecell(link, base, query.removeprefix("token="), short_home)
-        finally:
-            _stop(server)
-    finally:
-        _stop(llm)
+    with running_hivecell(short_home, script) as running:
+        yield running
 
 
 async def until(ff: BiDi, tab: str, expression: str, timeout: float = 30) -> Any:
