@@ -1,9 +1,10 @@
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.agent.helpers import destroy_all, short_tmp
 
 
 @pytest.fixture
@@ -18,6 +19,26 @@ def short_home() -> Iterator[Path]:
     Not tmp_path: sandbox sockets live under the home and unix socket paths must stay under
     108 bytes, which pytest's (and xdist's) temporary paths exceed.
     """
-    path = Path(tempfile.mkdtemp(prefix="hc-", dir="/tmp"))
+    path = short_tmp("hc-")
     yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pycache() -> Iterator[Path]:
+    """One guest bytecode cache per session (per xdist worker): a fresh home compiles ~1 s."""
+    path = short_tmp("hc-pyc-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def home(pycache: Path) -> Iterator[Path]:
+    """A fresh short state folder whose ``pycache`` is the session's, so CLI and server runs
+    started on it (which cannot be handed a cache folder) skip the compile too. Sandboxes
+    left behind (e.g. by a killed process) are destroyed afterwards."""
+    path = short_tmp("hc-")
+    (path / "pycache").symlink_to(pycache)
+    yield path
+    destroy_all(path, pycache)
     shutil.rmtree(path, ignore_errors=True)

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +22,8 @@ from tests.agent.helpers import (
     Request,
     act,
     call,
-    destroy_all,
     finish,
     images,
-    short_tmp,
     tool_results,
 )
 
@@ -37,22 +33,6 @@ WAIT = call("wait", seconds=0)
 RESULT_KEYS = {"task_id", "status", "success", "summary", "artifacts", "steps", "trace_dir"}
 # The test's own settings must not leak into the CLI under test.
 ENV = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "HIVECELL_"))}
-
-
-@pytest.fixture(scope="module")
-def pycache() -> Iterator[Path]:
-    path = short_tmp("hc-pyc-")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def home(pycache: Path) -> Iterator[Path]:
-    path = short_tmp("hc-")
-    (path / "pycache").symlink_to(pycache)  # the CLI compiles the guest's bytecode only once
-    yield path
-    destroy_all(path, pycache)
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def command(home: Path, *args: str) -> list[str]:
