@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -339,27 +338,19 @@ async def test_background_job_does_not_hold_the_call(guest: GuestClient) -> None
         os.kill(pid, 9)
 
 
-async def test_concurrent_commands_run_in_parallel(guest: GuestClient) -> None:
+async def test_concurrent_commands_run_in_parallel(guest: GuestClient, tmp_path: Path) -> None:
+    # Each command checks in, then waits for all eight: run one after another, the first
+    # would wait forever (and the fail_after below would say so).
     results: list[dict[str, Any]] = []
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    wait_all = f'while [ "$(ls {meeting} | wc -l)" -lt 8 ]; do sleep 0.01; done'
 
     async def one(i: int) -> None:
-        results.append(await sh(guest, f"sleep 0.3; echo {i}"))
+        results.append(await sh(guest, f"touch {meeting}/{i}; {wait_all}; echo {i}", timeout=60))
 
-    started = time.monotonic()
-    async with anyio.create_task_group() as tg:
-        for i in range(8):
-            tg.start_soon(one, i)
-    assert time.monotonic() - started < 1.5
+    with anyio.fail_after(90):
+        async with anyio.create_task_group() as tg:
+            for i in range(8):
+                tg.start_soon(one, i)
     assert sorted(int(r["stdout"]) for r in results) == list(range(8))
-
-
-async def test_exec_round_trip_is_fast(guest: GuestClient) -> None:
-    for _ in range(10):  # warm up
-        await guest.call("exec_command", {"argv": ["true"]})
-    samples = []
-    for _ in range(100):
-        started = time.perf_counter()
-        await guest.call("exec_command", {"argv": ["true"]})
-        samples.append(time.perf_counter() - started)
-    # the target is 4 ms; leave room for a loaded CI machine
-    assert statistics.median(samples) < 0.02

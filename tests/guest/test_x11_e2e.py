@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
-import statistics
 import tempfile
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -83,25 +81,21 @@ async def test_tools_over_the_wire(client: GuestClient, display: str) -> None:
     assert await anyio.Path(vnc["socket"]).exists()  # the agent stops x11vnc at shutdown
 
 
-async def test_click_round_trip_is_fast(client: GuestClient, display: str) -> None:
+async def test_many_clicks_land_in_order(client: GuestClient, display: str) -> None:
+    # Speed is measured by `hivecell bench sandbox` (click median), not asserted here.
     probe = Probe(display, 200, 150, 300, 200, 0x0000FF)
     try:
         await _until_managed(client, probe)
         px, py = probe.origin()
-        # Best of three batches: the target is the agent's cost, not a busy machine's.
-        medians = [await _median_click_ms(client, px + 10, py + 20) for _ in range(3)]
+        for _ in range(3):
+            await _click_row(client, px + 10, py + 20)
         events = await probe.wait_for(lambda ev: len(of_type(ev, X.ButtonRelease)) == 300)
     finally:
         probe.close()
     clicks = [(e.root_x, e.root_y) for e in of_type(events, X.ButtonPress)]
     assert clicks == [(px + 10 + i, py + 20) for i in range(100)] * 3
-    assert min(medians) <= 3.0, f"median click round trips {medians} ms"
 
 
-async def _median_click_ms(client: GuestClient, x: int, y: int) -> float:
-    times = []
+async def _click_row(client: GuestClient, x: int, y: int) -> None:
     for i in range(100):
-        start = time.perf_counter()
         await client.call("mouse_click", {"x": x + i, "y": y})
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)

@@ -7,6 +7,7 @@ same desktop stack our sandbox uses, so the ratios compare the control planes, n
 from __future__ import annotations
 
 import base64
+import fcntl
 import itertools
 import json
 import os
@@ -134,7 +135,33 @@ def _require_websockets() -> None:
 
 
 async def _ensure_venv(workdir: Path, notes: list[str]) -> tuple[Path, float | None]:
-    """Python of a venv with cua installed; reused across runs, keyed by the cua version."""
+    """Python of a venv with cua installed; reused across runs, keyed by the cua version.
+
+    Two benches (or two test workers) may share ``workdir``: the check and the build happen
+    under one file lock, so neither deletes the venv the other is building or using.
+    """
+    async with _workdir_lock(workdir):
+        return await _ensure_venv_locked(workdir, notes)
+
+
+@asynccontextmanager
+async def _workdir_lock(workdir: Path) -> AsyncIterator[None]:
+    fd = await anyio.to_thread.run_sync(_open_lock_file, workdir)
+    try:
+        # flock blocks: wait on a worker thread; an abandoned wait still gets the lock, and
+        # closing the fd afterwards releases it.
+        await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX, abandon_on_cancel=False)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _open_lock_file(workdir: Path) -> int:
+    workdir.mkdir(parents=True, exist_ok=True)
+    return os.open(workdir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+
+async def _ensure_venv_locked(workdir: Path, notes: list[str]) -> tuple[Path, float | None]:
     venv = _venv_dir(workdir)
     python = venv / "bin" / "python"
     if await _venv_works(python):
