@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hivecell import Sandbox
-from hivecell.errors import PathDenied
+from hivecell.errors import PathDenied, Timeout
 
 pytestmark = pytest.mark.slow
 
@@ -75,3 +75,18 @@ def test_sdk_basics_and_typed_errors(short_home: Path) -> None:
             assert again.exec(["true"]).exit_code == 0
         assert sb.exec(["true"]).exit_code == 0  # connect's exit only disconnected
     assert not (short_home / "sandboxes" / sandbox_id).exists()
+
+
+def test_open_app_waits_for_the_window_and_names_the_fix_when_none_comes(
+    short_home: Path,
+) -> None:
+    with Sandbox.create(home=short_home) as sb:
+        sb.open_app("xterm")  # returns with the window already listed, no waiting by hand
+        assert any("xterm" in (w.title + " " + w.app).lower() for w in sb.windows.list())
+        # An app that never maps a window: a .desktop entry of the user's own.
+        entry = "[Desktop Entry]\nType=Application\nName=Quiet\nExec=sleep 60\n"
+        sb.files.write("/home/user/.local/share/applications/quiet.desktop", entry)
+        with pytest.raises(Timeout, match="window_timeout") as late:
+            sb.open_app("quiet", window_timeout=0.5)
+        assert late.value.code == "timeout" and late.value.op == "open_app"
+        assert sb.open_app("quiet", window_timeout=None).pid > 0  # returns at once

@@ -337,15 +337,26 @@ class ClipboardWriteParams(Params):
     text: str = Field(max_length=MAX_TEXT * 10)
 
 
-class OpenAppParams(ActionParams):
+class LaunchParams(ActionParams):
+    window_timeout: float | None = Field(
+        None,
+        gt=0,
+        le=120,
+        description="wait up to this many seconds for the app's window (or for the launcher "
+        "to hand over to a running instance) and fail with `timeout` if none appears; "
+        "unset: return once the process runs",
+    )
+
+
+class OpenAppParams(LaunchParams):
     name: str = Field(min_length=1, max_length=256, description="app name, .desktop id or command")
 
 
-class OpenFileParams(ActionParams):
+class OpenFileParams(LaunchParams):
     path: str = Field(min_length=1, max_length=4096)
 
 
-class OpenUrlParams(ActionParams):
+class OpenUrlParams(LaunchParams):
     url: str = Field(min_length=1, max_length=8192)
 
 

@@ -180,14 +180,26 @@ class AsyncSandbox:
     async def key(self, keys: str) -> None:
         await self.call("keyboard_key", {"keys": keys})
 
-    async def open_app(self, name: str) -> m.Launched:
-        return m.Launched.model_validate(await self.call("open_app", {"name": name}))
+    async def open_app(self, name: str, *, window_timeout: float | None = 10.0) -> m.Launched:
+        """Start an app and return once its window is up (``window_timeout=None``: at once)."""
+        return await self._launch("open_app", {"name": name}, window_timeout)
 
-    async def open_url(self, url: str) -> m.Launched:
-        return m.Launched.model_validate(await self.call("open_url", {"url": url}))
+    async def open_url(self, url: str, *, window_timeout: float | None = 10.0) -> m.Launched:
+        """Open ``url`` in the sandbox's browser; waits for its window like ``open_app``."""
+        return await self._launch("open_url", {"url": url}, window_timeout)
 
-    async def open_file(self, path: str) -> m.Launched:
-        return m.Launched.model_validate(await self.call("open_file", {"path": path}))
+    async def open_file(self, path: str, *, window_timeout: float | None = 10.0) -> m.Launched:
+        """Open ``path`` with its default app; waits for its window like ``open_app``."""
+        return await self._launch("open_file", {"path": path}, window_timeout)
+
+    async def _launch(
+        self, method: str, params: dict[str, Any], window_timeout: float | None
+    ) -> m.Launched:
+        # Waiting is the default: a caller who types right after open_app would otherwise
+        # type into nothing while the window is still coming up (the README quick start did).
+        if window_timeout is not None:
+            params = {**params, "window_timeout": window_timeout, "settle": True}
+        return m.Launched.model_validate(await self.call(method, params))
 
 
 class _Part:

@@ -351,9 +351,10 @@ async def open_url(p: m.OpenUrlParams, ctx: CallContext) -> m.Launched:
     return await launch(browser_argv(normalize_url(p.url)), p, ctx)
 
 
-async def launch(argv: list[str], p: m.ActionParams, ctx: CallContext) -> m.Launched:
+async def launch(argv: list[str], p: m.LaunchParams, ctx: CallContext) -> m.Launched:
     """Start argv detached (own session, no stdio) on the agent's display."""
-    before = await _window_ids(ctx) if p.settle else set()
+    waits = p.settle or p.window_timeout is not None
+    before = await _window_ids(ctx) if waits else set()
     env = display_env(ctx.config.display or ctx.services.x.name, ctx.config.env)
     child = await anyio.to_thread.run_sync(_spawn, argv, env)
     _CHILDREN[child.pid] = child
@@ -366,9 +367,15 @@ async def launch(argv: list[str], p: m.ActionParams, ctx: CallContext) -> m.Laun
             f"{shlex.join(argv)} exited with code {code} right after starting; "
             "run it with exec_command to see its error output"
         )
-    if p.settle:
+    if p.window_timeout is not None:
+        if not await _poll(lambda: _shown(ctx, before, child), p.window_timeout):
+            raise Timeout(
+                f"{shlex.join(argv)} is running (pid {child.pid}) but showed no window within "
+                f"{p.window_timeout} s; raise window_timeout, or leave it unset to return at once"
+            )
+    elif p.settle:
         await _poll(lambda: _shown(ctx, before, child), LAUNCH_WINDOW_TIMEOUT_S)
-        await maybe_settle(p, ctx)
+    await maybe_settle(p, ctx)
     return m.Launched(pid=child.pid, command=argv)
 
 
