@@ -131,3 +131,33 @@ async def test_queue_beyond_the_limit_and_stop_all(home: Path) -> None:
             found = (await running.get("/tasks", params={"search": "LATE"})).json()
             assert [t["id"] for t in found["items"]] == [late]
             assert (await running.get("/sandboxes")).json()["items"] == []
+
+
+async def test_stop_all_twice_at_once_ends_every_task_once(home: Path) -> None:
+    async with ScriptedLLMServer([], default=slow_waits(1)[0]) as llm:
+        write_provider(home, llm.base_url)
+        async with serve(home, max_concurrent=2) as running:
+            ids = [
+                (await running.post("/tasks", json={"description": f"task {n}"})).json()["id"]
+                for n in range(5)
+            ]
+            for task_id in ids[:2]:
+                await running.wait_for(task_id, lambda t: t["status"] == "running")
+            assert (await running.post(f"/tasks/{ids[0]}/pause")).status_code == 200
+            assert (await running.post(f"/tasks/{ids[1]}/takeover")).status_code == 200
+            await running.wait_for(ids[0], lambda t: t["status"] == "paused")
+            answers: list[Any] = []
+
+            async def stop_all() -> None:
+                answers.append(await running.post("/stop-all"))
+
+            async with anyio.create_task_group() as tg:  # two dashboards press Stop all
+                tg.start_soon(stop_all)
+                tg.start_soon(stop_all)
+            assert [a.status_code for a in answers] == [200, 200], [a.text for a in answers]
+            stopped = [i for a in answers for i in a.json()["stopped"]]
+            assert sorted(stopped) == sorted(ids)  # each task once, none missed
+            for task_id in ids:
+                await running.wait_for(task_id, lambda t: t["status"] == "cancelled")
+            assert (await running.post("/stop-all")).json() == {"stopped": []}
+            assert (await running.get("/sandboxes")).json()["items"] == []

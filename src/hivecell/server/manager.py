@@ -235,14 +235,18 @@ class TaskManager:
 
     async def _control_queued(self, job: Job, action: str, text: str) -> None:
         if action == "cancel":
-            del self._queue[job.id]
+            del self._queue[job.id]  # before any await: the dispatcher must not start it
+            await self._end_unstarted(job)
+            return
+        _control_before_runner(job, action, text)
+
+    async def _end_unstarted(self, job: Job) -> None:
+        with anyio.CancelScope(shield=True):  # a dropped request must not leave it half-ended
             await job.client.aclose()
             await self.store.update(
                 job.id, status="cancelled", success=False, summary="cancelled before it started"
             )
             await self._finished(job.id)
-            return
-        _control_before_runner(job, action, text)
 
     def pending(self, task_id: str) -> dict[str, Any] | None:
         job = self._running.get(task_id)
@@ -270,13 +274,20 @@ class TaskManager:
         return view
 
     async def stop_all(self) -> list[str]:
-        stopped = list(self._queue)
-        for task_id in stopped:
-            await self._control_queued(self._queue[task_id], "cancel", "")
+        """Cancel every task not yet ended; returns their ids (none the second time).
+
+        Everything is taken and signalled before the first await, so a task finishing or a
+        slot freeing meanwhile can neither start a queued task nor make us miss one.
+        """
+        queued = [self._queue.pop(task_id) for task_id in list(self._queue)]
+        stopped = [job.id for job in queued]
         for job in list(self._running.values()):
-            if not job.runner or job.runner.status not in FINAL:
-                _control_running(job, "cancel", "")
-                stopped.append(job.id)
+            if job.cancelled or (job.runner and job.runner.status in FINAL):
+                continue
+            _control_running(job, "cancel", "")
+            stopped.append(job.id)
+        for job in queued:
+            await self._end_unstarted(job)
         return stopped
 
     # --- sandboxes -----------------------------------------------------------------------
