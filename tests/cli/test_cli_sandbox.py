@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -81,13 +82,33 @@ def test_errors_are_one_clear_line(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "WIDTHxHEIGHT" in bad.stderr
 
 
-def test_doctor_reports_dependencies() -> None:
+def test_doctor_smoke_creates_runs_and_removes_a_real_sandbox(home: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "hivecell.cli.main", "doctor"],
+        [sys.executable, "-m", "hivecell.cli.main", "doctor", "--smoke", "--home", str(home)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "bubblewrap" in proc.stdout and "namespaces" in proc.stdout
+    assert "1280x800 screenshot" in proc.stdout and "sandboxes can start here" in proc.stdout
+    assert not list((home / "sandboxes").iterdir())
+
+
+def test_doctor_fails_where_sandboxes_cannot_start() -> None:
+    # A host without user namespaces: inside a user namespace of our own whose limit for
+    # further ones is 0, bubblewrap cannot build a sandbox, so doctor must not say all is well.
+    script = "echo 0 > /proc/sys/user/max_user_namespaces && exec " + shlex.join(
+        [sys.executable, "-m", "hivecell.cli.main", "doctor"]
+    )
+    proc = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "sh", "-c", script],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "bubblewrap" in proc.stdout and "namespaces" in proc.stdout
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "namespaces" in proc.stdout and "failed" in proc.stdout
+    assert "sandboxes cannot start here" in proc.stdout

@@ -5,13 +5,20 @@ from __future__ import annotations
 import importlib.util
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
+import anyio
 import typer
 from rich.table import Table
 
-from hivecell.cli.common import out
+from hivecell.cli.common import HomeOption, out, provider, run
+from hivecell.errors import SandboxError
+from hivecell.sandbox.base import SandboxSpec
+from hivecell.sandbox.local import limits
+from hivecell.sandbox.local.limits import LimitsUnavailable
 
 
 @dataclass(frozen=True)
@@ -40,21 +47,36 @@ NEEDS = (
 MODULES = (("Xlib", "python-xlib"), ("mss", "mss"), ("PIL", "pillow"), ("pydantic", "pydantic"))
 
 
-def doctor() -> None:
-    """Check system dependencies; exits 1 if a required one is missing."""
+def doctor(
+    smoke: Annotated[
+        bool,
+        typer.Option(
+            "--smoke", help="also create a real sandbox, run a command, screenshot, remove it"
+        ),
+    ] = False,
+    home: Path | None = HomeOption,
+) -> None:
+    """Check what sandboxes need; exits 1 if a sandbox could not start here."""
     table = Table("check", "status", "detail")
     missing = [n.package for n in NEEDS if not _check_binary(table, n) and n.required]
     missing_py = [pkg for mod, pkg in MODULES if not _check_module(table, mod, pkg)]
-    _check_namespaces(table)
-    _check_limits(table)
+    broken = [name for name, ok in _host_checks(table) if not ok]
+    if smoke and not (missing or broken):
+        broken += [] if _smoke(table, home) else ["smoke test"]
     out.print(table)
     if missing:
         out.print(f"install: [bold]sudo apt-get install -y {' '.join(missing)}[/bold]")
     if missing_py:
         out.print(f"install: [bold]uv sync[/bold] (missing {', '.join(missing_py)})")
-    if missing or missing_py:
+    if broken:
+        out.print(f"[red]sandboxes cannot start here:[/red] {', '.join(broken)} failed (see above)")
+    if missing or missing_py or broken:
         raise typer.Exit(1)
-    out.print("[green]all required dependencies are present[/green]")
+    out.print("[green]sandboxes can start here[/green]" + ("" if smoke else " (--smoke proves it)"))
+
+
+def _host_checks(table: Table) -> list[tuple[str, bool]]:
+    return [("namespaces", _check_namespaces(table)), ("resource limits", _check_limits(table))]
 
 
 def _check_binary(table: Table, need: Need) -> bool:
@@ -75,11 +97,13 @@ def _check_module(table: Table, module: str, package: str) -> bool:
     return found
 
 
-def _check_namespaces(table: Table) -> None:
+def _check_namespaces(table: Table) -> bool:
+    """The namespaces a sandbox is made of, including a user namespace with a mapped uid."""
     if not shutil.which("bwrap"):
-        return
+        return True  # reported as missing above
+    user = ["--unshare-user", "--uid", "1000", "--gid", "1000"]
     proc = subprocess.run(
-        ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"],
+        ["bwrap", "--unshare-all", *user, "--ro-bind", "/", "/", "true"],
         capture_output=True,
         text=True,
         timeout=10,
@@ -88,15 +112,51 @@ def _check_namespaces(table: Table) -> None:
     ok = proc.returncode == 0
     detail = "user/pid/net/ipc/uts namespaces" if ok else (proc.stderr.strip() or "bwrap failed")
     table.add_row("namespaces", "[green]ok[/green]" if ok else "[red]failed[/red]", detail)
+    return ok
 
 
-def _check_limits(table: Table) -> None:
-    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
-    v1 = Path("/sys/fs/cgroup/memory")
-    if v2.exists():
-        detail = "cgroups v2"
-    elif v1.is_dir():
-        detail = "cgroups v1 (memory, pids)"
-    else:
-        detail = "rlimits only (no writable cgroups)"
-    table.add_row("resource limits", "[green]ok[/green]", detail)
+def _check_limits(table: Table) -> bool:
+    """What a default sandbox's limits would really use here (the provider's own planner)."""
+    spec = SandboxSpec()
+    memory = spec.memory_mb * 2**20 if spec.memory_mb else None
+    try:
+        plan = limits.plan(memory, spec.max_pids, "hivecell-doctor")
+    except (LimitsUnavailable, OSError) as exc:
+        table.add_row("resource limits", "[red]failed[/red]", str(exc))
+        return False
+    unenforced = [part for part in plan.describe().split() if part.endswith("=none")]
+    status = "[yellow]partial[/yellow]" if unenforced else "[green]ok[/green]"
+    note = f" (not enforced: {', '.join(unenforced)})" if unenforced else ""
+    table.add_row("resource limits", status, plan.describe() + note)
+    return True
+
+
+def _smoke(table: Table, home: Path | None) -> bool:
+    try:
+        detail = run(_smoke_run, home)
+    except typer.Exit:
+        table.add_row("smoke test", "[red]failed[/red]", "see the error above")
+        return False
+    table.add_row("smoke test", "[green]ok[/green]", detail)
+    return True
+
+
+async def _smoke_run(home: Path | None) -> str:
+    """Create, exec, screenshot, destroy: each step timed, the sandbox removed whatever fails."""
+    started = time.perf_counter()
+    sandboxes = provider(home=home)
+    info = await sandboxes.create(SandboxSpec(name="doctor-smoke"))
+    try:
+        created = time.perf_counter()
+        async with await sandboxes.connect(info.id) as guest:
+            echoed = await guest.call("exec_command", {"argv": ["echo", "ok"]})
+            shot = await guest.call("screenshot", {})
+        if echoed["stdout"] != "ok\n" or not shot.get("data"):
+            raise SandboxError(f"sandbox {info.id} answered oddly: {echoed}", op="doctor")
+    finally:
+        with anyio.CancelScope(shield=True):
+            await sandboxes.destroy(info.id)
+    return (
+        f"created in {(created - started) * 1000:.0f} ms, ran echo, took a "
+        f"{shot['width']}x{shot['height']} screenshot, removed it"
+    )
