@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import pytest
 
-from hivecell.agent.control import INSTRUCTION
+from hivecell.agent.control import INSTRUCTION, Extension
 from hivecell.agent.llm.script import Failure, Reply, ScriptedToolCall
 from hivecell.agent.runner import Outcome, RunSettings
 from hivecell.agent.tools import SCREENSHOT_NOTE
@@ -287,3 +287,91 @@ async def test_token_budget(provider: LocalProvider, sandbox: SandboxInfo, tmp_p
     assert outcome.steps == 2 and outcome.usage.total_tokens == 30
     assert "max_tokens" in outcome.summary
     assert len(h.requests) == 2
+
+
+# --- immediate control and limits that pause --------------------------------------------------
+async def test_take_over_during_the_model_call_stops_every_action_of_its_reply(
+    provider: LocalProvider, sandbox: SandboxInfo, tmp_path: Path
+) -> None:
+    outbox = anyio.Path(sandbox.shared_dir) / "outbox"
+    touch = [call("run_shell", command=f"touch /shared/outbox/{n}") for n in ("a", "b", "c")]
+
+    def taken_over_while_thinking(request: dict[str, Any]) -> Reply:
+        h.runner.control.pause()  # the person takes over; the reply still arrives after
+        return act(*touch)
+
+    steps = [taken_over_while_thinking, *finish()]
+    async with harness(provider, sandbox, steps, tmp_path / "t") as h:
+        paused = h.when_status("paused")
+
+        async def person(h: Harness) -> None:
+            await paused.wait()
+            assert [p.name async for p in outbox.iterdir()] == []  # no action ran
+            h.runner.control.resume()
+
+        outcome = await run_with(h, person)
+    assert outcome.status == "completed"
+    assert [p.name async for p in outbox.iterdir()] == []
+    skipped = tool_results(h.requests[1])
+    assert len(skipped) == 3 and all("paused by the person" in r["error"] for r in skipped)
+    tools = [s for s in await trace_steps(h.trace_dir) if s.kind == "tool"]
+    assert [s.tool for s in tools] == ["run_shell"] * 3 and all(s.error for s in tools)
+
+
+async def test_the_clock_stops_while_paused(
+    provider: LocalProvider, sandbox: SandboxInfo, tmp_path: Path
+) -> None:
+    def pause_now(request: dict[str, Any]) -> Reply:
+        h.runner.control.pause()
+        return act(WAIT)
+
+    settings = RunSettings(timeout_s=15)  # the work itself takes a few seconds under load
+    steps = [pause_now, *finish()]
+    async with harness(provider, sandbox, steps, tmp_path / "t", settings=settings) as h:
+        paused = h.when_status("paused")
+
+        async def person(h: Harness) -> None:
+            await paused.wait()
+            left = h.runner.clock.remaining()
+            await anyio.sleep(16)  # longer than the whole time limit, spent paused
+            assert h.runner.clock.remaining() == left
+            h.runner.control.resume()
+
+        outcome = await run_with(h, person)
+    assert outcome.status == "completed", outcome.summary
+
+
+async def test_limits_pause_and_resume_with_more(
+    provider: LocalProvider, sandbox: SandboxInfo, tmp_path: Path
+) -> None:
+    settings = RunSettings(max_steps=1, pause_at_limits=True)
+    steps = [act(WAIT), act(WAIT), *finish()]
+    async with harness(provider, sandbox, steps, tmp_path / "t", settings=settings) as h:
+        paused = h.when_status("paused")
+
+        async def person(h: Harness) -> None:
+            await paused.wait()
+            assert h.runner.control.limit == "max_steps_reached"
+            assert "max_steps" in h.runner.control.pause_reason
+            h.runner.control.resume(extension=Extension(extra_steps=5))
+
+        outcome = await run_with(h, person)
+    assert outcome.status == "completed" and outcome.steps == 3
+    assert h.statuses[:3] == ["running", "paused", "running"]
+
+
+async def test_time_limit_during_a_slow_model_call_pauses_then_ends_when_detached(
+    provider: LocalProvider, sandbox: SandboxInfo, tmp_path: Path
+) -> None:
+    settings = RunSettings(timeout_s=1, pause_at_limits=True)
+    steps = [Reply(text="thinking...", delay_s=30)]
+    async with harness(provider, sandbox, steps, tmp_path / "t", settings=settings) as h:
+        paused = h.when_status("paused")
+
+        async def person(h: Harness) -> None:
+            await paused.wait()
+            assert h.runner.control.limit == "timed_out"
+            h.runner.control.detach("nobody to ask")  # e.g. `hivecell run` without a terminal
+
+        outcome = await run_with(h, person)
+    assert outcome.status == "timed_out" and "timeout" in outcome.summary

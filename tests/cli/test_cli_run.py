@@ -299,3 +299,29 @@ def assert_exports(outputs: dict[str, bytes], markdown: Path, command_line: str)
     for shot in {s["screenshot"] for s in shots}:
         assert f"](screenshots/{shot})" in text
         assert (markdown.parent / "screenshots" / shot).is_file()
+
+
+async def test_at_a_limit_a_person_at_the_terminal_is_asked_for_more(home: Path) -> None:
+    # stdin is a terminal (a pty): reaching --max-steps asks instead of ending the task.
+    primary, secondary = os.openpty()
+    steps = [act(WAIT), *finish("done after one more step")]
+    async with ScriptedLLMServer(steps) as server:
+        args = [*run_args(server), "--max-steps", "1", "--json"]
+        with anyio.fail_after(120):
+            async with await anyio.open_process(
+                command(home, *args), stdin=secondary, env=ENV
+            ) as process:
+                os.close(secondary)
+                assert process.stderr is not None and process.stdout is not None
+                shown = b""
+                async for chunk in process.stderr:
+                    shown += chunk
+                    if b"max_steps_reached: [m]ore" in shown:
+                        break
+                os.write(primary, b"m\n")
+                out = b"".join([chunk async for chunk in process.stdout])
+                await process.wait()
+    os.close(primary)
+    result = json.loads(out)
+    assert (result["status"], result["steps"]) == ("completed", 2), shown.decode()
+    assert process.returncode == 0

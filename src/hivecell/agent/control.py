@@ -1,8 +1,8 @@
 """Live control of a running task: pause, resume, instruct, cancel, answer, approve.
 
 The control methods are synchronous and only flip state and events; the runner notices at
-its checkpoints (between steps) or while it waits for the person. Call them from the
-runner's event loop (other threads: ``anyio.from_thread.run_sync``).
+its checkpoints (between steps and before each action) or while it waits for the person.
+Call them from the runner's event loop (other threads: ``anyio.from_thread.run_sync``).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
+from pydantic import BaseModel, ConfigDict, Field
 
 from hivecell.errors import InvalidParams, ToolFailed
 
@@ -41,12 +42,28 @@ class Pending:
         }
 
 
+class Extension(BaseModel):
+    """More room for a task paused at a limit (``resume`` with more time, steps or budget)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    extra_time_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    extra_steps: int | None = Field(None, ge=1, le=10_000)
+    extra_tokens: int | None = Field(None, ge=1)
+    extra_cost_usd: float | None = Field(None, gt=0)
+
+    def is_empty(self) -> bool:
+        return not any(vars(self).values())
+
+
 class Control:
     def __init__(self, set_status: Callable[..., None]) -> None:
         self.cancel_scope = anyio.CancelScope()
         self.pending: Pending | None = None
         self.pause_reason = ""
+        self.limit: str | None = None  # the limit status while paused at a limit
         self.detached = ""
+        self._extension = Extension()
         self._set_status = set_status
         self._pause_requested = False
         self._resumed = anyio.Event()
@@ -58,11 +75,21 @@ class Control:
     def pause(self) -> None:
         self._pause_requested = True
 
-    def resume(self, text: str | None = None) -> None:
+    @property
+    def pause_requested(self) -> bool:
+        return self._pause_requested
+
+    def resume(self, text: str | None = None, extension: Extension | None = None) -> None:
         if text:
             self._instructions.append(text)
+        if extension is not None:
+            self._extension = extension
         self._pause_requested = False
         self._resumed.set()
+
+    def take_extension(self) -> Extension:
+        extension, self._extension = self._extension, Extension()
+        return extension
 
     def instruct(self, text: str) -> None:
         if not text.strip():
@@ -102,7 +129,9 @@ class Control:
 
     # --- awaited by the runner -----------------------------------------------------------
     async def checkpoint(self, history: History) -> None:
-        """Between steps: apply new instructions, and stop here while paused."""
+        """Between steps: apply new instructions, and stop here while paused.
+
+        (Before each action of a step the runner checks ``pause_requested`` itself.)"""
         if self._pause_requested:
             await self.pause_for("paused by the person")
         self.apply_instructions(history)
@@ -112,12 +141,12 @@ class Control:
             history.add({"role": "user", "content": INSTRUCTION.format(text=text)})
         self._instructions.clear()
 
-    async def pause_for(self, reason: str) -> None:
-        self.pause_reason = reason
+    async def pause_for(self, reason: str, *, limit: str | None = None) -> None:
+        self.pause_reason, self.limit = reason, limit
         self._resumed = anyio.Event()
         self._set_status("paused", reason)
         await self._resumed.wait()
-        self.pause_reason = ""
+        self.pause_reason, self.limit = "", None
         self._set_status("running")
 
     async def ask(self, tool: str, args: dict[str, Any]) -> str:

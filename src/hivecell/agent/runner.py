@@ -13,13 +13,14 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar, cast
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hivecell.agent import prompts
-from hivecell.agent.control import Control, Pending
+from hivecell.agent.clock import WorkClock
+from hivecell.agent.control import Control, Extension, Pending
 from hivecell.agent.history import History, image_message
 from hivecell.agent.tools import GUI_TOOLS, TOOLS, USER_TOOLS, GuestCall, ToolBox
 from hivecell.errors import HivecellError, InvalidParams
@@ -59,6 +60,11 @@ class RunSettings(BaseModel):
     max_cost_usd: float | None = Field(None, gt=0)
     disabled_tools: list[str] = Field(default_factory=list)
     approval_tools: list[str] = Field(default_factory=lambda: ["delete_file"])
+    pause_at_limits: bool = Field(
+        False,
+        description="reaching timeout, max_steps or a budget pauses the task (resumable with "
+        "more) instead of ending it",
+    )
     keep_screenshots: int = Field(3, ge=1)
     screenshot_max_width: int | None = Field(1280, ge=320)
 
@@ -190,6 +196,7 @@ class TaskRunner:
         self.steps = 0
         self.usage = Usage()
         self.control = Control(self._set_status)
+        self.clock = WorkClock(self.settings.timeout_s)
         self._guest = guest
         self._llm = llm
         self._trace = trace
@@ -211,15 +218,15 @@ class TaskRunner:
 
     async def _until_finished(self) -> tuple[Status, bool, str, str | None]:
         try:
-            with anyio.move_on_after(self.settings.timeout_s) as deadline:
-                with self.control.cancel_scope:
-                    await self._loop()
-                if self.control.detached:
-                    raise _Finished("paused", False, self.control.detached, self.control.detached)
-                if self.control.cancel_scope.cancel_called:
-                    raise _Finished("cancelled", False, "cancelled by the person")
-            if deadline.cancelled_caught:
-                raise _Finished("timed_out", False, f"stopped after {self.settings.timeout_s:g} s")
+            with self.control.cancel_scope:
+                await self._loop()
+            if self.control.detached:
+                if self.control.limit is not None:  # nobody can give it more: the limit ends it
+                    limit = cast(Status, self.control.limit)
+                    raise _Finished(limit, False, self.control.pause_reason)
+                raise _Finished("paused", False, self.control.detached, self.control.detached)
+            if self.control.cancel_scope.cancel_called:
+                raise _Finished("cancelled", False, "cancelled by the person")
         except _Finished as done:
             return done.outcome
         return "failed", False, "the agent loop ended unexpectedly", None
@@ -232,10 +239,7 @@ class TaskRunner:
         self._history.add(image_message("The desktop now.", shot["png"]))
         while True:
             await self.control.checkpoint(self._history)
-            if self.steps >= self.settings.max_steps:
-                raise _Finished(
-                    "max_steps_reached", False, f"stopped after {self.steps} steps (max_steps)"
-                )
+            await self._hold_at_limits(self._exceeded)
             await self._step()
 
     async def _step(self) -> None:
@@ -247,7 +251,13 @@ class TaskRunner:
             return
         self._history.add(_assistant_message(response))
         self._record(kind="llm", reasoning=response.text, **_llm_fields(response))
-        for call in response.tool_calls:
+        for index, call in enumerate(response.tool_calls):
+            if hold := self._hold_reason():
+                # A pause, take-over or the time limit came while the model was thinking or
+                # between actions: the rest of this reply does not run (the screen may change
+                # meanwhile); the model re-plans from the next screenshot.
+                self._skip(response.tool_calls[index:], hold)
+                break
             self._history.add(await self._act(call))
         shot = await self._observe(self.steps)
         self._history.add(image_message(f"Screenshot after step {self.steps}.", shot["png"]))
@@ -258,7 +268,11 @@ class TaskRunner:
         while True:
             await self._writes.flush()
             try:
-                response = await self._llm.complete(messages, **kwargs)
+                with self.clock.bounded() as limit:
+                    response = await self._llm.complete(messages, **kwargs)
+                if limit.cancelled_caught:  # the time ran out while the model was thinking
+                    await self._hold_at_limits(self._exceeded_time)
+                    continue
             except HivecellError as exc:
                 if exc.code not in ("llm_unavailable", "llm_rejected"):
                     raise
@@ -269,6 +283,8 @@ class TaskRunner:
                     self.control.apply_instructions(self._history)
                 continue
             self._account(response)
+            # Already paid for: if more budget is granted, the reply is acted on.
+            await self._hold_at_limits(self._exceeded_budget)
             return response
 
     def _account(self, response: Any) -> None:
@@ -277,15 +293,62 @@ class TaskRunner:
             self.usage.prompt_tokens += usage.prompt_tokens
             self.usage.completion_tokens += usage.completion_tokens
         self.usage.cost_usd += getattr(response, "cost_usd", None) or 0.0
+
+    # --- limits --------------------------------------------------------------------------
+    def _exceeded(self) -> tuple[Status, str] | None:
+        if self.steps >= self.settings.max_steps:
+            return "max_steps_reached", f"stopped after {self.steps} steps (max_steps)"
+        return self._exceeded_time() or self._exceeded_budget()
+
+    def _exceeded_time(self) -> tuple[Status, str] | None:
+        if self.clock.remaining() <= 0:
+            return "timed_out", f"stopped after {self.clock.budget_s:g} s of work (timeout)"
+        return None
+
+    def _exceeded_budget(self) -> tuple[Status, str] | None:
+        s, used = self.settings, self.usage
+        if s.max_tokens is not None and used.total_tokens > s.max_tokens:
+            return "budget_exceeded", f"used {used.total_tokens} tokens (max_tokens)"
+        if s.max_cost_usd is not None and used.cost_usd > s.max_cost_usd:
+            return "budget_exceeded", f"cost ${used.cost_usd:.4f} (max_cost_usd)"
+        return None
+
+    async def _hold_at_limits(self, exceeded: Callable[[], tuple[Status, str] | None]) -> None:
+        """At a limit: end the task, or (``pause_at_limits``) pause until given more."""
+        while found := exceeded():
+            status, summary = found
+            if not self.settings.pause_at_limits:
+                raise _Finished(status, False, summary)
+            await self.control.pause_for(summary, limit=status)
+            self._extend(self.control.take_extension())
+
+    def _extend(self, more: Extension) -> None:
         s = self.settings
-        if s.max_tokens is not None and self.usage.total_tokens > s.max_tokens:
-            raise _Finished(
-                "budget_exceeded", False, f"used {self.usage.total_tokens} tokens (max_tokens)"
-            )
-        if s.max_cost_usd is not None and self.usage.cost_usd > s.max_cost_usd:
-            raise _Finished(
-                "budget_exceeded", False, f"cost ${self.usage.cost_usd:.4f} (max_cost_usd)"
-            )
+        if more.extra_time_s:
+            self.clock.extend(more.extra_time_s)
+        updates: dict[str, Any] = {}
+        if more.extra_steps:
+            updates["max_steps"] = s.max_steps + more.extra_steps
+        if more.extra_tokens and s.max_tokens is not None:
+            updates["max_tokens"] = s.max_tokens + more.extra_tokens
+        if more.extra_cost_usd and s.max_cost_usd is not None:
+            updates["max_cost_usd"] = s.max_cost_usd + more.extra_cost_usd
+        self.settings = s.model_copy(update=updates)
+
+    def _hold_reason(self) -> str | None:
+        if self.control.pause_requested:
+            return "paused by the person before this action ran"
+        if self.clock.remaining() <= 0:
+            return "the time limit was reached before this action ran"
+        return None
+
+    def _skip(self, calls: list[Any], reason: str) -> None:
+        assert self._history is not None
+        for call in calls:
+            error = f"not run: {reason}; the next screenshot shows the desktop as it is now"
+            self._record(kind="tool", tool=call.name, arguments=call.arguments, error=error)
+            content = json.dumps({"error": error})
+            self._history.add({"role": "tool", "tool_call_id": call.id, "content": content})
 
     async def _check_done(self, response: Any) -> None:
         """The model stopped calling tools: ask it, with structured output, if it is done."""
@@ -309,8 +372,11 @@ class TaskRunner:
         """Run one tool call; every failure becomes an observation for the model."""
         started = time.perf_counter()
         try:
-            result: Any = await self._dispatch(call)
-            error = None
+            result: Any = None
+            error: str | None = "stopped: the time limit was reached while this action ran"
+            with self.clock.bounded():
+                result = await self._dispatch(call)
+                error = None
         except (HivecellError, InvalidParams) as exc:
             result, error = None, f"{exc.code}: {exc}"
         except ValueError as exc:  # pydantic ValidationError of the tool's arguments
@@ -371,6 +437,11 @@ class TaskRunner:
 
     def _set_status(self, status: Status, reason: str = "") -> None:
         self.status = status
+        # Only work counts toward the timeout: not pauses, take-overs or waiting for answers.
+        if status == "running":
+            self.clock.start()
+        else:
+            self.clock.stop()
         self._on_event("status", {"status": status, "reason": reason})
 
     def _record(self, **fields: Any) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import anyio
 from rich.console import Console
 
-from hivecell.agent.runner import TaskRunner
+from hivecell.agent.control import Extension
+from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.errors import InvalidParams
 
 MENU = "paused — [r]esume, [i]nstruct <text>, [c]ancel: "
@@ -98,7 +99,19 @@ class LiveConsole:
         if not self.interactive:
             self.runner.control.detach(reason)
             return
+        if self.runner.control.limit is not None:
+            await self._at_limit(self.runner.control.limit, reason)
+            return
         await self.menu()
+
+    async def _at_limit(self, limit: str, reason: str) -> None:
+        """A limit was reached: give the task as much again, or end it with that status."""
+        assert self.runner is not None
+        line = await read_line(f"{limit}: [m]ore (the same again) or [e]nd? ")
+        if line is None or not line.strip().lower().startswith("m"):
+            self.runner.control.detach(reason)
+            return
+        self.runner.control.resume(extension=_same_again(limit, self.runner.settings))
 
     async def menu(self) -> None:
         """The Ctrl-C / pause menu: resume, add an instruction, or cancel."""
@@ -123,6 +136,14 @@ class LiveConsole:
                     continue
                 self.console.print("\n[yellow]pausing after the current step...[/yellow]")
                 self.runner.control.pause()
+
+
+def _same_again(limit: str, settings: RunSettings) -> Extension:
+    if limit == "timed_out":
+        return Extension(extra_time_s=settings.timeout_s)
+    if limit == "max_steps_reached":
+        return Extension(extra_steps=settings.max_steps)
+    return Extension(extra_tokens=settings.max_tokens, extra_cost_usd=settings.max_cost_usd)
 
 
 async def read_line(prompt: str) -> str | None:

@@ -66,7 +66,11 @@ def run_task(
         description=task,
         files=file or [],
         network="nat" if network == "nat" else "offline",
-        settings=_settings(max_steps, timeout, max_cost, disable_tool or [], approve_tool or []),
+        settings=_settings(
+            max_steps, timeout, max_cost, disable_tool or [], approve_tool or []
+        ).model_copy(
+            update={"pause_at_limits": sys.stdin.isatty()}  # a person at the terminal is asked
+        ),
         output_dir=output_dir,
         keep_sandbox=keep,
     )

@@ -102,7 +102,7 @@ async def test_runs_as_a_separate_process(tmp_path: Path) -> None:
 
 async def talk_to(process: anyio.abc.Process) -> tuple[LLMResponse, LLMResponse, list[Any]]:
     assert process.stdout is not None
-    with anyio.fail_after(15):
+    with anyio.fail_after(90):
         line = await BufferedByteReceiveStream(process.stdout).receive_until(b"\n", 200)
     base_url = line.decode().strip()
     assert base_url.startswith("http://127.0.0.1:") and base_url.endswith("/v1")
