@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from hivecell.cli.common import out
+from hivecell.sandbox.local import seccomp
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,16 @@ def doctor() -> None:
     missing = [n.package for n in NEEDS if not _check_binary(table, n) and n.required]
     missing_py = [pkg for mod, pkg in MODULES if not _check_module(table, mod, pkg)]
     _check_namespaces(table)
+    confined = _check_seccomp(table)
     _check_limits(table)
     out.print(table)
     if missing:
         out.print(f"install: [bold]sudo apt-get install -y {' '.join(missing)}[/bold]")
     if missing_py:
         out.print(f"install: [bold]uv sync[/bold] (missing {', '.join(missing_py)})")
-    if missing or missing_py:
+    if not confined:
+        out.print("install: [bold]sudo apt-get install -y libseccomp2[/bold] and bubblewrap >= 0.8")
+    if missing or missing_py or not confined:
         raise typer.Exit(1)
     out.print("[green]all required dependencies are present[/green]")
 
@@ -88,6 +92,31 @@ def _check_namespaces(table: Table) -> None:
     ok = proc.returncode == 0
     detail = "user/pid/net/ipc/uts namespaces" if ok else (proc.stderr.strip() or "bwrap failed")
     table.add_row("namespaces", "[green]ok[/green]" if ok else "[red]failed[/red]", detail)
+
+
+def _check_seccomp(table: Table) -> bool:
+    """The filter every sandbox runs under, and bwrap's lock on nested user namespaces."""
+    why = seccomp.unavailable()
+    if why is None:
+        size = len(seccomp.program()) // 8  # struct sock_filter is 8 bytes
+        detail = f"default filter compiled ({size} BPF instructions, {seccomp.abis()})"
+    table.add_row(
+        "seccomp", "[green]ok[/green]" if why is None else "[red]failed[/red]", why or detail
+    )
+    userns = _bwrap_has("--disable-userns")
+    status = "[green]ok[/green]" if userns else "[red]failed[/red]"
+    detail = "bwrap --disable-userns" if userns else "bwrap is older than 0.8 (no --disable-userns)"
+    table.add_row("no nested user namespaces", status, detail)
+    return why is None and userns
+
+
+def _bwrap_has(option: str) -> bool:
+    if not shutil.which("bwrap"):
+        return False
+    proc = subprocess.run(
+        ["bwrap", "--help"], capture_output=True, text=True, timeout=10, check=False
+    )
+    return option in proc.stdout + proc.stderr
 
 
 def _check_limits(table: Table) -> None:
