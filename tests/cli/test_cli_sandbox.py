@@ -91,3 +91,4 @@ def test_doctor_reports_dependencies() -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "bubblewrap" in proc.stdout and "namespaces" in proc.stdout
+    assert "seccomp" in proc.stdout  # the filter every sandbox runs under compiles here

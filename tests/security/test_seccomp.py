@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
@@ -166,3 +167,41 @@ def test_the_filter_lives_where_the_box_cannot_write(
     assert layout.seccomp.stat().st_size % 8 == 0 and layout.seccomp.stat().st_size > 0
     bound = {arg for arg in plan["bwrap_args"] if arg.startswith(str(layout.root))}
     assert not any(layout.root == Path(b) or layout.seccomp.is_relative_to(b) for b in bound)
+
+
+async def _wait_window_title(guest: GuestClient, prefix: str, timeout: float = 60) -> None:
+    with anyio.fail_after(timeout):
+        while True:
+            listed = await guest.call("list_windows", {})
+            if any(w["title"].startswith(prefix) for w in listed["windows"]):
+                return
+            await anyio.sleep(0.2)  # polling the window list, the state we wait on
+
+
+async def test_chromium_starts_under_the_filter(
+    box: tuple[LocalProvider, SandboxInfo], guest: GuestClient
+) -> None:
+    """Chromium's own sandbox wants user namespaces; open_url starts it without (--no-sandbox)."""
+    _, info = box
+    (Path(info.shared_dir) / "workspace" / "chromium.html").write_text(
+        "<title>under seccomp</title>"
+    )
+    launched = await guest.call("open_url", {"url": "file:///shared/workspace/chromium.html"})
+    assert "--no-sandbox" in launched["command"]
+    await _wait_window_title(guest, "under seccomp")
+
+
+async def test_firefox_starts_under_the_filter(
+    box: tuple[LocalProvider, SandboxInfo], guest: GuestClient
+) -> None:
+    """Firefox probes user namespaces for its content sandbox and falls back on EPERM."""
+    _, info = box
+    (Path(info.shared_dir) / "workspace" / "firefox.html").write_text(
+        "<title>fox under seccomp</title>"
+    )
+    command = (
+        'firefox --no-remote --profile "$(mktemp -d)" file:///shared/workspace/firefox.html '
+        ">/tmp/firefox.log 2>&1 &"
+    )
+    await sh_out(guest, command)
+    await _wait_window_title(guest, "fox under seccomp", timeout=90)
