@@ -24,7 +24,8 @@ from hivecell.sandbox.local.provider import LocalProvider
 from tests.sandbox.conftest import short_tmp
 from tests.sandbox.host import sh_out, shell
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+# One worker boots the one sandbox all these tests share (under -n N --dist loadgroup).
+pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.xdist_group("security-seccomp")]
 PROBE = Path(__file__).with_name("seccomp_probe.py")
 EPERM = "EPERM"
 BLOCKED = {
