@@ -19,6 +19,7 @@ import errno
 import functools
 import os
 import platform
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -67,7 +68,6 @@ TIOCLINUX = 0x541C  # the same for the Linux console (paste selection)
 
 # personality(2) flags that turn off hardening (ASLR, NX, the low-memory guard).
 PERSONALITY_FLAGS = (0x0040000, 0x0100000, 0x0200000, 0x0400000, 0x0800000, 0x8000000)
-PERSONALITY_QUERY = 0xFFFFFFFF
 
 
 # The other syscall ABIs a process on this machine can use (int 0x80, x32 numbers).
@@ -99,7 +99,7 @@ def unavailable() -> str | None:
 
 def write(path: Path) -> None:
     """Write the compiled program where the supervisor opens it (atomically)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(program())
     tmp.replace(path)
 
@@ -111,16 +111,10 @@ def program() -> bytes:
     filt = sc.SyscallFilter(sc.ALLOW)
     _add_arches(sc, filt)
     _add_rules(sc, filt)
-    read_r, write_w = os.pipe()
-    try:
-        with os.fdopen(write_w, "wb") as out:
-            filt.export_bpf(out)
-        with os.fdopen(read_r, "rb") as src:
-            read_r = -1
-            return src.read()
-    finally:
-        if read_r >= 0:
-            os.close(read_r)
+    with os.fdopen(os.memfd_create("seccomp-bpf"), "w+b") as out:
+        filt.export_bpf(out)
+        out.seek(0)
+        return out.read()
 
 
 def abis() -> str:
