@@ -39,17 +39,20 @@ def _under_filter(checks: Callable[[], dict[str, int]]) -> dict[str, int]:
     program = seccomp.program()
     read_end, write_end = os.pipe()
     pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
+    if pid == 0:  # the child reports through the pipe and never returns
+        code = 0
         try:
             buf = ctypes.create_string_buffer(program, len(program))
             prog = SockFprog(len(program) // 8, ctypes.addressof(buf))
             if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
-                os._exit(90)
-            if libc.syscall(ctypes.c_long(NR_SECCOMP), 1, 0, ctypes.byref(prog)) != 0:
-                os._exit(91)  # SECCOMP_SET_MODE_FILTER
-            os.write(write_end, json.dumps(checks()).encode())
-        finally:
-            os._exit(0)
+                code = 90
+            elif libc.syscall(ctypes.c_long(NR_SECCOMP), 1, 0, ctypes.byref(prog)) != 0:
+                code = 91  # SECCOMP_SET_MODE_FILTER refused the program
+            else:
+                os.write(write_end, json.dumps(checks()).encode())
+        except BaseException:
+            code = 92
+        os._exit(code)
     os.close(write_end)
     with os.fdopen(read_end, "rb") as pipe:
         data = pipe.read()
