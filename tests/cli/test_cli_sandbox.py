@@ -93,6 +93,7 @@ def test_doctor_smoke_creates_runs_and_removes_a_real_sandbox(home: Path) -> Non
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "bubblewrap" in proc.stdout and "namespaces" in proc.stdout
     assert "1280x800 screenshot" in proc.stdout and "sandboxes can start here" in proc.stdout
+    assert "seccomp" in proc.stdout  # the filter every sandbox runs under compiles here
     assert not list((home / "sandboxes").iterdir())
 
 

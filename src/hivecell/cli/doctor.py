@@ -17,7 +17,7 @@ from rich.table import Table
 from hivecell.cli.common import HomeOption, out, provider, run
 from hivecell.errors import SandboxError
 from hivecell.sandbox.base import SandboxSpec
-from hivecell.sandbox.local import limits
+from hivecell.sandbox.local import limits, seccomp
 from hivecell.sandbox.local.limits import LimitsUnavailable
 
 
@@ -76,7 +76,11 @@ def doctor(
 
 
 def _host_checks(table: Table) -> list[tuple[str, bool]]:
-    return [("namespaces", _check_namespaces(table)), ("resource limits", _check_limits(table))]
+    return [
+        ("namespaces", _check_namespaces(table)),
+        ("seccomp", _check_seccomp(table)),
+        ("resource limits", _check_limits(table)),
+    ]
 
 
 def _check_binary(table: Table, need: Need) -> bool:
@@ -113,6 +117,33 @@ def _check_namespaces(table: Table) -> bool:
     detail = "user/pid/net/ipc/uts namespaces" if ok else (proc.stderr.strip() or "bwrap failed")
     table.add_row("namespaces", "[green]ok[/green]" if ok else "[red]failed[/red]", detail)
     return ok
+
+
+def _check_seccomp(table: Table) -> bool:
+    """The filter every sandbox runs under, and bwrap's lock on nested user namespaces."""
+    why = seccomp.unavailable()
+    if why is not None:
+        why += " (install libseccomp2: sudo apt-get install -y libseccomp2)"
+    else:
+        size = len(seccomp.program()) // 8  # struct sock_filter is 8 bytes
+        detail = f"default filter compiled ({size} BPF instructions, {seccomp.abis()})"
+    table.add_row(
+        "seccomp", "[green]ok[/green]" if why is None else "[red]failed[/red]", why or detail
+    )
+    userns = _bwrap_has("--disable-userns")
+    status = "[green]ok[/green]" if userns else "[red]failed[/red]"
+    detail = "bwrap --disable-userns" if userns else "bwrap is older than 0.8 (no --disable-userns)"
+    table.add_row("no nested user namespaces", status, detail)
+    return why is None and userns
+
+
+def _bwrap_has(option: str) -> bool:
+    if not shutil.which("bwrap"):
+        return False
+    proc = subprocess.run(
+        ["bwrap", "--help"], capture_output=True, text=True, timeout=10, check=False
+    )
+    return option in proc.stdout + proc.stderr
 
 
 def _check_limits(table: Table) -> bool:

@@ -1,9 +1,11 @@
 """The bubblewrap command line for one sandbox.
 
-Everything is unshared (user, ipc, pid, net, uts, cgroup namespaces). The root is an empty
-tmpfs into which we bind, read-only, /usr (plus the merged-usr symlinks), a curated /etc and
-the host's Python runtime; writable are only the sandbox's own home, /shared, /run/hivecell
-and private tmpfs folders. The environment is rebuilt from scratch.
+Everything is unshared (user, ipc, pid, net, uts, cgroup namespaces) and the box cannot make
+user namespaces of its own (``--disable-userns``, besides the seccomp filter the supervisor
+hands bwrap, see seccomp.py). The root is an empty tmpfs into which we bind, read-only, /usr
+(plus the merged-usr symlinks), a curated /etc and the host's Python runtime; writable are
+only the sandbox's own home, /shared, /run/hivecell and private tmpfs folders. The
+environment is rebuilt from scratch.
 """
 
 from __future__ import annotations
@@ -19,6 +21,11 @@ from hivecell.sandbox.local.pyruntime import PythonRuntime
 TOP_LEVEL = ("bin", "lib", "lib32", "lib64", "libx32", "sbin")
 HOST_EXTRAS = ("/var/cache/fontconfig",)  # a warm font cache saves every app ~100 ms
 XDG_RUNTIME_DIR = "/tmp/xdg-runtime"
+# A second lock on nested user namespaces, should the seccomp filter ever miss a way in:
+# bwrap caps user.max_user_namespaces at 1 and enters a nested one that cannot raise it, so
+# any new user namespace fails with ENOSPC.
+# --unshare-all only *tries* a user namespace; --disable-userns needs a certain one.
+NO_NESTED_USERNS = ("--unshare-user", "--disable-userns")
 BOOT_MODULE = "hivecell.guest.boot"
 PYCACHE = "/opt/hivecell/pycache"
 
@@ -29,7 +36,7 @@ def build(layout: Layout, runtime: PythonRuntime, pycache: Path) -> list[str]:
     The supervisor passes these through ``--args FD`` so host paths never show in the box's
     /proc/1/cmdline; bwrap only reads options from there, the command stays on its argv.
     """
-    args = _namespaces(layout.sandbox_id)
+    args = [*_namespaces(layout.sandbox_id), *NO_NESTED_USERNS]
     args += _system_mounts()
     args += _bind_all("--ro-bind", etcfiles.binds(layout))
     args += _bind_all("--ro-bind", [*runtime.binds, (str(pycache), PYCACHE)])

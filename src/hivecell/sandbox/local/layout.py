@@ -5,6 +5,7 @@ Stdlib only, and no dataclasses (importing them costs the supervisor ~10 ms).
     <home>/sandboxes/<id>/
         meta.json        SandboxInfo + supervisor pid (written by the provider)
         plan.json        what the supervisor runs (written by the provider before each start)
+        seccomp.bpf      the box's compiled seccomp filter (written with plan.json)
         exit.json        how the last run ended (written by the supervisor)
         sandbox.log      supervisor, bwrap, slirp4netns, Xvfb and guest output
         etc/             passwd, group, hosts, ... bound read-only over the sandbox's /etc
@@ -51,6 +52,10 @@ class Layout:
     @property
     def plan(self) -> Path:
         return self.root / "plan.json"
+
+    @property
+    def seccomp(self) -> Path:
+        return self.root / "seccomp.bpf"
 
     @property
     def exit(self) -> Path:

@@ -34,7 +34,7 @@ from hivecell.errors import (
 )
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
-from hivecell.sandbox.local import bwrap, bytecode, etcfiles, hostfilter, limits, state
+from hivecell.sandbox.local import bwrap, bytecode, etcfiles, hostfilter, limits, seccomp, state
 from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
 from hivecell.sandbox.local.limits import LimitPlan, LimitsUnavailable
 from hivecell.sandbox.local.pyruntime import PythonRuntime
@@ -121,6 +121,7 @@ class LocalProvider:
     def _prepare(self, spec: SandboxSpec) -> tuple[Layout, SandboxMeta]:
         _require_tools(spec)
         _require_host_filter(spec)
+        _require_seccomp()
         self._limits(spec, "hivecell-probe")  # refuse impossible limits before making folders
         layout = self._new_layout()
         for folder in layout.writable_dirs():
@@ -166,6 +167,7 @@ class LocalProvider:
         _require_tools(spec)
         _require_host_filter(spec)
         plan = self._plan(layout, spec)
+        _write_seccomp(layout)
         layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)
         layout.guest_socket.unlink(missing_ok=True)
@@ -189,6 +191,7 @@ class LocalProvider:
             "slirp4netns": shutil.which("slirp4netns"),
             "nft": hostfilter.find_nft(),
             "network": spec.network,
+            "seccomp": str(layout.seccomp),
             "limits": plan.to_json(),
             "bwrap_args": bwrap.build(layout, self.runtime, self._pycache()),
             "command": bwrap.boot_command(spec, self.runtime, plan),
@@ -349,6 +352,26 @@ def _require_host_filter(spec: SandboxSpec) -> None:
             op="create",
             context={"network": "nat", "reason": why},
         )
+
+
+def _require_seccomp() -> None:
+    why = seccomp.unavailable()
+    if why is not None:
+        raise ConfigError(
+            f"every sandbox runs under a seccomp filter, but {why}",
+            op="create",
+            context={"reason": why},
+        )
+
+
+def _write_seccomp(layout: Layout) -> None:
+    """In the sandbox's own folder, which the box cannot write: bwrap reads it at each start."""
+    try:
+        seccomp.write(layout.seccomp)
+    except seccomp.SeccompUnavailable as exc:
+        raise ConfigError(
+            f"every sandbox runs under a seccomp filter, but {exc}", op="start"
+        ) from exc
 
 
 def _check_socket_path(layout: Layout) -> None:

@@ -74,10 +74,12 @@ class Box:
 
     def _start(self) -> None:
         args_fd = _args_memfd(self.plan["bwrap_args"])
+        seccomp_fd = _open_seccomp(self.plan["seccomp"])
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
-        fds = [args_fd, info_w, block_r]
-        argv = [self.plan["bwrap"], "--args", str(args_fd), "--info-fd", str(info_w)]
+        fds = [args_fd, seccomp_fd, info_w, block_r]
+        argv = [self.plan["bwrap"], "--args", str(args_fd), "--seccomp", str(seccomp_fd)]
+        argv += ["--info-fd", str(info_w)]
         argv += ["--block-fd", str(block_r), "--", *self.plan["command"]]
         try:
             self.proc = subprocess.Popen(
@@ -149,6 +151,13 @@ def _args_memfd(args: list[str]) -> int:
     os.write(fd, b"".join(a.encode() + b"\0" for a in args))
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
+
+
+def _open_seccomp(path: str) -> int:
+    """The box's compiled seccomp filter (built by the provider, see seccomp.py), for bwrap's
+    ``--seccomp FD``. It lives in the sandbox's folder, out of the box's reach; a link planted
+    there is refused rather than followed."""
+    return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
 def _read_child_pid(info_r: int) -> int | None:
