@@ -149,6 +149,19 @@ def copy_in(
     return walk.report
 
 
+def ensure_folder(trusted: Path, name: str) -> None:
+    """Make ``trusted/name`` a real folder again: a link or file the box left there (while it
+    could write ``trusted``) is removed, never followed. For a stopped box, before it boots."""
+    with _fd(os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as base:
+        fd = _make_dir(base, name)
+        if fd is None:
+            os.unlink(name, dir_fd=base)
+            fd = _make_dir(base, name)
+        if fd is None:
+            raise PathDenied(f"{trusted / name} keeps coming back as a non-folder", op="start")
+        os.close(fd)
+
+
 class _Walk:
     """One copy's state: the caps, what was copied and what was left out."""
 

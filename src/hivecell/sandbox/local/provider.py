@@ -32,10 +32,11 @@ from hivecell.errors import (
     SandboxNotFound,
     Timeout,
 )
+from hivecell.sandbox import transfer
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
-from hivecell.sandbox.local import bwrap, bytecode, etcfiles, hostfilter, limits, state
-from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
+from hivecell.sandbox.local import bwrap, bytecode, etcfiles, freeze, hostfilter, limits, state
+from hivecell.sandbox.local.layout import SHARED_FOLDERS, SUPERVISOR_MODULE, Layout
 from hivecell.sandbox.local.limits import LimitPlan, LimitsUnavailable
 from hivecell.sandbox.local.pyruntime import PythonRuntime
 from hivecell.sandbox.local.state import SandboxMeta
@@ -117,6 +118,11 @@ class LocalProvider:
     async def list(self) -> list[SandboxInfo]:
         return await to_thread.run_sync(self._list_sync)
 
+    async def freeze(self, sandbox_id: str, frozen: bool) -> bool:
+        """SIGSTOP / SIGCONT every process of the box (not its supervisor)."""
+        layout, meta = await self._load(sandbox_id)
+        return await to_thread.run_sync(_freeze, layout, meta.supervisor_pid, frozen)
+
     # --- creating and starting -----------------------------------------------------------------
     def _prepare(self, spec: SandboxSpec) -> tuple[Layout, SandboxMeta]:
         _require_tools(spec)
@@ -165,6 +171,8 @@ class LocalProvider:
         spec = meta.info.spec
         _require_tools(spec)
         _require_host_filter(spec)
+        for folder in SHARED_FOLDERS:  # a link the box left there must not be bound at boot
+            transfer.ensure_folder(layout.shared, folder)
         plan = self._plan(layout, spec)
         layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)
@@ -190,7 +198,9 @@ class LocalProvider:
             "nft": hostfilter.find_nft(),
             "network": spec.network,
             "limits": plan.to_json(),
-            "bwrap_args": bwrap.build(layout, self.runtime, self._pycache()),
+            "bwrap_args": bwrap.build(
+                layout, self.runtime, self._pycache(), inbox_writable=spec.inbox_writable
+            ),
             "command": bwrap.boot_command(spec, self.runtime, plan),
         }
 
@@ -280,6 +290,13 @@ class LocalProvider:
             if meta is not None:
                 found.append(state.current(layout, meta))
         return sorted(found, key=lambda info: info.created_at)
+
+
+def _freeze(layout: Layout, pid: int | None, frozen: bool) -> bool:
+    if pid is None or not state.supervisor_alive(layout, pid):
+        return False
+    (freeze.stop if frozen else freeze.resume)(pid)
+    return True
 
 
 def _start_supervisor(layout: Layout) -> int:
