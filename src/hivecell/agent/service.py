@@ -195,7 +195,7 @@ class TaskService:
                     continue  # the prompt already listed the inbox files
                 await trace.record(
                     outcome.steps,
-                    StepKind.OBSERVATION,
+                    StepKind.TRANSFER,
                     tool=f"transfer.{folder}",
                     text=f"{folder}: {report.summary()}",
                     result=report.model_dump(mode="json"),
