@@ -25,8 +25,9 @@ from hivecell.sandbox.local.provider import LocalProvider
 from hivecell.sandbox.transfer import TransferLimits, copy_out
 from hivecell.store import TaskStore, default_database_url
 from hivecell.trace import TraceReader
-from tests.agent.helpers import act, call, finish, provider_config
+from tests.agent.helpers import act, call, finish, provider_config, tool_results
 from tests.sandbox.host import sh_out, shell
+from tests.server.helpers import serve, write_provider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 SECRET = "host-secret-9b2e"
@@ -263,3 +264,43 @@ async def test_inbox_copy_into_a_box_that_swapped_its_inbox_for_a_link(
         assert list(target.iterdir()) == [] and await anyio.Path(inbox / "y").is_file()
     finally:
         await provider.destroy(info.id)
+
+
+async def test_through_the_api_a_planted_outbox_link_downloads_nothing(home: Path) -> None:
+    """The issue's attack end to end: the task's model links the outbox to the host's /etc."""
+    attack = "touch /shared/inbox/mine; rmdir /shared/outbox && ln -s /etc /shared/outbox"
+    steps = [act(call("run_shell", command=attack)), *finish("linked")]
+    async with ScriptedLLMServer(steps) as llm:
+        write_provider(home, llm.base_url)
+        async with serve(home) as running:
+            body = {"description": "link the outbox", "max_steps": 5}
+            response = await running.post("/tasks", json=body)
+            assert response.status_code == 201, response.text
+            task_id = response.json()["id"]
+            done = await running.wait_for(task_id, lambda t: t["status"] == "completed", 120)
+            assert done["artifacts"] == []
+            listing = (await running.get(f"/tasks/{task_id}/artifacts")).json()
+            assert listing["items"] == []
+            assert listing["transfer"]["skipped"] == [
+                {"path": ".", "reason": "symlink", "detail": "outbox is a symlink, not a folder"}
+            ]
+            for name in ("passwd", "shadow", "hostname"):
+                download = await running.get(f"/tasks/{task_id}/artifacts/{name}")
+                assert download.status_code == 404, name
+            trace = (await running.get(f"/tasks/{task_id}/trace")).json()["steps"]
+            assert trace[-1]["kind"] == "transfer" and trace[-1]["error"] == "1 left out"
+    touched = tool_results(llm.chat_requests[1])[0]
+    assert "Read-only file system" in touched["stderr"]  # the inbox is read-only by default
+
+
+async def test_through_the_api_inbox_writable_is_per_task(home: Path) -> None:
+    steps = [act(call("run_shell", command="touch /shared/inbox/mine")), *finish("touched")]
+    async with ScriptedLLMServer(steps) as llm:
+        write_provider(home, llm.base_url)
+        async with serve(home) as running:
+            body = {"description": "write the inbox", "max_steps": 5, "inbox_writable": True}
+            response = await running.post("/tasks", json=body)
+            assert response.status_code == 201, response.text
+            task_id = response.json()["id"]
+            await running.wait_for(task_id, lambda t: t["status"] == "completed", 120)
+    assert tool_results(llm.chat_requests[1])[0]["exit_code"] == 0
