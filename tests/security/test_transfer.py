@@ -17,7 +17,13 @@ from pathlib import Path
 import pytest
 
 from hivecell.errors import NotFound, PathDenied
-from hivecell.sandbox.transfer import TransferLimits, TransferReport, copy_in, copy_out
+from hivecell.sandbox.transfer import (
+    TransferLimits,
+    TransferReport,
+    copy_in,
+    copy_out,
+    ensure_folder,
+)
 
 SECRET = b"host-secret-4f1c\n"
 
@@ -293,3 +299,17 @@ def test_copy_in_remakes_a_removed_inbox_and_checks_sources(shared: Path, tmp_pa
     assert (shared / "inbox" / "a.txt").read_text() == "a"
     with pytest.raises(NotFound):
         copy_in([tmp_path / "missing"], shared, "inbox")
+
+
+def test_ensure_folder_removes_a_planted_link_without_following_it(
+    shared: Path, secret: Path
+) -> None:
+    (shared / "inbox").rmdir()
+    (shared / "inbox").symlink_to(secret.parent)
+    ensure_folder(shared, "inbox")
+    assert (shared / "inbox").is_dir() and not (shared / "inbox").is_symlink()
+    assert [p.name for p in secret.parent.iterdir()] == ["shadow"]
+    (shared / "inbox").rmdir()
+    (shared / "inbox").write_text("a file")
+    ensure_folder(shared, "inbox")
+    assert (shared / "inbox").is_dir()

@@ -36,7 +36,7 @@ from hivecell.sandbox import transfer
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local import bwrap, bytecode, etcfiles, freeze, hostfilter, limits, state
-from hivecell.sandbox.local.layout import SHARED_FOLDERS, SUPERVISOR_MODULE, Layout
+from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
 from hivecell.sandbox.local.limits import LimitPlan, LimitsUnavailable
 from hivecell.sandbox.local.pyruntime import PythonRuntime
 from hivecell.sandbox.local.state import SandboxMeta
@@ -171,8 +171,10 @@ class LocalProvider:
         spec = meta.info.spec
         _require_tools(spec)
         _require_host_filter(spec)
-        for folder in SHARED_FOLDERS:  # a link the box left there must not be bound at boot
-            transfer.ensure_folder(layout.shared, folder)
+        # bwrap binds shared/inbox by its host path: a link the box left there must not be
+        # followed at boot (a read-only inbox is a mount point the box cannot replace; a
+        # writable one can be replaced while the box runs).
+        transfer.ensure_folder(layout.shared, "inbox")
         plan = self._plan(layout, spec)
         layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)
