@@ -24,6 +24,7 @@ from hivecell.sandbox.transfer import (
     copy_out,
     ensure_folder,
 )
+from hivecell.sandbox.unixsock import connect_unix_nofollow
 
 SECRET = b"host-secret-4f1c\n"
 
@@ -313,3 +314,21 @@ def test_ensure_folder_removes_a_planted_link_without_following_it(
     (shared / "inbox").write_text("a file")
     ensure_folder(shared, "inbox")
     assert (shared / "inbox").is_dir()
+
+
+@pytest.mark.anyio
+async def test_unix_connect_refuses_links_and_non_sockets(tmp_path: Path) -> None:
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(tmp_path / "real.sock"))
+    listener.listen()
+    (tmp_path / "link.sock").symlink_to(tmp_path / "real.sock")
+    (tmp_path / "file.sock").write_text("")
+    try:
+        stream = await connect_unix_nofollow(tmp_path / "real.sock")
+        await stream.aclose()
+        with pytest.raises(OSError, match="symbolic link"):
+            await connect_unix_nofollow(tmp_path / "link.sock")
+        with pytest.raises(OSError, match="not a socket"):
+            await connect_unix_nofollow(tmp_path / "file.sock")
+    finally:
+        listener.close()

@@ -8,6 +8,7 @@ or straight through the guest; the host's task service, transfer code and provid
 from __future__ import annotations
 
 import json
+import socket
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 from hivecell.agent.llm import LLMClient
 from hivecell.agent.llm.scripted import ScriptedLLMServer
 from hivecell.agent.service import TRANSFER_FILE, TaskRequest, TaskResult, TaskService
-from hivecell.errors import PathDenied
+from hivecell.errors import GuestUnavailable, PathDenied
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.local import freeze
 from hivecell.sandbox.local.provider import LocalProvider
@@ -304,3 +305,32 @@ async def test_through_the_api_inbox_writable_is_per_task(home: Path) -> None:
             task_id = response.json()["id"]
             await running.wait_for(task_id, lambda t: t["status"] == "completed", 120)
     assert tool_results(llm.chat_requests[1])[0]["exit_code"] == 0
+
+
+async def test_guest_socket_swapped_for_a_link_to_a_host_socket_is_not_followed(
+    provider: LocalProvider, home: Path
+) -> None:
+    host_socket = home / "host-only" / "service.sock"
+    host_socket.parent.mkdir()
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(host_socket))
+    listener.listen()
+    listener.setblocking(False)
+    info = await provider.create(SandboxSpec())
+    assert info.guest_socket is not None and info.endpoint == f"unix:{info.guest_socket}"
+    try:
+        async with await provider.connect(info.id) as guest:
+            await sh_out(
+                guest,
+                f"ln -s {host_socket} /run/hivecell/.l && mv -T /run/hivecell/.l"
+                " /run/hivecell/guest.sock",
+            )
+        client = await provider.connect(info.id)
+        with pytest.raises(GuestUnavailable, match="symbolic link"):
+            async with client:
+                pass
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody ever connected to the host's service
+    finally:
+        listener.close()
+        await provider.destroy(info.id)

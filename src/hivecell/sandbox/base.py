@@ -50,6 +50,9 @@ class SandboxInfo(BaseModel):
         description="guest agent address: unix:/path, tcp:host:port or serial:/path"
     )
     shared_dir: str = Field(description="host folder mounted at /shared inside the sandbox")
+    guest_socket: str | None = Field(
+        None, description="host path of the guest agent's unix socket, if it has one"
+    )
     vnc_endpoint: str | None = None
     detail: str = ""
 

@@ -140,6 +140,7 @@ class LocalProvider:
             created_at=time.time(),
             endpoint=f"unix:{layout.guest_socket}",
             shared_dir=str(layout.shared),
+            guest_socket=str(layout.guest_socket),
             vnc_endpoint=f"unix:{layout.vnc_socket}",
         )
         meta = SandboxMeta(info=info)
