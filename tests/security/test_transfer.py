@@ -332,3 +332,9 @@ async def test_unix_connect_refuses_links_and_non_sockets(tmp_path: Path) -> Non
             await connect_unix_nofollow(tmp_path / "file.sock")
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("folder", ["../host-etc", "/etc", "outbox/../..", ""])
+def test_the_untrusted_part_only_goes_down(shared: Path, tmp_path: Path, folder: str) -> None:
+    with pytest.raises(PathDenied):
+        copy_out(shared, folder, tmp_path / "out")

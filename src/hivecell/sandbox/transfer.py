@@ -176,8 +176,11 @@ class _Walk:
     # --- walking the source ---------------------------------------------------------------
     def open_dir_chain(self, base: int, untrusted: str) -> int | None:
         """An fd of ``base/untrusted`` opened one no-follow component at a time, or None."""
+        parts = PurePosixPath(untrusted).parts
+        if not parts or any(part in ("/", ".", "..") for part in parts):
+            raise PathDenied(f"{untrusted!r} must be a relative path going down", op="copy_out")
         current = os.dup(base)
-        for part in PurePosixPath(untrusted).parts:
+        for part in parts:
             try:
                 with _fd(os.open(part, _PATH, dir_fd=current)) as fd:
                     kind = _kind(os.fstat(fd).st_mode)
