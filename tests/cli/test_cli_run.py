@@ -136,7 +136,8 @@ def assert_trace_complete(trace_dir: Path, *, clicked_inside: tuple[int, int, in
     assert isinstance(click.result, dict)
     left, top, right, bottom = clicked_inside  # scale 1: screenshot px are screen px
     assert left < int(str(click.result["x"])) < right and top < int(str(click.result["y"])) < bottom
-    assert steps[-1].kind == "status" and steps[-1].result == {
+    assert steps[-1].kind == "transfer" and steps[-1].tool == "transfer.outbox"
+    assert [s for s in steps if s.kind == "status"][-1].result == {
         "status": "completed",
         "summary": "Copied the input and typed into xterm.",
     }

@@ -8,10 +8,9 @@ changes and forwards them to the caller's (async) event handler.
 from __future__ import annotations
 
 import math
-import shutil
 import time
-from collections.abc import Awaitable, Callable
-from contextlib import suppress
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,14 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic import BaseModel, ConfigDict, Field
 
 from hivecell.agent.runner import ChatModel, Outcome, RunSettings, TaskRunner
+from hivecell.sandbox import transfer
 from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxProvider, SandboxSpec
+from hivecell.sandbox.transfer import TransferLimits, TransferReport
 from hivecell.store import InvalidTransition, TaskRecord, TaskSettings, TaskStore
-from hivecell.trace import TraceWriter
+from hivecell.trace import StepKind, TraceWriter
+from hivecell.trace.files import write_atomically
+
+TRANSFER_FILE = "transfer.json"  # in the trace folder: what the outbox collection left out
 
 EventHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -38,6 +42,16 @@ class TaskRequest(BaseModel):
     output_dir: Path | None = None
     keep_sandbox: bool = False
     sandbox_id: str | None = Field(None, description="reuse a running sandbox (warm start)")
+    owns_sandbox: bool = Field(
+        False,
+        description="the sandbox in sandbox_id was made for this task alone (the server's "
+        "task manager): it is stopped, not frozen, before the outbox is collected",
+    )
+    inbox_writable: bool = Field(
+        False,
+        description="a new sandbox's /shared/inbox is writable inside it (default read-only); "
+        "a reused sandbox keeps its own setting",
+    )
 
 
 class TaskResult(BaseModel):
@@ -54,6 +68,7 @@ class TaskResult(BaseModel):
     completion_tokens: int
     cost_usd: float
     duration_s: float
+    transfer: TransferReport | None = Field(None, description="what the outbox copy left out")
 
 
 class TaskService:
@@ -66,8 +81,11 @@ class TaskService:
         llm: ChatModel,
         model: str = "",
         provider_name: str = "",
+        transfer_limits: TransferLimits | None = None,
     ) -> None:
+        """``transfer_limits``: caps on each inbox and outbox copy (default 1 GiB, 10 000 files)."""
         self._home = home
+        self._limits = transfer_limits or TransferLimits()
         self._provider = provider
         self._store = store
         self._llm = llm
@@ -116,27 +134,87 @@ class TaskService:
     ) -> TaskResult:
         started = time.perf_counter()
         info = await self._sandbox(request)
+        # Ours alone to stop: made here and not kept, or made for this task by the caller.
+        owned = (request.sandbox_id is None and not request.keep_sandbox) or request.owns_sandbox
         try:
             await self._store.update(record.id, sandbox_id=info.id, status="running")
             inbox = await anyio.to_thread.run_sync(
-                _copy_inbox, request.files, Path(info.shared_dir)
+                transfer.copy_in, request.files, Path(info.shared_dir), "inbox", self._limits
             )
-            outcome = await self._run_loop(record, request, info, inbox, on_event, on_runner)
-            artifacts = await anyio.to_thread.run_sync(
-                _collect_outbox, Path(info.shared_dir), Path(str(record.output_dir))
-            )
+            names = [f"/shared/inbox/{name}" for name in inbox.copied]
+            outcome = await self._run_loop(record, request, info, names, on_event, on_runner)
+            report = await self._collect(info, record, owned=owned)
         finally:
             if not request.keep_sandbox and request.sandbox_id is None:
                 with anyio.CancelScope(shield=True):
                     await self._provider.destroy(info.id)
-        return await self._save(record, outcome, artifacts, info, time.perf_counter() - started)
+        await self._record_transfer(record, outcome, inbox, report)
+        return await self._save(record, outcome, report, info, time.perf_counter() - started)
+
+    async def _collect(
+        self, info: SandboxInfo, record: TaskRecord, *, owned: bool
+    ) -> TransferReport:
+        """Copy the outbox from a box that cannot change it meanwhile: a task's own sandbox is
+        stopped first, a reused one frozen for the copy (the no-follow walk is safe either way;
+        this makes it a consistent snapshot)."""
+        async with self._quiet(info, owned=owned):
+            return await anyio.to_thread.run_sync(
+                transfer.copy_out,
+                Path(info.shared_dir),
+                "outbox",
+                Path(str(record.output_dir)),
+                self._limits,
+            )
+
+    @asynccontextmanager
+    async def _quiet(self, info: SandboxInfo, *, owned: bool) -> AsyncIterator[None]:
+        if owned:
+            await self._provider.stop(info.id)
+            yield
+            return
+        frozen = await self._provider.freeze(info.id, True)
+        try:
+            yield
+        finally:
+            if frozen:
+                with anyio.CancelScope(shield=True):
+                    await self._provider.freeze(info.id, False)
+
+    async def _record_transfer(
+        self,
+        record: TaskRecord,
+        outcome: Outcome,
+        inbox: TransferReport,
+        outbox: TransferReport,
+    ) -> None:
+        """Say in the trace (and ``transfer.json``) what was copied and what was left out."""
+        trace_dir = Path(str(record.trace_dir))
+        async with TraceWriter(trace_dir) as trace:
+            for folder, report in (("inbox", inbox), ("outbox", outbox)):
+                if folder == "inbox" and not report.skipped_count:
+                    continue  # the prompt already listed the inbox files
+                await trace.record(
+                    outcome.steps,
+                    StepKind.TRANSFER,
+                    tool=f"transfer.{folder}",
+                    text=f"{folder}: {report.summary()}",
+                    result=report.model_dump(mode="json"),
+                    error=f"{report.skipped_count} left out" if report.skipped_count else None,
+                )
+        data = outbox.model_dump_json(indent=1).encode()
+        await anyio.to_thread.run_sync(write_atomically, trace_dir / TRANSFER_FILE, data)
 
     async def _sandbox(self, request: TaskRequest) -> SandboxInfo:
         if request.sandbox_id is not None:
             return await self._provider.info(request.sandbox_id)
         width, height = request.resolution
         return await self._provider.create(
-            SandboxSpec(width=width, height=height, network=request.network)
+            SandboxSpec(
+                width=width,
+                height=height,
+                network=request.network,
+                inbox_writable=request.inbox_writable,
+            )
         )
 
     async def _run_loop(
@@ -191,11 +269,12 @@ class TaskService:
         self,
         record: TaskRecord,
         outcome: Outcome,
-        artifacts: list[str],
+        report: TransferReport,
         info: SandboxInfo,
         duration_s: float,
     ) -> TaskResult:
         usage = outcome.usage
+        artifacts = report.copied
         saved = await self._store.update(
             record.id,
             status=outcome.status,
@@ -222,6 +301,7 @@ class TaskService:
             completion_tokens=usage.completion_tokens,
             cost_usd=usage.cost_usd,
             duration_s=round(duration_s, 3),
+            transfer=report,
         )
 
 
@@ -233,32 +313,3 @@ def _settings(request: TaskRequest) -> TaskSettings:
         network=request.network,
         disabled_tools=list(s.disabled_tools),
     )
-
-
-def _copy_inbox(files: list[Path], shared: Path) -> list[str]:
-    """Copy input files into /shared/inbox; returns the names the agent will see."""
-    names = []
-    for source in files:
-        if not source.is_file():
-            from hivecell.errors import NotFound
-
-            raise NotFound(
-                f"input file {source} does not exist", op="run", context={"file": str(source)}
-            )
-        shutil.copy2(source, shared / "inbox" / source.name)
-        names.append(f"/shared/inbox/{source.name}")
-    return names
-
-
-def _collect_outbox(shared: Path, output_dir: Path) -> list[str]:
-    """Copy everything in /shared/outbox to the task's output folder; returns relative paths."""
-    outbox = shared / "outbox"
-    output_dir.mkdir(parents=True, exist_ok=True)
-    artifacts = []
-    for path in sorted(outbox.rglob("*")):
-        if path.is_file() and not path.is_symlink():
-            relative = path.relative_to(outbox)
-            (output_dir / relative).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, output_dir / relative)
-            artifacts.append(str(relative))
-    return artifacts

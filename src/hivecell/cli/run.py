@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hivecell.agent.llm import ProviderConfig
     from hivecell.agent.runner import RunSettings
     from hivecell.agent.service import TaskRequest, TaskResult
+    from hivecell.sandbox.transfer import TransferLimits
 
 # The model client, store and agent are imported inside the commands: together they take
 # seconds to import, and every other hivecell command would pay for them.
@@ -52,6 +53,15 @@ def run_task(
     ] = None,
     output_dir: Annotated[Path | None, typer.Option(help="where outbox files go")] = None,
     keep: Annotated[bool, typer.Option(help="keep the sandbox afterwards")] = False,
+    inbox_writable: Annotated[
+        bool, typer.Option(help="let the sandbox write to /shared/inbox (default read-only)")
+    ] = False,
+    transfer_max_bytes: Annotated[
+        int, typer.Option(min=0, help="cap on bytes copied into the inbox / out of the outbox")
+    ] = 1024**3,
+    transfer_max_files: Annotated[
+        int, typer.Option(min=0, help="cap on files copied into the inbox / out of the outbox")
+    ] = 10_000,
     as_json: Annotated[bool, typer.Option("--json", help="print a final JSON object")] = False,
     home: Path | None = HomeOption,
 ) -> None:
@@ -59,6 +69,7 @@ def run_task(
     if network not in ("offline", "nat"):
         raise typer.BadParameter(f"--network {network!r}: use offline or nat")
     from hivecell.agent.service import TaskRequest
+    from hivecell.sandbox.transfer import TransferLimits
 
     root = resolve_home(home)
     config = run(_provider, llm, model, base_url, api_key, root)
@@ -73,8 +84,10 @@ def run_task(
         ),
         output_dir=output_dir,
         keep_sandbox=keep,
+        inbox_writable=inbox_writable,
     )
-    result = run(_run, root, config, request)
+    limits = TransferLimits(max_bytes=transfer_max_bytes, max_files=transfer_max_files)
+    result = run(_run, root, config, request, limits)
     _report(result, as_json)
     raise typer.Exit(0 if result.success else 1)
 
@@ -112,7 +125,9 @@ async def _provider(
     )
 
 
-async def _run(home: Path, config: ProviderConfig, request: TaskRequest) -> TaskResult:
+async def _run(
+    home: Path, config: ProviderConfig, request: TaskRequest, limits: TransferLimits
+) -> TaskResult:
     from hivecell.agent.llm import LLMClient
     from hivecell.agent.service import TaskService
     from hivecell.cli.live import LiveConsole
@@ -129,6 +144,7 @@ async def _run(home: Path, config: ProviderConfig, request: TaskRequest) -> Task
             llm=client,
             model=config.model,
             provider_name=config.name,
+            transfer_limits=limits,
         )
         record = await service.create(request)
         live.console.print(f"task {record.id}: {request.description}")
@@ -154,4 +170,9 @@ def _report(result: TaskResult, as_json: bool) -> None:
     )
     for name in result.artifacts:
         out.print(f"  output: {Path(result.output_dir) / name}", highlight=False)
+    report = result.transfer
+    if report is not None and report.skipped_count:
+        out.print(f"  [yellow]outbox: {report.summary()}[/yellow]", highlight=False)
+        for skipped in report.skipped:
+            out.print(f"    left out {skipped.path}: {skipped.reason}", highlight=False)
     out.print(f"  trace:  {result.trace_dir}", highlight=False)

@@ -34,6 +34,9 @@ def create(
     memory_mb: Annotated[int, typer.Option(help="memory limit in MiB")] = 4096,
     max_pids: Annotated[int, typer.Option(help="process limit")] = 1024,
     glx: Annotated[bool, typer.Option(help="enable OpenGL (GLX) for apps that need it")] = False,
+    inbox_writable: Annotated[
+        bool, typer.Option(help="let the sandbox write to /shared/inbox (default read-only)")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON object")] = False,
     home: Path | None = HomeOption,
 ) -> None:
@@ -43,7 +46,13 @@ def create(
     width, height = parse_resolution(resolution)
     mode: NetworkMode = "nat" if network == "nat" else "offline"
     spec = SandboxSpec(
-        width=width, height=height, network=mode, memory_mb=memory_mb, max_pids=max_pids, glx=glx
+        width=width,
+        height=height,
+        network=mode,
+        memory_mb=memory_mb,
+        max_pids=max_pids,
+        glx=glx,
+        inbox_writable=inbox_writable,
     )
     started = time.perf_counter()
     info = run(provider(home=home).create, spec)

@@ -35,6 +35,12 @@ def up(
     api_only: Annotated[
         bool, typer.Option("--api-only", help="serve the API without the UI")
     ] = False,
+    transfer_max_bytes: Annotated[
+        int, typer.Option(min=0, help="cap on bytes copied into an inbox / out of an outbox")
+    ] = 1024**3,
+    transfer_max_files: Annotated[
+        int, typer.Option(min=0, help="cap on files copied into an inbox / out of an outbox")
+    ] = 10_000,
     home: Path | None = HomeOption,
 ) -> None:
     """Start the server; prints the login link (it carries the token)."""
@@ -60,6 +66,8 @@ def up(
         token=None if no_auth else load_or_create_token(root),
         max_concurrent=max_concurrent,
         ui=not api_only,
+        transfer_max_bytes=transfer_max_bytes,
+        transfer_max_files=transfer_max_files,
     )
     sock = _bind(host, port)
     run(_serve, config, sock, host)

@@ -33,6 +33,9 @@ class SandboxSpec(BaseModel):
         description="GLX (software OpenGL) for apps that need it; costs ~55 MB per sandbox",
     )
     name: str | None = Field(None, max_length=64)
+    inbox_writable: bool = Field(
+        False, description="/shared/inbox writable inside the box (default: read-only)"
+    )
 
 
 class SandboxInfo(BaseModel):
@@ -47,6 +50,9 @@ class SandboxInfo(BaseModel):
         description="guest agent address: unix:/path, tcp:host:port or serial:/path"
     )
     shared_dir: str = Field(description="host folder mounted at /shared inside the sandbox")
+    guest_socket: str | None = Field(
+        None, description="host path of the guest agent's unix socket, if it has one"
+    )
     vnc_endpoint: str | None = None
     detail: str = ""
 
@@ -76,3 +82,8 @@ class SandboxProvider(Protocol):
     async def info(self, sandbox_id: str) -> SandboxInfo: ...
 
     async def list(self) -> list[SandboxInfo]: ...
+
+    async def freeze(self, sandbox_id: str, frozen: bool) -> bool:
+        """Pause (``True``) or resume (``False``) every process of a running sandbox, so the
+        host can copy from it consistently; ``False`` when it cannot (then nothing changed)."""
+        ...

@@ -15,7 +15,6 @@ import itertools
 import json
 import time
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -24,6 +23,7 @@ from anyio.abc import ByteStream, TaskGroup
 
 from hivecell.errors import Cancelled, ConfigError, GuestUnavailable, Timeout, from_wire
 from hivecell.protocol.framing import FrameReader, FrameWriter, Oversized
+from hivecell.sandbox.unixsock import connect_unix_nofollow
 
 HEARTBEAT_INTERVAL = 2.0
 DEFAULT_TIMEOUT = 120.0
@@ -210,7 +210,7 @@ async def _open(endpoint: str) -> ByteStream:
     kind, _, where = endpoint.partition(":")
     try:
         if kind == "unix":
-            return await anyio.connect_unix(Path(where))
+            return await connect_unix_nofollow(where)  # the box can write its socket's folder
         if kind == "tcp":
             host, _, port = where.rpartition(":")
             return await anyio.connect_tcp(host, int(port))

@@ -50,6 +50,7 @@ class AsyncSandbox:
         memory_mb: int | None = 4096,
         max_pids: int | None = 1024,
         glx: bool = False,
+        inbox_writable: bool = False,
         home: str | Path | None = None,
     ) -> AsyncSandbox:
         """Create a sandbox (not yet connected: use ``async with``)."""
@@ -61,6 +62,7 @@ class AsyncSandbox:
             memory_mb=memory_mb,
             max_pids=max_pids,
             glx=glx,
+            inbox_writable=inbox_writable,
         )
         return cls(await backend.create(spec), backend, owned=True)
 

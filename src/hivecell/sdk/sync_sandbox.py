@@ -104,6 +104,7 @@ class Sandbox(_Blocking):
         memory_mb: int | None = 4096,
         max_pids: int | None = 1024,
         glx: bool = False,
+        inbox_writable: bool = False,
         home: str | Path | None = None,
     ) -> Sandbox:
         """Create and connect a sandbox; it is destroyed by ``kill()`` or leaving ``with``."""
@@ -115,6 +116,7 @@ class Sandbox(_Blocking):
             memory_mb=memory_mb,
             max_pids=max_pids,
             glx=glx,
+            inbox_writable=inbox_writable,
             home=home,
         )
         return cls._open(factory)

@@ -166,6 +166,7 @@ class TaskManager:
             network=job.request.network,
             memory_mb=defaults.memory_mb,
             name=SANDBOX_PREFIX + job.id,
+            inbox_writable=job.request.inbox_writable,
         )
         # Shielded: a cancel during boot must not leave a half-made sandbox behind.
         with anyio.CancelScope(shield=True):
@@ -176,7 +177,8 @@ class TaskManager:
         return info
 
     async def _run_service(self, job: Job, info: SandboxInfo) -> None:
-        request = job.request.model_copy(update={"sandbox_id": info.id})
+        # The sandbox is this task's alone: the service stops it before collecting the outbox.
+        request = job.request.model_copy(update={"sandbox_id": info.id, "owns_sandbox": True})
         await job.service.run(
             job.record,
             request,

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hivecell.errors import ConfigError
 from hivecell.sandbox.base import NetworkMode
+from hivecell.sandbox.transfer import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, TransferLimits
 from hivecell.server import configfile
 
 
@@ -27,6 +28,13 @@ class ServerConfig:
     max_concurrent: int | None = None  # overrides the saved preference for this run
     sandbox_provider: str = "local"
     ui: bool = True  # run the installers (dashboard); off: the API alone
+    # Caps on each copy into a task's inbox and out of its outbox (hivecell up --transfer-max-*).
+    transfer_max_bytes: int = DEFAULT_MAX_BYTES
+    transfer_max_files: int = DEFAULT_MAX_FILES
+
+    @property
+    def transfer_limits(self) -> TransferLimits:
+        return TransferLimits(max_bytes=self.transfer_max_bytes, max_files=self.transfer_max_files)
 
     @property
     def config_path(self) -> Path:

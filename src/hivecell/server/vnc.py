@@ -27,6 +27,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from hivecell.errors import HivecellError
 from hivecell.sandbox.base import SandboxProvider
+from hivecell.sandbox.unixsock import connect_unix_nofollow
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,7 @@ async def relay(websocket: WebSocket, endpoint: str, *, view_only: bool) -> int:
     if kind != "unix":
         return CLOSE_UNAVAILABLE
     try:
-        stream = await anyio.connect_unix(path)
+        stream = await connect_unix_nofollow(path)  # the box can write its socket's folder
     except OSError:
         return CLOSE_UNAVAILABLE
     code = CLOSE_NORMAL

@@ -21,6 +21,7 @@ class StepKind(StrEnum):
     USER = "user"
     STATUS = "status"
     ERROR = "error"
+    TRANSFER = "transfer"  # after the run: what the outbox copy took and left out
 
 
 class Tokens(BaseModel):

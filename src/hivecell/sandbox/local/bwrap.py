@@ -30,7 +30,9 @@ BOOT_MODULE = "hivecell.guest.boot"
 PYCACHE = "/opt/hivecell/pycache"
 
 
-def build(layout: Layout, runtime: PythonRuntime, pycache: Path) -> list[str]:
+def build(
+    layout: Layout, runtime: PythonRuntime, pycache: Path, *, inbox_writable: bool = False
+) -> list[str]:
     """bwrap's options, without the program name, the supervisor's fd options and the command.
 
     The supervisor passes these through ``--args FD`` so host paths never show in the box's
@@ -40,7 +42,7 @@ def build(layout: Layout, runtime: PythonRuntime, pycache: Path) -> list[str]:
     args += _system_mounts()
     args += _bind_all("--ro-bind", etcfiles.binds(layout))
     args += _bind_all("--ro-bind", [*runtime.binds, (str(pycache), PYCACHE)])
-    args += _sandbox_mounts(layout)
+    args += _sandbox_mounts(layout, inbox_writable)
     args += ["--chdir", etcfiles.SANDBOX_HOME, "--clearenv"]
     for key, value in environment(runtime).items():
         args += ["--setenv", key, value]
@@ -72,10 +74,13 @@ def _system_mounts() -> list[str]:
     return args
 
 
-def _sandbox_mounts(layout: Layout) -> list[str]:
+def _sandbox_mounts(layout: Layout, inbox_writable: bool = False) -> list[str]:
+    # A read-only inbox is also a mount point, which the box cannot rename or replace.
+    inbox = [] if inbox_writable else ["--ro-bind", str(layout.shared / "inbox"), "/shared/inbox"]
     return [
         "--bind", str(layout.home), etcfiles.SANDBOX_HOME,
         "--bind", str(layout.shared), "/shared",
+        *inbox,
         "--bind", str(layout.run), "/run/hivecell",
     ]  # fmt: skip
 

@@ -32,9 +32,19 @@ from hivecell.errors import (
     SandboxNotFound,
     Timeout,
 )
+from hivecell.sandbox import transfer
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
-from hivecell.sandbox.local import bwrap, bytecode, etcfiles, hostfilter, limits, seccomp, state
+from hivecell.sandbox.local import (
+    bwrap,
+    bytecode,
+    etcfiles,
+    freeze,
+    hostfilter,
+    limits,
+    seccomp,
+    state,
+)
 from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
 from hivecell.sandbox.local.limits import LimitPlan, LimitsUnavailable
 from hivecell.sandbox.local.pyruntime import PythonRuntime
@@ -117,6 +127,11 @@ class LocalProvider:
     async def list(self) -> list[SandboxInfo]:
         return await to_thread.run_sync(self._list_sync)
 
+    async def freeze(self, sandbox_id: str, frozen: bool) -> bool:
+        """SIGSTOP / SIGCONT every process of the box (not its supervisor)."""
+        layout, meta = await self._load(sandbox_id)
+        return await to_thread.run_sync(_freeze, layout, meta.supervisor_pid, frozen)
+
     # --- creating and starting -----------------------------------------------------------------
     def _prepare(self, spec: SandboxSpec) -> tuple[Layout, SandboxMeta]:
         _require_tools(spec)
@@ -135,6 +150,7 @@ class LocalProvider:
             created_at=time.time(),
             endpoint=f"unix:{layout.guest_socket}",
             shared_dir=str(layout.shared),
+            guest_socket=str(layout.guest_socket),
             vnc_endpoint=f"unix:{layout.vnc_socket}",
         )
         meta = SandboxMeta(info=info)
@@ -166,6 +182,10 @@ class LocalProvider:
         spec = meta.info.spec
         _require_tools(spec)
         _require_host_filter(spec)
+        # bwrap binds shared/inbox by its host path: a link the box left there must not be
+        # followed at boot (a read-only inbox is a mount point the box cannot replace; a
+        # writable one can be replaced while the box runs).
+        transfer.ensure_folder(layout.shared, "inbox")
         plan = self._plan(layout, spec)
         _write_seccomp(layout)
         layout.plan.write_text(json.dumps(plan))
@@ -193,7 +213,9 @@ class LocalProvider:
             "network": spec.network,
             "seccomp": str(layout.seccomp),
             "limits": plan.to_json(),
-            "bwrap_args": bwrap.build(layout, self.runtime, self._pycache()),
+            "bwrap_args": bwrap.build(
+                layout, self.runtime, self._pycache(), inbox_writable=spec.inbox_writable
+            ),
             "command": bwrap.boot_command(spec, self.runtime, plan),
         }
 
@@ -283,6 +305,13 @@ class LocalProvider:
             if meta is not None:
                 found.append(state.current(layout, meta))
         return sorted(found, key=lambda info: info.created_at)
+
+
+def _freeze(layout: Layout, pid: int | None, frozen: bool) -> bool:
+    if pid is None or not state.supervisor_alive(layout, pid):
+        return False
+    (freeze.stop if frozen else freeze.resume)(pid)
+    return True
 
 
 def _start_supervisor(layout: Layout) -> int:

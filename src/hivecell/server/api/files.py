@@ -9,7 +9,9 @@ import anyio
 from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
 
+from hivecell.agent.service import TRANSFER_FILE
 from hivecell.errors import NotFound, PathDenied
+from hivecell.sandbox.transfer import TransferReport
 from hivecell.server.api.deps import AUTH, State
 from hivecell.store import TaskRecord
 from hivecell.trace import TraceReader, export_html, export_json, export_markdown
@@ -52,7 +54,8 @@ async def screenshot(task_id: str, name: str, state: State) -> Response:
 async def artifacts(task_id: str, state: State) -> dict[str, Any]:
     record = await state.store.get(task_id)
     items = await anyio.to_thread.run_sync(_list_outputs, record)
-    return {"task_id": task_id, "items": items}
+    transfer = await anyio.to_thread.run_sync(_transfer_report, record)
+    return {"task_id": task_id, "items": items, "transfer": transfer}
 
 
 @router.get("/tasks/{task_id}/artifacts/{name:path}", response_class=FileResponse)
@@ -83,6 +86,17 @@ def _read_screenshot(trace_dir: Path, name: str) -> bytes | None:
     if not trace_dir.is_dir():
         return None
     return TraceReader(trace_dir).screenshot(name)  # only bare recorded names are served
+
+
+def _transfer_report(record: TaskRecord) -> dict[str, Any] | None:
+    """What collecting the outbox copied and left out (None before it ran)."""
+    if not record.trace_dir:
+        return None
+    try:
+        data = (Path(record.trace_dir) / TRANSFER_FILE).read_bytes()
+    except OSError:
+        return None
+    return TransferReport.model_validate_json(data).model_dump(mode="json")
 
 
 def _output_dir(record: TaskRecord) -> Path:

@@ -39,6 +39,7 @@ class TaskCreate(BaseModel):
     timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
     network: Literal["offline", "nat"] | None = None
     disabled_tools: list[str] = Field(default_factory=list)
+    inbox_writable: bool = Field(False, description="/shared/inbox writable inside the sandbox")
 
 
 async def create_task(request: Request, state: ServerState) -> TaskRecord:
@@ -55,6 +56,7 @@ async def create_task(request: Request, state: ServerState) -> TaskRecord:
             llm=client,
             model=llm.model,
             provider_name=llm.name,
+            transfer_limits=state.config.transfer_limits,
         )
         record = await service.create(task_request)
         record = await _place_outputs(state, record)
@@ -134,6 +136,7 @@ def _task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
         settings=settings,
         network=body.network or prefs.sandbox.network,
         resolution=(prefs.sandbox.width, prefs.sandbox.height),
+        inbox_writable=body.inbox_writable,
     )
 
 

@@ -25,6 +25,7 @@ class SandboxCreate(BaseModel):
     network: NetworkMode | None = None
     memory_mb: int | None = Field(None, ge=64)
     name: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
+    inbox_writable: bool | None = Field(None, description="/shared/inbox writable inside")
 
 
 @router.get("/sandboxes")

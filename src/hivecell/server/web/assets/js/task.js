@@ -45,6 +45,16 @@ function renderHead(task) {
   $("#task-summary").textContent = summary || "";
 }
 
+// What collecting the outbox left out (links, fifos, caps...): said, never hidden.
+function renderLeftOut(transfer) {
+  const note = $("#outputs-left-out");
+  note.hidden = !transfer || transfer.skipped_count === 0;
+  if (note.hidden) return;
+  const shown = transfer.skipped.map((s) => `${s.path} (${s.reason})`).join(", ");
+  const more = transfer.skipped_count - transfer.skipped.length;
+  note.textContent = `Left out of the outbox: ${shown}${more > 0 ? ` and ${more} more` : ""}.`;
+}
+
 function renderFiles(items) {
   replace($("#outputs"), items.map((file) =>
     h("li", {}, h("a", { href: `${API}${base}/artifacts/${file.name.split("/").map(encodeURIComponent).join("/")}`,
@@ -140,6 +150,7 @@ async function load() {
   renderHead(task);
   renderSteps(trace.steps);
   renderFiles(files.items);
+  renderLeftOut(files.transfer);
 }
 
 let pending = null;
