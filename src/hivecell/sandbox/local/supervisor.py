@@ -8,6 +8,7 @@ does. SIGTERM stops the box. Stdlib only, so it starts in a few milliseconds.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -15,17 +16,19 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hivecell.sandbox.local import limits, network
+from hivecell.sandbox.local import disk, limits, network
 from hivecell.sandbox.local.hostfilter import HostFilter
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.limits import LimitPlan
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FILTER_CHECK_SECONDS = 2.0  # how long a flushed host filter may stay missing
+DISK_CHECK_SECONDS = 2.0  # how often the ``watch`` disk cap is measured (no loop mounts)
 
 
 def log(message: str) -> None:
@@ -44,6 +47,7 @@ class Box:
         self.child_pid: int | None = None
         self.network: network.Network | None = None
         self.stopping = False
+        self.failure: str | None = None  # why the supervisor stopped the box itself
 
     def run(self) -> int:
         try:
@@ -99,16 +103,42 @@ class Box:
             os.close(block_w)
 
     def _wait(self) -> None:
-        """Until the box exits; a ``nat`` box's host filter is checked meanwhile."""
+        """Until the box exits; a ``nat`` box's host filter and a ``watch`` disk cap are
+        checked meanwhile."""
         assert self.proc is not None
-        if self.network is not None:
+        checks = self._periodic_checks()
+        if checks:
             pidfd = os.pidfd_open(self.proc.pid)
+            interval = min(FILTER_CHECK_SECONDS, DISK_CHECK_SECONDS)
             try:
-                while not select.select([pidfd], [], [], FILTER_CHECK_SECONDS)[0]:
-                    self._check_filter(self.network)
+                while not select.select([pidfd], [], [], interval)[0]:
+                    for check in checks:
+                        check()
             finally:
                 os.close(pidfd)
         self.proc.wait()
+
+    def _periodic_checks(self) -> list[Callable[[], None]]:
+        checks: list[Callable[[], None]] = []
+        if self.network is not None:
+            checks.append(functools.partial(self._check_filter, self.network))
+        watch = self.plan.get("disk", {})
+        if watch.get("mode") == "watch":
+            checks.append(
+                functools.partial(self._check_disk, Path(watch["folder"]), watch["cap_bytes"])
+            )
+        return checks
+
+    def _check_disk(self, folder: Path, cap: int) -> None:
+        """No loop mount here: measure, and stop the box once it is over its cap."""
+        used = disk.usage(folder)
+        if used > cap and self.failure is None:
+            self.failure = (
+                f"disk cap exceeded: the sandbox wrote {used >> 20} MiB, over its "
+                f"{cap >> 20} MiB (disk_mb); free space in it or raise disk_mb"
+            )
+            log(f"stopping the box: {self.failure}")
+            self._kill()
 
     def _check_filter(self, net: network.Network) -> None:
         try:
@@ -139,7 +169,10 @@ class Box:
         left = limits.cleanup(self.limits)
         if left:
             log(f"could not remove cgroups {left}")
-        _record_exit(self.layout, code, self.stopping)
+        if self.failure is not None:
+            _record_failure(self.layout, self.failure, code)
+        else:
+            _record_exit(self.layout, code, self.stopping)
         return code
 
 
@@ -173,6 +206,13 @@ def _record_exit(layout: Layout, code: int, stopped: bool) -> None:
     try:
         layout.record_exit(status, detail, code)
     except OSError as exc:  # the folder was removed under a running box
+        log(f"cannot record the exit: {exc}")
+
+
+def _record_failure(layout: Layout, reason: str, code: int) -> None:
+    try:
+        layout.record_exit("error", reason, code)
+    except OSError as exc:
         log(f"cannot record the exit: {exc}")
 
 
