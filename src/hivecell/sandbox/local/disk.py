@@ -28,7 +28,7 @@ from pathlib import Path
 
 from hivecell.sandbox.local.layout import Layout
 
-MODES = ("image", "watch", "none")
+BACKENDS = ("auto", "image", "watch")  # auto: image when possible, else watch
 MKFS_OPTIONS = [
     "-q", "-F", "-t", "ext4",
     "-m", "0",  # no blocks reserved for root: the cap is what the box gets
@@ -44,12 +44,17 @@ class DiskError(OSError):
     """The image could not be made, mounted or released; the message says why."""
 
 
-def mode(cap_bytes: int | None) -> str:
-    """How a cap of ``cap_bytes`` is enforced on this host."""
+def mode(cap_bytes: int | None, backend: str = "auto") -> str:
+    """How a cap of ``cap_bytes`` is enforced on this host: image, watch or none."""
     if cap_bytes is None:
         return "none"
-    if os.geteuid() == 0 and all(shutil.which(tool) for tool in TOOLS):
+    if backend == "watch":
+        return "watch"
+    why = why_not_image()
+    if not why:
         return "image"
+    if backend == "image":
+        raise DiskError(f"disk backend 'image' is unavailable: {why}; use disk backend 'auto'")
     return "watch"
 
 
@@ -61,9 +66,9 @@ def why_not_image() -> str:
     return f"missing {', '.join(missing)} (apt install e2fsprogs mount)" if missing else ""
 
 
-def prepare(layout: Layout, cap_bytes: int | None) -> str:
+def prepare(layout: Layout, cap_bytes: int | None, backend: str = "auto") -> str:
     """Make ``layout.disk`` (an empty capped filesystem, or a folder); returns the mode."""
-    chosen = mode(cap_bytes)
+    chosen = mode(cap_bytes, backend)
     layout.disk.mkdir(mode=0o755)
     if chosen == "image":
         assert cap_bytes is not None

@@ -57,14 +57,20 @@ class LocalProvider:
         limits_backend: str = "auto",
         boot_timeout: float = 20.0,
         pycache: Path | None = None,
+        disk_backend: str = "auto",
     ) -> None:
         """``pycache``: where the guest's bytecode is compiled (default ``home/pycache``);
-        providers with different homes may share one."""
+        providers with different homes may share one. ``disk_backend``: how ``disk_mb`` is
+        enforced (see disk.py): auto, image (root) or watch."""
         if limits_backend not in limits.BACKENDS:
             choices = ", ".join(limits.BACKENDS)
             raise ConfigError(f"unknown limits backend {limits_backend!r}; use one of {choices}")
+        if disk_backend not in disk.BACKENDS:
+            choices = ", ".join(disk.BACKENDS)
+            raise ConfigError(f"unknown disk backend {disk_backend!r}; use one of {choices}")
         self.home = Path(home)
         self.limits_backend = limits_backend
+        self.disk_backend = disk_backend
         self.boot_timeout = boot_timeout
         self.pycache = pycache or self.home / "pycache"
         self._runtime: PythonRuntime | None = None
@@ -124,7 +130,7 @@ class LocalProvider:
         self._limits(spec, "probe")  # refuse impossible limits before making folders
         layout = self._new_layout()
         try:
-            _prepare_disk(layout, spec)
+            _prepare_disk(layout, spec, self.disk_backend)
             for folder in layout.writable_dirs():
                 folder.mkdir(parents=True, exist_ok=True)
             etcfiles.write(layout, layout.sandbox_id, spec.network)
@@ -402,9 +408,9 @@ def _disk_cap(spec: SandboxSpec) -> int | None:
     return spec.disk_mb << 20 if spec.disk_mb is not None else None
 
 
-def _prepare_disk(layout: Layout, spec: SandboxSpec) -> None:
+def _prepare_disk(layout: Layout, spec: SandboxSpec, backend: str) -> None:
     try:
-        disk.prepare(layout, _disk_cap(spec))
+        disk.prepare(layout, _disk_cap(spec), backend)
     except disk.DiskError as exc:
         raise SandboxError(
             f"{exc}; or create the sandbox with disk_mb=None (no disk cap)",
