@@ -6,12 +6,13 @@ import importlib.util
 import shutil
 import subprocess
 from dataclasses import dataclass
-from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from hivecell.cli.common import out
+from hivecell.sandbox.base import SandboxSpec
+from hivecell.sandbox.local import disk, limits
 
 
 @dataclass(frozen=True)
@@ -91,12 +92,20 @@ def _check_namespaces(table: Table) -> None:
 
 
 def _check_limits(table: Table) -> None:
-    v2 = Path("/sys/fs/cgroup/cgroup.controllers")
-    v1 = Path("/sys/fs/cgroup/memory")
-    if v2.exists():
-        detail = "cgroups v2"
-    elif v1.is_dir():
-        detail = "cgroups v1 (memory, pids)"
+    """What a sandbox with the default limits gets here (the planner only reads files)."""
+    defaults = SandboxSpec()
+    memory = defaults.memory_mb << 20 if defaults.memory_mb else None
+    try:
+        planned = limits.plan(memory, defaults.max_pids, "probe", cpus=defaults.cpus)
+    except limits.LimitsUnavailable as exc:
+        table.add_row("resource limits", "[red]no process cap[/red]", str(exc))
     else:
-        detail = "rlimits only (no writable cgroups)"
-    table.add_row("resource limits", "[green]ok[/green]", detail)
+        partial = limits.UNENFORCED in planned.describe() or planned.memory == "rlimit"
+        status = "[yellow]partial[/yellow]" if partial else "[green]ok[/green]"
+        table.add_row("resource limits", status, planned.describe())
+    why = disk.why_not_image()
+    if why:
+        detail = f"watch ({why}): a box over disk_mb is stopped, files over it refused"
+        table.add_row("disk cap", "[yellow]partial[/yellow]", detail)
+    else:
+        table.add_row("disk cap", "[green]ok[/green]", "image: ext4 loop mount, ENOSPC at disk_mb")

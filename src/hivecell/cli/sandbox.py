@@ -33,6 +33,9 @@ def create(
     resolution: Annotated[str, typer.Option(help="WIDTHxHEIGHT")] = "1280x800",
     memory_mb: Annotated[int, typer.Option(help="memory limit in MiB")] = 4096,
     max_pids: Annotated[int, typer.Option(help="process limit")] = 1024,
+    cpus: Annotated[float, typer.Option(help="CPU ceiling (a limit, not a reservation)")] = 2.0,
+    disk_mb: Annotated[int, typer.Option(help="size cap on home + /shared, in MiB")] = 4096,
+    tmpfs_mb: Annotated[int, typer.Option(help="size of /tmp, /var/tmp, /dev/shm each")] = 1024,
     glx: Annotated[bool, typer.Option(help="enable OpenGL (GLX) for apps that need it")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON object")] = False,
     home: Path | None = HomeOption,
@@ -43,7 +46,15 @@ def create(
     width, height = parse_resolution(resolution)
     mode: NetworkMode = "nat" if network == "nat" else "offline"
     spec = SandboxSpec(
-        width=width, height=height, network=mode, memory_mb=memory_mb, max_pids=max_pids, glx=glx
+        width=width,
+        height=height,
+        network=mode,
+        memory_mb=memory_mb,
+        max_pids=max_pids,
+        cpus=cpus,
+        disk_mb=disk_mb,
+        tmpfs_mb=tmpfs_mb,
+        glx=glx,
     )
     started = time.perf_counter()
     info = run(provider(home=home).create, spec)
