@@ -36,6 +36,7 @@ def test_v2_uses_a_hivecell_subtree_of_our_own_cgroup(tmp_path: Path) -> None:
         (str(cgroup / "memory.swap.max?"), "0"),
         (str(cgroup / "pids.max"), "100"),
         (str(cgroup / "cpu.max"), "150000 100000"),  # a ceiling of 1.5 CPUs
+        (str(cgroup / "cpu.weight"), "150"),  # and the weight of 1.5 default processes
     ]
 
 
@@ -54,13 +55,16 @@ def test_v2_never_falls_back_to_the_hierarchy_root(tmp_path: Path) -> None:
 def test_setup_creates_the_subtree_and_enables_controllers_on_the_way(tmp_path: Path) -> None:
     found = _v2_tree(tmp_path, own="svc", own_procs="", root_subtree="memory pids cpu")
     result = plan(None, 64, "sb-5", hierarchies=found, cpus=2.0)
-    for level in ("svc", "svc/hivecell"):  # a real cgroupfs makes these on mkdir
+    for level in ("svc", "svc/hivecell", "svc/hivecell/sb-4"):  # cgroupfs makes these files
         (tmp_path / level).mkdir(exist_ok=True)
         (tmp_path / level / "cgroup.subtree_control").write_text("")
+        (tmp_path / level / "cpu.weight").write_text("100\n")
     setup(result)
     assert (tmp_path / "svc/cgroup.subtree_control").read_text() == "+cpu +pids"
     assert (tmp_path / "svc/hivecell/cgroup.subtree_control").read_text() == "+cpu +pids"
     assert (tmp_path / "svc/hivecell/sb-5/cpu.max").read_text() == "200000 100000"
+    # The subtree competes with its siblings as one: it weighs as much as its boxes together.
+    assert (tmp_path / "svc/hivecell/cpu.weight").read_text() == "300"
 
 
 def test_v1_hybrid_uses_each_controllers_hierarchy(tmp_path: Path) -> None:
@@ -91,6 +95,7 @@ def test_v1_cpu_ceiling_uses_the_cfs_quota(tmp_path: Path) -> None:
     assert result.settings == [
         (str(cgroup / "cpu.cfs_period_us"), "100000"),
         (str(cgroup / "cpu.cfs_quota_us"), "50000"),
+        (str(cgroup / "cpu.shares"), "512"),
     ]
 
 

@@ -23,7 +23,7 @@ from anyio import to_thread
 
 from hivecell.sandbox.base import SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
-from hivecell.sandbox.local import disk, state
+from hivecell.sandbox.local import disk, state, supervisor
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.provider import LocalProvider
 from tests.sandbox.conftest import short_tmp
@@ -220,6 +220,20 @@ async def test_without_loop_mounts_a_box_over_its_cap_is_stopped(home: Path, pyc
         assert current.detail.startswith("disk cap exceeded: the sandbox wrote")
     finally:
         await provider.destroy(info.id)
+
+
+async def test_the_box_cannot_fill_the_host_through_its_log(provider: LocalProvider) -> None:
+    # Every process in the box inherits bwrap's stdout/stderr, which was sandbox.log on the
+    # host: reachable as /proc/1/fd/1 (pid 1 belongs to the box's user).
+    info = await provider.create(SandboxSpec())
+    log = Layout.of(provider.home, info.id).log
+    async with await provider.connect(info.id) as guest:
+        targets = await shell(guest, "readlink /proc/[0-9]*/fd/[12]")
+        assert str(log) not in targets["stdout"]  # not even its host path shows
+        flood = "for fd in 1 2; do head -c 48M /dev/zero > /proc/1/fd/$fd; done; echo done"
+        assert (await shell(guest, flood, timeout=120))["stdout"] == "done\n"
+        assert (await guest.call("ping"))["pong"] is True
+    assert log.stat().st_size < supervisor.LOG_CAP_BYTES + MIB
 
 
 # --- CPU ------------------------------------------------------------------------------------

@@ -38,6 +38,7 @@ MKFS_OPTIONS = [
 MOUNT_OPTIONS = "loop,nosuid,nodev,noatime,noinit_itable"
 MOUNTINFO = Path("/proc/self/mountinfo")
 TOOLS = ("mkfs.ext4", "mount", "umount")
+LOOP_CONTROL = "/dev/loop-control"
 
 
 class DiskError(OSError):
@@ -62,6 +63,8 @@ def why_not_image() -> str:
     """Why this host cannot use the ``image`` mode ("" if it can), for errors and doctor."""
     if os.geteuid() != 0:
         return "loop mounts need root"
+    if not os.access(LOOP_CONTROL, os.R_OK | os.W_OK):
+        return f"no usable {LOOP_CONTROL} (a container without loop devices?)"
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     return f"missing {', '.join(missing)} (apt install e2fsprogs mount)" if missing else ""
 

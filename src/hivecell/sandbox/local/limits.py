@@ -174,7 +174,11 @@ def _v2_settings(cg: Path, controller: str, value: int) -> list[tuple[str, str]]
     if controller == "pids":
         return [(str(cg / "pids.max"), str(value))]
     if controller == "cpu":  # a ceiling ("quota period"), not a reservation
-        return [(str(cg / "cpu.max"), f"{value} {CPU_PERIOD_US}")]
+        weight = min(max(round(value / CPU_PERIOD_US * 100), 1), 10_000)  # default 100 = 1 CPU
+        return [
+            (str(cg / "cpu.max"), f"{value} {CPU_PERIOD_US}"),
+            (str(cg / "cpu.weight"), str(weight)),
+        ]
     # Without this the kernel pushes the excess to swap instead of enforcing the limit.
     return [(str(cg / "memory.max"), str(value)), (str(cg / "memory.swap.max?"), "0")]
 
@@ -183,9 +187,11 @@ def _v1_settings(cg: Path, controller: str, value: int) -> list[tuple[str, str]]
     if controller == "pids":
         return [(str(cg / "pids.max"), str(value))]
     if controller == "cpu":
+        shares = min(max(round(value / CPU_PERIOD_US * 1024), 2), 262_144)  # 1024 = 1 CPU
         return [
             (str(cg / "cpu.cfs_period_us"), str(CPU_PERIOD_US)),
             (str(cg / "cpu.cfs_quota_us"), str(value)),
+            (str(cg / "cpu.shares"), str(shares)),
         ]
     # memsw may never be below limit_in_bytes, so it goes second; absent without swap accounting.
     return [
@@ -301,6 +307,7 @@ def setup(limits: LimitPlan) -> None:
         if optional and not path.exists():
             continue
         path.write_text(value)
+    _rebalance_cpu(limits)
 
 
 def _controllers(limits: LimitPlan, cg: Path) -> set[str]:
@@ -333,7 +340,38 @@ def cleanup(limits: LimitPlan, timeout: float = 5.0) -> list[str]:
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.02)  # the kernel frees a dying pid namespace asynchronously
+    _rebalance_cpu(limits)
     return left
+
+
+# (weight file, its default, its maximum) for cgroup v2 and v1
+_WEIGHTS = (("cpu.weight", 100, 10_000), ("cpu.shares", 1024, 262_144))
+
+
+def _rebalance_cpu(limits: LimitPlan) -> None:
+    """Give the hivecell cgroup the sum of its boxes' CPU weights.
+
+    The scheduler weighs a cgroup against its siblings as one: with the default weight all
+    boxes together would get the share of a single process on a busy host (and boot slowly),
+    while each box's weight (1 CPU = the default) makes N boxes weigh like N VMs of their
+    size. Best effort, last writer wins: a box starting meanwhile is counted at the next start
+    or stop."""
+    subtrees = {Path(f).parent.parent for f, _ in limits.settings if Path(f).name in _NAMES}
+    for subtree in subtrees:
+        for name, default, maximum in _WEIGHTS:
+            if (subtree / name).exists():
+                _write_weight(subtree, name, default, maximum)
+
+
+_NAMES = {name for name, _, _ in _WEIGHTS}
+
+
+def _write_weight(subtree: Path, name: str, default: int, maximum: int) -> None:
+    try:
+        total = sum(int((c / name).read_text()) for c in subtree.iterdir() if (c / name).is_file())
+        (subtree / name).write_text(str(min(max(total, default), maximum)))
+    except (OSError, ValueError):
+        pass  # a box went away meanwhile; the next start or stop rebalances
 
 
 def _try_rmdir(cg: str) -> bool:

@@ -29,6 +29,21 @@ from hivecell.sandbox.local.limits import LimitPlan
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FILTER_CHECK_SECONDS = 2.0  # how long a flushed host filter may stay missing
 DISK_CHECK_SECONDS = 2.0  # how often the ``watch`` disk cap is measured (no loop mounts)
+LOG_CAP_BYTES = 16 << 20  # per run: what the box (and we) may add to sandbox.log
+# Copies stdin to stdout up to a byte count, then drops the rest until EOF: writers never
+# see EPIPE, and stop signals for the supervisor's group leave it reading to the end.
+COPIER = """
+import os, signal, sys
+for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+    signal.signal(getattr(signal, name), signal.SIG_IGN)
+left = int(sys.argv[1])
+while chunk := os.read(0, 65536):
+    if left > 0:
+        os.write(1, chunk[:left])
+        left -= len(chunk)
+        if left <= 0:
+            os.write(1, b"\\n[hivecell] sandbox.log cap reached; dropping further output\\n")
+"""
 
 
 def log(message: str) -> None:
@@ -225,11 +240,31 @@ def detach(pid_fd: int) -> None:
     os.close(pid_fd)
 
 
+def cap_output(limit: int) -> None:
+    """Route our stdout/stderr, which bwrap and every process in the box inherit, through a
+    copier that writes at most ``limit`` bytes to the log. Without it the box fills the host
+    disk by writing to /proc/1/fd/1 (bwrap's, owned by the box's user), which also showed it
+    the log's host path."""
+    read_fd, write_fd = os.pipe()
+    try:
+        subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", COPIER, str(limit)],
+            stdin=read_fd,
+            start_new_session=True,  # out of reach of signals sent to our group
+        )
+    finally:
+        os.close(read_fd)
+    for target in (1, 2):
+        os.dup2(write_fd, target)
+    os.close(write_fd)
+
+
 def main(argv: list[str]) -> int:
     """argv: the sandbox folder, then optionally a fd on which to report our pid."""
     layout = Layout(Path(argv[0]).resolve())
     if len(argv) > 1:
         detach(int(argv[1]))
+    cap_output(LOG_CAP_BYTES)
     box = Box(layout, json.loads(layout.plan.read_text()))
     for sig in STOP_SIGNALS:
         signal.signal(sig, box.stop)
