@@ -52,6 +52,23 @@ def test_v2_never_falls_back_to_the_hierarchy_root(tmp_path: Path) -> None:
         plan(GIB, 64, "sb-2", hierarchies=found, box_is_host_root=True)
 
 
+def test_v2_a_delegated_service_subgroup_uses_the_service(tmp_path: Path) -> None:
+    # systemd Delegate=yes + DelegateSubgroup=main: we run in <unit>/main, the unit hands
+    # the controllers down; boxes go to <unit>/hivecell, still inside the unit's limits.
+    unit = "system.slice/hivecell.service"
+    found = _v2_tree(tmp_path, own=f"{unit}/main", own_procs="42\n", root_subtree="memory")
+    (tmp_path / unit / "cgroup.subtree_control").write_text("memory pids\n")
+    result = plan(GIB, 64, "sb-7", hierarchies=found)
+    assert result.cgroups == [str(tmp_path / unit / "hivecell" / "sb-7")]
+    # A login session's scope is not a unit we may leave: refused, as above.
+    scope = _v2_tree(
+        tmp_path / "s", own="user.slice/session-1.scope/x", own_procs="1\n", root_subtree=""
+    )
+    (tmp_path / "s/user.slice/session-1.scope/cgroup.subtree_control").write_text("memory\n")
+    with pytest.raises(LimitsUnavailable, match="holds processes"):
+        plan(GIB, None, "sb-8", backend="cgroup2", hierarchies=scope)
+
+
 def test_setup_creates_the_subtree_and_enables_controllers_on_the_way(tmp_path: Path) -> None:
     found = _v2_tree(tmp_path, own="svc", own_procs="", root_subtree="memory pids cpu")
     result = plan(None, 64, "sb-5", hierarchies=found, cpus=2.0)

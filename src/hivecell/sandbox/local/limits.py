@@ -263,8 +263,25 @@ class Hierarchies:
             if mount.fstype == "cgroup2" and own is not None:
                 parent = mount.folder(own)
                 why = _v2_cannot_delegate(parent, controller, is_root=parent == Path(mount.point))
-                return (None, why) if why else (parent, "")
+                if not why:
+                    return parent, ""
+                unit = _delegating_unit(parent, controller)
+                return (unit, "") if unit is not None else (None, why)
         return None, "no cgroup2 hierarchy mounted"
+
+
+def _delegating_unit(own: Path, controller: str) -> Path | None:
+    """The systemd service whose subgroup we run in (``Delegate=yes`` with
+    ``DelegateSubgroup=``): it already hands ``controller`` down, and boxes under it stay
+    inside the unit's limits. Never a slice or scope: that would leave our own limits."""
+    unit = own.parent
+    if not unit.name.endswith(".service"):
+        return None
+    try:
+        enabled = (unit / "cgroup.subtree_control").read_text().split()
+    except OSError:
+        return None
+    return unit if controller in enabled and _writable(unit, unit / SUBTREE) else None
 
 
 def _writable(parent: Path, subtree: Path) -> bool:
