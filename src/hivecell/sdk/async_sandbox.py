@@ -49,6 +49,8 @@ class AsyncSandbox:
         network: NetworkMode = "offline",
         memory_mb: int | None = 4096,
         max_pids: int | None = 1024,
+        cpus: float | None = 2.0,
+        disk_mb: int | None = 4096,
         glx: bool = False,
         home: str | Path | None = None,
     ) -> AsyncSandbox:
@@ -60,6 +62,8 @@ class AsyncSandbox:
             network=network,
             memory_mb=memory_mb,
             max_pids=max_pids,
+            cpus=cpus,
+            disk_mb=disk_mb,
             glx=glx,
         )
         return cls(await backend.create(spec), backend, owned=True)

@@ -103,6 +103,8 @@ class Sandbox(_Blocking):
         network: NetworkMode = "offline",
         memory_mb: int | None = 4096,
         max_pids: int | None = 1024,
+        cpus: float | None = 2.0,
+        disk_mb: int | None = 4096,
         glx: bool = False,
         home: str | Path | None = None,
     ) -> Sandbox:
@@ -114,6 +116,8 @@ class Sandbox(_Blocking):
             network=network,
             memory_mb=memory_mb,
             max_pids=max_pids,
+            cpus=cpus,
+            disk_mb=disk_mb,
             glx=glx,
             home=home,
         )
