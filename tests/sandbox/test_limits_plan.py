@@ -57,7 +57,9 @@ def test_v2_a_delegated_service_subgroup_uses_the_service(tmp_path: Path) -> Non
     # the controllers down; boxes go to <unit>/hivecell, still inside the unit's limits.
     unit = "system.slice/hivecell.service"
     found = _v2_tree(tmp_path, own=f"{unit}/main", own_procs="42\n", root_subtree="memory")
-    (tmp_path / unit / "cgroup.subtree_control").write_text("memory pids\n")
+    for name, text in (("controllers", "memory pids"), ("subtree_control", "memory pids")):
+        (tmp_path / unit / f"cgroup.{name}").write_text(text)
+    (tmp_path / unit / "cgroup.procs").write_text("")
     result = plan(GIB, 64, "sb-7", hierarchies=found)
     assert result.cgroups == [str(tmp_path / unit / "hivecell" / "sb-7")]
     # A login session's scope is not a unit we may leave: refused, as above.

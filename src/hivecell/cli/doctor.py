@@ -6,6 +6,7 @@ import importlib.util
 import shutil
 import subprocess
 from dataclasses import dataclass
+from pathlib import Path
 
 import typer
 from rich.table import Table
@@ -102,7 +103,8 @@ def _check_limits(table: Table) -> None:
     else:
         partial = limits.UNENFORCED in planned.describe() or planned.memory == "rlimit"
         status = "[yellow]partial[/yellow]" if partial else "[green]ok[/green]"
-        table.add_row("resource limits", status, planned.describe())
+        where = f"; cgroups in {Path(planned.cgroups[0]).parent}" if planned.cgroups else ""
+        table.add_row("resource limits", status, planned.describe() + where)
     why = disk.why_not_image()
     if why:
         detail = f"watch ({why}): a box over disk_mb is stopped, files over it refused"

@@ -10,7 +10,8 @@ the provider runs in: the box stays inside whatever limits the host puts on us (
 unit's MemoryMax, a container's pids.max), and all boxes sit in one ``hivecell`` subtree that
 is kept between runs. Never the hierarchy root: cgroup v2 forbids processes in a cgroup that
 delegates controllers, so when ours holds processes (a login session, a service without
-``DelegateSubgroup=``) the cgroup backend is unavailable rather than placed elsewhere.
+``DelegateSubgroup=``) the subtree goes under the nearest enclosing cgroup that can hold it
+(see ``_v2_nearest``), and when only the root could, cgroups are unavailable.
 
 The rlimit fallback is weaker and applied inside the box by ``hivecell.guest.boot``:
 RLIMIT_NPROC counts the sandbox user's tasks (which is what we want) but the kernel never
@@ -261,27 +262,27 @@ class Hierarchies:
         own = self.own.get("")
         for mount in self.mounts:
             if mount.fstype == "cgroup2" and own is not None:
-                parent = mount.folder(own)
-                why = _v2_cannot_delegate(parent, controller, is_root=parent == Path(mount.point))
-                if not why:
-                    return parent, ""
-                unit = _delegating_unit(parent, controller)
-                return (unit, "") if unit is not None else (None, why)
+                return _v2_nearest(mount.folder(own), Path(mount.point), controller)
         return None, "no cgroup2 hierarchy mounted"
 
 
-def _delegating_unit(own: Path, controller: str) -> Path | None:
-    """The systemd service whose subgroup we run in (``Delegate=yes`` with
-    ``DelegateSubgroup=``): it already hands ``controller`` down, and boxes under it stay
-    inside the unit's limits. Never a slice or scope: that would leave our own limits."""
-    unit = own.parent
-    if not unit.name.endswith(".service"):
-        return None
-    try:
-        enabled = (unit / "cgroup.subtree_control").read_text().split()
-    except OSError:
-        return None
-    return unit if controller in enabled and _writable(unit, unit / SUBTREE) else None
+def _v2_nearest(own: Path, root: Path, controller: str) -> tuple[Path | None, str]:
+    """Our own cgroup if it can hand ``controller`` down, else the nearest ancestor that can;
+    never the hierarchy root.
+
+    v2 allows no processes in a cgroup that delegates, and ours usually holds some (a login
+    session's scope, a service without ``DelegateSubgroup=``). The nearest enclosing cgroup
+    that can (the service with ``Delegate=yes`` + ``DelegateSubgroup=``, else the slice) keeps
+    the boxes inside that one's limits, though outside a plain service's own."""
+    why = _v2_cannot_delegate(own, controller, is_root=own == root)
+    if not why:
+        return own, ""
+    for ancestor in own.parents:
+        if ancestor == root or not ancestor.is_relative_to(root):
+            break
+        if not _v2_cannot_delegate(ancestor, controller, is_root=False):
+            return ancestor, ""
+    return None, why
 
 
 def _writable(parent: Path, subtree: Path) -> bool:
