@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -227,6 +228,55 @@ async def test_without_loop_mounts_a_box_over_its_cap_is_stopped(home: Path, pyc
         assert current.detail.startswith("disk cap exceeded: the sandbox wrote")
     finally:
         await provider.destroy(info.id)
+
+
+async def test_without_loop_mounts_hiding_files_from_the_measurement_stops_the_box(
+    home: Path, pycache: Path
+) -> None:
+    provider = LocalProvider(home, pycache=pycache, disk_backend="watch")
+    info = await provider.create(SandboxSpec(disk_mb=32))
+    try:
+        async with await provider.connect(info.id) as guest:
+            await shell(guest, "mkdir /home/user/hidden /shared/workspace/hidden")
+            for path in ("/home/user/hidden/a", "/shared/workspace/hidden/b"):
+                assert await _fill(guest, path, 12) == (12, "none")
+        try:
+            async with await provider.connect(info.id) as guest:  # 24 MiB out of sight
+                await shell(guest, "chmod 000 /home/user/hidden /shared/workspace/hidden")
+                await _fill(guest, "/home/user/c", 12)  # together over the cap
+        except* GuestUnavailable:
+            pass
+        with anyio.fail_after(30):
+            while (current := await provider.info(info.id)).status == "running":  # noqa: ASYNC110 - another process decides
+                await anyio.sleep(0.1)
+        # As root the supervisor reads the folders anyway; as their owner it cannot.
+        reasons = ("disk cap exceeded", "disk cap cannot be measured")
+        assert current.detail.startswith(reasons), current.detail
+    finally:
+        await provider.destroy(info.id)
+
+
+def test_an_unreadable_folder_cannot_hide_from_the_measurement(home: Path) -> None:
+    # What the supervisor sees without root: run the measurement as an unprivileged user.
+    folder = home / "disk"
+    (folder / "hidden").mkdir(parents=True)
+    (folder / "hidden" / "big").write_bytes(b"x" * MIB)
+    (folder / "hidden").chmod(0)
+    home.chmod(0o755)  # /tmp/hc-lim-*: reachable for nobody
+    shutil.chown(folder, "nobody")
+    shutil.chown(folder / "hidden", "nobody")
+    probe = (
+        "import sys; from pathlib import Path; from hivecell.sandbox.local import disk\n"
+        "try:\n    print(disk.usage(Path(sys.argv[1])))\n"
+        "except PermissionError as exc:\n    print('refused', exc.filename)\n"
+    )
+    src = Path(disk.__file__).parents[3]
+    done = subprocess.run(
+        ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-I",
+         "-c", f"import sys; sys.path.insert(0, {str(src)!r})\n{probe}", str(folder)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.split() == ["refused", str(folder / "hidden")]
 
 
 async def test_the_box_cannot_fill_the_host_through_its_log(provider: LocalProvider) -> None:

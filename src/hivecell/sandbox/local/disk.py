@@ -9,9 +9,9 @@ mount cost ~80 ms per create; the fresh image allocates ~2 MB.
 
 ``watch`` (no root, so no loop mounts): ``disk/`` is a plain folder. RLIMIT_FSIZE keeps any one
 file under the cap and the supervisor measures the folder every few seconds, stopping the box
-with "disk cap exceeded" when it is over. Weaker: between two measurements a box can write
-past the cap (bounded by the write speed), and the folder's files count, not filesystem
-metadata.
+with "disk cap exceeded" when it is over (and when the box made a folder unreadable, which
+would hide it). Weaker: between two measurements a box can write past the cap (bounded by
+the write speed), and the folder's files count, not filesystem metadata.
 
 ``none``: no cap was asked for (``disk_mb=None``).
 
@@ -147,14 +147,19 @@ def loop_devices(image: Path) -> list[str]:
 
 
 def usage(folder: Path) -> int:
-    """Bytes the files under ``folder`` take on disk (for the ``watch`` mode)."""
+    """Bytes the files under ``folder`` take on disk (for the ``watch`` mode).
+
+    Raises PermissionError for a folder we cannot list: the box (our own user there) made it
+    unreadable, which would hide what is inside from the measurement."""
     total = 0
     stack = [str(folder)]
     while stack:
         try:
             entries = list(os.scandir(stack.pop()))
+        except PermissionError:
+            raise
         except OSError:
-            continue  # removed meanwhile, or the box made it unreadable
+            continue  # removed meanwhile
         for entry in entries:
             try:
                 info = entry.stat(follow_symlinks=False)

@@ -146,13 +146,21 @@ class Box:
 
     def _check_disk(self, folder: Path, cap: int) -> None:
         """No loop mount here: measure, and stop the box once it is over its cap."""
-        used = disk.usage(folder)
-        if used > cap and self.failure is None:
-            self.failure = (
+        try:
+            used = disk.usage(folder)
+        except PermissionError as exc:  # fail closed: what it hides might be over the cap
+            self._fail(f"disk cap cannot be measured: the sandbox made {exc.filename} unreadable")
+            return
+        if used > cap:
+            self._fail(
                 f"disk cap exceeded: the sandbox wrote {used >> 20} MiB, over its "
                 f"{cap >> 20} MiB (disk_mb); free space in it or raise disk_mb"
             )
-            log(f"stopping the box: {self.failure}")
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+            log(f"stopping the box: {reason}")
             self._kill()
 
     def _check_filter(self, net: network.Network) -> None:
