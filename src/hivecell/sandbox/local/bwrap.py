@@ -124,7 +124,6 @@ def boot_command(spec: SandboxSpec, runtime: PythonRuntime, limits: LimitPlan) -
     if limits.rlimit_data is not None:
         cmd += ["--rlimit-data", str(limits.rlimit_data)]
     if spec.disk_mb is not None:
-        # No single file past the disk cap: what holds it without root (disk.py), and it
-        # bounds sandbox.log, which the box can reach through /proc/1/fd/1.
+        # No single file past the disk cap: part of what holds it without root (disk.py).
         cmd += ["--rlimit-fsize", str(spec.disk_mb << 20)]
     return cmd
