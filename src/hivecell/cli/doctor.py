@@ -17,8 +17,7 @@ from rich.table import Table
 from hivecell.cli.common import HomeOption, out, provider, run
 from hivecell.errors import SandboxError
 from hivecell.sandbox.base import SandboxSpec
-from hivecell.sandbox.local import limits, seccomp
-from hivecell.sandbox.local.limits import LimitsUnavailable
+from hivecell.sandbox.local import disk, limits, seccomp
 
 
 @dataclass(frozen=True)
@@ -147,18 +146,24 @@ def _bwrap_has(option: str) -> bool:
 
 
 def _check_limits(table: Table) -> bool:
-    """What a default sandbox's limits would really use here (the provider's own planner)."""
-    spec = SandboxSpec()
-    memory = spec.memory_mb * 2**20 if spec.memory_mb else None
+    """What a sandbox with the default limits gets here (the provider's own planner)."""
+    defaults = SandboxSpec()
+    memory = defaults.memory_mb << 20 if defaults.memory_mb else None
     try:
-        plan = limits.plan(memory, spec.max_pids, "hivecell-doctor")
-    except (LimitsUnavailable, OSError) as exc:
+        planned = limits.plan(memory, defaults.max_pids, "probe", cpus=defaults.cpus)
+    except (limits.LimitsUnavailable, OSError) as exc:  # create would refuse the same way
         table.add_row("resource limits", "[red]failed[/red]", str(exc))
         return False
-    unenforced = [part for part in plan.describe().split() if part.endswith("=none")]
-    status = "[yellow]partial[/yellow]" if unenforced else "[green]ok[/green]"
-    note = f" (not enforced: {', '.join(unenforced)})" if unenforced else ""
-    table.add_row("resource limits", status, plan.describe() + note)
+    partial = limits.UNENFORCED in planned.describe() or planned.memory == "rlimit"
+    status = "[yellow]partial[/yellow]" if partial else "[green]ok[/green]"
+    where = f"; cgroups in {Path(planned.cgroups[0]).parent}" if planned.cgroups else ""
+    table.add_row("resource limits", status, planned.describe() + where)
+    why = disk.why_not_image()
+    if why:
+        detail = f"watch ({why}): a box over disk_mb is stopped, files over it refused"
+        table.add_row("disk cap", "[yellow]partial[/yellow]", detail)
+    else:
+        table.add_row("disk cap", "[green]ok[/green]", "image: ext4 loop mount, ENOSPC at disk_mb")
     return True
 
 

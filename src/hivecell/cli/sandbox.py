@@ -33,6 +33,9 @@ def create(
     resolution: Annotated[str, typer.Option(help="WIDTHxHEIGHT")] = "1280x800",
     memory_mb: Annotated[int, typer.Option(help="memory limit in MiB")] = 4096,
     max_pids: Annotated[int, typer.Option(help="process limit")] = 1024,
+    cpus: Annotated[float, typer.Option(help="CPU ceiling (a limit, not a reservation)")] = 2.0,
+    disk_mb: Annotated[int, typer.Option(help="size cap on home + /shared, in MiB")] = 4096,
+    tmpfs_mb: Annotated[int, typer.Option(help="size of /tmp, /var/tmp, /dev/shm each")] = 1024,
     glx: Annotated[bool, typer.Option(help="enable OpenGL (GLX) for apps that need it")] = False,
     inbox_writable: Annotated[
         bool, typer.Option(help="let the sandbox write to /shared/inbox (default read-only)")
@@ -51,6 +54,9 @@ def create(
         network=mode,
         memory_mb=memory_mb,
         max_pids=max_pids,
+        cpus=cpus,
+        disk_mb=disk_mb,
+        tmpfs_mb=tmpfs_mb,
         glx=glx,
         inbox_writable=inbox_writable,
     )

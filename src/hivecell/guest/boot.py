@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--network-mode", default="unknown")
     p.add_argument("--rlimit-nproc", type=int, help="process limit when cgroups are unavailable")
     p.add_argument("--rlimit-data", type=int, help="per-process memory limit (bytes), likewise")
+    p.add_argument("--rlimit-fsize", type=int, help="largest file a process may write (bytes)")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     for name in LAUNCHER_ENV:
         os.environ.pop(name, None)
-    apply_rlimits(args.rlimit_nproc, args.rlimit_data)
+    apply_rlimits(args.rlimit_nproc, args.rlimit_data, args.rlimit_fsize)
     make_runtime_dirs()
     xvfb, display_fd = start_xvfb(args.screen, args.glx)
     children = [xvfb]
@@ -89,12 +90,14 @@ def _elapsed_ms() -> float:
     return (time.monotonic() - _STARTED) * 1000
 
 
-def apply_rlimits(nproc: int | None, data: int | None) -> None:
+def apply_rlimits(nproc: int | None, data: int | None, fsize: int | None = None) -> None:
     """Fallback limits; soft == hard so nothing inside can raise them again."""
     if nproc is not None:
         resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
     if data is not None:
         resource.setrlimit(resource.RLIMIT_DATA, (data, data))
+    if fsize is not None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
 
 
 def make_runtime_dirs() -> None:

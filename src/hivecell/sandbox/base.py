@@ -27,6 +27,12 @@ class SandboxSpec(BaseModel):
     network: NetworkMode = "offline"
     memory_mb: int | None = Field(4096, ge=64, description="memory limit; None = unlimited")
     max_pids: int | None = Field(1024, ge=16, description="process limit; None = unlimited")
+    # Resource ceilings (limits, not reservations); see docs/sandbox.md "Limits".
+    cpus: float | None = Field(2.0, gt=0, le=1024, description="CPU ceiling; None = unlimited")
+    disk_mb: int | None = Field(
+        4096, ge=32, description="size cap on home + /shared together; None = uncapped"
+    )
+    tmpfs_mb: int = Field(1024, ge=1, description="size of each of /tmp, /var/tmp, /dev/shm")
     max_file_bytes: int = Field(10 * 1024 * 1024, ge=1024)
     glx: bool = Field(
         False,

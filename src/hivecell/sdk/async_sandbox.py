@@ -49,6 +49,8 @@ class AsyncSandbox:
         network: NetworkMode = "offline",
         memory_mb: int | None = 4096,
         max_pids: int | None = 1024,
+        cpus: float | None = 2.0,
+        disk_mb: int | None = 4096,
         glx: bool = False,
         inbox_writable: bool = False,
         home: str | Path | None = None,
@@ -61,6 +63,8 @@ class AsyncSandbox:
             network=network,
             memory_mb=memory_mb,
             max_pids=max_pids,
+            cpus=cpus,
+            disk_mb=disk_mb,
             glx=glx,
             inbox_writable=inbox_writable,
         )

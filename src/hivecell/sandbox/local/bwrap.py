@@ -28,21 +28,29 @@ XDG_RUNTIME_DIR = "/tmp/xdg-runtime"
 NO_NESTED_USERNS = ("--unshare-user", "--disable-userns")
 BOOT_MODULE = "hivecell.guest.boot"
 PYCACHE = "/opt/hivecell/pycache"
+TMPFS_BYTES = 1 << 30
 
 
 def build(
-    layout: Layout, runtime: PythonRuntime, pycache: Path, *, inbox_writable: bool = False
+    layout: Layout,
+    runtime: PythonRuntime,
+    pycache: Path,
+    *,
+    inbox_writable: bool = False,
+    tmpfs_bytes: int = TMPFS_BYTES,
 ) -> list[str]:
     """bwrap's options, without the program name, the supervisor's fd options and the command.
 
     The supervisor passes these through ``--args FD`` so host paths never show in the box's
     /proc/1/cmdline; bwrap only reads options from there, the command stays on its argv.
+    ``tmpfs_bytes``: the size of each scratch tmpfs (/tmp, /var/tmp, /dev/shm).
     """
     args = [*_namespaces(layout.sandbox_id), *NO_NESTED_USERNS]
-    args += _system_mounts()
+    args += _system_mounts(tmpfs_bytes)
     args += _bind_all("--ro-bind", etcfiles.binds(layout))
     args += _bind_all("--ro-bind", [*runtime.binds, (str(pycache), PYCACHE)])
     args += _sandbox_mounts(layout, inbox_writable)
+    args += _read_only_roots()
     args += ["--chdir", etcfiles.SANDBOX_HOME, "--clearenv"]
     for key, value in environment(runtime).items():
         args += ["--setenv", key, value]
@@ -57,7 +65,7 @@ def _namespaces(sandbox_id: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _system_mounts() -> list[str]:
+def _system_mounts(tmpfs_bytes: int) -> list[str]:
     args = ["--ro-bind", "/usr", "/usr"]
     for name in TOP_LEVEL:
         path = Path("/", name)
@@ -67,7 +75,9 @@ def _system_mounts() -> list[str]:
             args += ["--ro-bind", str(path), str(path)]
     args += ["--proc", "/proc", "--dev", "/dev"]
     for scratch in ("/dev/shm", "/tmp", "/var/tmp"):
-        args += ["--perms", "1777", "--tmpfs", scratch]  # sticky, world-writable as usual
+        # sticky, world-writable as usual; sized, else a box fills host RAM when memory falls
+        # back to rlimits (with a memory cgroup, tmpfs pages count toward it as well)
+        args += ["--size", str(tmpfs_bytes), "--perms", "1777", "--tmpfs", scratch]
     args += ["--symlink", "../run", "/var/run"]
     for extra in HOST_EXTRAS:
         args += ["--ro-bind-try", extra, extra]
@@ -83,6 +93,13 @@ def _sandbox_mounts(layout: Layout, inbox_writable: bool = False) -> list[str]:
         *inbox,
         "--bind", str(layout.run), "/run/hivecell",
     ]  # fmt: skip
+
+
+def _read_only_roots() -> list[str]:
+    """bwrap's own tmpfs for / and /dev cannot be sized and are writable by the box's user
+    (up to half the host's RAM each): once every mount is in place, make them read-only.
+    Last, since later mounts would need to create their mount points there."""
+    return ["--remount-ro", "/dev", "--remount-ro", "/"]
 
 
 def _bind_all(option: str, pairs: list[tuple[str, str]]) -> list[str]:
@@ -121,4 +138,7 @@ def boot_command(spec: SandboxSpec, runtime: PythonRuntime, limits: LimitPlan) -
         cmd += ["--rlimit-nproc", str(limits.rlimit_nproc)]
     if limits.rlimit_data is not None:
         cmd += ["--rlimit-data", str(limits.rlimit_data)]
+    if spec.disk_mb is not None:
+        # No single file past the disk cap: part of what holds it without root (disk.py).
+        cmd += ["--rlimit-fsize", str(spec.disk_mb << 20)]
     return cmd

@@ -9,9 +9,11 @@ Stdlib only, and no dataclasses (importing them costs the supervisor ~10 ms).
         exit.json        how the last run ended (written by the supervisor)
         sandbox.log      supervisor, bwrap, slirp4netns, Xvfb and guest output
         etc/             passwd, group, hosts, ... bound read-only over the sandbox's /etc
-        home/            /home/user
-        shared/          /shared (inbox, outbox, workspace)
-        run/             /run/hivecell (guest.sock, vnc.sock)
+        disk.img         the size-capped filesystem mounted on disk/ (as root; see disk.py)
+        disk/            everything the box can write on host disk, under one cap:
+            home/        /home/user
+            shared/      /shared (inbox, outbox, workspace)
+            run/         /run/hivecell (guest.sock, vnc.sock)
 """
 
 from __future__ import annotations
@@ -70,16 +72,24 @@ class Layout:
         return self.root / "etc"
 
     @property
+    def disk_image(self) -> Path:
+        return self.root / "disk.img"
+
+    @property
+    def disk(self) -> Path:
+        return self.root / "disk"
+
+    @property
     def home(self) -> Path:
-        return self.root / "home"
+        return self.disk / "home"
 
     @property
     def shared(self) -> Path:
-        return self.root / "shared"
+        return self.disk / "shared"
 
     @property
     def run(self) -> Path:
-        return self.root / "run"
+        return self.disk / "run"
 
     @property
     def guest_socket(self) -> Path:

@@ -38,6 +38,7 @@ from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local import (
     bwrap,
     bytecode,
+    disk,
     etcfiles,
     freeze,
     hostfilter,
@@ -67,14 +68,20 @@ class LocalProvider:
         limits_backend: str = "auto",
         boot_timeout: float = 20.0,
         pycache: Path | None = None,
+        disk_backend: str = "auto",
     ) -> None:
         """``pycache``: where the guest's bytecode is compiled (default ``home/pycache``);
-        providers with different homes may share one."""
+        providers with different homes may share one. ``disk_backend``: how ``disk_mb`` is
+        enforced (see disk.py): auto, image (root) or watch."""
         if limits_backend not in limits.BACKENDS:
             choices = ", ".join(limits.BACKENDS)
             raise ConfigError(f"unknown limits backend {limits_backend!r}; use one of {choices}")
+        if disk_backend not in disk.BACKENDS:
+            choices = ", ".join(disk.BACKENDS)
+            raise ConfigError(f"unknown disk backend {disk_backend!r}; use one of {choices}")
         self.home = Path(home)
         self.limits_backend = limits_backend
+        self.disk_backend = disk_backend
         self.boot_timeout = boot_timeout
         self.pycache = pycache or self.home / "pycache"
         self._runtime: PythonRuntime | None = None
@@ -137,11 +144,16 @@ class LocalProvider:
         _require_tools(spec)
         _require_host_filter(spec)
         _require_seccomp()
-        self._limits(spec, "hivecell-probe")  # refuse impossible limits before making folders
+        self._limits(spec, "probe")  # refuse impossible limits before making folders
         layout = self._new_layout()
-        for folder in layout.writable_dirs():
-            folder.mkdir(parents=True, exist_ok=True)
-        etcfiles.write(layout, layout.sandbox_id, spec.network)
+        try:
+            _prepare_disk(layout, spec, self.disk_backend)
+            for folder in layout.writable_dirs():
+                folder.mkdir(parents=True, exist_ok=True)
+            etcfiles.write(layout, layout.sandbox_id, spec.network)
+        except BaseException:
+            _discard(layout)  # nobody learns the id: no folder or mount may stay behind
+            raise
         info = SandboxInfo(
             id=layout.sandbox_id,
             provider=self.name,
@@ -182,6 +194,7 @@ class LocalProvider:
         spec = meta.info.spec
         _require_tools(spec)
         _require_host_filter(spec)
+        _mount_disk(layout)  # gone after a host reboot; home and /shared live there
         # bwrap binds shared/inbox by its host path: a link the box left there must not be
         # followed at boot (a read-only inbox is a mount point the box cannot replace; a
         # writable one can be replaced while the box runs).
@@ -193,19 +206,29 @@ class LocalProvider:
         layout.guest_socket.unlink(missing_ok=True)
         pid = _start_supervisor(layout)
         meta.supervisor_pid = pid
-        meta.limits = LimitPlan.from_json(plan["limits"]).describe()
+        meta.limits = (
+            f"{LimitPlan.from_json(plan['limits']).describe()} disk={plan['disk']['mode']}"
+        )
         state.save(layout, meta)
         return pid
 
     def _limits(self, spec: SandboxSpec, cgroup_name: str) -> LimitPlan:
         memory = spec.memory_mb * 1024 * 1024 if spec.memory_mb else None
         try:
-            return limits.plan(memory, spec.max_pids, cgroup_name, self.limits_backend)
+            return limits.plan(
+                memory,
+                spec.max_pids,
+                cgroup_name,
+                self.limits_backend,
+                cpus=spec.cpus,
+                box_is_host_root=_box_is_host_root(),
+            )
         except LimitsUnavailable as exc:
             raise ConfigError(str(exc), op="create") from exc
 
     def _plan(self, layout: Layout, spec: SandboxSpec) -> dict[str, Any]:
-        plan = self._limits(spec, f"hivecell-{layout.sandbox_id}")
+        plan = self._limits(spec, layout.sandbox_id)
+        tmpfs_bytes = spec.tmpfs_mb << 20
         return {
             "bwrap": shutil.which("bwrap"),
             "slirp4netns": shutil.which("slirp4netns"),
@@ -213,8 +236,13 @@ class LocalProvider:
             "network": spec.network,
             "seccomp": str(layout.seccomp),
             "limits": plan.to_json(),
+            "disk": _disk_plan(layout, spec),
             "bwrap_args": bwrap.build(
-                layout, self.runtime, self._pycache(), inbox_writable=spec.inbox_writable
+                layout,
+                self.runtime,
+                self._pycache(),
+                inbox_writable=spec.inbox_writable,
+                tmpfs_bytes=tmpfs_bytes,
             ),
             "command": bwrap.boot_command(spec, self.runtime, plan),
         }
@@ -275,6 +303,7 @@ class LocalProvider:
         self._stop_sync(layout, pid)
         _remove_cgroups(layout)
         _leave_host_filter(layout, pid)
+        _release_disk(layout)
         shutil.rmtree(layout.root, onerror=_force_remove)
 
     # --- reading state -------------------------------------------------------------------------
@@ -422,6 +451,57 @@ def _remove_cgroups(layout: Layout) -> None:
     left = limits.cleanup(LimitPlan.from_json(plan["limits"]))
     if left:
         raise SandboxError(f"cgroups {left} are still busy", op="destroy", retryable=True)
+
+
+def _box_is_host_root() -> bool:
+    """Whether the box's user is host root (it maps to the user running hivecell), so
+    RLIMIT_NPROC cannot cap its processes and only a pids cgroup can."""
+    return os.geteuid() == 0
+
+
+def _disk_cap(spec: SandboxSpec) -> int | None:
+    return spec.disk_mb << 20 if spec.disk_mb is not None else None
+
+
+def _prepare_disk(layout: Layout, spec: SandboxSpec, backend: str) -> None:
+    try:
+        disk.prepare(layout, _disk_cap(spec), backend)
+    except disk.DiskError as exc:
+        raise SandboxError(
+            f"{exc}; or create the sandbox with disk_mb=None (no disk cap)",
+            op="create",
+            context={"disk_mb": spec.disk_mb},
+        ) from exc
+
+
+def _mount_disk(layout: Layout) -> None:
+    try:
+        disk.mount(layout)
+    except disk.DiskError as exc:
+        raise SandboxError(str(exc), op="start", context={"id": layout.sandbox_id}) from exc
+
+
+def _disk_plan(layout: Layout, spec: SandboxSpec) -> dict[str, Any]:
+    """How the supervisor enforces the disk cap (it only acts in ``watch`` mode)."""
+    cap = _disk_cap(spec)
+    chosen = "image" if layout.disk_image.exists() else ("watch" if cap is not None else "none")
+    return {"mode": chosen, "cap_bytes": cap, "folder": str(layout.disk)}
+
+
+def _release_disk(layout: Layout) -> None:
+    """Unmount the image; covers a supervisor that was SIGKILLed (the mount is ours)."""
+    try:
+        disk.release(layout)
+    except disk.DiskError as exc:
+        raise SandboxError(str(exc), op="destroy", retryable=True) from exc
+
+
+def _discard(layout: Layout) -> None:
+    """Undo a create that failed before any supervisor started."""
+    with contextlib.suppress(disk.DiskError):
+        disk.release(layout)
+    if not disk.is_mounted(layout.disk):
+        shutil.rmtree(layout.root, onerror=_force_remove)
 
 
 def _leave_host_filter(layout: Layout, pid: int | None) -> None:

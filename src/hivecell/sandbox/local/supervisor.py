@@ -8,6 +8,7 @@ does. SIGTERM stops the box. Stdlib only, so it starts in a few milliseconds.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
@@ -15,17 +16,34 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hivecell.sandbox.local import limits, network
+from hivecell.sandbox.local import disk, limits, network
 from hivecell.sandbox.local.hostfilter import HostFilter
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.limits import LimitPlan
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FILTER_CHECK_SECONDS = 2.0  # how long a flushed host filter may stay missing
+DISK_CHECK_SECONDS = 2.0  # how often the ``watch`` disk cap is measured (no loop mounts)
+LOG_CAP_BYTES = 16 << 20  # per run: what the box (and we) may add to sandbox.log
+# Copies stdin to stdout up to a byte count, then drops the rest until EOF: writers never
+# see EPIPE, and stop signals for the supervisor's group leave it reading to the end.
+COPIER = """
+import os, signal, sys
+for name in ("SIGTERM", "SIGINT", "SIGHUP"):
+    signal.signal(getattr(signal, name), signal.SIG_IGN)
+left = int(sys.argv[1])
+while chunk := os.read(0, 65536):
+    if left > 0:
+        os.write(1, chunk[:left])
+        left -= len(chunk)
+        if left <= 0:
+            os.write(1, b"\\n[hivecell] sandbox.log cap reached; dropping further output\\n")
+"""
 
 
 def log(message: str) -> None:
@@ -44,6 +62,7 @@ class Box:
         self.child_pid: int | None = None
         self.network: network.Network | None = None
         self.stopping = False
+        self.failure: str | None = None  # why the supervisor stopped the box itself
 
     def run(self) -> int:
         try:
@@ -101,16 +120,50 @@ class Box:
             os.close(block_w)
 
     def _wait(self) -> None:
-        """Until the box exits; a ``nat`` box's host filter is checked meanwhile."""
+        """Until the box exits; a ``nat`` box's host filter and a ``watch`` disk cap are
+        checked meanwhile."""
         assert self.proc is not None
-        if self.network is not None:
+        checks = self._periodic_checks()
+        if checks:
             pidfd = os.pidfd_open(self.proc.pid)
+            interval = min(FILTER_CHECK_SECONDS, DISK_CHECK_SECONDS)
             try:
-                while not select.select([pidfd], [], [], FILTER_CHECK_SECONDS)[0]:
-                    self._check_filter(self.network)
+                while not select.select([pidfd], [], [], interval)[0]:
+                    for check in checks:
+                        check()
             finally:
                 os.close(pidfd)
         self.proc.wait()
+
+    def _periodic_checks(self) -> list[Callable[[], None]]:
+        checks: list[Callable[[], None]] = []
+        if self.network is not None:
+            checks.append(functools.partial(self._check_filter, self.network))
+        watch = self.plan.get("disk", {})
+        if watch.get("mode") == "watch":
+            checks.append(
+                functools.partial(self._check_disk, Path(watch["folder"]), watch["cap_bytes"])
+            )
+        return checks
+
+    def _check_disk(self, folder: Path, cap: int) -> None:
+        """No loop mount here: measure, and stop the box once it is over its cap."""
+        try:
+            used = disk.usage(folder)
+        except PermissionError as exc:  # fail closed: what it hides might be over the cap
+            self._fail(f"disk cap cannot be measured: the sandbox made {exc.filename} unreadable")
+            return
+        if used > cap:
+            self._fail(
+                f"disk cap exceeded: the sandbox wrote {used >> 20} MiB, over its "
+                f"{cap >> 20} MiB (disk_mb); free space in it or raise disk_mb"
+            )
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+            log(f"stopping the box: {reason}")
+            self._kill()
 
     def _check_filter(self, net: network.Network) -> None:
         try:
@@ -141,7 +194,10 @@ class Box:
         left = limits.cleanup(self.limits)
         if left:
             log(f"could not remove cgroups {left}")
-        _record_exit(self.layout, code, self.stopping)
+        if self.failure is not None:
+            _record_failure(self.layout, self.failure, code)
+        else:
+            _record_exit(self.layout, code, self.stopping)
         return code
 
 
@@ -185,6 +241,13 @@ def _record_exit(layout: Layout, code: int, stopped: bool) -> None:
         log(f"cannot record the exit: {exc}")
 
 
+def _record_failure(layout: Layout, reason: str, code: int) -> None:
+    try:
+        layout.record_exit("error", reason, code)
+    except OSError as exc:
+        log(f"cannot record the exit: {exc}")
+
+
 def detach(pid_fd: int) -> None:
     """Fork away from the launcher, which exits at once: the supervisor is then nobody's
     child (so never a zombie in a long-lived host process); tell the launcher our pid."""
@@ -194,11 +257,31 @@ def detach(pid_fd: int) -> None:
     os.close(pid_fd)
 
 
+def cap_output(limit: int) -> None:
+    """Route our stdout/stderr, which bwrap and every process in the box inherit, through a
+    copier that writes at most ``limit`` bytes to the log. Without it the box fills the host
+    disk by writing to /proc/1/fd/1 (bwrap's, owned by the box's user), which also showed it
+    the log's host path."""
+    read_fd, write_fd = os.pipe()
+    try:
+        subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", COPIER, str(limit)],
+            stdin=read_fd,
+            start_new_session=True,  # out of reach of signals sent to our group
+        )
+    finally:
+        os.close(read_fd)
+    for target in (1, 2):
+        os.dup2(write_fd, target)
+    os.close(write_fd)
+
+
 def main(argv: list[str]) -> int:
     """argv: the sandbox folder, then optionally a fd on which to report our pid."""
     layout = Layout(Path(argv[0]).resolve())
     if len(argv) > 1:
         detach(int(argv[1]))
+    cap_output(LOG_CAP_BYTES)
     box = Box(layout, json.loads(layout.plan.read_text()))
     for sig in STOP_SIGNALS:
         signal.signal(sig, box.stop)
