@@ -34,6 +34,7 @@ router = Router()
 ACTIVATE_TIMEOUT_S = 5.0  # the WM may be busy, e.g. reloading the keymap after typing
 STARTUP_CHECK_S = 0.1  # long enough to catch "unknown option" exits, short enough to not notice
 LAUNCH_WINDOW_TIMEOUT_S = 10.0
+FOCUS_GRACE_S = 0.5  # openbox focuses a new window by itself, usually within a few ms
 QUIT_GRACE_S = 3.0
 VNC_START_TIMEOUT_S = 10.0
 _PAGER_SOURCE = 2  # EWMH: requests from pagers/tools are honoured without focus-stealing checks
@@ -373,10 +374,27 @@ async def launch(argv: list[str], p: m.LaunchParams, ctx: CallContext) -> m.Laun
                 f"{shlex.join(argv)} is running (pid {child.pid}) but showed no window within "
                 f"{p.window_timeout} s; raise window_timeout, or leave it unset to return at once"
             )
+        await _focus_new(ctx, await _window_ids(ctx) - before)
     elif p.settle:
         await _poll(lambda: _shown(ctx, before, child), LAUNCH_WINDOW_TIMEOUT_S)
     await maybe_settle(p, ctx)
     return m.Launched(pid=child.pid, command=argv)
+
+
+async def _focus_new(ctx: CallContext, new: set[str]) -> None:
+    """Typing right after a launch must land in the new window: wait for the WM to focus
+    it, and ask for it if the WM does not on its own (e.g. under load it lags)."""
+    if not new:
+        return  # the launcher handed over to a running instance
+    x = ctx.services.x
+    window_id = max(new, key=lambda w: int(w, 0))  # the newest (X ids grow)
+    wid = int(window_id, 0)
+    if await _poll(lambda: _is_active(x, wid), FOCUS_GRACE_S):
+        return
+    data = [_PAGER_SOURCE, X.CurrentTime]
+    await x.run(_send_wm_request, x, window_id, "_NET_ACTIVE_WINDOW", data)
+    if not await _poll(lambda: _is_active(x, wid), ACTIVATE_TIMEOUT_S):
+        raise ToolFailed(f"window {window_id} appeared but the window manager did not focus it")
 
 
 def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
