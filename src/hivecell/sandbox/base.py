@@ -48,6 +48,14 @@ class SandboxInfo(BaseModel):
     )
     shared_dir: str = Field(description="host folder mounted at /shared inside the sandbox")
     vnc_endpoint: str | None = None
+    guest_socket: str | None = Field(
+        None, description="host path of the guest agent's unix socket (local provider)"
+    )
+    host_uid: int | None = Field(
+        None,
+        description="host uid the sandbox user runs as: its own unprivileged uid when "
+        "hivecell runs as root, else the invoking user's",
+    )
     detail: str = ""
 
 

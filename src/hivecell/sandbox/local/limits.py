@@ -12,10 +12,9 @@ hierarchy root when our own cgroup cannot delegate (needs root).
 
 The rlimit fallback is weaker and applied inside the box by ``hivecell.guest.boot``:
 RLIMIT_NPROC counts the sandbox user's tasks in the sandbox's user namespace (which is what
-we want) but the kernel never applies it to host root, whom the box's user maps to when
-hivecell runs as root; RLIMIT_DATA caps each process's private writable memory, not the
-box's total. RLIMIT_AS is not used: Xvfb and Chromium reserve far more address space than
-they touch.
+we want; the box's user is never host root, see identity.py); RLIMIT_DATA caps each
+process's private writable memory, not the box's total. RLIMIT_AS is not used: Xvfb and
+Chromium reserve far more address space than they touch.
 """
 
 from __future__ import annotations
@@ -111,19 +110,9 @@ def _place(
         raise LimitsUnavailable(
             f"{backend} has no writable {controller} controller here; use limits backend 'auto'"
         )
-    return _rlimit_mechanism(controller, backend)
-
-
-def _rlimit_mechanism(controller: str, backend: str) -> str:
-    if controller != "pids" or os.geteuid() != 0:
-        return "rlimit"
-    # The box's user is host root then, and the kernel never applies RLIMIT_NPROC to root.
-    if backend == "rlimit":
-        raise LimitsUnavailable(
-            "RLIMIT_NPROC cannot limit processes when hivecell runs as root; "
-            "use limits backend 'auto' (cgroups) or max_pids=None"
-        )
-    return "none"
+    # RLIMIT_NPROC counts the processes of the box's host uid, which is never root (the
+    # kernel would not apply it to root): as root each box runs as its own uid (identity.py).
+    return "rlimit"
 
 
 def _add(result: LimitPlan, cgroup: Path, settings: list[tuple[str, str]]) -> None:

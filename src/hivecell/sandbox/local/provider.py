@@ -34,7 +34,16 @@ from hivecell.errors import (
 )
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
-from hivecell.sandbox.local import bwrap, bytecode, etcfiles, hostfilter, limits, state
+from hivecell.sandbox.local import (
+    bwrap,
+    bytecode,
+    etcfiles,
+    hostfilter,
+    identity,
+    limits,
+    state,
+    uidpool,
+)
 from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
 from hivecell.sandbox.local.limits import LimitPlan, LimitsUnavailable
 from hivecell.sandbox.local.pyruntime import PythonRuntime
@@ -122,10 +131,13 @@ class LocalProvider:
         _require_tools(spec)
         _require_host_filter(spec)
         self._limits(spec, "hivecell-probe")  # refuse impossible limits before making folders
+        _require_userns()
         layout = self._new_layout()
         for folder in layout.writable_dirs():
             folder.mkdir(parents=True, exist_ok=True)
+        layout.sockets.mkdir(mode=0o700)
         etcfiles.write(layout, layout.sandbox_id, spec.network)
+        host_uid = _own_uid(layout)
         info = SandboxInfo(
             id=layout.sandbox_id,
             provider=self.name,
@@ -135,6 +147,8 @@ class LocalProvider:
             endpoint=f"unix:{layout.guest_socket}",
             shared_dir=str(layout.shared),
             vnc_endpoint=f"unix:{layout.vnc_socket}",
+            guest_socket=str(layout.guest_socket),
+            host_uid=host_uid,
         )
         meta = SandboxMeta(info=info)
         state.save(layout, meta)
@@ -166,6 +180,7 @@ class LocalProvider:
         _require_tools(spec)
         _require_host_filter(spec)
         plan = self._plan(layout, spec)
+        plan["identity"] = _identity(meta.info.host_uid)
         layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)
         layout.guest_socket.unlink(missing_ok=True)
@@ -251,6 +266,8 @@ class LocalProvider:
         _remove_cgroups(layout)
         _leave_host_filter(layout, pid)
         shutil.rmtree(layout.root, onerror=_force_remove)
+        if meta is not None and meta.info.host_uid is not None:
+            uidpool.release(meta.info.host_uid, layout.root.absolute())
 
     # --- reading state -------------------------------------------------------------------------
     def _layout(self, sandbox_id: str, *, op: str) -> Layout:
@@ -336,6 +353,44 @@ def _require_tools(spec: SandboxSpec) -> None:
             f"the local provider needs {', '.join(missing)}: install with apt install {packages}",
             op="create",
         )
+
+
+def _require_userns() -> None:
+    if os.geteuid() != 0:
+        return  # the box maps to the invoking user, as bwrap always did
+    why = identity.userns_unavailable()
+    if why is not None:
+        raise ConfigError(
+            "running as root, each sandbox runs as its own unprivileged host user inside an "
+            f"unprivileged user namespace, but {why}; enable them "
+            "(sysctl user.max_user_namespaces=15000) or run hivecell as an ordinary user",
+            op="create",
+            context={"reason": why},
+        )
+
+
+def _own_uid(layout: Layout) -> int:
+    """As root: claim the sandbox's own host uid and give it the folders the box writes.
+
+    The box has not run yet, so nothing in these folders can be a planted link; lchown
+    all the same. Not root: the box's user is the invoking user, as always.
+    """
+    if os.geteuid() != 0:
+        return os.getuid()
+    try:
+        uid = uidpool.allocate(layout.root.absolute())
+    except OSError as exc:
+        raise ConfigError(str(exc), op="create") from exc
+    for folder in layout.box_dirs():
+        os.chown(folder, uid, uid, follow_symlinks=False)
+    return uid
+
+
+def _identity(host_uid: int | None) -> dict[str, int] | None:
+    """What the supervisor drops to before bwrap; None keeps the invoking user."""
+    if host_uid is None or not uidpool.in_range(host_uid) or os.geteuid() != 0:
+        return None
+    return {"uid": host_uid, "gid": host_uid}
 
 
 def _require_host_filter(spec: SandboxSpec) -> None:
