@@ -6,7 +6,6 @@ faithful stand-in for hosts we cannot boot here (this machine has cgroup v1 memo
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -68,14 +67,11 @@ def test_without_cgroups_memory_falls_back_to_rlimit() -> None:
     assert (result.memory, result.rlimit_data, result.cgroups) == ("rlimit", GIB, [])
 
 
-def test_without_cgroups_pids_depend_on_who_runs_hivecell() -> None:
+def test_without_cgroups_pids_fall_back_to_rlimit_even_as_root() -> None:
+    # As root each box runs as its own unprivileged uid, to which RLIMIT_NPROC applies.
     empty = Hierarchies([], {})
-    if os.geteuid() == 0:  # RLIMIT_NPROC is never applied to root
-        assert plan(None, 64, "x", hierarchies=empty).pids == "none"
-        with pytest.raises(LimitsUnavailable):
-            plan(None, 64, "x", backend="rlimit", hierarchies=empty)
-    else:
-        assert plan(None, 64, "x", hierarchies=empty).rlimit_nproc == 64
+    assert plan(None, 64, "x", hierarchies=empty).rlimit_nproc == 64
+    assert plan(None, 64, "x", backend="rlimit", hierarchies=empty).pids == "rlimit"
 
 
 def test_an_explicit_backend_that_is_missing_is_refused() -> None:
