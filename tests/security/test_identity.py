@@ -14,7 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +79,24 @@ async def pair(module_home: Path) -> AsyncIterator[Pair]:
     yield Pair(provider, module_home, a, b)
     for info in await provider.list():
         await provider.destroy(info.id)
+
+
+@pytest.fixture
+async def fresh(module_home: Path) -> AsyncIterator[Callable[..., LocalProvider]]:
+    """Providers on a home of their own, sharing the module's bytecode cache."""
+    home = short_tmp("hc-idf-")
+    made: list[LocalProvider] = []
+
+    def make(limits_backend: str = "auto") -> LocalProvider:
+        cache = module_home / "pycache"
+        made.append(LocalProvider(home, pycache=cache, limits_backend=limits_backend))
+        return made[-1]
+
+    yield make
+    for provider in made[:1]:
+        for info in await provider.list():
+            await provider.destroy(info.id)
+    shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.fixture
@@ -247,8 +265,8 @@ async def test_cli_lists_guest_socket_shared_dir_and_host_uid(pair: Pair) -> Non
 
 
 # --- limits and homes ----------------------------------------------------------------------
-async def test_rlimit_nproc_binds_without_cgroups(home: Path, pycache: Path) -> None:
-    provider = LocalProvider(home, pycache=pycache, limits_backend="rlimit")
+async def test_rlimit_nproc_binds_without_cgroups(fresh: Callable[..., LocalProvider]) -> None:
+    provider = fresh(limits_backend="rlimit")
     info = await provider.create(SandboxSpec(max_pids=MAX_PIDS, memory_mb=None))
     assert info.detail == "limits: memory=none pids=rlimit"
     async with await provider.connect(info.id) as guest:
@@ -258,12 +276,11 @@ async def test_rlimit_nproc_binds_without_cgroups(home: Path, pycache: Path) -> 
         assert (await guest.call("ping"))["pong"] is True
 
 
-async def test_a_0700_home_under_a_0700_folder_works(pycache: Path) -> None:
+async def test_a_0700_home_under_a_0700_folder_works() -> None:
     outer = short_tmp("hc-0700-")
     home = outer / "home"
     home.mkdir(mode=0o700)
-    private_cache = outer / "pyc"
-    shutil.copytree(pycache, private_cache, symlinks=True)  # behind the 0700 folder too
+    private_cache = outer / "pyc"  # the bytecode cache is behind the 0700 folder too
     try:
         assert stat.S_IMODE(outer.stat().st_mode) == stat.S_IMODE(home.stat().st_mode) == 0o700
         provider = LocalProvider(home, pycache=private_cache)
@@ -280,8 +297,8 @@ async def test_a_0700_home_under_a_0700_folder_works(pycache: Path) -> None:
 
 
 @needs_root
-async def test_destroy_gives_the_uid_back(home: Path, pycache: Path) -> None:
-    provider = LocalProvider(home, pycache=pycache)
+async def test_destroy_gives_the_uid_back(fresh: Callable[..., LocalProvider]) -> None:
+    provider = fresh()
     info = await provider.create(SandboxSpec(max_pids=None, memory_mb=None))
     claim = uidpool.REGISTRY / str(info.host_uid)
     assert claim.read_text() == str(Path(info.shared_dir).parent)
