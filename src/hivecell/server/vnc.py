@@ -1,8 +1,9 @@
 """WebSocket ``/api/v1/sandboxes/{id}/vnc``: a byte relay between noVNC and a sandbox's x11vnc.
 
-noVNC speaks RFB over a binary WebSocket (subprotocol ``binary``); x11vnc listens on a unix
-socket that the guest method ``start_vnc`` creates, reachable on the host at
-``SandboxInfo.vnc_endpoint``. No websockify: each WebSocket message is written to the socket
+noVNC speaks RFB over a binary WebSocket (subprotocol ``binary``); the guest method
+``start_vnc`` starts x11vnc, reachable on the host at ``SandboxInfo.vnc_endpoint`` (for the
+local provider a socket outside the box that the guest relays to x11vnc, so the box cannot
+point the host elsewhere). No websockify: each WebSocket message is written to the socket
 as it is, and whatever the socket yields goes back as one binary message.
 
 Two modes, fixed per connection: an interactive connection forwards everything; a
