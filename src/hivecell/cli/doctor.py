@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ import typer
 from rich.table import Table
 
 from hivecell.cli.common import out
+from hivecell.sandbox.local import identity
 
 
 @dataclass(frozen=True)
@@ -47,12 +49,13 @@ def doctor() -> None:
     missing_py = [pkg for mod, pkg in MODULES if not _check_module(table, mod, pkg)]
     _check_namespaces(table)
     _check_limits(table)
+    identity_ok = _check_identity(table)
     out.print(table)
     if missing:
         out.print(f"install: [bold]sudo apt-get install -y {' '.join(missing)}[/bold]")
     if missing_py:
         out.print(f"install: [bold]uv sync[/bold] (missing {', '.join(missing_py)})")
-    if missing or missing_py:
+    if missing or missing_py or not identity_ok:
         raise typer.Exit(1)
     out.print("[green]all required dependencies are present[/green]")
 
@@ -100,3 +103,16 @@ def _check_limits(table: Table) -> None:
     else:
         detail = "rlimits only (no writable cgroups)"
     table.add_row("resource limits", "[green]ok[/green]", detail)
+
+
+def _check_identity(table: Table) -> bool:
+    """As root every sandbox runs as its own uid in an unprivileged user namespace."""
+    if os.geteuid() != 0:
+        table.add_row("sandbox user", "[green]ok[/green]", "maps to you (not root)")
+        return True
+    why = identity.userns_unavailable()
+    if why is None:
+        table.add_row("sandbox user", "[green]ok[/green]", "an unprivileged uid of its own")
+        return True
+    table.add_row("sandbox user", "[red]failed[/red]", f"{why}: enable user namespaces")
+    return False
