@@ -16,10 +16,13 @@ namespace: nothing on the host changes and the box sees only the usual destinati
 
 from __future__ import annotations
 
-import ctypes
 import os
 import stat
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ctypes  # imported when needed: the supervisor starts in milliseconds
 
 STAGE = Path("/run/hivecell-stage")  # an empty folder on the host; a tmpfs in our namespace
 BIND_OPTIONS = ("--bind", "--ro-bind", "--dev-bind", "--bind-try", "--ro-bind-try")
@@ -59,11 +62,15 @@ def userns_unavailable() -> str | None:
 
 # --- supervisor side: private mounts, staging, dropping root --------------------------------
 def _libc() -> ctypes.CDLL:
+    import ctypes
+
     return ctypes.CDLL(None, use_errno=True)
 
 
 def _check(result: int, what: str) -> None:
     if result != 0:
+        import ctypes
+
         err = ctypes.get_errno()
         raise OSError(err, f"{what}: {os.strerror(err)}")
 
