@@ -200,8 +200,14 @@ def provider_resolver(provider: SandboxProvider) -> VncResolver:
         info = await provider.info(sandbox_id)
         if info.vnc_endpoint is None:
             raise HivecellError(f"sandbox {sandbox_id} has no VNC endpoint", op="vnc")
+        failure: HivecellError | None = None
         async with await provider.connect(sandbox_id) as guest:
-            await guest.call("start_vnc", {})
+            try:
+                await guest.call("start_vnc", {})
+            except HivecellError as exc:  # raised out here: the client's task group would
+                failure = exc  # wrap it in an ExceptionGroup that serve_viewer cannot catch
+        if failure is not None:
+            raise failure
         return info.vnc_endpoint
 
     return resolve
