@@ -346,3 +346,22 @@ def test_forbidden_user_namespaces_are_named(
 
         with pytest.raises(ConfigError, match=r"user\.max_user_namespaces"):
             _require_userns()
+
+
+@needs_root
+async def test_a_sandbox_without_its_own_uid_is_not_started_as_root(
+    fresh: Callable[..., LocalProvider],
+) -> None:
+    provider = fresh()
+    info = await provider.create(SandboxSpec(max_pids=None, memory_mb=None))
+    await provider.stop(info.id)
+    forget_host_uid(Path(info.shared_dir).parent / "meta.json")  # as an older hivecell wrote it
+    with pytest.raises(ConfigError, match="its user would be host root"):
+        await provider.start(info.id)
+    assert (await provider.info(info.id)).status == "stopped"
+
+
+def forget_host_uid(meta: Path) -> None:
+    data = json.loads(meta.read_text())
+    del data["info"]["host_uid"]
+    meta.write_text(json.dumps(data))

@@ -180,7 +180,7 @@ class LocalProvider:
         _require_tools(spec)
         _require_host_filter(spec)
         plan = self._plan(layout, spec)
-        plan["identity"] = _identity(meta.info.host_uid)
+        plan["identity"] = _identity(layout, meta.info.host_uid)
         layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)
         layout.guest_socket.unlink(missing_ok=True)
@@ -386,10 +386,19 @@ def _own_uid(layout: Layout) -> int:
     return uid
 
 
-def _identity(host_uid: int | None) -> dict[str, int] | None:
+def _identity(layout: Layout, host_uid: int | None) -> dict[str, int] | None:
     """What the supervisor drops to before bwrap; None keeps the invoking user."""
-    if host_uid is None or not uidpool.in_range(host_uid) or os.geteuid() != 0:
+    if os.geteuid() != 0:
         return None
+    if host_uid is None or not uidpool.in_range(host_uid):
+        # Made by an older or non-root hivecell: as root its box would be host root.
+        raise ConfigError(
+            f"sandbox {layout.sandbox_id} has no host uid of its own (made by an older "
+            "hivecell, or not as root), so as root its user would be host root; copy what "
+            f"you need from {layout.shared} and recreate it",
+            op="start",
+            context={"id": layout.sandbox_id},
+        )
     return {"uid": host_uid, "gid": host_uid}
 
 
