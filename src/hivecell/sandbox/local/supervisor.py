@@ -80,7 +80,8 @@ class Box:
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
         sockets = _bind_sockets(self.layout)
-        fds = [args_fd, info_w, block_r, *(s.fileno() for s in sockets)]
+        pipes = [args_fd, info_w, block_r]
+        fds = [*pipes, *(s.fileno() for s in sockets)]
         argv = [self.plan["bwrap"], "--args", str(args_fd), "--info-fd", str(info_w)]
         argv += ["--block-fd", str(block_r), "--", *self.plan["command"]]
         argv += _socket_args(sockets)
@@ -89,7 +90,7 @@ class Box:
                 argv, pass_fds=fds, stdin=subprocess.DEVNULL, preexec_fn=self._enter_box
             )
         finally:
-            for fd in fds[:3]:
+            for fd in pipes:
                 os.close(fd)
             for sock in sockets:
                 sock.close()  # only the box holds them now: if it dies, connects are refused
