@@ -140,6 +140,13 @@ def test_without_cgroups_a_process_cap_never_silently_disappears() -> None:
     assert (limited.pids, limited.rlimit_nproc) == ("rlimit", 64)
 
 
+def test_without_cgroups_pids_fall_back_to_rlimit_even_as_root() -> None:
+    # As root each box runs as its own unprivileged uid, to which RLIMIT_NPROC applies.
+    empty = Hierarchies([], {})
+    assert plan(None, 64, "x", hierarchies=empty).rlimit_nproc == 64
+    assert plan(None, 64, "x", backend="rlimit", hierarchies=empty).pids == "rlimit"
+
+
 def test_an_explicit_backend_that_is_missing_is_refused() -> None:
     with pytest.raises(LimitsUnavailable, match="cgroup2 cannot limit memory here"):
         plan(GIB, None, "x", backend="cgroup2", hierarchies=Hierarchies([], {}))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import subprocess
 import time
@@ -17,7 +18,7 @@ from rich.table import Table
 from hivecell.cli.common import HomeOption, out, provider, run
 from hivecell.errors import SandboxError
 from hivecell.sandbox.base import SandboxSpec
-from hivecell.sandbox.local import disk, limits, seccomp
+from hivecell.sandbox.local import disk, identity, limits, seccomp
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,7 @@ def _host_checks(table: Table) -> list[tuple[str, bool]]:
     return [
         ("namespaces", _check_namespaces(table)),
         ("seccomp", _check_seccomp(table)),
+        ("sandbox user", _check_identity(table)),
         ("resource limits", _check_limits(table)),
     ]
 
@@ -196,3 +198,16 @@ async def _smoke_run(home: Path | None) -> str:
         f"created in {(created - started) * 1000:.0f} ms, ran echo, took a "
         f"{shot['width']}x{shot['height']} screenshot, removed it"
     )
+
+
+def _check_identity(table: Table) -> bool:
+    """As root every sandbox runs as its own uid in an unprivileged user namespace."""
+    if os.geteuid() != 0:
+        table.add_row("sandbox user", "[green]ok[/green]", "maps to you (not root)")
+        return True
+    why = identity.userns_unavailable()
+    if why is None:
+        table.add_row("sandbox user", "[green]ok[/green]", "an unprivileged uid of its own")
+        return True
+    table.add_row("sandbox user", "[red]failed[/red]", f"{why}: enable user namespaces")
+    return False

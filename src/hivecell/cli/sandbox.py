@@ -83,17 +83,18 @@ def ls(
 
 
 def _table(infos: list[SandboxInfo]) -> Table:
-    table = Table("id", "status", "network", "screen", "created", "shared folder")
+    table = Table("id", "status", "network", "screen", "created", "host uid", "shared folder")
     for i in infos:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created_at))
         screen = f"{i.spec.width}x{i.spec.height}"
-        table.add_row(i.id, i.status, i.spec.network, screen, created, i.shared_dir)
+        uid = "" if i.host_uid is None else str(i.host_uid)
+        table.add_row(i.id, i.status, i.spec.network, screen, created, uid, i.shared_dir)
     return table
 
 
 @app.command("info")
 def info(sandbox_id: str, home: Path | None = HomeOption) -> None:
-    """Print a sandbox's details as JSON."""
+    """Print a sandbox's details as JSON (with its host shared_dir, guest_socket, host_uid)."""
     print(run(provider(home=home).info, sandbox_id).model_dump_json(indent=2))
 
 

@@ -1,8 +1,9 @@
 """``python -m hivecell.guest.boot``: the first process inside a local sandbox.
 
 Starts the X display (Xvfb) and a window manager (openbox), then serves the guest agent on
-``/run/hivecell/guest.sock``. The socket appears only once the display is up, so a host that
-can ping the agent knows the desktop is ready. When the agent stops (``shutdown`` or
+the unix socket the host passes as ``--listen-fd`` (bound outside the box; without it, on
+``/run/hivecell/guest.sock``). It listens only once the display is up, so a host that can
+ping the agent knows the desktop is ready. When the agent stops (``shutdown`` or
 ``reboot``) the display and window manager are stopped and the process exits, which ends
 the sandbox.
 
@@ -24,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rlimit-nproc", type=int, help="process limit when cgroups are unavailable")
     p.add_argument("--rlimit-data", type=int, help="per-process memory limit (bytes), likewise")
     p.add_argument("--rlimit-fsize", type=int, help="largest file a process may write (bytes)")
+    p.add_argument("--listen-fd", type=int, help="serve on this bound unix socket (from the host)")
+    p.add_argument("--vnc-fd", type=int, help="relay VNC viewers from this bound unix socket")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -219,7 +223,10 @@ def _import_agent() -> Callable[[argparse.Namespace], str]:
             run_dir=args.run_dir,
             network_mode=args.network_mode,
         )
-        return anyio.run(serve, Services(config), args.run_dir / "guest.sock")
+        if args.listen_fd is None:
+            return anyio.run(serve, Services(config), args.run_dir / "guest.sock")
+        fds = {"listen_fd": args.listen_fd, "vnc_fd": args.vnc_fd}
+        return anyio.run(partial(serve, Services(config), **fds))
 
     return run
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import ByteStream
 
-from hivecell.guest import transports
+from hivecell.guest import transports, vncrelay
 from hivecell.guest.agent import build_dispatcher
 from hivecell.guest.context import Services
 from hivecell.guest.server import Connection
@@ -21,8 +21,15 @@ async def serve(
     unix: Path | None = None,
     tcp: str | None = None,
     device: Path | None = None,
+    *,
+    listen_fd: int | None = None,
+    vnc_fd: int | None = None,
 ) -> str:
-    """Returns the stop reason ("shutdown" or "reboot")."""
+    """Returns the stop reason ("shutdown" or "reboot").
+
+    ``listen_fd``: serve on this already bound unix socket instead of a path; ``vnc_fd``:
+    relay viewers connecting there to x11vnc's socket (see ``vncrelay``).
+    """
     dispatcher = build_dispatcher()
     services.method_names = dispatcher.names
 
@@ -31,7 +38,12 @@ async def serve(
 
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(_listen, handle, unix, tcp, device, services)
+            if listen_fd is not None:
+                tg.start_soon(_serve_fd, listen_fd, handle)
+            else:
+                tg.start_soon(_listen, handle, unix, tcp, device, services)
+            if vnc_fd is not None:
+                tg.start_soon(vncrelay.serve, vnc_fd, services.config.vnc_socket)
             await services.stop.wait()
             await anyio.sleep(0.05)  # let the shutdown reply reach the host
             tg.cancel_scope.cancel()
@@ -39,6 +51,10 @@ async def serve(
         await _stop_children(services)
         services.close()
     return services.stop_reason
+
+
+async def _serve_fd(fd: int, handle) -> None:  # type: ignore[no-untyped-def]
+    await transports.serve_listener(await transports.fd_listener(fd), handle)
 
 
 async def _listen(handle, unix, tcp, device, services: Services) -> None:  # type: ignore[no-untyped-def]

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
-from anyio.abc import ByteStream, Listener
+from anyio.abc import ByteStream, Listener, SocketListener
 
 from hivecell.errors import ConfigError
 
@@ -26,6 +27,16 @@ async def unix_listener(path: Path) -> Listener[ByteStream]:
     listener = await anyio.create_unix_listener(path)
     await apath.chmod(0o600)
     return listener
+
+
+async def fd_listener(fd: int) -> Listener[ByteStream]:
+    """A unix socket the host bound where the box cannot reach it, handed over as an open fd.
+
+    We call listen() here, so the host's connects succeed only once the agent serves.
+    """
+    sock = socket.socket(fileno=fd)
+    sock.listen()
+    return await SocketListener.from_socket(sock)
 
 
 async def tcp_listener(host: str, port: int, token: str | None) -> Listener[ByteStream]:

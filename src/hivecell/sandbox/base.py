@@ -60,6 +60,11 @@ class SandboxInfo(BaseModel):
         None, description="host path of the guest agent's unix socket, if it has one"
     )
     vnc_endpoint: str | None = None
+    host_uid: int | None = Field(
+        None,
+        description="host uid the sandbox user runs as: its own unprivileged uid when "
+        "hivecell runs as root, else the invoking user's",
+    )
     detail: str = ""
 
 

@@ -210,7 +210,9 @@ async def _open(endpoint: str) -> ByteStream:
     kind, _, where = endpoint.partition(":")
     try:
         if kind == "unix":
-            return await connect_unix_nofollow(where)  # the box can write its socket's folder
+            return await connect_unix_nofollow(
+                where
+            )  # host-only folder; no-follow as a second line
         if kind == "tcp":
             host, _, port = where.rpartition(":")
             return await anyio.connect_tcp(host, int(port))

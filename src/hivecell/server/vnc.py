@@ -1,8 +1,9 @@
 """WebSocket ``/api/v1/sandboxes/{id}/vnc``: a byte relay between noVNC and a sandbox's x11vnc.
 
-noVNC speaks RFB over a binary WebSocket (subprotocol ``binary``); x11vnc listens on a unix
-socket that the guest method ``start_vnc`` creates, reachable on the host at
-``SandboxInfo.vnc_endpoint``. No websockify: each WebSocket message is written to the socket
+noVNC speaks RFB over a binary WebSocket (subprotocol ``binary``); the guest method
+``start_vnc`` starts x11vnc, reachable on the host at ``SandboxInfo.vnc_endpoint`` (for the
+local provider a socket outside the box that the guest relays to x11vnc, so the box cannot
+point the host elsewhere). No websockify: each WebSocket message is written to the socket
 as it is, and whatever the socket yields goes back as one binary message.
 
 Two modes, fixed per connection: an interactive connection forwards everything; a
@@ -152,7 +153,7 @@ async def relay(websocket: WebSocket, endpoint: str, *, view_only: bool) -> int:
     if kind != "unix":
         return CLOSE_UNAVAILABLE
     try:
-        stream = await connect_unix_nofollow(path)  # the box can write its socket's folder
+        stream = await connect_unix_nofollow(path)  # host-only folder; no-follow as a second line
     except OSError:
         return CLOSE_UNAVAILABLE
     code = CLOSE_NORMAL
@@ -200,8 +201,14 @@ def provider_resolver(provider: SandboxProvider) -> VncResolver:
         info = await provider.info(sandbox_id)
         if info.vnc_endpoint is None:
             raise HivecellError(f"sandbox {sandbox_id} has no VNC endpoint", op="vnc")
+        failure: HivecellError | None = None
         async with await provider.connect(sandbox_id) as guest:
-            await guest.call("start_vnc", {})
+            try:
+                await guest.call("start_vnc", {})
+            except HivecellError as exc:  # raised out here: the client's task group would
+                failure = exc  # wrap it in an ExceptionGroup that serve_viewer cannot catch
+        if failure is not None:
+            raise failure
         return info.vnc_endpoint
 
     return resolve

@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -605,6 +606,7 @@ def _in_user_namespace() -> bool:
 async def start_vnc(p: m.Empty, ctx: CallContext) -> m.VncResult:
     services, sock = ctx.services, ctx.config.vnc_socket
     if services.vnc is not None and services.vnc.returncode is None:
+        await _check_still_a_socket(sock)
         return m.VncResult(socket=str(sock))
     log = sock.with_name("x11vnc.log")
     services.vnc = await _spawn_vnc(ctx, sock, log)
@@ -616,6 +618,20 @@ async def start_vnc(p: m.Empty, ctx: CallContext) -> m.VncResult:
         services.vnc = None
         raise
     return m.VncResult(socket=str(sock))
+
+
+async def _check_still_a_socket(sock: Path) -> None:
+    """Something in the box may have replaced x11vnc's socket (with a link, say): viewers
+    relayed there would reach whatever it names inside the box, so say so instead."""
+    try:
+        is_socket = stat.S_ISSOCK((await anyio.Path(sock).lstat()).st_mode)
+    except OSError:
+        is_socket = False
+    if not is_socket:
+        raise ToolFailed(
+            f"{sock} is no longer x11vnc's socket (removed or replaced, e.g. by a link); "
+            "call stop_vnc, then start_vnc"
+        )
 
 
 async def _spawn_vnc(ctx: CallContext, sock: Path, log: Path) -> Any:

@@ -2,8 +2,8 @@
 
 Only a curated part of the host's /etc is visible: what desktop apps need to find fonts,
 certificates, MIME types and libraries. Never passwd/shadow/sudoers/ssh keys, and not
-/etc/ssl/private: the sandbox user maps to the host user running hivecell, so any file that
-user can read and that we bind would be readable inside.
+/etc/ssl/private: any file the box's host user can read and that we bind would be readable
+inside (that user is the one running hivecell, or as root an unprivileged uid of the box's own).
 """
 
 from __future__ import annotations
@@ -39,6 +39,10 @@ def write(layout: Layout, sandbox_id: str, network: NetworkMode) -> None:
     machine_id = etc / "machine-id"
     if not machine_id.exists():
         machine_id.write_text(uuid.uuid4().hex + "\n")
+    # The box's user is not their owner (as root it is a uid of its own): whatever the
+    # umask, it must be able to read them.
+    for path in etc.iterdir():
+        path.chmod(0o644)
 
 
 def _generated(sandbox_id: str, network: NetworkMode) -> dict[str, str]:

@@ -13,7 +13,13 @@ Stdlib only, and no dataclasses (importing them costs the supervisor ~10 ms).
         disk/            everything the box can write on host disk, under one cap:
             home/        /home/user
             shared/      /shared (inbox, outbox, workspace)
-            run/         /run/hivecell (guest.sock, vnc.sock)
+            run/         /run/hivecell (x11vnc's own socket and log)
+        sockets/         guest.sock, vnc.sock: bound by the supervisor, never in the box
+
+Only disk/home/, disk/shared/ and disk/run/ are in the box (and owned by the sandbox's host
+uid when hivecell runs as root). Everything the host reads, writes or connects to lives
+outside them, so the box cannot swap it for a link: the guest gets its listening sockets as
+open fds.
 """
 
 from __future__ import annotations
@@ -92,15 +98,23 @@ class Layout:
         return self.disk / "run"
 
     @property
+    def sockets(self) -> Path:
+        return self.root / "sockets"
+
+    @property
     def guest_socket(self) -> Path:
-        return self.run / "guest.sock"
+        return self.sockets / "guest.sock"
 
     @property
     def vnc_socket(self) -> Path:
-        return self.run / "vnc.sock"
+        return self.sockets / "vnc.sock"
 
     def writable_dirs(self) -> list[Path]:
         return [self.etc, self.home, self.run, *(self.shared / d for d in SHARED_FOLDERS)]
+
+    def box_dirs(self) -> list[Path]:
+        """The folders the box writes: owned by its host uid, parents first."""
+        return [self.home, self.run, self.shared, *(self.shared / d for d in SHARED_FOLDERS)]
 
     def record_exit(self, status: str, detail: str, code: int | None = None) -> None:
         """How the last run ended, for ``list``/``info`` once nothing runs any more."""

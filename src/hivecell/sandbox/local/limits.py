@@ -14,12 +14,12 @@ delegates controllers, so when ours holds processes (a login session, a service 
 (see ``_v2_nearest``), and when only the root could, cgroups are unavailable.
 
 The rlimit fallback is weaker and applied inside the box by ``hivecell.guest.boot``:
-RLIMIT_NPROC counts the sandbox user's tasks (which is what we want) but the kernel never
-applies it to root, so it only binds when the box's user is not host root; RLIMIT_DATA caps
-each process's private writable memory, not the box's total. RLIMIT_AS is not used: Xvfb and
-Chromium reserve far more address space than they touch. CPU has no rlimit equivalent (an
-RLIMIT_CPU kills, it does not throttle): without a cpu controller the ceiling is reported as
-``cpu=unenforced``.
+RLIMIT_NPROC counts the sandbox user's tasks in the sandbox's user namespace (which is what
+we want; the box's user is never host root, see identity.py); RLIMIT_DATA caps each
+process's private writable memory, not the box's total. RLIMIT_AS is not used: Xvfb and
+Chromium reserve far more address space than they touch.
+CPU has no rlimit equivalent (an RLIMIT_CPU kills, it does not throttle): without a cpu
+controller the ceiling is reported as ``cpu=unenforced``.
 """
 
 from __future__ import annotations
@@ -98,17 +98,19 @@ def plan(
     hierarchies: Hierarchies | None = None,
     *,
     cpus: float | None = None,
-    box_is_host_root: bool | None = None,
+    box_is_host_root: bool = False,
 ) -> LimitPlan:
     """How to limit the sandbox ``name`` (its cgroups are ``<ours>/hivecell/<name>``).
 
-    ``box_is_host_root``: whether the box's user is host root (default: whether we run as
-    root), in which case RLIMIT_NPROC does not bind and a process cap needs a pids cgroup.
+    ``box_is_host_root``: whether the box's user is host root, in which case RLIMIT_NPROC
+    does not bind and a process cap needs a pids cgroup. The local provider never runs a box
+    as host root (as root each box gets its own uid, identity.py); the check stays for any
+    caller that would.
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown limits backend {backend!r}; use one of {', '.join(BACKENDS)}")
     found = hierarchies or Hierarchies.read()
-    as_root = os.geteuid() == 0 if box_is_host_root is None else box_is_host_root
+    as_root = box_is_host_root
     result = LimitPlan(memory_bytes, max_pids, cpus=cpus)
     if memory_bytes is not None:
         result.memory = _place(result, found, "memory", memory_bytes, backend, name, as_root)

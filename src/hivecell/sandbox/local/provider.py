@@ -42,9 +42,11 @@ from hivecell.sandbox.local import (
     etcfiles,
     freeze,
     hostfilter,
+    identity,
     limits,
     seccomp,
     state,
+    uidpool,
 )
 from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
 from hivecell.sandbox.local.limits import LimitPlan, LimitsUnavailable
@@ -145,12 +147,15 @@ class LocalProvider:
         _require_host_filter(spec)
         _require_seccomp()
         self._limits(spec, "probe")  # refuse impossible limits before making folders
+        _require_userns()
         layout = self._new_layout()
         try:
             _prepare_disk(layout, spec, self.disk_backend)
             for folder in layout.writable_dirs():
                 folder.mkdir(parents=True, exist_ok=True)
+            layout.sockets.mkdir(mode=0o700)
             etcfiles.write(layout, layout.sandbox_id, spec.network)
+            host_uid = _own_uid(layout)
         except BaseException:
             _discard(layout)  # nobody learns the id: no folder or mount may stay behind
             raise
@@ -162,8 +167,9 @@ class LocalProvider:
             created_at=time.time(),
             endpoint=f"unix:{layout.guest_socket}",
             shared_dir=str(layout.shared),
-            guest_socket=str(layout.guest_socket),
             vnc_endpoint=f"unix:{layout.vnc_socket}",
+            guest_socket=str(layout.guest_socket),
+            host_uid=host_uid,
         )
         meta = SandboxMeta(info=info)
         state.save(layout, meta)
@@ -201,6 +207,7 @@ class LocalProvider:
         transfer.ensure_folder(layout.shared, "inbox")
         plan = self._plan(layout, spec)
         _write_seccomp(layout)
+        plan["identity"] = _identity(layout, meta.info.host_uid)
         layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)
         layout.guest_socket.unlink(missing_ok=True)
@@ -221,7 +228,7 @@ class LocalProvider:
                 cgroup_name,
                 self.limits_backend,
                 cpus=spec.cpus,
-                box_is_host_root=_box_is_host_root(),
+                box_is_host_root=False,  # as root each box runs as its own uid (identity.py)
             )
         except LimitsUnavailable as exc:
             raise ConfigError(str(exc), op="create") from exc
@@ -305,6 +312,8 @@ class LocalProvider:
         _leave_host_filter(layout, pid)
         _release_disk(layout)
         shutil.rmtree(layout.root, onerror=_force_remove)
+        if meta is not None and meta.info.host_uid is not None:
+            uidpool.release(meta.info.host_uid, layout.root.absolute())
 
     # --- reading state -------------------------------------------------------------------------
     def _layout(self, sandbox_id: str, *, op: str) -> Layout:
@@ -399,6 +408,53 @@ def _require_tools(spec: SandboxSpec) -> None:
         )
 
 
+def _require_userns() -> None:
+    if os.geteuid() != 0:
+        return  # the box maps to the invoking user, as bwrap always did
+    why = identity.userns_unavailable()
+    if why is not None:
+        raise ConfigError(
+            "running as root, each sandbox runs as its own unprivileged host user inside an "
+            f"unprivileged user namespace, but {why}; enable them "
+            "(sysctl user.max_user_namespaces=15000) or run hivecell as an ordinary user",
+            op="create",
+            context={"reason": why},
+        )
+
+
+def _own_uid(layout: Layout) -> int:
+    """As root: claim the sandbox's own host uid and give it the folders the box writes.
+
+    The box has not run yet, so nothing in these folders can be a planted link; lchown
+    all the same. Not root: the box's user is the invoking user, as always.
+    """
+    if os.geteuid() != 0:
+        return os.getuid()
+    try:
+        uid = uidpool.allocate(layout.root.absolute())
+    except OSError as exc:
+        raise ConfigError(str(exc), op="create") from exc
+    for folder in layout.box_dirs():
+        os.chown(folder, uid, uid, follow_symlinks=False)
+    return uid
+
+
+def _identity(layout: Layout, host_uid: int | None) -> dict[str, int] | None:
+    """What the supervisor drops to before bwrap; None keeps the invoking user."""
+    if os.geteuid() != 0:
+        return None
+    if host_uid is None or not uidpool.in_range(host_uid):
+        # Made by an older or non-root hivecell: as root its box would be host root.
+        raise ConfigError(
+            f"sandbox {layout.sandbox_id} has no host uid of its own (made by an older "
+            "hivecell, or not as root), so as root its user would be host root; copy what "
+            f"you need from {layout.shared} and recreate it",
+            op="start",
+            context={"id": layout.sandbox_id},
+        )
+    return {"uid": host_uid, "gid": host_uid}
+
+
 def _require_host_filter(spec: SandboxSpec) -> None:
     if spec.network != "nat":
         return
@@ -451,12 +507,6 @@ def _remove_cgroups(layout: Layout) -> None:
     left = limits.cleanup(LimitPlan.from_json(plan["limits"]))
     if left:
         raise SandboxError(f"cgroups {left} are still busy", op="destroy", retryable=True)
-
-
-def _box_is_host_root() -> bool:
-    """Whether the box's user is host root (it maps to the user running hivecell), so
-    RLIMIT_NPROC cannot cap its processes and only a pids cgroup can."""
-    return os.geteuid() == 0
 
 
 def _disk_cap(spec: SandboxSpec) -> int | None:

@@ -13,6 +13,7 @@ import json
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from hivecell.sandbox.local import disk, limits, network
+from hivecell.sandbox.local import disk, identity, limits, network
 from hivecell.sandbox.local.hostfilter import HostFilter
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.limits import LimitPlan
@@ -66,6 +67,8 @@ class Box:
 
     def run(self) -> int:
         try:
+            if self.plan.get("identity"):
+                _stage_for_unprivileged_bwrap(self.plan)
             limits.setup(self.limits)
             self._start()
             self._wait()
@@ -96,17 +99,22 @@ class Box:
         seccomp_fd = _open_seccomp(self.plan["seccomp"])
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
-        fds = [args_fd, seccomp_fd, info_w, block_r]
+        sockets = _bind_sockets(self.layout)
+        pipes = [args_fd, seccomp_fd, info_w, block_r]
+        fds = [*pipes, *(s.fileno() for s in sockets)]
         argv = [self.plan["bwrap"], "--args", str(args_fd), "--seccomp", str(seccomp_fd)]
         argv += ["--info-fd", str(info_w)]
         argv += ["--block-fd", str(block_r), "--", *self.plan["command"]]
+        argv += _socket_args(sockets)
         try:
             self.proc = subprocess.Popen(
-                argv, pass_fds=fds, stdin=subprocess.DEVNULL, preexec_fn=self._join_limits
+                argv, pass_fds=fds, stdin=subprocess.DEVNULL, preexec_fn=self._enter_box
             )
         finally:
-            for fd in fds:
+            for fd in pipes:
                 os.close(fd)
+            for sock in sockets:
+                sock.close()  # only the box holds them now: if it dies, connects are refused
         self.child_pid = _read_child_pid(info_r)
         try:
             if self.stopping or self.child_pid is None:
@@ -177,8 +185,12 @@ class Box:
         host_filter = HostFilter(self.plan["nft"])
         return network.Network(self.plan["slirp4netns"], host_filter, self.layout.sandbox_id)
 
-    def _join_limits(self) -> None:
+    def _enter_box(self) -> None:
+        """Between fork and exec of bwrap: join the cgroups (needs root), then drop root."""
         limits.join(self.limits)
+        who = self.plan.get("identity")
+        if who:
+            identity.drop(who["uid"], who["gid"])
 
     def _cleanup(self) -> int:
         code = -1
@@ -216,6 +228,32 @@ def _open_seccomp(path: str) -> int:
     return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 
+def _bind_sockets(layout: Layout) -> list[socket.socket]:
+    """The guest's and the VNC relay's unix sockets, bound in a folder the box never sees.
+
+    The host connects to these paths, so they must not live where the box writes (it could
+    replace them with links to another sandbox's socket or a host service). The box gets
+    them as fds; the guest calls listen(), so a connect succeeds only once it serves.
+    """
+    bound = []
+    try:
+        for path in (layout.guest_socket, layout.vnc_socket):
+            path.unlink(missing_ok=True)
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            bound.append(sock)
+            sock.bind(str(path))
+    except OSError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
+def _socket_args(sockets: list[socket.socket]) -> list[str]:
+    guest, vnc = sockets
+    return ["--listen-fd", str(guest.fileno()), "--vnc-fd", str(vnc.fileno())]
+
+
 def _read_child_pid(info_r: int) -> int | None:
     data = b""
     try:
@@ -246,6 +284,12 @@ def _record_failure(layout: Layout, reason: str, code: int) -> None:
         layout.record_exit("error", reason, code)
     except OSError as exc:
         log(f"cannot record the exit: {exc}")
+
+
+def _stage_for_unprivileged_bwrap(plan: dict[str, Any]) -> None:
+    """bwrap will run as the sandbox's uid: give it reachable copies of 0700-hidden sources."""
+    identity.private_mounts()
+    plan["bwrap_args"] = identity.stage_binds(plan["bwrap_args"])
 
 
 def detach(pid_fd: int) -> None:
