@@ -149,9 +149,10 @@ def copy_in(
     return walk.report
 
 
-def ensure_folder(trusted: Path, name: str) -> None:
+def ensure_folder(trusted: Path, name: str, owner: int | None = None) -> None:
     """Make ``trusted/name`` a real folder again: a link or file the box left there (while it
-    could write ``trusted``) is removed, never followed. For a stopped box, before it boots."""
+    could write ``trusted``) is removed, never followed. For a stopped box, before it boots.
+    ``owner``: the box's host uid (and gid), which must own the folder it writes."""
     with _fd(os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as base:
         fd = _make_dir(base, name)
         if fd is None:
@@ -159,7 +160,11 @@ def ensure_folder(trusted: Path, name: str) -> None:
             fd = _make_dir(base, name)
         if fd is None:
             raise PathDenied(f"{trusted / name} keeps coming back as a non-folder", op="start")
-        os.close(fd)
+        try:
+            if owner is not None:
+                os.fchown(fd, owner, owner)  # the fd, so never what a link points at
+        finally:
+            os.close(fd)
 
 
 class _Walk:

@@ -107,7 +107,8 @@ def stage_binds(args: list[str]) -> list[str]:
 
 def _stage(libc: ctypes.CDLL, source: str, n: int) -> str | None:
     real = Path(source).resolve()
-    if not real.exists() or _reachable(real):
+    # bwrap walks the path as given (a link's own folder too), then the link's target.
+    if not real.exists() or (_reachable(Path(source).absolute()) and _reachable(real)):
         return None  # fine as it is (or a -try bind of a missing path)
     staged = STAGE / str(n)
     if real.is_dir():
@@ -118,9 +119,9 @@ def _stage(libc: ctypes.CDLL, source: str, n: int) -> str | None:
     return str(staged)
 
 
-def _reachable(real: Path) -> bool:
-    """Whether anyone may search every folder above ``real`` (a resolved path)."""
-    return all(parent.stat().st_mode & stat.S_IXOTH for parent in real.parents)
+def _reachable(path: Path) -> bool:
+    """Whether anyone may search every folder above ``path``."""
+    return all(parent.stat().st_mode & stat.S_IXOTH for parent in path.parents)
 
 
 def drop(uid: int, gid: int) -> None:

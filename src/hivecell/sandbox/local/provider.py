@@ -204,7 +204,7 @@ class LocalProvider:
         # bwrap binds shared/inbox by its host path: a link the box left there must not be
         # followed at boot (a read-only inbox is a mount point the box cannot replace; a
         # writable one can be replaced while the box runs).
-        transfer.ensure_folder(layout.shared, "inbox")
+        transfer.ensure_folder(layout.shared, "inbox", meta.info.host_uid)
         plan = self._plan(layout, spec)
         _write_seccomp(layout)
         plan["identity"] = _identity(layout, meta.info.host_uid)
