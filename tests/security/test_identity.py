@@ -23,7 +23,7 @@ import pytest
 
 from hivecell.errors import ConfigError, ToolFailed
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
-from hivecell.sandbox.local import identity, uidpool
+from hivecell.sandbox.local import identity, supervisor, uidpool
 from hivecell.sandbox.local.provider import LocalProvider
 from hivecell.server.vnc import provider_resolver
 from tests.agent.helpers import short_tmp
@@ -133,11 +133,22 @@ def proc_ids(pid: int) -> set[int]:
     return found
 
 
+def sandbox_root(info: SandboxInfo) -> Path:
+    """The sandbox's host folder (its sockets/ folder is in it; shared/ is on its disk)."""
+    assert info.guest_socket is not None
+    return Path(info.guest_socket).parent.parent
+
+
 def box_processes(sandbox_root: Path) -> set[int]:
     """bwrap and everything inside the box: the supervisor's descendants, not itself."""
     procs = {pid for pid, _ in process_tree(str(sandbox_root))}
     mine = str(sandbox_root).encode()
-    return {pid for pid in procs if mine not in Path(f"/proc/{pid}/cmdline").read_bytes()}
+    copier = supervisor.COPIER.encode()  # the supervisor's log copier stays on the host side
+    return {
+        pid
+        for pid in procs
+        if mine not in (cmd := Path(f"/proc/{pid}/cmdline").read_bytes()) and copier not in cmd
+    }
 
 
 def euid_as_nobody(shell: Path) -> str:
@@ -174,14 +185,17 @@ async def test_box_files_belong_to_the_sandbox_s_own_uid(pair: Pair) -> None:
     assert uid_a is not None and uid_b is not None
     assert uid_a != uid_b and uidpool.in_range(uid_a) and uidpool.in_range(uid_b)
     for info in (pair.a, pair.b):
-        shared, home = Path(info.shared_dir), Path(info.shared_dir).parent / "home"
+        shared, home = (
+            Path(info.shared_dir),
+            Path(info.shared_dir).parent / "home",
+        )  # both on the disk
         for path in (shared / "outbox/out", shared / "workspace/dir", home / "home-file"):
             assert owner(path) == (info.host_uid, info.host_uid), path
 
 
 @needs_root
 async def test_no_box_process_runs_as_host_root(pair: Pair) -> None:
-    box = box_processes(Path(pair.a.shared_dir).parent)
+    box = box_processes(sandbox_root(pair.a))
     assert len(box) >= 4  # bwrap, boot, Xvfb, openbox at least
     assert {pid: proc_ids(pid) for pid in box} == {pid: {pair.a.host_uid} for pid in box}
 
@@ -240,7 +254,7 @@ async def _first_bytes(endpoint: str) -> bytes:
 async def test_the_host_sockets_are_outside_the_box(pair: Pair) -> None:
     guest_socket = Path(pair.a.guest_socket or "")
     assert pair.a.endpoint == f"unix:{guest_socket}"
-    assert guest_socket.parent == Path(pair.a.shared_dir).parent / "sockets"
+    assert guest_socket.parent == sandbox_root(pair.a) / "sockets"
     folder = guest_socket.parent.lstat()
     assert folder.st_uid == os.geteuid() and stat.S_IMODE(folder.st_mode) == 0o700
     async with await pair.provider.connect(pair.a.id) as guest:
@@ -269,7 +283,7 @@ async def test_cli_lists_guest_socket_shared_dir_and_host_uid(pair: Pair) -> Non
 async def test_rlimit_nproc_binds_without_cgroups(fresh: Callable[..., LocalProvider]) -> None:
     provider = fresh(limits_backend="rlimit")
     info = await provider.create(SandboxSpec(max_pids=MAX_PIDS, memory_mb=None))
-    assert info.detail == "limits: memory=none pids=rlimit"
+    assert info.detail.startswith("limits: memory=none pids=rlimit ")
     async with await provider.connect(info.id) as guest:
         result = await shell(guest, FORK_BOMB)
         assert "refused: Resource temporarily unavailable" in result["stdout"], result
@@ -302,7 +316,7 @@ async def test_destroy_gives_the_uid_back(fresh: Callable[..., LocalProvider]) -
     provider = fresh()
     info = await provider.create(SandboxSpec(max_pids=None, memory_mb=None))
     claim = uidpool.REGISTRY / str(info.host_uid)
-    assert claim.read_text() == str(Path(info.shared_dir).parent)
+    assert claim.read_text() == str(sandbox_root(info))
     await provider.destroy(info.id)
     assert not claim.exists()
 
@@ -355,7 +369,7 @@ async def test_a_sandbox_without_its_own_uid_is_not_started_as_root(
     provider = fresh()
     info = await provider.create(SandboxSpec(max_pids=None, memory_mb=None))
     await provider.stop(info.id)
-    forget_host_uid(Path(info.shared_dir).parent / "meta.json")  # as an older hivecell wrote it
+    forget_host_uid(sandbox_root(info) / "meta.json")  # as an older hivecell wrote it
     with pytest.raises(ConfigError, match="its user would be host root"):
         await provider.start(info.id)
     assert (await provider.info(info.id)).status == "stopped"
