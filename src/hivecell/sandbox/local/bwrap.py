@@ -21,6 +21,12 @@ HOST_EXTRAS = ("/var/cache/fontconfig",)  # a warm font cache saves every app ~1
 XDG_RUNTIME_DIR = "/tmp/xdg-runtime"
 BOOT_MODULE = "hivecell.guest.boot"
 PYCACHE = "/opt/hivecell/pycache"
+# Host-global kernel knobs under the box's /proc, bound read-only over it. bwrap covers
+# /proc/sys only when the directory itself looks writable, which it never does; but its
+# files check nothing beyond "is the writer uid 0 on the host", so a box whose user maps to
+# host root could set core_pattern (a host program run as root on any crash) or any sysctl.
+PROC_COVER = ["--ro-bind", "/proc/sys", "/proc/sys", "--ro-bind-try", "/proc/sysrq-trigger",
+              "/proc/sysrq-trigger"]  # fmt: skip
 
 
 def build(layout: Layout, runtime: PythonRuntime, pycache: Path) -> list[str]:
@@ -56,7 +62,7 @@ def _system_mounts() -> list[str]:
             args += ["--symlink", str(path.readlink()), str(path)]
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
-    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--proc", "/proc", *PROC_COVER, "--dev", "/dev"]
     for scratch in ("/dev/shm", "/tmp", "/var/tmp"):
         args += ["--perms", "1777", "--tmpfs", scratch]  # sticky, world-writable as usual
     args += ["--symlink", "../run", "/var/run"]
