@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import anyio
 import pytest
 
 from hivecell.errors import GuestUnavailable
@@ -23,6 +24,7 @@ from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.provider import LocalProvider
+from hivecell.sandbox.local.supervisor import BOX_OUTPUT_CAP
 from tests.sandbox.conftest import short_tmp
 from tests.sandbox.host import sh_out, shell
 from tests.security.conftest_escape import (
@@ -355,3 +357,17 @@ async def test_kill_everything_reaches_only_the_box(
         assert own_pid_alive(int(meta["supervisor_pid"]))
     finally:
         await box.provider.destroy(victim.id)
+
+
+async def test_box_output_cannot_fill_the_host_disk_through_the_log(
+    box: Box, guest: GuestClient
+) -> None:
+    """Attack: every box process inherits the box's stdout/stderr, which end in the host's
+    sandbox.log, outside the box's disk caps. Write 3x the log's cap straight to pid 1's
+    stderr (reopened through /proc/1/fd/2). The log may grow by the cap, never more."""
+    before = (await anyio.Path(box.layout.log).stat()).st_size
+    written = await shell(guest, f"head -c {3 * BOX_OUTPUT_CAP} /dev/zero > /proc/1/fd/2")
+    assert written["exit_code"] == 0, written  # the pipe is drained, nothing blocks
+    after = (await anyio.Path(box.layout.log).stat()).st_size
+    assert after - before <= BOX_OUTPUT_CAP + 4096, (before, after)
+    assert (await guest.call("ping"))["pong"] is True

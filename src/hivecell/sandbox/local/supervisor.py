@@ -14,6 +14,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from types import FrameType
@@ -26,6 +27,7 @@ from hivecell.sandbox.local.limits import LimitPlan
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FILTER_CHECK_SECONDS = 2.0  # how long a flushed host filter may stay missing
+BOX_OUTPUT_CAP = 8 << 20  # bytes of the box's stdout/stderr kept in the log per run
 
 
 def log(message: str) -> None:
@@ -44,6 +46,7 @@ class Box:
         self.child_pid: int | None = None
         self.network: network.Network | None = None
         self.stopping = False
+        self.output: threading.Thread | None = None
 
     def run(self) -> int:
         try:
@@ -76,16 +79,22 @@ class Box:
         args_fd = _args_memfd(self.plan["bwrap_args"])
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
+        out_r, out_w = os.pipe()
         fds = [args_fd, info_w, block_r]
         argv = [self.plan["bwrap"], "--args", str(args_fd), "--info-fd", str(info_w)]
         argv += ["--block-fd", str(block_r), "--", *self.plan["command"]]
         try:
+            # The box writes to a pipe, never to the log file itself: a box process's
+            # /proc/<pid>/fd/1 would otherwise reopen the host's log for writing.
             self.proc = subprocess.Popen(
-                argv, pass_fds=fds, stdin=subprocess.DEVNULL, preexec_fn=self._join_limits
-            )
+                argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
+                preexec_fn=self._join_limits,
+            )  # fmt: skip
         finally:
-            for fd in fds:
+            for fd in [*fds, out_w]:
                 os.close(fd)
+        self.output = threading.Thread(target=_copy_output, args=(out_r,), daemon=True)
+        self.output.start()
         self.child_pid = _read_child_pid(info_r)
         try:
             if self.stopping or self.child_pid is None:
@@ -131,6 +140,8 @@ class Box:
             if self.proc.poll() is None:
                 self._kill()
             code = self.proc.wait()
+        if self.output is not None:
+            self.output.join(timeout=2.0)  # EOF once the box's last process is gone
         if self.network is not None:
             try:
                 self.network.stop()
@@ -141,6 +152,20 @@ class Box:
             log(f"could not remove cgroups {left}")
         _record_exit(self.layout, code, self.stopping)
         return code
+
+
+def _copy_output(fd: int) -> None:
+    """Copy the box's output into the log (our stderr), up to BOX_OUTPUT_CAP bytes; drain the
+    rest so no box process ever blocks on a full pipe."""
+    kept = 0
+    with os.fdopen(fd, "rb", buffering=0) as pipe:
+        while chunk := pipe.read(65536):
+            if kept < BOX_OUTPUT_CAP:
+                chunk = chunk[: BOX_OUTPUT_CAP - kept]
+                kept += len(chunk)
+                os.write(2, chunk)
+                if kept >= BOX_OUTPUT_CAP:
+                    log(f"box output beyond {BOX_OUTPUT_CAP} bytes is dropped")
 
 
 def _args_memfd(args: list[str]) -> int:
