@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import ipaddress
 import json
 import os
 import secrets
@@ -186,7 +187,7 @@ def host_addresses() -> list[str]:
         for line in Path("/proc/net/if_inet6").read_text().splitlines():
             raw, scope = line.split()[0], line.split()[3]
             if scope == "00":  # global scope only: link-local needs an interface
-                v6.append(":".join(raw[i : i + 4] for i in range(0, 32, 4)))
+                v6.append(str(ipaddress.IPv6Address(bytes.fromhex(raw))))
     return v4 + v6
 
 
