@@ -86,9 +86,11 @@ class Box:
         try:
             # The box writes to a pipe, never to the log file itself: a box process's
             # /proc/<pid>/fd/1 would otherwise reopen the host's log for writing.
+            # env={}: bwrap stays the box's pid 1, whose /proc/1/environ the box can read;
+            # ours is the caller's (API keys and all). The box's own comes from --setenv.
             self.proc = subprocess.Popen(
                 argv, pass_fds=fds, stdin=subprocess.DEVNULL, stdout=out_w, stderr=out_w,
-                preexec_fn=self._join_limits,
+                preexec_fn=self._join_limits, env={},
             )  # fmt: skip
         finally:
             for fd in [*fds, out_w]:
