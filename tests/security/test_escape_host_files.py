@@ -39,12 +39,14 @@ from tests.security.conftest_escape import (
 )
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+CANARY = "HIVECELL_ESCAPE_TEST_API_KEY"
 
 
 @dataclass
 class Box:
     provider: LocalProvider
     info: SandboxInfo
+    canary: str  # the value of a variable in the environment of the process that made the box
 
     @property
     def layout(self) -> Layout:
@@ -66,8 +68,13 @@ def module_home() -> Iterator[Path]:
 @pytest.fixture(scope="module")
 async def box(module_home: Path) -> AsyncIterator[Box]:
     provider = LocalProvider(module_home, pycache=module_home / "pycache")
-    info = await provider.create(SandboxSpec(network="offline"))
-    yield Box(provider, info)
+    canary = token("sk-escape-canary")
+    os.environ[CANARY] = canary  # as an API key would be in a CLI's or server's environment
+    try:
+        info = await provider.create(SandboxSpec(network="offline"))
+    finally:
+        del os.environ[CANARY]
+    yield Box(provider, info, canary)
     for each in await provider.list():
         await provider.destroy(each.id)
 
@@ -293,6 +300,34 @@ async def test_hardlinks_out_of_shared_fail(box: Box, guest: GuestClient) -> Non
     outbox = Path(box.info.shared_dir) / "outbox"
     assert sorted(p.name for p in outbox.glob(f"{probe}*")) == [f"{probe}-own"]
     assert link_counts(host_files) == links_before
+
+
+ENVIRON = r"""
+import json, os
+out = {}
+for pid in [p for p in os.listdir("/proc") if p.isdigit()]:
+    for name in ("environ", "cmdline"):
+        try:
+            out[f"/proc/{pid}/{name}"] = open(f"/proc/{pid}/{name}", "rb").read().decode(
+                errors="replace")
+        except OSError as exc:
+            out[f"/proc/{pid}/{name}"] = "error: " + exc.strerror
+print(json.dumps(out))
+"""
+
+
+async def test_the_host_environment_is_not_visible(box: Box, guest: GuestClient) -> None:
+    """Attack: read /proc/<pid>/environ and cmdline of every process in the box. bwrap is
+    the box's pid 1 and a host program: had it kept the environment of the process that
+    made the sandbox (a CLI or server with API keys in it), the box would read those
+    keys there. A canary variable set while the box was made must appear nowhere, and
+    neither may host-only values such as the host's HOME or working folder."""
+    seen = await run_probe(guest, ENVIRON, None)
+    assert "/proc/1/environ" in seen and len(seen) >= 8
+    leaked = [where for where, text in seen.items() if box.canary in text or CANARY in text]
+    assert not leaked, leaked
+    host_only = [f"{k}={os.environ.get(k, '/nonexistent')}\0" for k in ("PWD", "HOME")]
+    assert not [w for w, text in seen.items() if any(h in text for h in host_only)]
 
 
 # --- host processes ------------------------------------------------------------------------------
