@@ -10,18 +10,34 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from hivecell.agent.llm.scripted import ScriptedLLMServer
 from tests.agent.helpers import act, call, finish, tool_results
-from tests.cli.test_cli_run import run_json
 from tests.security.conftest_escape import HostState, Markers, host_markers, token
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+# The test's own settings must not leak into the CLI under test.
+ENV = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "HIVECELL_"))}
+
+
+async def run_json(
+    home: Path, server: ScriptedLLMServer
+) -> tuple[subprocess.CompletedProcess[bytes], dict[str, Any]]:
+    """``hivecell run --json`` against the scripted model, as a user would start it."""
+    command = [sys.executable, "-m", "hivecell.cli.main", "run", "do the task", "--json"]
+    command += ["--base-url", server.base_url, "--api-key", "x", "--model", "m"]
+    with anyio.fail_after(300):  # a sandbox boot plus ~25 tool calls, on a loaded host
+        done = await anyio.run_process([*command, "--home", str(home)], check=False, env=ENV)
+    assert done.stdout, done.stderr.decode()
+    return done, json.loads(done.stdout)
 
 
 @pytest.fixture

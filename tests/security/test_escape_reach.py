@@ -113,7 +113,7 @@ async def _hivecell_up(*args: str) -> AsyncIterator[Server]:
 async def _read_link(process: Process) -> str:
     assert process.stdout is not None
     seen = b""
-    with anyio.fail_after(60):
+    with anyio.fail_after(180):  # importing the server takes ~20 s on a loaded 2-core host
         while b"\n" not in seen:
             seen += await process.stdout.receive()
     line = seen.decode().splitlines()[0]
