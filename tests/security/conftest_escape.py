@@ -156,7 +156,8 @@ class HostState:
 
 @dataclass
 class Markers:
-    """Host-only files with random names and contents, in places a box must never see."""
+    """Host-only files with random names and contents, in places a box must never see
+    (the host's /tmp, /var/tmp and /dev/shm share their names with the box's own)."""
 
     name: str
     secret: str
@@ -166,7 +167,7 @@ class Markers:
 @contextlib.contextmanager
 def host_markers() -> Iterator[Markers]:
     name, secret = token(), secrets.token_hex(16)
-    files = [Path("/root") / name, Path("/tmp") / name, Path("/var/tmp") / name]
+    files = [Path(folder, name) for folder in ("/root", "/tmp", "/var/tmp", "/dev/shm")]
     try:
         for path in files:
             path.write_text(secret)

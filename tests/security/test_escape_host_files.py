@@ -114,7 +114,7 @@ async def test_host_files_are_not_reachable_by_any_path(
     guest: GuestClient, markers: Markers
 ) -> None:
     """Attack: read the host's /etc/shadow and host-only files (random names under /root,
-    /tmp, /var/tmp) directly, through /proc/1/root, and through /proc/<pid>/root and
+    /tmp, /var/tmp, /dev/shm) directly, through /proc/1/root, and through /proc/<pid>/root and
     /proc/<pid>/cwd of every process the box can see; then search the box's whole tree
     for the marker's name. Nothing may be read, nothing found."""
     host_state = HostState([Path("/etc/shadow"), *markers.files])
@@ -328,6 +328,47 @@ async def test_the_host_environment_is_not_visible(box: Box, guest: GuestClient)
     assert not leaked, leaked
     host_only = [f"{k}={os.environ.get(k, '/nonexistent')}\0" for k in ("PWD", "HOME")]
     assert not [w for w, text in seen.items() if any(h in text for h in host_only)]
+
+
+@pytest.fixture
+def host_ipc() -> Iterator[list[str]]:
+    """Ids of a SysV shared memory segment and a message queue made on the host."""
+    made = []
+    try:
+        for argv in (["ipcmk", "-M", "4096", "-p", "0666"], ["ipcmk", "-Q", "-p", "0666"]):
+            out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+            made.append((argv[1], out.split()[-1]))
+        yield [ident for _, ident in made]
+    finally:
+        for kind, ident in made:
+            flag = "-m" if kind == "-M" else "-q"
+            subprocess.run(["ipcrm", flag, ident], capture_output=True, check=False)
+
+
+SYSV = r"""
+import ctypes, errno, json, sys
+libc = ctypes.CDLL(None, use_errno=True)
+libc.shmat.restype = ctypes.c_void_p
+shm_id, queue_id = (int(i) for i in json.load(sys.stdin))
+out = {}
+address = libc.shmat(shm_id, None, 0)
+failed = address in (None, ctypes.c_void_p(-1).value)
+out["shm"] = errno.errorcode[ctypes.get_errno()] if failed else "attached"
+stat = ctypes.create_string_buffer(512)
+found = libc.msgctl(queue_id, 2, stat)  # IPC_STAT
+out["msg"] = errno.errorcode[ctypes.get_errno()] if found == -1 else "opened"
+print(json.dumps(out))
+"""
+
+
+async def test_host_sysv_ipc_is_invisible(guest: GuestClient, host_ipc: list[str]) -> None:
+    """Attack: attach the host's SysV shared memory and open its message queues (a classic
+    channel between processes of one host). The box has its own IPC namespace: ``ipcs``
+    lists none of the host's objects and attaching by the host's ids fails."""
+    listing = await sh_out(guest, "ipcs -a")
+    assert not any(ident in listing.split() for ident in host_ipc), listing
+    verdicts = await run_probe(guest, SYSV, host_ipc)
+    assert verdicts == {"shm": "EINVAL", "msg": "EINVAL"}, verdicts
 
 
 # --- host processes ------------------------------------------------------------------------------
