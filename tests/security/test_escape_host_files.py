@@ -385,14 +385,31 @@ def host_sleeper() -> Iterator[tuple[subprocess.Popen[bytes], str]]:
         proc.wait()
 
 
+PID_SCAN = r"""
+import json, os, sys
+listed = {int(p) for p in os.listdir("/proc") if p.isdigit()}
+answered = []
+for pid in range(1, json.load(sys.stdin)):
+    try:
+        os.kill(pid, 0)
+        answered.append(pid)
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        answered.append(pid)
+listed |= {int(p) for p in os.listdir("/proc") if p.isdigit()}
+print(json.dumps({"answered": answered, "listed": sorted(listed)}))
+"""
+
+
 async def test_host_processes_cannot_be_signalled(
     box: Box, guest: GuestClient, host_sleeper: tuple[subprocess.Popen[bytes], str]
 ) -> None:
     """Attack: SIGKILL host processes from inside: this test's own pid, the box's
     supervisor, a host process with a unique name (by pid and with pkill -f), pid 1 as the
-    box sees it (the box's own init, which must shrug it off), and every pid up to the
-    host's pid_max sample. ps inside lists only the box's processes. Every host process
-    stays alive and the box keeps answering."""
+    box sees it (the box's own init, which must shrug it off); then probe every pid up to
+    the host's highest with signal 0: only the box's own answer. ps inside lists only the
+    box's processes. Every host process stays alive and the box keeps answering."""
     sleeper, name = host_sleeper
     meta = json.loads(box.layout.meta.read_text())
     supervisor = int(meta["supervisor_pid"])
@@ -407,6 +424,10 @@ async def test_host_processes_cannot_be_signalled(
     assert hunted["stdout"] == "1\n", hunted  # pkill: no process matched
     listing = await sh_out(guest, "ps -e -o args=")
     assert name not in listing and "pytest" not in listing
+    scan = await run_probe(guest, PID_SCAN, max(host_pids) + 1000)
+    # The box numbers its own pids from 1 up; short-lived ones may answer between listings.
+    assert max(scan["answered"]) <= max(scan["listed"]) + 64, scan
+    assert not set(scan["answered"]) & set(host_pids), scan
     await shell(guest, "kill -9 1")  # the namespace's init ignores signals from inside
     assert (await guest.call("ping"))["pong"] is True
     assert sleeper.poll() is None and own_pid_alive(supervisor)
@@ -414,7 +435,7 @@ async def test_host_processes_cannot_be_signalled(
 
 
 async def test_kill_everything_reaches_only_the_box(
-    module_home: Path, box: Box, host_sleeper: tuple[subprocess.Popen[bytes], str]
+    box: Box, host_sleeper: tuple[subprocess.Popen[bytes], str]
 ) -> None:
     """Attack: ``kill -9 -1`` (every process the caller may signal) from inside a second,
     disposable box. The box's user maps to a host uid, so without a pid namespace this
