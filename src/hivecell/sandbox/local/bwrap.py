@@ -29,6 +29,12 @@ NO_NESTED_USERNS = ("--unshare-user", "--disable-userns")
 BOOT_MODULE = "hivecell.guest.boot"
 PYCACHE = "/opt/hivecell/pycache"
 TMPFS_BYTES = 1 << 30
+# Host-global kernel knobs under the box's /proc, bound read-only over it. bwrap covers
+# /proc/sys only when the directory itself looks writable, which it never does; but its
+# files check nothing beyond "is the writer uid 0 on the host", so a box whose user maps to
+# host root could set core_pattern (a host program run as root on any crash) or any sysctl.
+PROC_COVER = ["--ro-bind", "/proc/sys", "/proc/sys", "--ro-bind-try", "/proc/sysrq-trigger",
+              "/proc/sysrq-trigger"]  # fmt: skip
 
 
 def build(
@@ -73,7 +79,7 @@ def _system_mounts(tmpfs_bytes: int) -> list[str]:
             args += ["--symlink", str(path.readlink()), str(path)]
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
-    args += ["--proc", "/proc", "--dev", "/dev"]
+    args += ["--proc", "/proc", *PROC_COVER, "--dev", "/dev"]
     for scratch in ("/dev/shm", "/tmp", "/var/tmp"):
         # sticky, world-writable as usual; sized, else a box fills host RAM when memory falls
         # back to rlimits (with a memory cgroup, tmpfs pages count toward it as well)

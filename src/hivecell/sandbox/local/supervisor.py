@@ -107,8 +107,12 @@ class Box:
         argv += ["--block-fd", str(block_r), "--", *self.plan["command"]]
         argv += _socket_args(sockets)
         try:
+            # The box writes to a pipe (cap_output), never to the log file itself: a box process's
+            # /proc/<pid>/fd/1 would otherwise reopen the host's log for writing.
+            # env={}: bwrap stays the box's pid 1, whose /proc/1/environ the box can read;
+            # ours is the caller's (API keys and all). The box's own comes from --setenv.
             self.proc = subprocess.Popen(
-                argv, pass_fds=fds, stdin=subprocess.DEVNULL, preexec_fn=self._enter_box
+                argv, pass_fds=fds, stdin=subprocess.DEVNULL, preexec_fn=self._enter_box, env={}
             )
         finally:
             for fd in pipes:
