@@ -12,6 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hivecell.errors import ConfigError
+from hivecell.keystore import KeyStore
 from hivecell.sandbox.base import NetworkMode
 from hivecell.server import configfile
 
@@ -27,6 +28,11 @@ class ServerConfig:
     max_concurrent: int | None = None  # overrides the saved preference for this run
     sandbox_provider: str = "local"
     ui: bool = True  # run the installers (dashboard); off: the API alone
+    bind_host: str = "127.0.0.1"  # the address it listens on: always an allowed Host
+    allowed_hosts: frozenset[str] = frozenset()  # --allowed-host: names a reverse proxy uses
+    max_upload_bytes: int = 200 * 1024 * 1024  # files of one POST /tasks, counted as they stream
+    max_json_bytes: int = 1024 * 1024
+    key_store: KeyStore = field(default_factory=KeyStore.config_only)
 
     @property
     def config_path(self) -> Path:

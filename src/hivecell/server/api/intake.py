@@ -116,6 +116,7 @@ def _resolve_llm(state: ServerState, body: TaskCreate) -> ProviderConfig:
         model=body.model,
         config_path=state.config.config_path,
         environ=state.config.environ,
+        keyring=state.config.key_store.get,
     )
 
 
