@@ -35,13 +35,28 @@ def up(
     api_only: Annotated[
         bool, typer.Option("--api-only", help="serve the API without the UI")
     ] = False,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="also accept this Host name (a reverse proxy's); repeatable. The bound "
+            "address and localhost are always accepted",
+        ),
+    ] = None,
+    max_upload_mb: Annotated[
+        int, typer.Option(min=1, help="cap on the files of one task upload, in MiB")
+    ] = 200,
     home: Path | None = HomeOption,
 ) -> None:
     """Start the server; prints the login link (it carries the token)."""
+    from hivecell.homedir import private_umask, secure_home
+    from hivecell.keystore import KeyStore
     from hivecell.server.auth import is_loopback_host, load_or_create_token
+    from hivecell.server.guard import hosts_of
     from hivecell.server.settings import ServerConfig
     from hivecell.store import default_database_url
 
+    private_umask()  # the database, traces and outputs this server creates are private
     root = resolve_home(home)
     if no_auth and not is_loopback_host(host):
         err.print(
@@ -51,6 +66,7 @@ def up(
             highlight=False,
         )
         raise typer.Exit(2)
+    secure_home(root)
     config = ServerConfig(
         home=root,
         database_url=database_url
@@ -60,6 +76,10 @@ def up(
         token=None if no_auth else load_or_create_token(root),
         max_concurrent=max_concurrent,
         ui=not api_only,
+        bind_host=host,
+        allowed_hosts=hosts_of(allowed_host or []),
+        max_upload_bytes=max_upload_mb * 1024 * 1024,
+        key_store=KeyStore.detect(),
     )
     sock = _bind(host, port)
     run(_serve, config, sock, host)

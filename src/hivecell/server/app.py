@@ -17,6 +17,7 @@ from typing import Any
 import anyio
 from fastapi import FastAPI
 
+from hivecell.homedir import secure_home
 from hivecell.sandbox.base import SandboxProvider
 from hivecell.sandbox.registry import get_provider
 from hivecell.server.auth import TokenLinkMiddleware
@@ -105,6 +106,7 @@ def _policy(config: ServerConfig) -> GuardPolicy:
 def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(secure_home, state.config.home)
         async with TaskStore(state.config.database_url) as store:
             manager = await state.start(store)
             async with anyio.create_task_group() as tg:
