@@ -50,13 +50,8 @@ async def serve_config(
 ) -> AsyncIterator[Server]:
     """``create_app`` under a real uvicorn on 127.0.0.1:<free port>; ``config`` overrides
     ServerConfig fields (allowed_hosts, ui, max_json_bytes, ...)."""
-    settings = ServerConfig(
-        home=home,
-        database_url=default_database_url(home),
-        environ={},
-        token=token,
-        **({"ui": False} | config),
-    )
+    defaults: dict[str, Any] = {"database_url": default_database_url(home), "environ": {}}
+    settings = ServerConfig(home=home, token=token, **(defaults | {"ui": False} | config))
     server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
     sock = socket.create_server(("127.0.0.1", 0))
     port = sock.getsockname()[1]
