@@ -4,9 +4,14 @@ records what reaches it. Imported explicitly (no conftest.py magic)."""
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,7 +26,7 @@ from hivecell.server.settings import ServerConfig
 from hivecell.store import default_database_url
 from tests.server.helpers import TOKEN
 
-__all__ = ["TOKEN", "Recorder", "Server", "recorder", "serve_config"]
+__all__ = ["TOKEN", "Recorder", "Server", "UpProcess", "hivecell_up", "recorder", "serve_config"]
 
 
 @dataclass
@@ -101,3 +106,55 @@ async def recorder() -> AsyncIterator[Recorder]:
             yield seen
         finally:
             tg.cancel_scope.cancel()
+
+
+@dataclass
+class UpProcess:
+    """A real ``hivecell up`` process and what it printed."""
+
+    process: subprocess.Popen[str]
+    base_url: str
+    token: str | None
+
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
+    def wait_started(self) -> None:
+        """The link is printed before start-up: the first answer comes once it is done (the
+        socket already listens, so this request waits in the backlog until then)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        response = httpx2.get(self.base_url + "/api/v1/status", headers=headers, timeout=120)
+        assert response.status_code == 200, response.text
+
+    def status(self, field: str) -> int:
+        """A ``VmRSS``/``VmHWM`` line of /proc/<pid>/status, in KiB."""
+        text = Path(f"/proc/{self.process.pid}/status").read_text()
+        return int(re.search(rf"^{field}:\s+(\d+) kB", text, re.M).group(1))  # type: ignore[union-attr]
+
+
+@contextmanager
+def hivecell_up(home: Path, *args: str) -> Iterator[UpProcess]:
+    """``hivecell up --port 0 --home HOME ARGS`` until it prints its link; SIGINT afterwards."""
+    env = os.environ | {"NO_COLOR": "1", "COLUMNS": "400"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "hivecell.cli.main", "up", "--port", "0", "--home", str(home),
+         *args],
+        stdout=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        pattern = re.compile(r"hivecell is up: (http://[^/\s]+)/(?:\?token=(\S+))?")
+        while not (match := pattern.search(line := process.stdout.readline())):
+            # readline blocks until the server prints its link (or dies: an empty line)
+            assert line, f"hivecell up exited ({process.wait()}) before printing its link"
+        up = UpProcess(process, match.group(1), match.group(2))
+        up.wait_started()
+        yield up
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
