@@ -15,6 +15,7 @@ from typing import Literal
 
 import keyring
 from keyring.backend import KeyringBackend
+from keyring.backends.chainer import ChainerBackend
 from keyring.errors import KeyringError, PasswordDeleteError
 
 from hivecell.errors import ConfigError
@@ -38,7 +39,7 @@ class KeyStore:
         """The OS keyring if a real backend answers, else ``config_only``."""
         try:
             backend = keyring.get_keyring()
-            if backend.priority <= 0:  # fail.Keyring, null.Keyring: nothing stores anything
+            if not _os_keyring(backend):
                 return cls(None)
             backend.get_password(SERVICE, "probe")
         except (KeyringError, RuntimeError, OSError):
@@ -74,6 +75,15 @@ class KeyStore:
             pass  # nothing stored: already gone
         except KeyringError as exc:
             raise _error("delete", provider, exc) from exc
+
+
+def _os_keyring(backend: KeyringBackend) -> bool:
+    """A real OS store (Secret Service, KWallet, Keychain, Windows): priority >= 1. keyring's
+    fail/null backends (0, -1) store nothing, and the plain-file backends of keyrings.alt
+    (< 1) would only move the key from one file to another."""
+    if isinstance(backend, ChainerBackend):
+        return any(_os_keyring(b) for b in backend.backends)
+    return float(backend.priority) >= 1
 
 
 def _error(action: str, provider: str, exc: Exception) -> ConfigError:

@@ -10,6 +10,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from keyrings.alt.file import PlaintextKeyring
 
 from hivecell.keystore import KeyStore
 from tests.security.conftest_server import recorder, serve_config
@@ -100,3 +101,34 @@ async def test_keys_stay_in_a_private_config_without_a_keyring(home: Path) -> No
         listing = (await api.get("/api/v1/providers")).json()
     assert listing["key_storage"] == "config"
     assert stat.S_IMODE((home / "config.toml").stat().st_mode) == 0o600
+
+
+async def test_keys_go_to_the_keyring_and_stay_tied_to_their_url(home: Path) -> None:
+    """With a working keyring (keyrings.alt's file backend, a real keyring backend) the key
+    never touches config.toml, is used for its own URL, and leaves with its URL."""
+    backend = PlaintextKeyring()
+    backend.file_path = str(home / "keyring.cfg")  # type: ignore[misc]
+    store = KeyStore(backend)
+    async with (
+        recorder() as legit,
+        recorder() as thief,
+        serve_config(home, key_store=store) as server,
+        server.client() as api,
+    ):
+        saved = {"name": "p", "base_url": legit.url, "model": "m", "api_key": SECRET}
+        assert (await api.post("/api/v1/providers", json=saved)).status_code == 201
+        listing = (await api.get("/api/v1/providers")).json()
+        assert listing["key_storage"] == "keyring"
+        assert listing["items"][0]["api_key"] == "in OS keyring"
+        assert SECRET not in (home / "config.toml").read_text()
+        assert (await api.post("/api/v1/providers/p/test")).status_code == 200
+        assert any(SECRET.encode() in head for head in legit.heads)  # used for its own URL
+        moved = {"name": "p", "base_url": thief.url, "model": "m"}
+        assert (await api.post("/api/v1/providers", json=moved)).status_code == 201
+        assert backend.get_password("hivecell", "p") is None  # left with its URL
+        await api.post("/api/v1/providers/p/test")
+        again = saved | {"base_url": thief.url, "api_key": "sk-new-key-for-the-new-url"}
+        assert (await api.post("/api/v1/providers", json=again)).status_code == 201
+        assert (await api.delete("/api/v1/providers/p")).status_code == 204
+        assert backend.get_password("hivecell", "p") is None
+    assert thief.heads and all(SECRET.encode() not in head for head in thief.heads)
