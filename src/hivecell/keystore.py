@@ -11,14 +11,15 @@ All methods block (D-Bus, files): async callers use a worker thread.
 
 from __future__ import annotations
 
-from typing import Literal
-
-import keyring
-from keyring.backend import KeyringBackend
-from keyring.backends.chainer import ChainerBackend
-from keyring.errors import KeyringError, PasswordDeleteError
+from typing import TYPE_CHECKING, Literal
 
 from hivecell.errors import ConfigError
+
+if TYPE_CHECKING:
+    from keyring.backend import KeyringBackend
+
+# keyring is imported where it is used: importing it scans entry points (~1 s on a busy
+# machine), which every server start and CLI command would pay otherwise.
 
 SERVICE = "hivecell"
 KEYRING = "keyring"  # the value of api_key_store in a provider table
@@ -37,6 +38,9 @@ class KeyStore:
     @classmethod
     def detect(cls) -> KeyStore:
         """The OS keyring if a real backend answers, else ``config_only``."""
+        import keyring
+        from keyring.errors import KeyringError
+
         try:
             backend = keyring.get_keyring()
             if not _os_keyring(backend):
@@ -53,6 +57,8 @@ class KeyStore:
     def get(self, provider: str) -> str | None:
         if self._backend is None:
             return None
+        from keyring.errors import KeyringError
+
         try:
             return self._backend.get_password(SERVICE, provider)
         except KeyringError as exc:
@@ -61,6 +67,8 @@ class KeyStore:
     def set(self, provider: str, key: str) -> None:
         if self._backend is None:
             raise ConfigError("no OS keyring is available", op="keystore")
+        from keyring.errors import KeyringError
+
         try:
             self._backend.set_password(SERVICE, provider, key)
         except KeyringError as exc:
@@ -69,6 +77,8 @@ class KeyStore:
     def delete(self, provider: str) -> None:
         if self._backend is None:
             return
+        from keyring.errors import KeyringError, PasswordDeleteError
+
         try:
             self._backend.delete_password(SERVICE, provider)
         except PasswordDeleteError:
@@ -81,6 +91,8 @@ def _os_keyring(backend: KeyringBackend) -> bool:
     """A real OS store (Secret Service, KWallet, Keychain, Windows): priority >= 1. keyring's
     fail/null backends (0, -1) store nothing, and the plain-file backends of keyrings.alt
     (< 1) would only move the key from one file to another."""
+    from keyring.backends.chainer import ChainerBackend
+
     if isinstance(backend, ChainerBackend):
         return any(_os_keyring(b) for b in backend.backends)
     return float(backend.priority) >= 1
