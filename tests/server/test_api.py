@@ -108,7 +108,8 @@ async def test_bad_input_names_the_field(home: Path) -> None:
             assert response.status_code == 422, response.text
             problem = error(response)
             assert problem["code"] == "invalid_params" and field in problem["message"]
-        response = await running.post("/tasks", content=b"not json")
+        json_type = {"Content-Type": "application/json"}
+        response = await running.post("/tasks", content=b"not json", headers=json_type)
         assert response.status_code == 422 and "body" in error(response)["message"]
         response = await running.get("/tasks", params={"limit": 0})
         assert response.status_code == 422 and "limit" in error(response)["message"]

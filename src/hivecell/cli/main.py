@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from hivecell.cli import bench, doctor, run, sandbox, tasks, up
+from hivecell.homedir import private_umask
 
 app = typer.Typer(
     name="hivecell",
@@ -12,6 +13,16 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _private_files() -> None:
+    """Run AI agents in isolated Linux desktop sandboxes."""
+    # Whatever any command creates under $HIVECELL_HOME (database, traces, outputs) is
+    # private from the start; `hivecell up` also fixes what older runs left readable.
+    private_umask()
+
+
 app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(bench.app, name="bench")
 app.command("doctor")(doctor.doctor)

@@ -114,6 +114,7 @@ async def _provider(
     name: str | None, model: str | None, base_url: str | None, api_key: str | None, home: Path
 ) -> ProviderConfig:
     from hivecell.agent.llm import load_provider
+    from hivecell.keystore import KeyStore
 
     return load_provider(
         name,
@@ -122,6 +123,7 @@ async def _provider(
         api_key=api_key,
         config_path=home / "config.toml",
         environ=os.environ,
+        keyring=lambda provider: KeyStore.detect().get(provider),
     )
 
 

@@ -41,13 +41,28 @@ def up(
     transfer_max_files: Annotated[
         int, typer.Option(min=0, help="cap on files copied into an inbox / out of an outbox")
     ] = 10_000,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-host",
+            help="also accept this Host name (a reverse proxy's); repeatable. The bound "
+            "address and localhost are always accepted",
+        ),
+    ] = None,
+    max_upload_mb: Annotated[
+        int, typer.Option(min=1, help="cap on the files of one task upload, in MiB")
+    ] = 200,
     home: Path | None = HomeOption,
 ) -> None:
     """Start the server; prints the login link (it carries the token)."""
+    from hivecell.homedir import private_umask, secure_home
+    from hivecell.keystore import KeyStore
     from hivecell.server.auth import is_loopback_host, load_or_create_token
+    from hivecell.server.guard import hosts_of
     from hivecell.server.settings import ServerConfig
     from hivecell.store import default_database_url
 
+    private_umask()  # the database, traces and outputs this server creates are private
     root = resolve_home(home)
     if no_auth and not is_loopback_host(host):
         err.print(
@@ -57,6 +72,7 @@ def up(
             highlight=False,
         )
         raise typer.Exit(2)
+    secure_home(root)
     config = ServerConfig(
         home=root,
         database_url=database_url
@@ -68,6 +84,10 @@ def up(
         ui=not api_only,
         transfer_max_bytes=transfer_max_bytes,
         transfer_max_files=transfer_max_files,
+        bind_host=host,
+        allowed_hosts=hosts_of(allowed_host or []),
+        max_upload_bytes=max_upload_mb * 1024 * 1024,
+        key_store=KeyStore.detect(),
     )
     sock = _bind(host, port)
     run(_serve, config, sock, host)

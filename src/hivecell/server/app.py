@@ -17,11 +17,13 @@ from typing import Any
 import anyio
 from fastapi import FastAPI
 
+from hivecell.homedir import secure_home
 from hivecell.sandbox.base import SandboxProvider
 from hivecell.sandbox.registry import get_provider
 from hivecell.server.auth import TokenLinkMiddleware
 from hivecell.server.errors import install_error_handlers
 from hivecell.server.events import EventHub
+from hivecell.server.guard import GuardPolicy, RequestGuard
 from hivecell.server.manager import TaskManager
 from hivecell.server.settings import Preferences, ServerConfig, load_preferences
 from hivecell.store import TaskStore
@@ -71,21 +73,40 @@ INSTALLERS: list[Installer] = []
 
 def create_app(config: ServerConfig) -> FastAPI:
     state = ServerState(config)
+    # No Swagger UI or ReDoc: both load their code from a CDN into the origin that holds the
+    # token. The schema itself is served, behind auth, by ``api/docs.py``.
     app = FastAPI(
-        title="hivecell", version="1", lifespan=_lifespan(state), openapi_url="/openapi.json"
+        title="hivecell",
+        version="1",
+        lifespan=_lifespan(state),
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.hivecell = state
     install_error_handlers(app)
     app.add_middleware(TokenLinkMiddleware, token=config.token)
+    app.add_middleware(RequestGuard, policy=_policy(config))  # added last: runs first
     _include_api(app)
     for install in [*INSTALLERS, *_web_installer()] if config.ui else []:
         install(app, state)
     return app
 
 
+def _policy(config: ServerConfig) -> GuardPolicy:
+    return GuardPolicy(
+        bind_host=config.bind_host,
+        allowed_hosts=config.allowed_hosts,
+        json_limit=config.max_json_bytes,
+        upload_limit=config.max_upload_bytes,
+        upload_paths=frozenset({API_PREFIX + "/tasks"}),
+    )
+
+
 def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await anyio.to_thread.run_sync(secure_home, state.config.home)
         async with TaskStore(state.config.database_url) as store:
             manager = await state.start(store)
             async with anyio.create_task_group() as tg:
@@ -100,10 +121,11 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
 
 
 def _include_api(app: FastAPI) -> None:
-    from hivecell.server.api import events, files, providers, sandboxes, system, tasks
+    from hivecell.server.api import docs, events, files, providers, sandboxes, system, tasks
 
     for module in (tasks, files, sandboxes, providers, system, events):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(docs.router)
 
 
 def _web_installer() -> list[Installer]:

@@ -1,7 +1,9 @@
 """Who may talk to the server: one shared token, sent as a bearer header or a cookie.
 
 The browser gets the cookie from the ``?token=`` link ``hivecell up`` prints: the middleware
-sets it (HttpOnly, SameSite=Strict) and redirects to the same URL without the token, so the
+sets it (HttpOnly, SameSite=Strict, and Secure when the request came over https: uvicorn takes
+that from ``X-Forwarded-Proto`` of proxies in ``--forwarded-allow-ips``, loopback by default)
+and redirects to the same URL without the token, so the
 secret does not linger in the address bar or the history.
 """
 
@@ -104,6 +106,7 @@ class TokenLinkMiddleware:
             self.token or "",
             httponly=True,
             samesite="strict",
+            secure=request.url.scheme == "https",  # https directly or via a trusted proxy
             path="/",
             max_age=60 * 60 * 24 * 365,
         )

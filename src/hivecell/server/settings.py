@@ -4,6 +4,7 @@ change from the dashboard (``Preferences``, kept in config.toml ``[server]`` and
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hivecell.errors import ConfigError
+from hivecell.errors import ConfigError, InvalidParams
+from hivecell.keystore import KeyStore
 from hivecell.sandbox.base import NetworkMode
 from hivecell.sandbox.transfer import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, TransferLimits
 from hivecell.server import configfile
@@ -28,6 +30,11 @@ class ServerConfig:
     max_concurrent: int | None = None  # overrides the saved preference for this run
     sandbox_provider: str = "local"
     ui: bool = True  # run the installers (dashboard); off: the API alone
+    bind_host: str = "127.0.0.1"  # the address it listens on: always an allowed Host
+    allowed_hosts: frozenset[str] = frozenset()  # --allowed-host: names a reverse proxy uses
+    max_upload_bytes: int = 200 * 1024 * 1024  # files of one POST /tasks, counted as they stream
+    max_json_bytes: int = 1024 * 1024
+    key_store: KeyStore = field(default_factory=KeyStore.config_only)
     # Caps on each copy into a task's inbox and out of its outbox (hivecell up --transfer-max-*).
     transfer_max_bytes: int = DEFAULT_MAX_BYTES
     transfer_max_files: int = DEFAULT_MAX_FILES
@@ -64,6 +71,42 @@ class Preferences(BaseModel):
     output_dir: str | None = Field(None, description="outputs go to OUTPUT_DIR/<task-id>")
     sandbox: SandboxDefaults = Field(default_factory=SandboxDefaults)
     task: TaskDefaults = Field(default_factory=TaskDefaults)
+
+
+# Host trees outputs never go into: a task's files there could be read as configuration or code.
+SYSTEM_TREES = tuple(
+    Path(p)
+    for p in ("/etc", "/proc", "/sys", "/dev", "/boot", "/usr", "/bin", "/sbin", "/lib",
+              "/lib32", "/lib64", "/libx32", "/run", "/var/run", "/var/lib")
+)  # fmt: skip
+
+
+def check_output_dir(value: str, home: Path) -> None:
+    """Raise ``InvalidParams`` (naming the rule) unless ``value`` is a safe place for outputs:
+    absolute, no symlink on the way, outside system trees and the sandboxes' folders, and a
+    folder that exists or can be made. Synchronous (touches the file system)."""
+    path = Path(value)
+    if not path.is_absolute():
+        _bad_output_dir(value, "must be an absolute path")
+    normal = Path(os.path.normpath(path))
+    if normal != path or Path(os.path.realpath(path)) != normal:
+        _bad_output_dir(value, "must not be or pass through a symlink (or '..')")
+    if normal == Path("/"):
+        _bad_output_dir(value, "must not be /")
+    boxes = (home / "sandboxes", Path(os.path.realpath(home)) / "sandboxes")
+    for tree in (*SYSTEM_TREES, *boxes):
+        if normal.is_relative_to(tree):
+            _bad_output_dir(value, f"must not be inside {tree}")
+    try:
+        normal.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        _bad_output_dir(value, f"must be a folder hivecell can create: {exc.strerror}")
+
+
+def _bad_output_dir(value: str, rule: str) -> None:
+    raise InvalidParams(
+        f"output_dir {value!r} {rule}", op="settings", context={"field": "output_dir"}
+    )
 
 
 def load_preferences(path: Path) -> Preferences:

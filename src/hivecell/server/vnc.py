@@ -57,7 +57,7 @@ _KEY, _POINTER, _CUT_TEXT = 4, 5, 6
 _CONTINUOUS_UPDATES, _FENCE, _XVP, _SET_DESKTOP_SIZE, _QEMU = 150, 248, 250, 251, 255
 
 
-def _message_size(buf: bytes | bytearray) -> int | None:
+def _message_size(buf: bytes | bytearray | memoryview) -> int | None:
     """Length of the client message at the start of ``buf``; None until enough is buffered."""
     kind = buf[0]
     fixed = {_SET_PIXEL_FORMAT: 20, _FB_UPDATE_REQUEST: 10, _KEY: 8, _POINTER: 6, _XVP: 4}
@@ -85,36 +85,51 @@ class ViewOnlyFilter:
 
     Assumes RFB 3.7/3.8 with security type None (x11vnc runs with -nopw behind the relay,
     which is the only way in); anything else closes the connection rather than guess.
+
+    Memory is bounded: a message is buffered only until it is whole, and a message announcing
+    more than ``MAX_MESSAGE`` bytes (the largest a viewer needs is a 65 535-entry
+    SetEncodings, 256 KiB) ends the connection, so endless partial messages cannot grow it.
     """
 
     # ProtocolVersion, chosen security type, ClientInit: the client sends each one only after
     # the server's previous handshake message, so each is buffered whole and forwarded alone.
     _HANDSHAKE = (12, 1, 1)
+    MAX_MESSAGE = 512 * 1024
 
     def __init__(self) -> None:
         self._buf = bytearray()
         self._field = 0
 
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
     def feed(self, data: bytes) -> bytes:
         self._buf += data
         out = bytearray()
-        while self._buf:
-            size = self._next_size()
-            if size is None or len(self._buf) < size:
+        pos = 0  # consumed prefix, cut once at the end: no quadratic copying
+        while pos < len(self._buf):
+            with memoryview(self._buf) as whole, whole[pos:] as rest:  # released: resizable
+                size = self._next_size(rest)
+            if size is not None and size > self.MAX_MESSAGE:
+                raise RfbViolation(f"a client message of {size} bytes is over the view-only cap")
+            if size is None or len(self._buf) - pos < size:
                 break
-            message, self._buf = bytes(self._buf[:size]), self._buf[size:]
+            message = bytes(self._buf[pos : pos + size])
+            pos += size
             if self._field < len(self._HANDSHAKE):
                 self._check_handshake(message)
                 self._field += 1
                 out += message
             elif message[0] not in _INPUT:
                 out += message
+        del self._buf[:pos]
         return bytes(out)
 
-    def _next_size(self) -> int | None:
+    def _next_size(self, buf: memoryview) -> int | None:
         if self._field < len(self._HANDSHAKE):
             return self._HANDSHAKE[self._field]
-        return _message_size(self._buf)
+        return _message_size(buf)
 
     def _check_handshake(self, message: bytes) -> None:
         if self._field == 0 and message[:11] not in (b"RFB 003.007", b"RFB 003.008"):

@@ -29,7 +29,7 @@ model = "qwen2.5vl:7b"
 [providers.vendor]
 base_url = "https://vendor.example.test/v1"
 model = "v-1"
-api_key_env = "VENDOR_KEY"
+api_key_env = "VENDOR_API_KEY"
 
 [providers.vendor.prices."v-1"]
 input = 0.5
@@ -112,12 +112,14 @@ def test_loopback_servers_need_no_key(config_path: Path) -> None:
 
 
 def test_api_key_env_replaces_openai_api_key(config_path: Path) -> None:
-    config = load_provider("vendor", config_path=config_path, environ={**ENV, "VENDOR_KEY": "v"})
+    config = load_provider(
+        "vendor", config_path=config_path, environ={**ENV, "VENDOR_API_KEY": "v"}
+    )
     assert config.api_key.get_secret_value() == "v"
     assert set(config.prices) == {"house-1", "v-1"}
     with pytest.raises(ConfigError) as caught:  # OPENAI_API_KEY is never sent to the vendor
         load_provider("vendor", config_path=config_path, environ=ENV)
-    assert "VENDOR_KEY" in str(caught.value)
+    assert "VENDOR_API_KEY" in str(caught.value)
 
 
 def test_unknown_provider_lists_the_defined_ones(config_path: Path) -> None:

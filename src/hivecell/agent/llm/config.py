@@ -33,8 +33,9 @@ as is.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -46,6 +47,10 @@ from hivecell.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 LOCAL_API_KEY = "local"
+# api_key_env may only name a key variable: a table must not be able to send HOME, a cloud
+# secret or any other variable of the server's environment to its base_url.
+KEY_ENV_PATTERN = r"^[A-Z][A-Z0-9_]*_(API_KEY|TOKEN)$"
+KEY_ENV_RULE = "api_key_env must name a key variable: upper case, ending in _API_KEY or _TOKEN"
 _OP = "llm.config"
 
 
@@ -72,19 +77,27 @@ def load_provider(
     api_key: str | None = None,
     config_path: Path,
     environ: Mapping[str, str],
+    keyring: Callable[[str], str | None] | None = None,
 ) -> ProviderConfig:
     """Resolve one provider; raises ``ConfigError`` naming the flag, variable and file to fix.
 
     Reads ``config_path`` (a missing file is fine unless a provider is named). Synchronous:
-    call it at the edge, before or outside the event loop's hot path.
+    call it at the edge, before or outside the event loop's hot path. ``keyring`` looks up
+    a key the table keeps in the OS keyring (``api_key_store = "keyring"``) by provider name.
     """
     document = _read_document(config_path)
     name = name or _optional_str(document.get("default_provider"))
     table = _provider_table(document, name, config_path)
     where = f"[providers.{name}] in {config_path}" if name else f"a provider table in {config_path}"
-    url = _first(base_url, table.pop("base_url", None), environ.get("OPENAI_BASE_URL"))
+    table_url = _optional_str(table.pop("base_url", None))
+    url = _first(base_url, table_url, environ.get("OPENAI_BASE_URL"))
     url = _check_url(url or DEFAULT_BASE_URL)
-    key = _resolve_key(api_key, table, environ, url, where)
+    if table_url is not None and url != table_url.rstrip("/"):
+        # The table's key belongs to the table's URL: another URL never receives it.
+        for field in ("api_key", "api_key_store", "api_key_env"):
+            table.pop(field, None)
+    stored = _stored_key(table, name, keyring, where)
+    key = _resolve_key(_first(api_key, stored), table, environ, url, where)
     chosen = _resolve_model(model, table, environ, where)
     prices = {**_mapping(document.get("prices")), **_mapping(table.pop("prices", None))}
     fields = {"name": name or "default", "base_url": url, "api_key": key, "model": chosen}
@@ -131,6 +144,10 @@ def _resolve_key(
     arg: str | None, table: dict[str, Any], environ: Mapping[str, str], url: str, where: str
 ) -> str:
     key_env = _optional_str(table.pop("api_key_env", None)) or "OPENAI_API_KEY"
+    if not re.fullmatch(KEY_ENV_PATTERN, key_env):
+        raise ConfigError(
+            f"{KEY_ENV_RULE} (got {key_env!r} in {where})", op=_OP, context={"env": key_env}
+        )
     key = _first(arg, table.pop("api_key", None), environ.get(key_env))
     if key:
         return key
@@ -142,6 +159,25 @@ def _resolve_key(
         op=_OP,
         context={"base_url": url, "env": key_env},
     )
+
+
+def _stored_key(
+    table: dict[str, Any],
+    name: str | None,
+    keyring: Callable[[str], str | None] | None,
+    where: str,
+) -> str | None:
+    if table.pop("api_key_store", None) != "keyring" or name is None:
+        return None
+    key = keyring(name) if keyring is not None else None
+    if not key:
+        raise ConfigError(
+            f"the key of {where} is kept in the OS keyring, which has no entry for it here: "
+            "save the provider's key again (Settings or POST /providers)",
+            op=_OP,
+            context={"provider": name},
+        )
+    return key
 
 
 def _resolve_model(

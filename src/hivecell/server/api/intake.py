@@ -20,12 +20,12 @@ from starlette.datastructures import FormData, UploadFile
 from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
 from hivecell.agent.runner import RunSettings
 from hivecell.agent.service import TaskRequest, TaskService
-from hivecell.errors import InvalidParams
+from hivecell.errors import InvalidParams, TooLarge
 from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.server.app import ServerState
 from hivecell.store import TaskRecord
 
-MAX_FILES_BYTES = 200 * 1024 * 1024
+_CHUNK = 1024 * 1024
 _FILE_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
 
 
@@ -60,7 +60,8 @@ async def create_task(request: Request, state: ServerState) -> TaskRecord:
         )
         record = await service.create(task_request)
         record = await _place_outputs(state, record)
-        paths = await _save_uploads(state.config.home / "inputs" / record.id, uploads)
+        inbox = state.config.home / "inputs" / record.id
+        paths = await _save_uploads(inbox, uploads, state.config.max_upload_bytes)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await client.aclose()
@@ -118,6 +119,7 @@ def _resolve_llm(state: ServerState, body: TaskCreate) -> ProviderConfig:
         model=body.model,
         config_path=state.config.config_path,
         environ=state.config.environ,
+        keyring=state.config.key_store.get,
     )
 
 
@@ -147,17 +149,25 @@ async def _place_outputs(state: ServerState, record: TaskRecord) -> TaskRecord:
     return await state.store.update(record.id, output_dir=str(Path(folder) / record.id))
 
 
-async def _save_uploads(folder: Path, uploads: list[UploadFile]) -> list[Path]:
+async def _save_uploads(folder: Path, uploads: list[UploadFile], limit: int) -> list[Path]:
     names = [_file_name(upload) for upload in uploads]
     if len(set(names)) != len(names):
         raise _invalid("files", "two files have the same name")
+    await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
     paths, total = [], 0
     for name, upload in zip(names, uploads, strict=True):
-        data = await upload.read()
-        total += len(data)
-        if total > MAX_FILES_BYTES:
-            raise _invalid("files", f"the files exceed {MAX_FILES_BYTES // 2**20} MB in total")
-        paths.append(await _write(folder / name, data))
+        # Copied a chunk at a time: an upload is never held whole in memory.
+        async with await anyio.open_file(folder / name, "wb") as out:
+            while chunk := await upload.read(_CHUNK):
+                total += len(chunk)
+                if total > limit:
+                    raise TooLarge(
+                        f"the files exceed {limit} bytes in total: send fewer or smaller "
+                        "files, or start the server with a larger --max-upload-mb",
+                        op="create_task",
+                    )
+                await out.write(chunk)
+        paths.append(folder / name)
     return paths
 
 
@@ -166,12 +176,6 @@ def _file_name(upload: UploadFile) -> str:
     if not _FILE_NAME.match(name) or name in (".", ".."):
         raise _invalid("files", f"{name!r} is not a plain file name (no folders, not empty)")
     return name
-
-
-async def _write(path: Path, data: bytes) -> Path:
-    await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-    await anyio.Path(path).write_bytes(data)
-    return path
 
 
 def _invalid(field: str, message: str) -> RequestValidationError:

@@ -1,4 +1,10 @@
-"""``/providers``: the model endpoints in config.toml; keys are written, never read back."""
+"""``/providers``: the model endpoints in config.toml; keys are written, never read back.
+
+A key goes to the OS keyring when one works (``key_storage: "keyring"``), else into
+config.toml (0600, ``key_storage: "config"``). A saved key belongs to the ``base_url`` it was
+saved with: changing the URL without a new key drops it, and a test against another URL
+must bring its own key, so no caller can point a stored secret at a server of its choice.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +16,9 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
-from hivecell.errors import HivecellError, NotFound
+from hivecell.agent.llm.config import KEY_ENV_PATTERN
+from hivecell.errors import HivecellError, InvalidParams, NotFound
+from hivecell.keystore import KEYRING
 from hivecell.server import configfile
 from hivecell.server.api.deps import AUTH, State
 from hivecell.server.app import ServerState
@@ -26,28 +34,51 @@ class ProviderIn(BaseModel):
     name: str = Field(pattern=NAME)
     base_url: HttpUrl
     model: str = Field(min_length=1)
-    api_key: str | None = Field(None, description="stored in config.toml (0600); never returned")
-    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    api_key: str | None = Field(
+        None, description="stored in the OS keyring, else in config.toml (0600); never returned"
+    )
+    api_key_env: str | None = Field(
+        None, pattern=KEY_ENV_PATTERN, description="a key variable: *_API_KEY or *_TOKEN"
+    )
     max_retries: int | None = Field(None, ge=0, le=100)
     timeout_s: float | None = Field(None, gt=0)
     default: bool = Field(False, description="make this the default provider")
 
 
+class ProviderTest(BaseModel):
+    """Optional overrides to try before saving; another base_url needs its own api_key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: HttpUrl | None = None
+    model: str | None = Field(None, min_length=1)
+    api_key: str | None = Field(None, min_length=1)
+
+
 @router.get("/providers")
 async def list_providers(state: State) -> dict[str, Any]:
     document = await anyio.to_thread.run_sync(configfile.read, state.config.config_path)
-    return _listing(document)
+    return _listing(document) | {"key_storage": state.config.key_store.kind}
 
 
 @router.post("/providers", status_code=201)
 async def save_provider(body: ProviderIn, state: State) -> dict[str, Any]:
+    keys = state.config.key_store
+
     def change(document: Any) -> None:
         providers = configfile.table(document, "providers")
         old = dict(providers.get(body.name, {}))
-        values = body.model_dump(exclude={"name", "default"}, exclude_none=True, mode="json")
-        values["base_url"] = str(values["base_url"]).rstrip("/")
-        if "api_key" not in values and "api_key" in old:
-            values["api_key"] = old["api_key"]  # editing other fields keeps the stored key
+        values = body.model_dump(
+            exclude={"name", "default", "api_key"}, exclude_none=True, mode="json"
+        )
+        values["base_url"] = _url(values["base_url"])
+        if body.api_key is not None:
+            values |= _store_key(state, body.name, body.api_key)
+        elif old.get("base_url") == values["base_url"]:
+            # Editing other fields keeps the key, for the URL it was saved with only.
+            values |= {k: old[k] for k in ("api_key", "api_key_store") if k in old}
+        elif old.get("api_key_store") == KEYRING:
+            keys.delete(body.name)
         providers[body.name] = values
         if body.default:
             document["default_provider"] = body.name
@@ -56,12 +87,22 @@ async def save_provider(body: ProviderIn, state: State) -> dict[str, Any]:
     return await _one(state, body.name)
 
 
+def _store_key(state: ServerState, name: str, key: str) -> dict[str, str]:
+    keys = state.config.key_store
+    if keys.kind == "keyring":
+        keys.set(name, key)
+        return {"api_key_store": KEYRING}
+    return {"api_key": key}
+
+
 @router.delete("/providers/{name}", status_code=204)
 async def delete_provider(name: str, state: State) -> Response:
     def change(document: Any) -> None:
         providers = configfile.table(document, "providers")
         if name not in providers:
             raise NotFound(f"no provider {name!r}", op="providers", context={"name": name})
+        if dict(providers[name]).get("api_key_store") == KEYRING:
+            state.config.key_store.delete(name)
         del providers[name]
         if document.get("default_provider") == name:
             del document["default_provider"]
@@ -71,9 +112,11 @@ async def delete_provider(name: str, state: State) -> Response:
 
 
 @router.post("/providers/{name}/test")
-async def test_provider(name: str, state: State) -> dict[str, Any]:
+async def test_provider(
+    name: str, state: State, body: ProviderTest | None = None
+) -> dict[str, Any]:
     """One real, tiny chat call; the answer says how long it took or what went wrong."""
-    config = await anyio.to_thread.run_sync(_load, state, name)
+    config = await anyio.to_thread.run_sync(_load, state, name, body or ProviderTest())
     quick = config.model_copy(update={"max_retries": 0, "timeout_s": min(config.timeout_s, 30)})
     started = time.perf_counter()
     try:
@@ -92,8 +135,34 @@ async def test_provider(name: str, state: State) -> dict[str, Any]:
     }
 
 
-def _load(state: ServerState, name: str) -> ProviderConfig:
-    return load_provider(name, config_path=state.config.config_path, environ=state.config.environ)
+def _load(state: ServerState, name: str, body: ProviderTest) -> ProviderConfig:
+    saved = load_provider(
+        name,
+        config_path=state.config.config_path,
+        environ=state.config.environ,
+        keyring=state.config.key_store.get,
+    )
+    url = _url(str(body.base_url)) if body.base_url else None
+    if url is not None and url != saved.base_url and body.api_key is None:
+        raise InvalidParams(
+            f"base_url {url} is not the one provider {name!r} was saved with: send its api_key "
+            "too (a saved key is only ever sent to its own base_url)",
+            op="providers.test",
+            context={"name": name, "base_url": url},
+        )
+    return load_provider(
+        name,
+        model=body.model,
+        base_url=url,
+        api_key=body.api_key,
+        config_path=state.config.config_path,
+        environ=state.config.environ,
+        keyring=state.config.key_store.get,
+    )
+
+
+def _url(value: str) -> str:
+    return value.rstrip("/")
 
 
 async def _one(state: ServerState, name: str) -> dict[str, Any]:
@@ -112,4 +181,6 @@ def _masked(name: str, table: dict[str, Any], default: Any) -> dict[str, Any]:
     key = str(table.get("api_key") or "")
     view = {field: table.get(field) for field in _PUBLIC}
     masked = ("…" + key[-4:] if len(key) > 11 else "set") if key else None
+    if table.get("api_key_store") == KEYRING:
+        masked = "in OS keyring"
     return {"name": name, **view, "api_key": masked, "default": name == default}

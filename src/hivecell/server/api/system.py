@@ -10,7 +10,12 @@ from pydantic import ValidationError
 
 from hivecell.server.api.deps import AUTH, State
 from hivecell.server.api.intake import validation_error
-from hivecell.server.settings import Preferences, merged, save_preferences
+from hivecell.server.settings import (
+    Preferences,
+    check_output_dir,
+    merged,
+    save_preferences,
+)
 
 Changes = Annotated[dict[str, Any], Body(examples=[{"max_concurrent": 3}])]
 router = APIRouter(tags=["server"], dependencies=AUTH)
@@ -34,6 +39,8 @@ async def put_settings(state: State, changes: Changes) -> Preferences:
         prefs = merged(state.prefs, changes)
     except ValidationError as exc:
         raise validation_error(exc) from None
+    if prefs.output_dir:  # checked on every save: the folder may have changed since
+        await anyio.to_thread.run_sync(check_output_dir, prefs.output_dir, state.config.home)
     await anyio.to_thread.run_sync(save_preferences, state.config.config_path, prefs)
     state.prefs = prefs
     state.manager.poke()  # a higher limit may start queued tasks now

@@ -35,6 +35,9 @@ async function loadProviders() {
   const listing = await api("/providers");
   replace($("#providers"), listing.items.map(providerRow));
   $("#providers-empty").hidden = listing.items.length > 0;
+  $("#key-storage").textContent = listing.key_storage === "keyring"
+    ? "API keys are kept in the OS keyring."
+    : "No OS keyring here: API keys are kept in config.toml, readable by this user only (0600).";
 }
 
 function edit(p) {
