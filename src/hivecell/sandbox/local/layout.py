@@ -7,6 +7,7 @@ Stdlib only, and no dataclasses (importing them costs the supervisor ~10 ms).
         plan.json        what the supervisor runs (written by the provider before each start)
         exit.json        how the last run ended (written by the supervisor)
         sandbox.log      supervisor, bwrap, slirp4netns, Xvfb and guest output
+        network.jsonl    a nat box's connections and DNS questions (written by the supervisor)
         etc/             passwd, group, hosts, ... bound read-only over the sandbox's /etc
         home/            /home/user
         shared/          /shared (inbox, outbox, workspace)
@@ -59,6 +60,10 @@ class Layout:
     @property
     def log(self) -> Path:
         return self.root / "sandbox.log"
+
+    @property
+    def network_log(self) -> Path:
+        return self.root / "network.jsonl"
 
     @property
     def etc(self) -> Path:

@@ -32,9 +32,19 @@ from hivecell.errors import (
     SandboxNotFound,
     Timeout,
 )
-from hivecell.sandbox.base import SandboxInfo, SandboxSpec
+from hivecell.sandbox import netpolicy
+from hivecell.sandbox.base import NetworkConnection, SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
-from hivecell.sandbox.local import bwrap, bytecode, etcfiles, hostfilter, limits, state
+from hivecell.sandbox.local import (
+    bwrap,
+    bytecode,
+    dnsproxy,
+    etcfiles,
+    hostfilter,
+    limits,
+    netlog,
+    state,
+)
 from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
 from hivecell.sandbox.local.limits import LimitPlan, LimitsUnavailable
 from hivecell.sandbox.local.pyruntime import PythonRuntime
@@ -57,9 +67,11 @@ class LocalProvider:
         limits_backend: str = "auto",
         boot_timeout: float = 20.0,
         pycache: Path | None = None,
+        dns_servers: list[str] | None = None,
     ) -> None:
         """``pycache``: where the guest's bytecode is compiled (default ``home/pycache``);
-        providers with different homes may share one."""
+        providers with different homes may share one. ``dns_servers``: the resolvers a
+        ``nat`` box's DNS questions are forwarded to (default: /etc/resolv.conf's)."""
         if limits_backend not in limits.BACKENDS:
             choices = ", ".join(limits.BACKENDS)
             raise ConfigError(f"unknown limits backend {limits_backend!r}; use one of {choices}")
@@ -67,6 +79,7 @@ class LocalProvider:
         self.limits_backend = limits_backend
         self.boot_timeout = boot_timeout
         self.pycache = pycache or self.home / "pycache"
+        self.dns_servers = dns_servers
         self._runtime: PythonRuntime | None = None
         self._bytecode_warm = False
         self._bytecode_lock = threading.Lock()
@@ -116,6 +129,11 @@ class LocalProvider:
 
     async def list(self) -> list[SandboxInfo]:
         return await to_thread.run_sync(self._list_sync)
+
+    async def network_log(self, sandbox_id: str) -> builtins.list[NetworkConnection]:
+        layout, _ = await self._load(sandbox_id)
+        rows = await to_thread.run_sync(netlog.read, layout.network_log)
+        return [NetworkConnection.model_validate(row) for row in rows]
 
     # --- creating and starting -----------------------------------------------------------------
     def _prepare(self, spec: SandboxSpec) -> tuple[Layout, SandboxMeta]:
@@ -189,10 +207,17 @@ class LocalProvider:
             "slirp4netns": shutil.which("slirp4netns"),
             "nft": hostfilter.find_nft(),
             "network": spec.network,
+            "nat": self._nat_plan(spec) if spec.network == "nat" else None,
             "limits": plan.to_json(),
             "bwrap_args": bwrap.build(layout, self.runtime, self._pycache()),
             "command": bwrap.boot_command(spec, self.runtime, plan),
         }
+
+    def _nat_plan(self, spec: SandboxSpec) -> dict[str, Any]:
+        servers = self.dns_servers
+        if servers is None:
+            servers = dnsproxy.nameservers(_read_text(dnsproxy.RESOLV_CONF))
+        return {"policy": netpolicy.plan(spec.network_allow), "dns_servers": servers}
 
     def _pycache(self) -> Path:
         with self._bytecode_lock:  # parallel creates: compile once, the others wait for it
@@ -398,6 +423,13 @@ def _force_remove(func: Callable[..., Any], path: str, exc_info: Any) -> None:
         shutil.rmtree(target, onerror=_force_remove)
     else:
         func(path)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""  # no resolver: every allowed question gets SERVFAIL
 
 
 def _log_tail(log: Path, lines: int = 15) -> str:

@@ -99,7 +99,8 @@ class Box:
             os.close(block_w)
 
     def _wait(self) -> None:
-        """Until the box exits; a ``nat`` box's host filter is checked meanwhile."""
+        """Until the box exits; a ``nat`` box's host filter is checked and its connections
+        logged meanwhile."""
         assert self.proc is not None
         if self.network is not None:
             pidfd = os.pidfd_open(self.proc.pid)
@@ -112,7 +113,7 @@ class Box:
 
     def _check_filter(self, net: network.Network) -> None:
         try:
-            if net.ensure_filtered():
+            if net.check():
                 log("the host filter had been removed (a ruleset flush?); put it back")
         except OSError as exc:
             log(f"cannot put the host filter back, stopping the box: {exc}")
@@ -120,7 +121,13 @@ class Box:
 
     def _network(self) -> network.Network:
         host_filter = HostFilter(self.plan["nft"])
-        return network.Network(self.plan["slirp4netns"], host_filter, self.layout.sandbox_id)
+        return network.Network(
+            self.plan["slirp4netns"],
+            host_filter,
+            self.layout.sandbox_id,
+            self.plan["nat"],
+            self.layout.network_log,
+        )
 
     def _join_limits(self) -> None:
         limits.join(self.limits)

@@ -1,0 +1,297 @@
+"""``nat`` sandboxes: private ranges refused by default, per-task allowlists, a connection log.
+
+Real boxes, real nftables, real DNS. Nothing here touches a real address: each test builds
+two network namespaces of its own, and the sandbox's supervisor (so slirp4netns, the host
+filter and our DNS forwarder) runs in the first ("the host"), whose every route leads to
+the second ("the world"). The world holds test hosts on documentation addresses (the
+"public" internet), on private, CGNAT and link-local addresses (169.254.169.254 plays the
+cloud metadata service) and a DNS server for names under ``.test``. Each test host answers
+a TCP connection with its own address, so a probe knows who it reached.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+import pytest
+
+from hivecell.sandbox.base import NetworkConnection, SandboxSpec
+from hivecell.sandbox.guest_client import GuestClient
+from hivecell.sandbox.local.provider import LocalProvider
+from tests.sandbox.host import shell
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+PUBLIC, OTHER_PUBLIC, DNS = "198.51.100.10", "198.51.100.11", "198.51.100.53"
+PRIVATE = {
+    "10.20.30.40": "10/8",
+    "172.16.5.5": "172.16/12",
+    "192.168.7.7": "192.168/16",
+    "100.64.1.1": "100.64/10 (CGNAT)",
+    "169.254.169.254": "cloud metadata",
+    "0.0.0.1": "0/8",
+    "198.18.0.5": "198.18/15 (benchmarking)",
+}
+NAMES = {
+    "allowed.test": PUBLIC,
+    "www.wild.test": OTHER_PUBLIC,
+    "other.test": OTHER_PUBLIC,
+    "private.test": "10.20.30.40",
+    "metadata.test": "169.254.169.254",
+}
+PORT = 8080
+WORLD_SERVER = """
+import socket, struct, sys, threading
+names = dict(arg.split("=") for arg in sys.argv[1:])
+
+def tcp_host():
+    server = socket.create_server(("0.0.0.0", 8080))
+    server.settimeout(300)  # stops by itself should the test die without killing it
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(5)
+            request = conn.recv(65536)  # the probe sends some bytes first: counted as sent
+            conn.sendall(b"host " + conn.getsockname()[0].encode() + b" " + b"x" * 3000 + b"\\n")
+
+def answer(query):
+    pos, labels = 12, []
+    while query[pos]:
+        labels.append(query[pos + 1 : pos + 1 + query[pos]].decode())
+        pos += 1 + query[pos]
+    qtype = struct.unpack_from("!H", query, pos + 1)[0]
+    end = pos + 5
+    name = ".".join(labels).lower()
+    address = names.get(name)
+    records = b""
+    if address and qtype == 1:
+        records = b"\\xc0\\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + socket.inet_aton(address)
+    flags = 0x8180 if address else 0x8183
+    header = struct.pack("!HHHHH", flags, 1, 1 if records else 0, 0, 0)
+    return query[:2] + header + query[12:end] + records
+
+def dns_udp():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("198.51.100.53", 53))
+    while True:
+        query, peer = sock.recvfrom(4096)
+        sock.sendto(answer(query), peer)
+
+threading.Thread(target=dns_udp, daemon=True).start()
+print("ready", flush=True)
+tcp_host()
+"""
+CREATE = """
+import json, sys, anyio
+from pathlib import Path
+from hivecell.sandbox.base import SandboxSpec
+from hivecell.sandbox.local.provider import LocalProvider
+
+async def main() -> None:
+    home, pycache, dns, spec = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
+    provider = LocalProvider(home, pycache=pycache, dns_servers=[dns])
+    info = await provider.create(SandboxSpec.model_validate_json(spec))
+    print(info.id)
+
+anyio.run(main)
+"""
+PROBE = """
+import errno, socket, sys
+host = sys.argv[1]
+try:
+    address = socket.gethostbyname(host)
+except OSError as exc:
+    print("dns", type(exc).__name__, exc.args[0])
+    sys.exit(1)
+try:
+    conn = socket.create_connection((address, int(sys.argv[2])), timeout=3)
+except OSError as exc:
+    print(type(exc).__name__, errno.errorcode.get(exc.errno or 0, exc.errno))
+    sys.exit(1)
+conn.sendall(b"y" * 2000)
+conn.settimeout(5)
+print(conn.recv(64).decode().split()[1])
+"""
+
+
+@dataclass
+class World:
+    """The namespace the sandbox's supervisor runs in, and how to create boxes there."""
+
+    netns: str
+    home: Path
+    pycache: Path
+
+    async def create(self, **spec: object) -> str:
+        argv = ["ip", "netns", "exec", self.netns, sys.executable, "-c", CREATE]
+        argv += [str(self.home), str(self.pycache), DNS, SandboxSpec(**spec).model_dump_json()]  # type: ignore[arg-type]
+        done = await anyio.run_process(argv, check=False, cwd=Path(__file__).parents[2])
+        assert done.returncode == 0, done.stderr.decode()
+        return done.stdout.decode().strip()
+
+
+@pytest.fixture
+async def world(home: Path, pycache: Path) -> AsyncIterator[World]:
+    tag = f"{os.getpid() % 10000:04d}{random.randrange(4096):03x}"
+    inner, outer = f"hc-nh-{tag}", f"hc-nw-{tag}"
+    provider = LocalProvider(home, pycache=pycache)
+    try:
+        await anyio.to_thread.run_sync(_build, inner, outer, tag)
+        with _serve(outer):
+            yield World(inner, home, pycache)
+            for info in await provider.list():
+                await provider.destroy(info.id)
+    finally:
+        for netns in (inner, outer):
+            await anyio.run_process(["ip", "netns", "del", netns], check=False)
+
+
+def _build(inner: str, outer: str, tag: str) -> None:
+    """``inner`` routes everything to ``outer``, which holds every test address."""
+    here, there = f"hh{tag}", f"hw{tag}"
+    for netns in (inner, outer):
+        _ip("netns", "add", netns)
+        _ip("-n", netns, "link", "set", "lo", "up")
+    _ip("-n", inner, "link", "add", here, "type", "veth", "peer", "name", there, "netns", outer)
+    _ip("-n", inner, "addr", "add", "203.0.113.1/30", "dev", here)
+    _ip("-n", inner, "link", "set", here, "up")
+    _ip("-n", inner, "route", "add", "default", "via", "203.0.113.2")
+    _ip("-n", outer, "addr", "add", "203.0.113.2/30", "dev", there)
+    _ip("-n", outer, "link", "set", there, "up")
+    for address in (PUBLIC, OTHER_PUBLIC, DNS, *PRIVATE):
+        _ip("-n", outer, "addr", "add", f"{address}/32", "dev", "lo")
+
+
+@contextlib.contextmanager
+def _serve(netns: str) -> Iterator[None]:
+    names = [f"{name}={address}" for name, address in NAMES.items()]
+    argv = ["ip", "netns", "exec", netns, sys.executable, "-c", WORLD_SERVER, *names]
+    server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+        yield
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _ip(*args: str, attempts: int = 5) -> str:
+    """Run `ip`; retried because netlink calls race with other workers' namespaces under load."""
+    for attempt in range(attempts):
+        proc = subprocess.run(["ip", *args], capture_output=True, text=True, check=False)
+        if proc.returncode == 0:
+            return proc.stdout
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError(f"ip {' '.join(args)} failed: {proc.stderr.strip()}")
+
+
+async def _probe(guest: GuestClient, host: str, port: int = PORT) -> str:
+    """What a connection from inside reached: the test host's address, or the error."""
+    result = await shell(guest, f"python3 - {host} {port} <<'EOF'\n{PROBE}EOF\n")
+    return (str(result["stdout"]) + str(result["stderr"])).strip()
+
+
+async def _log_until(
+    provider: LocalProvider, box: str, done: object, timeout: float = 15.0
+) -> list[NetworkConnection]:
+    """The connection log once ``done(log)`` holds (the supervisor writes it every 2 s)."""
+    deadline = anyio.current_time() + timeout
+    while True:
+        log = await provider.network_log(box)
+        if done(log):  # type: ignore[operator]
+            return log
+        assert anyio.current_time() < deadline, [c.model_dump() for c in log]
+        await anyio.sleep(0.2)
+
+
+# --- the tests -----------------------------------------------------------------------------------
+async def test_default_reaches_the_public_test_host_but_no_private_range(
+    world: World, home: Path, pycache: Path
+) -> None:
+    provider = LocalProvider(home, pycache=pycache)
+    box = await world.create(network="nat")
+    async with await provider.connect(box) as guest:
+        assert await _probe(guest, PUBLIC) == PUBLIC
+        for address, what in PRIVATE.items():
+            assert await _probe(guest, address) == "ConnectionRefusedError ECONNREFUSED", what
+        # Names resolve through our DNS; a name pointing at metadata still cannot connect.
+        assert await _probe(guest, "allowed.test") == PUBLIC
+        assert await _probe(guest, "metadata.test") == "ConnectionRefusedError ECONNREFUSED"
+        resolv = await shell(guest, "cat /etc/resolv.conf")
+        assert resolv["stdout"] == "nameserver 127.0.0.53\n"
+        # slirp4netns's own DNS relay (to the host's resolver) is off.
+        assert "dns" in await _probe(guest, "10.0.2.3", 53) or "Refused" in await _probe(
+            guest, "10.0.2.3", 53
+        )
+
+
+async def test_a_cidr_allowlist_reaches_only_that_cidr(
+    world: World, home: Path, pycache: Path
+) -> None:
+    provider = LocalProvider(home, pycache=pycache)
+    box = await world.create(network="nat", network_allow=[f"{PUBLIC}/32", "10.20.30.40"])
+    async with await provider.connect(box) as guest:
+        assert await _probe(guest, PUBLIC) == PUBLIC
+        assert await _probe(guest, OTHER_PUBLIC) == "ConnectionRefusedError ECONNREFUSED"
+        # A private address the list names explicitly is reachable; the others are not.
+        assert await _probe(guest, "10.20.30.40") == "10.20.30.40"
+        assert await _probe(guest, "169.254.169.254") == "ConnectionRefusedError ECONNREFUSED"
+        # No name is on the list, so none resolves (and none is asked upstream).
+        assert await _probe(guest, "allowed.test") == "dns gaierror -2"
+
+
+async def test_a_domain_allowlist_resolves_and_reaches_only_its_names(
+    world: World, home: Path, pycache: Path
+) -> None:
+    provider = LocalProvider(home, pycache=pycache)
+    allow = ["allowed.test", "*.wild.test", "private.test"]
+    box = await world.create(network="nat", network_allow=allow)
+    async with await provider.connect(box) as guest:
+        assert await _probe(guest, "allowed.test") == PUBLIC
+        assert await _probe(guest, "www.wild.test") == OTHER_PUBLIC
+        for name in ("other.test", "wild.test", "metadata.test"):
+            assert await _probe(guest, name) == "dns gaierror -2", name  # NXDOMAIN
+        # An allowlisted name does not open a private address it resolves to.
+        assert await _probe(guest, "private.test") == "ConnectionRefusedError ECONNREFUSED"
+        # Raw addresses: only those our DNS answered.
+        assert await _probe(guest, PUBLIC) == PUBLIC
+        assert await _probe(guest, DNS, 53) == "ConnectionRefusedError ECONNREFUSED"
+
+    log = await _log_until(
+        provider, box, lambda log: any(c.verdict == "denied" and c.proto == "tcp" for c in log)
+    )
+    flows = [c for c in log if c.proto == "tcp"]
+    reached = [c for c in flows if c.ip == PUBLIC and c.verdict == "allowed"]
+    assert reached and all(c.host == "allowed.test" and c.port == PORT for c in reached)
+    assert all(c.sent >= 2000 and c.received >= 3000 for c in reached), reached
+    refused = {(c.ip, c.port, c.host) for c in flows if c.verdict == "denied"}
+    assert ("10.20.30.40", PORT, "private.test") in refused
+    assert (DNS, 53, None) in refused
+    questions = {(c.host, c.verdict) for c in log if c.proto == "dns"}
+    assert {("allowed.test", "allowed"), ("other.test", "denied")} <= questions
+
+
+async def test_connections_made_over_the_stop_are_logged(
+    world: World, home: Path, pycache: Path
+) -> None:
+    provider = LocalProvider(home, pycache=pycache)
+    box = await world.create(network="nat")
+    async with await provider.connect(box) as guest:
+        assert await _probe(guest, PUBLIC) == PUBLIC
+        assert await _probe(guest, "192.168.7.7") == "ConnectionRefusedError ECONNREFUSED"
+    await provider.stop(box)  # the supervisor reads the counters one last time
+    log = await provider.network_log(box)
+    verdicts = {(c.ip, c.verdict) for c in log if c.proto == "tcp"}
+    assert verdicts == {(PUBLIC, "allowed"), ("192.168.7.7", "denied")}, log
+    raw = (home / "sandboxes" / box / "network.jsonl").read_text()
+    assert all(json.loads(line)["id"] for line in raw.splitlines())
