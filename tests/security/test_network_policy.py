@@ -15,22 +15,31 @@ import contextlib
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 
 import anyio
 import pytest
+from pydantic import ValidationError
 
+from hivecell.agent.llm.scripted import ScriptedLLMServer
+from hivecell.sandbox import netpolicy
 from hivecell.sandbox.base import NetworkConnection, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
+from hivecell.sandbox.local import dnsproxy
 from hivecell.sandbox.local.provider import LocalProvider
+from hivecell.trace import NETWORK_FILE
+from tests.agent.helpers import act, call, finish, tool_results
 from tests.sandbox.host import shell
+from tests.server.helpers import events, next_event, serve, write_provider
 
-pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+pytestmark = [pytest.mark.anyio]
 
 PUBLIC, OTHER_PUBLIC, DNS = "198.51.100.10", "198.51.100.11", "198.51.100.53"
 PRIVATE = {
@@ -202,19 +211,23 @@ async def _probe(guest: GuestClient, host: str, port: int = PORT) -> str:
 
 
 async def _log_until(
-    provider: LocalProvider, box: str, done: object, timeout: float = 15.0
+    provider: LocalProvider,
+    box: str,
+    done: Callable[[list[NetworkConnection]], bool],
+    timeout: float = 15.0,
 ) -> list[NetworkConnection]:
     """The connection log once ``done(log)`` holds (the supervisor writes it every 2 s)."""
     deadline = anyio.current_time() + timeout
     while True:
         log = await provider.network_log(box)
-        if done(log):  # type: ignore[operator]
+        if done(log):
             return log
         assert anyio.current_time() < deadline, [c.model_dump() for c in log]
         await anyio.sleep(0.2)
 
 
 # --- the tests -----------------------------------------------------------------------------------
+@pytest.mark.slow
 async def test_default_reaches_the_public_test_host_but_no_private_range(
     world: World, home: Path, pycache: Path
 ) -> None:
@@ -235,6 +248,7 @@ async def test_default_reaches_the_public_test_host_but_no_private_range(
         )
 
 
+@pytest.mark.slow
 async def test_a_cidr_allowlist_reaches_only_that_cidr(
     world: World, home: Path, pycache: Path
 ) -> None:
@@ -250,6 +264,7 @@ async def test_a_cidr_allowlist_reaches_only_that_cidr(
         assert await _probe(guest, "allowed.test") == "dns gaierror -2"
 
 
+@pytest.mark.slow
 async def test_a_domain_allowlist_resolves_and_reaches_only_its_names(
     world: World, home: Path, pycache: Path
 ) -> None:
@@ -267,9 +282,11 @@ async def test_a_domain_allowlist_resolves_and_reaches_only_its_names(
         assert await _probe(guest, PUBLIC) == PUBLIC
         assert await _probe(guest, DNS, 53) == "ConnectionRefusedError ECONNREFUSED"
 
-    log = await _log_until(
-        provider, box, lambda log: any(c.verdict == "denied" and c.proto == "tcp" for c in log)
-    )
+    def complete(log: list[NetworkConnection]) -> bool:
+        refused = {c.ip for c in log if c.verdict == "denied" and c.proto == "tcp"}
+        return {"10.20.30.40", DNS} <= refused
+
+    log = await _log_until(provider, box, complete)
     flows = [c for c in log if c.proto == "tcp"]
     reached = [c for c in flows if c.ip == PUBLIC and c.verdict == "allowed"]
     assert reached and all(c.host == "allowed.test" and c.port == PORT for c in reached)
@@ -281,6 +298,7 @@ async def test_a_domain_allowlist_resolves_and_reaches_only_its_names(
     assert {("allowed.test", "allowed"), ("other.test", "denied")} <= questions
 
 
+@pytest.mark.slow
 async def test_connections_made_over_the_stop_are_logged(
     world: World, home: Path, pycache: Path
 ) -> None:
@@ -295,3 +313,91 @@ async def test_connections_made_over_the_stop_are_logged(
     assert verdicts == {(PUBLIC, "allowed"), ("192.168.7.7", "denied")}, log
     raw = (home / "sandboxes" / box / "network.jsonl").read_text()
     assert all(json.loads(line)["id"] for line in raw.splitlines())
+
+
+# --- through a task: the trace, the API ----------------------------------------------------------
+def _host_address() -> str:
+    """One of the host's own IPv4 addresses besides loopback (a /32 LOCAL entry of the FIB)."""
+    lines = Path("/proc/net/fib_trie").read_text().splitlines()
+    found = {prev.split()[-1] for prev, line in pairwise(lines) if "/32 host LOCAL" in line}
+    return sorted(a for a in found if not a.startswith("127."))[0]
+
+
+@pytest.mark.slow
+async def test_a_task_keeps_its_connections_in_the_trace_and_the_api(home: Path) -> None:
+    # The box tries this host's own address: refused (and so never leaves the host).
+    with socket.create_server(("0.0.0.0", 0)) as listener:
+        address, port = _host_address(), listener.getsockname()[1]
+        probe = f"python3 - {address} {port} <<'EOF'\n{PROBE}EOF\n"
+        steps = [act(call("run_shell", command=probe)), *finish("tried")]
+        async with ScriptedLLMServer(steps) as llm:
+            write_provider(home, llm.base_url)
+            async with serve(home) as running, events(running) as ws:
+                data = {"description": "try", "network_allow": "Allowed.test, 203.0.113.0/24"}
+                files = {"files": ("note.txt", b"multipart, like the dashboard\n", "text/plain")}
+                response = await running.post("/tasks", data=data, files=files)
+                assert response.status_code == 201, response.text
+                task_id = response.json()["id"]
+                # Final once the task has finished: its box is stopped, the last flows counted.
+                await next_event(ws, "task.finished", task_id)
+                task = await running.task(task_id)
+                network = (await running.get(f"/tasks/{task_id}/network")).json()
+    assert task["status"] == "completed" and task["settings"]["network"] == "nat"
+    assert task["settings"]["network_allow"] == ["allowed.test", "203.0.113.0/24"]
+    assert (
+        tool_results(llm.chat_requests[1])[0]["stdout"] == "ConnectionRefusedError ECONNREFUSED\n"
+    )
+    assert network["source"] == "trace"
+    [refused] = [c for c in network["items"] if c["proto"] == "tcp"]
+    assert (refused["ip"], refused["port"], refused["verdict"]) == (address, port, "denied")
+    assert refused["detail"] == "an address of this host" and refused["sent"] > 0
+    saved = Path(task["trace_dir"]) / NETWORK_FILE
+    assert [json.loads(line) for line in saved.read_text().splitlines()] == network["items"]
+
+
+async def test_bad_allowlists_are_refused_naming_the_entry(home: Path) -> None:
+    cases = [
+        ({"network_allow": ["not a domain!"]}, "'not a domain!'"),
+        ({"network_allow": ["10.0.0.1/8"]}, "host bits set"),
+        ({"network_allow": ["0.0.0.0/0"]}, "every address"),
+        ({"network_allow": ["com"]}, "'com'"),
+        ({"network": "offline", "network_allow": ["example.org"]}, "needs network nat"),
+    ]
+    async with serve(home) as running:
+        for extra, words in cases:
+            response = await running.post("/tasks", json={"description": "x", **extra})
+            assert response.status_code == 422, response.text
+            message = response.json()["error"]["message"]
+            assert "network_allow" in message and words in message, message
+    with pytest.raises(ValidationError, match="needs network='nat'"):
+        SandboxSpec(network_allow=["example.org"])
+    assert SandboxSpec(network="nat", network_allow=["A.Example.ORG.", "::1"]).network_allow == [
+        "a.example.org",
+        "::1/128",
+    ]
+
+
+def test_names_match_exactly_or_under_a_wildcard() -> None:
+    policy = netpolicy.plan(["example.org", "*.wild.example"])
+    assert netpolicy.name_allowed(policy, "example.org")
+    assert not netpolicy.name_allowed(policy, "www.example.org")  # not a wildcard
+    assert netpolicy.name_allowed(policy, "a.b.wild.example")
+    assert not netpolicy.name_allowed(policy, "wild.example")  # the wildcard is below it
+    assert not netpolicy.name_allowed(policy, "evilwild.example")
+    assert netpolicy.name_allowed(netpolicy.plan([]), "anything.at.all")
+
+
+def test_our_dns_refuses_names_that_are_not_plain_labels() -> None:
+    def query(*labels: bytes) -> bytes:
+        name = b"".join(bytes([len(x)]) + x for x in labels) + b"\0"
+        return b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + name + b"\x00\x01\x00\x01"
+
+    assert dnsproxy.Question.parse(query(b"www", b"example", b"org")).name == "www.example.org"
+    # A dot inside a label would read as a subdomain of an allowlisted name.
+    assert dnsproxy.Question.parse(query(b"evil.example", b"org")) is None
+    assert dnsproxy.Question.parse(query(b"a\0b", b"org")) is None
+    pointer = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xc0\x0c\x00\x01\x00\x01"
+    assert dnsproxy.Question.parse(pointer) is None
+    proxy = dnsproxy.DnsProxy([], lambda name: False, lambda n, a: None, lambda *a: None)
+    reply = proxy.resolve(query(b"other", b"test"), tcp=False)
+    assert reply[:2] == b"\x12\x34" and reply[3] & 0x0F == dnsproxy.NXDOMAIN

@@ -32,6 +32,7 @@ ROUTES = [
     ("POST", "/tasks/t-x/approve"),
     ("POST", "/tasks/t-x/deny"),
     ("GET", "/tasks/t-x/trace"),
+    ("GET", "/tasks/t-x/network"),
     ("GET", "/tasks/t-x/screenshots/s.png"),
     ("GET", "/tasks/t-x/artifacts"),
     ("GET", "/tasks/t-x/artifacts/a.txt"),

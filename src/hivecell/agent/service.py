@@ -17,12 +17,14 @@ from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hivecell.agent.runner import ChatModel, Outcome, RunSettings, TaskRunner
+from hivecell.errors import SandboxNotFound
+from hivecell.sandbox import netpolicy
 from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxProvider, SandboxSpec
 from hivecell.store import InvalidTransition, TaskRecord, TaskSettings, TaskStore
-from hivecell.trace import TraceWriter
+from hivecell.trace import TraceWriter, write_network
 
 EventHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -34,10 +36,18 @@ class TaskRequest(BaseModel):
     files: list[Path] = Field(default_factory=list)
     settings: RunSettings = Field(default_factory=RunSettings)
     network: NetworkMode = "offline"
+    network_allow: list[str] = Field(
+        default_factory=list, description="nat: domains, *.domains and CIDRs it may reach"
+    )
     resolution: tuple[int, int] = (1280, 800)
     output_dir: Path | None = None
     keep_sandbox: bool = False
     sandbox_id: str | None = Field(None, description="reuse a running sandbox (warm start)")
+
+    @field_validator("network_allow")
+    @classmethod
+    def _allow_entries(cls, entries: list[str]) -> list[str]:
+        return netpolicy.normalize(entries)
 
 
 class TaskResult(BaseModel):
@@ -126,18 +136,44 @@ class TaskService:
                 _collect_outbox, Path(info.shared_dir), Path(str(record.output_dir))
             )
         finally:
-            if not request.keep_sandbox and request.sandbox_id is None:
-                with anyio.CancelScope(shield=True):
-                    await self._provider.destroy(info.id)
+            with anyio.CancelScope(shield=True):
+                await self._finish_sandbox(record, request, info)
         return await self._save(record, outcome, artifacts, info, time.perf_counter() - started)
 
     async def _sandbox(self, request: TaskRequest) -> SandboxInfo:
         if request.sandbox_id is not None:
             return await self._provider.info(request.sandbox_id)
         width, height = request.resolution
-        return await self._provider.create(
-            SandboxSpec(width=width, height=height, network=request.network)
+        spec = SandboxSpec(
+            width=width,
+            height=height,
+            network=request.network,
+            network_allow=request.network_allow,
         )
+        return await self._provider.create(spec)
+
+    async def _finish_sandbox(
+        self, record: TaskRecord, request: TaskRequest, info: SandboxInfo
+    ) -> None:
+        """Record the box's connections in the trace; remove the box if this task made it
+        (stopped first, so the log holds its last flows)."""
+        owned = not request.keep_sandbox and request.sandbox_id is None
+        if owned and info.spec.network == "nat":
+            await self._provider.stop(info.id)
+        await self.save_network_log(record, info)
+        if owned:
+            await self._provider.destroy(info.id)
+
+    async def save_network_log(self, record: TaskRecord, info: SandboxInfo) -> None:
+        """Copy a ``nat`` box's connection log into the task's trace (``network.jsonl``)."""
+        if info.spec.network != "nat" or record.trace_dir is None:
+            return
+        try:
+            log = await self._provider.network_log(info.id)
+        except SandboxNotFound:
+            return  # removed under us: nothing left to copy
+        rows = [c.model_dump(mode="json") for c in log]
+        await anyio.to_thread.run_sync(write_network, Path(str(record.trace_dir)), rows)
 
     async def _run_loop(
         self,
@@ -231,6 +267,7 @@ def _settings(request: TaskRequest) -> TaskSettings:
         max_steps=s.max_steps,
         timeout_s=s.timeout_s,
         network=request.network,
+        network_allow=list(request.network_allow),
         disabled_tools=list(s.disabled_tools),
     )
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -102,11 +103,13 @@ class ConnectionLog:
 
     def _reason(self, address: str) -> str:
         ip = ipaddress.ip_address(address)
+        if _is_local(address) or ip.is_multicast:
+            return "an address of this host"
         if any(ip in net for net in _DENIED) and not any(ip in n for n in self._allowed_nets):
             return "private, link-local or reserved range"
-        if self.restricted and address not in self._names:
+        if self.restricted:
             return "not in the allowlist"
-        return "an address of this host"
+        return "refused by the host filter"
 
     def _next_id(self) -> str:
         self._count += 1
@@ -122,6 +125,17 @@ class ConnectionLog:
             os.write(fd, data)
         finally:
             os.close(fd)
+
+
+def _is_local(address: str) -> bool:
+    """Whether ``address`` is one of this host's (binding to it works only then)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((address, 0))
+    except OSError:
+        return False
+    return True
 
 
 def read(path: Path) -> list[dict[str, Any]]:
