@@ -369,6 +369,8 @@ async def test_bad_allowlists_are_refused_naming_the_entry(home: Path) -> None:
             assert response.status_code == 422, response.text
             message = response.json()["error"]["message"]
             assert "network_allow" in message and words in message, message
+        response = await running.post("/sandboxes", json={"network_allow": ["bad entry!"]})
+        assert response.status_code == 422 and "'bad entry!'" in response.text, response.text
     with pytest.raises(ValidationError, match="needs network='nat'"):
         SandboxSpec(network_allow=["example.org"])
     assert SandboxSpec(network="nat", network_allow=["A.Example.ORG.", "::1"]).network_allow == [

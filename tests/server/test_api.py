@@ -42,6 +42,7 @@ ROUTES = [
     ("GET", "/sandboxes/sb-x"),
     ("DELETE", "/sandboxes/sb-x"),
     ("GET", "/sandboxes/sb-x/screenshot"),
+    ("GET", "/sandboxes/sb-x/network"),
     ("GET", "/providers"),
     ("POST", "/providers"),
     ("DELETE", "/providers/p"),
