@@ -32,10 +32,10 @@ from hivecell.agent.llm.scripted import ScriptedLLMServer
 from hivecell.sandbox import netpolicy
 from hivecell.sandbox.base import NetworkConnection, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
-from hivecell.sandbox.local import dnsproxy
+from hivecell.sandbox.local import dnsproxy, hostfilter, netlog
 from hivecell.sandbox.local.provider import LocalProvider
 from hivecell.trace import NETWORK_FILE
-from tests.agent.helpers import act, call, finish, tool_results
+from tests.agent.helpers import act, call, finish, system_prompt, tool_results
 from tests.sandbox.host import shell
 from tests.server.helpers import events, next_event, serve, write_provider
 
@@ -169,8 +169,7 @@ def _build(inner: str, outer: str, tag: str) -> None:
     """``inner`` routes everything to ``outer``, which holds every test address."""
     here, there = f"hh{tag}", f"hw{tag}"
     for netns in (inner, outer):
-        _ip("netns", "add", netns)
-        _ip("-n", netns, "link", "set", "lo", "up")
+        _add_netns(netns)
     _ip("-n", inner, "link", "add", here, "type", "veth", "peer", "name", there, "netns", outer)
     _ip("-n", inner, "addr", "add", "203.0.113.1/30", "dev", here)
     _ip("-n", inner, "link", "set", here, "up")
@@ -192,6 +191,19 @@ def _serve(netns: str) -> Iterator[None]:
     finally:
         server.kill()
         server.wait()
+
+
+def _add_netns(netns: str, attempts: int = 5) -> None:
+    """``ip netns add``, made again if another worker's ``ip netns add`` raced it (iproute2
+    then leaves a name whose namespace cannot be entered: "Invalid argument")."""
+    for attempt in range(attempts):
+        subprocess.run(["ip", "netns", "add", netns], capture_output=True, check=False)
+        up = subprocess.run(["ip", "-n", netns, "link", "set", "lo", "up"], capture_output=True)
+        if up.returncode == 0:
+            return
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+        time.sleep(0.2 * (attempt + 1))
+    raise AssertionError(f"cannot make network namespace {netns}: {up.stderr.decode().strip()}")
 
 
 def _ip(*args: str, attempts: int = 5) -> str:
@@ -344,9 +356,10 @@ async def test_a_task_keeps_its_connections_in_the_trace_and_the_api(home: Path)
                 network = (await running.get(f"/tasks/{task_id}/network")).json()
     assert task["status"] == "completed" and task["settings"]["network"] == "nat"
     assert task["settings"]["network_allow"] == ["allowed.test", "203.0.113.0/24"]
-    assert (
-        tool_results(llm.chat_requests[1])[0]["stdout"] == "ConnectionRefusedError ECONNREFUSED\n"
-    )
+    prompt = system_prompt(llm.chat_requests[0])  # the model is told what it may reach
+    assert "destinations only: allowed.test, 203.0.113.0/24" in prompt
+    stdout = tool_results(llm.chat_requests[1])[0]["stdout"]
+    assert stdout == "ConnectionRefusedError ECONNREFUSED\n"
     assert network["source"] == "trace"
     [refused] = [c for c in network["items"] if c["proto"] == "tcp"]
     assert (refused["ip"], refused["port"], refused["verdict"]) == (address, port, "denied")
@@ -403,3 +416,26 @@ def test_our_dns_refuses_names_that_are_not_plain_labels() -> None:
     proxy = dnsproxy.DnsProxy([], lambda name: False, lambda n, a: None, lambda *a: None)
     reply = proxy.resolve(query(b"other", b"test"), tcp=False)
     assert reply[:2] == b"\x12\x34" and reply[3] & 0x0F == dnsproxy.NXDOMAIN
+
+
+def test_the_log_is_capped_and_counts_flows_across_element_expiry(tmp_path: Path) -> None:
+    path = tmp_path / "network.jsonl"
+    log = netlog.ConnectionLog(path, restricted=True, cidrs=[], max_bytes=4096)
+
+    def table(sent: int) -> hostfilter.Table:
+        elem = {"val": {"concat": [7, PUBLIC, "tcp", 443, 5000]}, "counter": {"bytes": sent}}
+        return hostfilter.Table({"sent4": [{"elem": elem}]}, {}, 0)
+
+    log.update(table(100), 7)
+    log.update(table(250), 7)
+    log.update(hostfilter.Table({}, {}, 0), 7)  # expired: the flow is over
+    log.update(table(40), 7)  # the same ports again: a new flow
+    flows = netlog.read(path)
+    assert [(f["sent"], f["ip"], f["port"]) for f in flows] == [
+        (250, PUBLIC, 443),
+        (40, PUBLIC, 443),
+    ]
+    for n in range(200):  # a box asking name after name cannot grow the file without end
+        log.question(f"n{n}.example", "A", False, "not in the allowlist")
+    assert log.full and path.stat().st_size <= 4096 + 100
+    assert json.loads(path.read_text().splitlines()[-1])["truncated"] is True

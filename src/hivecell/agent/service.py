@@ -198,7 +198,7 @@ class TaskService:
                 trace=trace,
                 settings=request.settings,
                 screen=(info.spec.width, info.spec.height),
-                network=info.spec.network,
+                network=_network_note(info.spec),
                 inbox=inbox,
                 on_event=lambda kind, data: send.send_nowait((kind, data)),
             )
@@ -259,6 +259,13 @@ class TaskService:
             cost_usd=usage.cost_usd,
             duration_s=round(duration_s, 3),
         )
+
+
+def _network_note(spec: SandboxSpec) -> str:
+    """How the system prompt describes the network: a mode, or what an allowlist permits."""
+    if spec.network == "nat" and spec.network_allow:
+        return "outbound access to these destinations only: " + ", ".join(spec.network_allow)
+    return spec.network
 
 
 def _settings(request: TaskRequest) -> TaskSettings:

@@ -274,10 +274,12 @@ class HostFilter:
             self._apply(box.script(gid))
         return gid
 
-    def ensure(self, box: BoxRules, gid: int, named: dict[str, int]) -> bool:
+    def ensure(
+        self, box: BoxRules, gid: int, named: dict[str, int], table: Table | None = None
+    ) -> bool:
         """Put back the table and ``box``'s entries if something removed them; returns
-        whether it had to."""
-        table = self.read()
+        whether it had to. ``table``: as just read, if the caller has it."""
+        table = table or self.read()
         if table is not None and table.intact() and table.has(gid, box):
             return False
         with _locked():

@@ -7,7 +7,8 @@ its counters grow; readers keep the last line of each ``id``.
 
 One line: ``{"id", "time", "last", "proto", "ip", "port", "host", "verdict", "sent",
 "received", "detail"}``; ``proto`` is tcp, udp or dns (a question to our DNS: ``host`` is
-the name asked, ``ip`` null). ``host`` of a flow is the name our DNS answered with that
+the name asked, ``ip`` null). Past ``MAX_LOG_BYTES`` a last ``{"id", "truncated": true}``
+line ends the file. ``host`` of a flow is the name our DNS answered with that
 address, when it did. Bytes count IP packets (headers included) each way.
 
 Stdlib only (the supervisor writes it; the provider reads it).
@@ -27,14 +28,19 @@ from typing import Any
 from hivecell.sandbox.local.hostfilter import DENIED4, DENIED6, Table
 
 FlowKey = tuple[str, str, int, int]  # address, protocol, destination port, source port
+MAX_LOG_BYTES = 64 * 1024 * 1024  # a box asking millions of names must not fill the host
 _DENIED = [ipaddress.ip_network(n) for n in (*DENIED4, *DENIED6)]
 
 
 class ConnectionLog:
     """Appends one box's connections to its log file (thread-safe: DNS workers write too)."""
 
-    def __init__(self, path: Path, restricted: bool, cidrs: list[str]) -> None:
+    def __init__(
+        self, path: Path, restricted: bool, cidrs: list[str], max_bytes: int = MAX_LOG_BYTES
+    ) -> None:
         self.path = path
+        self.max_bytes = max_bytes
+        self.full = False  # past max_bytes: one last line says so, then nothing more
         self.restricted = restricted
         self._allowed_nets = [ipaddress.ip_network(c) for c in cidrs]
         self._lock = threading.Lock()
@@ -65,13 +71,24 @@ class ConnectionLog:
         now = time.time()
         with self._lock:
             changed = []
+            current: set[tuple[str, FlowKey]] = set()
             for family in ("4", "6"):
                 sent, recv = table.flows(f"sent{family}", gid), table.flows(f"recv{family}", gid)
                 for key, counter in sent.items():
                     changed += self._flow("allowed", key, counter, recv.get(key, (0, 0)), now)
+                    current.add(("allowed", key))
                 for key, counter in table.flows(f"refused{family}", gid).items():
                     changed += self._flow("denied", key, counter, (0, 0), now)
+                    current.add(("denied", key))
+            self._forget_expired(current)
             self._write(changed)
+
+    def _forget_expired(self, current: set[tuple[str, FlowKey]]) -> None:
+        """Flows whose set element expired (idle) are done: a later one with the same ports
+        is a new record. Keeps the supervisor's memory flat on a long-lived box."""
+        for ident in [i for i in self._seen if i not in current]:
+            del self._seen[ident]
+            self._flows.pop(ident, None)
 
     def _flow(
         self, verdict: str, key: FlowKey, sent: tuple[int, int], recv: tuple[int, int], now: float
@@ -116,12 +133,15 @@ class ConnectionLog:
         return f"{self._prefix}-{self._count}"
 
     def _write(self, records: list[dict[str, Any]]) -> None:
-        if not records:
+        if not records or self.full:
             return
         data = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records).encode()
         flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC
         fd = os.open(self.path, flags, 0o600)
         try:
+            if os.fstat(fd).st_size + len(data) > self.max_bytes:
+                self.full = True
+                data = json.dumps({"id": self._next_id(), "truncated": True}).encode() + b"\n"
             os.write(fd, data)
         finally:
             os.close(fd)
@@ -152,6 +172,6 @@ def read(path: Path) -> list[dict[str, Any]]:
             record = json.loads(line)
         except ValueError:
             continue  # a line cut by a crash
-        if isinstance(record, dict) and "id" in record:
+        if isinstance(record, dict) and "id" in record and "proto" in record:
             found[str(record["id"])] = record
     return list(found.values())

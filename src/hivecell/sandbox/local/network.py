@@ -84,8 +84,10 @@ class Network:
     def check(self) -> bool:
         """Puts the host filter back if it was removed (returns whether it had to), then
         logs the flows counted since the last call."""
-        repaired = self.host_filter.ensure(self.rules, self.gid, self._named_left())
         table = self.host_filter.read()
+        repaired = self.host_filter.ensure(self.rules, self.gid, self._named_left(), table)
+        if repaired:
+            table = self.host_filter.read()
         if table is not None:
             self.log.update(table, self.gid)
         return repaired
