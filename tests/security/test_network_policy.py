@@ -96,7 +96,17 @@ def dns_udp():
         query, peer = sock.recvfrom(4096)
         sock.sendto(answer(query), peer)
 
+def dns_tcp():
+    server = socket.create_server(("198.51.100.53", 53))
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            size = struct.unpack("!H", conn.recv(2))[0]
+            reply = answer(conn.recv(size))
+            conn.sendall(struct.pack("!H", len(reply)) + reply)
+
 threading.Thread(target=dns_udp, daemon=True).start()
+threading.Thread(target=dns_tcp, daemon=True).start()
 print("ready", flush=True)
 tcp_host()
 """
@@ -113,6 +123,18 @@ async def main() -> None:
     print(info.id)
 
 anyio.run(main)
+"""
+DNS_OVER_TCP = """
+import socket, struct, sys
+name = b"".join(bytes([len(x)]) + x.encode() for x in sys.argv[1].split(".")) + b"\\0"
+query = b"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00" + name + b"\\0\\1\\0\\1"
+conn = socket.create_connection(("127.0.0.53", 53), timeout=5)
+conn.sendall(struct.pack("!H", len(query)) + query)
+size = struct.unpack("!H", conn.recv(2))[0]
+reply = b""
+while len(reply) < size:
+    reply += conn.recv(size - len(reply))
+print(reply[3] & 15, socket.inet_ntoa(reply[-4:]) if reply[7] else "-")
 """
 PROBE = """
 import errno, socket, sys
@@ -288,6 +310,10 @@ async def test_a_domain_allowlist_resolves_and_reaches_only_its_names(
         assert await _probe(guest, "www.wild.test") == OTHER_PUBLIC
         for name in ("other.test", "wild.test", "metadata.test"):
             assert await _probe(guest, name) == "dns gaierror -2", name  # NXDOMAIN
+        # The same over TCP (length-prefixed), as resolvers fall back to for long answers.
+        for name, expected in (("allowed.test", f"0 {PUBLIC}"), ("other.test", "3 -")):
+            script = f"python3 - {name} <<'EOF'\n{DNS_OVER_TCP}EOF\n"
+            assert (await shell(guest, script))["stdout"].strip() == expected, name
         # An allowlisted name does not open a private address it resolves to.
         assert await _probe(guest, "private.test") == "ConnectionRefusedError ECONNREFUSED"
         # Raw addresses: only those our DNS answered.
