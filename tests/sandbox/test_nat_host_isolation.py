@@ -105,8 +105,13 @@ steps["entries kept"] = table().slirp == {one: "sb-one", two: "sb-two"}
 steps["policy kept"] = table().sets["open"] == [two] and len(table().sets["cidr4"]) == 1
 subprocess.run([nft, "delete", "element", "inet", TABLE, "open", f"{{ {two} }}"], check=True)
 steps["open back"] = host_filter.ensure(box_two, two, {}) and table().sets["open"] == [two]
+host_filter.add_named(one, {"198.51.100.7": 60})
+host_filter.add_named(two, {"198.51.100.8": 60})
 host_filter.detach("sb-one")
 steps["one left"] = table().slirp == {two: "sb-two"} and table().sets["cidr4"] == []
+steps["its names gone"] = [e["elem"]["val"]["concat"] for e in table().sets["named4"]] == [
+    [two, "198.51.100.8"]
+]
 host_filter.detach("sb-two")
 steps["table gone"] = table() is None
 print(json.dumps(steps))
@@ -381,7 +386,7 @@ async def test_a_removed_filter_entry_is_put_back(
 async def test_the_filter_rebuilds_itself_after_a_flush() -> None:
     child = await anyio.run_process(["unshare", "--net", sys.executable, "-c", FLUSHED, NFT])
     steps = json.loads(child.stdout)
-    assert all(steps.values()) and len(steps) == 10, steps
+    assert all(steps.values()) and len(steps) == 11, steps
 
 
 async def test_two_sandboxes_are_filtered_and_one_stays_so_alone(

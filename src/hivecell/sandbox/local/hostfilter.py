@@ -167,6 +167,7 @@ DEFINITION = "".join(
 # Adding then deleting makes the batch replace a damaged table instead of failing on it.
 RESET = f"table inet {TABLE} {{}}\ndelete table inet {TABLE}\n"
 _KEPT_SETS = ("open", "cidr4", "cidr6", "named4", "named6")  # put back after a repair
+EXPIRING = ("named4", "named6", *FLOW_SETS)  # sets whose elements time out
 
 
 class BoxRules:
@@ -303,7 +304,12 @@ class HostFilter:
             if len(mine) == len(table.slirp):
                 self._apply(f"delete table inet {TABLE}\n")
             elif mine:
-                self._apply(_forget_script(table, mine))
+                self._apply(_forget_script(table, mine, EXPIRING, keep=True))
+                # Elements with a timeout may expire between listing and deleting, which
+                # fails a whole batch: those go in one of their own, whose failure is fine
+                # (what it missed expires by itself).
+                with contextlib.suppress(OSError):
+                    self._apply(_forget_script(table, mine, EXPIRING, keep=False))
 
     def read(self) -> Table | None:
         """The table as the kernel holds it; None when it does not exist."""
@@ -371,11 +377,12 @@ def pick_gid(sandbox_id: str, taken: dict[int, str]) -> int:
     raise OSError(f"all {GID_SLOTS} sandbox network groups are in use")
 
 
-def _forget_script(table: Table, gids: list[int]) -> str:
-    """Deletes every element of ``gids``: group entries, policy, named addresses, flows."""
-    script = _elements("delete", "slirp", [str(gid) for gid in gids])
+def _forget_script(table: Table, gids: list[int], sets: tuple[str, ...], keep: bool) -> str:
+    """Deletes the elements of ``gids`` in ``sets`` (``keep``: in every other set, and the
+    group entries)."""
+    script = _elements("delete", "slirp", [str(gid) for gid in gids]) if keep else ""
     for name, elements in table.sets.items():
-        if name in ("slirp", "denied4", "denied6"):
+        if name in ("slirp", "denied4", "denied6") or (name in sets) == keep:
             continue
         mine = [_element_text(e) for e in elements if _element_gid(e) in gids]
         script += _elements("delete", name, [m.split(" timeout ")[0] for m in mine if m])
