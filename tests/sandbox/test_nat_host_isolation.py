@@ -101,6 +101,8 @@ steps["left alone"] = not host_filter.ensure(box_one, one, {})
 steps["two back"] = host_filter.ensure(box_two, two, {}) and table().intact()
 subprocess.run([nft, "flush", "chain", "inet", TABLE, "slirp"], check=True)
 steps["rules back"] = host_filter.ensure(box_one, one, {}) and table().intact()
+subprocess.run([nft, "flush", "set", "inet", TABLE, "denied4"], check=True)
+steps["ranges back"] = host_filter.ensure(box_one, one, {}) and table().intact()
 steps["entries kept"] = table().slirp == {one: "sb-one", two: "sb-two"}
 steps["policy kept"] = table().sets["open"] == [two] and len(table().sets["cidr4"]) == 1
 subprocess.run([nft, "delete", "element", "inet", TABLE, "open", f"{{ {two} }}"], check=True)
@@ -386,7 +388,7 @@ async def test_a_removed_filter_entry_is_put_back(
 async def test_the_filter_rebuilds_itself_after_a_flush() -> None:
     child = await anyio.run_process(["unshare", "--net", sys.executable, "-c", FLUSHED, NFT])
     steps = json.loads(child.stdout)
-    assert all(steps.values()) and len(steps) == 11, steps
+    assert all(steps.values()) and len(steps) == 12, steps
 
 
 async def test_two_sandboxes_are_filtered_and_one_stays_so_alone(

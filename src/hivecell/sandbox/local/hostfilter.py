@@ -227,7 +227,11 @@ class Table:
         return cls(sets, slirp, rules)
 
     def intact(self) -> bool:
-        return set(self.sets) == {"slirp", *SETS} and self.rules == RULES
+        """Every set and rule there, and the refused ranges all in place (a flushed
+        ``denied4`` would open the private ranges while every rule still stands)."""
+        denied = len(self.sets.get("denied4", [])), len(self.sets.get("denied6", []))
+        complete = denied == (len(DENIED4), len(DENIED6))
+        return set(self.sets) == {"slirp", *SETS} and self.rules == RULES and complete
 
     def has(self, gid: int, box: BoxRules) -> bool:
         """Whether ``box``'s group entry (and its open flag) is in place."""
