@@ -168,7 +168,7 @@ async def test_nat_has_a_routed_interface(nat_guest: GuestClient) -> None:
     network = await nat_guest.call("get_network_info")
     interfaces = {i["name"]: i["addresses"] for i in network["interfaces"]}
     assert interfaces["tap0"] == ["10.0.2.100"] and network["has_default_route"] is True
-    assert await sh_out(nat_guest, "cat /etc/resolv.conf") == "nameserver 10.0.2.3\n"
+    assert await sh_out(nat_guest, "cat /etc/resolv.conf") == "nameserver 127.0.0.53\n"
 
 
 async def test_nat_cannot_reach_host_loopback(nat_guest: GuestClient, host_service: int) -> None:

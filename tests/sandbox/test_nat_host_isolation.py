@@ -1,7 +1,8 @@
 """``nat`` sandboxes reach other hosts but never the host they run on, through any address.
 
 Real boxes, real nftables. The non-host destination is a test host made here: a network
-namespace behind a veth pair, on an unused /30 of 198.18.0.0/15 (the benchmarking range).
+namespace behind a veth pair, on an unused /30 of 203.0.113.0/24 (a documentation range,
+which the filter leaves open; private ranges are tested in tests/security/test_network_policy.py).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from anyio import to_thread
 from hivecell.errors import ConfigError
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
-from hivecell.sandbox.local import hostfilter
+from hivecell.sandbox.local import dnsproxy, hostfilter
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.provider import LocalProvider
 from tests.sandbox.conftest import MakeProvider
@@ -81,26 +82,38 @@ anyio.run(main)
 # flushing them cannot unfilter the sandboxes of tests running beside this one.
 FLUSHED = """
 import json, subprocess, sys
-from hivecell.sandbox.local.hostfilter import HostFilter, Table
+from hivecell.sandbox.local.hostfilter import TABLE, BoxRules, HostFilter, Table
 nft = sys.argv[1]
 host_filter = HostFilter(nft)
+box_one = BoxRules("sb-one", {"restricted": True, "cidr4": ["198.51.100.0/24"]})
+box_two = BoxRules("sb-two", {})
 
 def table():
-    listing = subprocess.run([nft, "-j", "list", "table", "inet", "hivecell"],
+    listing = subprocess.run([nft, "-j", "list", "table", "inet", TABLE],
                              capture_output=True, text=True)
     return Table.parse(listing.stdout) if listing.returncode == 0 else None
 
-one, two = host_filter.attach("sb-one"), host_filter.attach("sb-two")
+one, two = host_filter.attach(box_one), host_filter.attach(box_two)
 steps = {"attached": table().slirp == {one: "sb-one", two: "sb-two"}}
 subprocess.run([nft, "flush", "ruleset"], check=True)
-steps["flushed"] = host_filter.ensure("sb-one", one) and table().slirp == {one: "sb-one"}
-steps["left alone"] = not host_filter.ensure("sb-one", one)
-steps["two back"] = host_filter.ensure("sb-two", two) and table().intact()
-subprocess.run([nft, "flush", "chain", "inet", "hivecell", "slirp"], check=True)
-steps["rules back"] = host_filter.ensure("sb-one", one) and table().intact()
+steps["flushed"] = host_filter.ensure(box_one, one, {}) and table().slirp == {one: "sb-one"}
+steps["left alone"] = not host_filter.ensure(box_one, one, {})
+steps["two back"] = host_filter.ensure(box_two, two, {}) and table().intact()
+subprocess.run([nft, "flush", "chain", "inet", TABLE, "slirp"], check=True)
+steps["rules back"] = host_filter.ensure(box_one, one, {}) and table().intact()
+subprocess.run([nft, "flush", "set", "inet", TABLE, "denied4"], check=True)
+steps["ranges back"] = host_filter.ensure(box_one, one, {}) and table().intact()
 steps["entries kept"] = table().slirp == {one: "sb-one", two: "sb-two"}
+steps["policy kept"] = table().sets["open"] == [two] and len(table().sets["cidr4"]) == 1
+subprocess.run([nft, "delete", "element", "inet", TABLE, "open", f"{{ {two} }}"], check=True)
+steps["open back"] = host_filter.ensure(box_two, two, {}) and table().sets["open"] == [two]
+host_filter.add_named(one, {"198.51.100.7": 60})
+host_filter.add_named(two, {"198.51.100.8": 60})
 host_filter.detach("sb-one")
-steps["one left"] = table().slirp == {two: "sb-two"}
+steps["one left"] = table().slirp == {two: "sb-two"} and table().sets["cidr4"] == []
+steps["its names gone"] = [e["elem"]["val"]["concat"] for e in table().sets["named4"]] == [
+    [two, "198.51.100.8"]
+]
 host_filter.detach("sb-two")
 steps["table gone"] = table() is None
 print(json.dumps(steps))
@@ -150,15 +163,14 @@ def test_host() -> Iterator[OtherHost]:
 
 
 def _free_block() -> tuple[str, str]:
-    """Two addresses of a /30 in 198.18.0.0/15 that no route on the host covers yet."""
+    """Two addresses of a /30 in 203.0.113.0/24 that no route on the host covers yet."""
     for _ in range(50):
-        block = random.randrange(2, 32768) * 4  # skip 198.18.0.0/29
-        third, fourth = 18 * 256 + block // 256, block % 256
-        host_side = f"198.{third // 256}.{third % 256}.{fourth + 1}"
+        fourth = random.randrange(64) * 4
+        host_side = f"203.0.113.{fourth + 1}"
         routes = _ip("-4", "-o", "route", "show", "to", "match", host_side)
         if all(line.startswith("default") for line in routes.splitlines()):
-            return host_side, f"198.{third // 256}.{third % 256}.{fourth + 2}"
-    raise AssertionError("no free /30 in 198.18.0.0/15")
+            return host_side, f"203.0.113.{fourth + 2}"
+    raise AssertionError("no free /30 in 203.0.113.0/24")
 
 
 def _make_netns(netns: str, outer: str, inner: str, host_side: str, address: str) -> None:
@@ -194,29 +206,30 @@ def _ip(*args: str, attempts: int = 5) -> str:
 
 # --- what the host sees ------------------------------------------------------------------------
 def _filter_entries() -> dict[int, str] | None:
-    """gid -> sandbox id in the hivecell table; None when there is no table.
+    """gid -> sandbox id in the filter's table; None when there is no table.
 
     Holds the filter's lock, so a concurrent create or destroy is never seen half done.
     """
     fd = os.open(hostfilter.LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        listing = subprocess.run([NFT, "-j", "list", "table", "inet", "hivecell"],
+        listing = subprocess.run([NFT, "-j", "list", "table", "inet", hostfilter.TABLE],
                                  capture_output=True, text=True, check=False)  # fmt: skip
     finally:
         os.close(fd)
     if listing.returncode != 0:
         return None
-    return _slirp_set(json.loads(listing.stdout)["nftables"])
+    return _slirp_map(json.loads(listing.stdout)["nftables"])
 
 
-def _slirp_set(items: list[dict[str, object]]) -> dict[int, str]:
+def _slirp_map(items: list[dict[str, object]]) -> dict[int, str]:
     for item in items:
-        found = item.get("set")
+        found = item.get("map")
         if isinstance(found, dict) and found["name"] == "slirp":
-            elements = [e["elem"] for e in found.get("elem", [])]
-            return {int(e["val"]): e["comment"] for e in elements}
-    raise AssertionError(f"the hivecell table has no slirp set: {items}")
+            pairs = [(key["elem"], mark) for key, mark in found.get("elem", [])]
+            assert all(int(key["val"]) == mark for key, mark in pairs)  # mark = group
+            return {int(key["val"]): key["comment"] for key, _ in pairs}
+    raise AssertionError(f"the filter's table has no slirp map: {items}")
 
 
 async def _gids_of(sandbox_id: str) -> list[int]:
@@ -359,21 +372,23 @@ async def test_a_removed_filter_entry_is_put_back(
     provider = make_provider()
     box = await provider.create(SandboxSpec(network="nat"))
     [gid] = await _gids_of(box.id)
-    await anyio.run_process([NFT, "delete", "element", "inet", "hivecell", "slirp", f"{{ {gid} }}"])
+    await anyio.run_process(
+        [NFT, "delete", "element", "inet", hostfilter.TABLE, "slirp", f"{{ {gid} }}"]
+    )
     await to_thread.run_sync(_await_entry, box.id, gid)
     async with await provider.connect(box.id) as guest:
         await _assert_host_unreachable(guest, listeners)
     log = await anyio.Path(Layout.of(provider.home, box.id).log).read_text()
     assert "the host filter had been removed" in log
-    listing = await anyio.run_process([NFT, "-j", "list", "table", "inet", "hivecell"])
+    listing = await anyio.run_process([NFT, "-j", "list", "table", "inet", hostfilter.TABLE])
     table = hostfilter.Table.parse(listing.stdout.decode())
-    assert table.intact() and f'{gid} comment "{box.id}"' in table.elements_script()
+    assert table.intact() and f'{gid} comment "{box.id}" : {gid}' in table.elements_script()
 
 
 async def test_the_filter_rebuilds_itself_after_a_flush() -> None:
     child = await anyio.run_process(["unshare", "--net", sys.executable, "-c", FLUSHED, NFT])
     steps = json.loads(child.stdout)
-    assert all(steps.values()) and len(steps) == 8, steps
+    assert all(steps.values()) and len(steps) == 12, steps
 
 
 async def test_two_sandboxes_are_filtered_and_one_stays_so_alone(
@@ -393,21 +408,6 @@ async def test_two_sandboxes_are_filtered_and_one_stays_so_alone(
         await _assert_reaches(guest, test_host)
 
 
-async def test_dns_stays_open_to_the_configured_resolvers(make_provider: MakeProvider) -> None:
-    provider = make_provider()
-    box = await provider.create(SandboxSpec(network="nat"))
-    assert len(await _gids_of(box.id)) == 1
-    conf = await anyio.Path(hostfilter.RESOLV_CONF).read_text()
-    listing = await anyio.run_process([NFT, "-j", "list", "table", "inet", "hivecell"])
-    sets = {
-        item["set"]["name"]: set(item["set"].get("elem", []))
-        for item in json.loads(listing.stdout)["nftables"]
-        if "set" in item and item["set"]["name"] != "slirp"
-    }
-    for name, addresses in hostfilter.nameservers(conf).items():
-        assert set(addresses) <= sets[name], (name, addresses)
-
-
 async def test_nat_is_refused_without_root(home: Path) -> None:
     if os.geteuid() != 0:
         with pytest.raises(ConfigError) as caught:
@@ -423,12 +423,12 @@ async def test_nat_is_refused_without_root(home: Path) -> None:
     assert [p async for p in anyio.Path(home).iterdir()] == []  # refused before making anything
 
 
-def test_nameservers_are_read_like_slirp4netns_reads_them() -> None:
+def test_nameservers_are_read_from_resolv_conf() -> None:
     conf = (
         "# generated\nsearch example\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\n"
         "nameserver 127.0.0.53\nnameserver not-an-address\noptions edns0\nnameserver ::1\n"
     )
-    assert hostfilter.nameservers(conf) == {"dns4": ["127.0.0.53"], "dns6": ["fe80::1", "::1"]}
+    assert dnsproxy.nameservers(conf) == ["127.0.0.53", "fe80::1%eth0", "::1"]
 
 
 def test_groups_are_reused_for_the_same_sandbox_and_never_shared() -> None:

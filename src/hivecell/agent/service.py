@@ -16,14 +16,15 @@ from typing import Any
 
 import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hivecell.agent.runner import ChatModel, Outcome, RunSettings, TaskRunner
-from hivecell.sandbox import transfer
+from hivecell.errors import SandboxNotFound
+from hivecell.sandbox import netpolicy, transfer
 from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxProvider, SandboxSpec
 from hivecell.sandbox.transfer import TransferLimits, TransferReport
 from hivecell.store import InvalidTransition, TaskRecord, TaskSettings, TaskStore
-from hivecell.trace import StepKind, TraceWriter
+from hivecell.trace import StepKind, TraceWriter, write_network
 from hivecell.trace.files import write_atomically
 
 TRANSFER_FILE = "transfer.json"  # in the trace folder: what the outbox collection left out
@@ -38,6 +39,9 @@ class TaskRequest(BaseModel):
     files: list[Path] = Field(default_factory=list)
     settings: RunSettings = Field(default_factory=RunSettings)
     network: NetworkMode = "offline"
+    network_allow: list[str] = Field(
+        default_factory=list, description="nat: domains, *.domains and CIDRs it may reach"
+    )
     resolution: tuple[int, int] = (1280, 800)
     output_dir: Path | None = None
     keep_sandbox: bool = False
@@ -52,6 +56,11 @@ class TaskRequest(BaseModel):
         description="a new sandbox's /shared/inbox is writable inside it (default read-only); "
         "a reused sandbox keeps its own setting",
     )
+
+    @field_validator("network_allow")
+    @classmethod
+    def _allow_entries(cls, entries: list[str]) -> list[str]:
+        return netpolicy.normalize(entries)
 
 
 class TaskResult(BaseModel):
@@ -145,9 +154,8 @@ class TaskService:
             outcome = await self._run_loop(record, request, info, names, on_event, on_runner)
             report = await self._collect(info, record, owned=owned)
         finally:
-            if not request.keep_sandbox and request.sandbox_id is None:
-                with anyio.CancelScope(shield=True):
-                    await self._provider.destroy(info.id)
+            with anyio.CancelScope(shield=True):
+                await self._finish_sandbox(record, request, info, owned=owned)
         await self._record_transfer(record, outcome, inbox, report)
         return await self._save(record, outcome, report, info, time.perf_counter() - started)
 
@@ -208,14 +216,36 @@ class TaskService:
         if request.sandbox_id is not None:
             return await self._provider.info(request.sandbox_id)
         width, height = request.resolution
-        return await self._provider.create(
-            SandboxSpec(
-                width=width,
-                height=height,
-                network=request.network,
-                inbox_writable=request.inbox_writable,
-            )
+        spec = SandboxSpec(
+            width=width,
+            height=height,
+            network=request.network,
+            network_allow=request.network_allow,
+            inbox_writable=request.inbox_writable,
         )
+        return await self._provider.create(spec)
+
+    async def _finish_sandbox(
+        self, record: TaskRecord, request: TaskRequest, info: SandboxInfo, *, owned: bool
+    ) -> None:
+        """Record the box's connections in the trace; remove the box if this task made it
+        (stopped first, so the log holds its last flows)."""
+        if owned and info.spec.network == "nat":
+            await self._provider.stop(info.id)  # already stopped if the outbox was collected
+        await self.save_network_log(record, info)
+        if not request.keep_sandbox and request.sandbox_id is None:
+            await self._provider.destroy(info.id)
+
+    async def save_network_log(self, record: TaskRecord, info: SandboxInfo) -> None:
+        """Copy a ``nat`` box's connection log into the task's trace (``network.jsonl``)."""
+        if info.spec.network != "nat" or record.trace_dir is None:
+            return
+        try:
+            log = await self._provider.network_log(info.id)
+        except SandboxNotFound:
+            return  # removed under us: nothing left to copy
+        rows = [c.model_dump(mode="json") for c in log]
+        await anyio.to_thread.run_sync(write_network, Path(str(record.trace_dir)), rows)
 
     async def _run_loop(
         self,
@@ -240,7 +270,7 @@ class TaskService:
                 trace=trace,
                 settings=request.settings,
                 screen=(info.spec.width, info.spec.height),
-                network=info.spec.network,
+                network=_network_note(info.spec),
                 inbox=inbox,
                 on_event=lambda kind, data: send.send_nowait((kind, data)),
             )
@@ -305,11 +335,19 @@ class TaskService:
         )
 
 
+def _network_note(spec: SandboxSpec) -> str:
+    """How the system prompt describes the network: a mode, or what an allowlist permits."""
+    if spec.network == "nat" and spec.network_allow:
+        return "outbound access to these destinations only: " + ", ".join(spec.network_allow)
+    return spec.network
+
+
 def _settings(request: TaskRequest) -> TaskSettings:
     s = request.settings
     return TaskSettings(
         max_steps=s.max_steps,
         timeout_s=s.timeout_s,
         network=request.network,
+        network_allow=list(request.network_allow),
         disabled_tools=list(s.disabled_tools),
     )

@@ -14,7 +14,8 @@ from rich.markup import escape
 
 from hivecell.config import resolve_home
 from hivecell.errors import HivecellError
-from hivecell.sandbox.base import SandboxProvider
+from hivecell.sandbox import netpolicy
+from hivecell.sandbox.base import NetworkMode, SandboxProvider
 from hivecell.sandbox.registry import get_provider
 
 T = TypeVar("T")
@@ -22,6 +23,25 @@ err = Console(stderr=True)
 out = Console()
 
 HomeOption = typer.Option(None, "--home", help="state folder (default $HIVECELL_HOME)")
+NETWORK_HELP = "offline | nat (default offline; nat with --allow)"
+ALLOW_HELP = (
+    "nat: a domain (example.org), *.domain or CIDR (198.51.100.0/24) the sandbox may reach; "
+    "repeat for more. Without it a nat sandbox reaches the public internet; private ranges "
+    "stay refused unless a CIDR here names them"
+)
+
+
+def network_choice(network: str | None, allow: list[str]) -> tuple[NetworkMode, list[str]]:
+    """--network and --allow checked together; --allow alone means nat."""
+    if network not in (None, "offline", "nat"):
+        raise typer.BadParameter(f"--network {network!r}: use offline or nat")
+    try:
+        entries = netpolicy.normalize(allow)
+    except ValueError as exc:
+        raise typer.BadParameter(f"--allow: {exc}") from None
+    if entries and network == "offline":
+        raise typer.BadParameter("--allow needs --network nat (offline reaches nothing)")
+    return ("nat" if network == "nat" or entries else "offline"), entries
 
 
 def provider(name: str = "local", home: Path | None = None) -> SandboxProvider:

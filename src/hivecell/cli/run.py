@@ -12,7 +12,7 @@ import anyio
 import typer
 from pydantic import ValidationError
 
-from hivecell.cli.common import HomeOption, out, run
+from hivecell.cli.common import ALLOW_HELP, NETWORK_HELP, HomeOption, network_choice, out, run
 from hivecell.config import resolve_home
 
 if TYPE_CHECKING:
@@ -41,7 +41,8 @@ def run_task(
     max_steps: Annotated[int, typer.Option(help="stop after this many steps")] = 100,
     timeout: Annotated[float, typer.Option(help="stop after this many seconds")] = 1800.0,
     max_cost: Annotated[float | None, typer.Option(help="stop above this cost in USD")] = None,
-    network: Annotated[str, typer.Option(help="offline | nat")] = "offline",
+    network: Annotated[str | None, typer.Option(help=NETWORK_HELP)] = None,
+    allow: Annotated[list[str] | None, typer.Option("--allow", help=ALLOW_HELP)] = None,
     disable_tool: Annotated[
         list[str] | None, typer.Option(help="tool the model may not use")
     ] = None,
@@ -66,8 +67,7 @@ def run_task(
     home: Path | None = HomeOption,
 ) -> None:
     """Run a task: create a sandbox, let the agent work, collect outputs and the trace."""
-    if network not in ("offline", "nat"):
-        raise typer.BadParameter(f"--network {network!r}: use offline or nat")
+    mode, entries = network_choice(network, allow or [])
     from hivecell.agent.service import TaskRequest
     from hivecell.sandbox.transfer import TransferLimits
 
@@ -76,7 +76,8 @@ def run_task(
     request = TaskRequest(
         description=task,
         files=file or [],
-        network="nat" if network == "nat" else "offline",
+        network=mode,
+        network_allow=entries,
         settings=_settings(
             max_steps, timeout, max_cost, disable_tool or [], approve_tool or []
         ).model_copy(

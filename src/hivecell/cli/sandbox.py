@@ -12,9 +12,19 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from hivecell.cli.common import HomeOption, err, out, provider, run, write_stdout
+from hivecell.cli.common import (
+    ALLOW_HELP,
+    NETWORK_HELP,
+    HomeOption,
+    err,
+    network_choice,
+    out,
+    provider,
+    run,
+    write_stdout,
+)
 from hivecell.errors import InvalidParams
-from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxSpec
+from hivecell.sandbox.base import NetworkConnection, SandboxInfo, SandboxSpec
 
 app = typer.Typer(help="Create, use and remove sandboxes.", no_args_is_help=True)
 
@@ -29,7 +39,8 @@ def parse_resolution(text: str) -> tuple[int, int]:
 
 @app.command("create")
 def create(
-    network: Annotated[str, typer.Option(help="offline | nat")] = "offline",
+    network: Annotated[str | None, typer.Option(help=NETWORK_HELP)] = None,
+    allow: Annotated[list[str] | None, typer.Option("--allow", help=ALLOW_HELP)] = None,
     resolution: Annotated[str, typer.Option(help="WIDTHxHEIGHT")] = "1280x800",
     memory_mb: Annotated[int, typer.Option(help="memory limit in MiB")] = 4096,
     max_pids: Annotated[int, typer.Option(help="process limit")] = 1024,
@@ -44,14 +55,13 @@ def create(
     home: Path | None = HomeOption,
 ) -> None:
     """Create a sandbox and print its id. It keeps running after this command exits."""
-    if network not in ("offline", "nat"):
-        raise typer.BadParameter(f"--network {network!r}: use offline or nat")
+    mode, entries = network_choice(network, allow or [])
     width, height = parse_resolution(resolution)
-    mode: NetworkMode = "nat" if network == "nat" else "offline"
     spec = SandboxSpec(
         width=width,
         height=height,
         network=mode,
+        network_allow=entries,
         memory_mb=memory_mb,
         max_pids=max_pids,
         cpus=cpus,
@@ -96,6 +106,34 @@ def _table(infos: list[SandboxInfo]) -> Table:
 def info(sandbox_id: str, home: Path | None = HomeOption) -> None:
     """Print a sandbox's details as JSON (with its host shared_dir, guest_socket, host_uid)."""
     print(run(provider(home=home).info, sandbox_id).model_dump_json(indent=2))
+
+
+@app.command("network")
+def network_log(
+    sandbox_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON lines")] = False,
+    home: Path | None = HomeOption,
+) -> None:
+    """A nat sandbox's outbound connections and DNS questions, allowed and denied."""
+    log = run(provider(home=home).network_log, sandbox_id)
+    if as_json:
+        for connection in log:
+            print(connection.model_dump_json())
+        return
+    out.print(_network_table(log))
+
+
+def _network_table(log: list[NetworkConnection]) -> Table:
+    table = Table("time", "verdict", "proto", "host", "address", "port", "sent", "received")
+    for c in log:
+        seen = time.strftime("%H:%M:%S", time.localtime(c.time))
+        verdict = c.verdict if not c.detail else f"{c.verdict} ({c.detail})"
+        address = c.ip or "-"
+        table.add_row(
+            seen, verdict, c.proto, c.host or "-", address, str(c.port), str(c.sent),
+            str(c.received),
+        )  # fmt: skip
+    return table
 
 
 @app.command("exec", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

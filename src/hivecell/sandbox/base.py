@@ -5,9 +5,12 @@ Providers pass the shared conformance suite in ``tests/sandbox/conformance.py``.
 
 from __future__ import annotations
 
+import builtins
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from hivecell.sandbox import netpolicy
 
 if TYPE_CHECKING:
     from hivecell.sandbox.guest_client import GuestClient
@@ -42,6 +45,41 @@ class SandboxSpec(BaseModel):
     inbox_writable: bool = Field(
         False, description="/shared/inbox writable inside the box (default: read-only)"
     )
+    network_allow: list[str] = Field(
+        default_factory=list,
+        description="nat only: the domains (example.org), wildcards (*.example.org) and "
+        "CIDRs (198.51.100.0/24) the sandbox may reach; empty = the public internet. "
+        "Private, link-local and loopback ranges stay refused unless a CIDR here names them.",
+    )
+
+    @field_validator("network_allow")
+    @classmethod
+    def _allow_entries(cls, entries: list[str]) -> list[str]:
+        return netpolicy.normalize(entries)
+
+    @model_validator(mode="after")
+    def _allow_needs_nat(self) -> SandboxSpec:
+        if self.network_allow and self.network != "nat":
+            raise ValueError("network_allow needs network='nat' (offline boxes reach nothing)")
+        return self
+
+
+class NetworkConnection(BaseModel):
+    """One outbound flow of a ``nat`` sandbox, or one question to its DNS."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    time: float = Field(description="first seen (Unix time)")
+    last: float = Field(description="last seen with traffic")
+    proto: Literal["tcp", "udp", "dns"]
+    ip: str | None = Field(description="destination address; null for a DNS question")
+    port: int
+    host: str | None = Field(description="the name our DNS answered with this address")
+    verdict: Literal["allowed", "denied"]
+    sent: int = Field(description="bytes the sandbox sent (IP packets)")
+    received: int = Field(description="bytes it received")
+    detail: str = ""
 
 
 class SandboxInfo(BaseModel):
@@ -97,4 +135,8 @@ class SandboxProvider(Protocol):
     async def freeze(self, sandbox_id: str, frozen: bool) -> bool:
         """Pause (``True``) or resume (``False``) every process of a running sandbox, so the
         host can copy from it consistently; ``False`` when it cannot (then nothing changed)."""
+        ...
+
+    async def network_log(self, sandbox_id: str) -> builtins.list[NetworkConnection]:
+        """Its outbound connections and DNS questions so far (``nat``; empty otherwise)."""
         ...

@@ -8,6 +8,7 @@ its next checkpoint.
 
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from contextlib import suppress
@@ -26,6 +27,8 @@ from hivecell.server.errors import Conflict
 from hivecell.server.events import EventHub
 from hivecell.server.settings import Preferences
 from hivecell.store import ACTIVE_STATUSES, InvalidTransition, TaskRecord, TaskStore
+
+log = logging.getLogger(__name__)
 
 SANDBOX_PREFIX = "task-"  # task sandboxes are named task-<task id>: restarts find their owner
 CONTROL_ACTIONS = (
@@ -155,6 +158,7 @@ class TaskManager:
             await self._run_service(job, info)
         finally:
             with anyio.CancelScope(shield=True):
+                await self._record_network(job, info)
                 await self.destroy_sandbox(info.id)
 
     async def _create_sandbox(self, job: Job) -> SandboxInfo:
@@ -164,6 +168,7 @@ class TaskManager:
             width=width,
             height=height,
             network=job.request.network,
+            network_allow=job.request.network_allow,
             memory_mb=defaults.memory_mb,
             name=SANDBOX_PREFIX + job.id,
             inbox_writable=job.request.inbox_writable,
@@ -175,6 +180,17 @@ class TaskManager:
             await self.store.update(job.id, sandbox_id=info.id)
         self.hub.publish("sandbox.created", {"sandbox_id": info.id, "task_id": job.id})
         return info
+
+    async def _record_network(self, job: Job, info: SandboxInfo) -> None:
+        """The final connection log into the trace: stopped first, the supervisor writes
+        the last counts when it stops."""
+        if info.spec.network != "nat":
+            return
+        try:
+            await self.provider.stop(info.id)
+            await job.service.save_network_log(job.record, info)
+        except HivecellError as exc:  # the task's result stands; only the log is missing
+            log.warning("task %s: cannot record its network log: %s", job.id, exc)
 
     async def _run_service(self, job: Job, info: SandboxInfo) -> None:
         # The sandbox is this task's alone: the service stops it before collecting the outbox.

@@ -69,6 +69,9 @@ class TaskSettings(BaseModel):
     max_steps: int | None = None
     timeout_s: float | None = None
     network: str | None = Field(None, description="offline | nat")
+    network_allow: list[str] = Field(
+        default_factory=list, description="nat: the domains and CIDRs the sandbox may reach"
+    )
     disabled_tools: list[str] = Field(default_factory=list)
 
 

@@ -11,11 +11,13 @@ from hivecell.trace.models import (
     Tokens,
     TraceStep,
 )
+from hivecell.trace.network import NETWORK_FILE, read_network, write_network
 from hivecell.trace.reader import LoadedSteps, TraceReader
 from hivecell.trace.writer import TraceWriter
 
 __all__ = [
     "CONVERSATION_FILE",
+    "NETWORK_FILE",
     "SCREENSHOTS_DIR",
     "TRACE_FILE",
     "LoadedSteps",
@@ -29,4 +31,6 @@ __all__ = [
     "export_html",
     "export_json",
     "export_markdown",
+    "read_network",
+    "write_network",
 ]

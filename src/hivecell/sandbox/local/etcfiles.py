@@ -17,7 +17,7 @@ from hivecell.sandbox.local.layout import Layout
 SANDBOX_UID = 1000
 SANDBOX_USER = "user"
 SANDBOX_HOME = "/home/user"
-SLIRP_DNS = "10.0.2.3"
+NAT_DNS = "127.0.0.53"  # our forwarder (dnsproxy.py), in the box's own namespace
 
 HOST_ETC = (
     "alternatives", "bash.bashrc", "ca-certificates", "ca-certificates.conf", "chromium",
@@ -59,7 +59,7 @@ def _generated(sandbox_id: str, network: NetworkMode) -> dict[str, str]:
         "protocols: files\nservices: files\n",
     }
     # Offline boxes get no resolver at all so lookups fail fast instead of timing out.
-    files["resolv.conf"] = f"nameserver {SLIRP_DNS}\n" if network == "nat" else ""
+    files["resolv.conf"] = f"nameserver {NAT_DNS}\n" if network == "nat" else ""
     return files
 
 

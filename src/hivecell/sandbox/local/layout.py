@@ -8,6 +8,7 @@ Stdlib only, and no dataclasses (importing them costs the supervisor ~10 ms).
         seccomp.bpf      the box's compiled seccomp filter (written with plan.json)
         exit.json        how the last run ended (written by the supervisor)
         sandbox.log      supervisor, bwrap, slirp4netns, Xvfb and guest output
+        network.jsonl    a nat box's connections and DNS questions (written by the supervisor)
         etc/             passwd, group, hosts, ... bound read-only over the sandbox's /etc
         disk.img         the size-capped filesystem mounted on disk/ (as root; see disk.py)
         disk/            everything the box can write on host disk, under one cap:
@@ -72,6 +73,10 @@ class Layout:
     @property
     def log(self) -> Path:
         return self.root / "sandbox.log"
+
+    @property
+    def network_log(self) -> Path:
+        return self.root / "network.jsonl"
 
     @property
     def etc(self) -> Path:

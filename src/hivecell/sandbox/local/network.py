@@ -1,9 +1,11 @@
 """``nat`` networking: slirp4netns gives the box's network namespace a ``tap0``.
 
 Stdlib only (run by the supervisor). slirp4netns runs on the host side as a normal process,
-so the box gets outbound TCP/UDP and DNS (10.0.2.3). ``--disable-host-loopback`` refuses
-10.0.2.2 (slirp's alias for the host's 127.0.0.1), and the host filter (``hostfilter.py``)
-refuses every other address of the host: slirp4netns starts only once its group is filtered.
+so the box gets outbound TCP/UDP. ``--disable-host-loopback`` refuses 10.0.2.2 (slirp's alias
+for the host's 127.0.0.1), ``--disable-dns`` its DNS relay (10.0.2.3); the host filter
+(``hostfilter.py``) decides every other destination: slirp4netns starts only once its group
+is filtered. The box's DNS is our forwarder (``dnsproxy.py``), its connections are logged
+(``netlog.py``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,20 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import threading
 import time
+from pathlib import Path
+from typing import Any
 
-from hivecell.sandbox.local.hostfilter import HostFilter
+from hivecell.sandbox.local.dnsproxy import DnsProxy
+from hivecell.sandbox.local.hostfilter import BoxRules, HostFilter
+from hivecell.sandbox.local.netlog import ConnectionLog
+from hivecell.sandbox.netpolicy import name_allowed
 
 NS_GET_USERNS = 0xB701  # ioctl: the user namespace owning a namespace
 MTU = 65520
+NAMED_MIN_SECONDS = 300  # apps keep addresses past short TTLs; so does the filter
+NAMED_MAX_SECONDS = 7 * 24 * 3600
 
 
 class Slirp:
@@ -38,35 +48,85 @@ class Slirp:
 
 
 class Network:
-    """slirp4netns plus its entry in the host filter, for one run of a ``nat`` box."""
+    """slirp4netns, its entry in the host filter, our DNS and the connection log, for one
+    run of a ``nat`` box. ``plan``: the supervisor plan's ``network_policy`` (see
+    ``netpolicy.plan``) plus ``dns_servers``."""
 
-    def __init__(self, slirp4netns: str, host_filter: HostFilter, sandbox_id: str) -> None:
+    def __init__(
+        self, slirp4netns: str, host_filter: HostFilter, sandbox_id: str, plan: dict[str, Any],
+        log_path: Path,
+    ) -> None:  # fmt: skip
         self.slirp4netns = slirp4netns
         self.host_filter = host_filter
-        self.sandbox_id = sandbox_id
+        self.policy = plan["policy"]
+        self.rules = BoxRules(sandbox_id, self.policy)
+        self.log = ConnectionLog(
+            log_path, self.rules.open is False, self.rules.cidr4 + self.rules.cidr6
+        )
+        self.dns = DnsProxy(plan["dns_servers"], self._allows, self._answered, self.log.question)
         self.slirp: Slirp | None = None
         self.gid = -1
+        self._named: dict[str, float] = {}  # address -> when the filter forgets it
+        self._named_lock = threading.Lock()  # DNS workers add, the supervisor's loop reads
 
     def start(self, child_pid: int) -> None:
         """Returns once tap0 is configured; raises OSError (with nothing left) otherwise."""
         _await_loopback(child_pid)
-        self.gid = self.host_filter.attach(self.sandbox_id)
+        self.gid = self.host_filter.attach(self.rules)
         try:
+            self.dns.start(child_pid)
             self.slirp = start(self.slirp4netns, child_pid, self.gid)
         except BaseException:
-            self.host_filter.detach(self.sandbox_id)
+            self.dns.stop()
+            self.host_filter.detach(self.rules.sandbox_id)
             raise
 
-    def ensure_filtered(self) -> bool:
-        """Puts the host filter back if it was removed; returns whether it had to."""
-        return self.host_filter.ensure(self.sandbox_id, self.gid)
+    def check(self) -> bool:
+        """Puts the host filter back if it was removed (returns whether it had to), then
+        logs the flows counted since the last call."""
+        table = self.host_filter.read()
+        repaired = self.host_filter.ensure(self.rules, self.gid, self._named_left(), table)
+        if repaired:
+            table = self.host_filter.read()
+        if table is not None:
+            self.log.update(table, self.gid)
+        return repaired
 
     def stop(self) -> None:
-        """Stops slirp4netns, then (never before: its sockets would go unfiltered) detaches."""
+        """Stops slirp4netns, then (never before: its sockets would go unfiltered) logs the
+        last counts and detaches."""
         if self.slirp is not None:
             self.slirp.stop()
             self.slirp = None
-        self.host_filter.detach(self.sandbox_id)
+        self.dns.stop()
+        try:
+            table = self.host_filter.read()
+            if table is not None and self.gid >= 0:
+                self.log.update(table, self.gid)
+        finally:
+            self.host_filter.detach(self.rules.sandbox_id)
+
+    def _allows(self, name: str) -> bool:
+        return name_allowed(self.policy, name)
+
+    def _answered(self, name: str, addresses: list[tuple[str, int]]) -> None:
+        """Before the box sees the answer: remember the names, and (with an allowlist) let
+        the box reach the addresses."""
+        self.log.named([a for a, _ in addresses], name)
+        if self.rules.open or not addresses:
+            return
+        now = time.monotonic()
+        seconds = {a: min(max(ttl, NAMED_MIN_SECONDS), NAMED_MAX_SECONDS) for a, ttl in addresses}
+        self.host_filter.add_named(self.gid, seconds)
+        with self._named_lock:
+            for address, left in seconds.items():
+                self._named[address] = now + left
+
+    def _named_left(self) -> dict[str, int]:
+        now = time.monotonic()
+        with self._named_lock:
+            self._named = {a: t for a, t in self._named.items() if t > now}
+            return {a: int(t - now) + 1 for a, t in self._named.items()}
 
 
 def start(slirp4netns: str, child_pid: int, gid: int) -> Slirp:
@@ -101,7 +161,7 @@ def start(slirp4netns: str, child_pid: int, gid: int) -> Slirp:
 
 def _argv(slirp4netns: str, child_pid: int, userns: int, ready_w: int, exit_r: int) -> list[str]:
     return [
-        slirp4netns, "--configure", f"--mtu={MTU}", "--disable-host-loopback",
+        slirp4netns, "--configure", f"--mtu={MTU}", "--disable-host-loopback", "--disable-dns",
         "--enable-sandbox", "--enable-seccomp", f"--userns-path=/proc/self/fd/{userns}",
         f"--ready-fd={ready_w}", f"--exit-fd={exit_r}", str(child_pid), "tap0",
     ]  # fmt: skip

@@ -32,18 +32,20 @@ from hivecell.errors import (
     SandboxNotFound,
     Timeout,
 )
-from hivecell.sandbox import transfer
-from hivecell.sandbox.base import SandboxInfo, SandboxSpec
+from hivecell.sandbox import netpolicy, transfer
+from hivecell.sandbox.base import NetworkConnection, SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local import (
     bwrap,
     bytecode,
     disk,
+    dnsproxy,
     etcfiles,
     freeze,
     hostfilter,
     identity,
     limits,
+    netlog,
     seccomp,
     state,
     uidpool,
@@ -71,10 +73,12 @@ class LocalProvider:
         boot_timeout: float = 20.0,
         pycache: Path | None = None,
         disk_backend: str = "auto",
+        dns_servers: list[str] | None = None,
     ) -> None:
         """``pycache``: where the guest's bytecode is compiled (default ``home/pycache``);
         providers with different homes may share one. ``disk_backend``: how ``disk_mb`` is
-        enforced (see disk.py): auto, image (root) or watch."""
+        enforced (see disk.py): auto, image (root) or watch. ``dns_servers``: the resolvers a
+        ``nat`` box's DNS questions are forwarded to (default: /etc/resolv.conf's)."""
         if limits_backend not in limits.BACKENDS:
             choices = ", ".join(limits.BACKENDS)
             raise ConfigError(f"unknown limits backend {limits_backend!r}; use one of {choices}")
@@ -86,6 +90,7 @@ class LocalProvider:
         self.disk_backend = disk_backend
         self.boot_timeout = boot_timeout
         self.pycache = pycache or self.home / "pycache"
+        self.dns_servers = dns_servers
         self._runtime: PythonRuntime | None = None
         self._bytecode_warm = False
         self._bytecode_lock = threading.Lock()
@@ -140,6 +145,11 @@ class LocalProvider:
         """SIGSTOP / SIGCONT every process of the box (not its supervisor)."""
         layout, meta = await self._load(sandbox_id)
         return await to_thread.run_sync(_freeze, layout, meta.supervisor_pid, frozen)
+
+    async def network_log(self, sandbox_id: str) -> builtins.list[NetworkConnection]:
+        layout, _ = await self._load(sandbox_id)
+        rows = await to_thread.run_sync(netlog.read, layout.network_log)
+        return [NetworkConnection.model_validate(row) for row in rows]
 
     # --- creating and starting -----------------------------------------------------------------
     def _prepare(self, spec: SandboxSpec) -> tuple[Layout, SandboxMeta]:
@@ -242,6 +252,7 @@ class LocalProvider:
             "nft": hostfilter.find_nft(),
             "network": spec.network,
             "seccomp": str(layout.seccomp),
+            "nat": self._nat_plan(spec) if spec.network == "nat" else None,
             "limits": plan.to_json(),
             "disk": _disk_plan(layout, spec),
             "bwrap_args": bwrap.build(
@@ -253,6 +264,12 @@ class LocalProvider:
             ),
             "command": bwrap.boot_command(spec, self.runtime, plan),
         }
+
+    def _nat_plan(self, spec: SandboxSpec) -> dict[str, Any]:
+        servers = self.dns_servers
+        if servers is None:
+            servers = dnsproxy.nameservers(_read_text(dnsproxy.RESOLV_CONF))
+        return {"policy": netpolicy.plan(spec.network_allow), "dns_servers": servers}
 
     def _pycache(self) -> Path:
         with self._bytecode_lock:  # parallel creates: compile once, the others wait for it
@@ -580,6 +597,13 @@ def _force_remove(func: Callable[..., Any], path: str, exc_info: Any) -> None:
         shutil.rmtree(target, onerror=_force_remove)
     else:
         func(path)
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""  # no resolver: every allowed question gets SERVFAIL
 
 
 def _log_tail(log: Path, lines: int = 15) -> str:

@@ -132,8 +132,8 @@ class Box:
             os.close(block_w)
 
     def _wait(self) -> None:
-        """Until the box exits; a ``nat`` box's host filter and a ``watch`` disk cap are
-        checked meanwhile."""
+        """Until the box exits; a ``nat`` box's host filter is checked and its connections
+        logged, and a ``watch`` disk cap measured, meanwhile."""
         assert self.proc is not None
         checks = self._periodic_checks()
         if checks:
@@ -179,7 +179,7 @@ class Box:
 
     def _check_filter(self, net: network.Network) -> None:
         try:
-            if net.ensure_filtered():
+            if net.check():
                 log("the host filter had been removed (a ruleset flush?); put it back")
         except OSError as exc:
             log(f"cannot put the host filter back, stopping the box: {exc}")
@@ -187,7 +187,13 @@ class Box:
 
     def _network(self) -> network.Network:
         host_filter = HostFilter(self.plan["nft"])
-        return network.Network(self.plan["slirp4netns"], host_filter, self.layout.sandbox_id)
+        return network.Network(
+            self.plan["slirp4netns"],
+            host_filter,
+            self.layout.sandbox_id,
+            self.plan["nat"],
+            self.layout.network_log,
+        )
 
     def _enter_box(self) -> None:
         """Between fork and exec of bwrap: join the cgroups (needs root), then drop root."""

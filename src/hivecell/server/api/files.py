@@ -10,11 +10,11 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, Response
 
 from hivecell.agent.service import TRANSFER_FILE
-from hivecell.errors import NotFound, PathDenied
+from hivecell.errors import NotFound, PathDenied, SandboxNotFound
 from hivecell.sandbox.transfer import TransferReport
 from hivecell.server.api.deps import AUTH, State
 from hivecell.store import TaskRecord
-from hivecell.trace import TraceReader, export_html, export_json, export_markdown
+from hivecell.trace import TraceReader, export_html, export_json, export_markdown, read_network
 
 router = APIRouter(tags=["tasks"], dependencies=AUTH)
 
@@ -34,6 +34,24 @@ async def trace(task_id: str, state: State) -> dict[str, Any]:
     loaded = await anyio.to_thread.run_sync(lambda: TraceReader(trace_dir).load())
     steps = [step.model_dump(mode="json", exclude_none=True) for step in loaded.steps]
     return {"task_id": task_id, "truncated": loaded.truncated, "steps": steps}
+
+
+@router.get("/tasks/{task_id}/network")
+async def network(task_id: str, state: State) -> dict[str, Any]:
+    """The sandbox's outbound connections and DNS questions (``nat`` tasks): live from the
+    sandbox while the task runs, from the trace's ``network.jsonl`` once it ended."""
+    record = await state.store.get(task_id)
+    items = await anyio.to_thread.run_sync(read_network, _trace_dir(record))
+    source = "trace"
+    if items is None:
+        items, source = [], "live"
+        if record.sandbox_id is not None:
+            try:
+                log = await state.provider.network_log(record.sandbox_id)
+                items = [c.model_dump(mode="json") for c in log]
+            except SandboxNotFound:
+                source = "none"
+    return {"task_id": task_id, "source": source, "items": items}
 
 
 @router.get("/tasks/{task_id}/screenshots/{name}", response_class=Response)

@@ -1,8 +1,8 @@
 """Turning a ``POST /tasks`` body (JSON or multipart) into a queued task.
 
-Multipart sends the same fields as form fields (``disabled_tools`` repeated or comma
-separated) plus any number of ``files``, saved under ``$HIVECELL_HOME/inputs/<task-id>/`` and
-copied to the sandbox's ``/shared/inbox``.
+Multipart sends the same fields as form fields (``disabled_tools`` and ``network_allow``
+repeated, or comma / whitespace separated) plus any number of ``files``, saved under
+``$HIVECELL_HOME/inputs/<task-id>/`` and copied to the sandbox's ``/shared/inbox``.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any, Literal
 import anyio
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.datastructures import FormData, UploadFile
 
 from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
@@ -22,6 +22,7 @@ from hivecell.agent.runner import RunSettings
 from hivecell.agent.service import TaskRequest, TaskService
 from hivecell.errors import InvalidParams, TooLarge
 from hivecell.protocol.jsonrpc import describe_validation
+from hivecell.sandbox import netpolicy
 from hivecell.server.app import ServerState
 from hivecell.store import TaskRecord
 
@@ -38,8 +39,19 @@ class TaskCreate(BaseModel):
     max_steps: int | None = Field(None, ge=1, le=10_000)
     timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
     network: Literal["offline", "nat"] | None = None
+    network_allow: list[str] = Field(
+        default_factory=list,
+        description="domains (example.org), wildcards (*.example.org) and CIDRs "
+        "(198.51.100.0/24) the sandbox may reach; implies network nat. Empty: the public "
+        "internet (private ranges stay refused unless a CIDR here names them)",
+    )
     disabled_tools: list[str] = Field(default_factory=list)
     inbox_writable: bool = Field(False, description="/shared/inbox writable inside the sandbox")
+
+    @field_validator("network_allow")
+    @classmethod
+    def _allow_entries(cls, entries: list[str]) -> list[str]:
+        return netpolicy.normalize(entries)
 
 
 async def create_task(request: Request, state: ServerState) -> TaskRecord:
@@ -91,8 +103,8 @@ def _form_fields(form: FormData) -> dict[str, Any]:
         values = [v for v in form.getlist(key) if isinstance(v, str)]
         if key == "files" or not values:
             continue
-        if key == "disabled_tools":
-            fields[key] = [t.strip() for v in values for t in v.split(",") if t.strip()]
+        if key in ("disabled_tools", "network_allow"):
+            fields[key] = [t for v in values for t in v.replace(",", " ").split()]
         else:
             fields[key] = values[-1] if values[-1] != "" else None
     return fields
@@ -133,10 +145,14 @@ def _task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
         )
     except ValidationError as exc:  # e.g. an unknown tool name: the caller's input, not a bug
         raise InvalidParams(describe_validation(exc), op="create_task") from None
+    network = body.network or ("nat" if body.network_allow else prefs.sandbox.network)
+    if body.network_allow and network != "nat":
+        raise _invalid("network_allow", "an allowlist needs network nat (offline reaches nothing)")
     return TaskRequest(
         description=body.description,
         settings=settings,
-        network=body.network or prefs.sandbox.network,
+        network=network,
+        network_allow=body.network_allow,
         resolution=(prefs.sandbox.width, prefs.sandbox.height),
         inbox_writable=body.inbox_writable,
     )

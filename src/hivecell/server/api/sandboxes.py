@@ -6,8 +6,10 @@ import base64
 from typing import Any
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hivecell.errors import InvalidParams
+from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxSpec
 from hivecell.server.api.deps import AUTH, State
 from hivecell.server.errors import Conflict
@@ -26,6 +28,9 @@ class SandboxCreate(BaseModel):
     memory_mb: int | None = Field(None, ge=64)
     name: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
     inbox_writable: bool | None = Field(None, description="/shared/inbox writable inside")
+    network_allow: list[str] | None = Field(
+        None, description="domains, *.domains and CIDRs it may reach; implies network nat"
+    )
 
 
 @router.get("/sandboxes")
@@ -39,7 +44,12 @@ async def create_sandbox(state: State, body: SandboxCreate | None = None) -> dic
     given = (body or SandboxCreate()).model_dump(exclude_none=True)
     if str(given.get("name", "")).startswith("task-"):
         raise Conflict("names starting with 'task-' are reserved for task sandboxes", op="create")
-    spec = SandboxSpec.model_validate(state.prefs.sandbox.model_dump() | given)
+    if given.get("network_allow"):
+        given.setdefault("network", "nat")
+    try:
+        spec = SandboxSpec.model_validate(state.prefs.sandbox.model_dump() | given)
+    except ValidationError as exc:  # e.g. a bad allowlist entry: the caller's input
+        raise InvalidParams(describe_validation(exc), op="create_sandbox") from None
     info = await state.provider.create(spec)
     state.hub.publish("sandbox.created", {"sandbox_id": info.id, "task_id": None})
     return _view(state, info)
@@ -48,6 +58,13 @@ async def create_sandbox(state: State, body: SandboxCreate | None = None) -> dic
 @router.get("/sandboxes/{sandbox_id}")
 async def get_sandbox(sandbox_id: str, state: State) -> dict[str, Any]:
     return _view(state, await state.provider.info(sandbox_id))
+
+
+@router.get("/sandboxes/{sandbox_id}/network")
+async def sandbox_network(sandbox_id: str, state: State) -> dict[str, Any]:
+    """A nat sandbox's outbound connections and DNS questions so far."""
+    log = await state.provider.network_log(sandbox_id)
+    return {"sandbox_id": sandbox_id, "items": [c.model_dump(mode="json") for c in log]}
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)

@@ -31,6 +31,7 @@ function taskForm(form) {
   if (data.get("minutes")) body.append("timeout_s", String(Number(data.get("minutes")) * 60));
   set("network", data.get("network"));
   set("disabled_tools", data.get("disabled_tools").trim());
+  set("network_allow", data.get("network_allow").trim());
   for (const file of data.getAll("files")) if (file.name) body.append("files", file, file.name);
   return body;
 }

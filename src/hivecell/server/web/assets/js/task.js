@@ -74,6 +74,33 @@ function renderExports() {
       format.toUpperCase())));
 }
 
+// --- network ---------------------------------------------------------------------------
+function connectionRow(c) {
+  return h("tr", { class: `v-${c.verdict}` },
+    h("td", {}, new Date(c.time * 1000).toLocaleTimeString()),
+    h("td", {}, h("span", { class: `badge ${c.verdict === "allowed" ? "s-completed" : "s-failed"}` }, c.verdict)),
+    h("td", {}, c.proto),
+    h("td", {}, c.host || "–"),
+    h("td", {}, c.ip || "–"),
+    h("td", {}, String(c.port)),
+    h("td", {}, size(c.sent)),
+    h("td", {}, size(c.received)),
+    h("td", { class: "muted" }, c.detail || ""));
+}
+
+function renderNetwork(task, log) {
+  const nat = task.settings?.network === "nat" || log.items.length > 0;
+  $("#network-card").hidden = !nat;
+  if (!nat) return;
+  const allow = task.settings?.network_allow || [];
+  const denied = log.items.filter((c) => c.verdict === "denied").length;
+  $("#network-caption").textContent =
+    `${allow.length ? `allowlist: ${allow.join(", ")}` : "public internet"} · ` +
+    `${log.items.length} recorded, ${denied} denied${log.source === "live" ? " · live" : ""}`;
+  replace($("#network"), log.items.slice().reverse().map(connectionRow));
+  $("#network-empty").hidden = log.items.length > 0;
+}
+
 // --- steps -----------------------------------------------------------------------------
 function stepItem(step, index) {
   const title = step.tool || step.kind;
@@ -145,12 +172,13 @@ function setupReplay() {
 
 // --- loading ---------------------------------------------------------------------------
 async function load() {
-  const [task, trace, files] = await Promise.all([
-    api(base), api(`${base}/trace`), api(`${base}/artifacts`)]);
+  const [task, trace, files, network] = await Promise.all([
+    api(base), api(`${base}/trace`), api(`${base}/artifacts`), api(`${base}/network`)]);
   renderHead(task);
   renderSteps(trace.steps);
   renderFiles(files.items);
   renderLeftOut(files.transfer);
+  renderNetwork(task, network);
 }
 
 let pending = null;
