@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from hivecell.agent.llm.scripted import ScriptedLLMServer
+from hivecell.sandbox.local.provider import LocalProvider
 from tests.agent.helpers import act, call, finish, tool_results
 from tests.server.helpers import events, next_event, serve, write_provider
 
@@ -62,3 +63,14 @@ async def test_a_dangerous_tool_waits_for_approval_and_a_denial_reaches_the_mode
             await next_event(ws, "task.finished", task_id)
     results = tool_results(llm.chat_requests[2])
     assert "denied" in results[-1]["error"] and "keep b" in results[-1]["error"]
+
+
+async def test_a_stopped_sandbox_has_no_picture_and_an_unknown_one_is_404(home: Path) -> None:
+    async with serve(home) as running:
+        box = (await running.post("/sandboxes", json={})).json()
+        await LocalProvider(home).stop(box["id"])  # as the task manager does before collecting
+        shot = await running.get(f"/sandboxes/{box['id']}/screenshot")
+        assert shot.status_code == 204 and shot.content == b""  # a polling dashboard logs nothing
+        unknown = await running.get("/sandboxes/sb-00000000/screenshot")
+        assert unknown.status_code == 404
+        assert (await running.client.delete(f"/api/v1/sandboxes/{box['id']}")).status_code == 204

@@ -42,6 +42,7 @@ _CONTROL_KEYSYMS = {"\n": 0xFF0D, "\t": 0xFF09, "\b": 0xFF08, "\x1b": 0xFF1B}
 _POINTER_TIMEOUT_S = 2.0
 _BUTTON_MASKS = X.Button1Mask | X.Button2Mask | X.Button3Mask | X.Button4Mask | X.Button5Mask
 _CATCH_UP_TIMEOUT_S = 2.0
+_HANDLED_TIMEOUT_S = 1.0  # an app that does not answer a ping within this is not waited for
 _MIN_CATCH_UP_S = 0.25
 _QUIET_S = 0.1
 _QUIET_POLL_S = 0.025
@@ -336,7 +337,7 @@ class XSession:
             code, level = self.keymap.resolve(keysym)
             busy.add(code)
             self._stroke(code, level)
-        self.flush_sync()
+        self.handled_sync()
 
     def _stroke(self, code: int, level: int) -> None:
         if level:
@@ -364,6 +365,17 @@ class XSession:
             for code in reversed(pressed):
                 self.key_sync(code, False)
             self.flush_sync()
+        self.handled_sync()
+
+    def handled_sync(self) -> None:
+        """Return once the focused app has handled the input sent so far, when it answers
+        _NET_WM_PING (in event order, so the pong comes after the keys): the effects of
+        ctrl+c on the clipboard, say, are there for the next call. Apps that do not answer
+        are not waited for."""
+        self.flush_sync()
+        window = self._active_window()
+        if window is not None:
+            self._ping(window, _HANDLED_TIMEOUT_S)
 
     def _let_clients_catch_up(self) -> None:
         """Wait until the focused app has looked up every key sent so far.
@@ -382,7 +394,7 @@ class XSession:
             return None
         return self.display.create_resource_object("window", int(prop.value[0]))
 
-    def _ping(self, window: Any) -> bool:
+    def _ping(self, window: Any, timeout: float | None = None) -> bool:
         """True once the window's client answered a _NET_WM_PING; False if it cannot."""
         protocols = self._atom("WM_PROTOCOLS")
         try:
@@ -398,12 +410,13 @@ class XSession:
         try:
             window.send_event(ping, event_mask=X.NoEventMask)
             self.display.flush()
-            return self._await_event(lambda e: _is_pong(e, protocols, self._token))
+            token = self._token
+            return self._await_event(lambda e: _is_pong(e, protocols, token), timeout)
         finally:
             self.root.change_attributes(event_mask=X.NoEventMask)
 
-    def _await_event(self, wanted: Callable[[Any], bool]) -> bool:
-        deadline = time.monotonic() + _CATCH_UP_TIMEOUT_S
+    def _await_event(self, wanted: Callable[[Any], bool], timeout: float | None = None) -> bool:
+        deadline = time.monotonic() + (_CATCH_UP_TIMEOUT_S if timeout is None else timeout)
         while time.monotonic() < deadline:
             while self.display.pending_events():
                 if wanted(self._note(self.display.next_event())):

@@ -28,6 +28,8 @@ _STATUS_BY_CODE = {
     "conflict": 409,
     "too_large": 413,
     "llm_unavailable": 502,
+    "guest_unavailable": 503,
+    "sandbox_error": 409,
     "llm_rejected": 502,
 }
 _CODE_BY_STATUS = {

@@ -8,7 +8,7 @@ from typing import Any
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hivecell.errors import InvalidParams
+from hivecell.errors import InvalidParams, SandboxError, SandboxNotFound
 from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxSpec
 from hivecell.server.api.deps import AUTH, State
@@ -83,8 +83,15 @@ async def delete_sandbox(sandbox_id: str, state: State) -> Response:
 
 @router.get("/sandboxes/{sandbox_id}/screenshot", response_class=Response)
 async def sandbox_screenshot(sandbox_id: str, state: State) -> Response:
-    async with await state.provider.connect(sandbox_id) as guest:
-        raw = await guest.call("screenshot", {"format": "png"})
+    """The live desktop; 204 (no picture now) while the sandbox is stopped or going away,
+    which a dashboard polling a finishing task's thumbnail meets by design."""
+    try:
+        async with await state.provider.connect(sandbox_id) as guest:
+            raw = await guest.call("screenshot", {"format": "png"})
+    except SandboxNotFound:
+        raise
+    except SandboxError:  # stopped, or its guest gone mid-request (GuestUnavailable)
+        return Response(status_code=204, headers={"Cache-Control": "no-store"})
     return Response(
         base64.b64decode(raw["data"]), media_type="image/png", headers={"Cache-Control": "no-store"}
     )

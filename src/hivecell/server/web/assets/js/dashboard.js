@@ -68,7 +68,7 @@ async function refreshThumb(task) {
   const entry = thumbs.get(task.id);
   if (!entry || !task.sandbox_id || !LIVE.includes(task.status) || ended.has(task.id)) return;
   const response = await fetch(`${API}/sandboxes/${encodeURIComponent(task.sandbox_id)}/screenshot`);
-  if (!response.ok) return;
+  if (response.status !== 200) return; // 204: the sandbox is stopped or going away
   const url = URL.createObjectURL(await response.blob());
   entry.img.src = url;
   if (entry.url) URL.revokeObjectURL(entry.url);
