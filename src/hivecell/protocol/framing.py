@@ -93,8 +93,18 @@ class FrameReader:
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """One compact JSON document plus the newline; JSON escapes keep it on one line."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    """One compact JSON document plus the newline; JSON escapes keep it on one line.
+
+    Strict JSON only: NaN and infinities raise ValueError (no JSON peer can read them).
+    """
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        # A lone surrogate (a peer may send "\\ud800" and see it echoed): UTF-8 cannot carry
+        # it, ASCII escapes can, and the peer decodes the same string back.
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        return text.encode() + b"\n"
 
 
 class FrameWriter:
