@@ -33,6 +33,7 @@ log = logging.getLogger("hivecell.guest")
 # Requests one connection may have running at once; a peer that sends more without reading
 # answers gets an error per extra request instead of an unbounded pile of tasks.
 MAX_INFLIGHT = 256
+WRITE_TIMEOUT = 30.0  # seconds a reply may wait for a peer that does not read
 
 
 class ConnState(enum.Enum):
@@ -193,9 +194,17 @@ class Connection:
             await self._send_error(request.id, jsonrpc.INTERNAL_ERROR, "internal error")
 
     async def _write(self, message: dict[str, Any]) -> None:
-        # If the peer left, the read loop sees end of stream and closes the connection.
-        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+        # Shielded: a cancel landing mid-write would leave half a frame on the wire. Bounded:
+        # a peer that stops reading must not hold this task (or a shutdown) forever.
+        deadline = anyio.current_time() + WRITE_TIMEOUT
+        with (
+            anyio.CancelScope(shield=True, deadline=deadline),
+            contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError),
+        ):
             await self._writer.send(message)
+        if self._writer.torn:  # nothing more can be said on this stream: end the connection
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
 
     async def _send_error(self, request_id: jsonrpc.RequestId | None, code: int, msg: str) -> None:
         await self._write(jsonrpc.error_message(request_id, code, msg))

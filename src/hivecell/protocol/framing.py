@@ -114,6 +114,7 @@ class FrameWriter:
         self._stream = stream
         self._max = max_bytes
         self._lock = anyio.Lock()
+        self.torn = False  # a write was interrupted: part of a frame may be on the wire
 
     async def send(self, message: dict[str, Any]) -> None:
         """Raises TooLarge, sending nothing, when the frame would exceed the peer's limit."""
@@ -126,4 +127,10 @@ class FrameWriter:
                 context={"size": len(data), "limit": self._max},
             )
         async with self._lock:
-            await self._stream.send(data)
+            if self.torn:  # the peer would read our next frame glued to a half one
+                raise anyio.BrokenResourceError("an earlier frame was cut off mid-write")
+            try:
+                await self._stream.send(data)
+            except BaseException:
+                self.torn = True
+                raise
