@@ -423,6 +423,7 @@ def run_examples(n: int, body: Callable[[Batch], None]) -> None:
 
 
 # --- the suite -----------------------------------------------------------------------------
+@pytest.mark.timeout(max(300, FRAMES // 40))  # the full 100 000 takes many minutes
 async def test_guest_survives_generated_frames(guest: Guest) -> None:
     await until_accepting(guest)
     per_example = BATCH * (1 + VARIANTS)

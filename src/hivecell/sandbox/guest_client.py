@@ -42,8 +42,8 @@ HEARTBEAT_INTERVAL = 2.0
 DEFAULT_TIMEOUT = 120.0
 GUEST_TIMEOUT_MARGIN = 15.0  # time for the guest to kill, drain and answer after its timeout
 MISSED_HEARTBEATS = 3
-# A list_directory of 100 000 entries is ~100 000 objects; far more is a guest showing off.
-MAX_CONTAINERS = 1_000_000
+# list_directory's largest answer (100 000 entries) is ~100 000 objects; more is hostile.
+MAX_CONTAINERS = 250_000
 THREAD_DECODE_BYTES = 1 << 20  # bigger frames are decoded off the event loop
 MAX_ERROR_MESSAGE = 4096  # characters of a guest's error message kept (it ends up in traces)
 log = logging.getLogger("hivecell.sandbox")
@@ -237,10 +237,12 @@ class GuestClient:
         if method == "heartbeat":
             self.last_heartbeat = time.monotonic()
         elif method == "exec.output":
-            request_id = params.get("request_id")
-            pending = self._pending.get(request_id) if type(request_id) is int else None
+            request_id, stream, data = (params.get(k) for k in ("request_id", "stream", "data"))
+            if type(request_id) is not int or not isinstance(stream, str) or type(data) is not str:
+                raise _Violation("exec.output needs an integer request_id, a stream and data")
+            pending = self._pending.get(request_id)
             if pending is not None and pending.on_output is not None:
-                await _guarded(pending.on_output, str(params.get("stream")), params.get("data"))
+                await _guarded(pending.on_output, stream, data)
         if self.on_notification is not None:
             try:
                 self.on_notification(method, params)
@@ -252,9 +254,7 @@ class _Violation(Exception):
     """A frame from the guest that the protocol forbids."""
 
 
-async def _guarded(on_output: OutputHandler, stream: str, data: Any) -> None:
-    if not isinstance(data, str):
-        raise _Violation("exec.output data is not a string")
+async def _guarded(on_output: OutputHandler, stream: str, data: str) -> None:
     try:
         await on_output(stream, data)
     except Exception:
@@ -264,7 +264,8 @@ async def _guarded(on_output: OutputHandler, stream: str, data: Any) -> None:
 async def _decode(frame: bytes) -> dict[str, Any]:
     try:
         if len(frame) > THREAD_DECODE_BYTES:
-            msg = await anyio.to_thread.run_sync(_decode_json, frame)
+            # abandoned on cancel: a closing client must not wait for a hostile frame's scan
+            msg = await anyio.to_thread.run_sync(_decode_json, frame, abandon_on_cancel=True)
         else:
             msg = _decode_json(frame)
     except decoding.DecodeError as exc:
