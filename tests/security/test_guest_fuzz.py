@@ -165,6 +165,7 @@ class Conn:
     stream: ByteStream
     waiting: dict[str, anyio.Event] = field(default_factory=dict)
     count: int = 0
+    slowest: float = 0.0  # seconds, of every ping on this connection
 
     async def read_all(self) -> None:
         async for frame in FrameReader(self.stream):
@@ -182,8 +183,10 @@ class Conn:
         await self.stream.send(
             json.dumps({"jsonrpc": "2.0", "id": sentinel, "method": "ping"}).encode() + b"\n"
         )
+        started = anyio.current_time()
         with anyio.fail_after(PING_WITHIN):
             await event.wait()
+        self.slowest = max(self.slowest, anyio.current_time() - started)
 
 
 @asynccontextmanager
@@ -450,6 +453,11 @@ async def test_guest_survives_generated_frames(guest: Guest) -> None:
             await settle(guest, conns)
             guest.assert_alive_and_clean()
             assert sent >= FRAMES
+            slowest = max(conn.slowest for conn in conns)
+            print(
+                f"{sent} frames; slowest ping {slowest:.3f} s; fds {fds}->{guest.fds()}, "
+                f"RSS {rss >> 20}->{guest.rss() >> 20} MiB"
+            )
             await until_within(guest.fds, fds)
             assert guest.rss() <= rss * GROWTH, (guest.rss(), rss)
         stop.set()
