@@ -560,6 +560,24 @@ async def test_many_connections_that_vanish(guest: Guest) -> None:
     guest.assert_alive_and_clean()
 
 
+async def test_requests_in_flight_are_capped_per_connection(guest: Guest) -> None:
+    """A peer that piles up requests gets a retryable error past the cap, not 1000 tasks."""
+    await until_accepting(guest)
+    async with await anyio.connect_unix(guest.sock) as stream:
+        waits = b"".join(
+            b'{"jsonrpc":"2.0","id":%d,"method":"wait","params":{"seconds":60}}\n' % i
+            for i in range(300)
+        )
+        await stream.send(waits)
+        frames = FrameReader(stream)
+        busy = [await next_reply(frames) for _ in range(300 - 256)]
+        assert {reply["error"]["code"] for reply in busy} == {-32004}
+        assert all(reply["error"]["data"]["retryable"] for reply in busy)
+        assert sorted(reply["id"] for reply in busy) == list(range(256, 300))
+    await ping_on_a_new_connection(guest)  # closing the connection cancelled the waits
+    guest.assert_alive_and_clean()
+
+
 async def next_reply(frames: FrameReader, timeout: float = PING_WITHIN) -> dict[str, Any]:
     with anyio.fail_after(timeout):
         async for frame in frames:
