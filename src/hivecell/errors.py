@@ -119,6 +119,17 @@ class GuestUnavailable(SandboxError):
     default_retryable = True
 
 
+class GuestProtocolError(GuestUnavailable):
+    """The guest sent bytes the protocol forbids; the host closed the connection.
+
+    A box is untrusted, so this is treated like a lost guest, except that retrying the same
+    connection cannot help.
+    """
+
+    code = "guest_protocol_error"
+    default_retryable = False
+
+
 class ConfigError(HivecellError):
     code = "config_error"
     rpc_code = -32011

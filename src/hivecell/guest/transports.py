@@ -7,17 +7,21 @@ differs. TCP requires a token (``authenticate`` first), enforced by the connecti
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
-from anyio.abc import ByteStream, Listener, SocketListener
+from anyio.abc import ByteStream, Listener, SocketListener, TaskGroup
+from anyio.streams.stapled import MultiListener
 
 from hivecell.errors import ConfigError
 
 StreamHandler = Callable[[ByteStream], Awaitable[None]]
+log = logging.getLogger("hivecell.guest")
+ACCEPT_BACKOFF = 0.1  # seconds to wait when accept fails (out of fds): a peer must leave first
 
 
 async def unix_listener(path: Path) -> Listener[ByteStream]:
@@ -92,10 +96,42 @@ class CharDeviceStream(ByteStream):
 
 
 async def serve_listener(listener: Listener[ByteStream], handler: StreamHandler) -> None:
-    async with listener:
-        await listener.serve(handler)
+    """Accept until cancelled or the listener is closed; no connection can end this loop.
+
+    ``Listener.serve`` would end on the first failed accept (EMFILE when a peer holds every
+    fd) or the first handler error, and take every other connection down with it.
+    """
+    # a TCP listener on several addresses is a MultiListener: one accept loop per socket
+    sockets = listener.listeners if isinstance(listener, MultiListener) else [listener]
+    async with listener, anyio.create_task_group() as tg:
+        for one in sockets:
+            tg.start_soon(_accept_loop, one, handler, tg)
+
+
+async def _accept_loop(
+    listener: Listener[ByteStream], handler: StreamHandler, tg: TaskGroup
+) -> None:
+    while True:
+        try:
+            stream = await listener.accept()  # type: ignore[attr-defined]
+        except anyio.ClosedResourceError:
+            return
+        except (anyio.BrokenResourceError, OSError) as exc:
+            log.warning("accept failed (%s); retrying", exc.__cause__ or exc)
+            await anyio.sleep(ACCEPT_BACKOFF)
+            continue
+        tg.start_soon(_contained, handler, stream)
+
+
+async def _contained(handler: StreamHandler, stream: ByteStream) -> None:
+    try:
+        await handler(stream)
+    except Exception:
+        log.exception("connection handler failed; the listener keeps serving")
+        with anyio.CancelScope(shield=True):
+            await stream.aclose()
 
 
 async def serve_device(path: Path, handler: StreamHandler) -> None:
     while True:
-        await handler(CharDeviceStream(path))
+        await _contained(handler, CharDeviceStream(path))

@@ -93,8 +93,18 @@ class FrameReader:
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    """One compact JSON document plus the newline; JSON escapes keep it on one line."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    """One compact JSON document plus the newline; JSON escapes keep it on one line.
+
+    Strict JSON only: NaN and infinities raise ValueError (no JSON peer can read them).
+    """
+    try:
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        # A lone surrogate (a peer may send "\\ud800" and see it echoed): UTF-8 cannot carry
+        # it, ASCII escapes can, and the peer decodes the same string back.
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        return text.encode() + b"\n"
 
 
 class FrameWriter:
@@ -104,6 +114,7 @@ class FrameWriter:
         self._stream = stream
         self._max = max_bytes
         self._lock = anyio.Lock()
+        self.torn = False  # a write was interrupted: part of a frame may be on the wire
 
     async def send(self, message: dict[str, Any]) -> None:
         """Raises TooLarge, sending nothing, when the frame would exceed the peer's limit."""
@@ -116,4 +127,10 @@ class FrameWriter:
                 context={"size": len(data), "limit": self._max},
             )
         async with self._lock:
-            await self._stream.send(data)
+            if self.torn:  # the peer would read our next frame glued to a half one
+                raise anyio.BrokenResourceError("an earlier frame was cut off mid-write")
+            try:
+                await self._stream.send(data)
+            except BaseException:
+                self.torn = True
+                raise

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
 from hivecell.errors import HivecellError, InternalError, InvalidParams, InvalidRequest
+from hivecell.protocol import decoding
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -40,6 +40,19 @@ class Request:
 _ALLOWED = frozenset({"jsonrpc", "method", "params", "id"})
 
 
+MAX_ID_CHARS = 256
+_MAX_ID_INT = 2**63
+
+
+def valid_id(raw_id: Any) -> bool:
+    """An id we echo back: a 64-bit integer or a short string (never a bool)."""
+    if isinstance(raw_id, bool):
+        return False
+    if isinstance(raw_id, int):
+        return -_MAX_ID_INT <= raw_id < _MAX_ID_INT
+    return isinstance(raw_id, str) and len(raw_id) <= MAX_ID_CHARS
+
+
 def _request_problems(doc: dict[str, Any]) -> list[str]:
     problems = []
     if doc.get("jsonrpc") != "2.0":
@@ -50,11 +63,14 @@ def _request_problems(doc: dict[str, Any]) -> list[str]:
     if doc.get("params") is not None and not isinstance(doc["params"], dict):
         problems.append("params: must be an object (by-position params are not supported)")
     raw_id = doc.get("id")
-    if raw_id is not None and (isinstance(raw_id, bool) or not isinstance(raw_id, int | str)):
-        problems.append("id: must be an integer or a string")
+    if raw_id is not None and not valid_id(raw_id):
+        problems.append(
+            f"id: must be a 64-bit integer or a string of at most {MAX_ID_CHARS} characters"
+        )
     extra = sorted(set(doc) - _ALLOWED)
-    if extra:
-        problems.append(f"{', '.join(extra[:5])}: unknown member(s)")
+    if extra:  # names are the peer's: quoted and cut short, never echoed whole
+        names = ", ".join(repr(name[:32]) for name in extra[:5])
+        problems.append(f"{names}: unknown member(s)")
     return problems
 
 
@@ -69,17 +85,22 @@ class BadFrame(Exception):
 
 
 def parse_request(frame: bytes) -> Request:
-    """Parse one frame into a Request or raise BadFrame with the JSON-RPC code to answer."""
+    """Parse one frame into a Request or raise BadFrame with the JSON-RPC code to answer.
+
+    Nothing else escapes: whatever the bytes, the caller gets a Request or a BadFrame.
+    """
     try:
-        doc = json.loads(frame)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadFrame(PARSE_ERROR, f"parse error: frame is not valid UTF-8 JSON ({exc})") from None
+        doc = decoding.decode(frame)
+    except decoding.DecodeError as exc:
+        raise BadFrame(PARSE_ERROR, f"parse error: {exc.message}") from None
+    except Exception:  # a decoder bug must cost one frame, never the connection
+        raise BadFrame(PARSE_ERROR, "parse error: frame could not be decoded") from None
     if not isinstance(doc, dict):
         raise BadFrame(
             INVALID_REQUEST, "invalid request: expected a JSON object (batches are not supported)"
         )
     raw_id = doc.get("id")
-    request_id = raw_id if isinstance(raw_id, int | str) and not isinstance(raw_id, bool) else None
+    request_id = raw_id if valid_id(raw_id) else None
     problems = _request_problems(doc)
     if problems:
         raise BadFrame(INVALID_REQUEST, f"invalid request: {'; '.join(problems)}", request_id)
@@ -90,7 +111,8 @@ def describe_validation(exc: ValidationError, limit: int = 5) -> str:
     """Field paths and reasons only: never echo the (possibly huge or hostile) input."""
     parts = []
     for err in exc.errors()[:limit]:
-        loc = ".".join(str(p) for p in err["loc"] if p != "has_id") or "(root)"
+        # unknown keys are the peer's own strings: cut them short
+        loc = ".".join(str(p)[:64] for p in err["loc"] if p != "has_id") or "(root)"
         parts.append(f"{loc}: {err['msg']}")
     more = len(exc.errors()) - limit
     if more > 0:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import platform
 import shutil
@@ -31,8 +32,7 @@ async def ping(p: m.Empty, ctx: CallContext) -> m.PingResult:
 
 @router.method("get_agent_info")
 async def get_agent_info(p: m.Empty, ctx: CallContext) -> m.AgentInfo:
-    names = ctx.services.method_names
-    tools = [_tool_spec(m.METHODS[name]) for name in names]
+    tools = list(_tool_specs(tuple(ctx.services.method_names)))
     return m.AgentInfo(
         version=hivecell.__version__,
         protocol_version=m.PROTOCOL_VERSION,
@@ -49,6 +49,13 @@ async def get_agent_info(p: m.Empty, ctx: CallContext) -> m.AgentInfo:
         ),
         tools=tools,
     )
+
+
+@functools.cache
+def _tool_specs(names: tuple[str, ...]) -> tuple[m.ToolSpec, ...]:
+    """Built once: the schemas cost ~60 ms of event loop per call, which any peer could
+    repeat to stall the agent."""
+    return tuple(_tool_spec(m.METHODS[name]) for name in names)
 
 
 def _tool_spec(spec: m.MethodSpec) -> m.ToolSpec:
