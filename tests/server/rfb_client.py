@@ -12,6 +12,7 @@ class RfbClient:
     def __init__(self, ws: ClientConnection) -> None:
         self.ws = ws
         self._buf = bytearray()
+        self.bytes_per_pixel = 4
 
     async def _read(self, n: int) -> bytes:
         while len(self._buf) < n:
@@ -32,7 +33,7 @@ class RfbClient:
         assert await self._read(4) == b"\0\0\0\0"
         await self.ws.send(b"\x01")  # ClientInit: shared
         width, height = struct.unpack(">HH", await self._read(4))
-        await self._read(16)  # pixel format
+        self.bytes_per_pixel = (await self._read(16))[0] // 8  # pixel format: bits first
         (name_len,) = struct.unpack(">I", await self._read(4))
         await self._read(name_len)
         return width, height
@@ -50,3 +51,13 @@ class RfbClient:
         await self._read(1)
         (rects,) = struct.unpack(">H", await self._read(2))
         return int(rects)
+
+    async def whole_update(self) -> int:
+        """Reads a whole FramebufferUpdate (raw rectangles: no SetEncodings was sent), so the
+        next message can be read too; returns its rectangle count."""
+        rects = await self.first_update()
+        for _ in range(rects):
+            _, _, width, height, encoding = struct.unpack(">HHHHi", await self._read(12))
+            assert encoding == 0, f"expected raw rectangles, got encoding {encoding}"
+            await self._read(width * height * self.bytes_per_pixel)
+        return rects

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -126,3 +127,44 @@ def test_filter_refuses_what_it_cannot_vouch_for() -> None:
         ViewOnlyFilter().feed(b"RFB 003.003\n")
     with pytest.raises(Exception, match="security type None"):
         ViewOnlyFilter().feed(b"RFB 003.008\n\x02")
+
+
+def test_input_passes_only_while_the_policy_allows_it() -> None:
+    # The server's policy (a task's desktop takes input only while taken over) is asked per
+    # message, so handing back demotes a connected interactive viewer at once.
+    taken_over = {"now": False}
+    gate = ViewOnlyFilter(lambda: taken_over["now"])
+    assert gate.feed(b"RFB 003.008\n\x01\x01") == b"RFB 003.008\n\x01\x01"  # handshake
+    move = struct.pack(">BBHH", 5, 0, 10, 20)
+    key = struct.pack(">BBxxI", 4, 1, 0x61)
+    update = struct.pack(">BBHHHH", 3, 0, 0, 0, 800, 600)
+    assert gate.feed(move + key + update) == update  # watching: display requests only
+    taken_over["now"] = True
+    assert gate.feed(move + key + update) == move + key + update  # taken over: everything
+    taken_over["now"] = False
+    assert gate.feed(key + move) == b""  # handed back: demoted mid-connection
+
+
+@pytest.mark.slow
+async def test_an_interactive_viewer_drives_a_desktop_the_policy_allows(short_home: Path) -> None:
+    taken_over = {"now": False}
+    provider = LocalProvider(short_home)
+    app = FastAPI()
+    app.include_router(
+        vnc_router(provider_resolver(provider), may_drive=lambda _: taken_over["now"])
+    )
+    info = await provider.create(SandboxSpec(width=800, height=600))
+    try:
+        async with (
+            serve(app) as base,
+            connect(f"{base}/api/v1/sandboxes/{info.id}/vnc", subprotocols=BINARY) as ws,
+        ):
+            driver = RfbClient(ws)
+            await driver.handshake()
+            taken_over["now"] = True
+            with anyio.fail_after(30):  # x11vnc applies pointer moves in batches: poll
+                while await cursor(provider, info.id) != (123, 77):
+                    await driver.pointer(123, 77)
+                    await anyio.sleep(0.05)
+    finally:
+        await provider.destroy(info.id)

@@ -315,6 +315,12 @@ class TaskManager:
                 return job.id
         return None
 
+    def may_drive(self, sandbox_id: str) -> bool:
+        """Whether VNC input may reach this sandbox now: a running task's desktop only while
+        a person has taken the task over; a sandbox without a task always."""
+        task_id = self.task_of_sandbox(sandbox_id)
+        return task_id is None or self._running[task_id].taken_over
+
     async def destroy_sandbox(self, sandbox_id: str) -> None:
         await self.provider.destroy(sandbox_id)
         self.hub.publish("sandbox.destroyed", {"sandbox_id": sandbox_id})

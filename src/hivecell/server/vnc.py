@@ -6,10 +6,11 @@ local provider a socket outside the box that the guest relays to x11vnc, so the 
 point the host elsewhere). No websockify: each WebSocket message is written to the socket
 as it is, and whatever the socket yields goes back as one binary message.
 
-Two modes, fixed per connection: an interactive connection forwards everything; a
-``view_only=true`` connection never forwards input (keys, pointer, clipboard, resize). Taking
-over a desktop therefore means opening a new, interactive connection — there is no in-band
-switch a page could forget to flip back.
+A ``view_only=true`` connection never forwards input (keys, pointer, clipboard, resize). An
+interactive one forwards input only while the server allows it, checked per message: the
+desktop of a running task takes input only while a person has taken the task over, so
+``handback`` demotes every interactive viewer at once, whatever the page does; a sandbox
+without a task takes input from any interactive viewer.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ CLOSE_UNAVAILABLE = 4404  # no such sandbox, or its VNC server cannot start
 
 # sandbox id -> "unix:/host/path" of a running VNC server (starting it if needed)
 VncResolver = Callable[[str], Awaitable[str]]
+# sandbox id -> whether input from an interactive viewer reaches it now
+DrivePolicy = Callable[[str], bool]
 
 
 class RfbViolation(Exception):
@@ -96,9 +99,10 @@ class ViewOnlyFilter:
     _HANDSHAKE = (12, 1, 1)
     MAX_MESSAGE = 512 * 1024
 
-    def __init__(self) -> None:
+    def __init__(self, may_drive: Callable[[], bool] = lambda: False) -> None:
         self._buf = bytearray()
         self._field = 0
+        self._may_drive = may_drive  # asked per input message: input passes while True
 
     @property
     def buffered(self) -> int:
@@ -121,7 +125,7 @@ class ViewOnlyFilter:
                 self._check_handshake(message)
                 self._field += 1
                 out += message
-            elif message[0] not in _INPUT:
+            elif message[0] not in _INPUT or self._may_drive():
                 out += message
         del self._buf[:pos]
         return bytes(out)
@@ -140,15 +144,14 @@ class ViewOnlyFilter:
 
 # --- relay --------------------------------------------------------------------------------
 async def _browser_to_vnc(
-    websocket: WebSocket, stream: anyio.abc.ByteStream, view_filter: ViewOnlyFilter | None
+    websocket: WebSocket, stream: anyio.abc.ByteStream, view_filter: ViewOnlyFilter
 ) -> None:
     while True:
         message = await websocket.receive()
         if message["type"] == "websocket.disconnect":
             return
         data = message.get("bytes") or (message.get("text") or "").encode()
-        if view_filter is not None:
-            data = view_filter.feed(data)
+        data = view_filter.feed(data)
         if data:
             await stream.send(data)
 
@@ -162,7 +165,9 @@ async def _vnc_to_browser(websocket: WebSocket, stream: anyio.abc.ByteStream) ->
         await websocket.send_bytes(data)
 
 
-async def relay(websocket: WebSocket, endpoint: str, *, view_only: bool) -> int:
+async def relay(
+    websocket: WebSocket, endpoint: str, *, may_drive: Callable[[], bool] = lambda: False
+) -> int:
     """Pump bytes both ways until either side ends; returns the close code for the browser."""
     kind, _, path = endpoint.partition(":")
     if kind != "unix":
@@ -185,13 +190,18 @@ async def relay(websocket: WebSocket, endpoint: str, *, view_only: bool) -> int:
                 pass
             tg.cancel_scope.cancel()  # either side ending ends the other
 
-        tg.start_soon(pump, _browser_to_vnc, ViewOnlyFilter() if view_only else None)
+        tg.start_soon(pump, _browser_to_vnc, ViewOnlyFilter(may_drive))
         tg.start_soon(pump, _vnc_to_browser)
     return code
 
 
 async def serve_viewer(
-    websocket: WebSocket, sandbox_id: str, resolve: VncResolver, *, view_only: bool
+    websocket: WebSocket,
+    sandbox_id: str,
+    resolve: VncResolver,
+    *,
+    view_only: bool,
+    may_drive: DrivePolicy = lambda sandbox_id: True,
 ) -> None:
     """One viewer: resolving -> refused (4404) | open -> closed (1000, or 1008 for a view-only
     viewer that sent what the filter cannot parse)."""
@@ -202,7 +212,8 @@ async def serve_viewer(
         await websocket.close(CLOSE_UNAVAILABLE, reason=str(exc)[:120])
         return
     await websocket.accept(subprotocol=SUBPROTOCOL)
-    code = await relay(websocket, endpoint, view_only=view_only)
+    allowed = (lambda: False) if view_only else (lambda: may_drive(sandbox_id))
+    code = await relay(websocket, endpoint, may_drive=allowed)
     log.debug("vnc relay: %s closed (code %d)", sandbox_id, code)
     # The browser may have closed first; Starlette refuses a second close with RuntimeError.
     with suppress(RuntimeError):
@@ -229,12 +240,17 @@ def provider_resolver(provider: SandboxProvider) -> VncResolver:
     return resolve
 
 
-def vnc_router(resolve: VncResolver, dependencies: Sequence[Depends] = ()) -> APIRouter:
-    """The relay route; ``dependencies`` carry the server's auth, as on every route."""
+def vnc_router(
+    resolve: VncResolver,
+    dependencies: Sequence[Depends] = (),
+    may_drive: DrivePolicy = lambda sandbox_id: True,
+) -> APIRouter:
+    """The relay route; ``dependencies`` carry the server's auth, as on every route;
+    ``may_drive`` says whether a sandbox takes input from interactive viewers right now."""
     router = APIRouter(dependencies=list(dependencies))
 
     @router.websocket(VNC_PATH)
     async def vnc(websocket: WebSocket, sandbox_id: str, view_only: bool = False) -> None:
-        await serve_viewer(websocket, sandbox_id, resolve, view_only=view_only)
+        await serve_viewer(websocket, sandbox_id, resolve, view_only=view_only, may_drive=may_drive)
 
     return router

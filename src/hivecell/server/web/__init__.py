@@ -22,7 +22,9 @@ STATIC = HERE.parent / "static"
 
 
 def install(app: FastAPI, state: ServerState) -> None:
-    app.include_router(vnc_router(provider_resolver(state.provider), AUTH))
+    app.include_router(
+        vnc_router(provider_resolver(state.provider), AUTH, may_drive=state.manager.may_drive)
+    )
     app.include_router(pages_router(state))
     # Static files carry no secrets (the same for every install), so they need no token:
     # the login page uses them too.
