@@ -99,7 +99,11 @@ class GuestClient:
         self._tg.cancel_scope.cancel()
         with anyio.CancelScope(shield=True):
             await self._stream.aclose()
-        return await self._tg.__aexit__(et, e, tb)
+        # The body's own exception is not handed to the task group: it would come out wrapped
+        # in an ExceptionGroup, and callers' `except GuestUnavailable` would miss it. The
+        # reader task was cancelled above; the body's error propagates as itself.
+        await self._tg.__aexit__(None, None, None)
+        return None
 
     @property
     def healthy(self) -> bool:
