@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
 import anyio
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse, Response
-from starlette.background import BackgroundTask
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from hivecell.agent.service import TRANSFER_FILE
 from hivecell.errors import NotFound, PathDenied, SandboxNotFound
@@ -23,6 +22,7 @@ from hivecell.trace.bundle import write_bundle
 from hivecell.trace.video import MEDIA_TYPES, write_video
 
 router = APIRouter(tags=["tasks"], dependencies=AUTH)
+_CHUNK = 256 * 1024  # ZIP and video downloads are streamed from their temp file in these
 
 _EXPORTS = {
     "json": (export_json, "application/json", "json"),
@@ -101,42 +101,45 @@ async def export(
     disposition = f'attachment; filename="{task_id}.{format}"'
     if format == "zip":
         outputs = Path(record.output_dir) if record.output_dir else None
-        path = await _in_temp_file(lambda f: write_bundle(trace_dir, outputs, f))
-        return _temp_file_response(path, "application/zip", disposition)
+        handle = await _in_temp_file(lambda f: write_bundle(trace_dir, outputs, f))
+        return _temp_file_response(handle, "application/zip", disposition)
     if format in MEDIA_TYPES:
-        path = await _in_temp_file(lambda f: _video_or_404(record, trace_dir, f, format))
-        return _temp_file_response(path, MEDIA_TYPES[format], disposition)
+        handle = await _in_temp_file(lambda f: _video_or_404(record, trace_dir, f, format))
+        return _temp_file_response(handle, MEDIA_TYPES[format], disposition)
     render, media, _ = _EXPORTS[format]
     text = await anyio.to_thread.run_sync(render, trace_dir)
     return Response(text, media_type=media, headers={"Content-Disposition": disposition})
 
 
-async def _in_temp_file(write: Callable[[BinaryIO], None]) -> Path:
-    """Run the blocking ``write`` in a worker thread into a temp file; its path, or nothing
-    left behind if it failed."""
+async def _in_temp_file(write: Callable[[BinaryIO], None]) -> BinaryIO:
+    """Run the blocking ``write`` in a worker thread into an unnamed temp file, rewound. It
+    has no name on disk, so nothing is left behind however the download ends."""
 
-    def build() -> Path:
-        fd, name = tempfile.mkstemp(prefix="hivecell-export-")
-        path = Path(name)
+    def build() -> BinaryIO:
+        handle = tempfile.TemporaryFile(prefix="hivecell-export-")  # noqa: SIM115
         try:
-            with os.fdopen(fd, "wb") as handle:
-                write(handle)
+            write(handle)
+            handle.seek(0)
         except BaseException:
-            path.unlink(missing_ok=True)
+            handle.close()
             raise
-        return path
+        return handle
 
     return await anyio.to_thread.run_sync(build)
 
 
-def _temp_file_response(path: Path, media: str, disposition: str) -> FileResponse:
-    # Removed once sent (or once the client went away).
-    return FileResponse(
-        path,
-        media_type=media,
-        headers={"Content-Disposition": disposition},
-        background=BackgroundTask(path.unlink, missing_ok=True),
-    )
+def _temp_file_response(handle: BinaryIO, media: str, disposition: str) -> StreamingResponse:
+    length = os.fstat(handle.fileno()).st_size
+    headers = {"Content-Disposition": disposition, "Content-Length": str(length)}
+    return StreamingResponse(_chunks(handle), media_type=media, headers=headers)
+
+
+async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await anyio.to_thread.run_sync(handle.read, _CHUNK):
+            yield chunk
+    finally:
+        handle.close()
 
 
 def _video_or_404(record: TaskRecord, trace_dir: Path, dest: BinaryIO, format: str) -> None:
