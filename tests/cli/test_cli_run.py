@@ -275,6 +275,9 @@ async def test_tasks_ls_show_and_trace_export(home: Path, tmp_path: Path) -> Non
             tg.start_soon(capture, fmt, "trace", "export", task_id, "--format", fmt)
         md_args = ["trace", "export", task_id, "--format", "md", "-o", str(markdown)]
         tg.start_soon(capture, "md", *md_args)
+        for fmt in ("zip", "mp4"):  # binary: written to -o, never the terminal
+            target = str(markdown.parent / f"bundle.{fmt}")
+            tg.start_soon(capture, fmt, "trace", "export", task_id, "--format", fmt, "-o", target)
 
     [listed] = json.loads(outputs["ls"])
     shown = json.loads(outputs["show"])
@@ -300,6 +303,19 @@ def assert_exports(outputs: dict[str, bytes], markdown: Path, command_line: str)
     for shot in {s["screenshot"] for s in shots}:
         assert f"](screenshots/{shot})" in text
         assert (markdown.parent / "screenshots" / shot).is_file()
+    assert_binary_exports(markdown.parent, len(shots))
+
+
+def assert_binary_exports(folder: Path, screenshots: int) -> None:
+    import zipfile
+
+    import av
+
+    with zipfile.ZipFile(folder / "bundle.zip") as archive:
+        assert archive.read("outputs/report.txt") == b"report\n"
+        assert "trace.jsonl" in archive.namelist() and "trace.md" in archive.namelist()
+    with av.open(str(folder / "bundle.mp4")) as video:
+        assert sum(1 for _ in video.decode(video=0)) == screenshots
 
 
 async def test_at_a_limit_a_person_at_the_terminal_is_asked_for_more(home: Path) -> None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 app = typer.Typer(help="List and inspect tasks.", no_args_is_help=True)
 trace_app = typer.Typer(help="Export task traces.", no_args_is_help=True)
 EXPORTS = {"json": "export_json", "md": "export_markdown", "html": "export_html"}
+BINARY_EXPORTS = ("zip", "mp4", "webm")  # written to a file, never to the terminal
 
 
 async def _list(home: Path, status: str | None, search: str | None, limit: int) -> list[TaskRecord]:
@@ -76,14 +77,23 @@ def show(task_id: str, home: Path | None = HomeOption) -> None:
 @trace_app.command("export")
 def export(
     task_id: str,
-    fmt: Annotated[str, typer.Option("--format", help="json | md | html")] = "html",
+    fmt: Annotated[
+        str, typer.Option("--format", help="json | md | html | zip | mp4 | webm")
+    ] = "html",
     output: Annotated[
-        Path | None, typer.Option("-o", "--output", help="file (default stdout)")
+        Path | None,
+        typer.Option("-o", "--output", help="file (default stdout; zip/mp4/webm: ./ID.FORMAT)"),
     ] = None,
     home: Path | None = HomeOption,
 ) -> None:
-    """Export a task's trace (md and html include screenshots and tool calls)."""
+    """Export a task's trace (md and html include screenshots and tool calls; zip bundles the
+    trace, screenshots, conversation and outputs; mp4/webm render the replay as a video)."""
     root = resolve_home(home)
+    if fmt in BINARY_EXPORTS:
+        target = output or Path(f"{task_id}.{fmt}")
+        run(_export_file, root, task_id, fmt, target)
+        out.print(f"wrote {target}", highlight=False)
+        return
     text = run(_export, root, task_id, fmt)
     if output is None:
         print(text)
@@ -101,7 +111,34 @@ async def _export(home: Path, task_id: str, fmt: str) -> str:
 
     name = EXPORTS.get(fmt)
     if name is None:
-        raise InvalidParams(f"--format {fmt!r}: use one of {', '.join(EXPORTS)}", op="trace export")
+        formats = ", ".join([*EXPORTS, *BINARY_EXPORTS])
+        raise InvalidParams(f"--format {fmt!r}: use one of {formats}", op="trace export")
     record = await _get(home, task_id)
     exporter = getattr(hivecell.trace, name)
     return str(await anyio.to_thread.run_sync(exporter, Path(str(record.trace_dir))))
+
+
+async def _export_file(home: Path, task_id: str, fmt: str, target: Path) -> None:
+    """ZIP bundle or replay video, written next to ``target`` and renamed into place."""
+    from hivecell.errors import NotFound
+    from hivecell.trace.bundle import write_bundle
+    from hivecell.trace.video import write_video
+
+    record = await _get(home, task_id)
+    trace_dir = Path(str(record.trace_dir))
+    outputs = Path(record.output_dir) if record.output_dir else None
+    partial = target.with_name(f".{target.name}.part")
+
+    def build() -> int:
+        with open(partial, "wb") as handle:
+            if fmt == "zip":
+                write_bundle(trace_dir, outputs, handle)
+                return 1
+            return write_video(trace_dir, handle, format="webm" if fmt == "webm" else "mp4")
+
+    try:
+        if await anyio.to_thread.run_sync(build) == 0:
+            raise NotFound(f"task {task_id} has no screenshots to replay", op="trace export")
+        partial.replace(target)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import anyio
 from fastapi import APIRouter, Query
-from fastapi.responses import FileResponse, Response
+from fastapi.responses import FileResponse, Response, StreamingResponse
 
 from hivecell.agent.service import TRANSFER_FILE
 from hivecell.errors import NotFound, PathDenied, SandboxNotFound
@@ -15,12 +18,16 @@ from hivecell.sandbox.transfer import TransferReport
 from hivecell.server.api.deps import AUTH, State
 from hivecell.store import TaskRecord
 from hivecell.trace import TraceReader, export_html, export_json, export_markdown, read_network
+from hivecell.trace.bundle import write_bundle
+from hivecell.trace.video import MEDIA_TYPES, write_video
 
 router = APIRouter(tags=["tasks"], dependencies=AUTH)
+_CHUNK = 256 * 1024  # ZIP and video downloads are streamed from their temp file in these
 
 _EXPORTS = {
     "json": (export_json, "application/json", "json"),
-    "md": (export_markdown, "text/markdown; charset=utf-8", "md"),
+    # Self-contained: screenshots as data: URIs (the ZIP's own trace.md links screenshots/).
+    "md": (lambda d: export_markdown(d, embed_images=True), "text/markdown; charset=utf-8", "md"),
     "html": (export_html, "text/html; charset=utf-8", "html"),
 }
 
@@ -85,13 +92,63 @@ async def artifact(task_id: str, name: str, state: State) -> FileResponse:
 
 @router.get("/tasks/{task_id}/export", response_class=Response)
 async def export(
-    task_id: str, state: State, format: Literal["json", "md", "html"] = Query("json")
+    task_id: str,
+    state: State,
+    format: Literal["json", "md", "html", "zip", "mp4", "webm"] = Query("json"),
 ) -> Response:
-    trace_dir = _trace_dir(await state.store.get(task_id))
-    render, media, suffix = _EXPORTS[format]
+    record = await state.store.get(task_id)
+    trace_dir = _trace_dir(record)
+    disposition = f'attachment; filename="{task_id}.{format}"'
+    if format == "zip":
+        outputs = Path(record.output_dir) if record.output_dir else None
+        handle = await _in_temp_file(lambda f: write_bundle(trace_dir, outputs, f))
+        return _temp_file_response(handle, "application/zip", disposition)
+    if format in MEDIA_TYPES:
+        handle = await _in_temp_file(lambda f: _video_or_404(record, trace_dir, f, format))
+        return _temp_file_response(handle, MEDIA_TYPES[format], disposition)
+    render, media, _ = _EXPORTS[format]
     text = await anyio.to_thread.run_sync(render, trace_dir)
-    disposition = f'attachment; filename="{task_id}.{suffix}"'
     return Response(text, media_type=media, headers={"Content-Disposition": disposition})
+
+
+async def _in_temp_file(write: Callable[[BinaryIO], None]) -> BinaryIO:
+    """Run the blocking ``write`` in a worker thread into an unnamed temp file, rewound. It
+    has no name on disk, so nothing is left behind however the download ends."""
+
+    def build() -> BinaryIO:
+        handle = tempfile.TemporaryFile(prefix="hivecell-export-")  # noqa: SIM115
+        try:
+            write(handle)
+            handle.seek(0)
+        except BaseException:
+            handle.close()
+            raise
+        return handle
+
+    return await anyio.to_thread.run_sync(build)
+
+
+def _temp_file_response(handle: BinaryIO, media: str, disposition: str) -> StreamingResponse:
+    length = os.fstat(handle.fileno()).st_size
+    headers = {"Content-Disposition": disposition, "Content-Length": str(length)}
+    return StreamingResponse(_chunks(handle), media_type=media, headers=headers)
+
+
+async def _chunks(handle: BinaryIO) -> AsyncIterator[bytes]:
+    try:
+        while chunk := await anyio.to_thread.run_sync(handle.read, _CHUNK):
+            yield chunk
+    finally:
+        handle.close()
+
+
+def _video_or_404(record: TaskRecord, trace_dir: Path, dest: BinaryIO, format: str) -> None:
+    if not trace_dir.is_dir() or write_video(trace_dir, dest, format=format) == 0:  # type: ignore[arg-type]
+        raise NotFound(
+            f"task {record.id} has no screenshots to replay",
+            op="export.video",
+            context={"id": record.id},
+        )
 
 
 def _trace_dir(record: TaskRecord) -> Path:

@@ -68,10 +68,19 @@ function size(bytes) {
   return `${(bytes / 1024 / 1024).toFixed(1)} MB`;
 }
 
+// [format, label, tooltip]: md embeds its screenshots; zip adds outputs; mp4 is the replay.
+const EXPORTS = [
+  ["json", "JSON", "every step as JSON"],
+  ["md", "Markdown", "one Markdown file, screenshots embedded"],
+  ["html", "HTML", "one HTML page, screenshots embedded"],
+  ["zip", "ZIP", "trace, screenshots, conversation, network log and outputs"],
+  ["mp4", "Video", "the replay as an MP4 video, one second per screenshot"],
+];
+
 function renderExports() {
-  replace($("#exports"), ["json", "md", "html"].map((format) =>
-    h("a", { class: "button small", href: `${API}${base}/export?format=${format}`, download: "" },
-      format.toUpperCase())));
+  replace($("#exports"), EXPORTS.map(([format, label, title]) =>
+    h("a", { class: "button small", href: `${API}${base}/export?format=${format}`, download: "",
+      title, "data-export": format }, label)));
 }
 
 // --- network ---------------------------------------------------------------------------
