@@ -50,8 +50,9 @@ def test_form_runs_a_task_on_the_environment_provider(hivecell: Hivecell, page: 
 def test_settings_shows_source_and_keeps_environment_read_only(
     hivecell: Hivecell, page: Page
 ) -> None:
-    hivecell.api("POST", "/providers", {"name": "lab", "base_url": "http://127.0.0.1:9/v1",
-                                        "model": "lab-model", "api_key": "sk-lab-key-112233"})  # fmt: skip
+    lab_table = {"name": "lab", "base_url": "http://127.0.0.1:9/v1", "model": "lab-model",
+                 "api_key": "sk-lab-key-112233"}  # fmt: skip
+    hivecell.api("POST", "/providers", lab_table)
     page.goto(hivecell.url)
     page.goto(f"{hivecell.base}/settings")
     env = page.locator("tr[data-provider='environment']")
