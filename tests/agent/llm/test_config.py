@@ -71,7 +71,7 @@ def test_environment_fills_what_nothing_else_sets(tmp_path: Path) -> None:
     assert (config.base_url, config.model, config.name) == (
         "https://env.example.test/v1",
         "env-model",
-        "default",
+        "environment",
     )
     assert config.api_key.get_secret_value() == "env-key"
     assert config.max_retries == 5 and config.timeout_s == 120

@@ -78,12 +78,24 @@ def start_llm(script: Path) -> tuple[subprocess.Popen[str], str]:
     return process, _first_line(process, r"(http://\S+)")
 
 
-def start_server(home: Path, llm_url: str) -> tuple[subprocess.Popen[str], str]:
-    (home / "config.toml").write_text(
-        'default_provider = "scripted"\n\n[providers.scripted]\n'
-        f'base_url = "{llm_url}"\nmodel = "scripted-model"\napi_key = "sk-test-key-123456"\n'
-    )
-    env = os.environ | {"HIVECELL_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "400"}
+# The model variables of whoever runs the tests must not become a provider of the server.
+MODEL_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HIVECELL_MODEL")
+
+
+def start_server(
+    home: Path, llm_url: str, *, from_environment: bool = False
+) -> tuple[subprocess.Popen[str], str]:
+    """``hivecell up``; the model comes from config.toml, or only from its environment."""
+    env = {k: v for k, v in os.environ.items() if k not in MODEL_VARIABLES}
+    if from_environment:
+        env |= {"OPENAI_API_KEY": "sk-env-key-987654", "OPENAI_BASE_URL": llm_url,
+                "HIVECELL_MODEL": "env-model"}  # fmt: skip
+    else:
+        (home / "config.toml").write_text(
+            'default_provider = "scripted"\n\n[providers.scripted]\n'
+            f'base_url = "{llm_url}"\nmodel = "scripted-model"\napi_key = "sk-test-key-123456"\n'
+        )
+    env |= {"HIVECELL_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "400"}
     process = subprocess.Popen(
         [sys.executable, "-m", "hivecell.cli.main", "up", "--port", "0", "--home", str(home)],
         stdout=subprocess.PIPE, text=True, env=env,
@@ -106,11 +118,13 @@ def hivecell(short_home: Path, script_file: Path) -> Iterator[Hivecell]:
 
 
 @contextmanager
-def running_hivecell(short_home: Path, script_file: Path) -> Iterator[Hivecell]:
+def running_hivecell(
+    short_home: Path, script_file: Path, *, from_environment: bool = False
+) -> Iterator[Hivecell]:
     """`hivecell up` against a scripted model playing ``script_file``, both as processes."""
     llm, llm_url = start_llm(script_file)
     try:
-        server, link = start_server(short_home, llm_url)
+        server, link = start_server(short_home, llm_url, from_environment=from_environment)
         try:
             base, _, query = link.partition("/?")
             yield Hivecell(link, base, query.removeprefix("token="), short_home)

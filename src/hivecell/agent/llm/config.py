@@ -20,7 +20,10 @@ Named providers are ``[providers.NAME]`` tables in ``$HIVECELL_HOME/config.toml`
 
 The environment gives the defaults: ``OPENAI_BASE_URL``, ``OPENAI_API_KEY`` (or the variable a
 table names in ``api_key_env``, which then replaces it, so one vendor's key is never sent to
-another vendor's URL by accident) and ``HIVECELL_MODEL``.
+another vendor's URL by accident) and ``HIVECELL_MODEL``. What the environment alone
+configures is itself a provider, named ``environment``: it is what ``load_provider(None)``
+resolves to when no ``default_provider`` is set, and ``load_provider("environment")`` names it
+explicitly (unless config.toml defines a table of that name).
 
 Keys for local servers: Ollama, vLLM and LM Studio accept any key, so when no key is configured
 and ``base_url`` is a loopback address, the placeholder ``"local"`` is used and nothing has to
@@ -52,6 +55,8 @@ LOCAL_API_KEY = "local"
 KEY_ENV_PATTERN = r"^[A-Z][A-Z0-9_]*_(API_KEY|TOKEN)$"
 KEY_ENV_RULE = "api_key_env must name a key variable: upper case, ending in _API_KEY or _TOKEN"
 _OP = "llm.config"
+ENVIRONMENT = "environment"
+ENV_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HIVECELL_MODEL")
 
 
 class ProviderConfig(BaseModel):
@@ -88,7 +93,7 @@ def load_provider(
     document = _read_document(config_path)
     name = name or _optional_str(document.get("default_provider"))
     table = _provider_table(document, name, config_path)
-    where = f"[providers.{name}] in {config_path}" if name else f"a provider table in {config_path}"
+    where = _where(document, name, config_path)
     table_url = _optional_str(table.pop("base_url", None))
     url = _first(base_url, table_url, environ.get("OPENAI_BASE_URL"))
     url = _check_url(url or DEFAULT_BASE_URL)
@@ -100,8 +105,22 @@ def load_provider(
     key = _resolve_key(_first(api_key, stored), table, environ, url, where)
     chosen = _resolve_model(model, table, environ, where)
     prices = {**_mapping(document.get("prices")), **_mapping(table.pop("prices", None))}
-    fields = {"name": name or "default", "base_url": url, "api_key": key, "model": chosen}
+    fields = {"name": name or ENVIRONMENT, "base_url": url, "api_key": key, "model": chosen}
     return _build({**table, **fields, "prices": prices}, where)
+
+
+def environment_provider(environ: Mapping[str, str]) -> dict[str, str | None] | None:
+    """What the environment alone configures, or None when it sets none of ``ENV_VARIABLES``.
+
+    The key is in the result for the caller to mask: never put it on a wire as is.
+    """
+    if not any(environ.get(variable) for variable in ENV_VARIABLES):
+        return None
+    return {
+        "base_url": (environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/"),
+        "model": environ.get("HIVECELL_MODEL") or None,
+        "api_key": environ.get("OPENAI_API_KEY") or None,
+    }
 
 
 def is_loopback(url: str) -> bool:
@@ -130,6 +149,8 @@ def _provider_table(document: dict[str, Any], name: str | None, path: Path) -> d
     if name is None:
         return {}
     providers = _mapping(document.get("providers"))
+    if name == ENVIRONMENT and name not in providers:
+        return {}  # the environment's own provider: no table, the variables fill everything
     if name not in providers:
         known = ", ".join(sorted(providers)) or "none"
         raise ConfigError(
@@ -138,6 +159,13 @@ def _provider_table(document: dict[str, Any], name: str | None, path: Path) -> d
             context={"provider": name, "path": str(path)},
         )
     return dict(_mapping(providers[name]))
+
+
+def _where(document: dict[str, Any], name: str | None, path: Path) -> str:
+    """Where the fix goes, for error messages."""
+    if name == ENVIRONMENT and name not in _mapping(document.get("providers")):
+        return f"the environment of the process (or a provider table in {path})"
+    return f"[providers.{name}] in {path}" if name else f"a provider table in {path}"
 
 
 def _resolve_key(

@@ -4,6 +4,11 @@ A key goes to the OS keyring when one works (``key_storage: "keyring"``), else i
 config.toml (0600, ``key_storage: "config"``). A saved key belongs to the ``base_url`` it was
 saved with: changing the URL without a new key drops it, and a test against another URL
 must bring its own key, so no caller can point a stored secret at a server of its choice.
+
+The server's environment (``OPENAI_API_KEY``, ``OPENAI_BASE_URL``, ``HIVECELL_MODEL``, as
+``hivecell up`` saw it) is listed as the read-only provider ``environment`` (``source:
+"environment"``); it is the default when config.toml names none. Changing it means changing the
+environment and restarting the server, so this API neither saves nor deletes it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
 from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
-from hivecell.agent.llm.config import KEY_ENV_PATTERN
+from hivecell.agent.llm.config import ENVIRONMENT, KEY_ENV_PATTERN, environment_provider
 from hivecell.errors import HivecellError, InvalidParams, NotFound
 from hivecell.keystore import KEYRING
 from hivecell.server import configfile
@@ -26,6 +31,11 @@ from hivecell.server.app import ServerState
 router = APIRouter(tags=["providers"], dependencies=AUTH)
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
 _PUBLIC = ("base_url", "model", "api_key_env", "max_retries", "timeout_s")
+_READ_ONLY = (
+    "the environment provider is read-only: it is what OPENAI_API_KEY, OPENAI_BASE_URL and "
+    "HIVECELL_MODEL were when hivecell up started; change them there and restart the server, "
+    "or save a provider under another name"
+)
 
 
 class ProviderIn(BaseModel):
@@ -58,11 +68,14 @@ class ProviderTest(BaseModel):
 @router.get("/providers")
 async def list_providers(state: State) -> dict[str, Any]:
     document = await anyio.to_thread.run_sync(configfile.read, state.config.config_path)
-    return _listing(document) | {"key_storage": state.config.key_store.kind}
+    listing = _listing(document, state.config.environ)
+    return listing | {"key_storage": state.config.key_store.kind}
 
 
 @router.post("/providers", status_code=201)
 async def save_provider(body: ProviderIn, state: State) -> dict[str, Any]:
+    if body.name == ENVIRONMENT:
+        raise _read_only("providers.save")
     keys = state.config.key_store
 
     def change(document: Any) -> None:
@@ -99,6 +112,8 @@ def _store_key(state: ServerState, name: str, key: str) -> dict[str, str]:
 async def delete_provider(name: str, state: State) -> Response:
     def change(document: Any) -> None:
         providers = configfile.table(document, "providers")
+        if name == ENVIRONMENT and name not in providers:
+            raise _read_only("providers.delete")
         if name not in providers:
             raise NotFound(f"no provider {name!r}", op="providers", context={"name": name})
         if dict(providers[name]).get("api_key_store") == KEYRING:
@@ -161,6 +176,10 @@ def _load(state: ServerState, name: str, body: ProviderTest) -> ProviderConfig:
     )
 
 
+def _read_only(op: str) -> InvalidParams:
+    return InvalidParams(_READ_ONLY, op=op, context={"name": ENVIRONMENT})
+
+
 def _url(value: str) -> str:
     return value.rstrip("/")
 
@@ -170,17 +189,39 @@ async def _one(state: ServerState, name: str) -> dict[str, Any]:
     return next(p for p in listing["items"] if p["name"] == name)
 
 
-def _listing(document: Any) -> dict[str, Any]:
+def _listing(document: Any, environ: Any) -> dict[str, Any]:
     providers = dict(document.get("providers", {}))
     default = document.get("default_provider")
+    env = environment_provider(environ)
+    if env is not None and ENVIRONMENT not in providers:
+        # With no default_provider, a task without a provider runs on the environment.
+        default = default or ENVIRONMENT
+        environment = _environment(env, default)
+    else:
+        environment = None
     items = [_masked(name, dict(table), default) for name, table in sorted(providers.items())]
-    return {"default": default, "items": items}
+    return {"default": default, "items": items + ([environment] if environment else [])}
 
 
 def _masked(name: str, table: dict[str, Any], default: Any) -> dict[str, Any]:
-    key = str(table.get("api_key") or "")
     view = {field: table.get(field) for field in _PUBLIC}
-    masked = ("…" + key[-4:] if len(key) > 11 else "set") if key else None
+    masked = _mask(str(table.get("api_key") or ""))
     if table.get("api_key_store") == KEYRING:
         masked = "in OS keyring"
-    return {"name": name, **view, "api_key": masked, "default": name == default}
+    entry = {"name": name, **view, "api_key": masked, "default": name == default}
+    return entry | {"source": "config", "read_only": False}
+
+
+def _environment(env: dict[str, str | None], default: Any) -> dict[str, Any]:
+    view = {"base_url": env["base_url"], "model": env["model"], "api_key_env": "OPENAI_API_KEY"}
+    empty = {"max_retries": None, "timeout_s": None}
+    masked = _mask(env["api_key"] or "")
+    entry = {"name": ENVIRONMENT, **view, **empty, "api_key": masked}
+    return entry | {"default": default == ENVIRONMENT, "source": "environment", "read_only": True}
+
+
+def _mask(key: str) -> str | None:
+    """Enough to recognise a key by, never enough to use it."""
+    if not key:
+        return None
+    return "…" + key[-4:] if len(key) > 11 else "set"

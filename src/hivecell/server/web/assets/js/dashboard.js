@@ -14,7 +14,7 @@ async function loadChoices() {
   const [providers, settings] = await Promise.all([api("/providers"), api("/settings")]);
   const select = $("#provider");
   replace(select, providers.items.map((p) =>
-    h("option", { value: p.name, selected: p.default }, `${p.name} · ${p.model}`)));
+    h("option", { value: p.name, selected: p.default }, `${p.name} · ${p.model || "set a model"}`)));
   if (!providers.items.length) select.append(h("option", { value: "" }, "no provider configured"));
   $("#minutes").placeholder = String(Math.round(settings.task.timeout_s / 60));
   $("#max-steps").placeholder = String(settings.task.max_steps);

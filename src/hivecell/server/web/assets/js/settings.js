@@ -19,16 +19,29 @@ function providerRow(p) {
     await attempt(() => api(`/providers/${name}`, { method: "DELETE" }), "Provider removed");
     await attempt(loadProviders);
   };
-  return h("tr", { dataset: { provider: p.name } },
+  // The environment's provider is read-only here: it changes where hivecell up is started.
+  const actions = p.read_only
+    ? [h("span", { class: "muted read-only" }, ENV_HINT)]
+    : [h("button", { type: "button", class: "small", onclick: () => edit(p) }, "Edit"),
+       h("button", { type: "button", class: "small danger-quiet", onclick: remove }, "Remove")];
+  return h("tr", { dataset: { provider: p.name, source: p.source } },
     h("td", {}, p.name, p.default ? h("span", { class: "badge" }, "default") : null),
+    h("td", { class: "source" }, p.source === "environment" ? "environment" : "config.toml"),
     h("td", { class: "mono" }, p.base_url || ""),
     h("td", {}, p.model || ""),
-    h("td", { class: "mono" }, p.api_key || (p.api_key_env ? `$${p.api_key_env}` : "none")),
+    h("td", { class: "mono" }, keyText(p)),
     h("td", { class: "row end" },
       result,
       h("button", { type: "button", class: "small", onclick: test }, "Test connection"),
-      h("button", { type: "button", class: "small", onclick: () => edit(p) }, "Edit"),
-      h("button", { type: "button", class: "small danger-quiet", onclick: remove }, "Remove")));
+      ...actions));
+}
+
+const ENV_HINT = "read-only: set OPENAI_API_KEY, OPENAI_BASE_URL, HIVECELL_MODEL "
+  + "where hivecell up runs, then restart it";
+
+function keyText(p) {
+  if (p.source === "environment") return p.api_key ? `$OPENAI_API_KEY (${p.api_key})` : "none";
+  return p.api_key || (p.api_key_env ? `$${p.api_key_env}` : "none");
 }
 
 async function loadProviders() {
