@@ -281,7 +281,8 @@ def _inner_scripts(argv: list[str]) -> list[str]:
             ):
                 return [args[i + 1]]
     if name == "find":
-        scripts, current = [], None
+        scripts: list[str] = []
+        current: list[str] | None = None
         for arg in args:
             if arg in ("-exec", "-execdir", "-ok", "-okdir"):
                 current = []
@@ -324,7 +325,7 @@ class _Matcher:
             self.hits += _Matcher(script, self.depth + 1).run()
 
     def _runs_download(self, args: Iterable[str]) -> bool:
-        """A shell given a substitution that downloads: ``bash <(curl ..)``, ``sh -c "$(wget ..)"``."""
+        """A shell given a downloading substitution: ``bash <(curl ..)``, ``sh -c "$(wget ..)"``."""
         for arg in args:
             for number in _PLACEHOLDER_RE.findall(arg):
                 inner = parse(self.parsed.substitutions[int(number)])
