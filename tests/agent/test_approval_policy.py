@@ -43,6 +43,10 @@ ASKS = [
     ("find . | xargs rm -rf", "recursive_rm"),
     ("rm -rf x 2>/dev/null", "recursive_rm"),
     ("rm -rf x > /dev/null 2>&1", "recursive_rm"),
+    ("if true; then rm -rf x; fi", "recursive_rm"),
+    ("for f in a b; do rm -r $f; done", "recursive_rm"),
+    ("! rm -rf x", "recursive_rm"),
+    ("{ rm -rf x; }", "recursive_rm"),
     ("dd if=/dev/zero of=/dev/sda bs=1M", "dd"),
     ("sudo dd if=x of=y", "dd"),
     ("mkfs /dev/sdb1", "mkfs"),
@@ -105,6 +109,8 @@ SILENT = [
     "ls # ; rm -rf /",
     "python3 -c 'print(1)'",
     "add -dd",
+    "for f in a b; do echo rm -rf $f; done",
+    "if test -d x; then ls -R x; fi",
     "",
 ]
 

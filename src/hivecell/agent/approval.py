@@ -52,6 +52,8 @@ _WRAPPER_VALUE_OPTS = {
     "stdbuf": {"-i", "-o", "-e"},
     "watch": {"-n", "-d"},
 }
+# Reserved words that may start a simple command's words (``if x; then rm -rf y; fi``).
+KEYWORDS = frozenset({"if", "then", "else", "elif", "do", "while", "until", "!", "{", "}"})
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 _REDIRECT_ALONE = re.compile(r"^\d*(>>?|<<?<?|>&|<&|&>>?|>\|)$")
 _REDIRECT_JOINED = re.compile(r"^\d*(>>?|<|&>>?|>&|<&)\S")
@@ -188,6 +190,9 @@ def _unwrap(argv: list[str]) -> list[str]:
     """The command a wrapper runs (``sudo -u x rm -rf y`` -> ``rm -rf y``)."""
     while argv:
         name = PurePosixPath(argv[0]).name
+        if name in KEYWORDS:
+            argv = argv[1:]
+            continue
         if name not in WRAPPERS:
             return [name, *argv[1:]]
         rest, takes_value = argv[1:], _WRAPPER_VALUE_OPTS.get(name, set())
