@@ -31,6 +31,8 @@ class Pending:
     question: str = ""
     options: list[str] = field(default_factory=list)
     arguments: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""  # why it asks (the approval rule that matched)
+    timeout_s: float | None = None  # an unanswered approval is denied after this long
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -39,6 +41,8 @@ class Pending:
             "question": self.question,
             "options": self.options,
             "arguments": self.arguments,
+            "reason": self.reason,
+            "timeout_s": self.timeout_s,
         }
 
 
@@ -70,6 +74,7 @@ class Control:
         self._instructions: list[str] = []
         self._replied = anyio.Event()
         self._reply: tuple[bool, str] = (False, "")
+        self._timed_out = False
 
     # --- called by people (server, CLI) --------------------------------------------------
     def pause(self) -> None:
@@ -155,9 +160,28 @@ class Control:
         _, value = await self._wait_for_person(pending)
         return value
 
-    async def approval(self, tool: str, arguments: dict[str, Any]) -> None:
-        pending = Pending("approval", tool, f"allow {tool}?", arguments=arguments)
+    async def approval(
+        self,
+        tool: str,
+        arguments: dict[str, Any],
+        *,
+        reason: str = "",
+        timeout_s: float | None = None,
+    ) -> None:
+        pending = Pending(
+            "approval",
+            tool,
+            f"allow {tool}?",
+            arguments=arguments,
+            reason=reason,
+            timeout_s=timeout_s,
+        )
         ok, reason = await self._wait_for_person(pending)
+        if not ok and self._timed_out:
+            raise ToolFailed(
+                f"{tool} was denied by timeout: nobody approved it within {timeout_s:g} s",
+                op=tool,
+            )
         if not ok:
             raise ToolFailed(
                 f"the person denied {tool}" + (f": {reason}" if reason else ""), op=tool
@@ -166,9 +190,13 @@ class Control:
     async def _wait_for_person(self, pending: Pending) -> tuple[bool, str]:
         self.pending = pending
         self._replied = anyio.Event()
+        self._timed_out = False
         self._set_status("waiting_for_user", pending.question)
         try:
-            await self._replied.wait()
+            with anyio.move_on_after(pending.timeout_s) as scope:
+                await self._replied.wait()
+            if scope.cancelled_caught:  # nobody answered in time: that is a deny
+                self._reply, self._timed_out = (False, ""), True
         finally:
             self.pending = None
         self._set_status("running")

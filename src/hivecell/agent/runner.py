@@ -18,12 +18,12 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hivecell.agent import prompts
+from hivecell.agent import approval, prompts
 from hivecell.agent.clock import WorkClock
 from hivecell.agent.control import Control, Extension, Pending
 from hivecell.agent.history import History, image_message
 from hivecell.agent.tools import GUI_TOOLS, TOOLS, USER_TOOLS, GuestCall, ToolBox
-from hivecell.errors import HivecellError, InvalidParams
+from hivecell.errors import HivecellError, InvalidParams, NotFound
 
 Status = Literal[
     "queued",
@@ -59,7 +59,18 @@ class RunSettings(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="total token budget")
     max_cost_usd: float | None = Field(None, gt=0)
     disabled_tools: list[str] = Field(default_factory=list)
-    approval_tools: list[str] = Field(default_factory=lambda: ["delete_file"])
+    approval_tools: list[str] = Field(
+        default_factory=lambda: list(approval.DEFAULT_TOOLS),
+        description="tools that wait for approval (write_file: only onto an existing file; "
+        "run_shell: only commands matching approval_shell_rules)",
+    )
+    approval_shell_rules: list[str] = Field(
+        default_factory=lambda: list(approval.DEFAULT_SHELL_RULES),
+        description="names of the destructive-command rules that make run_shell ask",
+    )
+    approval_timeout_s: float | None = Field(
+        None, gt=0, description="deny an unanswered approval after this long (None: wait)"
+    )
     pause_at_limits: bool = Field(
         False,
         description="reaching timeout, max_steps or a budget pauses the task (resumable with "
@@ -74,6 +85,17 @@ class RunSettings(BaseModel):
         unknown = sorted(set(names) - set(TOOLS))
         if unknown:
             raise ValueError(f"unknown tool(s) {', '.join(unknown)}; tools: {', '.join(TOOLS)}")
+        return names
+
+    @field_validator("approval_shell_rules")
+    @classmethod
+    def _known_rules(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(approval.SHELL_RULES))
+        if unknown:
+            raise ValueError(
+                f"unknown run_shell approval rule(s) {', '.join(unknown)}; "
+                f"rules: {', '.join(approval.SHELL_RULES)}"
+            )
         return names
 
 
@@ -403,13 +425,33 @@ class TaskRunner:
         if call.name in USER_TOOLS:
             await self._writes.flush()  # a person may take hours: what led here is on disk
             return {"answer": await self.control.ask(call.name, args.model_dump())}
-        if call.name in self.settings.approval_tools:
+        reason = await approval.reason_to_ask(
+            call.name,
+            args.model_dump(),
+            tools=self.settings.approval_tools,
+            shell_rules=self.settings.approval_shell_rules,
+            exists=self._exists,
+        )
+        if reason is not None:
             await self._writes.flush()
-            await self.control.approval(call.name, call.arguments or {})
+            await self.control.approval(
+                call.name,
+                call.arguments or {},
+                reason=reason,
+                timeout_s=self.settings.approval_timeout_s,
+            )
         result = await self._tools.execute(call.name, args)
         if call.name in GUI_TOOLS:
             await self._guest("wait_for_settle", {"timeout": 2.0})
         return result
+
+    async def _exists(self, path: str) -> bool:
+        """Whether ``path`` exists in the sandbox (a symlink counts: writing follows it)."""
+        try:
+            await self._guest("stat_file", {"path": path})
+        except NotFound:
+            return False
+        return True
 
     # --- observe -------------------------------------------------------------------------
     async def _observe(self, step: int) -> dict[str, Any]:

@@ -67,6 +67,8 @@ class LiveConsole:
         if pending is None:
             return
         if pending.kind == "approval":
+            if pending.reason:
+                self.console.print(f"why: {pending.reason}", markup=False)
             await self._approve(pending.tool, pending.arguments)
             return
         self.console.print(f"[bold]agent asks:[/bold] {pending.question}")

@@ -12,6 +12,7 @@ import anyio
 import typer
 from pydantic import ValidationError
 
+from hivecell.agent.approval import DEFAULT_TOOLS
 from hivecell.cli.common import ALLOW_HELP, NETWORK_HELP, HomeOption, network_choice, out, run
 from hivecell.config import resolve_home
 
@@ -49,7 +50,9 @@ def run_task(
     approve_tool: Annotated[
         list[str] | None,
         typer.Option(
-            help="tool that waits for your approval before each call (delete_file always)"
+            help="tool that waits for your approval before each call, besides the default "
+            "policy (delete_file, move_file, write_file onto an existing file, destructive "
+            "run_shell commands; see docs/tools.md)"
         ),
     ] = None,
     output_dir: Annotated[Path | None, typer.Option(help="where outbox files go")] = None,
@@ -104,7 +107,7 @@ def _settings(
             timeout_s=timeout,
             max_cost_usd=max_cost,
             disabled_tools=disabled,
-            approval_tools=["delete_file", *approve],
+            approval_tools=list(dict.fromkeys([*DEFAULT_TOOLS, *approve])),
         )
     except ValidationError as exc:  # e.g. --max-steps 0: a usage error, not a traceback
         error = exc.errors(include_url=False)[0]

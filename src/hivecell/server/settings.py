@@ -5,13 +5,15 @@ change from the dashboard (``Preferences``, kept in config.toml ``[server]`` and
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from hivecell.agent import approval
+from hivecell.agent.tools import TOOLS
 from hivecell.errors import ConfigError, InvalidParams
 from hivecell.keystore import KeyStore
 from hivecell.sandbox.base import NetworkMode
@@ -64,6 +66,45 @@ class TaskDefaults(BaseModel):
     max_steps: int = Field(100, ge=1)
 
 
+# --- approval policy defaults (docs/tools.md "Approval policy") ----------------------------
+class ApprovalDefaults(BaseModel):
+    """Which calls wait for a person, for tasks that do not say (``approve_tools``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tools: list[str] = Field(
+        default_factory=lambda: list(approval.DEFAULT_TOOLS),
+        description="write_file asks only onto an existing file, run_shell only for the "
+        "shell_rules below",
+    )
+    shell_rules: list[str] = Field(
+        default_factory=lambda: list(approval.DEFAULT_SHELL_RULES),
+        description=f"run_shell rules that ask: {', '.join(approval.SHELL_RULES)}",
+    )
+    timeout_s: float | None = Field(
+        None, gt=0, le=7 * 24 * 3600, description="deny an unanswered approval after this long"
+    )
+
+    @field_validator("tools")
+    @classmethod
+    def _known_tools(cls, names: list[str]) -> list[str]:
+        return _known("tools", names, TOOLS)
+
+    @field_validator("shell_rules")
+    @classmethod
+    def _known_rules(cls, names: list[str]) -> list[str]:
+        return _known("shell_rules", names, approval.SHELL_RULES)
+
+
+def _known(setting: str, names: list[str], known: Iterable[str]) -> list[str]:
+    unknown = sorted(set(names) - set(known))
+    if unknown:
+        raise ValueError(
+            f"approval.{setting}: unknown name(s) {', '.join(unknown)}; known: {', '.join(known)}"
+        )
+    return list(dict.fromkeys(names))
+
+
 class Preferences(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -71,6 +112,7 @@ class Preferences(BaseModel):
     output_dir: str | None = Field(None, description="outputs go to OUTPUT_DIR/<task-id>")
     sandbox: SandboxDefaults = Field(default_factory=SandboxDefaults)
     task: TaskDefaults = Field(default_factory=TaskDefaults)
+    approval: ApprovalDefaults = Field(default_factory=ApprovalDefaults)
 
 
 # Host trees outputs never go into: a task's files there could be read as configuration or code.
@@ -115,7 +157,7 @@ def load_preferences(path: Path) -> Preferences:
     server = dict(document.get("server", {}))
     defaults = dict(document.get("defaults", {}))
     values = {k: server[k] for k in ("max_concurrent", "output_dir") if k in server}
-    values |= {k: defaults[k] for k in ("sandbox", "task") if k in defaults}
+    values |= {k: defaults[k] for k in ("sandbox", "task", "approval") if k in defaults}
     try:
         return Preferences.model_validate(values)
     except ValidationError as exc:
@@ -133,6 +175,7 @@ def save_preferences(path: Path, prefs: Preferences) -> None:
         defaults = configfile.table(document, "defaults")
         defaults["sandbox"] = prefs.sandbox.model_dump(exclude_none=True)
         defaults["task"] = prefs.task.model_dump()
+        defaults["approval"] = prefs.approval.model_dump(exclude_none=True)
 
     configfile.edit(path, change)
 

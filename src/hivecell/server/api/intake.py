@@ -1,8 +1,8 @@
 """Turning a ``POST /tasks`` body (JSON or multipart) into a queued task.
 
-Multipart sends the same fields as form fields (``disabled_tools`` and ``network_allow``
-repeated, or comma / whitespace separated) plus any number of ``files``, saved under
-``$HIVECELL_HOME/inputs/<task-id>/`` and copied to the sandbox's ``/shared/inbox``.
+Multipart sends the same fields as form fields (``disabled_tools``, ``network_allow`` and
+``approve_tools`` repeated, or comma / whitespace separated) plus any number of ``files``,
+saved under ``$HIVECELL_HOME/inputs/<task-id>/`` and copied to the sandbox's ``/shared/inbox``.
 """
 
 from __future__ import annotations
@@ -46,6 +46,11 @@ class TaskCreate(BaseModel):
         "internet (private ranges stay refused unless a CIDR here names them)",
     )
     disabled_tools: list[str] = Field(default_factory=list)
+    approve_tools: list[str] | None = Field(
+        None,
+        description="tools that wait for approval (write_file: only onto an existing file; "
+        "run_shell: only destructive commands); absent: the Settings default policy",
+    )
     inbox_writable: bool = Field(False, description="/shared/inbox writable inside the sandbox")
 
     @field_validator("network_allow")
@@ -103,7 +108,7 @@ def _form_fields(form: FormData) -> dict[str, Any]:
         values = [v for v in form.getlist(key) if isinstance(v, str)]
         if key == "files" or not values:
             continue
-        if key in ("disabled_tools", "network_allow"):
+        if key in ("disabled_tools", "network_allow", "approve_tools"):
             fields[key] = [t for v in values for t in v.replace(",", " ").split()]
         else:
             fields[key] = values[-1] if values[-1] != "" else None
@@ -142,6 +147,11 @@ def _task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
             max_steps=body.max_steps or prefs.task.max_steps,
             timeout_s=body.timeout_s or prefs.task.timeout_s,
             disabled_tools=body.disabled_tools,
+            approval_tools=(
+                prefs.approval.tools if body.approve_tools is None else body.approve_tools
+            ),
+            approval_shell_rules=prefs.approval.shell_rules,
+            approval_timeout_s=prefs.approval.timeout_s,
         )
     except ValidationError as exc:  # e.g. an unknown tool name: the caller's input, not a bug
         raise InvalidParams(describe_validation(exc), op="create_task") from None

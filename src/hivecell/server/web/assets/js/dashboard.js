@@ -18,6 +18,10 @@ async function loadChoices() {
   if (!providers.items.length) select.append(h("option", { value: "" }, "no provider configured"));
   $("#minutes").placeholder = String(Math.round(settings.task.timeout_s / 60));
   $("#max-steps").placeholder = String(settings.task.max_steps);
+  // The checklist starts from the Settings policy (and form.reset() returns to it).
+  for (const box of $("#approve-tools").querySelectorAll("input[name=approve_tools]")) {
+    box.checked = box.defaultChecked = settings.approval.tools.includes(box.value);
+  }
 }
 
 function taskForm(form) {
@@ -32,6 +36,8 @@ function taskForm(form) {
   set("network", data.get("network"));
   set("disabled_tools", data.get("disabled_tools").trim());
   set("network_allow", data.get("network_allow").trim());
+  // Always sent, even empty (= ask for nothing): absent would mean the Settings default.
+  body.append("approve_tools", data.getAll("approve_tools").join(" "));
   for (const file of data.getAll("files")) if (file.name) body.append("files", file, file.name);
   return body;
 }

@@ -125,11 +125,67 @@ function setupPrefs() {
   });
 }
 
+// --- approvals -------------------------------------------------------------------------
+// Mirrors hivecell.agent.approval (DEFAULT_TOOLS, SHELL_RULES); docs/tools.md lists them.
+const APPROVAL_TOOLS = {
+  delete_file: "delete_file",
+  move_file: "move_file",
+  write_file: "write_file onto an existing file",
+  run_shell: "run_shell matching a rule on the right",
+};
+const SHELL_RULES = {
+  recursive_rm: "rm -r / -rf / --recursive",
+  dd: "dd",
+  mkfs: "mkfs, mkfs.*",
+  chmod_recursive: "chmod -R",
+  chown_recursive: "chown -R",
+  download_to_shell: "download piped into a shell (curl … | sh)",
+  power: "shutdown, reboot, poweroff, halt",
+  kill_all: "kill -9 -1",
+  any: "every command",
+};
+
+function checklist(fieldset, name, labels, chosen) {
+  // Names saved earlier that this page does not know are kept as extra boxes.
+  const names = [...new Set([...Object.keys(labels), ...chosen])];
+  replace(fieldset, [h("legend", {}, fieldset.querySelector("legend").textContent),
+    ...names.map((value) => h("label", { class: "inline" },
+      h("input", { type: "checkbox", name, value, checked: chosen.includes(value) }),
+      ` ${labels[value] || value}`))]);
+}
+
+function fillApproval(prefs) {
+  checklist($("#approval-tools"), "tools", APPROVAL_TOOLS, prefs.approval.tools);
+  checklist($("#approval-rules"), "shell_rules", SHELL_RULES, prefs.approval.shell_rules);
+  $("#approval-prefs").elements.approval_timeout_s.value = prefs.approval.timeout_s ?? "";
+}
+
+function readApproval() {
+  const form = $("#approval-prefs");
+  const checked = (name) => [...form.querySelectorAll(`input[name=${name}]:checked`)].map((b) => b.value);
+  const timeout = form.elements.approval_timeout_s.value;
+  return { tools: checked("tools"), shell_rules: checked("shell_rules"), timeout_s: timeout ? Number(timeout) : null };
+}
+
+function setupApproval() {
+  $("#approval-prefs").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const saved = await attempt(() => api("/settings", { method: "PUT", json: { approval: readApproval() } }),
+      "Approvals saved");
+    if (saved) fillApproval(saved);
+  });
+}
+
 startShell();
 setupProviderForm();
 setupPrefs();
+setupApproval();
 attempt(loadProviders);
-attempt(async () => fillPrefs(await api("/settings")));
+attempt(async () => {
+  const prefs = await api("/settings");
+  fillPrefs(prefs);
+  fillApproval(prefs);
+});
 if (!window.isSecureContext && location.hostname !== "127.0.0.1" && location.hostname !== "localhost") {
   toast("This page is not served over HTTPS: API keys you type travel in clear text.", "warn");
 }

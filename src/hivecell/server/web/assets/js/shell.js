@@ -71,6 +71,8 @@ function attentionItem(task) {
     form.append(
       h("p", { class: "question" }, `Run ${p.tool}?`),
       h("pre", { class: "args" }, JSON.stringify(p.arguments, null, 2)),
+      p.reason ? h("p", { class: "reason muted" }, `Why it asks: ${p.reason}`) : null,
+      p.timeout_s ? h("p", { class: "reason muted" }, `Denied automatically after ${p.timeout_s} s without an answer.`) : null,
       h("div", { class: "row" },
         h("button", { type: "button", class: "primary", onclick: () => reply(task, "approve") }, "Approve"),
         h("button", { type: "button", onclick: () => reply(task, "deny") }, "Deny")));
