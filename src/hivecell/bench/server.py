@@ -28,6 +28,8 @@ from hivecell.agent.llm.scripted import ScriptedLLMServer
 from hivecell.bench.stats import Stats
 from hivecell.errors import HivecellError
 
+START_TIMEOUT_S = 180.0  # until `hivecell up` prints its login link
+
 TARGET_TAKEOVER_MS = 200.0
 WAIT_STEP = Reply(tool_calls=[ScriptedToolCall(name="wait", arguments={"seconds": 0})])
 RFB_SECURITY_NONE = b"\x01"
@@ -144,7 +146,8 @@ async def _hivecell_up(home: Path) -> AsyncIterator[_Server]:
 
 
 async def _login_link(log: Path, process: Process) -> str:
-    with anyio.fail_after(60):
+    # A deadline, not a pace: on a loaded 2-core box the server alone imports for ~20 s.
+    with anyio.fail_after(START_TIMEOUT_S):
         while process.returncode is None:
             text = await anyio.Path(log).read_text(errors="replace")
             for line in text.splitlines():
