@@ -8,6 +8,8 @@ repeated, or comma / whitespace separated) plus any number of ``files``, saved u
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,10 +57,31 @@ class TaskCreate(BaseModel):
 
 
 async def create_task(request: Request, state: ServerState) -> TaskRecord:
+    """Every field and every file is checked before the record exists: a rejected request
+    leaves no record, no inputs folder and nothing queued."""
     fields, uploads = await _read_body(request)
     body = _validate(fields)
     task_request = _task_request(body, state)  # the caller's input is checked first
     llm = await anyio.to_thread.run_sync(_resolve_llm, state, body)
+    inputs = state.config.home / "inputs"
+    names = [_file_name(upload) for upload in uploads]
+    staging = await _stage_uploads(inputs, names, uploads, state.config.max_upload_bytes)
+    try:
+        return await _create_and_enqueue(state, llm, task_request, inputs, staging, names)
+    finally:
+        if staging is not None:  # renamed into place on success; removed on any failure
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, staging, True)
+
+
+async def _create_and_enqueue(
+    state: ServerState,
+    llm: ProviderConfig,
+    task_request: TaskRequest,
+    inputs: Path,
+    staging: Path | None,
+    names: list[str],
+) -> TaskRecord:
     client = LLMClient(llm)
     try:
         service = TaskService(
@@ -72,8 +95,7 @@ async def create_task(request: Request, state: ServerState) -> TaskRecord:
         )
         record = await service.create(task_request)
         record = await _place_outputs(state, record)
-        inbox = state.config.home / "inputs" / record.id
-        paths = await _save_uploads(inbox, uploads, state.config.max_upload_bytes)
+        paths = await _move_into_place(staging, names, inputs / record.id)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await client.aclose()
@@ -165,12 +187,42 @@ async def _place_outputs(state: ServerState, record: TaskRecord) -> TaskRecord:
     return await state.store.update(record.id, output_dir=str(Path(folder) / record.id))
 
 
-async def _save_uploads(folder: Path, uploads: list[UploadFile], limit: int) -> list[Path]:
-    names = [_file_name(upload) for upload in uploads]
+async def _stage_uploads(
+    inputs: Path, names: list[str], uploads: list[UploadFile], limit: int
+) -> Path | None:
+    """Every upload written to a private staging folder under ``inputs/``; ``None`` when
+    there are none. On any rejection the folder is gone before the error propagates."""
+    if not uploads:
+        return None
     if len(set(names)) != len(names):
         raise _invalid("files", "two files have the same name")
-    await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
-    paths, total = [], 0
+    await anyio.Path(inputs).mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = Path(await anyio.to_thread.run_sync(_make_staging, inputs))
+    try:
+        await _save_uploads(staging, names, uploads, limit)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(shutil.rmtree, staging, True)
+        raise
+    return staging
+
+
+def _make_staging(inputs: Path) -> str:
+    # A dot name no task id can have: recovery and listings never mistake it for a task.
+    return tempfile.mkdtemp(prefix=".staging-", dir=inputs)
+
+
+async def _move_into_place(staging: Path | None, names: list[str], inbox: Path) -> list[Path]:
+    if staging is None:
+        return []
+    await anyio.Path(staging).rename(inbox)  # same parent folder: atomic
+    return [inbox / name for name in names]
+
+
+async def _save_uploads(
+    folder: Path, names: list[str], uploads: list[UploadFile], limit: int
+) -> None:
+    total = 0
     for name, upload in zip(names, uploads, strict=True):
         # Copied a chunk at a time: an upload is never held whole in memory.
         async with await anyio.open_file(folder / name, "wb") as out:
@@ -183,8 +235,6 @@ async def _save_uploads(folder: Path, uploads: list[UploadFile], limit: int) -> 
                         op="create_task",
                     )
                 await out.write(chunk)
-        paths.append(folder / name)
-    return paths
 
 
 def _file_name(upload: UploadFile) -> str:
