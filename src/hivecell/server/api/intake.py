@@ -164,6 +164,7 @@ def _task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
             max_steps=body.max_steps or prefs.task.max_steps,
             timeout_s=body.timeout_s or prefs.task.timeout_s,
             disabled_tools=body.disabled_tools,
+            pause_at_limits=not prefs.task.limits_final,
         )
     except ValidationError as exc:  # e.g. an unknown tool name: the caller's input, not a bug
         raise InvalidParams(describe_validation(exc), op="create_task") from None
