@@ -101,6 +101,8 @@ class TaskRecord(BaseModel):
     # Paths of files the task produced, relative to output_dir.
     artifacts: list[str] = Field(default_factory=list)
     settings: TaskSettings = Field(default_factory=TaskSettings)
+    # The task this one retries (POST /tasks/{id}/retry, `hivecell tasks retry`).
+    retry_of: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
     @property
     def is_terminal(self) -> bool:
