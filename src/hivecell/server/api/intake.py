@@ -26,6 +26,7 @@ from hivecell.errors import InvalidParams, TooLarge
 from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox import netpolicy
 from hivecell.server.app import ServerState
+from hivecell.server.errors import Conflict
 from hivecell.store import TaskRecord
 
 _CHUNK = 1024 * 1024
@@ -74,6 +75,56 @@ async def create_task(request: Request, state: ServerState) -> TaskRecord:
                 await anyio.to_thread.run_sync(shutil.rmtree, staging, True)
 
 
+RETRYABLE = ("interrupted", "failed", "cancelled")
+
+
+async def retry_task(state: ServerState, original: TaskRecord) -> TaskRecord:
+    """A new task with the description, settings, model and inbox files of ``original``,
+    on a fresh sandbox, linked to it by ``retry_of``."""
+    if original.status not in RETRYABLE:
+        raise Conflict(
+            f"task {original.id} is {original.status}: only {', '.join(RETRYABLE)} tasks "
+            "can be retried",
+            op="retry",
+            context={"id": original.id, "status": str(original.status)},
+        )
+    body = _validate(_fields_of(original))
+    task_request = _task_request(body, state)
+    llm = await anyio.to_thread.run_sync(_resolve_llm, state, body)
+    inputs = state.config.home / "inputs"
+    staging, names = await anyio.to_thread.run_sync(_copy_inputs, inputs, original.id)
+    try:
+        return await _create_and_enqueue(
+            state, llm, task_request, inputs, staging, names, retry_of=original.id
+        )
+    finally:
+        if staging is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, staging, True)
+
+
+def _fields_of(record: TaskRecord) -> dict[str, Any]:
+    """The create fields a record keeps: its settings, including any the runner grew that
+    ``TaskCreate`` knows (unknown keys stay behind rather than fail the retry)."""
+    settings = record.settings.model_dump(exclude_none=True)
+    fields = {k: v for k, v in settings.items() if k in TaskCreate.model_fields}
+    fields |= {"description": record.description}
+    fields |= {k: v for k in ("provider", "model") if (v := getattr(record, k))}
+    return fields
+
+
+def _copy_inputs(inputs: Path, task_id: str) -> tuple[Path | None, list[str]]:
+    # Synchronous (a thread): copies the original's inbox into a staging folder.
+    source = inputs / task_id
+    if not source.is_dir():
+        return None, []
+    staging = Path(_make_staging(inputs))
+    names = sorted(p.name for p in source.iterdir() if p.is_file() and not p.is_symlink())
+    for name in names:
+        shutil.copyfile(source / name, staging / name, follow_symlinks=False)
+    return staging, names
+
+
 async def _create_and_enqueue(
     state: ServerState,
     llm: ProviderConfig,
@@ -81,6 +132,7 @@ async def _create_and_enqueue(
     inputs: Path,
     staging: Path | None,
     names: list[str],
+    retry_of: str | None = None,
 ) -> TaskRecord:
     client = LLMClient(llm)
     try:
@@ -95,6 +147,8 @@ async def _create_and_enqueue(
         )
         record = await service.create(task_request)
         record = await _place_outputs(state, record)
+        if retry_of is not None:
+            record = await state.store.update(record.id, retry_of=retry_of)
         paths = await _move_into_place(staging, names, inputs / record.id)
     except BaseException:
         with anyio.CancelScope(shield=True):

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hivecell.agent.control import Extension
 from hivecell.server.api.deps import AUTH, State
-from hivecell.server.api.intake import TaskCreate, create_task
+from hivecell.server.api.intake import TaskCreate, create_task, retry_task
 from hivecell.server.manager import public_record
 from hivecell.store import TaskStatus
 
@@ -99,6 +99,14 @@ async def resume(task_id: str, state: State, body: Resume | None = None) -> dict
     text = body.text or "" if body else ""
     record = await state.manager.control(task_id, "resume", text, extension)
     return public_record(record, state.manager.live(task_id))
+
+
+@router.post("/tasks/{task_id}/retry", status_code=201)
+async def retry(task_id: str, state: State) -> dict[str, Any]:
+    """Re-queue an interrupted, failed or cancelled task as a new task (``retry_of`` links
+    it to the original) on a fresh sandbox with the same settings and inbox files."""
+    record = await retry_task(state, await state.store.get(task_id))
+    return public_record(record, state.manager.live(record.id))
 
 
 Action = Literal["pause", "cancel", "approve", "takeover", "handback"]
