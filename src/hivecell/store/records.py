@@ -42,6 +42,12 @@ TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset(
 )
 # Statuses that end a run: entering one stamps finished_at.
 ENDED_STATUSES: frozenset[TaskStatus] = TERMINAL_STATUSES | {TaskStatus.INTERRUPTED}
+# What a retry (a new task linked by retry_of) may be made from: runs that did not finish.
+RETRYABLE_STATUSES: tuple[TaskStatus, ...] = (
+    TaskStatus.INTERRUPTED,
+    TaskStatus.FAILED,
+    TaskStatus.CANCELLED,
+)
 
 
 def new_task_id() -> str:

@@ -27,7 +27,7 @@ from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox import netpolicy
 from hivecell.server.app import ServerState
 from hivecell.server.errors import Conflict
-from hivecell.store import TaskRecord
+from hivecell.store import RETRYABLE_STATUSES, TaskRecord
 
 _CHUNK = 1024 * 1024
 _FILE_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
@@ -75,16 +75,13 @@ async def create_task(request: Request, state: ServerState) -> TaskRecord:
                 await anyio.to_thread.run_sync(shutil.rmtree, staging, True)
 
 
-RETRYABLE = ("interrupted", "failed", "cancelled")
-
-
 async def retry_task(state: ServerState, original: TaskRecord) -> TaskRecord:
     """A new task with the description, settings, model and inbox files of ``original``,
     on a fresh sandbox, linked to it by ``retry_of``."""
-    if original.status not in RETRYABLE:
+    if original.status not in RETRYABLE_STATUSES:
         raise Conflict(
-            f"task {original.id} is {original.status}: only {', '.join(RETRYABLE)} tasks "
-            "can be retried",
+            f"task {original.id} is {original.status}: only "
+            f"{', '.join(RETRYABLE_STATUSES)} tasks can be retried",
             op="retry",
             context={"id": original.id, "status": str(original.status)},
         )
