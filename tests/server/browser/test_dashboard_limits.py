@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -47,3 +48,18 @@ def test_resume_with_more_then_retry(limits_script: Path, hivecell: Hivecell, pa
     expect(page).not_to_have_url(f"{hivecell.base}/tasks/{cancelled['id']}")
     expect(page.locator("#task-facts")).to_contain_text(f"Retry of{cancelled['id']}")
     expect(page.locator("#task-status .badge")).to_have_text("completed", timeout=60_000)
+
+
+def test_limits_final_checkbox_in_settings(hivecell: Hivecell, page: Page) -> None:
+    page.goto(hivecell.url)
+    page.goto(f"{hivecell.base}/settings")
+    box = page.locator("#prefs input[name='task.limits_final']")
+    expect(box).not_to_be_checked()
+    box.check()
+    page.get_by_role("button", name="Save defaults").click()
+    deadline = time.monotonic() + 30
+    while hivecell.api("GET", "/settings")["task"]["limits_final"] is not True:
+        assert time.monotonic() < deadline, "the setting was never saved"
+        time.sleep(0.1)
+    page.reload()
+    expect(page.locator("#prefs input[name='task.limits_final']")).to_be_checked()
