@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shutil
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,7 +23,7 @@ from starlette.datastructures import FormData, UploadFile
 from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
 from hivecell.agent.runner import RunSettings
 from hivecell.agent.service import TaskRequest, TaskService
-from hivecell.errors import InvalidParams, TooLarge
+from hivecell.errors import HivecellError, InvalidParams, TooLarge
 from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox import netpolicy
 from hivecell.server.app import ServerState
@@ -110,6 +111,13 @@ def _fields_of(record: TaskRecord) -> dict[str, Any]:
     return fields
 
 
+async def _fail_unqueued(state: ServerState, task_id: str, exc: BaseException) -> None:
+    """A record that will never be queued must not stay ``queued`` for ever."""
+    message = f"the task could not be queued: {exc}"
+    with suppress(HivecellError):
+        await state.store.update(task_id, status="failed", success=False, error=message)
+
+
 def _copy_inputs(inputs: Path, task_id: str) -> tuple[Path | None, list[str]]:
     # Synchronous (a thread): copies the original's inbox into a staging folder.
     source = inputs / task_id
@@ -132,6 +140,7 @@ async def _create_and_enqueue(
     retry_of: str | None = None,
 ) -> TaskRecord:
     client = LLMClient(llm)
+    record: TaskRecord | None = None
     try:
         service = TaskService(
             home=state.config.home,
@@ -147,9 +156,11 @@ async def _create_and_enqueue(
         if retry_of is not None:
             record = await state.store.update(record.id, retry_of=retry_of)
         paths = await _move_into_place(staging, names, inputs / record.id)
-    except BaseException:
+    except BaseException as exc:
         with anyio.CancelScope(shield=True):
             await client.aclose()
+            if record is not None:  # a server fault after the record (not the caller's input)
+                await _fail_unqueued(state, record.id, exc)
         raise
     # From here the manager owns the client and closes it when the task ends.
     state.manager.enqueue(record, task_request.model_copy(update={"files": paths}), service, client)
