@@ -69,7 +69,7 @@ def write_provider(home: Path, base_url: str, name: str = "scripted") -> None:
 
 @asynccontextmanager
 async def serve(
-    home: Path, *, token: str | None = TOKEN, max_concurrent: int | None = None
+    home: Path, *, token: str | None = TOKEN, max_concurrent: int | None = None, **config: Any
 ) -> AsyncIterator[Running]:
     config = ServerConfig(
         home=home,
@@ -78,6 +78,7 @@ async def serve(
         token=token,
         max_concurrent=max_concurrent,
         ui=False,  # the API alone: the dashboard has its own browser tests
+        **config,
     )
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))
     sock = socket.create_server(("127.0.0.1", 0))

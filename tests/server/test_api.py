@@ -173,7 +173,8 @@ async def test_settings_are_merged_saved_and_validated(home: Path) -> None:
         changes = {"max_concurrent": 3, "task": {"max_steps": 7}, "output_dir": "/tmp/out"}
         response = await running.client.put("/api/v1/settings", json=changes)
         assert response.status_code == 200, response.text
-        assert response.json()["task"] == {"max_steps": 7, "timeout_s": 1800.0}
+        task = response.json()["task"]
+        assert task == {"max_steps": 7, "timeout_s": 1800.0, "limits_final": False}
         bad = await running.client.put("/api/v1/settings", json={"max_concurrent": 0})
         assert bad.status_code == 422 and "max_concurrent" in error(bad)["message"]
     async with serve(home) as running:  # persisted in config.toml

@@ -7,7 +7,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Connection
 
 from hivecell.store import TaskRecord, TaskStore
-from hivecell.store.engine import create_engine, parse_url
+from hivecell.store.engine import create_engine, parse_url, sqlite_file
 from hivecell.store.migrate import current_revision, head_revision
 from hivecell.store.schema import Base
 
@@ -50,3 +50,33 @@ async def test_concurrent_first_opens_both_succeed(db_url: str) -> None:
     assert await stores[1].get(record.id) == record
     for store in stores:
         await store.close()
+
+
+def _upgrade_to(connection: Connection, revision: str) -> None:
+    from alembic import command
+
+    from hivecell.store.migrate import alembic_config
+
+    command.upgrade(alembic_config(connection), revision)
+
+
+async def test_a_0001_database_gains_retry_of_and_keeps_its_tasks(db_url: str) -> None:
+    """Databases made before retries (revision 0001) open, keep their rows, and link retries."""
+    url = parse_url(db_url)
+    if (path := sqlite_file(url)) is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as conn:
+            await conn.run_sync(_upgrade_to, "0001")
+        old = TaskRecord(description="made before retries")
+        async with engine.begin() as conn:
+            # Only the 0001 columns are named, so the INSERT fits the old table.
+            row = {k: v for k, v in old.to_row().items() if k != "retry_of"}
+            await conn.execute(Base.metadata.tables["tasks"].insert().values(row))
+    finally:
+        await engine.dispose()
+    async with TaskStore(db_url) as store:
+        assert (await store.get(old.id)).retry_of is None
+        retry = await store.create_task(TaskRecord(description="again", retry_of=old.id))
+        assert (await store.get(retry.id)).retry_of == old.id

@@ -132,7 +132,11 @@ async def _provider(
 
 
 async def _run(
-    home: Path, config: ProviderConfig, request: TaskRequest, limits: TransferLimits
+    home: Path,
+    config: ProviderConfig,
+    request: TaskRequest,
+    limits: TransferLimits,
+    retry_of: str | None = None,
 ) -> TaskResult:
     from hivecell.agent.llm import LLMClient
     from hivecell.agent.service import TaskService
@@ -153,6 +157,8 @@ async def _run(
             transfer_limits=limits,
         )
         record = await service.create(request)
+        if retry_of is not None:  # `hivecell tasks retry`: linked to the task it retries
+            record = await store.update(record.id, retry_of=retry_of)
         live.console.print(f"task {record.id}: {request.description}")
         async with anyio.create_task_group() as tg:
             tg.start_soon(live.watch_interrupts)

@@ -16,6 +16,7 @@ from hivecell.config import resolve_home
 from hivecell.errors import InvalidParams
 
 if TYPE_CHECKING:
+    from hivecell.agent.service import TaskRequest
     from hivecell.store import TaskRecord
 
 # The store and trace exporters are imported inside the commands (sqlalchemy and alembic
@@ -142,3 +143,52 @@ async def _export_file(home: Path, task_id: str, fmt: str, target: Path) -> None
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)
+
+
+@app.command("retry")
+def retry(
+    task_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print a final JSON object")] = False,
+    home: Path | None = HomeOption,
+) -> None:
+    """Run an interrupted, failed or cancelled task again, here, as a new task (retry_of).
+
+    Same description, model, limits, network and tools, on a fresh sandbox like `hivecell
+    run`; inbox files come along when the server kept them ($HIVECELL_HOME/inputs/ID)."""
+    from hivecell.cli.run import _provider, _report, _run
+    from hivecell.sandbox.transfer import TransferLimits
+
+    root = resolve_home(home)
+    record = run(_get, root, task_id)
+    request = retry_request(record, root)
+    config = run(_provider, record.provider, record.model, None, None, root)
+    result = run(_run, root, config, request, TransferLimits(), record.id)
+    _report(result, as_json)
+    raise typer.Exit(0 if result.success else 1)
+
+
+def retry_request(record: TaskRecord, home: Path) -> TaskRequest:
+    """The ``TaskRequest`` that runs ``record`` again (InvalidParams if it cannot be retried)."""
+    import sys
+
+    from hivecell.agent.runner import RunSettings
+    from hivecell.agent.service import TaskRequest
+    from hivecell.store import RETRYABLE_STATUSES
+
+    if record.status not in RETRYABLE_STATUSES:
+        raise InvalidParams(
+            f"task {record.id} is {record.status}: only "
+            f"{', '.join(RETRYABLE_STATUSES)} tasks can be retried",
+            op="tasks retry",
+        )
+    kept = record.settings.model_dump(exclude_none=True)
+    settings = {k: v for k, v in kept.items() if k in RunSettings.model_fields}
+    inbox = home / "inputs" / record.id
+    files = sorted(p for p in inbox.iterdir() if p.is_file()) if inbox.is_dir() else []
+    return TaskRequest(
+        description=record.description,
+        files=files,
+        settings=RunSettings.model_validate(settings | {"pause_at_limits": sys.stdin.isatty()}),
+        network=record.settings.network or "offline",
+        network_allow=record.settings.network_allow,
+    )

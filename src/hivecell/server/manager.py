@@ -18,10 +18,11 @@ from typing import Any
 import anyio
 from anyio.abc import TaskGroup
 
+from hivecell.agent.control import Extension
 from hivecell.agent.llm import LLMClient
 from hivecell.agent.runner import FINAL, TaskRunner
 from hivecell.agent.service import TaskRequest, TaskService
-from hivecell.errors import HivecellError
+from hivecell.errors import HivecellError, InvalidParams
 from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec
 from hivecell.server.errors import Conflict
 from hivecell.server.events import EventHub
@@ -237,12 +238,14 @@ class TaskManager:
         self.hub.publish("task.finished", {"task_id": task_id, "task": _public(record)})
 
     # --- control -------------------------------------------------------------------------
-    async def control(self, task_id: str, action: str, text: str = "") -> TaskRecord:
+    async def control(
+        self, task_id: str, action: str, text: str = "", extension: Extension | None = None
+    ) -> TaskRecord:
         record = await self.store.get(task_id)  # unknown ids: 404
         if task_id in self._queue:
             await self._control_queued(self._queue[task_id], action, text)
         elif task_id in self._running:
-            _control_running(self._running[task_id], action, text)
+            _control_running(self._running[task_id], action, text, extension)
         else:
             raise Conflict(
                 f"task {task_id} is {record.status}: it cannot be controlled now",
@@ -280,10 +283,15 @@ class TaskManager:
             "pending": self.pending(task_id),
             "taken_over": bool(job and job.taken_over),
             "queue_position": self.position(task_id),
+            "pause_reason": None,
+            "limit": None,
         }
         if job is not None and job.runner is not None:
             usage = job.runner.usage
+            control = job.runner.control
             view |= {
+                "pause_reason": control.pause_reason or None,
+                "limit": control.limit,
                 "steps": job.runner.steps,
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
@@ -346,7 +354,7 @@ class TaskManager:
         return {"interrupted": interrupted, "sandboxes_removed": removed}
 
 
-def _control_running(job: Job, action: str, text: str) -> None:
+def _control_running(job: Job, action: str, text: str, extension: Extension | None = None) -> None:
     runner = job.runner
     if runner is None:
         _control_before_runner(job, action, text)
@@ -357,10 +365,36 @@ def _control_running(job: Job, action: str, text: str) -> None:
             op=action,
             context={"id": job.id, "status": runner.status},
         )
-    _apply(job, runner, action, text)
+    _apply(job, runner, action, text, extension)
 
 
-def _apply(job: Job, runner: TaskRunner, action: str, text: str) -> None:
+# What a resume must add for each limit a task can pause at (the first field is the hint).
+EXTENSION_FOR_LIMIT = {
+    "timed_out": ("extra_time_s",),
+    "max_steps_reached": ("extra_steps",),
+    "budget_exceeded": ("extra_cost_usd", "extra_tokens"),
+}
+
+
+def _check_extension(job: Job, limit: str | None, extension: Extension | None) -> None:
+    """A task paused at a limit resumes only with more of what it ran out of: resuming
+    without would pause it again at once."""
+    if limit is None:
+        return
+    fields = EXTENSION_FOR_LIMIT.get(limit, ())
+    given = extension.model_dump(exclude_none=True) if extension else {}
+    if fields and not any(given.get(name) for name in fields):
+        raise InvalidParams(
+            f"task {job.id} is paused at its limit ({limit}): resume it with "
+            f"{' or '.join(fields)} in the body, or cancel it",
+            op="resume",
+            context={"id": job.id, "limit": limit, "field": fields[0]},
+        )
+
+
+def _apply(
+    job: Job, runner: TaskRunner, action: str, text: str, extension: Extension | None = None
+) -> None:
     control = runner.control
     if action in ("answer", "approve", "deny") and control.pending is None:
         raise Conflict(f"task {job.id} is not waiting for an answer or an approval", op=action)
@@ -368,8 +402,9 @@ def _apply(job: Job, runner: TaskRunner, action: str, text: str) -> None:
         job.taken_over = job.taken_over or action == "takeover"
         control.pause()
     elif action in ("resume", "handback"):
+        _check_extension(job, control.limit, extension)
         job.taken_over = False
-        control.resume(text or None)
+        control.resume(text or None, extension)
     elif action == "cancel":
         job.cancelled = True
         control.cancel()

@@ -64,6 +64,11 @@ class TaskDefaults(BaseModel):
 
     timeout_s: float = Field(1800.0, gt=0)
     max_steps: int = Field(100, ge=1)
+    limits_final: bool = Field(
+        False,
+        description="reaching timeout, max_steps or a budget ends the task; by default it "
+        "pauses the task, resumable with more",
+    )
 
 
 # --- approval policy defaults (docs/tools.md "Approval policy") ----------------------------

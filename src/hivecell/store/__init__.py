@@ -5,6 +5,7 @@ from hivecell.store.errors import InvalidTransition, StoreClosed, TaskNotFound
 from hivecell.store.records import (
     ACTIVE_STATUSES,
     ENDED_STATUSES,
+    RETRYABLE_STATUSES,
     TERMINAL_STATUSES,
     TaskRecord,
     TaskSettings,
@@ -16,6 +17,7 @@ from hivecell.store.store import TaskStore
 __all__ = [
     "ACTIVE_STATUSES",
     "ENDED_STATUSES",
+    "RETRYABLE_STATUSES",
     "TERMINAL_STATUSES",
     "InvalidTransition",
     "StoreClosed",

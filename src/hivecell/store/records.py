@@ -42,6 +42,12 @@ TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset(
 )
 # Statuses that end a run: entering one stamps finished_at.
 ENDED_STATUSES: frozenset[TaskStatus] = TERMINAL_STATUSES | {TaskStatus.INTERRUPTED}
+# What a retry (a new task linked by retry_of) may be made from: runs that did not finish.
+RETRYABLE_STATUSES: tuple[TaskStatus, ...] = (
+    TaskStatus.INTERRUPTED,
+    TaskStatus.FAILED,
+    TaskStatus.CANCELLED,
+)
 
 
 def new_task_id() -> str:
@@ -101,6 +107,8 @@ class TaskRecord(BaseModel):
     # Paths of files the task produced, relative to output_dir.
     artifacts: list[str] = Field(default_factory=list)
     settings: TaskSettings = Field(default_factory=TaskSettings)
+    # The task this one retries (POST /tasks/{id}/retry, `hivecell tasks retry`).
+    retry_of: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
 
     @property
     def is_terminal(self) -> bool:

@@ -63,6 +63,7 @@ class TaskRow(Base):
     output_dir: Mapped[str | None] = mapped_column(Text)
     artifacts: Mapped[list[str]] = mapped_column(JSON)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    retry_of: Mapped[str | None] = mapped_column(String(64))
 
 
 TASKS = cast(Table, TaskRow.__table__)

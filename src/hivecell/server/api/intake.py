@@ -8,6 +8,9 @@ saved under ``$HIVECELL_HOME/inputs/<task-id>/`` and copied to the sandbox's ``/
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
+from contextlib import suppress
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,11 +23,12 @@ from starlette.datastructures import FormData, UploadFile
 from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
 from hivecell.agent.runner import RunSettings
 from hivecell.agent.service import TaskRequest, TaskService
-from hivecell.errors import InvalidParams, TooLarge
+from hivecell.errors import HivecellError, InvalidParams, TooLarge
 from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox import netpolicy
 from hivecell.server.app import ServerState
-from hivecell.store import TaskRecord
+from hivecell.server.errors import Conflict
+from hivecell.store import RETRYABLE_STATUSES, TaskRecord
 
 _CHUNK = 1024 * 1024
 _FILE_NAME = re.compile(r"^[^/\\\x00]{1,255}$")
@@ -60,11 +64,88 @@ class TaskCreate(BaseModel):
 
 
 async def create_task(request: Request, state: ServerState) -> TaskRecord:
+    """Every field and every file is checked before the record exists: a rejected request
+    leaves no record, no inputs folder and nothing queued."""
     fields, uploads = await _read_body(request)
     body = _validate(fields)
     task_request = _task_request(body, state)  # the caller's input is checked first
     llm = await anyio.to_thread.run_sync(_resolve_llm, state, body)
+    inputs = state.config.home / "inputs"
+    names = [_file_name(upload) for upload in uploads]
+    staging = await _stage_uploads(inputs, names, uploads, state.config.max_upload_bytes)
+    try:
+        return await _create_and_enqueue(state, llm, task_request, inputs, staging, names)
+    finally:
+        if staging is not None:  # renamed into place on success; removed on any failure
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, staging, True)
+
+
+async def retry_task(state: ServerState, original: TaskRecord) -> TaskRecord:
+    """A new task with the description, settings, model and inbox files of ``original``,
+    on a fresh sandbox, linked to it by ``retry_of``."""
+    if original.status not in RETRYABLE_STATUSES:
+        raise Conflict(
+            f"task {original.id} is {original.status}: only "
+            f"{', '.join(RETRYABLE_STATUSES)} tasks can be retried",
+            op="retry",
+            context={"id": original.id, "status": str(original.status)},
+        )
+    body = _validate(_fields_of(original))
+    task_request = _task_request(body, state)
+    llm = await anyio.to_thread.run_sync(_resolve_llm, state, body)
+    inputs = state.config.home / "inputs"
+    staging, names = await anyio.to_thread.run_sync(_copy_inputs, inputs, original.id)
+    try:
+        return await _create_and_enqueue(
+            state, llm, task_request, inputs, staging, names, retry_of=original.id
+        )
+    finally:
+        if staging is not None:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(shutil.rmtree, staging, True)
+
+
+def _fields_of(record: TaskRecord) -> dict[str, Any]:
+    """The create fields a record keeps: its settings, including any the runner grew that
+    ``TaskCreate`` knows (unknown keys stay behind rather than fail the retry)."""
+    settings = record.settings.model_dump(exclude_none=True)
+    fields = {k: v for k, v in settings.items() if k in TaskCreate.model_fields}
+    fields |= {"description": record.description}
+    fields |= {k: v for k in ("provider", "model") if (v := getattr(record, k))}
+    return fields
+
+
+async def _fail_unqueued(state: ServerState, task_id: str, exc: BaseException) -> None:
+    """A record that will never be queued must not stay ``queued`` for ever."""
+    message = f"the task could not be queued: {exc}"
+    with suppress(HivecellError):
+        await state.store.update(task_id, status="failed", success=False, error=message)
+
+
+def _copy_inputs(inputs: Path, task_id: str) -> tuple[Path | None, list[str]]:
+    # Synchronous (a thread): copies the original's inbox into a staging folder.
+    source = inputs / task_id
+    if not source.is_dir():
+        return None, []
+    staging = Path(_make_staging(inputs))
+    names = sorted(p.name for p in source.iterdir() if p.is_file() and not p.is_symlink())
+    for name in names:
+        shutil.copyfile(source / name, staging / name, follow_symlinks=False)
+    return staging, names
+
+
+async def _create_and_enqueue(
+    state: ServerState,
+    llm: ProviderConfig,
+    task_request: TaskRequest,
+    inputs: Path,
+    staging: Path | None,
+    names: list[str],
+    retry_of: str | None = None,
+) -> TaskRecord:
     client = LLMClient(llm)
+    record: TaskRecord | None = None
     try:
         service = TaskService(
             home=state.config.home,
@@ -77,11 +158,14 @@ async def create_task(request: Request, state: ServerState) -> TaskRecord:
         )
         record = await service.create(task_request)
         record = await _place_outputs(state, record)
-        inbox = state.config.home / "inputs" / record.id
-        paths = await _save_uploads(inbox, uploads, state.config.max_upload_bytes)
-    except BaseException:
+        if retry_of is not None:
+            record = await state.store.update(record.id, retry_of=retry_of)
+        paths = await _move_into_place(staging, names, inputs / record.id)
+    except BaseException as exc:
         with anyio.CancelScope(shield=True):
             await client.aclose()
+            if record is not None:  # a server fault after the record (not the caller's input)
+                await _fail_unqueued(state, record.id, exc)
         raise
     # From here the manager owns the client and closes it when the task ends.
     state.manager.enqueue(record, task_request.model_copy(update={"files": paths}), service, client)
@@ -152,6 +236,7 @@ def _task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
             ),
             approval_shell_rules=prefs.approval.shell_rules,
             approval_timeout_s=prefs.approval.timeout_s,
+            pause_at_limits=not prefs.task.limits_final,
         )
     except ValidationError as exc:  # e.g. an unknown tool name: the caller's input, not a bug
         raise InvalidParams(describe_validation(exc), op="create_task") from None
@@ -175,12 +260,42 @@ async def _place_outputs(state: ServerState, record: TaskRecord) -> TaskRecord:
     return await state.store.update(record.id, output_dir=str(Path(folder) / record.id))
 
 
-async def _save_uploads(folder: Path, uploads: list[UploadFile], limit: int) -> list[Path]:
-    names = [_file_name(upload) for upload in uploads]
+async def _stage_uploads(
+    inputs: Path, names: list[str], uploads: list[UploadFile], limit: int
+) -> Path | None:
+    """Every upload written to a private staging folder under ``inputs/``; ``None`` when
+    there are none. On any rejection the folder is gone before the error propagates."""
+    if not uploads:
+        return None
     if len(set(names)) != len(names):
         raise _invalid("files", "two files have the same name")
-    await anyio.Path(folder).mkdir(parents=True, exist_ok=True)
-    paths, total = [], 0
+    await anyio.Path(inputs).mkdir(parents=True, exist_ok=True, mode=0o700)
+    staging = Path(await anyio.to_thread.run_sync(_make_staging, inputs))
+    try:
+        await _save_uploads(staging, names, uploads, limit)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(shutil.rmtree, staging, True)
+        raise
+    return staging
+
+
+def _make_staging(inputs: Path) -> str:
+    # A dot name no task id can have: recovery and listings never mistake it for a task.
+    return tempfile.mkdtemp(prefix=".staging-", dir=inputs)
+
+
+async def _move_into_place(staging: Path | None, names: list[str], inbox: Path) -> list[Path]:
+    if staging is None:
+        return []
+    await anyio.Path(staging).rename(inbox)  # same parent folder: atomic
+    return [inbox / name for name in names]
+
+
+async def _save_uploads(
+    folder: Path, names: list[str], uploads: list[UploadFile], limit: int
+) -> None:
+    total = 0
     for name, upload in zip(names, uploads, strict=True):
         # Copied a chunk at a time: an upload is never held whole in memory.
         async with await anyio.open_file(folder / name, "wb") as out:
@@ -193,8 +308,6 @@ async def _save_uploads(folder: Path, uploads: list[UploadFile], limit: int) -> 
                         op="create_task",
                     )
                 await out.write(chunk)
-        paths.append(folder / name)
-    return paths
 
 
 def _file_name(upload: UploadFile) -> str:

@@ -7,8 +7,9 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field
 
+from hivecell.agent.control import Extension
 from hivecell.server.api.deps import AUTH, State
-from hivecell.server.api.intake import TaskCreate, create_task
+from hivecell.server.api.intake import TaskCreate, create_task, retry_task
 from hivecell.server.manager import public_record
 from hivecell.store import TaskStatus
 
@@ -84,12 +85,36 @@ async def deny(task_id: str, state: State, body: Denial | None = None) -> dict[s
     return await _control(state, task_id, "deny", body.reason if body else "")
 
 
-Action = Literal["pause", "resume", "cancel", "approve", "takeover", "handback"]
+class Resume(Extension):
+    """More room for a task paused at a limit, and an optional note for the agent."""
+
+    text: str | None = Field(None, min_length=1, max_length=20_000)
+
+
+@router.post("/tasks/{task_id}/resume")
+async def resume(task_id: str, state: State, body: Resume | None = None) -> dict[str, Any]:
+    """Resume a paused task. At a limit (``limit`` in the task view) send more of what it
+    ran out of: ``extra_time_s``, ``extra_steps``, ``extra_cost_usd`` or ``extra_tokens``."""
+    extension = Extension.model_validate(body.model_dump(exclude={"text"})) if body else None
+    text = body.text or "" if body else ""
+    record = await state.manager.control(task_id, "resume", text, extension)
+    return public_record(record, state.manager.live(task_id))
+
+
+@router.post("/tasks/{task_id}/retry", status_code=201)
+async def retry(task_id: str, state: State) -> dict[str, Any]:
+    """Re-queue an interrupted, failed or cancelled task as a new task (``retry_of`` links
+    it to the original) on a fresh sandbox with the same settings and inbox files."""
+    record = await retry_task(state, await state.store.get(task_id))
+    return public_record(record, state.manager.live(record.id))
+
+
+Action = Literal["pause", "cancel", "approve", "takeover", "handback"]
 
 
 @router.post("/tasks/{task_id}/{action}")
 async def control(task_id: str, action: Action, state: State) -> dict[str, Any]:
-    """pause | resume | cancel | approve | takeover (pause for a person) | handback (resume)."""
+    """pause | cancel | approve | takeover (pause for a person) | handback (resume)."""
     return await _control(state, task_id, action)
 
 

@@ -1,6 +1,7 @@
 // Dashboard: dispatch a task, watch the active ones, browse the history.
 import { api, API, onEvent, post } from "./api.js";
 import { $, badge, cost, duration, elapsed, h, replace, tokens, when } from "./dom.js";
+import { pauseNote, RETRYABLE, resumeWithMore } from "./limits.js";
 import { attempt, startShell, toast } from "./shell.js";
 
 const ACTIVE = ["queued", "running", "paused", "waiting_for_user"];
@@ -85,7 +86,8 @@ function controls(task) {
   const id = encodeURIComponent(task.id);
   const paused = task.status === "paused";
   return h("div", { class: "row" },
-    task.status !== "queued" && h("button", {
+    resumeWithMore(task, `/tasks/${id}`, refresh),
+    task.status !== "queued" && !task.limit && h("button", {
       type: "button", class: "small",
       onclick: () => attempt(() => post(`/tasks/${id}/${paused ? "resume" : "pause"}`)).then(refresh),
     }, paused ? "Resume" : "Pause"),
@@ -106,6 +108,7 @@ function card(task) {
           duration(elapsed(task)))),
       h("a", { class: "desc", href: `/tasks/${encodeURIComponent(task.id)}` }, task.description),
       h("div", { class: "stats muted" }, `${task.steps} steps · ${tokens(task)} · ${cost(task.cost_usd)}`),
+      pauseNote(task),
       controls(task)));
 }
 
@@ -130,7 +133,10 @@ function historyRow(task) {
     h("td", {}, String(task.steps)),
     h("td", {}, cost(task.cost_usd)),
     h("td", {}, duration(elapsed(task))),
-    h("td", { title: task.created_at }, when(task.started_at || task.created_at)));
+    h("td", { title: task.created_at }, when(task.started_at || task.created_at)),
+    h("td", {}, RETRYABLE.includes(task.status) ? h("button", { type: "button", class: "small retry",
+      onclick: () => attempt(() => post(`/tasks/${encodeURIComponent(task.id)}/retry`)).then(refresh) },
+    "Retry") : null));
 }
 
 async function loadHistory() {

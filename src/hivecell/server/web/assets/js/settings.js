@@ -101,6 +101,7 @@ function fillPrefs(prefs) {
   f["sandbox.memory_mb"].value = prefs.sandbox.memory_mb ?? "";
   f["task.timeout_min"].value = prefs.task.timeout_s / 60;
   f["task.max_steps"].value = prefs.task.max_steps;
+  f["task.limits_final"].checked = !!prefs.task.limits_final;
   f.max_concurrent.value = prefs.max_concurrent;
   f.output_dir.value = prefs.output_dir ?? "";
 }
@@ -111,7 +112,8 @@ function readPrefs() {
   return {
     sandbox: { width: Number(f["sandbox.width"].value), height: Number(f["sandbox.height"].value),
       network: f["sandbox.network"].value, memory_mb: memory ? Number(memory) : null },
-    task: { timeout_s: Number(f["task.timeout_min"].value) * 60, max_steps: Number(f["task.max_steps"].value) },
+    task: { timeout_s: Number(f["task.timeout_min"].value) * 60, max_steps: Number(f["task.max_steps"].value),
+      limits_final: f["task.limits_final"].checked },
     max_concurrent: Number(f.max_concurrent.value),
     output_dir: f.output_dir.value.trim() || null,
   };

@@ -1,6 +1,7 @@
 // Task detail: summary, outputs, exports, the step list and the screenshot replay.
 import { api, API, onEvent, post } from "./api.js";
 import { $, badge, cost, duration, elapsed, h, pretty, replace, tokens, when } from "./dom.js";
+import { pauseNote, RETRYABLE, resumeWithMore } from "./limits.js";
 import { attempt, startShell } from "./shell.js";
 
 const taskId = decodeURIComponent(location.pathname.split("/").pop());
@@ -13,13 +14,23 @@ function fact(label, value) {
   return [h("dt", {}, label), h("dd", {}, value)];
 }
 
+async function retry() {
+  const again = await attempt(() => post(`${base}/retry`));
+  if (again) location.href = `/tasks/${encodeURIComponent(again.id)}`;
+}
+
 function controls(task) {
   const paused = task.status === "paused";
   const act = (action) => () => attempt(() => post(`${base}/${action}`)).then(load);
+  if (RETRYABLE.includes(task.status)) {
+    return [h("button", { type: "button", id: "retry", onclick: retry }, "Retry")];
+  }
   if (!["queued", "running", "paused", "waiting_for_user"].includes(task.status)) return [];
   return [
-    task.status !== "queued" && h("button", { type: "button", onclick: act(paused ? "resume" : "pause") },
-      paused ? "Resume" : "Pause"),
+    pauseNote(task),
+    resumeWithMore(task, base, load),
+    task.status !== "queued" && !task.limit && h("button", { type: "button",
+      onclick: act(paused ? "resume" : "pause") }, paused ? "Resume" : "Pause"),
     h("button", { type: "button", class: "danger-quiet", onclick: act("cancel") }, "Cancel"),
     task.sandbox_id && h("a", { class: "button",
       href: `/environments?sandbox=${encodeURIComponent(task.sandbox_id)}` }, "Live desktop"),
@@ -38,7 +49,9 @@ function renderHead(task) {
     fact("Duration", duration(elapsed(task))),
     fact("Steps", String(task.steps)),
     fact("Tokens", tokens(task)),
-    fact("Cost", cost(task.cost_usd)));
+    fact("Cost", cost(task.cost_usd)),
+    task.retry_of ? fact("Retry of", h("a", { href: `/tasks/${encodeURIComponent(task.retry_of)}` },
+      task.retry_of)) : []);
   const summary = task.summary || task.error;
   $("#task-summary").hidden = !summary;
   $("#task-summary").classList.toggle("error", !task.summary && !!task.error);

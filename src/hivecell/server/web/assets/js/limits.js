@@ -1,0 +1,41 @@
+// A task paused at a limit: why, and "Resume with more" (minutes / steps / $) — or cancel.
+import { post } from "./api.js";
+import { h } from "./dom.js";
+import { attempt } from "./shell.js";
+
+export const RETRYABLE = ["interrupted", "failed", "cancelled"];
+
+// Prefilled with a sensible amount of what it ran out of, so one click resumes.
+const PREFILL = { timed_out: { minutes: 10 }, max_steps_reached: { steps: 10 }, budget_exceeded: { usd: 1 } };
+
+export function pauseNote(task) {
+  if (task.status !== "paused" || !task.pause_reason) return null;
+  return h("span", { class: "pause-reason muted", dataset: { limit: task.limit || "" } },
+    task.limit ? `Paused at its limit: ${task.pause_reason}` : `Paused: ${task.pause_reason}`);
+}
+
+function extension(form) {
+  const data = new FormData(form);
+  const body = {};
+  const num = (name) => Number(data.get(name) || 0);
+  if (num("minutes") > 0) body.extra_time_s = num("minutes") * 60;
+  if (num("steps") > 0) body.extra_steps = Math.round(num("steps"));
+  if (num("usd") > 0) body.extra_cost_usd = num("usd");
+  return body;
+}
+
+// `path` is the task's API path; `after` runs once the resume was accepted (a reload).
+export function resumeWithMore(task, path, after) {
+  if (task.status !== "paused" || !task.limit) return null;
+  const fill = PREFILL[task.limit] || {};
+  const input = (name, label, step) => h("label", { class: "inline" }, `${label} `,
+    h("input", { name, type: "number", min: "0", step, value: fill[name] ?? "", class: "narrow" }));
+  const form = h("form", { class: "row resume-more" },
+    input("minutes", "+ minutes", "any"), input("steps", "+ steps", "1"), input("usd", "+ $", "any"),
+    h("button", { type: "submit", class: "small" }, "Resume with more"));
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    attempt(() => post(`${path}/resume`, extension(form))).then(after);
+  });
+  return form;
+}
