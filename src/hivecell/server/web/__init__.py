@@ -23,7 +23,12 @@ STATIC = HERE.parent / "static"
 
 def install(app: FastAPI, state: ServerState) -> None:
     app.include_router(
-        vnc_router(provider_resolver(state.provider), AUTH, may_drive=state.manager.may_drive)
+        # late-bound: the task manager exists only once the app's lifespan has started
+        vnc_router(
+            provider_resolver(state.provider),
+            AUTH,
+            may_drive=lambda sandbox_id: state.manager.may_drive(sandbox_id),
+        )
     )
     app.include_router(pages_router(state))
     # Static files carry no secrets (the same for every install), so they need no token:
