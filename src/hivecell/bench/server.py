@@ -140,6 +140,9 @@ async def _hivecell_up(home: Path) -> AsyncIterator[_Server]:
             async with httpx2.AsyncClient(
                 base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
             ) as http:
+                # The bench's tasks end at max_steps: limits are final, not pauses to resume.
+                limits = await http.put("/api/v1/settings", json={"task": {"limits_final": True}})
+                limits.raise_for_status()
                 yield _Server(base, token, http)
         finally:
             await _stop(process)
