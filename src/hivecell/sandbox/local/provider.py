@@ -521,7 +521,12 @@ def _remove_cgroups(layout: Layout) -> None:
         plan = json.loads(layout.plan.read_text())
     except (OSError, ValueError):
         return
-    left = limits.cleanup(LimitPlan.from_json(plan["limits"]))
+    planned = LimitPlan.from_json(plan["limits"])
+    left = limits.cleanup(planned)
+    deadline = time.monotonic() + 5.0
+    while left and time.monotonic() < deadline:  # the box's last processes are still exiting
+        time.sleep(0.05)
+        left = limits.cleanup(planned)
     if left:
         raise SandboxError(f"cgroups {left} are still busy", op="destroy", retryable=True)
 
