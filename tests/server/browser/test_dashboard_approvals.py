@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
 
 from tests.server.browser.conftest import Hivecell, save_screenshot
 from tests.server.browser.test_dashboard import call, write_script
@@ -27,6 +27,18 @@ def approval_script(script_file: Path) -> Path:
         {"kind": "reply", "text": "Done."},
     ])  # fmt: skip
     return script_file
+
+
+def hold_answer_until_next_request(page: Page) -> None:
+    """The worst order: the agent's next request reaches the page before the answer to the
+    last one does. The card for the new request must stay."""
+
+    def handle(route: Route) -> None:
+        response = route.fetch()  # the server has the answer; the page does not yet
+        expect(page.locator(".attention-item")).to_contain_text("Run run_shell?", timeout=60_000)
+        route.fulfill(response=response)
+
+    page.route("**/api/v1/tasks/*/approve", handle, times=1)
 
 
 def test_policy_checklist_and_approval_cards(
@@ -60,6 +72,7 @@ def test_policy_checklist_and_approval_cards(
     expect(card).to_contain_text("Run move_file?", timeout=60_000)
     expect(card.locator("pre.args")).to_contain_text('"destination": "/shared/workspace/b"')
     expect(card.locator(".reason")).to_contain_text("move_file is in the approval list")
+    hold_answer_until_next_request(page)
     card.get_by_role("button", name="Approve").click()
 
     expect(card).to_contain_text("Run run_shell?", timeout=60_000)

@@ -95,7 +95,9 @@ function attentionItem(task) {
 async function reply(task, action, answer) {
   const body = action === "answer" ? { answer } : undefined;
   const done = await attempt(() => post(`/tasks/${encodeURIComponent(task.id)}/${action}`, body));
-  if (done) {
+  // The next request may already have arrived (and replaced this one) while the answer was
+  // in flight; only the question that was answered leaves.
+  if (done && waiting.get(task.id) === task) {
     waiting.delete(task.id);
     renderAttention();
   }
@@ -106,13 +108,21 @@ function renderAttention() {
   replace($("#attention"), tasks.map(attentionItem));
 }
 
+// An older fetch for the same task that lands late must not undo a newer one.
+const latest = new Map(); // task id (or "*" for all) -> number of the newest fetch
+
 async function refreshWaiting(taskId) {
+  const key = taskId || "*";
+  const mine = (latest.get(key) || 0) + 1;
+  latest.set(key, mine);
   if (taskId) {
     const task = await api(`/tasks/${encodeURIComponent(taskId)}`);
+    if (latest.get(key) !== mine) return;
     if (task.status === "waiting_for_user" && task.pending) waiting.set(task.id, task);
     else waiting.delete(task.id);
   } else {
     const page = await api("/tasks?status=waiting_for_user&limit=50");
+    if (latest.get(key) !== mine) return;
     waiting.clear();
     for (const task of page.items) if (task.pending) waiting.set(task.id, task);
   }
