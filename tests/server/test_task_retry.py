@@ -21,7 +21,13 @@ async def test_retry_a_cancelled_task_with_its_files(home: Path) -> None:
         write_provider(home, llm.base_url)
         async with serve(home) as running:
             files = {"files": ("notes.txt", b"three apples\n", "text/plain")}
-            data = {"description": "shout the notes", "max_steps": "1"}
+            data = {
+                "description": "shout the notes",
+                "max_steps": "1",
+                "max_tokens": "100000",
+                "approve_tools": "delete_file",
+                "inbox_writable": "true",
+            }
             first = (await running.post("/tasks", data=data, files=files)).json()["id"]
             await running.wait_for(first, lambda t: t["limit"] == "max_steps_reached")
             early = await running.post(f"/tasks/{first}/retry")
@@ -33,6 +39,9 @@ async def test_retry_a_cancelled_task_with_its_files(home: Path) -> None:
             again = response.json()
             assert again["id"] != first and again["retry_of"] == first
             assert again["settings"]["max_steps"] == 1 and again["status"] == "queued"
+            kept = again["settings"]  # everything the caller chose comes along
+            assert kept["max_tokens"] == 100000 and kept["approve_tools"] == ["delete_file"]
+            assert kept["inbox_writable"] is True
             # Same settings: it stops at max_steps=1 too; given more it completes.
             paused = await running.wait_for(again["id"], lambda t: t["limit"] is not None)
             assert (

@@ -116,6 +116,8 @@ class Outcome(BaseModel):
     steps: int
     usage: Usage
     error: str | None = None
+    # The limits as they ended, resumes with more included (the record keeps these).
+    limits: dict[str, float | int | None] = Field(default_factory=dict)
 
 
 class ChatModel(Protocol):
@@ -335,6 +337,16 @@ class TaskRunner:
             return "budget_exceeded", f"cost ${used.cost_usd:.4f} (max_cost_usd)"
         return None
 
+    def exceeded_budgets(self) -> tuple[str, ...]:
+        """What a resume must add for the budgets used up now (``extra_tokens``, ...)."""
+        s, used = self.settings, self.usage
+        found = []
+        if s.max_cost_usd is not None and used.cost_usd > s.max_cost_usd:
+            found.append("extra_cost_usd")
+        if s.max_tokens is not None and used.total_tokens > s.max_tokens:
+            found.append("extra_tokens")
+        return tuple(found)
+
     async def _hold_at_limits(self, exceeded: Callable[[], tuple[Status, str] | None]) -> None:
         """At a limit: end the task, or (``pause_at_limits``) pause until given more."""
         while found := exceeded():
@@ -511,6 +523,12 @@ class TaskRunner:
             steps=self.steps,
             usage=self.usage,
             error=error,
+            limits={
+                "max_steps": self.settings.max_steps,
+                "timeout_s": self.clock.budget_s,
+                "max_tokens": self.settings.max_tokens,
+                "max_cost_usd": self.settings.max_cost_usd,
+            },
         )
         self._on_event("finished", outcome.model_dump())
         return outcome

@@ -316,6 +316,7 @@ class TaskService:
             completion_tokens=usage.completion_tokens,
             cost_usd=usage.cost_usd,
             artifacts=artifacts,
+            settings=record.settings.model_copy(update=outcome.limits),
         )
         return TaskResult(
             task_id=saved.id,
@@ -350,4 +351,8 @@ def _settings(request: TaskRequest) -> TaskSettings:
         network=request.network,
         network_allow=list(request.network_allow),
         disabled_tools=list(s.disabled_tools),
+        max_cost_usd=s.max_cost_usd,
+        max_tokens=s.max_tokens,
+        approve_tools=list(s.approval_tools),
+        inbox_writable=request.inbox_writable,
     )

@@ -41,7 +41,13 @@ def run_task(
     ] = None,
     max_steps: Annotated[int, typer.Option(help="stop after this many steps")] = 100,
     timeout: Annotated[float, typer.Option(help="stop after this many seconds")] = 1800.0,
-    max_cost: Annotated[float | None, typer.Option(help="stop above this cost in USD")] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(help="cost budget in USD (needs the model's price: [prices] in config.toml)"),
+    ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="token budget (prompt + completion)")
+    ] = None,
     network: Annotated[str | None, typer.Option(help=NETWORK_HELP)] = None,
     allow: Annotated[list[str] | None, typer.Option("--allow", help=ALLOW_HELP)] = None,
     disable_tool: Annotated[
@@ -82,7 +88,7 @@ def run_task(
         network=mode,
         network_allow=entries,
         settings=_settings(
-            max_steps, timeout, max_cost, disable_tool or [], approve_tool or []
+            max_steps, timeout, (max_cost, max_tokens), disable_tool or [], approve_tool or []
         ).model_copy(
             update={"pause_at_limits": sys.stdin.isatty()}  # a person at the terminal is asked
         ),
@@ -97,7 +103,11 @@ def run_task(
 
 
 def _settings(
-    max_steps: int, timeout: float, max_cost: float | None, disabled: list[str], approve: list[str]
+    max_steps: int,
+    timeout: float,
+    budget: tuple[float | None, int | None],
+    disabled: list[str],
+    approve: list[str],
 ) -> RunSettings:
     from hivecell.agent.runner import RunSettings
 
@@ -105,7 +115,8 @@ def _settings(
         return RunSettings(
             max_steps=max_steps,
             timeout_s=timeout,
-            max_cost_usd=max_cost,
+            max_cost_usd=budget[0],
+            max_tokens=budget[1],
             disabled_tools=disabled,
             approval_tools=list(dict.fromkeys([*DEFAULT_TOOLS, *approve])),
         )
@@ -117,10 +128,13 @@ def _settings(
 async def _provider(
     name: str | None, model: str | None, base_url: str | None, api_key: str | None, home: Path
 ) -> ProviderConfig:
+    from functools import partial
+
     from hivecell.agent.llm import load_provider
     from hivecell.keystore import KeyStore
 
-    return load_provider(
+    resolve = partial(
+        load_provider,
         name,
         model=model,
         base_url=base_url,
@@ -129,6 +143,7 @@ async def _provider(
         environ=os.environ,
         keyring=lambda provider: KeyStore.detect().get(provider),
     )
+    return await anyio.to_thread.run_sync(resolve)  # reads config.toml and the keyring
 
 
 async def _run(
@@ -138,12 +153,14 @@ async def _run(
     limits: TransferLimits,
     retry_of: str | None = None,
 ) -> TaskResult:
-    from hivecell.agent.llm import LLMClient
+    from hivecell.agent.llm import LLMClient, require_price
     from hivecell.agent.service import TaskService
     from hivecell.cli.live import LiveConsole
     from hivecell.sandbox.registry import get_provider
     from hivecell.store import TaskStore, default_database_url
 
+    if request.settings.max_cost_usd is not None:  # never a silent $0 against a cost budget
+        require_price(config.model, config.prices, op="run")
     live = LiveConsole(interactive=sys.stdin.isatty())
     async with TaskStore(default_database_url(home)) as store, LLMClient(config) as client:
         await store.mark_interrupted()

@@ -183,6 +183,8 @@ def retry_request(record: TaskRecord, home: Path) -> TaskRequest:
         )
     kept = record.settings.model_dump(exclude_none=True)
     settings = {k: v for k, v in kept.items() if k in RunSettings.model_fields}
+    if record.settings.approve_tools is not None:  # the record says it as the API does
+        settings["approval_tools"] = record.settings.approve_tools
     inbox = home / "inputs" / record.id
     files = sorted(p for p in inbox.iterdir() if p.is_file()) if inbox.is_dir() else []
     return TaskRequest(
@@ -191,4 +193,5 @@ def retry_request(record: TaskRecord, home: Path) -> TaskRequest:
         settings=RunSettings.model_validate(settings | {"pause_at_limits": sys.stdin.isatty()}),
         network=record.settings.network or "offline",
         network_allow=record.settings.network_allow,
+        inbox_writable=bool(record.settings.inbox_writable),
     )

@@ -296,6 +296,11 @@ class TaskManager:
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,
                 "cost_usd": usage.cost_usd,
+                # Budgets as they stand now: a resume with more raises them.
+                "budget": {
+                    "max_cost_usd": job.runner.settings.max_cost_usd,
+                    "max_tokens": job.runner.settings.max_tokens,
+                },
             }
         return view
 
@@ -381,15 +386,26 @@ def _check_extension(job: Job, limit: str | None, extension: Extension | None) -
     without would pause it again at once."""
     if limit is None:
         return
-    fields = EXTENSION_FOR_LIMIT.get(limit, ())
     given = extension.model_dump(exclude_none=True) if extension else {}
-    if fields and not any(given.get(name) for name in fields):
+    needed = _needed_extension(job, limit, given)
+    if needed:
         raise InvalidParams(
             f"task {job.id} is paused at its limit ({limit}): resume it with "
-            f"{' or '.join(fields)} in the body, or cancel it",
+            f"{needed} in the body, or cancel it",
             op="resume",
-            context={"id": job.id, "limit": limit, "field": fields[0]},
+            context={"id": job.id, "limit": limit, "field": needed.split()[0]},
         )
+
+
+def _needed_extension(job: Job, limit: str, given: dict[str, Any]) -> str:
+    """What the body lacks ("" when nothing): more of every budget used up, or one field."""
+    spent = job.runner.exceeded_budgets() if job.runner and limit == "budget_exceeded" else ()
+    if spent:
+        return " and ".join(name for name in spent if not given.get(name))
+    fields = EXTENSION_FOR_LIMIT.get(limit, ())
+    if fields and not any(given.get(name) for name in fields):
+        return " or ".join(fields)
+    return ""
 
 
 def _apply(
@@ -457,4 +473,10 @@ def _public(record: TaskRecord) -> dict[str, Any]:
 
 
 def public_record(record: TaskRecord, live: Mapping[str, Any]) -> dict[str, Any]:
-    return _public(record) | dict(live)
+    """The record as the API shows it, with what the running process knows on top.
+    ``budget`` is the task's cost and token limits (null: none)."""
+    budget = {
+        "max_cost_usd": record.settings.max_cost_usd,
+        "max_tokens": record.settings.max_tokens,
+    }
+    return _public(record) | {"budget": budget} | dict(live)

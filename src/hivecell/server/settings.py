@@ -13,6 +13,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from hivecell.agent import approval
+from hivecell.agent.llm.pricing import ModelPrice
 from hivecell.agent.tools import TOOLS
 from hivecell.errors import ConfigError, InvalidParams
 from hivecell.keystore import KeyStore
@@ -69,6 +70,10 @@ class TaskDefaults(BaseModel):
         description="reaching timeout, max_steps or a budget ends the task; by default it "
         "pauses the task, resumable with more",
     )
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="cost budget of tasks that set none (needs the model's price)"
+    )
+    max_tokens: int | None = Field(None, ge=1, description="token budget of tasks that set none")
 
 
 # --- approval policy defaults (docs/tools.md "Approval policy") ----------------------------
@@ -118,6 +123,19 @@ class Preferences(BaseModel):
     sandbox: SandboxDefaults = Field(default_factory=SandboxDefaults)
     task: TaskDefaults = Field(default_factory=TaskDefaults)
     approval: ApprovalDefaults = Field(default_factory=ApprovalDefaults)
+    prices: dict[str, ModelPrice] = Field(
+        default_factory=dict,
+        description='USD per 1M tokens by model (config.toml [prices."MODEL"]); added to '
+        "the built-in list prices, which they override",
+    )
+
+    @field_validator("prices")
+    @classmethod
+    def _model_names(cls, prices: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
+        for name in prices:
+            if not name.strip() or len(name) > 200:
+                raise ValueError(f"prices: {name!r} is not a model name (1-200 characters)")
+        return prices
 
 
 # Host trees outputs never go into: a task's files there could be read as configuration or code.
@@ -163,6 +181,8 @@ def load_preferences(path: Path) -> Preferences:
     defaults = dict(document.get("defaults", {}))
     values = {k: server[k] for k in ("max_concurrent", "output_dir") if k in server}
     values |= {k: defaults[k] for k in ("sandbox", "task", "approval") if k in defaults}
+    if "prices" in document:
+        values["prices"] = dict(document["prices"])
     try:
         return Preferences.model_validate(values)
     except ValidationError as exc:
@@ -179,18 +199,27 @@ def save_preferences(path: Path, prefs: Preferences) -> None:
             server.pop("output_dir", None)
         defaults = configfile.table(document, "defaults")
         defaults["sandbox"] = prefs.sandbox.model_dump(exclude_none=True)
-        defaults["task"] = prefs.task.model_dump()
         defaults["approval"] = prefs.approval.model_dump(exclude_none=True)
+        defaults["task"] = prefs.task.model_dump(exclude_none=True)
+        if prefs.prices:
+            document["prices"] = {
+                name: price.model_dump(exclude_none=True) for name, price in prefs.prices.items()
+            }
+        else:
+            document.pop("prices", None)
 
     configfile.edit(path, change)
 
 
 def merged(current: Preferences, changes: dict[str, Any]) -> Preferences:
-    """``current`` with ``changes`` applied one level deep (PUT may send only what changed)."""
+    """``current`` with ``changes`` applied one level deep (PUT may send only what changed).
+    In ``prices`` a model set to null is removed."""
     values = current.model_dump()
     for key, value in changes.items():
         if isinstance(value, dict) and isinstance(values.get(key), dict):
             values[key] = values[key] | value
         else:
             values[key] = value
+    if isinstance(values.get("prices"), dict):
+        values["prices"] = {k: v for k, v in values["prices"].items() if v is not None}
     return Preferences.model_validate(values)

@@ -79,6 +79,10 @@ class TaskSettings(BaseModel):
         default_factory=list, description="nat: the domains and CIDRs the sandbox may reach"
     )
     disabled_tools: list[str] = Field(default_factory=list)
+    max_cost_usd: float | None = Field(None, description="cost budget in USD")
+    max_tokens: int | None = Field(None, description="token budget")
+    approve_tools: list[str] | None = Field(None, description="calls that wait for approval")
+    inbox_writable: bool | None = None
 
 
 class TaskRecord(BaseModel):

@@ -9,7 +9,13 @@ from hivecell.agent.llm.client import LLMClient
 from hivecell.agent.llm.config import DEFAULT_BASE_URL, ProviderConfig, load_provider
 from hivecell.agent.llm.errors import LLMError, LLMRejected, LLMUnavailable
 from hivecell.agent.llm.messages import image_part, user_message
-from hivecell.agent.llm.pricing import DEFAULT_PRICES, ModelPrice, PriceTable, estimate_cost
+from hivecell.agent.llm.pricing import (
+    DEFAULT_PRICES,
+    ModelPrice,
+    PriceTable,
+    estimate_cost,
+    require_price,
+)
 from hivecell.agent.llm.response import LLMResponse, ToolCall, Usage
 from hivecell.agent.llm.retry import RetryPolicy
 
@@ -30,5 +36,6 @@ __all__ = [
     "estimate_cost",
     "image_part",
     "load_provider",
+    "require_price",
     "user_message",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pydantic import BaseModel, ConfigDict, Field
 
 from hivecell.agent.llm.response import Usage
+from hivecell.errors import InvalidParams
 
 
 class ModelPrice(BaseModel):
@@ -32,8 +33,14 @@ DEFAULT_PRICES: Mapping[str, ModelPrice] = {
     "gpt-4.1-mini": ModelPrice(input=0.40, output=1.60, cached_input=0.10),
     "gpt-4.1-nano": ModelPrice(input=0.10, output=0.40, cached_input=0.025),
     "o4-mini": ModelPrice(input=1.10, output=4.40, cached_input=0.275),
+    "gpt-5": ModelPrice(input=1.25, output=10.00, cached_input=0.125),
+    "gpt-5-mini": ModelPrice(input=0.25, output=2.00, cached_input=0.025),
+    "gpt-5-nano": ModelPrice(input=0.05, output=0.40, cached_input=0.005),
     "claude-sonnet-4": ModelPrice(input=3.00, output=15.00, cached_input=0.30),
+    "claude-sonnet-4-5": ModelPrice(input=3.00, output=15.00, cached_input=0.30),
+    "claude-haiku-4-5": ModelPrice(input=1.00, output=5.00, cached_input=0.10),
     "claude-opus-4": ModelPrice(input=15.00, output=75.00, cached_input=1.50),
+    "claude-opus-4-1": ModelPrice(input=15.00, output=75.00, cached_input=1.50),
 }
 
 # Snapshot names ("gpt-4o-2024-08-06", "claude-sonnet-4-20250514") cost what the family costs.
@@ -71,6 +78,21 @@ def _candidates(model: str) -> list[str]:
     bare = model.rsplit("/", 1)[-1]
     names = [model, bare, _SNAPSHOT.sub("", model), _SNAPSHOT.sub("", bare)]
     return list(dict.fromkeys(names))
+
+
+def require_price(model: str, prices: Mapping[str, ModelPrice] | None, *, op: str) -> None:
+    """A cost budget needs a known price: without one every call would count as $0 and the
+    budget would never fire. Raises ``InvalidParams`` saying how to set the price."""
+    if PriceTable(prices).lookup(model) is not None:
+        return
+    raise InvalidParams(
+        f"max_cost_usd needs the price of model {model!r}, which hivecell does not know: "
+        f'add [prices."{model}"] with input = and output = (USD per 1M tokens) to '
+        "config.toml, or set it in the dashboard's Settings > Model prices; "
+        "or limit tokens with max_tokens instead",
+        op=op,
+        context={"model": model, "field": "max_cost_usd"},
+    )
 
 
 def estimate_cost(

@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.datastructures import FormData, UploadFile
 
-from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
+from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider, require_price
 from hivecell.agent.runner import RunSettings
 from hivecell.agent.service import TaskRequest, TaskService
 from hivecell.errors import HivecellError, InvalidParams, TooLarge
@@ -42,6 +42,10 @@ class TaskCreate(BaseModel):
     model: str | None = None
     max_steps: int | None = Field(None, ge=1, le=10_000)
     timeout_s: float | None = Field(None, gt=0, le=7 * 24 * 3600)
+    max_cost_usd: float | None = Field(
+        None, gt=0, description="cost budget in USD (needs the model's price); absent: Settings"
+    )
+    max_tokens: int | None = Field(None, ge=1, description="token budget; absent: Settings")
     network: Literal["offline", "nat"] | None = None
     network_allow: list[str] = Field(
         default_factory=list,
@@ -69,7 +73,7 @@ async def create_task(request: Request, state: ServerState) -> TaskRecord:
     fields, uploads = await _read_body(request)
     body = _validate(fields)
     task_request = _task_request(body, state)  # the caller's input is checked first
-    llm = await anyio.to_thread.run_sync(_resolve_llm, state, body)
+    llm = await anyio.to_thread.run_sync(_resolve_llm, state, body, task_request.settings)
     inputs = state.config.home / "inputs"
     names = [_file_name(upload) for upload in uploads]
     staging = await _stage_uploads(inputs, names, uploads, state.config.max_upload_bytes)
@@ -93,7 +97,7 @@ async def retry_task(state: ServerState, original: TaskRecord) -> TaskRecord:
         )
     body = _validate(_fields_of(original))
     task_request = _task_request(body, state)
-    llm = await anyio.to_thread.run_sync(_resolve_llm, state, body)
+    llm = await anyio.to_thread.run_sync(_resolve_llm, state, body, task_request.settings)
     inputs = state.config.home / "inputs"
     staging, names = await anyio.to_thread.run_sync(_copy_inputs, inputs, original.id)
     try:
@@ -213,15 +217,18 @@ def validation_error(exc: ValidationError) -> RequestValidationError:
     )
 
 
-def _resolve_llm(state: ServerState, body: TaskCreate) -> ProviderConfig:
+def _resolve_llm(state: ServerState, body: TaskCreate, settings: RunSettings) -> ProviderConfig:
     # Synchronous (reads config.toml): runs in a worker thread.
-    return load_provider(
+    llm = load_provider(
         body.provider,
         model=body.model,
         config_path=state.config.config_path,
         environ=state.config.environ,
         keyring=state.config.key_store.get,
     )
+    if settings.max_cost_usd is not None:  # never a silent $0 against a cost budget
+        require_price(llm.model, llm.prices, op="create_task")
+    return llm
 
 
 def _task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
@@ -230,6 +237,8 @@ def _task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
         settings = RunSettings(
             max_steps=body.max_steps or prefs.task.max_steps,
             timeout_s=body.timeout_s or prefs.task.timeout_s,
+            max_cost_usd=body.max_cost_usd or prefs.task.max_cost_usd,
+            max_tokens=body.max_tokens or prefs.task.max_tokens,
             disabled_tools=body.disabled_tools,
             approval_tools=(
                 prefs.approval.tools if body.approve_tools is None else body.approve_tools
