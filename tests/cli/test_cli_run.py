@@ -159,6 +159,7 @@ LIMITS = {
     "max_steps": ([], act(WAIT), ["--max-steps", "3"], "max_steps_reached"),
     "timeout": ([act(WAIT), Reply(text="hmm", delay_s=60)], None, ["--timeout", "3"], "timed_out"),
     "failed": (finish("The file was not there.", success=False), None, [], "failed"),
+    "tokens": ([], act(WAIT), ["--max-tokens", "40"], "budget_exceeded"),  # 15 per call
 }
 
 
@@ -174,6 +175,24 @@ async def test_a_task_that_does_not_succeed_exits_non_zero(home: Path, case: str
         assert result["steps"] == 3 and len(server.chat_requests) == 3
     if case == "timeout":
         assert result["duration_s"] < 15
+    if case == "tokens":
+        assert len(server.chat_requests) == 3  # 45 tokens: over 40 after the third call
+
+
+async def test_a_cost_budget_needs_the_models_price(home: Path) -> None:
+    async with ScriptedLLMServer([], default=act(WAIT)) as server:
+        refused = await hivecell(home, *run_args(server), "--max-cost", "0.04")
+        assert refused.returncode == 2
+        message = refused.stderr.decode()
+        assert '[prices."m"]' in message and "config.toml" in message, message
+        assert server.chat_requests == []  # refused before anything ran
+        assert not (home / "sandboxes").exists() or not any((home / "sandboxes").iterdir())
+        await anyio.Path(home / "config.toml").write_text(
+            '[prices."m"]\ninput = 1000.0\noutput = 1000.0\n'  # $0.015 per scripted call
+        )
+        done, result = await run_json(home, server, "--max-cost", "0.04")
+    assert (result["status"], result["success"]) == ("budget_exceeded", False), done.stderr
+    assert len(server.chat_requests) == 3 and result["cost_usd"] == pytest.approx(0.045)
 
 
 # --- acceptance 4: a flaky and a dead endpoint -----------------------------------------------

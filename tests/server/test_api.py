@@ -174,12 +174,27 @@ async def test_settings_are_merged_saved_and_validated(home: Path) -> None:
         response = await running.client.put("/api/v1/settings", json=changes)
         assert response.status_code == 200, response.text
         task = response.json()["task"]
-        assert task == {"max_steps": 7, "timeout_s": 1800.0, "limits_final": False}
+        assert task == {
+            "max_steps": 7,
+            "timeout_s": 1800.0,
+            "limits_final": False,
+            "max_cost_usd": None,
+            "max_tokens": None,
+        }
         bad = await running.client.put("/api/v1/settings", json={"max_concurrent": 0})
         assert bad.status_code == 422 and "max_concurrent" in error(bad)["message"]
+        for name in ("", "a\nb = 1\n[server]", "x" * 201):  # no TOML injection, no junk
+            junk = {"prices": {name: {"input": 1, "output": 1}}}
+            refused = await running.client.put("/api/v1/settings", json=junk)
+            assert refused.status_code == 422, (name, refused.text)
+        odd = {"prices": {'we"ird]. [model': {"input": 1, "output": 2}}}
+        assert (await running.client.put("/api/v1/settings", json=odd)).status_code == 200
     async with serve(home) as running:  # persisted in config.toml
         again = (await running.get("/settings")).json()
         assert again["max_concurrent"] == 3 and again["output_dir"] == "/tmp/out"
+        assert again["prices"] == {
+            'we"ird]. [model': {"input": 1, "output": 2, "cached_input": None}
+        }
     assert "[server]" in (home / "config.toml").read_text()
 
 

@@ -133,7 +133,7 @@ class Preferences(BaseModel):
     @classmethod
     def _model_names(cls, prices: dict[str, ModelPrice]) -> dict[str, ModelPrice]:
         for name in prices:
-            if not name.strip() or len(name) > 200:
+            if not name.strip() or len(name) > 200 or any(ord(c) < 32 for c in name):
                 raise ValueError(f"prices: {name!r} is not a model name (1-200 characters)")
         return prices
 

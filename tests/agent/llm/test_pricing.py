@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from hivecell.agent.llm import ModelPrice, PriceTable, Usage, estimate_cost
+from hivecell.agent.llm import ModelPrice, PriceTable, Usage, estimate_cost, require_price
+from hivecell.errors import InvalidParams
 
 
 def usage(prompt: int, completion: int, cached: int = 0) -> Usage:
@@ -46,3 +47,19 @@ def test_overrides_replace_and_add_prices() -> None:
     }
     assert estimate_cost("gpt-4o", usage(1_000_000, 0), prices) == pytest.approx(1.0)
     assert estimate_cost("local-7b", usage(5000, 5000), prices) == 0.0
+
+
+@pytest.mark.parametrize(
+    "model", ["gpt-5", "openai/gpt-5-mini", "claude-sonnet-4-5-20250929", "claude-haiku-4-5"]
+)
+def test_current_models_have_list_prices(model: str) -> None:
+    assert PriceTable().lookup(model) is not None
+
+
+def test_a_cost_budget_on_an_unpriced_model_names_the_fix() -> None:
+    with pytest.raises(InvalidParams) as refused:
+        require_price("my-local-vlm", {}, op="run")
+    assert '[prices."my-local-vlm"]' in refused.value.message
+    assert refused.value.context == {"model": "my-local-vlm", "field": "max_cost_usd"}
+    require_price("my-local-vlm", {"my-local-vlm": ModelPrice(input=0, output=0)}, op="run")
+    require_price("gpt-5-nano-2025-08-07", {}, op="run")  # a snapshot of a priced family

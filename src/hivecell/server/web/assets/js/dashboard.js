@@ -1,6 +1,6 @@
 // Dashboard: dispatch a task, watch the active ones, browse the history.
 import { api, API, onEvent, post } from "./api.js";
-import { $, badge, cost, duration, elapsed, h, replace, tokens, when } from "./dom.js";
+import { $, badge, cost, duration, elapsed, h, replace, spend, when } from "./dom.js";
 import { pauseNote, RETRYABLE, resumeWithMore } from "./limits.js";
 import { attempt, startShell, toast } from "./shell.js";
 
@@ -19,6 +19,8 @@ async function loadChoices() {
   if (!providers.items.length) select.append(h("option", { value: "" }, "no provider configured"));
   $("#minutes").placeholder = String(Math.round(settings.task.timeout_s / 60));
   $("#max-steps").placeholder = String(settings.task.max_steps);
+  $("#max-cost").placeholder = settings.task.max_cost_usd ? String(settings.task.max_cost_usd) : "none";
+  $("#max-tokens").placeholder = settings.task.max_tokens ? String(settings.task.max_tokens) : "none";
   // The checklist starts from the Settings policy (and form.reset() returns to it).
   for (const box of $("#approve-tools").querySelectorAll("input[name=approve_tools]")) {
     box.checked = box.defaultChecked = settings.approval.tools.includes(box.value);
@@ -33,6 +35,8 @@ function taskForm(form) {
   set("provider", data.get("provider"));
   set("model", data.get("model").trim());
   set("max_steps", data.get("max_steps"));
+  set("max_cost_usd", data.get("max_cost_usd"));
+  set("max_tokens", data.get("max_tokens"));
   if (data.get("minutes")) body.append("timeout_s", String(Number(data.get("minutes")) * 60));
   set("network", data.get("network"));
   set("disabled_tools", data.get("disabled_tools").trim());
@@ -107,7 +111,7 @@ function card(task) {
         h("span", { class: "elapsed muted", dataset: { started: task.started_at || "" } },
           duration(elapsed(task)))),
       h("a", { class: "desc", href: `/tasks/${encodeURIComponent(task.id)}` }, task.description),
-      h("div", { class: "stats muted" }, `${task.steps} steps · ${tokens(task)} · ${cost(task.cost_usd)}`),
+      h("div", { class: "stats muted" }, `${task.steps} steps · `, spend(task)),
       pauseNote(task),
       controls(task)));
 }

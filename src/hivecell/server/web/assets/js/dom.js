@@ -66,6 +66,19 @@ export function cost(usd) {
   return usd ? `$${usd < 0.01 ? usd.toFixed(4) : usd.toFixed(2)}` : "$0";
 }
 
+// What a task has spent against its budgets: "$0.0300 of $0.05" with a meter, live while it
+// runs (the view carries the running task's budget, grown by any resume with more).
+export function spend(task) {
+  const budget = task.budget || {};
+  const used = (task.prompt_tokens || 0) + (task.completion_tokens || 0);
+  const part = (label, value, max, unit) => h("span", { class: `spend ${unit}`, dataset: { unit } },
+    max ? `${label} of ${unit === "usd" ? cost(max) : `${max} tok`}` : label,
+    max ? h("meter", { min: 0, max, value: Math.min(value, max), high: max * 0.8, optimum: 0,
+      title: `${Math.round((100 * value) / max)}% of the ${unit === "usd" ? "cost" : "token"} budget` }) : null);
+  return [part(tokens(task), used, budget.max_tokens, "tokens"), " · ",
+    part(cost(task.cost_usd), task.cost_usd || 0, budget.max_cost_usd, "usd")];
+}
+
 export function pretty(value) {
   if (value === null || value === undefined) return "";
   return typeof value === "string" ? value : JSON.stringify(value, null, 2);

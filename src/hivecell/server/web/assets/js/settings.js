@@ -102,6 +102,8 @@ function fillPrefs(prefs) {
   f["task.timeout_min"].value = prefs.task.timeout_s / 60;
   f["task.max_steps"].value = prefs.task.max_steps;
   f["task.limits_final"].checked = !!prefs.task.limits_final;
+  f["task.max_cost_usd"].value = prefs.task.max_cost_usd ?? "";
+  f["task.max_tokens"].value = prefs.task.max_tokens ?? "";
   f.max_concurrent.value = prefs.max_concurrent;
   f.output_dir.value = prefs.output_dir ?? "";
 }
@@ -109,11 +111,13 @@ function fillPrefs(prefs) {
 function readPrefs() {
   const f = $("#prefs").elements;
   const memory = f["sandbox.memory_mb"].value;
+  const optional = (name) => (f[name].value ? Number(f[name].value) : null);
   return {
     sandbox: { width: Number(f["sandbox.width"].value), height: Number(f["sandbox.height"].value),
       network: f["sandbox.network"].value, memory_mb: memory ? Number(memory) : null },
     task: { timeout_s: Number(f["task.timeout_min"].value) * 60, max_steps: Number(f["task.max_steps"].value),
-      limits_final: f["task.limits_final"].checked },
+      limits_final: f["task.limits_final"].checked,
+      max_cost_usd: optional("task.max_cost_usd"), max_tokens: optional("task.max_tokens") },
     max_concurrent: Number(f.max_concurrent.value),
     output_dir: f.output_dir.value.trim() || null,
   };
@@ -124,6 +128,43 @@ function setupPrefs() {
     event.preventDefault();
     const saved = await attempt(() => api("/settings", { method: "PUT", json: readPrefs() }), "Defaults saved");
     if (saved) fillPrefs(saved);
+  });
+}
+
+// --- model prices ----------------------------------------------------------------------
+function priceRow(model, price) {
+  const remove = async () => {
+    const saved = await attempt(() => api("/settings", { method: "PUT", json: { prices: { [model]: null } } }),
+      "Price removed");
+    if (saved) fillPrices(saved);
+  };
+  return h("tr", { dataset: { model } },
+    h("td", { class: "mono" }, model),
+    h("td", {}, `$${price.input}`),
+    h("td", {}, `$${price.output}`),
+    h("td", {}, price.cached_input === null || price.cached_input === undefined ? "–" : `$${price.cached_input}`),
+    h("td", { class: "row end" }, h("button", { type: "button", class: "small danger-quiet", onclick: remove }, "Remove")));
+}
+
+function fillPrices(prefs) {
+  const entries = Object.entries(prefs.prices || {});
+  replace($("#prices"), entries.map(([model, price]) => priceRow(model, price)));
+  $("#prices-empty").hidden = entries.length > 0;
+}
+
+function setupPrices() {
+  const form = $("#price-form");
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const f = form.elements;
+    const price = { input: Number(f.input.value), output: Number(f.output.value) };
+    if (f.cached_input.value) price.cached_input = Number(f.cached_input.value);
+    const body = { prices: { [f.model.value.trim()]: price } };
+    const saved = await attempt(() => api("/settings", { method: "PUT", json: body }), "Price saved");
+    if (saved) {
+      form.reset();
+      fillPrices(saved);
+    }
   });
 }
 
@@ -182,11 +223,13 @@ startShell();
 setupProviderForm();
 setupPrefs();
 setupApproval();
+setupPrices();
 attempt(loadProviders);
 attempt(async () => {
   const prefs = await api("/settings");
   fillPrefs(prefs);
   fillApproval(prefs);
+  fillPrices(prefs);
 });
 if (!window.isSecureContext && location.hostname !== "127.0.0.1" && location.hostname !== "localhost") {
   toast("This page is not served over HTTPS: API keys you type travel in clear text.", "warn");

@@ -1,6 +1,6 @@
 // Task detail: summary, outputs, exports, the step list and the screenshot replay.
 import { api, API, onEvent, post } from "./api.js";
-import { $, badge, cost, duration, elapsed, h, pretty, replace, tokens, when } from "./dom.js";
+import { $, badge, duration, elapsed, h, pretty, replace, spend, when } from "./dom.js";
 import { pauseNote, RETRYABLE, resumeWithMore } from "./limits.js";
 import { attempt, startShell } from "./shell.js";
 
@@ -48,8 +48,7 @@ function renderHead(task) {
     fact("Started", when(task.started_at || task.created_at)),
     fact("Duration", duration(elapsed(task))),
     fact("Steps", String(task.steps)),
-    fact("Tokens", tokens(task)),
-    fact("Cost", cost(task.cost_usd)),
+    fact("Spent", spend(task)),
     task.retry_of ? fact("Retry of", h("a", { href: `/tasks/${encodeURIComponent(task.retry_of)}` },
       task.retry_of)) : []);
   const summary = task.summary || task.error;
