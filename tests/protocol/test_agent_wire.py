@@ -19,12 +19,14 @@ from hypothesis import strategies as st
 
 import hivecell.sandbox.guest_client as guest_client
 from hivecell.errors import Unauthenticated
+from hivecell.guest import transports
 from hivecell.guest.agent import build_dispatcher
 from hivecell.guest.context import GuestConfig, Services
 from hivecell.guest.run import serve
 from hivecell.guest.server import Connection
 from hivecell.protocol.framing import MAX_FRAME_BYTES, FrameReader, Oversized
 from hivecell.protocol.methods import NOTIFICATIONS
+from hivecell.protocol.unixstream import connect_unix
 from hivecell.sandbox.guest_client import GuestClient
 
 pytestmark = pytest.mark.anyio
@@ -88,32 +90,23 @@ async def agent(
 ) -> AsyncIterator[Path]:
     """The agent's listener + Connection (what ``run.serve`` wires up) on a unix socket.
 
-    On exit it first lets connections whose peer left finish on their own: cancelling a
-    read on an asyncio UNIX socket just as it turns readable makes anyio's reader callback
-    raise InvalidStateError in the event loop, which the anyio test runner reports.
+    On exit every connection is cancelled at once, whatever its peer is sending: the
+    agent's unix streams (``hivecell.protocol.unixstream``) take that without the event
+    loop reporting an error from a callback, which the anyio test runner would fail on.
     """
     services = Services(config or GuestConfig(roots=[Path(tempfile.gettempdir())]))
     dispatcher = build_dispatcher()
     services.method_names = dispatcher.names
-    live: set[Connection] = set()
 
     async def handle(stream: ByteStream) -> None:
-        connection = Connection(stream, dispatcher, services, max_frame)
-        live.add(connection)
-        try:
-            await connection.serve()
-        finally:
-            live.discard(connection)
+        await Connection(stream, dispatcher, services, max_frame).serve()
 
     with tempfile.TemporaryDirectory(prefix="hc") as folder:  # short: sun_path is 108 bytes
         sock = Path(folder) / "g.sock"
-        listener = await anyio.create_unix_listener(sock)
+        listener = await transports.unix_listener(sock)
         async with anyio.create_task_group() as tg:
-            tg.start_soon(listener.serve, handle)
+            tg.start_soon(transports.serve_listener, listener, handle)
             yield sock
-            with anyio.move_on_after(2):
-                while live:  # noqa: ASYNC110 (no event for "all peers have left")
-                    await anyio.sleep(0.01)
             tg.cancel_scope.cancel()
 
 
@@ -122,7 +115,7 @@ async def peer(
     config: GuestConfig | None = None, max_frame: int = MAX_FRAME_BYTES
 ) -> AsyncIterator[Peer]:
     async with agent(config, max_frame) as sock:
-        stream = await anyio.connect_unix(sock)
+        stream = await connect_unix(str(sock))
         async with stream:
             yield Peer(stream)
 

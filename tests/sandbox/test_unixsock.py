@@ -13,7 +13,7 @@ from anyio import wait_all_tasks_blocked
 from anyio.abc import ByteStream
 from anyio.lowlevel import checkpoint
 
-from hivecell.sandbox.unixsock import connect_unix
+from hivecell.protocol.unixstream import connect_unix
 
 pytestmark = pytest.mark.anyio
 Connect = Callable[[str], Awaitable[ByteStream]]

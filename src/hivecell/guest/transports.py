@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import anyio
-from anyio.abc import ByteStream, Listener, SocketListener, TaskGroup
+from anyio.abc import ByteStream, Listener, TaskGroup
 from anyio.streams.stapled import MultiListener
 
 from hivecell.errors import ConfigError
+from hivecell.protocol import unixstream
 
 StreamHandler = Callable[[ByteStream], Awaitable[None]]
 log = logging.getLogger("hivecell.guest")
@@ -28,9 +29,15 @@ async def unix_listener(path: Path) -> Listener[ByteStream]:
     apath = anyio.Path(path)
     await apath.parent.mkdir(parents=True, exist_ok=True)
     await apath.unlink(missing_ok=True)
-    listener = await anyio.create_unix_listener(path)
-    await apath.chmod(0o600)
-    return listener
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await anyio.to_thread.run_sync(sock.bind, str(path))
+        sock.listen()
+        await apath.chmod(0o600)
+    except BaseException:
+        sock.close()
+        raise
+    return await unixstream.unix_listener(sock)
 
 
 async def fd_listener(fd: int) -> Listener[ByteStream]:
@@ -40,7 +47,7 @@ async def fd_listener(fd: int) -> Listener[ByteStream]:
     """
     sock = socket.socket(fileno=fd)
     sock.listen()
-    return await SocketListener.from_socket(sock)
+    return await unixstream.unix_listener(sock)
 
 
 async def tcp_listener(host: str, port: int, token: str | None) -> Listener[ByteStream]:

@@ -17,6 +17,7 @@ import anyio
 from anyio.abc import ByteStream
 
 from hivecell.guest import transports
+from hivecell.protocol import unixstream
 
 log = logging.getLogger("hivecell.guest.vnc")
 CHUNK = 64 * 1024
@@ -28,7 +29,7 @@ async def serve(fd: int, target: Path) -> None:
     async def handle(viewer: ByteStream) -> None:
         async with viewer:
             try:
-                server = await anyio.connect_unix(target)
+                server = await unixstream.connect_unix(str(target))
             except OSError as exc:
                 log.info("vnc viewer refused: x11vnc is not listening (%s)", exc)
                 return  # start_vnc was not called, or x11vnc died: the viewer sees EOF
