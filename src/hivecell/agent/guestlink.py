@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import Any, Literal
 
 import anyio
+import anyio.lowlevel
 from anyio.abc import TaskGroup, TaskStatus
 
 from hivecell.errors import GuestUnavailable, HivecellError, SandboxError, SandboxNotFound
@@ -110,6 +111,8 @@ class GuestLink:
         """The connected client; waits while the link reconnects."""
         while True:
             if self._lost is not None:
+                # A task ended by the loss is cancelled here, not handed an error to report.
+                await anyio.lowlevel.checkpoint()
                 raise GuestUnavailable(f"guest_lost: {self._lost}", op=method, retryable=False)
             if self._client is not None:
                 return self._client
