@@ -48,6 +48,8 @@ class LiveConsole:
             self.console.print(f"step {step}: {_clip(data['reasoning'], 160)}{used}")
         elif kind == "error":
             self.console.print(f"[yellow]{data.get('error')}[/yellow]")
+        elif kind == "status" and data.get("tool") == "guest":  # back after a guest fault
+            self.console.print(str(data.get("text")), style="green", markup=False)
 
     async def _on_status(self, data: dict[str, Any]) -> None:
         status, reason = data["status"], data.get("reason", "")
@@ -56,6 +58,11 @@ class LiveConsole:
         elif status == "paused" and reason:
             if self.runner is not None and self.runner.control.detached:
                 return  # the run has ended paused; the final report says why
+            if self.runner is not None and self.runner.control.fault:
+                # Nothing to ask: the runtime reconnects and resumes by itself (or ends it).
+                note = f"paused, reconnecting to the sandbox: {reason}"
+                self.console.print(note, style="yellow", markup=False)
+                return
             self.console.print(f"[yellow]paused:[/yellow] {reason}")
             await self._paused(reason)
         elif status not in ("running",):

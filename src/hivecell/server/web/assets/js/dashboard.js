@@ -145,7 +145,7 @@ async function loadHistory() {
   const status = $("#status-filter").value;
   if (search) params.set("search", search);
   for (const s of status ? [status] : ["completed", "failed", "cancelled", "timed_out",
-    "max_steps_reached", "budget_exceeded", "interrupted"]) params.append("status", s);
+    "max_steps_reached", "budget_exceeded", "interrupted", "guest_lost"]) params.append("status", s);
   const page = await api(`/tasks?${params}`);
   replace($("#history"), page.items.map(historyRow));
   $("#history-empty").hidden = page.items.length > 0;
