@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 from rich.console import Console
 
-from hivecell.agent.control import Extension
+from hivecell.agent.control import GUEST_UNREACHABLE, Extension
 from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.errors import InvalidParams
 
@@ -58,8 +58,9 @@ class LiveConsole:
         elif status == "paused" and reason:
             if self.runner is not None and self.runner.control.detached:
                 return  # the run has ended paused; the final report says why
-            if self.runner is not None and self.runner.control.fault:
+            if reason.startswith(f"{GUEST_UNREACHABLE}:"):
                 # Nothing to ask: the runtime reconnects and resumes by itself (or ends it).
+                # Judged by the event, not the live state: the reconnection may be done already.
                 note = f"paused, reconnecting to the sandbox: {reason}"
                 self.console.print(note, style="yellow", markup=False)
                 return
