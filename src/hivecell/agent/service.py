@@ -275,10 +275,13 @@ class TaskService:
     ) -> Outcome:
         send, receive = anyio.create_memory_object_stream[tuple[str, dict[str, Any]]](math.inf)
         runners: list[TaskRunner] = []
+        early: list[tuple[GuestEvent, str]] = []  # faults before the runner existed
 
         def on_fault(event: GuestEvent, reason: str) -> None:
-            if runners:  # the link reports nothing before the runner exists
+            if runners:
                 runners[0].guest_event(event, reason)
+            else:
+                early.append((event, reason))
 
         link = GuestLink(self._provider, info.id, on_fault=on_fault, window_s=self._guest_window_s)
         async with (
@@ -299,6 +302,8 @@ class TaskService:
                 on_event=lambda kind, data: send.send_nowait((kind, data)),
             )
             runners.append(runner)
+            for event, reason in early:  # traced; a loss ends the run as soon as it starts
+                runner.guest_event(event, reason)
             if on_runner is not None:
                 on_runner(runner)
             with send:
