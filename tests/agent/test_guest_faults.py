@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +212,26 @@ async def test_a_silent_guest_pauses_the_task_until_it_answers_again(
     faults = [s for s in steps_seen if s.tool == "guest"]
     assert [s.kind.value for s in faults] == ["error", "status"]
     assert "missed 3 heartbeats" in (faults[0].error or "")
+
+
+async def test_a_guest_silent_past_the_window_ends_the_task_guest_lost(
+    home: Path, provider: LocalProvider, store: TaskStore
+) -> None:
+    """The box still runs, but its agent never answers again: after ``guest_window_s``."""
+    stopped: list[int] = []
+
+    async def stop_for_good(sandbox_id: str, run: Run) -> None:
+        stopped.append(await to_thread.run_sync(guest_agent, sandbox_id))
+        os.kill(stopped[0], signal.SIGSTOP)
+
+    steps = [act(call("run_shell", command=SLOW_ACTION)), *finish("never")]
+    try:
+        async with service(home, provider, store, steps, guest_window_s=2) as (svc, _):
+            result, run, _ = await run_with_fault(svc, provider, store, stop_for_good)
+    finally:
+        for pid in stopped:
+            with suppress(ProcessLookupError):  # gone with its sandbox, as it should be
+                os.kill(pid, signal.SIGCONT)
+    assert run.paused_for_guest()  # it paused first, then gave up
+    assert result.status == "guest_lost"
+    assert "the guest agent did not answer within 2 s" in result.summary

@@ -190,8 +190,9 @@ class GuestLink:
         try:
             await client.call("ping", timeout=timeout)
         except BaseException:
-            with anyio.CancelScope(shield=True):
-                await client.__aexit__(None, None, None)
+            # Not shielded here: the client's task group must be the innermost scope as it
+            # exits (its __aexit__ shields the stream close itself).
+            await client.__aexit__(None, None, None)
             raise
         return client
 
