@@ -177,9 +177,9 @@ async def test_a_killed_sandbox_ends_the_task_guest_lost_at_once(
     async with service(home, provider, store, steps, guest_window_s=3600) as (svc, server):
         result, _, task_id = await run_with_fault(svc, provider, store, kill_box)
     assert result.status == "guest_lost" and result.success is False
-    assert result.summary.startswith("guest_lost: sandbox ") and "is stopped" in result.summary
+    assert result.summary.startswith("sandbox ") and "is stopped" in result.summary
     saved = await store.get(task_id)
-    assert saved.status == "guest_lost" and saved.error == result.summary
+    assert saved.status == "guest_lost" and saved.error == f"guest_lost: {result.summary}"
     steps_seen = await trace_steps(Path(result.trace_dir))
     lost = [s for s in steps_seen if s.tool == "guest" and (s.error or "").startswith("guest_lost")]
     assert len(lost) == 1 and "is stopped" in (lost[0].error or "")

@@ -246,7 +246,7 @@ class TaskRunner:
                 await self._loop()
             if self.control.ended is not None:  # the runtime ended it (the guest is lost)
                 status, reason = self.control.ended
-                raise _Finished(cast(Status, status), False, reason, reason)
+                raise _Finished(cast(Status, status), False, reason, f"{status}: {reason}")
             if self.control.detached:
                 if self.control.limit is not None:  # nobody can give it more: the limit ends it
                     limit = cast(Status, self.control.limit)
@@ -482,7 +482,7 @@ class TaskRunner:
             self.control.guest_back()
         else:
             self._record(kind="error", tool="guest", error=f"guest_lost: {reason}")
-            self.control.end("guest_lost", f"guest_lost: {reason}")
+            self.control.end("guest_lost", reason)
 
     # --- bookkeeping ---------------------------------------------------------------------
     def _system_prompt(self, shot: dict[str, Any]) -> str:
