@@ -55,6 +55,9 @@ def test_a_silent_sandbox_shows_on_the_card_and_the_task_page(
         card = page.locator(f".task-card[data-task='{task['id']}']")
         expect(card.locator(".pause-reason")).to_contain_text(UNREACHABLE, timeout=60_000)
         assert card.locator(".pause-reason").get_attribute("data-fault") == "guest_unreachable"
+        # Nothing to resume (it resumes by itself); a person may still pause it for good.
+        expect(card.get_by_role("button", name="Resume", exact=True)).to_have_count(0)
+        expect(card.get_by_role("button", name="Pause", exact=True)).to_be_visible()
         page.goto(f"{hivecell.base}/tasks/{task['id']}")
         note = page.locator("#task-controls .pause-reason")
         expect(note).to_contain_text(UNREACHABLE, timeout=60_000)

@@ -84,7 +84,8 @@ async function refreshThumb(task) {
 
 function controls(task) {
   const id = encodeURIComponent(task.id);
-  const paused = task.status === "paused";
+  // Paused for a guest fault it resumes by itself: the button pauses it for good instead.
+  const paused = task.status === "paused" && !task.fault;
   return h("div", { class: "row" },
     resumeWithMore(task, `/tasks/${id}`, refresh),
     task.status !== "queued" && !task.limit && h("button", {
