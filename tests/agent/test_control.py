@@ -112,3 +112,48 @@ def test_settings_refuse_unknown_tool_names() -> None:
     assert settings.approval_tools[-1] == "run_shell"
     with pytest.raises(ValidationError, match=r"teleport.*tools: screenshot"):
         RunSettings(disabled_tools=["teleport"])
+
+
+# --- guest faults ----------------------------------------------------------------------------
+def tracked(initial: str) -> tuple[Control, list[tuple[str, str]]]:
+    """A Control whose status getter follows the statuses it sets (as the runner's does)."""
+    seen: list[tuple[str, str]] = [(initial, "")]
+
+    def set_status(status: str, reason: str = "") -> None:
+        seen.append((status, reason))
+
+    return Control(set_status, lambda: seen[-1][0]), seen
+
+
+async def test_a_running_task_pauses_while_the_guest_is_unreachable_and_resumes() -> None:
+    ctl, seen = tracked("running")
+    ctl.guest_unreachable("missed 3 heartbeats")
+    assert seen[-1] == ("paused", "guest_unreachable: missed 3 heartbeats")
+    assert (ctl.fault, ctl.pause_reason) == ("guest_unreachable", seen[-1][1])
+    ctl.guest_back()
+    assert seen[-1] == ("running", "") and ctl.fault is None and ctl.pause_reason == ""
+
+
+async def test_a_guest_fault_leaves_a_persons_pause_and_question_alone() -> None:
+    for status in ("paused", "waiting_for_user"):
+        ctl, seen = tracked(status)
+        ctl.guest_unreachable("connection lost")
+        assert seen == [(status, "")] and ctl.fault == "guest_unreachable"
+        ctl.guest_back()
+        assert seen == [(status, "")] and ctl.fault is None
+
+
+async def test_the_person_pausing_during_a_fault_keeps_it_paused_after_the_guest_is_back() -> None:
+    ctl, seen = tracked("running")
+    ctl.guest_unreachable("connection lost")
+    seen.append(("paused", "paused by the person"))  # the runner's pause_for, meanwhile
+    ctl.pause_reason = "paused by the person"
+    ctl.guest_back()
+    assert seen[-1] == ("paused", "paused by the person")
+
+
+async def test_end_cancels_the_run_with_its_status() -> None:
+    ctl, _ = tracked("running")
+    ctl.end("guest_lost", "sandbox sb-1 is stopped")
+    assert ctl.ended == ("guest_lost", "sandbox sb-1 is stopped")
+    assert ctl.cancel_scope.cancel_called

@@ -60,13 +60,21 @@ class Extension(BaseModel):
         return not any(vars(self).values())
 
 
+GUEST_UNREACHABLE = "guest_unreachable"  # the pause reason while the guest link reconnects
+
+
 class Control:
-    def __init__(self, set_status: Callable[..., None]) -> None:
+    def __init__(
+        self, set_status: Callable[..., None], status: Callable[[], str] = lambda: ""
+    ) -> None:
         self.cancel_scope = anyio.CancelScope()
         self.pending: Pending | None = None
         self.pause_reason = ""
         self.limit: str | None = None  # the limit status while paused at a limit
+        self.fault: str | None = None  # GUEST_UNREACHABLE while the guest link reconnects
         self.detached = ""
+        self.ended: tuple[str, str] | None = None  # (status, reason) the runtime ended it with
+        self._status = status
         self._extension = Extension()
         self._set_status = set_status
         self._pause_requested = False
@@ -107,6 +115,26 @@ class Control:
     def detach(self, reason: str) -> None:
         """Stop running but leave the task paused (e.g. the CLI cannot ask anyone)."""
         self.detached = reason
+        self.cancel_scope.cancel()
+
+    # --- called by the runtime (guest faults, see agent/guestlink.py) ---------------------
+    def guest_unreachable(self, reason: str) -> None:
+        """The guest went silent: a running task shows as paused until it is back. A task
+        already paused or waiting for the person keeps that status (it waits anyway)."""
+        self.fault = GUEST_UNREACHABLE
+        if self._status() == "running":
+            self.pause_reason = f"{GUEST_UNREACHABLE}: {reason}"
+            self._set_status("paused", self.pause_reason)
+
+    def guest_back(self) -> None:
+        self.fault = None
+        if self.pause_reason.startswith(GUEST_UNREACHABLE) and self._status() == "paused":
+            self.pause_reason = ""
+            self._set_status("running")
+
+    def end(self, status: str, reason: str) -> None:
+        """Stop running: the task ends with ``status`` (e.g. ``guest_lost``)."""
+        self.ended = (status, reason)
         self.cancel_scope.cancel()
 
     def answer(self, text: str) -> str:

@@ -37,6 +37,7 @@ Status = Literal[
     "max_steps_reached",
     "budget_exceeded",
     "interrupted",
+    "guest_lost",
 ]
 FINAL = frozenset(
     {
@@ -47,6 +48,7 @@ FINAL = frozenset(
         "max_steps_reached",
         "budget_exceeded",
         "interrupted",
+        "guest_lost",
     }
 )
 
@@ -219,7 +221,7 @@ class TaskRunner:
         self.status: Status = "queued"
         self.steps = 0
         self.usage = Usage()
-        self.control = Control(self._set_status)
+        self.control = Control(self._set_status, lambda: self.status)
         self.clock = WorkClock(self.settings.timeout_s)
         self._guest = guest
         self._llm = llm
@@ -244,6 +246,9 @@ class TaskRunner:
         try:
             with self.control.cancel_scope:
                 await self._loop()
+            if self.control.ended is not None:  # the runtime ended it (the guest is lost)
+                status, reason = self.control.ended
+                raise _Finished(cast(Status, status), False, reason, f"{status}: {reason}")
             if self.control.detached:
                 if self.control.limit is not None:  # nobody can give it more: the limit ends it
                     limit = cast(Status, self.control.limit)
@@ -477,6 +482,19 @@ class TaskRunner:
     async def _write_observation(self, step: int, png: bytes) -> None:
         name = await self._trace.save_screenshot(step, png)
         await self._write(step, {"kind": "observation", "screenshot": name})
+
+    # --- guest faults (agent/guestlink.py reports them) -----------------------------------
+    def guest_event(self, event: Literal["unreachable", "back", "lost"], reason: str) -> None:
+        """Trace what happened to the guest connection and pause, resume or end the task."""
+        if event == "unreachable":
+            self._record(kind="error", tool="guest", error=f"guest_unreachable: {reason}")
+            self.control.guest_unreachable(reason)
+        elif event == "back":
+            self._record(kind="status", tool="guest", text=f"guest_reconnected: {reason}")
+            self.control.guest_back()
+        else:
+            self._record(kind="error", tool="guest", error=f"guest_lost: {reason}")
+            self.control.end("guest_lost", reason)
 
     # --- bookkeeping ---------------------------------------------------------------------
     def _system_prompt(self, shot: dict[str, Any]) -> str:

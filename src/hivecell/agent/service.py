@@ -18,11 +18,12 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hivecell.agent.guestlink import GUEST_WINDOW_S, GuestEvent, GuestLink
 from hivecell.agent.runner import ChatModel, Outcome, RunSettings, TaskRunner
-from hivecell.errors import SandboxNotFound
+from hivecell.errors import SandboxError, SandboxNotFound
 from hivecell.sandbox import netpolicy, transfer
 from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxProvider, SandboxSpec
-from hivecell.sandbox.transfer import TransferLimits, TransferReport
+from hivecell.sandbox.transfer import Skipped, TransferLimits, TransferReport
 from hivecell.store import InvalidTransition, TaskRecord, TaskSettings, TaskStore
 from hivecell.trace import StepKind, TraceWriter, write_network
 from hivecell.trace.files import write_atomically
@@ -91,8 +92,11 @@ class TaskService:
         model: str = "",
         provider_name: str = "",
         transfer_limits: TransferLimits | None = None,
+        guest_window_s: float = GUEST_WINDOW_S,
     ) -> None:
-        """``transfer_limits``: caps on each inbox and outbox copy (default 1 GiB, 10 000 files)."""
+        """``transfer_limits``: caps on each inbox and outbox copy (default 1 GiB, 10 000 files).
+        ``guest_window_s``: how long a lost guest agent is reconnected to (the task paused)
+        before the task ends ``guest_lost``."""
         self._home = home
         self._limits = transfer_limits or TransferLimits()
         self._provider = provider
@@ -100,6 +104,7 @@ class TaskService:
         self._llm = llm
         self._model = model
         self._provider_name = provider_name
+        self._guest_window_s = guest_window_s
 
     async def create(self, request: TaskRequest) -> TaskRecord:
         """Record a queued task (so it is listed even before a sandbox exists)."""
@@ -152,12 +157,24 @@ class TaskService:
             )
             names = [f"/shared/inbox/{name}" for name in inbox.copied]
             outcome = await self._run_loop(record, request, info, names, on_event, on_runner)
-            report = await self._collect(info, record, owned=owned)
+            report = await self._collect_after(outcome, info, record, owned=owned)
         finally:
             with anyio.CancelScope(shield=True):
                 await self._finish_sandbox(record, request, info, owned=owned)
         await self._record_transfer(record, outcome, inbox, report)
         return await self._save(record, outcome, report, info, time.perf_counter() - started)
+
+    async def _collect_after(
+        self, outcome: Outcome, info: SandboxInfo, record: TaskRecord, *, owned: bool
+    ) -> TransferReport:
+        """The outbox; after ``guest_lost`` whatever of it is left (the box may be gone)."""
+        if outcome.status != "guest_lost":
+            return await self._collect(info, record, owned=owned)
+        try:
+            return await self._collect(info, record, owned=owned)
+        except SandboxError as exc:
+            gone = Skipped(path=".", reason="error", detail=str(exc))
+            return TransferReport(skipped=[gone], skipped_count=1)
 
     async def _collect(
         self, info: SandboxInfo, record: TaskRecord, *, owned: bool
@@ -257,8 +274,18 @@ class TaskService:
         on_runner: Callable[[TaskRunner], None] | None,
     ) -> Outcome:
         send, receive = anyio.create_memory_object_stream[tuple[str, dict[str, Any]]](math.inf)
+        runners: list[TaskRunner] = []
+        early: list[tuple[GuestEvent, str]] = []  # faults before the runner existed
+
+        def on_fault(event: GuestEvent, reason: str) -> None:
+            if runners:
+                runners[0].guest_event(event, reason)
+            else:
+                early.append((event, reason))
+
+        link = GuestLink(self._provider, info.id, on_fault=on_fault, window_s=self._guest_window_s)
         async with (
-            await self._provider.connect(info.id) as guest,
+            link as guest,
             TraceWriter(Path(str(record.trace_dir))) as trace,
             anyio.create_task_group() as tg,
         ):
@@ -274,6 +301,9 @@ class TaskService:
                 inbox=inbox,
                 on_event=lambda kind, data: send.send_nowait((kind, data)),
             )
+            runners.append(runner)
+            for event, reason in early:  # traced; a loss ends the run as soon as it starts
+                runner.guest_event(event, reason)
             if on_runner is not None:
                 on_runner(runner)
             with send:

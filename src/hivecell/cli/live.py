@@ -13,7 +13,7 @@ from typing import Any
 import anyio
 from rich.console import Console
 
-from hivecell.agent.control import Extension
+from hivecell.agent.control import GUEST_UNREACHABLE, Extension
 from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.errors import InvalidParams
 
@@ -48,6 +48,8 @@ class LiveConsole:
             self.console.print(f"step {step}: {_clip(data['reasoning'], 160)}{used}")
         elif kind == "error":
             self.console.print(f"[yellow]{data.get('error')}[/yellow]")
+        elif kind == "status" and data.get("tool") == "guest":  # back after a guest fault
+            self.console.print(str(data.get("text")), style="green", markup=False)
 
     async def _on_status(self, data: dict[str, Any]) -> None:
         status, reason = data["status"], data.get("reason", "")
@@ -56,6 +58,12 @@ class LiveConsole:
         elif status == "paused" and reason:
             if self.runner is not None and self.runner.control.detached:
                 return  # the run has ended paused; the final report says why
+            if reason.startswith(f"{GUEST_UNREACHABLE}:"):
+                # Nothing to ask: the runtime reconnects and resumes by itself (or ends it).
+                # Judged by the event, not the live state: the reconnection may be done already.
+                note = f"paused, reconnecting to the sandbox: {reason}"
+                self.console.print(note, style="yellow", markup=False)
+                return
             self.console.print(f"[yellow]paused:[/yellow] {reason}")
             await self._paused(reason)
         elif status not in ("running",):

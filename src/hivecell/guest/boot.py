@@ -7,6 +7,10 @@ ping the agent knows the desktop is ready. When the agent stops (``shutdown`` or
 ``reboot``) the display and window manager are stopped and the process exits, which ends
 the sandbox.
 
+The agent runs in a forked child and this process supervises it: an agent that dies without
+being asked to stop (killed, crashed) is started again on the same listening socket, so the
+host reconnects to a box whose desktop and apps are untouched (see ``supervise``).
+
 Xvfb starts before the agent's heavy imports so the two overlap. Every sandbox has its own
 network namespace and /tmp, so every sandbox uses display :0.
 """
@@ -23,6 +27,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -31,6 +36,11 @@ from typing import Any
 
 DISPLAY = ":0"
 DISPLAY_TIMEOUT = 15.0
+# An agent that keeps dying is a bug, not a fault to ride out: after this many restarts in
+# RESTART_WINDOW_S the box ends (the host then reports the sandbox as gone).
+MAX_RESTARTS = 5
+RESTART_WINDOW_S = 60.0
+AGENT_STOPPED = 0  # the child's exit code after a requested shutdown or reboot
 # Set by the sandbox launcher for this interpreter only; apps inside must not inherit them.
 LAUNCHER_ENV = ("PYTHONPATH", "LD_LIBRARY_PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
 # What the agent imports at boot or on first use; the host precompiles exactly these.
@@ -75,15 +85,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # Xvfb and then openbox start on a helper thread while this one imports the agent
         # (most of the boot time); the thread only waits on a pipe and spawns a process.
-        desktop = ThreadPoolExecutor(max_workers=1).submit(_start_desktop, display_fd, xvfb)
+        helper = ThreadPoolExecutor(max_workers=1)
+        desktop = helper.submit(_start_desktop, display_fd, xvfb)
         serve = _import_agent()
         log.info("agent imported after %.0f ms", _elapsed_ms())
         children += desktop.result()
+        helper.shutdown()  # no thread may be left when the agent is forked
         log.info("display up after %.0f ms", _elapsed_ms())
         if children[1:]:  # "desktop up" includes a window manager that manages windows
             wait_for_window_manager()
             log.info("window manager ready after %.0f ms", _elapsed_ms())
-        reason = serve(args)
+        reason = supervise(serve, args)
         log.info("agent stopped: %s", reason)
     finally:
         stop_all(children)
@@ -229,6 +241,47 @@ def _import_agent() -> Callable[[argparse.Namespace], str]:
         return anyio.run(partial(serve, Services(config), **fds))
 
     return run
+
+
+def supervise(serve: Callable[[argparse.Namespace], str], args: argparse.Namespace) -> str:
+    """Run the agent in a forked child until it stops on request; restart it when it dies.
+
+    Forked, not exec'd: the imports are done, so a restart serves again in milliseconds. The
+    listening socket stays open here, so the host's connects wait in its backlog meanwhile.
+    """
+    restarts: deque[float] = deque()
+    while True:
+        code = _run_agent_child(serve, args)
+        if code == AGENT_STOPPED:
+            return "stopped on request"
+        now = time.monotonic()
+        while restarts and now - restarts[0] > RESTART_WINDOW_S:
+            restarts.popleft()
+        if len(restarts) >= MAX_RESTARTS:
+            log.error(
+                "the guest agent died %d times in %.0f s; ending",
+                MAX_RESTARTS + 1,
+                RESTART_WINDOW_S,
+            )
+            return f"the agent kept dying (last exit {code})"
+        restarts.append(now)
+        log.warning("the guest agent died (exit %d); starting it again", code)
+
+
+def _run_agent_child(serve: Callable[[argparse.Namespace], str], args: argparse.Namespace) -> int:
+    pid = os.fork()
+    if pid == 0:  # the agent
+        code = 1
+        try:
+            log.info("agent stopped: %s", serve(args))
+            code = AGENT_STOPPED
+        except BaseException:
+            log.exception("the guest agent failed")
+        finally:
+            logging.shutdown()
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
 
 
 def stop_all(children: list[subprocess.Popen[bytes]]) -> None:

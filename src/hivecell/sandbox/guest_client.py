@@ -70,6 +70,7 @@ class GuestClient:
         self._writer: FrameWriter | None = None
         self._tg: TaskGroup | None = None
         self._closed_reason = ""
+        self._closed: anyio.Event | None = None  # made in __aenter__, inside the event loop
         self._protocol_error = False
         self.last_heartbeat = 0.0
         self.on_notification: Callable[[str, dict[str, Any]], None] | None = None
@@ -78,6 +79,7 @@ class GuestClient:
         with anyio.fail_after(self._connect_timeout):
             self._stream = await _open(self.endpoint)
         self._writer = FrameWriter(self._stream)
+        self._closed = anyio.Event()
         self.last_heartbeat = time.monotonic()
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
@@ -111,6 +113,27 @@ class GuestClient:
         if self._closed_reason:
             return False
         return time.monotonic() - self.last_heartbeat < HEARTBEAT_INTERVAL * MISSED_HEARTBEATS
+
+    async def wait_lost(self) -> str:
+        """Wait until the guest is lost: the connection dropped, or it missed
+        ``MISSED_HEARTBEATS`` heartbeats in a row (a stopped or hung agent keeps its socket
+        open, so only the silence tells). Returns why."""
+        window = HEARTBEAT_INTERVAL * MISSED_HEARTBEATS
+        while not self._closed_reason:
+            silent_for = time.monotonic() - self.last_heartbeat
+            if silent_for >= window:
+                return (
+                    f"the guest agent missed {MISSED_HEARTBEATS} heartbeats in a row "
+                    f"(silent for {silent_for:.1f} s)"
+                )
+            assert self._closed is not None, "wait_lost needs an open client"
+            with anyio.move_on_after(window - silent_for):
+                await self._closed.wait()
+        return f"connection to the guest lost: {self._closed_reason}"
+
+    async def abort(self, reason: str) -> None:
+        """Close the connection now: every waiting call raises ``GuestUnavailable``."""
+        await self._close(reason)
 
     async def call(
         self,
@@ -195,6 +218,7 @@ class GuestClient:
             ) from None
         except (anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
             self._closed_reason = self._closed_reason or "connection broken"
+            self._mark_closed()
             raise GuestUnavailable("the sandbox's guest agent is not reachable", op=method) from exc
         finally:
             if self._writer.torn:  # half a frame went out: the stream cannot carry another
@@ -202,11 +226,16 @@ class GuestClient:
 
     async def _close(self, reason: str) -> None:
         self._closed_reason = self._closed_reason or reason
+        self._mark_closed()
         for pending in self._pending.values():
             pending.event.set()
         if self._stream is not None:
             with anyio.CancelScope(shield=True):
                 await self._stream.aclose()
+
+    def _mark_closed(self) -> None:
+        if self._closed is not None:
+            self._closed.set()
 
     async def _read_loop(self) -> None:
         assert self._stream is not None

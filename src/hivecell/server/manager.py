@@ -285,6 +285,7 @@ class TaskManager:
             "queue_position": self.position(task_id),
             "pause_reason": None,
             "limit": None,
+            "fault": None,
         }
         if job is not None and job.runner is not None:
             usage = job.runner.usage
@@ -292,6 +293,7 @@ class TaskManager:
             view |= {
                 "pause_reason": control.pause_reason or None,
                 "limit": control.limit,
+                "fault": control.fault,
                 "steps": job.runner.steps,
                 "prompt_tokens": usage.prompt_tokens,
                 "completion_tokens": usage.completion_tokens,

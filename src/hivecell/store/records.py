@@ -22,6 +22,7 @@ class TaskStatus(StrEnum):
     MAX_STEPS_REACHED = "max_steps_reached"
     BUDGET_EXCEEDED = "budget_exceeded"
     INTERRUPTED = "interrupted"
+    GUEST_LOST = "guest_lost"  # the sandbox died or its guest agent stayed unreachable
 
 
 # A process owns a task while it is in one of these; if that process dies the task is interrupted.
@@ -38,6 +39,7 @@ TERMINAL_STATUSES: frozenset[TaskStatus] = frozenset(
         TaskStatus.TIMED_OUT,
         TaskStatus.MAX_STEPS_REACHED,
         TaskStatus.BUDGET_EXCEEDED,
+        TaskStatus.GUEST_LOST,
     }
 )
 # Statuses that end a run: entering one stamps finished_at.
@@ -47,6 +49,7 @@ RETRYABLE_STATUSES: tuple[TaskStatus, ...] = (
     TaskStatus.INTERRUPTED,
     TaskStatus.FAILED,
     TaskStatus.CANCELLED,
+    TaskStatus.GUEST_LOST,
 )
 
 

@@ -88,7 +88,8 @@ async function refreshThumb(task) {
 
 function controls(task) {
   const id = encodeURIComponent(task.id);
-  const paused = task.status === "paused";
+  // Paused for a guest fault it resumes by itself: the button pauses it for good instead.
+  const paused = task.status === "paused" && !task.fault;
   return h("div", { class: "row" },
     resumeWithMore(task, `/tasks/${id}`, refresh),
     task.status !== "queued" && !task.limit && h("button", {
@@ -149,7 +150,7 @@ async function loadHistory() {
   const status = $("#status-filter").value;
   if (search) params.set("search", search);
   for (const s of status ? [status] : ["completed", "failed", "cancelled", "timed_out",
-    "max_steps_reached", "budget_exceeded", "interrupted"]) params.append("status", s);
+    "max_steps_reached", "budget_exceeded", "interrupted", "guest_lost"]) params.append("status", s);
   const page = await api(`/tasks?${params}`);
   replace($("#history"), page.items.map(historyRow));
   $("#history-empty").hidden = page.items.length > 0;

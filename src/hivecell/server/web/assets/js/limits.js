@@ -3,7 +3,7 @@ import { post } from "./api.js";
 import { h } from "./dom.js";
 import { attempt } from "./shell.js";
 
-export const RETRYABLE = ["interrupted", "failed", "cancelled"];
+export const RETRYABLE = ["interrupted", "failed", "cancelled", "guest_lost"];
 
 // Prefilled with a sensible amount of what it ran out of, so one click resumes.
 const PREFILL = { timed_out: { minutes: 10 }, max_steps_reached: { steps: 10 } };
@@ -18,10 +18,17 @@ function budgetPrefill(task) {
   return fill;
 }
 
+// Why a paused task is paused, in words; the raw reason follows.
+function pauseLabel(task) {
+  if (task.limit) return "Paused at its limit";
+  if (task.fault === "guest_unreachable") return "Sandbox unreachable, reconnecting (resumes by itself)";
+  return "Paused";
+}
+
 export function pauseNote(task) {
   if (task.status !== "paused" || !task.pause_reason) return null;
-  return h("span", { class: "pause-reason muted", dataset: { limit: task.limit || "" } },
-    task.limit ? `Paused at its limit: ${task.pause_reason}` : `Paused: ${task.pause_reason}`);
+  return h("span", { class: "pause-reason muted", dataset: { limit: task.limit || "", fault: task.fault || "" } },
+    `${pauseLabel(task)}: ${task.pause_reason}`);
 }
 
 function extension(form) {

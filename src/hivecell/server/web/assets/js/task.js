@@ -20,7 +20,8 @@ async function retry() {
 }
 
 function controls(task) {
-  const paused = task.status === "paused";
+  // Paused for a guest fault it resumes by itself: the button pauses it for good instead.
+  const paused = task.status === "paused" && !task.fault;
   const act = (action) => () => attempt(() => post(`${base}/${action}`)).then(load);
   if (RETRYABLE.includes(task.status)) {
     return [h("button", { type: "button", id: "retry", onclick: retry }, "Retry")];
