@@ -61,7 +61,13 @@ class Extension(BaseModel):
 
 
 class Control:
-    def __init__(self, set_status: Callable[..., None]) -> None:
+    def __init__(
+        self,
+        set_status: Callable[..., None],
+        on_system: Callable[[str, dict[str, Any]], None] = lambda action, args: None,
+    ) -> None:
+        """``on_system(action, arguments)`` hears what Control decides itself in place of a
+        person (an approval denied at its timeout), for the trace."""
         self.cancel_scope = anyio.CancelScope()
         self.pending: Pending | None = None
         self.pause_reason = ""
@@ -69,6 +75,7 @@ class Control:
         self.detached = ""
         self._extension = Extension()
         self._set_status = set_status
+        self._on_system = on_system
         self._pause_requested = False
         self._resumed = anyio.Event()
         self._instructions: list[str] = []
@@ -197,6 +204,7 @@ class Control:
                 await self._replied.wait()
             if scope.cancelled_caught:  # nobody answered in time: that is a deny
                 self._reply, self._timed_out = (False, ""), True
+                self._on_system("deny", {"tool": pending.tool, "timeout_s": pending.timeout_s})
         finally:
             self.pending = None
         self._set_status("running")
