@@ -30,7 +30,8 @@ from hivecell.errors import HivecellError
 
 START_TIMEOUT_S = 180.0  # until `hivecell up` prints its login link
 
-TARGET_TAKEOVER_MS = 200.0
+TARGET_TAKEOVER_MS = 200.0  # at p90
+WATCH_FIRST_S = 2.0  # the person watches the desktop this long before the first take-over
 WAIT_STEP = Reply(tool_calls=[ScriptedToolCall(name="wait", arguments={"seconds": 0})])
 RFB_SECURITY_NONE = b"\x01"
 
@@ -101,7 +102,8 @@ NOTES = [
     "fan-out latency: event time stamped by the server at publish -> received and parsed by "
     "each dashboard client (all clients share this process, so client-side scheduling counts)",
     "takeover_control: POST /tasks/{id}/takeover -> an interactive VNC session through the "
-    "server's relay has finished the RFB handshake (the person can type)",
+    "server's relay has finished the RFB handshake (the person can type); the target "
+    f"(<= {TARGET_TAKEOVER_MS:g} ms) is at p90",
     "takeover_paused: the same POST -> the task.status 'paused' event (the agent has stopped; "
     "it finishes the model call in flight first, so this includes part of a 0.3 s model delay)",
 ]
@@ -227,11 +229,14 @@ async def _takeovers(server: _Server, runs: int) -> tuple[list[float], list[floa
     paused: list[float] = []
     vnc = server.ws(f"/sandboxes/{sandbox_id}/vnc")
     # The person is watching the live desktop (a view-only session) before taking over,
-    # as on the Environments page; its VNC server is therefore already running.
+    # as on the Environments page; its VNC server is therefore already running, and the
+    # server has a session ready for the next viewer once x11vnc has greeted it (a person
+    # looks before clicking: WATCH_FIRST_S; the first take-over otherwise races that).
     async with (
         _vnc_session(vnc + "&view_only=true"),
         websockets.connect(server.ws("/events"), proxy=None) as events,
     ):
+        await anyio.sleep(WATCH_FIRST_S)
         for _ in range(runs):
             took, stopped = await _one_takeover(server, events, task["id"], sandbox_id)
             control.append(took)
@@ -303,4 +308,5 @@ async def _recv_at_least(ws: Any, size: int) -> bytes:
 
 
 def targets_met(report: ServerReport) -> dict[str, bool]:
-    return {"takeover": report.takeover_control.median_ms <= TARGET_TAKEOVER_MS}
+    """The take-over target holds at p90: most take-overs, not the typical one, must be quick."""
+    return {"takeover": report.takeover_control.p90_ms <= TARGET_TAKEOVER_MS}
