@@ -80,11 +80,13 @@ async def measure_server(
         _write_provider(home, model.base_url)
         async with _hivecell_up(home) as server:
             latencies, per_client = await _fanout(server, clients, steps)
-        model_slow = Reply(tool_calls=WAIT_STEP.tool_calls, delay_s=0.3)
-        async with ScriptedLLMServer(default=model_slow) as slow:
-            _write_provider(home, slow.base_url)
-            async with _hivecell_up(home) as server:
-                control, paused = await _takeovers(server, takeovers)
+    model_slow = Reply(tool_calls=WAIT_STEP.tool_calls, delay_s=0.3)
+    # Its own process here: parsing the agent's requests (screenshots as base64 JSON) in
+    # this process would hold up the clock of the take-overs measured here.
+    async with _model_process(home, model_slow) as slow_url:
+        _write_provider(home, slow_url)
+        async with _hivecell_up(home) as server:
+            control, paused = await _takeovers(server, takeovers)
     ordered = sorted(latencies)
     return ServerReport(
         clients=clients,
@@ -115,6 +117,36 @@ def _write_provider(home: Path, base_url: str) -> None:
         f'default_provider = "bench"\n\n[providers.bench]\nbase_url = "{base_url}"\n'
         'model = "scripted-model"\napi_key = "bench"\nmax_retries = 0\n'
     )
+
+
+@asynccontextmanager
+async def _model_process(home: Path, default: Reply) -> AsyncIterator[str]:
+    """The scripted model server as a process; yields its base URL."""
+    script = home / "bench-model.json"
+    body = {"steps": [], "default": default.model_dump(mode="json")}
+    await anyio.Path(script).write_text(json.dumps(body))
+    argv = [sys.executable, "-m", "hivecell.agent.llm.scripted", "--script", str(script)]
+    log = await anyio.to_thread.run_sync(open, home / "bench-model.log", "wb")
+    try:
+        process = await anyio.open_process(argv, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        await anyio.to_thread.run_sync(log.close)
+    async with process:
+        try:
+            yield await _first_url(home / "bench-model.log", process)
+        finally:
+            await _stop(process)
+
+
+async def _first_url(log: Path, process: Process) -> str:
+    with anyio.fail_after(START_TIMEOUT_S):
+        while process.returncode is None:
+            text = await anyio.Path(log).read_text(errors="replace")
+            for line in text.splitlines():
+                if line.startswith("http://"):
+                    return line.strip()
+            await anyio.sleep(0.05)
+    raise BenchServerError(f"the scripted model server exited before it was up; see {log}")
 
 
 @asynccontextmanager
