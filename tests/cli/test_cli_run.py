@@ -152,6 +152,15 @@ async def test_choice_is_answered_from_stdin(home: Path) -> None:
     assert tool_results(server.chat_requests[1]) == [{"answer": "json"}]
     shown = done.stderr.decode()
     assert "Which format?" in shown and "2) json" in shown
+    assert interventions(result) == [("answer", {"answer": "json", "tool": "ask_user_choice"})]
+
+
+def interventions(result: dict[str, Any]) -> list[tuple[str | None, Any]]:
+    """The trace's interventions: all by the person at this terminal."""
+    steps = TraceReader(Path(result["trace_dir"])).load().steps
+    records = [s for s in steps if s.kind == "intervention"]
+    assert all(s.by is not None and s.by.kind == "cli" for s in records)
+    return [(s.action, s.arguments) for s in records]
 
 
 # --- acceptance 3: limits and failure ----------------------------------------------------------
@@ -361,3 +370,4 @@ async def test_at_a_limit_a_person_at_the_terminal_is_asked_for_more(home: Path)
     result = json.loads(out)
     assert (result["status"], result["steps"]) == ("completed", 2), shown.decode()
     assert process.returncode == 0
+    assert interventions(result) == [("resume", {"extra_steps": 1})]

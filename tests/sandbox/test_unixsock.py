@@ -95,3 +95,17 @@ async def test_end_of_stream_and_a_broken_peer(listener: tuple[str, socket.socke
         with pytest.raises(anyio.BrokenResourceError):
             for _ in range(1000):  # the peer is gone: writes fail (EPIPE) once it is noticed
                 await stream.send(b"x" * 65536)
+
+
+async def test_close_does_not_wait_for_a_peer_that_stopped_reading(
+    listener: tuple[str, socket.socket],
+) -> None:
+    path, server = listener
+    stream = await connect_unix(path)
+    peer, _ = server.accept()  # never reads: the kernel buffers fill, then ours
+    with anyio.move_on_after(0.5):
+        while True:
+            await stream.send(b"x" * 65536)
+    with anyio.fail_after(10):  # a close that waited for the peer would never return
+        await stream.aclose()
+    peer.close()

@@ -1,8 +1,9 @@
 """A view-only VNC viewer that never finishes a message must not grow the server's memory.
 
-The relay runs under a real uvicorn; the "VNC server" behind it is a unix socket that keeps
-what reaches it (the filter sits on the browser side, so what x11vnc would answer does not
-matter to the attack); the client is a raw WebSocket.
+The relay runs under a real uvicorn; the "VNC server" behind it is a unix socket that answers
+the RFB handshake as x11vnc does and then keeps what reaches it (the filter sits on the
+browser side, so what x11vnc would answer later does not matter to the attack); the client is
+a raw WebSocket.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import anyio.abc
 import anyio.lowlevel
 import pytest
 import uvicorn
+from anyio.streams.buffered import BufferedByteReceiveStream
 from fastapi import FastAPI
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -77,9 +79,19 @@ async def relay_to_sink(folder: Path) -> AsyncIterator[tuple[str, list[int]]]:
 
     async def sink(stream: anyio.abc.SocketStream) -> None:
         async with stream:
+            # The server half of the handshake, as x11vnc: the relay speaks RFB upstream
+            # itself (it answers viewers from a session already past ServerInit).
+            reader = BufferedByteReceiveStream(stream)
+            await stream.send(b"RFB 003.008\n")
+            received[0] += len(await reader.receive_exactly(12))
+            await stream.send(b"\x01\x01")
+            received[0] += len(await reader.receive_exactly(1))
+            await stream.send(b"\0\0\0\0")
+            received[0] += len(await reader.receive_exactly(1))
+            await stream.send(struct.pack(">HH16sI", 800, 600, bytes(16), 0))  # ServerInit
             while True:
                 try:
-                    received[0] += len(await stream.receive())
+                    received[0] += len(await reader.receive())
                 except (anyio.EndOfStream, anyio.BrokenResourceError):
                     return
 
@@ -122,7 +134,8 @@ async def test_a_viewer_sending_endless_bytes_is_dropped(short_home: Path) -> No
             async with anyio.create_task_group() as tg:
                 tg.start_soon(flood, ws)
                 with pytest.raises(ConnectionClosed) as closed, anyio.fail_after(120):
-                    await ws.recv()  # the relay's answer to the flood: a close
+                    while True:  # the handshake's answers, then the relay's answer to the
+                        await ws.recv()  # flood: a close
                 tg.cancel_scope.cancel()
         assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_POLICY
         assert sent < 64 * MiB, f"the relay took {sent // MiB} MiB before closing"

@@ -65,8 +65,14 @@ GUEST_UNREACHABLE = "guest_unreachable"  # the pause reason while the guest link
 
 class Control:
     def __init__(
-        self, set_status: Callable[..., None], status: Callable[[], str] = lambda: ""
+        self,
+        set_status: Callable[..., None],
+        status: Callable[[], str] = lambda: "",
+        on_system: Callable[[str, dict[str, Any]], None] = lambda action, args: None,
     ) -> None:
+        """``status`` reads the runner's status; ``on_system(action, arguments)`` hears what
+        Control decides itself in place of a person (an approval denied at its timeout), for
+        the trace."""
         self.cancel_scope = anyio.CancelScope()
         self.pending: Pending | None = None
         self.pause_reason = ""
@@ -77,6 +83,7 @@ class Control:
         self._status = status
         self._extension = Extension()
         self._set_status = set_status
+        self._on_system = on_system
         self._pause_requested = False
         self._resumed = anyio.Event()
         self._instructions: list[str] = []
@@ -225,6 +232,7 @@ class Control:
                 await self._replied.wait()
             if scope.cancelled_caught:  # nobody answered in time: that is a deny
                 self._reply, self._timed_out = (False, ""), True
+                self._on_system("deny", {"tool": pending.tool, "timeout_s": pending.timeout_s})
         finally:
             self.pending = None
         self._set_status("running")

@@ -13,6 +13,8 @@ import json
 import math
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import suppress
+from datetime import datetime
 from typing import Any, Literal, Protocol, TypeVar, cast
 
 import anyio
@@ -24,6 +26,9 @@ from hivecell.agent.control import Control, Extension, Pending
 from hivecell.agent.history import History, image_message
 from hivecell.agent.tools import GUI_TOOLS, TOOLS, USER_TOOLS, GuestCall, ToolBox
 from hivecell.errors import HivecellError, InvalidParams, NotFound
+from hivecell.trace.models import Actor
+
+SYSTEM = Actor(kind="system")
 
 Status = Literal[
     "queued",
@@ -221,7 +226,11 @@ class TaskRunner:
         self.status: Status = "queued"
         self.steps = 0
         self.usage = Usage()
-        self.control = Control(self._set_status, lambda: self.status)
+        self.control = Control(
+            self._set_status,
+            lambda: self.status,
+            on_system=lambda action, args: self.intervened(action, SYSTEM, args),
+        )
         self.clock = WorkClock(self.settings.timeout_s)
         self._guest = guest
         self._llm = llm
@@ -515,6 +524,29 @@ class TaskRunner:
         else:
             self.clock.stop()
         self._on_event("status", {"status": status, "reason": reason})
+
+    def intervened(
+        self,
+        action: str,
+        by: Actor,
+        arguments: dict[str, Any] | None = None,
+        *,
+        ts: datetime | None = None,
+    ) -> None:
+        """Put an intervention (who did what) in the trace, in order with the steps.
+
+        After the loop ended nothing is written: the run is over, the action had no effect."""
+        fields: dict[str, Any] = {
+            "kind": "intervention",
+            "action": action,
+            "by": by.model_dump(exclude_none=True),  # plain data: the step event goes out as JSON
+        }
+        if arguments:
+            fields["arguments"] = arguments
+        if ts is not None:
+            fields["ts"] = ts.isoformat()
+        with suppress(anyio.ClosedResourceError):
+            self._record(**fields)
 
     def _record(self, **fields: Any) -> None:
         step = self.steps

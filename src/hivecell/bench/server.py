@@ -30,7 +30,8 @@ from hivecell.errors import HivecellError
 
 START_TIMEOUT_S = 180.0  # until `hivecell up` prints its login link
 
-TARGET_TAKEOVER_MS = 200.0
+TARGET_TAKEOVER_MS = 200.0  # at p90
+WATCH_FIRST_S = 2.0  # the person watches the desktop this long before the first take-over
 WAIT_STEP = Reply(tool_calls=[ScriptedToolCall(name="wait", arguments={"seconds": 0})])
 RFB_SECURITY_NONE = b"\x01"
 
@@ -79,11 +80,13 @@ async def measure_server(
         _write_provider(home, model.base_url)
         async with _hivecell_up(home) as server:
             latencies, per_client = await _fanout(server, clients, steps)
-        model_slow = Reply(tool_calls=WAIT_STEP.tool_calls, delay_s=0.3)
-        async with ScriptedLLMServer(default=model_slow) as slow:
-            _write_provider(home, slow.base_url)
-            async with _hivecell_up(home) as server:
-                control, paused = await _takeovers(server, takeovers)
+    model_slow = Reply(tool_calls=WAIT_STEP.tool_calls, delay_s=0.3)
+    # Its own process here: parsing the agent's requests (screenshots as base64 JSON) in
+    # this process would hold up the clock of the take-overs measured here.
+    async with _model_process(home, model_slow) as slow_url:
+        _write_provider(home, slow_url)
+        async with _hivecell_up(home) as server:
+            control, paused = await _takeovers(server, takeovers)
     ordered = sorted(latencies)
     return ServerReport(
         clients=clients,
@@ -101,7 +104,8 @@ NOTES = [
     "fan-out latency: event time stamped by the server at publish -> received and parsed by "
     "each dashboard client (all clients share this process, so client-side scheduling counts)",
     "takeover_control: POST /tasks/{id}/takeover -> an interactive VNC session through the "
-    "server's relay has finished the RFB handshake (the person can type)",
+    "server's relay has finished the RFB handshake (the person can type); the target "
+    f"(<= {TARGET_TAKEOVER_MS:g} ms) is at p90",
     "takeover_paused: the same POST -> the task.status 'paused' event (the agent has stopped; "
     "it finishes the model call in flight first, so this includes part of a 0.3 s model delay)",
 ]
@@ -113,6 +117,36 @@ def _write_provider(home: Path, base_url: str) -> None:
         f'default_provider = "bench"\n\n[providers.bench]\nbase_url = "{base_url}"\n'
         'model = "scripted-model"\napi_key = "bench"\nmax_retries = 0\n'
     )
+
+
+@asynccontextmanager
+async def _model_process(home: Path, default: Reply) -> AsyncIterator[str]:
+    """The scripted model server as a process; yields its base URL."""
+    script = home / "bench-model.json"
+    body = {"steps": [], "default": default.model_dump(mode="json")}
+    await anyio.Path(script).write_text(json.dumps(body))
+    argv = [sys.executable, "-m", "hivecell.agent.llm.scripted", "--script", str(script)]
+    log = await anyio.to_thread.run_sync(open, home / "bench-model.log", "wb")
+    try:
+        process = await anyio.open_process(argv, stdout=log, stderr=subprocess.STDOUT)
+    finally:
+        await anyio.to_thread.run_sync(log.close)
+    async with process:
+        try:
+            yield await _first_url(home / "bench-model.log", process)
+        finally:
+            await _stop(process)
+
+
+async def _first_url(log: Path, process: Process) -> str:
+    with anyio.fail_after(START_TIMEOUT_S):
+        while process.returncode is None:
+            text = await anyio.Path(log).read_text(errors="replace")
+            for line in text.splitlines():
+                if line.startswith("http://"):
+                    return line.strip()
+            await anyio.sleep(0.05)
+    raise BenchServerError(f"the scripted model server exited before it was up; see {log}")
 
 
 @asynccontextmanager
@@ -227,11 +261,14 @@ async def _takeovers(server: _Server, runs: int) -> tuple[list[float], list[floa
     paused: list[float] = []
     vnc = server.ws(f"/sandboxes/{sandbox_id}/vnc")
     # The person is watching the live desktop (a view-only session) before taking over,
-    # as on the Environments page; its VNC server is therefore already running.
+    # as on the Environments page; its VNC server is therefore already running, and the
+    # server has a session ready for the next viewer once x11vnc has greeted it (a person
+    # looks before clicking: WATCH_FIRST_S; the first take-over otherwise races that).
     async with (
         _vnc_session(vnc + "&view_only=true"),
         websockets.connect(server.ws("/events"), proxy=None) as events,
     ):
+        await anyio.sleep(WATCH_FIRST_S)
         for _ in range(runs):
             took, stopped = await _one_takeover(server, events, task["id"], sandbox_id)
             control.append(took)
@@ -303,4 +340,5 @@ async def _recv_at_least(ws: Any, size: int) -> bytes:
 
 
 def targets_met(report: ServerReport) -> dict[str, bool]:
-    return {"takeover": report.takeover_control.median_ms <= TARGET_TAKEOVER_MS}
+    """The take-over target holds at p90: most take-overs, not the typical one, must be quick."""
+    return {"takeover": report.takeover_control.p90_ms <= TARGET_TAKEOVER_MS}

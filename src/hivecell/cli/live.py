@@ -16,7 +16,9 @@ from rich.console import Console
 from hivecell.agent.control import GUEST_UNREACHABLE, Extension
 from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.errors import InvalidParams
+from hivecell.trace import Actor
 
+CLI = Actor(kind="cli")
 MENU = "paused — [r]esume, [i]nstruct <text>, [c]ancel: "
 
 
@@ -88,7 +90,8 @@ class LiveConsole:
                 self.runner.control.detach("waiting for an answer, but stdin is closed")
                 return
             try:
-                self.runner.control.answer(line)
+                value = self.runner.control.answer(line)
+                self._did("answer", {"answer": value, "tool": pending.tool})
                 return
             except InvalidParams as exc:
                 self.console.print(f"[red]{exc.message}[/red]")
@@ -101,8 +104,10 @@ class LiveConsole:
             self.runner.control.detach(f"waiting for approval of {tool}, but stdin is closed")
         elif line.strip().lower() in ("y", "yes"):
             self.runner.control.approve()
+            self._did("approve", {"tool": tool})
         else:
             self.runner.control.deny("denied on the terminal")
+            self._did("deny", {"tool": tool, "reason": "denied on the terminal"})
 
     async def _paused(self, reason: str) -> None:
         assert self.runner is not None
@@ -121,7 +126,14 @@ class LiveConsole:
         if line is None or not line.strip().lower().startswith("m"):
             self.runner.control.detach(reason)
             return
-        self.runner.control.resume(extension=_same_again(limit, self.runner.settings))
+        extension = _same_again(limit, self.runner.settings)
+        self.runner.control.resume(extension=extension)
+        self._did("resume", extension.model_dump(exclude_none=True))
+
+    def _did(self, action: str, arguments: dict[str, Any] | None = None) -> None:
+        """The person at this terminal intervened: say so in the trace."""
+        if self.runner is not None:
+            self.runner.intervened(action, CLI, arguments)
 
     async def menu(self) -> None:
         """The Ctrl-C / pause menu: resume, add an instruction, or cancel."""
@@ -129,11 +141,15 @@ class LiveConsole:
         line = await read_line(MENU)
         choice = (line or "c").strip()
         if choice.startswith("i"):
-            self.runner.control.resume(choice[1:].strip() or None)
+            text = choice[1:].strip()
+            self.runner.control.resume(text or None)
+            self._did("resume", {"text": text} if text else None)
         elif choice.startswith("c"):
             self.runner.control.cancel()
+            self._did("cancel")
         else:
             self.runner.control.resume()
+            self._did("resume")
 
     async def watch_interrupts(self) -> None:
         """Ctrl-C pauses after the current step and opens the menu; twice cancels."""
@@ -143,9 +159,11 @@ class LiveConsole:
                     continue
                 if self.runner.control.pause_reason or not self.interactive:
                     self.runner.control.cancel()
+                    self._did("cancel")
                     continue
                 self.console.print("\n[yellow]pausing after the current step...[/yellow]")
                 self.runner.control.pause()
+                self._did("pause")
 
 
 def _same_again(limit: str, settings: RunSettings) -> Extension:

@@ -17,12 +17,12 @@ from contextlib import AsyncExitStack, suppress
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, Listener, SocketListener, TaskGroup
+from anyio.abc import ByteStream, Listener, SocketListener, SocketStream, TaskGroup
 
 LINE_LIMIT = 1 << 20  # asyncio's readline limit; framing reads with read(n), never readline
 
 
-async def connect_unix(path: str) -> ByteStream:
+async def connect_unix(path: str) -> SocketStream:
     """A connected stream: ``UnixStream`` on asyncio, anyio's own elsewhere (trio is safe)."""
     try:
         asyncio.get_running_loop()
@@ -53,16 +53,24 @@ async def _wrap(sock: socket.socket) -> UnixStream:
     except BaseException:
         sock.close()
         raise
-    return UnixStream(reader, writer)
+    return UnixStream(sock, reader, writer)
 
 
-class UnixStream(ByteStream):
-    """anyio's ``ByteStream`` over an asyncio unix connection (see the module's docstring)."""
+class UnixStream(SocketStream):
+    """anyio's ``SocketStream`` over an asyncio unix connection (see the module's docstring);
+    ``extra(SocketAttribute.raw_socket)`` is the socket, for peeks that never block."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self, sock: socket.socket, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        self._sock = sock
         self._reader = reader
         self._writer = writer
         self._closed = False
+
+    @property
+    def _raw_socket(self) -> socket.socket:
+        return self._sock
 
     async def receive(self, max_bytes: int = 65536) -> bytes:
         if self._closed:
@@ -93,11 +101,16 @@ class UnixStream(ByteStream):
             self._writer.write_eof()
 
     async def aclose(self) -> None:
-        """Close; a receive waiting meanwhile ends with ``ClosedResourceError``."""
+        """Close at once, like a socket's close: unsent bytes are dropped; a receive waiting
+        meanwhile ends with ``ClosedResourceError``."""
         if self._closed:
             return
         self._closed = True
-        self._writer.close()
+        transport = self._writer.transport
+        if transport.get_write_buffer_size():
+            transport.abort()  # a peer that stopped reading would hold close() for ever
+        else:
+            transport.close()
         with anyio.CancelScope(shield=True), suppress(OSError):
             await self._writer.wait_closed()
 

@@ -16,12 +16,12 @@ import stat
 from pathlib import Path
 
 import anyio
-from anyio.abc import ByteStream
+from anyio.abc import SocketStream
 
 from hivecell.protocol.unixstream import connect_unix
 
 
-async def connect_unix_nofollow(path: str | Path) -> ByteStream:
+async def connect_unix_nofollow(path: str | Path) -> SocketStream:
     """Like ``anyio.connect_unix``; raises ``OSError(ELOOP)`` for a link, ``ENOTSOCK`` for
     anything else that is not a socket."""
     fd = await anyio.to_thread.run_sync(_open_socket_inode, str(path))

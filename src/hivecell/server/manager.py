@@ -26,8 +26,10 @@ from hivecell.errors import HivecellError, InvalidParams
 from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec
 from hivecell.server.errors import Conflict
 from hivecell.server.events import EventHub
+from hivecell.server.interventions import Note, arguments_of, write_notes
 from hivecell.server.settings import Preferences
 from hivecell.store import ACTIVE_STATUSES, InvalidTransition, TaskRecord, TaskStore
+from hivecell.trace import Actor
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,8 @@ class Job:
     paused: bool = False
     taken_over: bool = False
     instructions: list[str] = field(default_factory=list)
+    # Interventions before the runner exists: it writes them first (see ``interventions``).
+    notes: list[Note] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -145,6 +149,7 @@ class TaskManager:
             with anyio.CancelScope(shield=True):
                 del self._running[job.id]
                 await job.client.aclose()
+                await write_notes(job.record, job.notes)
                 await self._finished(job.id)
                 self.poke()
 
@@ -206,6 +211,9 @@ class TaskManager:
     def _attach(self, job: Job, runner: TaskRunner) -> None:
         """Apply what people asked for while the sandbox was still booting."""
         job.runner = runner
+        for note in job.notes:
+            runner.intervened(note.action, note.by, note.arguments, ts=note.ts)
+        job.notes.clear()
         for text in job.instructions:
             runner.control.instruct(text)
         if job.paused:
@@ -239,13 +247,31 @@ class TaskManager:
 
     # --- control -------------------------------------------------------------------------
     async def control(
-        self, task_id: str, action: str, text: str = "", extension: Extension | None = None
+        self,
+        task_id: str,
+        action: str,
+        text: str = "",
+        extension: Extension | None = None,
+        by: Actor | None = None,
     ) -> TaskRecord:
+        """Apply ``action``; once it is accepted, the trace records it as done ``by`` whom."""
         record = await self.store.get(task_id)  # unknown ids: 404
+        note = Note(action, by or Actor(kind="api"), arguments_of(action, text, extension))
         if task_id in self._queue:
-            await self._control_queued(self._queue[task_id], action, text)
+            job = self._queue[task_id]
+            job.notes.append(note)  # first: a cancel writes the notes of a job that never ran
+            try:
+                await self._control_queued(job, action, text)
+            except HivecellError:
+                job.notes.remove(note)
+                raise
         elif task_id in self._running:
-            _control_running(self._running[task_id], action, text, extension)
+            job = self._running[task_id]
+            pending = job.runner.control.pending if job.runner else None
+            _control_running(job, action, text, extension)
+            if pending is not None and action in ("answer", "approve", "deny"):
+                note.arguments["tool"] = pending.tool  # which request this answered
+            _noted(job, note)
         else:
             raise Conflict(
                 f"task {task_id} is {record.status}: it cannot be controlled now",
@@ -267,7 +293,12 @@ class TaskManager:
             await self.store.update(
                 job.id, status="cancelled", success=False, summary="cancelled before it started"
             )
+            await write_notes(job.record, job.notes)
             await self._finished(job.id)
+
+    async def note_ended(self, record: TaskRecord, note: Note) -> None:
+        """An intervention on a task that already ended (a retry): no runner writes for it."""
+        await write_notes(record, [note], step=record.steps)
 
     def pending(self, task_id: str) -> dict[str, Any] | None:
         job = self._running.get(task_id)
@@ -306,18 +337,22 @@ class TaskManager:
             }
         return view
 
-    async def stop_all(self) -> list[str]:
+    async def stop_all(self, by: Actor | None = None) -> list[str]:
         """Cancel every task not yet ended; returns their ids (none the second time).
 
         Everything is taken and signalled before the first await, so a task finishing or a
         slot freeing meanwhile can neither start a queued task nor make us miss one.
         """
+        note = Note("stop_all", by or Actor(kind="api"))
         queued = [self._queue.pop(task_id) for task_id in list(self._queue)]
         stopped = [job.id for job in queued]
+        for job in queued:
+            job.notes.append(note)
         for job in list(self._running.values()):
             if job.cancelled or (job.runner and job.runner.status in FINAL):
                 continue
             _control_running(job, "cancel", "")
+            _noted(job, note)
             stopped.append(job.id)
         for job in queued:
             await self._end_unstarted(job)
@@ -359,6 +394,14 @@ class TaskManager:
                 await self.provider.destroy(info.id)
                 removed.append(info.id)
         return {"interrupted": interrupted, "sandboxes_removed": removed}
+
+
+def _noted(job: Job, note: Note) -> None:
+    """Into the trace through the runner (in order with its steps), or kept until it exists."""
+    if job.runner is not None:
+        job.runner.intervened(note.action, note.by, note.arguments, ts=note.ts)
+    else:
+        job.notes.append(note)
 
 
 def _control_running(job: Job, action: str, text: str, extension: Extension | None = None) -> None:

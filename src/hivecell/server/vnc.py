@@ -3,8 +3,11 @@
 noVNC speaks RFB over a binary WebSocket (subprotocol ``binary``); the guest method
 ``start_vnc`` starts x11vnc, reachable on the host at ``SandboxInfo.vnc_endpoint`` (for the
 local provider a socket outside the box that the guest relays to x11vnc, so the box cannot
-point the host elsewhere). No websockify: each WebSocket message is written to the socket
-as it is, and whatever the socket yields goes back as one binary message.
+point the host elsewhere). No websockify: the server answers the viewer's RFB handshake
+itself from an upstream session that is already past ServerInit (usually a spare opened ahead
+of time, see ``vncspare``: x11vnc is slow to greet a new viewer); after that each WebSocket
+message is written to the socket as it is, and whatever the socket yields goes back as one
+binary message.
 
 A ``view_only=true`` connection never forwards input (keys, pointer, clipboard, resize). An
 interactive one forwards input only while the server allows it, checked per message: the
@@ -17,19 +20,18 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from contextlib import suppress
 from typing import Any
 
 import anyio
-import anyio.abc
 from fastapi import APIRouter, WebSocket
 from fastapi.params import Depends
 from starlette.websockets import WebSocketDisconnect
 
 from hivecell.errors import HivecellError
 from hivecell.sandbox.base import SandboxProvider
-from hivecell.sandbox.unixsock import connect_unix_nofollow
+from hivecell.server.vncspare import SparePool, Upstream, UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +101,13 @@ class ViewOnlyFilter:
     _HANDSHAKE = (12, 1, 1)
     MAX_MESSAGE = 512 * 1024
 
-    def __init__(self, may_drive: Callable[[], bool] = lambda: False) -> None:
+    def __init__(
+        self, may_drive: Callable[[], bool] = lambda: False, *, handshake_done: bool = False
+    ) -> None:
+        """``handshake_done``: the server answered the handshake itself (see
+        ``answer_handshake``); the stream starts with client messages."""
         self._buf = bytearray()
-        self._field = 0
+        self._field = len(self._HANDSHAKE) if handshake_done else 0
         self._may_drive = may_drive  # asked per input message: input passes while True
 
     @property
@@ -144,7 +150,7 @@ class ViewOnlyFilter:
 
 # --- relay --------------------------------------------------------------------------------
 async def _browser_to_vnc(
-    websocket: WebSocket, stream: anyio.abc.ByteStream, view_filter: ViewOnlyFilter
+    websocket: WebSocket, stream: Upstream, view_filter: ViewOnlyFilter
 ) -> None:
     while True:
         message = await websocket.receive()
@@ -156,7 +162,7 @@ async def _browser_to_vnc(
             await stream.send(data)
 
 
-async def _vnc_to_browser(websocket: WebSocket, stream: anyio.abc.ByteStream) -> None:
+async def _vnc_to_browser(websocket: WebSocket, stream: Upstream) -> None:
     while True:
         try:
             data = await stream.receive(READ_SIZE)
@@ -165,33 +171,81 @@ async def _vnc_to_browser(websocket: WebSocket, stream: anyio.abc.ByteStream) ->
         await websocket.send_bytes(data)
 
 
+async def answer_handshake(websocket: WebSocket, server_init: bytes) -> bytes:
+    """The server's half of the viewer's handshake, from an upstream session already past
+    ServerInit (see ``vncspare``): 3.7 or 3.8, security None. Returns what the viewer sent
+    after its ClientInit, for the input gate."""
+    buf = bytearray()
+
+    async def read(size: int) -> bytes:
+        while len(buf) < size:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                raise WebSocketDisconnect(message.get("code", CLOSE_NORMAL))
+            buf.extend(message.get("bytes") or (message.get("text") or "").encode())
+            if len(buf) > ViewOnlyFilter.MAX_MESSAGE:
+                raise RfbViolation("the viewer sent too much during the handshake")
+        out = bytes(buf[:size])
+        del buf[:size]
+        return out
+
+    await websocket.send_bytes(b"RFB 003.008\n")
+    version = await read(12)
+    if version[:11] not in (b"RFB 003.007", b"RFB 003.008"):
+        raise RfbViolation(f"the relay speaks RFB 3.7 or 3.8, the viewer sent {version[:11]!r}")
+    await websocket.send_bytes(b"\x01\x01")  # one security type: None
+    if await read(1) != b"\x01":
+        raise RfbViolation("the viewer chose a security type other than None")
+    if version[:11] == b"RFB 003.008":  # 3.7 sends no SecurityResult after None
+        await websocket.send_bytes(b"\0\0\0\0")
+    await read(1)  # ClientInit: the upstream session is shared whatever the viewer asks
+    await websocket.send_bytes(server_init)
+    return bytes(buf)
+
+
+async def _viewer(
+    websocket: WebSocket, upstream: Upstream, view_filter: ViewOnlyFilter, answered: anyio.Event
+) -> None:
+    rest = await answer_handshake(websocket, upstream.server_init)
+    answered.set()
+    if data := view_filter.feed(rest):
+        await upstream.send(data)
+    await _browser_to_vnc(websocket, upstream, view_filter)
+
+
+async def _upstream(websocket: WebSocket, upstream: Upstream, answered: anyio.Event) -> None:
+    await answered.wait()  # what x11vnc sends (a clipboard change) follows the handshake
+    await _vnc_to_browser(websocket, upstream)
+
+
 async def relay(
-    websocket: WebSocket, endpoint: str, *, may_drive: Callable[[], bool] = lambda: False
+    websocket: WebSocket,
+    upstream: Upstream,
+    *,
+    may_drive: Callable[[], bool] = lambda: False,
+    keep: Callable[[], Coroutine[Any, Any, None]] | None = None,
 ) -> int:
-    """Pump bytes both ways until either side ends; returns the close code for the browser."""
-    kind, _, path = endpoint.partition(":")
-    if kind != "unix":
-        return CLOSE_UNAVAILABLE
-    try:
-        stream = await connect_unix_nofollow(path)  # host-only folder; no-follow as a second line
-    except OSError:
-        return CLOSE_UNAVAILABLE
+    """Answer the handshake, then pump bytes both ways until either side ends; returns the
+    close code for the browser. ``keep`` runs beside (refilling the spare session)."""
     code = CLOSE_NORMAL
-    async with stream, anyio.create_task_group() as tg:
+    answered = anyio.Event()
+    async with upstream.stream, anyio.create_task_group() as tg:
 
         async def pump(job: Callable[..., Awaitable[None]], *args: Any) -> None:
             nonlocal code
             try:
-                await job(websocket, stream, *args)
+                await job(websocket, upstream, *args)
             except RfbViolation as exc:
-                log.warning("vnc relay: closing a view-only viewer: %s", exc)
+                log.warning("vnc relay: closing a viewer: %s", exc)
                 code = CLOSE_POLICY
             except (WebSocketDisconnect, anyio.BrokenResourceError, anyio.ClosedResourceError):
                 pass
             tg.cancel_scope.cancel()  # either side ending ends the other
 
-        tg.start_soon(pump, _browser_to_vnc, ViewOnlyFilter(may_drive))
-        tg.start_soon(pump, _vnc_to_browser)
+        tg.start_soon(pump, _viewer, ViewOnlyFilter(may_drive, handshake_done=True), answered)
+        tg.start_soon(pump, _upstream, answered)
+        if keep is not None:
+            tg.start_soon(keep)
     return code
 
 
@@ -202,22 +256,47 @@ async def serve_viewer(
     *,
     view_only: bool,
     may_drive: DrivePolicy = lambda sandbox_id: True,
+    spares: SparePool | None = None,
 ) -> None:
-    """One viewer: resolving -> refused (4404) | open -> closed (1000, or 1008 for a view-only
-    viewer that sent what the filter cannot parse)."""
+    """One viewer: resolving -> refused (4404) | open -> closed (1000, or 1008 for a viewer
+    that sent what the relay cannot parse). ``spares`` hands out pre-opened sessions."""
+    spares = spares or SparePool()
+    live = spares.live_path(sandbox_id)  # a spare is open: x11vnc runs, no need to ask
     try:
-        endpoint = await resolve(sandbox_id)
+        endpoint = f"unix:{live}" if live else await resolve(sandbox_id)
     except HivecellError as exc:
         log.info("vnc relay: %s unavailable: %s", sandbox_id, exc)
         await websocket.close(CLOSE_UNAVAILABLE, reason=str(exc)[:120])
         return
     await websocket.accept(subprotocol=SUBPROTOCOL)
-    allowed = (lambda: False) if view_only else (lambda: may_drive(sandbox_id))
-    code = await relay(websocket, endpoint, may_drive=allowed)
+    code = await _serve_accepted(websocket, sandbox_id, endpoint, spares, view_only, may_drive)
     log.debug("vnc relay: %s closed (code %d)", sandbox_id, code)
-    # The browser may have closed first; Starlette refuses a second close with RuntimeError.
-    with suppress(RuntimeError):
+    # The browser may have closed first: Starlette refuses a second close with RuntimeError,
+    # and a close to a peer already gone raises WebSocketDisconnect.
+    with suppress(RuntimeError, WebSocketDisconnect):
         await websocket.close(code)
+
+
+async def _serve_accepted(
+    websocket: WebSocket,
+    sandbox_id: str,
+    endpoint: str,
+    spares: SparePool,
+    view_only: bool,
+    may_drive: DrivePolicy,
+) -> int:
+    kind, _, path = endpoint.partition(":")
+    if kind != "unix":
+        return CLOSE_UNAVAILABLE
+    try:
+        upstream = await spares.take(sandbox_id, path)  # host-only folder; no-follow too
+    except (OSError, UpstreamError, TimeoutError, anyio.EndOfStream) as exc:
+        log.info("vnc relay: %s: x11vnc unavailable: %s", sandbox_id, exc)
+        return CLOSE_UNAVAILABLE
+    allowed = (lambda: False) if view_only else (lambda: may_drive(sandbox_id))
+    return await relay(
+        websocket, upstream, may_drive=allowed, keep=lambda: spares.keep(sandbox_id, path)
+    )
 
 
 def provider_resolver(provider: SandboxProvider) -> VncResolver:
@@ -244,13 +323,23 @@ def vnc_router(
     resolve: VncResolver,
     dependencies: Sequence[Depends] = (),
     may_drive: DrivePolicy = lambda sandbox_id: True,
+    spares: SparePool | None = None,
 ) -> APIRouter:
     """The relay route; ``dependencies`` carry the server's auth, as on every route;
-    ``may_drive`` says whether a sandbox takes input from interactive viewers right now."""
+    ``may_drive`` says whether a sandbox takes input from interactive viewers right now;
+    ``spares`` (one per app: its viewers share it) keeps sessions ready for new viewers."""
     router = APIRouter(dependencies=list(dependencies))
+    pool = spares or SparePool()
 
     @router.websocket(VNC_PATH)
     async def vnc(websocket: WebSocket, sandbox_id: str, view_only: bool = False) -> None:
-        await serve_viewer(websocket, sandbox_id, resolve, view_only=view_only, may_drive=may_drive)
+        await serve_viewer(
+            websocket,
+            sandbox_id,
+            resolve,
+            view_only=view_only,
+            may_drive=may_drive,
+            spares=pool,
+        )
 
     return router

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
@@ -22,6 +23,7 @@ class StepKind(StrEnum):
     STATUS = "status"
     ERROR = "error"
     TRANSFER = "transfer"  # after the run: what the outbox copy took and left out
+    INTERVENTION = "intervention"  # a person (or the system on their behalf) acted on the task
 
 
 class Tokens(BaseModel):
@@ -29,6 +31,21 @@ class Tokens(BaseModel):
 
     prompt: int = Field(default=0, ge=0)
     completion: int = Field(default=0, ge=0)
+
+
+class Actor(BaseModel):
+    """Who intervened. The server has one shared token, so there are no user names: ``kind``
+    says which client acted (``dashboard``: a browser with the login cookie; ``api``: a
+    bearer token; ``cli``: the terminal of ``hivecell run``; ``system``: the server itself,
+    such as an approval denied when its timeout ran out), ``address`` where from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["dashboard", "api", "cli", "system"]
+    address: str | None = Field(default=None, max_length=200)
+
+    def label(self) -> str:
+        return self.kind + (f" ({self.address})" if self.address else "")
 
 
 def _now() -> datetime:
@@ -48,6 +65,9 @@ class TraceStep(BaseModel):
     # Free text for user messages, status changes and observations.
     text: str | None = None
     tool: str | None = None
+    # Interventions: what was done (pause, takeover, answer, ...) and by whom.
+    action: str | None = Field(default=None, max_length=64)
+    by: Actor | None = None
     arguments: dict[str, JsonValue] | None = None
     result: JsonValue = None
     error: str | None = None

@@ -17,7 +17,9 @@ def pretty(value: Any) -> str:
 
 def title(step: TraceStep) -> str:
     tool = f" · {step.tool}" if step.tool else ""
-    return f"Step {step.step} · {step.kind.value}{tool}"
+    action = f" · {step.action}" if step.action else ""
+    by = f" by {step.by.label()}" if step.by else ""
+    return f"Step {step.step} · {step.kind.value}{tool}{action}{by}"
 
 
 def metrics(step: TraceStep) -> list[str]:

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import anyio
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Request
 from pydantic import ValidationError
 
 from hivecell.server.api.deps import AUTH, State
 from hivecell.server.api.intake import validation_error
+from hivecell.server.interventions import actor_of
 from hivecell.server.settings import (
     Preferences,
     check_output_dir,
@@ -22,9 +23,9 @@ router = APIRouter(tags=["server"], dependencies=AUTH)
 
 
 @router.post("/stop-all")
-async def stop_all(state: State) -> dict[str, Any]:
-    """Cancel every queued and running task."""
-    return {"stopped": await state.manager.stop_all()}
+async def stop_all(state: State, request: Request) -> dict[str, Any]:
+    """Cancel every queued and running task (each one's trace records who stopped it)."""
+    return {"stopped": await state.manager.stop_all(by=actor_of(request))}
 
 
 @router.get("/settings")

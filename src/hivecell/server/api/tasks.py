@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from hivecell.agent.control import Extension
 from hivecell.server.api.deps import AUTH, State
 from hivecell.server.api.intake import TaskCreate, create_task, retry_task
+from hivecell.server.interventions import Note, actor_of
 from hivecell.server.manager import public_record
 from hivecell.store import TaskStatus
 
@@ -71,18 +72,20 @@ async def get_task(task_id: str, state: State) -> dict[str, Any]:
 
 
 @router.post("/tasks/{task_id}/instruct")
-async def instruct(task_id: str, body: Text, state: State) -> dict[str, Any]:
-    return await _control(state, task_id, "instruct", body.text)
+async def instruct(task_id: str, body: Text, state: State, request: Request) -> dict[str, Any]:
+    return await _control(state, request, task_id, "instruct", body.text)
 
 
 @router.post("/tasks/{task_id}/answer")
-async def answer(task_id: str, body: Answer, state: State) -> dict[str, Any]:
-    return await _control(state, task_id, "answer", body.answer)
+async def answer(task_id: str, body: Answer, state: State, request: Request) -> dict[str, Any]:
+    return await _control(state, request, task_id, "answer", body.answer)
 
 
 @router.post("/tasks/{task_id}/deny")
-async def deny(task_id: str, state: State, body: Denial | None = None) -> dict[str, Any]:
-    return await _control(state, task_id, "deny", body.reason if body else "")
+async def deny(
+    task_id: str, state: State, request: Request, body: Denial | None = None
+) -> dict[str, Any]:
+    return await _control(state, request, task_id, "deny", body.reason if body else "")
 
 
 class Resume(Extension):
@@ -92,20 +95,26 @@ class Resume(Extension):
 
 
 @router.post("/tasks/{task_id}/resume")
-async def resume(task_id: str, state: State, body: Resume | None = None) -> dict[str, Any]:
+async def resume(
+    task_id: str, state: State, request: Request, body: Resume | None = None
+) -> dict[str, Any]:
     """Resume a paused task. At a limit (``limit`` in the task view) send more of what it
     ran out of: ``extra_time_s``, ``extra_steps``, ``extra_cost_usd`` or ``extra_tokens``."""
     extension = Extension.model_validate(body.model_dump(exclude={"text"})) if body else None
     text = body.text or "" if body else ""
-    record = await state.manager.control(task_id, "resume", text, extension)
+    by = actor_of(request)
+    record = await state.manager.control(task_id, "resume", text, extension, by=by)
     return public_record(record, state.manager.live(task_id))
 
 
 @router.post("/tasks/{task_id}/retry", status_code=201)
-async def retry(task_id: str, state: State) -> dict[str, Any]:
+async def retry(task_id: str, state: State, request: Request) -> dict[str, Any]:
     """Re-queue an interrupted, failed or cancelled task as a new task (``retry_of`` links
     it to the original) on a fresh sandbox with the same settings and inbox files."""
-    record = await retry_task(state, await state.store.get(task_id))
+    original = await state.store.get(task_id)
+    record = await retry_task(state, original)
+    note = Note("retry", actor_of(request), {"task_id": record.id})
+    await state.manager.note_ended(original, note)
     return public_record(record, state.manager.live(record.id))
 
 
@@ -113,11 +122,14 @@ Action = Literal["pause", "cancel", "approve", "takeover", "handback"]
 
 
 @router.post("/tasks/{task_id}/{action}")
-async def control(task_id: str, action: Action, state: State) -> dict[str, Any]:
+async def control(task_id: str, action: Action, state: State, request: Request) -> dict[str, Any]:
     """pause | cancel | approve | takeover (pause for a person) | handback (resume)."""
-    return await _control(state, task_id, action)
+    return await _control(state, request, task_id, action)
 
 
-async def _control(state: State, task_id: str, action: str, text: str = "") -> dict[str, Any]:
-    record = await state.manager.control(task_id, action, text)
+async def _control(
+    state: State, request: Request, task_id: str, action: str, text: str = ""
+) -> dict[str, Any]:
+    """Apply an action; the trace records it with who asked (``interventions.actor_of``)."""
+    record = await state.manager.control(task_id, action, text, by=actor_of(request))
     return public_record(record, state.manager.live(task_id))

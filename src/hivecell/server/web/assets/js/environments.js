@@ -138,7 +138,9 @@ async function handBack() {
 
 // --- activity --------------------------------------------------------------------------
 function activityItem(step) {
-  const what = step.tool ? `${step.tool} ${step.arguments ? compact(step.arguments) : ""}` : step.text || step.kind;
+  const what = step.kind === "intervention"
+    ? `${step.action} by ${step.by?.kind || "someone"} ${step.arguments ? compact(step.arguments) : ""}`
+    : step.tool ? `${step.tool} ${step.arguments ? compact(step.arguments) : ""}` : step.text || step.kind;
   return h("li", { class: `k-${step.kind}` },
     h("span", { class: "muted" }, new Date(step.ts || Date.now()).toLocaleTimeString()), " ",
     h("strong", {}, `#${step.step} `), what,

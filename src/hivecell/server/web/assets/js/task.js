@@ -124,12 +124,23 @@ function renderNetwork(task, log) {
 }
 
 // --- steps -----------------------------------------------------------------------------
+// An intervention reads "takeover by dashboard (127.0.0.1)": what was done, and by whom.
+function actor(by) {
+  return by ? `${by.kind}${by.address ? ` (${by.address})` : ""}` : "someone";
+}
+
+function stepTitle(step) {
+  if (step.kind === "intervention") return `${step.action} by ${actor(step.by)}`;
+  return step.tool || step.kind;
+}
+
 function stepItem(step, index) {
-  const title = step.tool || step.kind;
+  const title = stepTitle(step);
   const frame = frames.findIndex((f) => f.index === index);
   return h("li", { class: `step k-${step.kind}`, dataset: { index: String(index) } },
     h("div", { class: "row step-head" },
       h("span", { class: "step-no" }, `#${step.step}`),
+      step.kind === "intervention" ? h("span", { class: "badge intervention" }, "person") : null,
       h("strong", {}, title),
       step.error ? h("span", { class: "badge s-failed" }, "error") : null,
       h("span", { class: "spacer" }),
