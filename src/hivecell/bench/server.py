@@ -126,72 +126,57 @@ async def _model_process(home: Path, default: Reply) -> AsyncIterator[str]:
     body = {"steps": [], "default": default.model_dump(mode="json")}
     await anyio.Path(script).write_text(json.dumps(body))
     argv = [sys.executable, "-m", "hivecell.agent.llm.scripted", "--script", str(script)]
-    log = await anyio.to_thread.run_sync(open, home / "bench-model.log", "wb")
-    try:
-        process = await anyio.open_process(argv, stdout=log, stderr=subprocess.STDOUT)
-    finally:
-        await anyio.to_thread.run_sync(log.close)
-    async with process:
-        try:
-            yield await _first_url(home / "bench-model.log", process)
-        finally:
-            await _stop(process)
-
-
-async def _first_url(log: Path, process: Process) -> str:
-    with anyio.fail_after(START_TIMEOUT_S):
-        while process.returncode is None:
-            text = await anyio.Path(log).read_text(errors="replace")
-            for line in text.splitlines():
-                if line.startswith("http://"):
-                    return line.strip()
-            await anyio.sleep(0.05)
-    raise BenchServerError(f"the scripted model server exited before it was up; see {log}")
+    async with _logged_process(argv, home / "bench-model.log") as started:
+        yield await started.line("http://", "the scripted model server")
 
 
 @asynccontextmanager
 async def _hivecell_up(home: Path) -> AsyncIterator[_Server]:
-    argv = [
-        sys.executable,
-        "-m",
-        "hivecell.cli.main",
-        "up",
-        "--port",
-        "0",
-        "--home",
-        str(home),
-    ]
+    argv = [sys.executable, "-m", "hivecell.cli.main", "up", "--port", "0", "--home", str(home)]
+    async with _logged_process(argv, home / "bench-server.log") as started:
+        link = await started.line("hivecell is up: ", "hivecell up")
+        base, _, token = link.removeprefix("hivecell is up: ").partition("/?token=")
+        async with httpx2.AsyncClient(
+            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+        ) as http:
+            # The bench's tasks end at max_steps: limits are final, not pauses to resume.
+            limits = await http.put("/api/v1/settings", json={"task": {"limits_final": True}})
+            limits.raise_for_status()
+            yield _Server(base, token, http)
+
+
+@dataclass
+class _Started:
+    log: Path
+    process: Process
+
+    async def line(self, prefix: str, what: str) -> str:
+        """The first line of the log starting with ``prefix``, once the process prints it."""
+        # A deadline, not a pace: on a loaded 2-core box the server alone imports for ~20 s.
+        with anyio.fail_after(START_TIMEOUT_S):
+            while self.process.returncode is None:
+                text = await anyio.Path(self.log).read_text(errors="replace")
+                for line in text.splitlines():
+                    if line.startswith(prefix):
+                        return line.strip()
+                await anyio.sleep(0.05)
+        raise BenchServerError(f"{what} exited before it was up; see {self.log}")
+
+
+@asynccontextmanager
+async def _logged_process(argv: list[str], log_path: Path) -> AsyncIterator[_Started]:
+    """``argv`` running with its output in ``log_path``; stopped on the way out."""
     # Output goes to a file, not a pipe: an unread pipe would stall the server once it fills.
-    log = await anyio.to_thread.run_sync(open, home / "bench-server.log", "wb")
+    log = await anyio.to_thread.run_sync(open, log_path, "wb")
     try:
         process = await anyio.open_process(argv, stdout=log, stderr=subprocess.STDOUT)
     finally:
         await anyio.to_thread.run_sync(log.close)
     async with process:
         try:
-            link = await _login_link(home / "bench-server.log", process)
-            base, _, token = link.partition("/?token=")
-            async with httpx2.AsyncClient(
-                base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
-            ) as http:
-                # The bench's tasks end at max_steps: limits are final, not pauses to resume.
-                limits = await http.put("/api/v1/settings", json={"task": {"limits_final": True}})
-                limits.raise_for_status()
-                yield _Server(base, token, http)
+            yield _Started(log_path, process)
         finally:
             await _stop(process)
-
-
-async def _login_link(log: Path, process: Process) -> str:
-    # A deadline, not a pace: on a loaded 2-core box the server alone imports for ~20 s.
-    with anyio.fail_after(START_TIMEOUT_S):
-        while process.returncode is None:
-            text = await anyio.Path(log).read_text(errors="replace")
-            for line in text.splitlines():
-                if line.startswith("hivecell is up: ") and "/?token=" in line:
-                    return line.removeprefix("hivecell is up: ").strip()
-            await anyio.sleep(0.05)
-    raise BenchServerError(f"hivecell up exited before it was up; see {log}")
 
 
 async def _stop(process: Process) -> None:
