@@ -238,6 +238,9 @@ async def _session(python: Path, width: int, height: int) -> AsyncIterator[_Sess
     """cua on a private Xvfb + openbox; everything is torn down on exit, error or cancel."""
     async with AsyncExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="hivecell-cua-")))
+        # python-xlib (under pynput) refuses to connect when $XAUTHORITY / ~/.Xauthority does
+        # not exist, even to a server without auth; an empty file means "no cookies".
+        (tmp / ".Xauthority").touch(mode=0o600)
         display, desktop_pids = await _start_desktop(stack, width, height, tmp)
         started = time.perf_counter()
         server, port = await _start_server(stack, python, display, tmp)
@@ -316,6 +319,7 @@ async def _connect_when_ready(
 def _env(display: str, home: Path) -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if key not in _STRIP_ENV}
     env.update(DISPLAY=display, XDG_SESSION_TYPE="x11", HOME=str(home))
+    env["XAUTHORITY"] = str(home / ".Xauthority")  # ours, never the caller's session cookie
     return env
 
 
