@@ -31,7 +31,11 @@ async def test_a_silent_guest_is_a_paused_task_with_its_reason(home: Path, pycac
             agent = await to_thread.run_sync(guest_agent, await _marked_sandbox(home, pycache))
             os.kill(agent, signal.SIGSTOP)
             try:
-                paused = await running.wait_for(task_id, lambda t: t["fault"] is not None)
+                # The fault is live at once; the stored status follows through the task's
+                # event stream a moment later: wait for both.
+                paused = await running.wait_for(
+                    task_id, lambda t: t["fault"] is not None and t["status"] == "paused"
+                )
             finally:
                 os.kill(agent, signal.SIGCONT)
             assert (paused["status"], paused["fault"], paused["limit"]) == (
