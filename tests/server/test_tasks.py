@@ -160,4 +160,7 @@ async def test_stop_all_twice_at_once_ends_every_task_once(home: Path) -> None:
             for task_id in ids:
                 await running.wait_for(task_id, lambda t: t["status"] == "cancelled")
             assert (await running.post("/stop-all")).json() == {"stopped": []}
-            assert (await running.get("/sandboxes")).json()["items"] == []
+            # A cancelled task's sandbox is removed just after its status is saved: wait.
+            with anyio.fail_after(60):
+                while (await running.get("/sandboxes")).json()["items"]:  # noqa: ASYNC110 (REST poll)
+                    await anyio.sleep(0.05)
