@@ -344,22 +344,22 @@ class TaskRunner:
         return None
 
     def _exceeded_budget(self) -> tuple[Status, str] | None:
-        s, used = self.settings, self.usage
-        if s.max_tokens is not None and used.total_tokens > s.max_tokens:
-            return "budget_exceeded", f"used {used.total_tokens} tokens (max_tokens)"
-        if s.max_cost_usd is not None and used.cost_usd > s.max_cost_usd:
-            return "budget_exceeded", f"cost ${used.cost_usd:.4f} (max_cost_usd)"
-        return None
+        spent = self._spent()
+        return ("budget_exceeded", next(iter(spent.values()))) if spent else None
 
     def exceeded_budgets(self) -> tuple[str, ...]:
         """What a resume must add for the budgets used up now (``extra_tokens``, ...)."""
+        return tuple(sorted(self._spent()))
+
+    def _spent(self) -> dict[str, str]:
+        """The budgets used up now: the resume field that raises each -> why it stopped."""
         s, used = self.settings, self.usage
-        found = []
-        if s.max_cost_usd is not None and used.cost_usd > s.max_cost_usd:
-            found.append("extra_cost_usd")
+        spent = {}
         if s.max_tokens is not None and used.total_tokens > s.max_tokens:
-            found.append("extra_tokens")
-        return tuple(found)
+            spent["extra_tokens"] = f"used {used.total_tokens} tokens (max_tokens)"
+        if s.max_cost_usd is not None and used.cost_usd > s.max_cost_usd:
+            spent["extra_cost_usd"] = f"cost ${used.cost_usd:.4f} (max_cost_usd)"
+        return spent
 
     async def _hold_at_limits(self, exceeded: Callable[[], tuple[Status, str] | None]) -> None:
         """At a limit: end the task, or (``pause_at_limits``) pause until given more."""

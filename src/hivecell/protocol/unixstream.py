@@ -25,13 +25,13 @@ LINE_LIMIT = 1 << 20  # asyncio's readline limit; framing reads with read(n), ne
 async def connect_unix(path: str) -> SocketStream:
     """A connected stream: ``UnixStream`` on asyncio, anyio's own elsewhere (trio is safe)."""
     try:
-        asyncio.get_running_loop()
+        loop = asyncio.get_running_loop()
     except RuntimeError:
         return await anyio.connect_unix(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, path)
+        await loop.sock_connect(sock, path)
         return await _wrap(sock)
     except BaseException:
         sock.close()

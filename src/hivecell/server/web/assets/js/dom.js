@@ -57,8 +57,12 @@ export function when(iso) {
     : d.toLocaleString([], { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
 }
 
+export function usedTokens(task) {
+  return (task.prompt_tokens || 0) + (task.completion_tokens || 0);
+}
+
 export function tokens(task) {
-  const n = (task.prompt_tokens || 0) + (task.completion_tokens || 0);
+  const n = usedTokens(task);
   return n >= 10000 ? `${(n / 1000).toFixed(0)}k tok` : `${n} tok`;
 }
 
@@ -70,12 +74,11 @@ export function cost(usd) {
 // runs (the view carries the running task's budget, grown by any resume with more).
 export function spend(task) {
   const budget = task.budget || {};
-  const used = (task.prompt_tokens || 0) + (task.completion_tokens || 0);
   const part = (label, value, max, unit) => h("span", { class: `spend ${unit}`, dataset: { unit } },
     max ? `${label} of ${unit === "usd" ? cost(max) : `${max} tok`}` : label,
     max ? h("meter", { min: 0, max, value: Math.min(value, max), high: max * 0.8, optimum: 0,
       title: `${Math.round((100 * value) / max)}% of the ${unit === "usd" ? "cost" : "token"} budget` }) : null);
-  return [part(tokens(task), used, budget.max_tokens, "tokens"), " · ",
+  return [part(tokens(task), usedTokens(task), budget.max_tokens, "tokens"), " · ",
     part(cost(task.cost_usd), task.cost_usd || 0, budget.max_cost_usd, "usd")];
 }
 

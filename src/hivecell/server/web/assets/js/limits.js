@@ -1,6 +1,6 @@
 // A task paused at a limit: why, and "Resume with more" (minutes / steps / $ / tokens) — or cancel.
 import { post } from "./api.js";
-import { h } from "./dom.js";
+import { h, usedTokens } from "./dom.js";
 import { attempt } from "./shell.js";
 
 export const RETRYABLE = ["interrupted", "failed", "cancelled", "guest_lost"];
@@ -11,10 +11,9 @@ const PREFILL = { timed_out: { minutes: 10 }, max_steps_reached: { steps: 10 } }
 // At a budget: more of each budget used up (the server refuses a resume without it).
 function budgetPrefill(task) {
   const budget = task.budget || {};
-  const used = (task.prompt_tokens || 0) + (task.completion_tokens || 0);
   const fill = {};
   if (budget.max_cost_usd && (task.cost_usd || 0) > budget.max_cost_usd) fill.usd = 1;
-  if (budget.max_tokens && used > budget.max_tokens) fill.tokens = budget.max_tokens;
+  if (budget.max_tokens && usedTokens(task) > budget.max_tokens) fill.tokens = budget.max_tokens;
   return fill;
 }
 
