@@ -6,7 +6,6 @@ import base64
 import io
 import os
 import socket
-import statistics
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -69,11 +68,12 @@ async def test_screenshot_scale_formats_and_max_width(guest: Guest, probe: Probe
     assert (wide["width"], wide["scale"]) == (1280, 1.0)
 
 
-async def test_wait_for_settle_returns_quickly_on_a_static_screen(guest: Guest) -> None:
+async def test_wait_for_settle_returns_settled_on_a_static_screen(guest: Guest) -> None:
+    # How quickly is a benchmark figure (bench sandbox: settle_static), not a test's.
     await guest("wait_for_settle")
-    waits = [(await guest("wait_for_settle"))["waited_ms"] for _ in range(7)]
-    assert all(w >= 50 for w in waits)
-    assert statistics.median(waits) <= 100, waits
+    results = [await guest("wait_for_settle", timeout=30) for _ in range(3)]
+    assert all(r["settled"] is True for r in results), results
+    assert all(r["waited_ms"] >= 50 for r in results)  # at least one quiet period
 
 
 async def test_wait_for_settle_times_out_while_the_screen_changes(

@@ -55,7 +55,11 @@ async def serve_config(
 ) -> AsyncIterator[Server]:
     """``create_app`` under a real uvicorn on 127.0.0.1:<free port>; ``config`` overrides
     ServerConfig fields (allowed_hosts, ui, max_json_bytes, ...)."""
-    defaults: dict[str, Any] = {"database_url": default_database_url(home), "environ": {}}
+    defaults: dict[str, Any] = {
+        "database_url": default_database_url(home),
+        "environ": {},
+        "pool_size": 0,  # no warm sandboxes unless a test asks
+    }
     settings = ServerConfig(home=home, token=token, **(defaults | {"ui": False} | config))
     server = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning"))
     sock = socket.create_server(("127.0.0.1", 0))
@@ -139,7 +143,7 @@ def hivecell_up(home: Path, *args: str) -> Iterator[UpProcess]:
     env = os.environ | {"NO_COLOR": "1", "COLUMNS": "400"}
     process = subprocess.Popen(
         [sys.executable, "-m", "hivecell.cli.main", "up", "--port", "0", "--home", str(home),
-         *args],
+         "--pool-size", "0", *args],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     try:

@@ -94,7 +94,7 @@ async def _hivecell_up(*args: str) -> AsyncIterator[Server]:
     """A real ``hivecell up`` process (API only) on its own home."""
     home = short_tmp("hc-up-")
     command = [sys.executable, "-m", "hivecell.cli.main", "up", "--home", str(home)]
-    command += ["--port", "0", "--api-only", *args]
+    command += ["--port", "0", "--api-only", "--pool-size", "0", *args]
     try:
         async with await anyio.open_process(command, env=ENV) as process:
             try:

@@ -69,14 +69,22 @@ def write_provider(home: Path, base_url: str, name: str = "scripted") -> None:
 
 @asynccontextmanager
 async def serve(
-    home: Path, *, token: str | None = TOKEN, max_concurrent: int | None = None, **config: Any
+    home: Path,
+    *,
+    token: str | None = TOKEN,
+    max_concurrent: int | None = None,
+    pool_size: int = 0,
+    **config: Any,
 ) -> AsyncIterator[Running]:
+    """A real server on loopback; no warm pool unless a test asks (``pool_size``), so
+    sandbox counts and the machine's load stay what each test expects."""
     config = ServerConfig(
         home=home,
         database_url=default_database_url(home),
         environ={},
         token=token,
         max_concurrent=max_concurrent,
+        pool_size=pool_size,
         ui=False,  # the API alone: the dashboard has its own browser tests
         **config,
     )

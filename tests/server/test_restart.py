@@ -34,6 +34,8 @@ async def hivecell_up(home: Path, *extra: str) -> AsyncIterator[tuple[Process, R
         "--port",
         "0",
         "--api-only",
+        "--pool-size",
+        "0",
         *extra,
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "HIVECELL_"))}

@@ -29,6 +29,10 @@ def up(
     max_concurrent: Annotated[
         int | None, typer.Option(min=1, help="tasks at once (default: settings, 2)")
     ] = None,
+    pool_size: Annotated[
+        int | None,
+        typer.Option(min=0, max=64, help="warm sandboxes per shape (default: settings, 1; 0: off)"),
+    ] = None,
     no_auth: Annotated[
         bool, typer.Option("--no-auth", help="no token (only allowed on a loopback host)")
     ] = False,
@@ -81,6 +85,7 @@ def up(
         environ=dict(os.environ),
         token=None if no_auth else load_or_create_token(root),
         max_concurrent=max_concurrent,
+        pool_size=pool_size,
         ui=not api_only,
         transfer_max_bytes=transfer_max_bytes,
         transfer_max_files=transfer_max_files,

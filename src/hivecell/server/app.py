@@ -18,13 +18,15 @@ import anyio
 from fastapi import FastAPI
 
 from hivecell.homedir import secure_home
+from hivecell.pool.capacity import Capacity, Host, caps_for
+from hivecell.pool.warm import WarmPool
 from hivecell.sandbox.base import SandboxProvider
 from hivecell.sandbox.registry import get_provider
 from hivecell.server.auth import TokenLinkMiddleware
 from hivecell.server.errors import install_error_handlers
 from hivecell.server.events import EventHub
 from hivecell.server.guard import GuardPolicy, RequestGuard
-from hivecell.server.manager import TaskManager
+from hivecell.server.manager import TaskManager, default_spec
 from hivecell.server.settings import Preferences, ServerConfig, load_preferences
 from hivecell.store import TaskStore
 
@@ -39,6 +41,18 @@ class ServerState:
         self.hub = EventHub()
         self.prefs = Preferences()
         self.provider: SandboxProvider = get_provider(config.sandbox_provider, config.home)
+        self.host = Host.detect()
+        self.capacity = Capacity(self.provider, lambda: caps_for(self.prefs.capacity, self.host))
+        self.pool = WarmPool(
+            self.provider,
+            self.capacity,
+            settings=lambda: self.prefs.pool,
+            default_spec=lambda: default_spec(self.prefs),
+            on_change=lambda view: self.hub.publish("pool.changed", view),
+            on_removed=lambda sandbox_id: self.hub.publish(
+                "sandbox.destroyed", {"sandbox_id": sandbox_id}
+            ),
+        )
         self._store: TaskStore | None = None
         self._manager: TaskManager | None = None
         self.recovered: dict[str, list[str]] = {}
@@ -59,9 +73,17 @@ class ServerState:
             self.prefs = self.prefs.model_copy(
                 update={"max_concurrent": self.config.max_concurrent}
             )
+        if self.config.pool_size is not None:
+            pool = self.prefs.pool.model_copy(update={"size": self.config.pool_size})
+            self.prefs = self.prefs.model_copy(update={"pool": pool})
         self._store = store
         self._manager = TaskManager(
-            provider=self.provider, store=store, hub=self.hub, prefs=lambda: self.prefs
+            provider=self.provider,
+            store=store,
+            hub=self.hub,
+            prefs=lambda: self.prefs,
+            capacity=self.capacity,
+            pool=self.pool,
         )
         self.recovered = await self._manager.recover()
         return self._manager
@@ -111,6 +133,8 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
             manager = await state.start(store)
             async with anyio.create_task_group() as tg:
                 await tg.start(manager.run)
+                # After recovery (which removes an earlier run's warm sandboxes).
+                await tg.start(state.pool.run)
                 try:
                     yield
                 finally:
@@ -121,9 +145,18 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
 
 
 def _include_api(app: FastAPI) -> None:
-    from hivecell.server.api import docs, events, files, providers, sandboxes, system, tasks
+    from hivecell.server.api import (
+        docs,
+        events,
+        files,
+        pool,
+        providers,
+        sandboxes,
+        system,
+        tasks,
+    )
 
-    for module in (tasks, files, sandboxes, providers, system, events):
+    for module in (tasks, files, sandboxes, pool, providers, system, events):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(docs.router)
 

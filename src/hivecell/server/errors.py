@@ -31,6 +31,7 @@ _STATUS_BY_CODE = {
     "guest_unavailable": 503,
     "sandbox_error": 409,
     "llm_rejected": 502,
+    "capacity_exceeded": 429,
 }
 _CODE_BY_STATUS = {
     400: "invalid_request",
@@ -40,6 +41,7 @@ _CODE_BY_STATUS = {
     405: "method_not_allowed",
     409: "conflict",
     413: "too_large",
+    429: "capacity_exceeded",
 }
 
 

@@ -23,6 +23,9 @@ from hivecell.agent.llm import LLMClient
 from hivecell.agent.runner import FINAL, TaskRunner
 from hivecell.agent.service import TaskRequest, TaskService
 from hivecell.errors import HivecellError, InvalidParams
+from hivecell.pool.capacity import Capacity, CapacityExceeded
+from hivecell.pool.warm import NAME_PREFIX as POOL_PREFIX
+from hivecell.pool.warm import WarmPool
 from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec
 from hivecell.server.errors import Conflict
 from hivecell.server.events import EventHub
@@ -55,6 +58,9 @@ class Job:
     client: LLMClient
     runner: TaskRunner | None = None
     sandbox_id: str | None = None
+    owns_sandbox: bool = True  # False: it runs in a sandbox a person chose, which stays
+    waiting_for: str | None = None  # why it has a slot but no sandbox yet (capacity)
+    wait_scope: anyio.CancelScope | None = None  # cancelled by a cancel while it waits
     cancelled: bool = False
     paused: bool = False
     taken_over: bool = False
@@ -75,10 +81,14 @@ class TaskManager:
         store: TaskStore,
         hub: EventHub,
         prefs: Callable[[], Preferences],
+        capacity: Capacity,
+        pool: WarmPool,
     ) -> None:
         self.provider = provider
         self.store = store
         self.hub = hub
+        self.capacity = capacity
+        self.pool = pool
         self._prefs = prefs
         self._queue: OrderedDict[str, Job] = OrderedDict()
         self._running: dict[str, Job] = {}
@@ -94,11 +104,26 @@ class TaskManager:
     async def _dispatch(self, tg: TaskGroup) -> None:
         while True:
             self._changed = anyio.Event()
-            while self._queue and len(self._running) < self._prefs().max_concurrent:
-                _, job = self._queue.popitem(last=False)
+            while len(self._running) < self._prefs().max_concurrent:
+                job = self._next_ready()
+                if job is None:
+                    break
                 self._running[job.id] = job
                 tg.start_soon(self._run_job, job, name=f"task {job.id}")
             await self._changed.wait()
+
+    def _next_ready(self) -> Job | None:
+        """The first queued job that can start: one that waits for a sandbox a person chose
+        stays in line while another task runs there."""
+        for task_id, job in self._queue.items():
+            chosen = job.request.sandbox_id
+            if chosen is not None and self.task_of_sandbox(chosen) is not None:
+                continue
+            del self._queue[task_id]
+            if chosen is not None:
+                job.sandbox_id, job.owns_sandbox = chosen, False
+            return job
+        return None
 
     def poke(self) -> None:
         """Something changed (a slot freed, a job queued, the limit raised): dispatch again."""
@@ -154,40 +179,75 @@ class TaskManager:
                 self.poke()
 
     async def _run_in_sandbox(self, job: Job) -> None:
-        info = await self._create_sandbox(job)
+        info = await self._sandbox_for(job)
+        if info is None:  # cancelled while it waited for room
+            await self._end_cancelled(job)
+            return
         try:
             if job.cancelled:
-                await self.store.update(
-                    job.id, status="cancelled", success=False, summary="cancelled by the person"
-                )
+                await self._end_cancelled(job)
                 return
             await self._run_service(job, info)
         finally:
-            with anyio.CancelScope(shield=True):
-                await self._record_network(job, info)
-                await self.destroy_sandbox(info.id)
+            if job.owns_sandbox:
+                with anyio.CancelScope(shield=True):
+                    await self._record_network(job, info)
+                    await self.destroy_sandbox(info.id)
 
-    async def _create_sandbox(self, job: Job) -> SandboxInfo:
-        defaults = self._prefs().sandbox
-        width, height = job.request.resolution
-        spec = SandboxSpec(
-            width=width,
-            height=height,
-            network=job.request.network,
-            network_allow=job.request.network_allow,
-            memory_mb=defaults.memory_mb,
-            name=SANDBOX_PREFIX + job.id,
-            inbox_writable=job.request.inbox_writable,
+    async def _end_cancelled(self, job: Job) -> None:
+        await self.store.update(
+            job.id, status="cancelled", success=False, summary="cancelled by the person"
         )
-        # Shielded: a cancel during boot must not leave a half-made sandbox behind.
+
+    async def _sandbox_for(self, job: Job) -> SandboxInfo | None:
+        """A person's chosen sandbox, a warm one of the task's shape, or a new one once
+        capacity admits it (None: cancelled while waiting for room)."""
+        if not job.owns_sandbox:
+            return await self._chosen_sandbox(job)
+        spec = spec_for(self._prefs(), job.request)
+        info = await self.pool.take(spec)
+        if info is None:
+            named = spec.model_copy(update={"name": SANDBOX_PREFIX + job.id})
+            info = await self._new_sandbox(job, named)
+            if info is None:
+                return None
+        job.sandbox_id = info.id
         with anyio.CancelScope(shield=True):
-            info = await self.provider.create(spec)
-            job.sandbox_id = info.id
             await self.store.update(job.id, sandbox_id=info.id)
         self.hub.publish("sandbox.created", {"sandbox_id": info.id, "task_id": job.id})
         return info
 
-    async def _record_network(self, job: Job, info: SandboxInfo) -> None:
+    async def _chosen_sandbox(self, job: Job) -> SandboxInfo:
+        assert job.sandbox_id is not None
+        info = await self.provider.info(job.sandbox_id)
+        if info.status != "running":
+            raise Conflict(
+                f"sandbox {info.id} is {info.status}: start it, or run the task without sandbox_id",
+                op="create_task",
+                context={"sandbox_id": info.id, "status": info.status},
+            )
+        return info
+
+    async def _new_sandbox(self, job: Job, spec: SandboxSpec) -> SandboxInfo | None:
+        info: SandboxInfo | None = None
+
+        def waiting(why: CapacityExceeded | None) -> None:
+            job.waiting_for = str(why) if why else None
+            self.hub.publish("task.waiting", {"task_id": job.id, "reason": job.waiting_for})
+
+        with anyio.CancelScope() as job.wait_scope:
+            if job.cancelled:
+                return None
+            async with self.capacity.admitted(
+                spec, wait=True, make_room=self.pool.evict_one, on_wait=waiting
+            ):
+                # Shielded: a cancel during boot must not leave a half-made sandbox behind.
+                with anyio.CancelScope(shield=True):
+                    info = await self.provider.create(spec)
+        job.wait_scope = None
+        return info
+
+    async def _record_network(self, job: Job, info: SandboxInfo) -> None:  # its own box
         """The final connection log into the trace: stopped first, the supervisor writes
         the last counts when it stops."""
         if info.spec.network != "nat":
@@ -199,8 +259,9 @@ class TaskManager:
             log.warning("task %s: cannot record its network log: %s", job.id, exc)
 
     async def _run_service(self, job: Job, info: SandboxInfo) -> None:
-        # The sandbox is this task's alone: the service stops it before collecting the outbox.
-        request = job.request.model_copy(update={"sandbox_id": info.id, "owns_sandbox": True})
+        # Its own sandbox is stopped before the outbox is collected; a chosen one frozen.
+        update = {"sandbox_id": info.id, "owns_sandbox": job.owns_sandbox}
+        request = job.request.model_copy(update=update)
         await job.service.run(
             job.record,
             request,
@@ -314,6 +375,7 @@ class TaskManager:
             "pending": self.pending(task_id),
             "taken_over": bool(job and job.taken_over),
             "queue_position": self.position(task_id),
+            "waiting_for": job.waiting_for if job else None,
             "pause_reason": None,
             "limit": None,
             "fault": None,
@@ -369,18 +431,24 @@ class TaskManager:
         """Whether VNC input may reach this sandbox now: a running task's desktop only while
         a person has taken the task over; a sandbox without a task always."""
         task_id = self.task_of_sandbox(sandbox_id)
-        return task_id is None or self._running[task_id].taken_over
+        if task_id is None:
+            return not self.pool.is_warm(sandbox_id)  # a warm desktop must stay untouched
+        return self._running[task_id].taken_over
 
     async def destroy_sandbox(self, sandbox_id: str) -> None:
-        await self.provider.destroy(sandbox_id)
+        if not await self.pool.release(sandbox_id):
+            await self.provider.destroy(sandbox_id)
+        self.capacity.changed()
+        self.poke()
         self.hub.publish("sandbox.destroyed", {"sandbox_id": sandbox_id})
 
     async def recover(self) -> dict[str, list[str]]:
         """At start-up: interrupt the tasks of dead processes and remove their sandboxes.
 
         Sandboxes made for a task (named ``task-<id>`` or recorded on the task) are removed
-        unless that task is still active in another live process; sandboxes people created
-        themselves are kept (they show up in ``GET /sandboxes`` again).
+        unless that task is still active in another live process, and so are the warm pool's
+        (named ``pool-<n>``); sandboxes people created themselves are kept (they show up in
+        ``GET /sandboxes`` again).
         """
         interrupted = await self.store.mark_interrupted()
         live = {r.id: r for r in await self.store.list(status=ACTIVE_STATUSES, limit=10_000)}
@@ -390,7 +458,8 @@ class TaskManager:
         for info in await self.provider.list():
             task_id = _task_of(info) or by_sandbox.get(info.id)
             leftover = info.id in owned and info.id not in by_sandbox
-            if (task_id and task_id not in live) or leftover:
+            warm = (info.spec.name or "").startswith(POOL_PREFIX) and info.id not in by_sandbox
+            if (task_id and task_id not in live) or leftover or warm:
                 await self.provider.destroy(info.id)
                 removed.append(info.id)
         return {"interrupted": interrupted, "sandboxes_removed": removed}
@@ -493,10 +562,39 @@ def _control_before_runner(job: Job, action: str, text: str) -> None:
         job.paused = job.taken_over = False
     elif action == "cancel":
         job.cancelled = True
+        if job.wait_scope is not None:  # waiting for room: stop waiting now
+            job.wait_scope.cancel()
     elif action == "instruct" and text.strip():
         job.instructions.append(text)
     else:
         raise Conflict(f"task {job.id} has not started: nothing to {action}", op=action)
+
+
+def spec_for(prefs: Preferences, request: TaskRequest, name: str | None = None) -> SandboxSpec:
+    """The sandbox a task runs in (also the warm pool's default shape)."""
+    width, height = request.resolution
+    defaults = prefs.sandbox
+    return SandboxSpec(
+        width=width,
+        height=height,
+        network=request.network,
+        network_allow=request.network_allow,
+        memory_mb=defaults.memory_mb,
+        cpus=defaults.cpus,
+        disk_mb=defaults.disk_mb,
+        name=name,
+        inbox_writable=request.inbox_writable,
+    )
+
+
+def default_spec(prefs: Preferences) -> SandboxSpec:
+    """What a task gets when it asks for nothing special: the shape the pool keeps warm."""
+    request = TaskRequest(
+        description="-",
+        network=prefs.sandbox.network,
+        resolution=(prefs.sandbox.width, prefs.sandbox.height),
+    )
+    return spec_for(prefs, request)
 
 
 def _task_of(info: SandboxInfo) -> str | None:

@@ -17,6 +17,8 @@ from hivecell.agent.llm.pricing import ModelPrice
 from hivecell.agent.tools import TOOLS
 from hivecell.errors import ConfigError, InvalidParams
 from hivecell.keystore import KeyStore
+from hivecell.pool.capacity import CapacitySettings
+from hivecell.pool.warm import PoolSettings
 from hivecell.sandbox.base import NetworkMode
 from hivecell.sandbox.transfer import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, TransferLimits
 from hivecell.server import configfile
@@ -31,6 +33,7 @@ class ServerConfig:
     environ: Mapping[str, str] = field(default_factory=dict)
     token: str | None = None  # None: auth off (only allowed on loopback, checked by the CLI)
     max_concurrent: int | None = None  # overrides the saved preference for this run
+    pool_size: int | None = None  # likewise the warm pool's size (0: no warm sandboxes)
     sandbox_provider: str = "local"
     ui: bool = True  # run the installers (dashboard); off: the API alone
     bind_host: str = "127.0.0.1"  # the address it listens on: always an allowed Host
@@ -57,7 +60,10 @@ class SandboxDefaults(BaseModel):
     width: int = Field(1280, ge=320, le=7680)
     height: int = Field(800, ge=200, le=4320)
     network: NetworkMode = "offline"
-    memory_mb: int | None = Field(4096, ge=64)
+    # Ceilings each sandbox may use, not reservations (capacity counts what boxes really use).
+    memory_mb: int | None = Field(4096, ge=64, description="memory ceiling; null: none")
+    cpus: float | None = Field(2.0, gt=0, le=1024, description="CPU ceiling; null: none")
+    disk_mb: int | None = Field(4096, ge=32, description="home + /shared cap; null: none")
 
 
 class TaskDefaults(BaseModel):
@@ -123,6 +129,8 @@ class Preferences(BaseModel):
     sandbox: SandboxDefaults = Field(default_factory=SandboxDefaults)
     task: TaskDefaults = Field(default_factory=TaskDefaults)
     approval: ApprovalDefaults = Field(default_factory=ApprovalDefaults)
+    pool: PoolSettings = Field(default_factory=PoolSettings)
+    capacity: CapacitySettings = Field(default_factory=CapacitySettings)
     prices: dict[str, ModelPrice] = Field(
         default_factory=dict,
         description='USD per 1M tokens by model (config.toml [prices."MODEL"]); added to '
@@ -179,14 +187,29 @@ def load_preferences(path: Path) -> Preferences:
     document = configfile.read(path)
     server = dict(document.get("server", {}))
     defaults = dict(document.get("defaults", {}))
-    values = {k: server[k] for k in ("max_concurrent", "output_dir") if k in server}
+    kept = ("max_concurrent", "output_dir", "pool", "capacity")
+    values = {k: server[k] for k in kept if k in server}
     values |= {k: defaults[k] for k in ("sandbox", "task", "approval") if k in defaults}
+    if isinstance(values.get("sandbox"), dict):
+        values["sandbox"] = _read_ceilings(values["sandbox"])
     if "prices" in document:
         values["prices"] = dict(document["prices"])
     try:
         return Preferences.model_validate(values)
     except ValidationError as exc:
         raise ConfigError(f"invalid [server]/[defaults] in {path}: {exc}", op="settings") from exc
+
+
+# TOML has no null: an unlimited ceiling is written as 0 (below every allowed value).
+_CEILINGS = ("memory_mb", "cpus", "disk_mb")
+
+
+def _toml_ceilings(sandbox: dict[str, Any]) -> dict[str, Any]:
+    return {k: (0 if v is None and k in _CEILINGS else v) for k, v in sandbox.items()}
+
+
+def _read_ceilings(sandbox: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if k in _CEILINGS and v == 0 else v) for k, v in sandbox.items()}
 
 
 def save_preferences(path: Path, prefs: Preferences) -> None:
@@ -197,8 +220,10 @@ def save_preferences(path: Path, prefs: Preferences) -> None:
             server["output_dir"] = prefs.output_dir
         else:
             server.pop("output_dir", None)
+        server["pool"] = prefs.pool.model_dump()
+        server["capacity"] = prefs.capacity.model_dump(exclude_none=True)
         defaults = configfile.table(document, "defaults")
-        defaults["sandbox"] = prefs.sandbox.model_dump(exclude_none=True)
+        defaults["sandbox"] = _toml_ceilings(prefs.sandbox.model_dump())
         defaults["approval"] = prefs.approval.model_dump(exclude_none=True)
         defaults["task"] = prefs.task.model_dump(exclude_none=True)
         if prefs.prices:

@@ -83,7 +83,7 @@ MODEL_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HIVECELL_MODEL")
 
 
 def start_server(
-    home: Path, llm_url: str, *, from_environment: bool = False
+    home: Path, llm_url: str, *, from_environment: bool = False, pool_size: int = 0
 ) -> tuple[subprocess.Popen[str], str]:
     """``hivecell up``; the model comes from config.toml, or only from its environment."""
     env = {k: v for k, v in os.environ.items() if k not in MODEL_VARIABLES}
@@ -97,7 +97,8 @@ def start_server(
         )
     env |= {"HIVECELL_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "400"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "hivecell.cli.main", "up", "--port", "0", "--home", str(home)],
+        [sys.executable, "-m", "hivecell.cli.main", "up", "--port", "0", "--home", str(home),
+         "--pool-size", str(pool_size)],
         stdout=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
     return process, _first_line(process, r"hivecell is up: (\S+)")
@@ -119,12 +120,14 @@ def hivecell(short_home: Path, script_file: Path) -> Iterator[Hivecell]:
 
 @contextmanager
 def running_hivecell(
-    short_home: Path, script_file: Path, *, from_environment: bool = False
+    short_home: Path, script_file: Path, *, from_environment: bool = False, pool_size: int = 0
 ) -> Iterator[Hivecell]:
     """`hivecell up` against a scripted model playing ``script_file``, both as processes."""
     llm, llm_url = start_llm(script_file)
     try:
-        server, link = start_server(short_home, llm_url, from_environment=from_environment)
+        server, link = start_server(
+            short_home, llm_url, from_environment=from_environment, pool_size=pool_size
+        )
         try:
             base, _, query = link.partition("/?")
             yield Hivecell(link, base, query.removeprefix("token="), short_home)

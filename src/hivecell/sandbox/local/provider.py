@@ -594,7 +594,10 @@ def _leave_host_filter(layout: Layout, pid: int | None) -> None:
 
 
 def _force_remove(func: Callable[..., Any], path: str, exc_info: Any) -> None:
-    """rmtree fallback for folders the sandbox made read-only (chmod -w) for itself."""
+    """rmtree fallback for folders the sandbox made read-only (chmod -w) for itself.
+    A path already gone was removed by a concurrent destroy: destroy is idempotent."""
+    if not os.path.lexists(path):
+        return
     target = Path(path)
     target.parent.chmod(target.parent.stat().st_mode | stat.S_IRWXU)
     if target.is_dir() and not target.is_symlink():

@@ -23,11 +23,13 @@ from starlette.datastructures import FormData, UploadFile
 from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider, require_price
 from hivecell.agent.runner import RunSettings
 from hivecell.agent.service import TaskRequest, TaskService
-from hivecell.errors import HivecellError, InvalidParams, TooLarge
+from hivecell.errors import HivecellError, InvalidParams, SandboxNotFound, TooLarge
+from hivecell.pool.warm import NAME_PREFIX as POOL_PREFIX
 from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox import netpolicy
 from hivecell.server.app import ServerState
 from hivecell.server.errors import Conflict
+from hivecell.server.manager import SANDBOX_PREFIX
 from hivecell.store import RETRYABLE_STATUSES, TaskRecord
 
 _CHUNK = 1024 * 1024
@@ -60,6 +62,12 @@ class TaskCreate(BaseModel):
         "run_shell: only destructive commands); absent: the Settings default policy",
     )
     inbox_writable: bool = Field(False, description="/shared/inbox writable inside the sandbox")
+    sandbox_id: str | None = Field(
+        None,
+        max_length=64,
+        description="run in this running sandbox (one a person made; it stays afterwards); "
+        "absent: a warm or new sandbox of its own",
+    )
 
     @field_validator("network_allow")
     @classmethod
@@ -73,6 +81,8 @@ async def create_task(request: Request, state: ServerState) -> TaskRecord:
     fields, uploads = await _read_body(request)
     body = _validate(fields)
     task_request = _task_request(body, state)  # the caller's input is checked first
+    if body.sandbox_id is not None:
+        await _check_chosen(state, body.sandbox_id)
     llm = await anyio.to_thread.run_sync(_resolve_llm, state, body, task_request.settings)
     inputs = state.config.home / "inputs"
     names = [_file_name(upload) for upload in uploads]
@@ -259,7 +269,29 @@ def _task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
         network_allow=body.network_allow,
         resolution=(prefs.sandbox.width, prefs.sandbox.height),
         inbox_writable=body.inbox_writable,
+        sandbox_id=body.sandbox_id,
     )
+
+
+async def _check_chosen(state: ServerState, sandbox_id: str) -> None:
+    """A task may run in a sandbox a person made and left running; not in the warm pool's
+    (a task takes those by itself) nor in another task's own."""
+    try:
+        info = await state.provider.info(sandbox_id)
+    except SandboxNotFound:
+        message = f"no sandbox {sandbox_id}; GET /sandboxes lists them"
+        raise _invalid("sandbox_id", message) from None
+    name = info.spec.name or ""
+    if state.pool.is_warm(sandbox_id) or name.startswith(POOL_PREFIX):
+        raise _invalid("sandbox_id", f"{sandbox_id} is a warm pool sandbox: leave sandbox_id out")
+    if name.startswith(SANDBOX_PREFIX):
+        raise _invalid("sandbox_id", f"{sandbox_id} is another task's own sandbox")
+    if info.status != "running":
+        raise Conflict(
+            f"sandbox {sandbox_id} is {info.status}: start it first",
+            op="create_task",
+            context={"field": "sandbox_id", "status": info.status},
+        )
 
 
 async def _place_outputs(state: ServerState, record: TaskRecord) -> TaskRecord:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+import anyio
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hivecell.errors import InvalidParams, SandboxError, SandboxNotFound
+from hivecell.pool.warm import NAME_PREFIX as POOL_PREFIX
 from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxSpec
 from hivecell.server.api.deps import AUTH, State
@@ -26,6 +28,8 @@ class SandboxCreate(BaseModel):
     height: int | None = Field(None, ge=200, le=4320)
     network: NetworkMode | None = None
     memory_mb: int | None = Field(None, ge=64)
+    cpus: float | None = Field(None, gt=0, le=1024)
+    disk_mb: int | None = Field(None, ge=32)
     name: str | None = Field(None, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._ -]*$")
     inbox_writable: bool | None = Field(None, description="/shared/inbox writable inside")
     network_allow: list[str] | None = Field(
@@ -42,15 +46,19 @@ async def list_sandboxes(state: State) -> dict[str, Any]:
 @router.post("/sandboxes", status_code=201)
 async def create_sandbox(state: State, body: SandboxCreate | None = None) -> dict[str, Any]:
     given = (body or SandboxCreate()).model_dump(exclude_none=True)
-    if str(given.get("name", "")).startswith("task-"):
-        raise Conflict("names starting with 'task-' are reserved for task sandboxes", op="create")
+    for prefix, owner in (("task-", "task sandboxes"), (POOL_PREFIX, "the warm pool")):
+        if str(given.get("name", "")).startswith(prefix):
+            raise Conflict(f"names starting with {prefix!r} are reserved for {owner}", op="create")
     if given.get("network_allow"):
         given.setdefault("network", "nat")
     try:
         spec = SandboxSpec.model_validate(state.prefs.sandbox.model_dump() | given)
     except ValidationError as exc:  # e.g. a bad allowlist entry: the caller's input
         raise InvalidParams(describe_validation(exc), op="create_sandbox") from None
-    info = await state.provider.create(spec)
+    # Over a cap: 429 at once (a person or script retries; tasks wait in line instead).
+    async with state.capacity.admitted(spec, wait=False, make_room=state.pool.evict_one):
+        with anyio.CancelScope(shield=True):  # a dropped request must not leave a half box
+            info = await state.provider.create(spec)
     state.hub.publish("sandbox.created", {"sandbox_id": info.id, "task_id": None})
     return _view(state, info)
 
@@ -101,4 +109,4 @@ def _view(state: State, info: SandboxInfo) -> dict[str, Any]:
     task_id = state.manager.task_of_sandbox(info.id)
     busy = "error" if info.status == "error" else ("busy" if task_id else "idle")
     view = info.model_dump(mode="json", exclude={"endpoint"})
-    return view | {"task_id": task_id, "activity": busy}
+    return view | {"task_id": task_id, "activity": busy, "pool": state.pool.is_warm(info.id)}

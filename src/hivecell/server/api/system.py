@@ -45,6 +45,8 @@ async def put_settings(state: State, changes: Changes) -> Preferences:
     await anyio.to_thread.run_sync(save_preferences, state.config.config_path, prefs)
     state.prefs = prefs
     state.manager.poke()  # a higher limit may start queued tasks now
+    state.capacity.changed()  # caps moved: tasks waiting for room look again
+    state.pool.poke()  # size, idle time or the default shape may have changed
     return prefs
 
 
