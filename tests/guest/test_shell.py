@@ -260,7 +260,7 @@ async def test_timeout_kills_the_whole_process_group(guest: GuestClient) -> None
     started = time.monotonic()
     with pytest.raises(Timeout) as err:
         await sh(guest, command, timeout=0.5)
-    assert time.monotonic() - started < 0.5 + shell.GRACE_SECONDS + 1
+    assert time.monotonic() - started < 60  # killed, not the 100 s sleep (loaded CI: generous)
     assert "timeout" in err.value.message
     shell_pid, background_pid = map(int, err.value.context["stdout_tail"].split())
     assert err.value.context["stderr_tail"] == "partial\n"
@@ -274,7 +274,7 @@ async def test_timeout_escalates_to_sigkill_when_sigterm_is_ignored(guest: Guest
     with pytest.raises(Timeout) as err:
         await sh(guest, command, timeout=0.3)
     elapsed = time.monotonic() - started
-    assert 0.3 + shell.GRACE_SECONDS - 0.1 < elapsed < 0.3 + shell.GRACE_SECONDS + 1.5
+    assert 0.3 + shell.GRACE_SECONDS - 0.1 < elapsed < 60  # waited the grace, then killed
     pids = [int(pid) for pid in err.value.context["stdout_tail"].split()]
     assert await _until_gone(pids) == []
     assert await _until_group_gone(pids[0]) == []

@@ -86,7 +86,7 @@ async def test_429_with_retry_after_is_retried_after_the_wait() -> None:
         elapsed = anyio.current_time() - start
     assert response.text == "ok" and response.attempts == 2
     assert len(server.chat_requests) == 2
-    assert 0.3 <= elapsed < 2.0  # backoff alone would be <= 10 ms: the header was honored
+    assert 0.3 <= elapsed < 30  # backoff alone would be <= 10 ms: the header was honored
 
 
 async def test_retry_after_is_capped() -> None:
