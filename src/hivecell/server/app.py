@@ -18,6 +18,7 @@ import anyio
 from fastapi import FastAPI
 
 from hivecell.homedir import secure_home
+from hivecell.pool.metrics import SandboxStats, StatsSampler
 from hivecell.sandbox.base import SandboxProvider
 from hivecell.sandbox.registry import get_provider
 from hivecell.server.auth import TokenLinkMiddleware
@@ -25,6 +26,7 @@ from hivecell.server.errors import install_error_handlers
 from hivecell.server.events import EventHub
 from hivecell.server.guard import GuardPolicy, RequestGuard
 from hivecell.server.manager import TaskManager
+from hivecell.server.metrics import ServerMetrics
 from hivecell.server.settings import Preferences, ServerConfig, load_preferences
 from hivecell.store import TaskStore
 
@@ -42,6 +44,9 @@ class ServerState:
         self._store: TaskStore | None = None
         self._manager: TaskManager | None = None
         self.recovered: dict[str, list[str]] = {}
+        self.metrics = ServerMetrics()
+        self.sampler = StatsSampler(self.provider, interval=config.stats_interval)
+        self.sampler.subscribe(self._stats_round)
 
     @property
     def store(self) -> TaskStore:
@@ -65,6 +70,11 @@ class ServerState:
         )
         self.recovered = await self._manager.recover()
         return self._manager
+
+    def _stats_round(self, stats: list[SandboxStats]) -> None:
+        """Each sampling round: one ``sandbox.stats`` event with every running sandbox."""
+        self.hub.publish("sandbox.stats", {"items": [s.model_dump(mode="json") for s in stats]})
+        self.metrics.set_sandboxes(self.sampler.totals())
 
 
 Installer = Callable[[FastAPI, ServerState], None]
@@ -111,6 +121,8 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
             manager = await state.start(store)
             async with anyio.create_task_group() as tg:
                 await tg.start(manager.run)
+                await tg.start(state.sampler.run)
+                tg.start_soon(state.metrics.consume, state.hub)
                 try:
                     yield
                 finally:
@@ -121,11 +133,21 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
 
 
 def _include_api(app: FastAPI) -> None:
-    from hivecell.server.api import docs, events, files, providers, sandboxes, system, tasks
+    from hivecell.server.api import (
+        docs,
+        events,
+        files,
+        metrics,
+        providers,
+        sandboxes,
+        system,
+        tasks,
+    )
 
     for module in (tasks, files, sandboxes, providers, system, events):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(docs.router)
+    app.include_router(metrics.router)  # /metrics, where Prometheus looks by default
 
 
 def _web_installer() -> list[Installer]:
