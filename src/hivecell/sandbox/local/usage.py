@@ -39,6 +39,10 @@ PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 PROC = Path("/proc")
 PSS_MAX_AGE = 30.0  # seconds a process's PSS reading is reused (scaled by its RSS), +-50 %
 PSS_DRIFT = 0.1  # an RSS change beyond this fraction reads PSS again at once
+# A box that forks hundreds of fresh processes must not make one reading walk all their page
+# tables (a round waits for every box): past this many, a process counts its RSS as its PSS
+# (an upper bound) until a later reading gets to it.
+PSS_READS_PER_CALL = 32
 
 
 class PssReading:
@@ -89,17 +93,23 @@ class UsageReader:
         now = time.monotonic()
         kept: dict[int, PssReading] = {}
         total_rss = total_pss = 0
+        budget = PSS_READS_PER_CALL
         for pid in pids:
             rss = rss_kb(pid)
             last = before.get(pid)
-            if last is None or now > last.expires or _drifted(last.rss_kb, rss):
+            stale = last is None or now > last.expires or _drifted(last.rss_kb, rss)
+            if stale and budget > 0:
+                budget -= 1
                 rss, pss = memory_kb(pid)
                 last = PssReading(rss, pss, now)
+            elif last is None:
+                pss = rss  # over the budget: an upper bound until a later reading
             elif last.rss_kb:
                 pss = last.pss_kb * rss // last.rss_kb
             else:
                 pss = 0
-            kept[pid] = last
+            if last is not None:
+                kept[pid] = last
             total_rss, total_pss = total_rss + rss, total_pss + pss
         self._pss[sandbox_id] = kept  # exited processes drop out here
         return total_rss, total_pss
