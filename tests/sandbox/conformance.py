@@ -8,11 +8,13 @@ and what the host can see in /proc, so a VM provider runs them unchanged.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import anyio
 import pytest
 
 from hivecell.errors import HivecellError, SandboxNotFound
-from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec
+from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec, SandboxUsage
 from tests.sandbox import host
 from tests.sandbox.host import sh_out
 
@@ -108,11 +110,58 @@ class ProviderConformance:
         with pytest.raises(SandboxNotFound):
             await provider.connect(UNKNOWN_ID)
 
+    async def test_usage_follows_cpu_memory_processes_and_disk(
+        self, provider: SandboxProvider
+    ) -> None:
+        info = await provider.create(self.spec)
+        idle = await provider.usage(info.id)
+        assert idle.sandbox_id == info.id
+        assert idle.processes >= 2 and 0 < idle.memory_pss_mb <= idle.memory_rss_mb, idle
+        async with await provider.connect(info.id) as guest:
+            # A fixed amount of work, so the CPU time it takes does not depend on the load.
+            await sh_out(guest, "i=0; while [ $i -lt 400000 ]; do i=$((i+1)); done")
+            burnt = await provider.usage(info.id)
+            assert burnt.cpu_seconds >= idle.cpu_seconds + 0.2, (idle, burnt)
+            await sh_out(guest, "sleep 600 >/dev/null 2>&1 &")
+            await _wait_usage(provider, info.id, lambda u: u.processes > idle.processes)
+            await sh_out(
+                guest,
+                'python3 -c \'import time; b = b"x" * (200 << 20); print(flush=True); '
+                "time.sleep(600)' >/dev/null 2>&1 &",
+            )
+            grown = await _wait_usage(
+                provider, info.id, lambda u: u.memory_rss_mb >= idle.memory_rss_mb + 150
+            )
+            assert grown.memory_pss_mb >= idle.memory_pss_mb + 150, (idle, grown)
+            await sh_out(guest, "head -c 50000000 /dev/urandom > ~/big.bin")
+            written = await provider.usage(info.id)
+            assert written.disk_used_mb >= idle.disk_used_mb + 40, (idle, written)
+        await provider.stop(info.id)
+        stopped = await provider.usage(info.id)
+        assert (stopped.cpu_seconds, stopped.memory_rss_mb, stopped.memory_pss_mb) == (0, 0, 0)
+        assert stopped.processes == 0
+        assert stopped.disk_used_mb >= idle.disk_used_mb + 40  # its files stay when stopped
+
+    async def test_usage_of_unknown_id_raises_not_found(self, provider: SandboxProvider) -> None:
+        with pytest.raises(SandboxNotFound):
+            await provider.usage(UNKNOWN_ID)
+
     async def test_destroy_twice_raises_not_found(self, provider: SandboxProvider) -> None:
         info = await provider.create(self.spec)
         await provider.destroy(info.id)
         with pytest.raises(SandboxNotFound):
             await provider.destroy(info.id)
+
+
+async def _wait_usage(
+    provider: SandboxProvider, sandbox_id: str, ready: Callable[[SandboxUsage], bool]
+) -> SandboxUsage:
+    for _ in range(300):
+        usage = await provider.usage(sandbox_id)
+        if ready(usage):
+            return usage
+        await anyio.sleep(0.05)
+    raise AssertionError(f"{sandbox_id}: usage never reached the expected state: {usage}")
 
 
 async def _wait_status(provider: SandboxProvider, sandbox_id: str, status: str) -> SandboxInfo:

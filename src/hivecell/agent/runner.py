@@ -407,7 +407,9 @@ class TaskRunner:
         check = [*self._history.messages, {"role": "user", "content": question}]
         verdict_response = await self._decide(check, response_format=prompts.COMPLETION_SCHEMA)
         verdict = _parse_verdict(verdict_response.text)
-        self._record(kind="llm", text="completion check", result=verdict)
+        # Its latency too (for the model-latency metric); its tokens are in the task's usage.
+        latency = getattr(verdict_response, "latency_ms", None)
+        self._record(kind="llm", text="completion check", result=verdict, llm_latency_ms=latency)
         if verdict["complete"]:
             status: Status = "completed" if verdict["success"] else "failed"
             raise _Finished(status, bool(verdict["success"]), str(verdict["summary"]))

@@ -106,6 +106,27 @@ class SandboxInfo(BaseModel):
     detail: str = ""
 
 
+class SandboxUsage(BaseModel):
+    """What one sandbox costs the host right now, as its provider measures it.
+
+    ``cpu_seconds`` is cumulative, so a sampler derives CPU % from two readings; a stopped
+    sandbox reads zero for CPU, memory and processes (its disk stays)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sandbox_id: str
+    time: float = Field(description="when it was measured (Unix time)")
+    cpu_seconds: float = Field(
+        ge=0, description="user + system CPU time of all its processes, supervisor included"
+    )
+    memory_rss_mb: float = Field(ge=0, description="resident memory, shared pages counted fully")
+    memory_pss_mb: float = Field(
+        ge=0, description="proportional set size: shared pages split among their users"
+    )
+    disk_used_mb: float = Field(ge=0, description="home + /shared on host disk")
+    processes: int = Field(ge=0)
+
+
 @runtime_checkable
 class SandboxProvider(Protocol):
     """Creates, runs and removes sandboxes; hands out guest connections."""
@@ -139,4 +160,9 @@ class SandboxProvider(Protocol):
 
     async def network_log(self, sandbox_id: str) -> builtins.list[NetworkConnection]:
         """Its outbound connections and DNS questions so far (``nat``; empty otherwise)."""
+        ...
+
+    async def usage(self, sandbox_id: str) -> SandboxUsage:
+        """What it uses now: CPU time so far, memory, disk, processes (cheap: a sampler
+        reads every sandbox every few seconds)."""
         ...

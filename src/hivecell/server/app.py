@@ -19,6 +19,7 @@ from fastapi import FastAPI
 
 from hivecell.homedir import secure_home
 from hivecell.pool.capacity import Capacity, Host, caps_for
+from hivecell.pool.metrics import SandboxStats, StatsSampler
 from hivecell.pool.warm import WarmPool
 from hivecell.sandbox.base import SandboxProvider
 from hivecell.sandbox.registry import get_provider
@@ -27,6 +28,7 @@ from hivecell.server.errors import install_error_handlers
 from hivecell.server.events import EventHub
 from hivecell.server.guard import GuardPolicy, RequestGuard
 from hivecell.server.manager import TaskManager, default_spec
+from hivecell.server.metrics import ServerMetrics
 from hivecell.server.settings import Preferences, ServerConfig, load_preferences
 from hivecell.store import TaskStore
 
@@ -41,14 +43,20 @@ class ServerState:
         self.hub = EventHub()
         self.prefs = Preferences()
         self.provider: SandboxProvider = get_provider(config.sandbox_provider, config.home)
+        self.metrics = ServerMetrics()
+        self.sampler = StatsSampler(self.provider, interval=config.stats_interval)
+        self.sampler.subscribe(self._stats_round)
         self.host = Host.detect()
-        self.capacity = Capacity(self.provider, lambda: caps_for(self.prefs.capacity, self.host))
+        # Capacity counts what sandboxes really use: the sampler's latest figures.
+        self.capacity = Capacity(
+            self.provider, lambda: caps_for(self.prefs.capacity, self.host), self.sampler.latest
+        )
         self.pool = WarmPool(
             self.provider,
             self.capacity,
             settings=lambda: self.prefs.pool,
             default_spec=lambda: default_spec(self.prefs),
-            on_change=lambda view: self.hub.publish("pool.changed", view),
+            on_change=self._pool_changed,
             on_removed=lambda sandbox_id: self.hub.publish(
                 "sandbox.destroyed", {"sandbox_id": sandbox_id}
             ),
@@ -87,6 +95,16 @@ class ServerState:
         )
         self.recovered = await self._manager.recover()
         return self._manager
+
+    def _stats_round(self, stats: list[SandboxStats]) -> None:
+        """Each sampling round: one ``sandbox.stats`` event with every running sandbox."""
+        self.hub.publish("sandbox.stats", {"items": [s.model_dump(mode="json") for s in stats]})
+        self.metrics.set_sandboxes(self.sampler.totals())
+        self.capacity.changed()  # new figures: tasks waiting for room look again
+
+    def _pool_changed(self, view: dict[str, Any]) -> None:
+        self.hub.publish("pool.changed", view)
+        self.metrics.set_pool_size(view["warm"])
 
 
 Installer = Callable[[FastAPI, ServerState], None]
@@ -133,6 +151,8 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
             manager = await state.start(store)
             async with anyio.create_task_group() as tg:
                 await tg.start(manager.run)
+                await tg.start(state.sampler.run)
+                tg.start_soon(state.metrics.consume, state.hub)
                 # After recovery (which removes an earlier run's warm sandboxes).
                 await tg.start(state.pool.run)
                 try:
@@ -149,6 +169,7 @@ def _include_api(app: FastAPI) -> None:
         docs,
         events,
         files,
+        metrics,
         pool,
         providers,
         sandboxes,
@@ -159,6 +180,7 @@ def _include_api(app: FastAPI) -> None:
     for module in (tasks, files, sandboxes, pool, providers, system, events):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(docs.router)
+    app.include_router(metrics.router)  # /metrics, where Prometheus looks by default
 
 
 def _web_installer() -> list[Installer]:

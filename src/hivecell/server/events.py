@@ -27,6 +27,7 @@ EVENT_TYPES = (
     "task.finished",
     "sandbox.created",
     "sandbox.destroyed",
+    "sandbox.stats",
 )
 QUEUE_SIZE = 1000
 TOO_SLOW = 1008

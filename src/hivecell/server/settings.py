@@ -44,6 +44,7 @@ class ServerConfig:
     # Caps on each copy into a task's inbox and out of its outbox (hivecell up --transfer-max-*).
     transfer_max_bytes: int = DEFAULT_MAX_BYTES
     transfer_max_files: int = DEFAULT_MAX_FILES
+    stats_interval: float = 2.0  # seconds between two samples of every sandbox's usage
 
     @property
     def transfer_limits(self) -> TransferLimits:

@@ -33,7 +33,7 @@ from hivecell.errors import (
     Timeout,
 )
 from hivecell.sandbox import netpolicy, transfer
-from hivecell.sandbox.base import NetworkConnection, SandboxInfo, SandboxSpec
+from hivecell.sandbox.base import NetworkConnection, SandboxInfo, SandboxSpec, SandboxUsage
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local import (
     bwrap,
@@ -49,6 +49,7 @@ from hivecell.sandbox.local import (
     seccomp,
     state,
     uidpool,
+    usage,
 )
 from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
 from hivecell.sandbox.local.limits import LimitPlan, LimitsUnavailable
@@ -94,6 +95,7 @@ class LocalProvider:
         self._runtime: PythonRuntime | None = None
         self._bytecode_warm = False
         self._bytecode_lock = threading.Lock()
+        self._usage = usage.UsageReader()
 
     # --- the provider protocol ----------------------------------------------------------------
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
@@ -123,6 +125,7 @@ class LocalProvider:
     async def destroy(self, sandbox_id: str) -> None:
         layout = self._layout(sandbox_id, op="destroy")
         await to_thread.run_sync(self._destroy_sync, layout)
+        self._usage.forget(sandbox_id)
 
     async def connect(self, sandbox_id: str) -> GuestClient:
         info = await self.info(sandbox_id)
@@ -150,6 +153,10 @@ class LocalProvider:
         layout, _ = await self._load(sandbox_id)
         rows = await to_thread.run_sync(netlog.read, layout.network_log)
         return [NetworkConnection.model_validate(row) for row in rows]
+
+    async def usage(self, sandbox_id: str) -> SandboxUsage:
+        layout, meta = await self._load(sandbox_id)
+        return await to_thread.run_sync(self._usage.read, layout, meta)
 
     # --- creating and starting -----------------------------------------------------------------
     def _prepare(self, spec: SandboxSpec) -> tuple[Layout, SandboxMeta]:

@@ -10,6 +10,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hivecell.errors import InvalidParams, SandboxError, SandboxNotFound
+from hivecell.pool.metrics import SandboxStats
 from hivecell.pool.warm import NAME_PREFIX as POOL_PREFIX
 from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxSpec
@@ -73,6 +74,14 @@ async def sandbox_network(sandbox_id: str, state: State) -> dict[str, Any]:
     """A nat sandbox's outbound connections and DNS questions so far."""
     log = await state.provider.network_log(sandbox_id)
     return {"sandbox_id": sandbox_id, "items": [c.model_dump(mode="json") for c in log]}
+
+
+@router.get("/sandboxes/{sandbox_id}/stats")
+async def sandbox_stats(sandbox_id: str, state: State) -> SandboxStats:
+    """The latest sample (CPU %, memory, disk, processes, guest round trip); taken now if
+    the sampler has none yet, in which case CPU % reads 0 (it needs two samples)."""
+    await state.provider.info(sandbox_id)  # unknown ids: 404, even with an old sample
+    return state.sampler.latest(sandbox_id) or await state.sampler.sample_now(sandbox_id)
 
 
 @router.delete("/sandboxes/{sandbox_id}", status_code=204)

@@ -3,12 +3,14 @@ import { api, API, onEvent, post } from "./api.js";
 import { $, badge, cost, duration, elapsed, h, replace, spend, when } from "./dom.js";
 import { pauseNote, RETRYABLE, resumeWithMore } from "./limits.js";
 import { attempt, startShell, toast } from "./shell.js";
+import { brief } from "./stats.js";
 
 const ACTIVE = ["queued", "running", "paused", "waiting_for_user"];
 const LIVE = ["running", "paused", "waiting_for_user"]; // a sandbox exists to look at
 const ended = new Set(); // finished tasks whose sandbox may be going away: never ask for it
 const THUMB_EVERY_MS = 3000;
 let active = [];
+let sandboxStats = new Map(); // sandbox id -> its latest sample (sandbox.stats events)
 
 // --- new task --------------------------------------------------------------------------
 async function loadChoices() {
@@ -113,6 +115,8 @@ function card(task) {
           duration(elapsed(task)))),
       h("a", { class: "desc", href: `/tasks/${encodeURIComponent(task.id)}` }, task.description),
       h("div", { class: "stats muted" }, `${task.steps} steps · `, spend(task)),
+      task.sandbox_id && LIVE.includes(task.status) && h("div", { class: "stats muted sb-stats",
+        dataset: { sandbox: task.sandbox_id } }, brief(sandboxStats.get(task.sandbox_id))),
       pauseNote(task),
       controls(task)));
 }
@@ -173,6 +177,14 @@ function refresh() {
   }, 150);
 }
 
+// Each round replaces the figures: sandboxes left out of it are gone or stopped.
+function showStats(items) {
+  sandboxStats = new Map(items.map((s) => [s.sandbox_id, s]));
+  for (const el of document.querySelectorAll(".task-card .sb-stats")) {
+    el.textContent = brief(sandboxStats.get(el.dataset.sandbox));
+  }
+}
+
 function tick() {
   for (const el of document.querySelectorAll(".task-card .elapsed")) {
     const task = active.find((t) => t.id === el.closest(".task-card").dataset.task);
@@ -192,6 +204,7 @@ function start() {
   });
   $("#status-filter").addEventListener("change", () => attempt(loadHistory));
   onEvent((event) => {
+    if (event.type === "sandbox.stats") { showStats(event.data.items); return; }
     if (!event.type.startsWith("task.")) return;
     if (event.type === "task.finished") ended.add(event.data.task_id);
     refresh();

@@ -5,6 +5,7 @@ import RFB from "/static/vendor/novnc/core/rfb.js";
 import { api, API, onEvent, post } from "./api.js";
 import { $, h, pretty, replace } from "./dom.js";
 import { attempt, startShell } from "./shell.js";
+import { fill } from "./stats.js";
 
 let sandboxes = [];
 let selected = new URLSearchParams(location.search).get("sandbox");
@@ -41,6 +42,20 @@ function select(id) {
   replace($("#activity"));
   connect();
   attempt(loadSelection);
+  loadStats(id);
+}
+
+// --- live figures ----------------------------------------------------------------------
+async function loadStats(id) {
+  fill($("#sb-stats"), null);
+  // The figures now, not at the next round; quiet on failure: the next round fills them.
+  const first = await api(`/sandboxes/${encodeURIComponent(id)}/stats`).catch(() => null);
+  if (first && id === selected) fill($("#sb-stats"), first);
+}
+
+function onStats(items) {
+  const sample = items.find((s) => s.sandbox_id === selected);
+  if (sample) fill($("#sb-stats"), sample);
 }
 
 function deselect() {
@@ -199,6 +214,7 @@ function setupToolbar() {
 }
 
 function onLiveEvent(event) {
+  if (event.type === "sandbox.stats") return onStats(event.data.items);
   if (event.type.startsWith("sandbox.")) return attempt(loadSandboxes);
   if (!task || event.data?.task_id !== task.id) {
     if (event.type === "task.created" || event.type === "task.finished") attempt(loadSandboxes);

@@ -1,0 +1,1 @@
+"""Sandboxes kept ready and measured: the warm pool, host capacity and per-sandbox metrics."""
