@@ -69,6 +69,7 @@ class WarmPool:
         settings: Callable[[], PoolSettings],
         default_spec: Callable[[], SandboxSpec],
         on_change: Callable[[dict[str, Any]], object] = lambda _view: None,
+        on_ready: Callable[[str], object] = lambda _id: None,
         on_removed: Callable[[str], object] = lambda _id: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -77,6 +78,7 @@ class WarmPool:
         self._settings = settings
         self._default_spec = default_spec
         self._on_change = on_change
+        self._on_ready = on_ready
         self._on_removed = on_removed
         self._clock = clock
         self._shapes: dict[str, _Shape] = {}
@@ -126,6 +128,10 @@ class WarmPool:
         shape.missed += 1
         self._changed_view()
         return None
+
+    def is_pools(self, info: SandboxInfo) -> bool:
+        """Made by the pool (warm, or still booting or being removed), not yet a task's."""
+        return (info.spec.name or "").startswith(NAME_PREFIX)
 
     def is_warm(self, sandbox_id: str) -> bool:
         return any(info.id == sandbox_id for s in self._shapes.values() for info in s.warm)
@@ -230,6 +236,7 @@ class WarmPool:
                     info = await self._provider.create(spec)
             shape.warm.append(info)
             shape.error = ""
+            self._on_ready(info.id)
         except CapacityExceeded:
             pass  # full: the next change (a box removed) looks again
         except HivecellError as exc:

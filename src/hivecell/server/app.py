@@ -57,6 +57,9 @@ class ServerState:
             settings=lambda: self.prefs.pool,
             default_spec=lambda: default_spec(self.prefs),
             on_change=self._pool_changed,
+            on_ready=lambda sandbox_id: self.hub.publish(
+                "sandbox.created", {"sandbox_id": sandbox_id, "task_id": None, "pool": True}
+            ),
             on_removed=lambda sandbox_id: self.hub.publish(
                 "sandbox.destroyed", {"sandbox_id": sandbox_id}
             ),

@@ -117,5 +117,8 @@ async def sandbox_screenshot(sandbox_id: str, state: State) -> Response:
 def _view(state: State, info: SandboxInfo) -> dict[str, Any]:
     task_id = state.manager.task_of_sandbox(info.id)
     busy = "error" if info.status == "error" else ("busy" if task_id else "idle")
+    warm = state.pool.is_warm(info.id)
+    if not task_id and not warm and state.pool.is_pools(info):
+        busy = "starting"  # the pool's, booting (or going away): not ready to look at
     view = info.model_dump(mode="json", exclude={"endpoint"})
-    return view | {"task_id": task_id, "activity": busy, "pool": state.pool.is_warm(info.id)}
+    return view | {"task_id": task_id, "activity": busy, "pool": warm}

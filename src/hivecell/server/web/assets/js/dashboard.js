@@ -13,7 +13,19 @@ let active = [];
 let sandboxStats = new Map(); // sandbox id -> its latest sample (sandbox.stats events)
 
 // --- new task --------------------------------------------------------------------------
+// Sandboxes a person made and left running: a task may run in one (it stays afterwards).
+async function loadSandboxChoices() {
+  const select = $("#sandbox-choice");
+  const chosen = select.value;
+  const boxes = (await api("/sandboxes")).items.filter((sb) =>
+    sb.status === "running" && !sb.pool && !(sb.spec?.name || "").startsWith("task-"));
+  replace(select, [h("option", { value: "" }, "a fresh one (warm pool)"),
+    ...boxes.map((sb) => h("option", { value: sb.id, selected: sb.id === chosen },
+      `${sb.spec?.name || sb.id}${sb.task_id ? " · busy (waits its turn)" : ""}`))]);
+}
+
 async function loadChoices() {
+  attempt(loadSandboxChoices);
   const [providers, settings] = await Promise.all([api("/providers"), api("/settings")]);
   const select = $("#provider");
   replace(select, providers.items.map((p) =>
@@ -43,6 +55,7 @@ function taskForm(form) {
   set("network", data.get("network"));
   set("disabled_tools", data.get("disabled_tools").trim());
   set("network_allow", data.get("network_allow").trim());
+  set("sandbox_id", data.get("sandbox_id"));
   // Always sent, even empty (= ask for nothing): absent would mean the Settings default.
   body.append("approve_tools", data.getAll("approve_tools").join(" "));
   for (const file of data.getAll("files")) if (file.name) body.append("files", file, file.name);
@@ -117,6 +130,7 @@ function card(task) {
       h("div", { class: "stats muted" }, `${task.steps} steps · `, spend(task)),
       task.sandbox_id && LIVE.includes(task.status) && h("div", { class: "stats muted sb-stats",
         dataset: { sandbox: task.sandbox_id } }, brief(sandboxStats.get(task.sandbox_id))),
+      task.waiting_for && h("div", { class: "note waiting" }, `Waiting for room: ${task.waiting_for}`),
       pauseNote(task),
       controls(task)));
 }
@@ -205,6 +219,10 @@ function start() {
   $("#status-filter").addEventListener("change", () => attempt(loadHistory));
   onEvent((event) => {
     if (event.type === "sandbox.stats") { showStats(event.data.items); return; }
+    if (event.type === "sandbox.created" || event.type === "sandbox.destroyed") {
+      attempt(loadSandboxChoices);
+      return;
+    }
     if (!event.type.startsWith("task.")) return;
     if (event.type === "task.finished") ended.add(event.data.task_id);
     refresh();

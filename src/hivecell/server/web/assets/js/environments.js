@@ -20,7 +20,30 @@ function sandboxItem(sb) {
     h("a", { href: `?sandbox=${encodeURIComponent(sb.id)}`, onclick: (e) => { e.preventDefault(); select(sb.id); } },
       h("span", { class: `dot a-${sb.activity}` }),
       h("span", { class: "sb-name" }, label),
-      h("span", { class: "muted sb-task" }, sb.task_id ? `task ${sb.task_id}` : sb.activity)));
+      h("span", { class: "muted sb-task" }, sb.task_id ? `task ${sb.task_id}` : sb.pool ? "warm" : sb.activity)));
+}
+
+// --- pool and capacity -----------------------------------------------------------------
+const gb = (mb) => `${(mb / 1024).toFixed(1)} GB`;
+
+async function loadPool() {
+  const pool = await api("/pool");
+  const { caps, used, waiting } = pool.capacity;
+  $("#pool-warm").textContent = String(pool.warm);
+  $("#pool-booting").textContent = String(pool.booting);
+  $("#pool-size").textContent = String(pool.size);
+  $("#pool-idle").textContent = `${Math.round(pool.idle_timeout_s / 60)} min`;
+  $("#cap-sandboxes").textContent = `${used.sandboxes} / ${caps.max_sandboxes}`;
+  $("#cap-memory").textContent = `${gb(used.memory_mb)} / ${gb(caps.max_memory_mb)}`;
+  $("#cap-cpus").textContent = `${used.cpus.toFixed(2)} / ${caps.max_cpus}`;
+  $("#cap-waiting").hidden = !waiting;
+  $("#cap-waiting").textContent = `${waiting} task(s) waiting for room`;
+}
+
+let poolTimer = null;
+function reloadPoolSoon() { // many events in a burst: one request
+  if (poolTimer) return;
+  poolTimer = setTimeout(() => { poolTimer = null; attempt(loadPool); }, 300);
 }
 
 async function loadSandboxes() {
@@ -30,7 +53,10 @@ async function loadSandboxes() {
   if (selected && !sandboxes.some((s) => s.id === selected)) deselect();
   else if (selected && !rfb) select(selected);
   else if (selected) await loadSelection();
-  else if (sandboxes.length) select(sandboxes[0].id);
+  else {
+    const first = sandboxes.find((s) => s.activity !== "starting");
+    if (first) select(first.id);
+  }
 }
 
 function select(id) {
@@ -77,6 +103,7 @@ async function loadSelection() {
   task = sb.task_id ? await api(`/tasks/${encodeURIComponent(sb.task_id)}`) : null;
   $("#sel-task").textContent = task ? `running “${task.description.slice(0, 60)}” · ${task.status.replaceAll("_", " ")}` : "idle";
   if (task && task.id !== previous) await loadActivity();
+  $("#sel-warm").hidden = !sb.pool;
   $("#shot").href = `${API}/sandboxes/${encodeURIComponent(sb.id)}/screenshot`;
   $("#shot").download = `${sb.id}.png`;
   renderToolbar();
@@ -85,7 +112,8 @@ async function loadSelection() {
 function renderToolbar() {
   const paused = task?.status === "paused";
   const controllable = task && ["running", "paused", "waiting_for_user"].includes(task.status);
-  $("#takeover").hidden = interactive;
+  const warm = sandboxes.find((s) => s.id === selected)?.pool;
+  $("#takeover").hidden = interactive || Boolean(warm); // the server refuses input to warm boxes
   $("#handback").hidden = !interactive;
   $("#pause-agent").hidden = !controllable || paused || interactive;
   $("#resume-agent").hidden = !controllable || !paused || interactive;
@@ -214,8 +242,10 @@ function setupToolbar() {
 }
 
 function onLiveEvent(event) {
-  if (event.type === "sandbox.stats") return onStats(event.data.items);
-  if (event.type.startsWith("sandbox.")) return attempt(loadSandboxes);
+  if (event.type === "sandbox.stats") { reloadPoolSoon(); return onStats(event.data.items); }
+  if (event.type === "pool.changed") { reloadPoolSoon(); return undefined; }
+  if (event.type.startsWith("sandbox.")) { reloadPoolSoon(); return attempt(loadSandboxes); }
+  if (event.type === "task.waiting") reloadPoolSoon();
   if (!task || event.data?.task_id !== task.id) {
     if (event.type === "task.created" || event.type === "task.finished") attempt(loadSandboxes);
     return undefined;
@@ -228,4 +258,5 @@ function onLiveEvent(event) {
 startShell();
 setupToolbar();
 attempt(loadSandboxes);
+attempt(loadPool);
 onEvent(onLiveEvent);

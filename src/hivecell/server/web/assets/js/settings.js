@@ -99,6 +99,14 @@ function fillPrefs(prefs) {
   f["sandbox.height"].value = prefs.sandbox.height;
   f["sandbox.network"].value = prefs.sandbox.network;
   f["sandbox.memory_mb"].value = prefs.sandbox.memory_mb ?? "";
+  f["sandbox.cpus"].value = prefs.sandbox.cpus ?? "";
+  f["sandbox.disk_mb"].value = prefs.sandbox.disk_mb ?? "";
+  f["pool.size"].value = prefs.pool.size;
+  f["pool.idle_min"].value = prefs.pool.idle_timeout_s / 60;
+  for (const name of ["max_sandboxes", "max_memory_mb", "max_cpus"]) {
+    f[`capacity.${name}`].value = prefs.capacity[name] ?? "";
+  }
+  attempt(showDerivedCaps);
   f["task.timeout_min"].value = prefs.task.timeout_s / 60;
   f["task.max_steps"].value = prefs.task.max_steps;
   f["task.limits_final"].checked = !!prefs.task.limits_final;
@@ -114,13 +122,25 @@ function readPrefs() {
   const optional = (name) => (f[name].value ? Number(f[name].value) : null);
   return {
     sandbox: { width: Number(f["sandbox.width"].value), height: Number(f["sandbox.height"].value),
-      network: f["sandbox.network"].value, memory_mb: memory ? Number(memory) : null },
+      network: f["sandbox.network"].value, memory_mb: memory ? Number(memory) : null,
+      cpus: optional("sandbox.cpus"), disk_mb: optional("sandbox.disk_mb") },
+    pool: { size: Number(f["pool.size"].value), idle_timeout_s: Number(f["pool.idle_min"].value) * 60 },
+    capacity: { max_sandboxes: optional("capacity.max_sandboxes"),
+      max_memory_mb: optional("capacity.max_memory_mb"), max_cpus: optional("capacity.max_cpus") },
     task: { timeout_s: Number(f["task.timeout_min"].value) * 60, max_steps: Number(f["task.max_steps"].value),
       limits_final: f["task.limits_final"].checked,
       max_cost_usd: optional("task.max_cost_usd"), max_tokens: optional("task.max_tokens") },
     max_concurrent: Number(f.max_concurrent.value),
     output_dir: f.output_dir.value.trim() || null,
   };
+}
+
+// Empty caps are derived from the host: show what they come to as the placeholder.
+async function showDerivedCaps() {
+  const { caps } = (await api("/pool")).capacity;
+  for (const input of $("#capacity").querySelectorAll("input[data-auto]")) {
+    input.placeholder = `auto: ${caps[input.dataset.auto]}`;
+  }
 }
 
 function setupPrefs() {
