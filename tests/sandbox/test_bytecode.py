@@ -29,3 +29,21 @@ def test_a_second_warm_reuses_the_module_list(tmp_path: Path) -> None:
     modules = listing.read_text().splitlines()[1:]
     assert any(m.endswith("hivecell/guest/tools/shell.py") for m in modules)
     assert any("/pydantic/" in m for m in modules)
+
+
+def test_modules_the_agent_loads_after_boot_are_precompiled_too(tmp_path: Path) -> None:
+    """A module missing from the cache is compiled from source in every box, at every boot
+    or first call (the box cannot write bytecode). Those imported late must be listed: the
+    Xlib extensions a Display loads once connected, the screenshot path (Pillow and its PNG
+    plugin, mss's backend), and pydantic's schema builder, which the first call needs."""
+    runtime = PythonRuntime.detect()
+    bytecode.warm(tmp_path, runtime)
+    modules = (tmp_path / bytecode.LISTING).read_text().splitlines()[1:]
+    for late in (
+        "Xlib/ext/randr.py",
+        "Xlib/ext/xinput.py",
+        "PIL/PngImagePlugin.py",
+        "mss/linux/xshmgetimage.py",
+        "pydantic/_internal/_generate_schema.py",
+    ):
+        assert any(m.endswith(late) for m in modules), late

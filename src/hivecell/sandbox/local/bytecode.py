@@ -21,13 +21,29 @@ from pathlib import Path
 from hivecell.sandbox.local.pyruntime import PythonRuntime
 
 LISTING = "modules.txt"
-# Run by the host's interpreter: the source files the agent imports, one per line.
+# Run by the host's interpreter: the source files the agent imports, at boot or on first
+# use, one per line. Libraries import more on first use than at import (pydantic's schema
+# builder when the first call builds a validator): building every method's models imports
+# those too, and every file of an imported third-party package is listed besides.
 _DISCOVER = """
-import sys
+import sys, sysconfig
+from pathlib import Path
 from hivecell.guest import boot
-boot.preload()
+from hivecell.protocol import methods
+boot.preload(boot.AGENT_MODULES + boot.LAZY_MODULES)
+for spec in methods.METHODS.values():
+    spec.params.model_rebuild(force=True)
+    spec.result.model_rebuild(force=True)
 files = {getattr(m, "__file__", None) for m in list(sys.modules.values())}
-print("\\n".join(sorted(f for f in files if f and f.endswith(".py"))))
+files = {Path(f) for f in files if f and f.endswith(".py")}
+sites = {Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")}
+for f in list(files):
+    for site in sites:
+        if site in f.resolve().parents:
+            top = site / f.resolve().relative_to(site).parts[0]
+            if top.is_dir():
+                files.update(top.rglob("*.py"))
+print("\\n".join(sorted(map(str, files))))
 """
 
 
