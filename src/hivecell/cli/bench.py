@@ -173,10 +173,9 @@ def _table(ours: SandboxReport, peer: Any) -> Table:
             f"{ratios[name]:.1f}x" if name in ratios else "-",
             f"≤ {TARGETS_MS[name]:g}" if name in TARGETS_MS else "",
         )
-    table.add_row(
-        "idle memory RSS (MB)", f"{ours.idle_rss_mb:.1f}", "", _peer_rss(peer), "", "≤ 50"
-    )
-    table.add_row("idle memory PSS (MB)", f"{ours.idle_pss_mb:.1f}", "", "", "", "")
+    idle = f"idle memory per sandbox, {ours.idle_boxes} up"
+    table.add_row(f"{idle}: RSS (MB)", f"{ours.idle_rss_mb:.1f}", "", _peer_rss(peer), "", "")
+    table.add_row(f"{idle}: PSS (MB)", f"{ours.idle_pss_mb:.1f}", "", "", "", "≤ 50")
     table.add_row(
         "parallel sandboxes", f"{ours.parallel_started}/{ours.parallel_tried}", "", "", "", "≥ 24"
     )

@@ -11,30 +11,43 @@ The agent runs in a forked child and this process supervises it: an agent that d
 being asked to stop (killed, crashed) is started again on the same listening socket, so the
 host reconnects to a box whose desktop and apps are untouched (see ``supervise``).
 
-Xvfb starts before the agent's heavy imports so the two overlap. Every sandbox has its own
-network namespace and /tmp, so every sandbox uses display :0.
+This process stays small: it never imports the agent (pydantic, anyio, Xlib). The child is
+forked as soon as Xvfb is started and does the heavy imports while this process brings the
+desktop up; it serves once the window manager manages windows. Importing in the child, not
+here, is ~10 MB less per sandbox: a parent holding the imports keeps its own copy of every
+page the child writes to (reference counts), so the two held most of it twice. The price is
+a restart that imports again (a few hundred ms instead of a fork) after a crash.
+
+Every sandbox has its own network namespace and /tmp, so every sandbox uses display :0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import resource
 import select
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 DISPLAY = ":0"
+# python-xlib's Xlib.ext.__extensions__ (see AGENT_MODULES), spelled out so that listing
+# them does not import Xlib before Xvfb is started.
+XLIB_EXTENSIONS = (
+    "ge", "xtest", "shape", "xinerama", "record", "composite", "randr", "xfixes", "security",
+    "xinput", "nvcontrol", "damage", "dpms", "res", "screensaver",
+)  # fmt: skip
 DISPLAY_TIMEOUT = 15.0
 # An agent that keeps dying is a bug, not a fault to ride out: after this many restarts in
 # RESTART_WINDOW_S the box ends (the host then reports the sandbox as gone).
@@ -43,15 +56,30 @@ RESTART_WINDOW_S = 60.0
 AGENT_STOPPED = 0  # the child's exit code after a requested shutdown or reboot
 # Set by the sandbox launcher for this interpreter only; apps inside must not inherit them.
 LAUNCHER_ENV = ("PYTHONPATH", "LD_LIBRARY_PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
-# What the agent imports at boot or on first use; the host precompiles exactly these.
+# What the agent imports before it serves. The host precompiles these and LAZY_MODULES; a
+# module it misses is compiled from source at every boot (the box cannot write bytecode),
+# which is how the Xlib extensions used to cost ~30 ms.
 AGENT_MODULES = (
     "anyio",
     "anyio._backends._asyncio",
+    "Xlib.display",
+    # Display() imports the module of every extension the server has: import them here
+    # once, not in the window-manager check and again in the agent.
+    *(f"Xlib.ext.{name}" for name in XLIB_EXTENSIONS),
     "hivecell.guest.context",
     "hivecell.guest.run",
     "hivecell.guest.x11",
 )
+# Imported on first use only (screenshots): not worth a cold start that never needs them.
+LAZY_MODULES = (
+    "mss.linux",
+    "mss.linux.xshmgetimage",
+    "PIL.Image",
+    # what Image.save() loads (Image.preinit) for the formats screenshot writes
+    *(f"PIL.{name}ImagePlugin" for name in ("Bmp", "Gif", "Jpeg", "Ppm", "Png", "WebP")),
+)
 
+Process = subprocess.Popen[bytes]
 log = logging.getLogger("hivecell.guest.boot")
 _STARTED = time.monotonic()
 
@@ -76,28 +104,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
+    log.info("boot imported after %.0f ms", _elapsed_ms())
     for name in LAUNCHER_ENV:
         os.environ.pop(name, None)
     apply_rlimits(args.rlimit_nproc, args.rlimit_data, args.rlimit_fsize)
     make_runtime_dirs()
     xvfb, display_fd = start_xvfb(args.screen, args.glx)
     children = [xvfb]
+    desktop = Desktop(display_fd, xvfb, children)
     try:
-        # Xvfb and then openbox start on a helper thread while this one imports the agent
-        # (most of the boot time); the thread only waits on a pipe and spawns a process.
-        helper = ThreadPoolExecutor(max_workers=1)
-        desktop = helper.submit(_start_desktop, display_fd, xvfb)
-        serve = _import_agent()
-        log.info("agent imported after %.0f ms", _elapsed_ms())
-        children += desktop.result()
-        helper.shutdown()  # no thread may be left when the agent is forked
-        log.info("display up after %.0f ms", _elapsed_ms())
-        if children[1:]:  # "desktop up" includes a window manager that manages windows
-            wait_for_window_manager()
-            log.info("window manager ready after %.0f ms", _elapsed_ms())
-        reason = supervise(serve, args)
+        reason = supervise(args, desktop)
         log.info("agent stopped: %s", reason)
     finally:
+        desktop.close()
         stop_all(children)
     return 0
 
@@ -157,9 +176,54 @@ def wait_for_display(ready_r: int, xvfb: subprocess.Popen[bytes]) -> None:
         os.close(ready_r)
 
 
-def _start_desktop(display_fd: int, xvfb: subprocess.Popen[bytes]) -> list[subprocess.Popen[bytes]]:
-    wait_for_display(display_fd, xvfb)
-    return start_window_manager()
+class Desktop:
+    """Xvfb and the window manager, brought up by the boot process; agents wait for them.
+
+    The boot process closes the write end of ``started`` once the window manager is started
+    (or the attempt failed): every agent, the first and any restarted one, reads up to EOF
+    before it checks that windows are managed and serves.
+    """
+
+    def __init__(self, display_fd: int, xvfb: Process, children: list[Process]) -> None:
+        self.display_fd = display_fd
+        self.xvfb = xvfb
+        self.children = children  # started processes go here at once, to be stopped on failure
+        self.started_r, self.started_w = os.pipe()
+        self.pending = True
+
+    def bring_up(self) -> None:
+        """In the boot process, while the first agent imports."""
+        self.pending = False
+        try:
+            wait_for_display(self.display_fd, self.xvfb)
+            log.info("display up after %.0f ms", _elapsed_ms())
+            self.children += start_window_manager()
+        finally:
+            self._close_started()
+
+    def in_agent(self) -> None:
+        """In a freshly forked agent: keep only the end it reads."""
+        self._close_started()
+        if self.pending:
+            os.close(self.display_fd)
+
+    def wait(self) -> None:
+        """In the agent: block until the boot process started the desktop, then until the
+        window manager manages new windows ("desktop up" includes a window manager)."""
+        while os.read(self.started_r, 64):
+            pass
+        if shutil.which("openbox") is not None:  # what start_window_manager ran
+            wait_for_window_manager()
+            log.info("window manager ready after %.0f ms", _elapsed_ms())
+
+    def close(self) -> None:
+        self._close_started()
+        os.close(self.started_r)
+
+    def _close_started(self) -> None:
+        if self.started_w >= 0:
+            os.close(self.started_w)
+            self.started_w = -1
 
 
 def start_window_manager() -> list[subprocess.Popen[bytes]]:
@@ -210,13 +274,42 @@ def _managed(prop: Any, window_id: int) -> bool:
     return prop is not None and window_id in prop.value
 
 
-def preload() -> None:
+def preload(modules: tuple[str, ...] = AGENT_MODULES) -> None:
     """Import everything the agent needs (missing optional modules are skipped)."""
-    for name in AGENT_MODULES:
+    for name in modules:
         try:
             importlib.import_module(name)
         except ImportError as exc:
             log.debug("not preloaded: %s (%s)", name, exc)
+
+
+def _import_x11() -> None:
+    """What the window-manager check needs: python-xlib and its extension modules."""
+    for name in AGENT_MODULES:
+        if name.startswith("Xlib."):
+            importlib.import_module(name)
+
+
+def _prepare_agent(desktop: Desktop) -> Callable[[argparse.Namespace], str]:
+    """In the agent: import it while the desktop comes up; returns once both are done.
+
+    The wait for the desktop runs on a helper thread that mostly blocks on a pipe or the X
+    server. What it imports is imported first (see _import_x11), so the two threads never
+    import the same modules at once.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    _import_x11()
+    helper = ThreadPoolExecutor(max_workers=1)
+    try:
+        up = helper.submit(desktop.wait)
+        serve = _import_agent()
+        log.info("agent imported after %.0f ms", _elapsed_ms())
+        up.result()
+    finally:
+        helper.shutdown()
+    log.info("desktop up after %.0f ms", _elapsed_ms())
+    return serve
 
 
 def _import_agent() -> Callable[[argparse.Namespace], str]:
@@ -243,15 +336,16 @@ def _import_agent() -> Callable[[argparse.Namespace], str]:
     return run
 
 
-def supervise(serve: Callable[[argparse.Namespace], str], args: argparse.Namespace) -> str:
+def supervise(args: argparse.Namespace, desktop: Desktop) -> str:
     """Run the agent in a forked child until it stops on request; restart it when it dies.
 
-    Forked, not exec'd: the imports are done, so a restart serves again in milliseconds. The
-    listening socket stays open here, so the host's connects wait in its backlog meanwhile.
+    The first child is forked before the desktop is up and imports the agent meanwhile. The
+    listening socket stays open here, so the host's connects wait in its backlog while a
+    restarted agent imports.
     """
     restarts: deque[float] = deque()
     while True:
-        code = _run_agent_child(serve, args)
+        code = _run_agent_child(args, desktop)
         if code == AGENT_STOPPED:
             return "stopped on request"
         now = time.monotonic()
@@ -268,11 +362,13 @@ def supervise(serve: Callable[[argparse.Namespace], str], args: argparse.Namespa
         log.warning("the guest agent died (exit %d); starting it again", code)
 
 
-def _run_agent_child(serve: Callable[[argparse.Namespace], str], args: argparse.Namespace) -> int:
+def _run_agent_child(args: argparse.Namespace, desktop: Desktop) -> int:
     pid = os.fork()
     if pid == 0:  # the agent
         code = 1
         try:
+            desktop.in_agent()
+            serve = _prepare_agent(desktop)
             log.info("agent stopped: %s", serve(args))
             code = AGENT_STOPPED
         except BaseException:
@@ -280,8 +376,20 @@ def _run_agent_child(serve: Callable[[argparse.Namespace], str], args: argparse.
         finally:
             logging.shutdown()
             os._exit(code)
+    try:
+        if desktop.pending:
+            desktop.bring_up()  # the agent imports meanwhile
+    except BaseException:
+        _kill_agent(pid)
+        raise
     _, status = os.waitpid(pid, 0)
     return os.waitstatus_to_exitcode(status)
+
+
+def _kill_agent(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
 
 
 def stop_all(children: list[subprocess.Popen[bytes]]) -> None:

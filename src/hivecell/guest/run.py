@@ -54,7 +54,9 @@ async def serve(
 
 
 async def _serve_fd(fd: int, handle) -> None:  # type: ignore[no-untyped-def]
-    await transports.serve_listener(await transports.fd_listener(fd), handle)
+    listener = await transports.fd_listener(fd)
+    log.info("serving")
+    await transports.serve_listener(listener, handle)
 
 
 async def _listen(handle, unix, tcp, device, services: Services) -> None:  # type: ignore[no-untyped-def]

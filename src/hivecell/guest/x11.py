@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 import anyio
 import anyio.to_thread
-import mss
 from Xlib import XK, X, Xatom
 from Xlib import error as xerror
 from Xlib.display import Display
@@ -463,6 +462,8 @@ class XSession:
 
     def _close_grabber(self) -> None:
         if self._grabber is not None:
+            import mss  # imported when the grabber was opened
+
             with contextlib.suppress(mss.ScreenShotError):
                 self._grabber.close()
             self._grabber = None
@@ -489,6 +490,8 @@ def _connect(name: str) -> Display:
 
 
 def _open_grabber(name: str) -> Any:
+    import mss  # on the first screenshot: boot does not need it (see boot.LAZY_MODULES)
+
     try:
         return mss.MSS(display=name)
     except mss.ScreenShotError as exc:

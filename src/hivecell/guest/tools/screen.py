@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import time
 
 import anyio
 import anyio.to_thread
-from PIL import Image
 
 from hivecell.guest.context import CallContext
 from hivecell.guest.dispatch import Router
@@ -17,7 +17,12 @@ from hivecell.protocol import methods as m
 
 router = Router()
 POLL_S = 0.02  # one grab + checksum costs ~3 ms on 1280x800, so 50 polls/s stays cheap
-_DEFAULT_SETTLE = m.SettleParams()
+
+
+@functools.cache
+def _default_settle() -> m.SettleParams:
+    # Built on first use, not at import: building a model's validator costs boot time.
+    return m.SettleParams()
 
 
 @router.method("screenshot")
@@ -37,6 +42,10 @@ async def screenshot(p: m.ScreenshotParams, ctx: CallContext) -> m.ScreenshotRes
 
 
 def encode(frame: Frame, p: m.ScreenshotParams) -> tuple[bytes, int, int]:
+    # Pillow is imported on the first screenshot, not at boot: cold start does not need it
+    # (boot.LAZY_MODULES has the host precompile it all the same).
+    from PIL import Image
+
     image = Image.frombuffer("RGB", (frame.width, frame.height), frame.bgra, "raw", "BGRX", 0, 1)
     size = target_size(frame.width, frame.height, p)
     if size != image.size:
@@ -93,4 +102,5 @@ async def settle(x: XSession, timeout: float, quiet: float) -> m.SettleResult:
 async def maybe_settle(params: m.Params, ctx: CallContext) -> None:
     """Called by action tools: waits for the screen when the caller passed ``settle: true``."""
     if isinstance(params, m.ActionParams) and params.settle:
-        await settle(ctx.services.x, _DEFAULT_SETTLE.timeout, _DEFAULT_SETTLE.quiet_ms / 1000)
+        default = _default_settle()
+        await settle(ctx.services.x, default.timeout, default.quiet_ms / 1000)
