@@ -234,6 +234,7 @@ class WarmPool:
             async with self._capacity.admitted(spec, wait=False):
                 with anyio.CancelScope(shield=True):  # a half-made box must not stay behind
                     info = await self._provider.create(spec)
+                    await self._prime(info)
             shape.warm.append(info)
             shape.error = ""
             self._on_ready(info.id)
@@ -254,6 +255,15 @@ class WarmPool:
         for shape in self._shapes.values():
             waits.append(shape.last_wanted + settings.idle_timeout_s - now)
         return max(0.05, min(waits))
+
+    async def _prime(self, info: SandboxInfo) -> None:
+        """One screenshot, as a task's first step takes: the guest loads its image code on
+        first use, which a task taking this sandbox should not wait for."""
+        try:
+            async with await self._provider.connect(info.id) as guest:
+                await guest.call("screenshot", {"format": "png"}, timeout=30)
+        except HivecellError as exc:  # still a working sandbox; the task pays the first load
+            log.info("warm pool: priming %s failed: %s", info.id, exc)
 
     async def _alive(self, sandbox_id: str) -> bool:
         try:

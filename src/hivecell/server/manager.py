@@ -211,9 +211,11 @@ class TaskManager:
             info = await self._new_sandbox(job, named)
             if info is None:
                 return None
+            # Recorded at once: a restart during a long run finds its owner. A warm one is
+            # recorded by the service as it starts (and a restart removes pool sandboxes).
+            with anyio.CancelScope(shield=True):
+                await self.store.update(job.id, sandbox_id=info.id)
         job.sandbox_id = info.id
-        with anyio.CancelScope(shield=True):
-            await self.store.update(job.id, sandbox_id=info.id)
         self.hub.publish("sandbox.created", {"sandbox_id": info.id, "task_id": job.id})
         return info
 

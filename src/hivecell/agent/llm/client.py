@@ -10,6 +10,8 @@ separate clients share nothing (each has its own connection pool).
 
 from __future__ import annotations
 
+import functools
+import ssl
 from collections.abc import Awaitable
 from types import TracebackType
 from typing import Any
@@ -48,7 +50,13 @@ class LLMClient:
             retry_after_max_s=config.retry_after_max_s,
         )
         self._prices = PriceTable(config.prices)
-        http = httpx2.AsyncClient(transport=transport, follow_redirects=True) if transport else None
+        http = (
+            httpx2.AsyncClient(transport=transport, follow_redirects=True)
+            if transport
+            # The SDK's own client settings, with one TLS context for every client: building
+            # one loads the CA store (~50-200 ms), which a task's dispatch must not pay.
+            else openai.DefaultAsyncHttpxClient(verify=_tls_context())
+        )
         self._sdk = openai.AsyncOpenAI(
             base_url=config.base_url,
             api_key=config.api_key.get_secret_value(),
@@ -163,3 +171,10 @@ class LLMClient:
             model=model,
             attempts=attempts,
         )
+
+
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """Made once per process, as the HTTP library would for each client; contexts are
+    safe to share between clients and threads."""
+    return httpx2.create_ssl_context()
