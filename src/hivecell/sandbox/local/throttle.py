@@ -154,7 +154,8 @@ class BootThrottle:
 
 
 def holders(lock_dir: Path) -> dict[int, str]:
-    """Slots held right now, with the label their holder wrote (``pid label start``)."""
+    """Slots held right now, with the label their holder wrote (``pid label start``; empty
+    for a moment after the slot was taken, before its holder wrote it)."""
     held = {}
     for path in sorted(Path(lock_dir).glob("slot-*")):
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -249,8 +250,11 @@ def _try_any(fds: list[int]) -> tuple[int, int] | None:
 
 
 def _write_label(fd: int, label: str) -> None:
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()} {label} {time.time():.3f}".encode(), 0)
+    """Overwrite, then cut: a reader never sees the file empty (only, briefly, a longer
+    previous label's tail)."""
+    data = f"{os.getpid()} {label} {time.time():.3f}".encode()
+    os.pwrite(fd, data, 0)
+    os.ftruncate(fd, len(data))
 
 
 def _label_time(fd: int) -> float:
