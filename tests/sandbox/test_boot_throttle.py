@@ -202,3 +202,24 @@ def test_slots_default_to_two_per_core() -> None:
     assert throttle.BootThrottle(Path("/nonexistent")).slots == max(2, 2 * cores)
     with pytest.raises(ValueError, match="at least one slot"):
         throttle.BootThrottle(Path("/nonexistent"), 0)
+
+
+async def test_without_inotify_the_head_sleeps_on_a_held_slot_and_gets_one(
+    lock_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A host out of inotify instances (fs.inotify.max_user_instances): the head blocks in
+    # flock on the slot taken longest ago instead of on inotify; it still gets a slot.
+    monkeypatch.setattr(throttle._CloseWatch, "__enter__", lambda watch: watch)
+    holder, waiter = throttle.BootThrottle(lock_dir, 2), throttle.BootThrottle(lock_dir, 2)
+    got: list[int] = []
+
+    async def wait_in_line() -> None:
+        async with waiter.slot("waiter") as slot:
+            got.append(slot)
+
+    async with anyio.create_task_group() as tg, holder.slot("older"), holder.slot("younger"):
+        tg.start_soon(wait_in_line)
+        await _until(lambda: waiter.waiting == 1 and _queue_held(lock_dir))
+        assert got == []  # both slots are held: it waits in line
+    assert len(got) == 1
+    assert throttle.holders(lock_dir) == {}
