@@ -158,6 +158,7 @@ class _Herd:
 
     def __init__(self) -> None:
         self.ids: list[str] = []
+        self.left_for_inspection: list[str] = []  # boxes that failed to boot (kept by create)
         self.errors: list[tuple[str, str]] = []  # (reason, message)
         self.low_memory = False
         self.stopped_low_memory = 0
@@ -167,6 +168,9 @@ class _Herd:
             info = await provider.create(SandboxSpec())
         except Exception as exc:  # every failure is reported with its reason
             self.errors.append(_reason(exc, "create"))
+            failed = getattr(exc, "context", {}).get("id")
+            if failed:
+                self.left_for_inspection.append(failed)  # its log is in the message already
             return
         self.ids.append(info.id)
 
@@ -189,6 +193,7 @@ class _Herd:
                 self.errors.append(_reason(exc, "ping after create"))
                 continue
             self.errors.append(("ping after create", "ping did not answer pong"))
+        self.left_for_inspection += [i for i in self.ids if i not in answered]
         self.ids = answered
 
     async def destroy_all(self, provider: SandboxProvider) -> None:
@@ -199,7 +204,7 @@ class _Herd:
                 self.errors.append(_reason(exc, "destroy"))
 
         async with anyio.create_task_group() as tg:  # in parallel: a box takes ~0.1-5 s
-            for sandbox_id in self.ids:
+            for sandbox_id in [*self.ids, *self.left_for_inspection]:
                 tg.start_soon(destroy, sandbox_id)
 
     def failures(self) -> list[HerdFailure]:
