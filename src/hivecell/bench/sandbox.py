@@ -27,6 +27,28 @@ TARGET_PARALLEL = 24
 IDLE_BOXES = 8  # how many sandboxes idle together while their memory is read
 
 
+class HerdFailure(BaseModel):
+    """Creates of a herd that failed the same way: how many, and the first one's message."""
+
+    reason: str  # error type and code, e.g. "SandboxError[sandbox_error] create"
+    count: int
+    first_message: str
+
+
+class HerdReport(BaseModel):
+    """``count`` sandboxes requested at once (they boot in turn: see the boot throttle)."""
+
+    tried: int
+    started: int  # created and answered ping
+    seconds_until_all_answered: float
+    rss_mb: float  # summed over every process of every box that came up
+    pss_mb: float
+    mem_available_before_mb: float
+    mem_available_after_mb: float  # with all of them up, before they are destroyed
+    stopped_low_memory: int  # creates not begun because MemAvailable fell below the floor
+    failures: list[HerdFailure]
+
+
 class SandboxReport(BaseModel):
     cold_start: Stats
     screenshot: Stats
@@ -49,6 +71,7 @@ class SandboxReport(BaseModel):
     idle_boxes: int = Field(description="sandboxes up while idle memory was read")
     parallel_started: int
     parallel_tried: int
+    parallel: HerdReport
 
 
 async def measure_sandbox(
@@ -70,14 +93,15 @@ async def measure_sandbox(
         with anyio.CancelScope(shield=True):
             for sandbox_id in ids:
                 await provider.destroy(sandbox_id)
-    started = await _parallel(provider, parallel)
+    herd = await _parallel(provider, parallel)
     return SandboxReport(
         cold_start=cold,
         idle_rss_mb=round(rss, 1),
         idle_pss_mb=round(pss, 1),
         idle_boxes=len(ids),
-        parallel_started=started,
+        parallel_started=herd.started,
         parallel_tried=parallel,
+        parallel=herd,
         **ops,
     )
 
@@ -131,34 +155,142 @@ async def _operations(guest: GuestClient, runs: int) -> dict[str, Stats]:
     }
 
 
-async def _parallel(provider: SandboxProvider, count: int) -> int:
-    """Start ``count`` sandboxes at once; how many came up and answered ping."""
-    ids: list[str] = []
+async def _parallel(provider: SandboxProvider, count: int) -> HerdReport:
+    """Request ``count`` sandboxes at once; how many came up, how fast, what they cost.
 
-    async def one() -> None:
-        try:
-            info = await provider.create(SandboxSpec())
-        except Exception:
-            return  # counted as a failure below
-        ids.append(info.id)
-
+    Every failure is kept with its reason. If the host runs low on memory (MemAvailable
+    under ``_memory_floor_mb``) the creates still waiting in line are called off, so the
+    herd stops at what fits instead of pushing the host into the OOM killer.
+    """
+    herd = _Herd()
+    before = _mem_available_mb()
+    start = time.perf_counter()
     try:
         async with anyio.create_task_group() as tg:
-            for _ in range(count):
-                tg.start_soon(one)
-        return await _count_alive(provider, ids)
+            tg.start_soon(herd.watch_memory, _memory_floor_mb(), tg.cancel_scope)
+            async with anyio.create_task_group() as creates:
+                for _ in range(count):
+                    creates.start_soon(herd.create_one, provider)
+            tg.cancel_scope.cancel()  # all creates done: stop watching memory
+        if herd.low_memory:
+            herd.stopped_low_memory = count - len(herd.ids) - len(herd.errors)
+        await herd.ping_all(provider)
+        elapsed = time.perf_counter() - start
+        rss, pss = await anyio.to_thread.run_sync(herd_memory_mb, list(herd.ids))
+        after = _mem_available_mb()
     finally:
         with anyio.CancelScope(shield=True):
-            for sandbox_id in ids:
+            await herd.destroy_all(provider)
+    return HerdReport(
+        tried=count,
+        started=len(herd.ids),
+        seconds_until_all_answered=round(elapsed, 2),
+        rss_mb=round(rss, 1),
+        pss_mb=round(pss, 1),
+        mem_available_before_mb=round(before),
+        mem_available_after_mb=round(after),
+        stopped_low_memory=herd.stopped_low_memory,
+        failures=herd.failures(),
+    )
+
+
+class _Herd:
+    """The sandboxes of one ``_parallel`` run and what went wrong with the others."""
+
+    def __init__(self) -> None:
+        self.ids: list[str] = []
+        self.left_for_inspection: list[str] = []  # boxes that failed to boot (kept by create)
+        self.errors: list[tuple[str, str]] = []  # (reason, message)
+        self.low_memory = False
+        self.stopped_low_memory = 0
+
+    async def create_one(self, provider: SandboxProvider) -> None:
+        try:
+            info = await provider.create(SandboxSpec())
+        except Exception as exc:  # every failure is reported with its reason
+            self.errors.append(_reason(exc, "create"))
+            failed = getattr(exc, "context", {}).get("id")
+            if failed:
+                self.left_for_inspection.append(failed)  # its log is in the message already
+            return
+        self.ids.append(info.id)
+
+    async def watch_memory(self, floor_mb: float, scope: anyio.CancelScope) -> None:
+        """Call off the creates still waiting once MemAvailable drops under ``floor_mb``."""
+        while await anyio.to_thread.run_sync(_mem_available_mb) >= floor_mb:  # noqa: ASYNC110 - sampled
+            await anyio.sleep(0.5)
+        self.low_memory = True
+        scope.cancel()  # creates in line leave nothing behind; half-booted ones are removed
+
+    async def ping_all(self, provider: SandboxProvider) -> None:
+        answered = []
+        for sandbox_id in self.ids:
+            try:
+                async with await provider.connect(sandbox_id) as guest:
+                    if (await guest.call("ping", timeout=30))["pong"]:
+                        answered.append(sandbox_id)
+                        continue
+            except Exception as exc:
+                self.errors.append(_reason(exc, "ping after create"))
+                continue
+            self.errors.append(("ping after create", "ping did not answer pong"))
+        self.left_for_inspection += [i for i in self.ids if i not in answered]
+        self.ids = answered
+
+    async def destroy_all(self, provider: SandboxProvider) -> None:
+        async def destroy(sandbox_id: str) -> None:
+            try:
                 await provider.destroy(sandbox_id)
+            except Exception as exc:
+                self.errors.append(_reason(exc, "destroy"))
+
+        async with anyio.create_task_group() as tg:  # in parallel: a box takes ~0.1-5 s
+            for sandbox_id in [*self.ids, *self.left_for_inspection]:
+                tg.start_soon(destroy, sandbox_id)
+
+    def failures(self) -> list[HerdFailure]:
+        grouped: dict[str, HerdFailure] = {}
+        for reason, message in self.errors:
+            if reason in grouped:
+                grouped[reason].count += 1
+            else:
+                grouped[reason] = HerdFailure(reason=reason, count=1, first_message=message)
+        return sorted(grouped.values(), key=lambda f: -f.count)
 
 
-async def _count_alive(provider: SandboxProvider, ids: list[str]) -> int:
-    alive = 0
-    for sandbox_id in ids:
-        async with await provider.connect(sandbox_id) as guest:
-            alive += bool((await guest.call("ping"))["pong"])
-    return alive
+def _reason(exc: BaseException, stage: str) -> tuple[str, str]:
+    code = getattr(exc, "code", None)
+    kind = f"{type(exc).__name__}[{code}]" if code else type(exc).__name__
+    message = str(exc) or repr(exc)  # a bare TimeoutError has no message of its own
+    return f"{stage}: {kind}", message[:4000]
+
+
+def _memory_floor_mb() -> float:
+    """Below this MemAvailable no more boxes are started: 5% of RAM, at least 1 GiB."""
+    return max(1024.0, _meminfo_kb("MemTotal:") / 1024 * 0.05)
+
+
+def _mem_available_mb() -> float:
+    return _meminfo_kb("MemAvailable:") / 1024
+
+
+def _meminfo_kb(field: str) -> int:
+    with open("/proc/meminfo") as fh:
+        for line in fh:
+            if line.startswith(field):
+                return int(line.split()[1])
+    return 0
+
+
+def herd_memory_mb(sandbox_ids: list[str]) -> tuple[float, float]:
+    """(RSS, PSS) summed over every process of all ``sandbox_ids`` (one /proc walk)."""
+    procs = _process_table()
+    wanted = [sandbox_id.encode() for sandbox_id in sandbox_ids]
+    roots = [pid for pid, (_, cmd) in procs.items() if any(w in cmd for w in wanted)]
+    members = _descendants(procs, roots)
+    rss = sum(_status_kb(pid, "VmRSS:") for pid in members)
+    pss = sum(_pss_kb(pid) for pid in members)
+    return rss / 1024, pss / 1024
 
 
 def sandbox_memory_mb(sandbox_id: str) -> tuple[float, float]:

@@ -38,7 +38,14 @@ def sandbox(
     ] = False,
     runs: Annotated[int, typer.Option(help="repetitions per operation")] = 20,
     cold_runs: Annotated[int, typer.Option(help="cold starts to time")] = 10,
-    parallel: Annotated[int, typer.Option(help="sandboxes to start at once")] = 24,
+    parallel: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="sandboxes requested at once (they boot a few at a time; reports how many "
+            "came up, the time, their memory and every failure)",
+        ),
+    ] = 24,
     cua_cache: Annotated[Path, typer.Option(help="venv cache for the Cua peer")] = CUA_CACHE,
     home: Path | None = HomeOption,
 ) -> None:
@@ -56,6 +63,7 @@ def sandbox(
         print(json.dumps(result, indent=2))
     else:
         out.print(_table(ours, peer))
+        _print_herd_failures(ours)
 
 
 @app.command("agent")
@@ -176,10 +184,29 @@ def _table(ours: SandboxReport, peer: Any) -> Table:
     idle = f"idle memory per sandbox, {ours.idle_boxes} up"
     table.add_row(f"{idle}: RSS (MB)", f"{ours.idle_rss_mb:.1f}", "", _peer_rss(peer), "", "")
     table.add_row(f"{idle}: PSS (MB)", f"{ours.idle_pss_mb:.1f}", "", "", "", "≤ 50")
+    herd = ours.parallel
+    table.add_row("parallel sandboxes up", f"{herd.started}/{herd.tried}", "", "", "", "all")
+    table.add_row("  seconds until all answered", f"{herd.seconds_until_all_answered:.1f}")
+    table.add_row("  their memory RSS / PSS (MB)", f"{herd.rss_mb:.0f} / {herd.pss_mb:.0f}")
     table.add_row(
-        "parallel sandboxes", f"{ours.parallel_started}/{ours.parallel_tried}", "", "", "", "≥ 24"
+        "  host MemAvailable before / after (MB)",
+        f"{herd.mem_available_before_mb:.0f} / {herd.mem_available_after_mb:.0f}",
     )
     return table
+
+
+def _print_herd_failures(ours: SandboxReport) -> None:
+    herd = ours.parallel
+    if herd.stopped_low_memory:
+        err.print(
+            f"{herd.stopped_low_memory} creates called off: host MemAvailable fell under the floor"
+        )
+    for failure in herd.failures:
+        err.print(
+            f"{failure.count} x {failure.reason}; first:\n{failure.first_message}",
+            markup=False,
+            highlight=False,
+        )
 
 
 def _peer_rss(peer: Any) -> str:

@@ -48,6 +48,7 @@ from hivecell.sandbox.local import (
     netlog,
     seccomp,
     state,
+    throttle,
     uidpool,
     usage,
 )
@@ -75,11 +76,16 @@ class LocalProvider:
         pycache: Path | None = None,
         disk_backend: str = "auto",
         dns_servers: list[str] | None = None,
+        max_booting: int | None = None,
+        boot_lock_dir: Path | None = None,
     ) -> None:
         """``pycache``: where the guest's bytecode is compiled (default ``home/pycache``);
         providers with different homes may share one. ``disk_backend``: how ``disk_mb`` is
         enforced (see disk.py): auto, image (root) or watch. ``dns_servers``: the resolvers a
-        ``nat`` box's DNS questions are forwarded to (default: /etc/resolv.conf's)."""
+        ``nat`` box's DNS questions are forwarded to (default: /etc/resolv.conf's).
+        ``max_booting``: boxes booting at once on this host (default: two per core; see
+        throttle.py), counted in ``boot_lock_dir`` (default /run/hivecell/boot as root, else
+        ``home/boot``); creates beyond it wait in line, and ``boot_timeout`` starts after."""
         if limits_backend not in limits.BACKENDS:
             choices = ", ".join(limits.BACKENDS)
             raise ConfigError(f"unknown limits backend {limits_backend!r}; use one of {choices}")
@@ -92,6 +98,9 @@ class LocalProvider:
         self.boot_timeout = boot_timeout
         self.pycache = pycache or self.home / "pycache"
         self.dns_servers = dns_servers
+        self.throttle = throttle.BootThrottle(
+            boot_lock_dir or throttle.default_lock_dir(self.home), max_booting
+        )
         self._runtime: PythonRuntime | None = None
         self._bytecode_warm = False
         self._bytecode_lock = threading.Lock()
@@ -99,21 +108,25 @@ class LocalProvider:
 
     # --- the provider protocol ----------------------------------------------------------------
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
-        layout, meta = await to_thread.run_sync(self._prepare, spec)
-        try:
-            await self._launch(layout, meta)
-        except anyio.get_cancelled_exc_class():
-            # The caller never learns the id, so nobody else could clean this up.
-            with anyio.CancelScope(shield=True):
-                await to_thread.run_sync(self._destroy_sync, layout)
-            raise
+        await to_thread.run_sync(self._refuse_impossible, spec)  # before waiting in line
+        # Nothing exists while we wait: a create cancelled in line leaves nothing behind.
+        async with self.throttle.slot(f"create in {self.home}"):
+            layout, meta = await to_thread.run_sync(self._prepare, spec)
+            try:
+                await self._launch(layout, meta)
+            except anyio.get_cancelled_exc_class():
+                # The caller never learns the id, so nobody else could clean this up.
+                with anyio.CancelScope(shield=True):
+                    await to_thread.run_sync(self._destroy_sync, layout)
+                raise
         return await self.info(layout.sandbox_id)
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
         layout, meta = await self._load(sandbox_id)
         if await self._is_running(layout, meta):
             return await self.info(sandbox_id)
-        await self._launch(layout, meta)
+        async with self.throttle.slot(f"start {sandbox_id}"):
+            await self._launch(layout, meta)
         return await self.info(sandbox_id)
 
     async def stop(self, sandbox_id: str) -> SandboxInfo:
@@ -159,12 +172,14 @@ class LocalProvider:
         return await to_thread.run_sync(self._usage.read, layout, meta)
 
     # --- creating and starting -----------------------------------------------------------------
-    def _prepare(self, spec: SandboxSpec) -> tuple[Layout, SandboxMeta]:
+    def _refuse_impossible(self, spec: SandboxSpec) -> None:
         _require_tools(spec)
         _require_host_filter(spec)
         _require_seccomp()
         self._limits(spec, "probe")  # refuse impossible limits before making folders
         _require_userns()
+
+    def _prepare(self, spec: SandboxSpec) -> tuple[Layout, SandboxMeta]:
         layout = self._new_layout()
         try:
             _prepare_disk(layout, spec, self.disk_backend)
@@ -416,8 +431,10 @@ async def _pings(layout: Layout) -> bool:
     try:
         async with GuestClient(f"unix:{layout.guest_socket}", connect_timeout=2) as guest:
             await guest.call("ping", timeout=5)
-    except (GuestUnavailable, Timeout):
-        return False  # not up yet, or too busy booting to answer: keep polling
+    except (GuestUnavailable, Timeout, TimeoutError):
+        # Not up yet, or too busy booting to answer (TimeoutError: even to accept within
+        # connect_timeout, on a loaded host): keep polling until boot_timeout.
+        return False
     return True
 
 
