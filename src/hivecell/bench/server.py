@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,7 @@ class _Server:
     base_url: str
     token: str
     http: httpx2.AsyncClient
+    process: Process | None = None  # `hivecell up` itself: its pid, and its exit code after
 
     def ws(self, path: str) -> str:
         return self.base_url.replace("http://", "ws://") + f"/api/v1{path}?token={self.token}"
@@ -131,8 +132,10 @@ async def _model_process(home: Path, default: Reply) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def _hivecell_up(home: Path) -> AsyncIterator[_Server]:
+async def _hivecell_up(home: Path, args: Sequence[str] = ()) -> AsyncIterator[_Server]:
+    """``hivecell up ARGS`` on a free loopback port; stopped with SIGTERM on the way out."""
     argv = [sys.executable, "-m", "hivecell.cli.main", "up", "--port", "0", "--home", str(home)]
+    argv += args
     async with _logged_process(argv, home / "bench-server.log") as started:
         link = await started.line("hivecell is up: ", "hivecell up")
         base, _, token = link.removeprefix("hivecell is up: ").partition("/?token=")
@@ -142,7 +145,7 @@ async def _hivecell_up(home: Path) -> AsyncIterator[_Server]:
             # The bench's tasks end at max_steps: limits are final, not pauses to resume.
             limits = await http.put("/api/v1/settings", json={"task": {"limits_final": True}})
             limits.raise_for_status()
-            yield _Server(base, token, http)
+            yield _Server(base, token, http, started.process)
 
 
 @dataclass
