@@ -294,7 +294,8 @@ def open_fds(pid: int, ignore: set[str] | None = None) -> dict[int, str]:
             fds[int(entry.name)] = str(Path(entry.path).readlink())
         except OSError:
             continue  # closed while we read
-    return {fd: target for fd, target in fds.items() if target not in (ignore or set())}
+    skip = (ignore or set()) | {f"/proc/{pid}/fd"}  # the listing's own fd, when pid is ours
+    return {fd: target for fd, target in fds.items() if target not in skip}
 
 
 def serving(port: int) -> set[str]:
@@ -312,13 +313,13 @@ def serving(port: int) -> set[str]:
 
 
 def fd_growth(before: dict[int, str], after: dict[int, str]) -> list[str]:
-    """The fds beyond the earlier count, named: new ones (or reused numbers pointing elsewhere)
-    first. Growth, not difference: a socket that replaced another is not a leak."""
+    """The fds beyond the earlier count, named: numbers that were not open before first,
+    then reused numbers pointing elsewhere. Growth, not difference: a connection that
+    replaced another is not a leak."""
     extra = len(after) - len(before)
-    if extra <= 0:
-        return []
-    changed = [f"fd {fd} -> {t}" for fd, t in sorted(after.items()) if before.get(fd) != t]
-    return changed[-extra:]  # the highest numbers: the kernel hands out the lowest free one
+    new = [f"fd {fd} -> {t}" for fd, t in sorted(after.items()) if fd not in before]
+    reused = [f"fd {fd} -> {t}" for fd, t in sorted(after.items()) if before.get(fd, t) != t]
+    return (new + reused)[: max(0, extra)]
 
 
 def _scandir(path: str) -> Iterator[os.DirEntry[str]]:
