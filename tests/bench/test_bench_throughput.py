@@ -5,9 +5,11 @@ run's own."""
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -36,6 +38,34 @@ async def test_small_run_accounts_for_every_task_and_leaks_nothing(short_home: P
 
 
 # --- the checker finds what it claims -------------------------------------------------------
+def test_a_sandbox_left_running_is_found_in_every_kind(short_home: Path) -> None:
+    """A real one, as a run that forgot it would leave it (made and removed with the CLI)."""
+    hivecell = [sys.executable, "-m", "hivecell.cli.main", "sandbox"]
+    network = "nat" if leaks.nft_available() else "offline"
+    made = subprocess.run(
+        [*hivecell, "create", "--home", str(short_home), "--network", network, "--disk-mb", "64"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    sandbox_id = re.findall(r"sb-[0-9a-f]{8}", made.stdout)[0]
+    try:
+        found = leaks.find_leaks(short_home, set())
+        commands = "\n".join(found.processes)
+        for part in ("hivecell.sandbox.local.supervisor", "bwrap", "Xvfb", "hivecell.guest.boot"):
+            assert part in commands
+        assert found.sandbox_folders == [sandbox_id]
+        assert found.cgroups and all(c.endswith(f"/hivecell/{sandbox_id}") for c in found.cgroups)
+        assert found.mounts == [str(short_home / "sandboxes" / sandbox_id / "disk")]
+        assert len(found.loop_devices) == 1
+        if network == "nat":
+            assert "slirp4netns" in commands
+            assert [e for e in found.nft_entries if f"({sandbox_id})" in e]
+    finally:
+        subprocess.run([*hivecell, "rm", "--home", str(short_home), sandbox_id], check=True)
+    assert leaks.find_leaks(short_home, {sandbox_id}) == leaks.Leaks()
+
+
 @pytest.fixture
 def spawned() -> Iterator[list[subprocess.Popen[bytes]]]:
     started: list[subprocess.Popen[bytes]] = []
