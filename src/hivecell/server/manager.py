@@ -23,7 +23,7 @@ from hivecell.agent.llm import LLMClient
 from hivecell.agent.runner import FINAL, TaskRunner
 from hivecell.agent.service import TaskRequest, TaskService
 from hivecell.errors import HivecellError, InvalidParams
-from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec
+from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec, create_owned
 from hivecell.server.errors import Conflict
 from hivecell.server.events import EventHub
 from hivecell.server.interventions import Note, arguments_of, write_notes
@@ -181,7 +181,7 @@ class TaskManager:
         )
         # Shielded: a cancel during boot must not leave a half-made sandbox behind.
         with anyio.CancelScope(shield=True):
-            info = await self.provider.create(spec)
+            info = await create_owned(self.provider, spec)
             job.sandbox_id = info.id
             await self.store.update(job.id, sandbox_id=info.id)
         self.hub.publish("sandbox.created", {"sandbox_id": info.id, "task_id": job.id})

@@ -28,6 +28,7 @@ from anyio import to_thread
 from hivecell.errors import (
     ConfigError,
     GuestUnavailable,
+    HivecellError,
     SandboxError,
     SandboxNotFound,
     Timeout,
@@ -104,6 +105,10 @@ class LocalProvider:
             # The caller never learns the id, so nobody else could clean this up.
             with anyio.CancelScope(shield=True):
                 await to_thread.run_sync(self._destroy_sync, layout)
+            raise
+        except HivecellError as exc:
+            # Kept for inspection, stopped: whoever owns it must learn which one it is.
+            exc.context.setdefault("id", layout.sandbox_id)
             raise
         return await self.info(layout.sandbox_id)
 
