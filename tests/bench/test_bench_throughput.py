@@ -195,3 +195,17 @@ def test_fd_growth_names_the_new_fds(short_home: Path) -> None:
         ignored = leaks.open_fds(os.getpid(), ignore={str(short_home / "held")})
         assert leaks.fd_growth(before, ignored) == []
     assert leaks.fd_growth(before, leaks.open_fds(os.getpid())) == []
+
+
+def test_database_pool_growth_is_allowed_up_to_the_pool_and_no_further() -> None:
+    db = "/h/hivecell.db"
+    before = {3: "socket:[1]", 4: db, 5: db + "-wal"}
+    pooled = before | {6: db, 7: db + "-wal", 8: db, 9: db + "-wal"}  # 3 connections
+    assert leaks.fd_growth_pooled(before, pooled, db, pool_idle=5) == []
+    assert leaks.fd_growth_pooled(before, pooled, db, pool_idle=2) == [
+        f"fd {fd} -> {t}" for fd, t in sorted(pooled.items()) if fd > 5
+    ]
+    other = pooled | {10: "/h/sandboxes/sb-1/sandbox.log"}
+    assert leaks.fd_growth_pooled(before, other, db, pool_idle=5) == [
+        "fd 10 -> /h/sandboxes/sb-1/sandbox.log"
+    ]

@@ -322,6 +322,29 @@ def fd_growth(before: dict[int, str], after: dict[int, str]) -> list[str]:
     return (new + reused)[: max(0, extra)]
 
 
+def fd_growth_pooled(
+    before: dict[int, str], after: dict[int, str], database: str, pool_idle: int
+) -> list[str]:
+    """``fd_growth``, but the SQLite ``database``'s connections may grow up to the
+    ``pool_idle`` connections its pool keeps open once used (more concurrent requests than
+    the warm-up saw open more); a connection is its file and its -wal or -journal."""
+    (db_before, rest_before), (db_after, rest_after) = (
+        _split(before, database),
+        _split(after, database),
+    )
+    grown = fd_growth(rest_before, rest_after)
+    connections = sum(target == database for target in db_after.values())
+    if connections > max(pool_idle, sum(t == database for t in db_before.values())):
+        grown += fd_growth(db_before, db_after)
+    return grown
+
+
+def _split(fds: dict[int, str], database: str) -> tuple[dict[int, str], dict[int, str]]:
+    """(the database's fds, the others)"""
+    db = {fd: t for fd, t in fds.items() if t == database or t.startswith(database + "-")}
+    return db, {fd: t for fd, t in fds.items() if fd not in db}
+
+
 def _scandir(path: str) -> Iterator[os.DirEntry[str]]:
     try:
         yield from os.scandir(path)

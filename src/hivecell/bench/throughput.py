@@ -21,13 +21,14 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import httpx2
 import websockets
 from pydantic import BaseModel, ConfigDict
@@ -48,6 +49,9 @@ TASK_DEADLINE_S = 900.0  # one task, queue included: far beyond any healthy run
 FALLBACK_POLL_S = 10.0  # events are the signal; a poll this often covers a missed one
 SAMPLE_S = 1.0  # host memory and the run's processes
 NFT_EVERY = 3  # samples between nftables listings (each runs `nft`)
+# SQLAlchemy's QueuePool keeps up to pool_size (default 5; store/engine.py keeps the
+# default) connections open once used
+DB_POOL_IDLE = 5
 SETTLE_S = 60.0  # deadline for the run's sandboxes to go and the server's fds to settle
 
 
@@ -182,6 +186,7 @@ class _Run:
     fds_after: int = 0
     fd_leaks: list[str] = field(default_factory=list)
     exit_code: int | None = None
+    settled: bool = True
 
 
 async def _run_server(
@@ -192,23 +197,24 @@ async def _run_server(
         assert server.process is not None
         tracker.server_pid = server.process.pid
         async with _Board.listening(server, tracker) as board:
-            # Warm-up, as many tasks at once as the run will have: what the server opens
+            # Warm-up, as many tasks in flight as the run will have: what the server opens
             # lazily and keeps (database connections up to its pool's size, log files) is
             # open in both fd counts.
             warm_up = [_Job(-1 - n, "ok", nat and n % 4 == 1) for n in range(concurrent)]
             await _all_tasks(server, board, warm_up, concurrent, run)
-            await _settled(server)
+            run.settled = await _settled(server)
             before = await anyio.to_thread.run_sync(_server_fds, server)
             started = time.perf_counter()
             jobs = [_Job(n, kind, nat and n % 4 == 1) for n, kind in enumerate(plan(tasks))]
             await _all_tasks(server, board, jobs, concurrent, run)
             run.duration_s = time.perf_counter() - started
-            await _settled(server)
-            run.fd_leaks = await _fd_growth(server, before)
-            run.fds_before, run.fds_after = len(before), len(before) + len(run.fd_leaks)
+            settled = await _settled(server)
+            run.settled = run.settled and settled
+            database = str(home / "hivecell.db")
+            after, run.fd_leaks = await _fd_growth(server, before, database)
+            run.fds_before, run.fds_after = len(before), len(after)
     run.exit_code = server.process.returncode
-    for number in range(-concurrent, 0):  # the warm-up
-        run.outcomes.pop(number, None)
+    for number in range(-concurrent, 0):  # the warm-up: checked, not timed
         run.posted.pop(number, None)
     return run
 
@@ -245,18 +251,39 @@ async def _all_tasks(
         ) as http,
         anyio.create_task_group() as tg,
     ):
+        # Workers join one at a time, each once the last one's first task has taken a step
+        # (its sandbox is up): a steady state, not C boots at once, which is a herd of its
+        # own (`hivecell bench sandbox --parallel`).
         for _ in range(concurrent):
-            tg.start_soon(_worker, http, board, queue, run)
+            await tg.start(_worker, http, board, queue, run)
 
 
-async def _worker(http: httpx2.AsyncClient, board: _Board, jobs: Iterator[_Job], run: _Run) -> None:
+async def _worker(
+    http: httpx2.AsyncClient,
+    board: _Board,
+    jobs: Iterator[_Job],
+    run: _Run,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    joined: Callable[[], None] = task_status.started
     for job in jobs:  # shared: each worker takes the next job when its task has ended
-        await _one_task(http, board, job, run)
+        await _one_task(http, board, job, run, joined)
+        joined = _nothing
+    joined()
 
 
-async def _one_task(http: httpx2.AsyncClient, board: _Board, job: _Job, run: _Run) -> None:
+def _nothing() -> None:
+    return None
+
+
+async def _one_task(
+    http: httpx2.AsyncClient, board: _Board, job: _Job, run: _Run, joined: Callable[[], None]
+) -> None:
     run.posted[job.number] = time.perf_counter()
     task_id = str((await _call(http, "POST", "/tasks", json=job.body()))["id"])
+    await board.stepped(http, task_id, 1)
+    joined()
     if job.kind == "cancel" and await board.stepped(http, task_id, 2):
         await _call(http, "POST", f"/tasks/{task_id}/cancel")
     run.outcomes[job.number] = (job.kind, await board.ended(http, task_id))
@@ -332,14 +359,16 @@ class _Board:
         return str((await self._until(http, task_id, lambda r: r["status"] is not None))["status"])
 
 
-async def _settled(server: _Server) -> None:
-    """Until no task sandbox is left (pool sandboxes stay: they are the server's own)."""
-    with anyio.fail_after(SETTLE_S):
+async def _settled(server: _Server) -> bool:
+    """Until no task sandbox is left (pool sandboxes stay: they are the server's own);
+    False if some still are at the deadline (the leak check after exit names them)."""
+    with anyio.move_on_after(SETTLE_S):
         while True:
             listed = (await server.get("/sandboxes"))["items"]
             if not [item for item in listed if not item.get("pool")]:
-                return
+                return True
             await anyio.sleep(0.2)
+    return False
 
 
 def _server_fds(server: _Server) -> dict[int, str]:
@@ -349,16 +378,19 @@ def _server_fds(server: _Server) -> dict[int, str]:
     return leaks.open_fds(server.process.pid, ignore=leaks.serving(port))
 
 
-async def _fd_growth(server: _Server, before: dict[int, str]) -> list[str]:
-    """The server's fds beyond the warm-up count; connections that just ended may take a
-    moment to be closed, so growth must persist until the deadline to count."""
+async def _fd_growth(
+    server: _Server, before: dict[int, str], database: str
+) -> tuple[dict[int, str], list[str]]:
+    """The server's fds now, and those beyond the warm-up count; connections that just
+    ended may take a moment to be closed, so growth must persist until the deadline."""
     with anyio.move_on_after(SETTLE_S):
         while True:
-            grown = leaks.fd_growth(before, await anyio.to_thread.run_sync(_server_fds, server))
-            if not grown:
-                return []
+            after = await anyio.to_thread.run_sync(_server_fds, server)
+            if not leaks.fd_growth_pooled(before, after, database, DB_POOL_IDLE):
+                return after, []
             await anyio.sleep(0.5)
-    return leaks.fd_growth(before, await anyio.to_thread.run_sync(_server_fds, server))
+    after = await anyio.to_thread.run_sync(_server_fds, server)
+    return after, leaks.fd_growth_pooled(before, after, database, DB_POOL_IDLE)
 
 
 # --- the report -----------------------------------------------------------------------------
@@ -379,6 +411,12 @@ def _report(
         statuses[status] += 1
         if status != EXPECTED[kind]:
             unexpected.append(f"task {n} ({kind}): {status}, expected {EXPECTED[kind]}")
+    for n in range(-concurrent, 0):
+        kind, status = run.outcomes.get(n, ("ok", "never ended"))
+        if status != EXPECTED[kind]:
+            unexpected.append(f"warm-up task {-n}: {status}, expected {EXPECTED[kind]}")
+    if not run.settled:
+        unexpected.append(f"task sandboxes still listed {SETTLE_S:g} s after the last task")
     waits = [(firsts[n] - run.posted[n]) * 1000 for n in range(tasks) if n in firsts]
     mb = 1024 * 1024
     return ThroughputReport(

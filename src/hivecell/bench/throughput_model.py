@@ -25,7 +25,7 @@ import anyio
 from hivecell.agent.llm.script import Reply, ScriptedToolCall
 from hivecell.agent.llm.scripted import ScriptedLLMServer
 
-MARKER = re.compile(r"\[hc-bench (ok|fail|cancel) (\d+)\]")
+MARKER = re.compile(r"\[hc-bench (ok|fail|cancel) (-?\d+)\]")  # the warm-up is negative
 WAIT = Reply(tool_calls=[ScriptedToolCall(name="wait", arguments={"seconds": 0})], delay_s=0.3)
 
 
