@@ -82,7 +82,7 @@ def _sleeper(argv: list[str], started: list[subprocess.Popen[bytes]]) -> subproc
 
 
 def _listed(pid: int, found: list[str]) -> bool:
-    return any(line.startswith(f"pid {pid}:") for line in found)
+    return any(line.startswith(f"pid {pid} ") for line in found)
 
 
 def test_processes_naming_the_home_seen_in_the_run_or_in_its_cgroups_are_found(
@@ -209,3 +209,26 @@ def test_database_pool_growth_is_allowed_up_to_the_pool_and_no_further() -> None
     assert leaks.fd_growth_pooled(before, other, db, pool_idle=5) == [
         "fd 10 -> /h/sandboxes/sb-1/sandbox.log"
     ]
+
+
+def test_a_zombie_is_not_a_leak_but_its_live_parent_is(
+    short_home: Path, spawned: list[subprocess.Popen[bytes]]
+) -> None:
+    # the shell becomes `sleep` (its environment names the home) and never reaps its child
+    parent = subprocess.Popen(
+        ["sh", "-c", "true & exec sleep 600"], env={**os.environ, "HOME_OF_RUN": str(short_home)}
+    )
+    spawned.append(parent)
+    zombie = _wait_for_zombie_child(parent.pid)
+    found = leaks.find_leaks(short_home, set()).processes
+    assert _listed(parent.pid, found) and not _listed(zombie, found)
+
+
+def _wait_for_zombie_child(pid: int) -> int:
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    for _ in range(100_000):
+        for child in children.read_text().split():
+            stat = Path(f"/proc/{child}/stat").read_text()
+            if stat[stat.rindex(")") + 2] == "Z":
+                return int(child)
+    raise AssertionError(f"pid {pid} has no zombie child")

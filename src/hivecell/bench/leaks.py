@@ -59,13 +59,16 @@ class Proc:
     start: int
     rss_bytes: int
     cmdline: str
+    comm: str = ""
+    state: str = ""
 
     @property
     def key(self) -> ProcessKey:
         return (self.pid, self.start)
 
     def describe(self) -> str:
-        return f"pid {self.pid}: {self.cmdline[:200]}"
+        what = self.cmdline[:200] or f"[{self.comm}]"
+        return f"pid {self.pid} ({self.state}, parent {self.ppid}): {what}"
 
 
 def processes() -> dict[int, Proc]:
@@ -87,7 +90,9 @@ def _read_proc(pid: int) -> Proc | None:
     # comm may hold spaces and parentheses: the fields start after the last ')'
     fields = stat[stat.rindex(")") + 2 :].split()
     cmdline = raw.replace(b"\0", b" ").decode(errors="replace").strip()
-    return Proc(pid, int(fields[1]), int(fields[19]), int(statm[1]) * PAGE, cmdline)
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    rss = int(statm[1]) * PAGE
+    return Proc(pid, int(fields[1]), int(fields[19]), rss, cmdline, comm, fields[0])
 
 
 def _mentions(pid: int, cmdline: str, needle: str) -> bool:
@@ -189,7 +194,10 @@ def leaked_processes(
     table = processes()
     alive = [p.pid for p in table.values() if p.key in (seen or {})]
     pids = run_processes(table, home, sandbox_ids, alive)
-    return sorted(table[pid].describe() for pid in pids)
+    # A zombie has exited and holds nothing but its pid until its parent reaps it: a
+    # detached supervisor's parent is init, which reaps when it gets to it (and a parent
+    # from the run that does not reap is listed itself).
+    return sorted(table[pid].describe() for pid in pids if table[pid].state != "Z")
 
 
 # --- files, cgroups, nftables, mounts -------------------------------------------------------
