@@ -140,7 +140,11 @@ async def _hivecell_up(home: Path, args: Sequence[str] = ()) -> AsyncIterator[_S
         link = await started.line("hivecell is up: ", "hivecell up")
         base, _, token = link.removeprefix("hivecell is up: ").partition("/?token=")
         async with httpx2.AsyncClient(
-            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            base_url=base,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+            # uvicorn closes connections idle for 5 s; reusing one as it does fails
+            limits=httpx2.Limits(keepalive_expiry=2.0),
         ) as http:
             # The bench's tasks end at max_steps: limits are final, not pauses to resume.
             limits = await http.put("/api/v1/settings", json={"task": {"limits_final": True}})

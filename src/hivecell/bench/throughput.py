@@ -53,6 +53,9 @@ NFT_EVERY = 3  # samples between nftables listings (each runs `nft`)
 # default) connections open once used
 DB_POOL_IDLE = 5
 SETTLE_S = 60.0  # deadline for the run's sandboxes to go and the server's fds to settle
+# uvicorn closes a connection idle for 5 s: a request sent on it as it does fails with a
+# ReadError (the 200-task run lost one so), so the client drops idle ones sooner
+KEEPALIVE = httpx2.Limits(keepalive_expiry=2.0)
 
 
 class Memory(BaseModel):
@@ -248,6 +251,7 @@ async def _all_tasks(
             base_url=server.base_url,
             headers={"Authorization": f"Bearer {server.token}"},
             timeout=60,
+            limits=KEEPALIVE,
         ) as http,
         anyio.create_task_group() as tg,
     ):
