@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from hivecell.bench import leaks
-from hivecell.errors import HivecellError
+from hivecell.errors import HivecellError, SandboxError
 from hivecell.sandbox.base import SandboxSpec, create_owned
 from hivecell.sandbox.local.provider import LocalProvider
 
@@ -37,3 +37,15 @@ async def test_a_plain_create_keeps_the_failed_box_and_names_it(home: Path, pyca
     finally:
         await provider.destroy(sandbox_id)
     assert leaks.find_leaks(home, {sandbox_id}) == leaks.Leaks()
+
+
+async def test_an_unexpected_error_while_starting_names_the_box_for_its_owner(home: Path) -> None:
+    """An OS error while spawning (here: the bytecode cache is a file) was raised as is: the
+    task failed with its bare text and nobody learned which box to remove."""
+    not_a_folder = home / "pycache-is-a-file"
+    not_a_folder.write_text("")
+    provider = LocalProvider(home, pycache=not_a_folder)
+    with pytest.raises(SandboxError, match="did not start: FileExistsError") as failed:
+        await create_owned(provider, SPEC)
+    assert isinstance(failed.value.__cause__, OSError)
+    assert leaks.find_leaks(home, {failed.value.context["id"]}) == leaks.Leaks()

@@ -110,6 +110,16 @@ class LocalProvider:
             # Kept for inspection, stopped: whoever owns it must learn which one it is.
             exc.context.setdefault("id", layout.sandbox_id)
             raise
+        except Exception as exc:
+            # Unexpected (an OS error while spawning, a guest dropping a ping): typed, and
+            # naming the box so its owner can remove it (a task failed with an empty
+            # message and its box stayed, found by `hivecell bench server --tasks`).
+            raise SandboxError(
+                f"sandbox {layout.sandbox_id} did not start: {exc!r}. Log: {layout.log} "
+                "(remove it with destroy once inspected)",
+                op="create",
+                context={"id": layout.sandbox_id, "log": str(layout.log)},
+            ) from exc
         return await self.info(layout.sandbox_id)
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
