@@ -285,11 +285,21 @@ async def _one_task(
     http: httpx2.AsyncClient, board: _Board, job: _Job, run: _Run, joined: Callable[[], None]
 ) -> None:
     run.posted[job.number] = time.perf_counter()
-    task_id = str((await _call(http, "POST", "/tasks", json=job.body()))["id"])
+    try:
+        task_id = str((await _call(http, "POST", "/tasks", json=job.body()))["id"])
+    except BenchServerError as exc:  # reported with the task, the run goes on
+        run.outcomes[job.number] = (job.kind, f"not created ({str(exc)[:200]})")
+        joined()
+        return
     await board.stepped(http, task_id, 1)
     joined()
     if job.kind == "cancel" and await board.stepped(http, task_id, 2):
-        await _call(http, "POST", f"/tasks/{task_id}/cancel")
+        try:
+            await _call(http, "POST", f"/tasks/{task_id}/cancel")
+        except BenchServerError as exc:
+            run.outcomes[job.number] = (job.kind, f"cancel refused ({str(exc)[:200]})")
+            await board.ended(http, task_id)
+            return
     run.outcomes[job.number] = (job.kind, await board.ended(http, task_id))
 
 
@@ -412,7 +422,7 @@ def _report(
     unexpected = []
     for n in range(tasks):
         kind, status = run.outcomes.get(n, (plan(tasks)[n], "never ended"))
-        statuses[status] += 1
+        statuses[status.split(" (")[0]] += 1
         if status != EXPECTED[kind]:
             unexpected.append(f"task {n} ({kind}): {status}, expected {EXPECTED[kind]}")
     for n in range(-concurrent, 0):
