@@ -424,7 +424,10 @@ async def _pings(layout: Layout) -> bool:
     try:
         async with GuestClient(f"unix:{layout.guest_socket}", connect_timeout=2) as guest:
             await guest.call("ping", timeout=5)
-    except (GuestUnavailable, Timeout):
+    # TimeoutError: the connect itself took over 2 s (GuestClient's fail_after), as under
+    # load with 16 boots at once; it aborted the boot ("did not start: TimeoutError()")
+    # long before boot_timeout.
+    except (GuestUnavailable, Timeout, TimeoutError):
         return False  # not up yet, or too busy booting to answer: keep polling
     return True
 
