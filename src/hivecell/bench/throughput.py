@@ -304,7 +304,10 @@ async def _one_task(
 
 
 async def _call(http: httpx2.AsyncClient, method: str, path: str, **kwargs: Any) -> Any:
-    response = await http.request(method, f"/api/v1{path}", **kwargs)
+    try:
+        response = await http.request(method, f"/api/v1{path}", **kwargs)
+    except httpx2.TransportError as exc:  # the server dropped the connection: say so
+        raise BenchServerError(f"{method} {path}: {exc!r}") from exc
     if response.status_code >= 400:
         raise BenchServerError(f"{method} {path}: {response.status_code} {response.text}")
     return response.json()
