@@ -132,11 +132,14 @@ async def _model_process(home: Path, default: Reply) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def _hivecell_up(home: Path, args: Sequence[str] = ()) -> AsyncIterator[_Server]:
-    """``hivecell up ARGS`` on a free loopback port; stopped with SIGTERM on the way out."""
+async def _hivecell_up(
+    home: Path, args: Sequence[str] = (), stop_grace_s: float = 20.0
+) -> AsyncIterator[_Server]:
+    """``hivecell up ARGS`` on a free loopback port; stopped with SIGTERM on the way out
+    (killed if it has not exited after ``stop_grace_s``)."""
     argv = [sys.executable, "-m", "hivecell.cli.main", "up", "--port", "0", "--home", str(home)]
     argv += args
-    async with _logged_process(argv, home / "bench-server.log") as started:
+    async with _logged_process(argv, home / "bench-server.log", stop_grace_s) as started:
         link = await started.line("hivecell is up: ", "hivecell up")
         base, _, token = link.removeprefix("hivecell is up: ").partition("/?token=")
         async with httpx2.AsyncClient(
@@ -171,7 +174,9 @@ class _Started:
 
 
 @asynccontextmanager
-async def _logged_process(argv: list[str], log_path: Path) -> AsyncIterator[_Started]:
+async def _logged_process(
+    argv: list[str], log_path: Path, stop_grace_s: float = 20.0
+) -> AsyncIterator[_Started]:
     """``argv`` running with its output in ``log_path``; stopped on the way out."""
     # Output goes to a file, not a pipe: an unread pipe would stall the server once it fills.
     log = await anyio.to_thread.run_sync(open, log_path, "wb")
@@ -183,13 +188,13 @@ async def _logged_process(argv: list[str], log_path: Path) -> AsyncIterator[_Sta
         try:
             yield _Started(log_path, process)
         finally:
-            await _stop(process)
+            await _stop(process, stop_grace_s)
 
 
-async def _stop(process: Process) -> None:
+async def _stop(process: Process, grace_s: float) -> None:
     with anyio.CancelScope(shield=True):
         process.terminate()
-        with anyio.move_on_after(20):
+        with anyio.move_on_after(grace_s):
             await process.wait()
             return
         process.kill()

@@ -47,6 +47,7 @@ ENDED = {"completed", "failed", "cancelled", "timed_out", "max_steps_reached", "
 ENDED |= {"interrupted", "guest_lost"}
 TASK_DEADLINE_S = 900.0  # one task, queue included: far beyond any healthy run
 FALLBACK_POLL_S = 10.0  # events are the signal; a poll this often covers a missed one
+STOP_GRACE_S = 180.0  # SIGTERM -> exited: it removes in-flight tasks' sandboxes meanwhile
 SAMPLE_S = 1.0  # host memory and the run's processes
 NFT_EVERY = 3  # samples between nftables listings (each runs `nft`)
 # SQLAlchemy's QueuePool keeps up to pool_size (default 5; store/engine.py keeps the
@@ -196,7 +197,9 @@ async def _run_server(
     home: Path, tracker: leaks.RunTracker, tasks: int, concurrent: int, nat: bool
 ) -> _Run:
     run = _Run()
-    async with _hivecell_up(home, ["--max-concurrent", str(concurrent)]) as server:
+    # A kill would leave the sandboxes it was removing: the leak check needs a clean exit.
+    slots = ["--max-concurrent", str(concurrent)]
+    async with _hivecell_up(home, slots, stop_grace_s=STOP_GRACE_S) as server:
         assert server.process is not None
         tracker.server_pid = server.process.pid
         async with _Board.listening(server, tracker) as board:
