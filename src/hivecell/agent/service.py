@@ -22,7 +22,13 @@ from hivecell.agent.guestlink import GUEST_WINDOW_S, GuestEvent, GuestLink
 from hivecell.agent.runner import ChatModel, Outcome, RunSettings, TaskRunner
 from hivecell.errors import SandboxError, SandboxNotFound
 from hivecell.sandbox import netpolicy, transfer
-from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxProvider, SandboxSpec
+from hivecell.sandbox.base import (
+    NetworkMode,
+    SandboxInfo,
+    SandboxProvider,
+    SandboxSpec,
+    create_owned,
+)
 from hivecell.sandbox.transfer import Skipped, TransferLimits, TransferReport
 from hivecell.store import InvalidTransition, TaskRecord, TaskSettings, TaskStore
 from hivecell.trace import StepKind, TraceWriter, write_network
@@ -240,7 +246,7 @@ class TaskService:
             network_allow=request.network_allow,
             inbox_writable=request.inbox_writable,
         )
-        return await self._provider.create(spec)
+        return await create_owned(self._provider, spec)
 
     async def _finish_sandbox(
         self, record: TaskRecord, request: TaskRequest, info: SandboxInfo, *, owned: bool

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,7 @@ class _Server:
     base_url: str
     token: str
     http: httpx2.AsyncClient
+    process: Process | None = None  # `hivecell up` itself: its pid, and its exit code after
 
     def ws(self, path: str) -> str:
         return self.base_url.replace("http://", "ws://") + f"/api/v1{path}?token={self.token}"
@@ -131,18 +132,27 @@ async def _model_process(home: Path, default: Reply) -> AsyncIterator[str]:
 
 
 @asynccontextmanager
-async def _hivecell_up(home: Path) -> AsyncIterator[_Server]:
+async def _hivecell_up(
+    home: Path, args: Sequence[str] = (), stop_grace_s: float = 20.0
+) -> AsyncIterator[_Server]:
+    """``hivecell up ARGS`` on a free loopback port; stopped with SIGTERM on the way out
+    (killed if it has not exited after ``stop_grace_s``)."""
     argv = [sys.executable, "-m", "hivecell.cli.main", "up", "--port", "0", "--home", str(home)]
-    async with _logged_process(argv, home / "bench-server.log") as started:
+    argv += args
+    async with _logged_process(argv, home / "bench-server.log", stop_grace_s) as started:
         link = await started.line("hivecell is up: ", "hivecell up")
         base, _, token = link.removeprefix("hivecell is up: ").partition("/?token=")
         async with httpx2.AsyncClient(
-            base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            base_url=base,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=60,
+            # uvicorn closes connections idle for 5 s; reusing one as it does fails
+            limits=httpx2.Limits(keepalive_expiry=2.0),
         ) as http:
             # The bench's tasks end at max_steps: limits are final, not pauses to resume.
             limits = await http.put("/api/v1/settings", json={"task": {"limits_final": True}})
             limits.raise_for_status()
-            yield _Server(base, token, http)
+            yield _Server(base, token, http, started.process)
 
 
 @dataclass
@@ -164,7 +174,9 @@ class _Started:
 
 
 @asynccontextmanager
-async def _logged_process(argv: list[str], log_path: Path) -> AsyncIterator[_Started]:
+async def _logged_process(
+    argv: list[str], log_path: Path, stop_grace_s: float = 20.0
+) -> AsyncIterator[_Started]:
     """``argv`` running with its output in ``log_path``; stopped on the way out."""
     # Output goes to a file, not a pipe: an unread pipe would stall the server once it fills.
     log = await anyio.to_thread.run_sync(open, log_path, "wb")
@@ -176,13 +188,13 @@ async def _logged_process(argv: list[str], log_path: Path) -> AsyncIterator[_Sta
         try:
             yield _Started(log_path, process)
         finally:
-            await _stop(process)
+            await _stop(process, stop_grace_s)
 
 
-async def _stop(process: Process) -> None:
+async def _stop(process: Process, grace_s: float) -> None:
     with anyio.CancelScope(shield=True):
         process.terminate()
-        with anyio.move_on_after(20):
+        with anyio.move_on_after(grace_s):
             await process.wait()
             return
         process.kill()

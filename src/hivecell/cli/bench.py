@@ -219,11 +219,24 @@ def server(
     clients: Annotated[int, typer.Option(min=1, help="dashboard WebSocket clients")] = 100,
     steps: Annotated[int, typer.Option(min=1, help="agent steps generating events")] = 30,
     takeovers: Annotated[int, typer.Option(min=1, help="take-overs to time")] = 10,
+    tasks: Annotated[
+        int | None,
+        typer.Option(min=1, help="measure throughput and leaks instead: tasks to run"),
+    ] = None,
+    concurrent: Annotated[
+        int, typer.Option(min=1, max=64, help="with --tasks: slots (the server's max_concurrent)")
+    ] = 16,
     home: Path | None = HomeOption,
 ) -> None:
-    """Server: event fan-out latency to many dashboards, and pause-to-takeover time."""
+    """Server: event fan-out latency to many dashboards, and pause-to-takeover time; with
+    --tasks, task throughput and what the run leaks instead."""
     from hivecell.bench import server as server_bench
 
+    if tasks is not None:
+        # Only the throughput run: the other measurements' sandboxes would share its memory
+        # peak and its leak check, and take minutes the person did not ask for.
+        _throughput(tasks, concurrent, as_json=as_json, home=home)
+        return
     if not as_json:
         err.print(f"measuring hivecell up: {clients} dashboards, {takeovers} take-overs...")
     workdir = resolve_home(home) / "bench" / f"server-{secrets.token_hex(4)}"
@@ -264,3 +277,37 @@ def server(
         f"take-over target p90 ≤ {server_bench.TARGET_TAKEOVER_MS:g} ms: "
         f"{'met' if met['takeover'] else 'not met'} (p90 {control.p90_ms:.1f} ms)"
     )
+
+
+def _throughput(tasks: int, concurrent: int, *, as_json: bool, home: Path | None) -> None:
+    from hivecell.bench.throughput import measure_throughput
+
+    if not as_json:
+        err.print(f"running {tasks} tasks through {concurrent} slots of hivecell up...")
+    workdir = resolve_home(home) / "bench" / f"throughput-{secrets.token_hex(4)}"
+    report = run(lambda: measure_throughput(workdir, tasks=tasks, concurrent=concurrent))
+    if as_json:
+        print(json.dumps({"machine": machine(), "throughput": report.model_dump()}, indent=2))
+    else:
+        out.print(_throughput_table(report))
+        for note in report.notes:
+            out.print(f"Note: {note}.", highlight=False)
+    if report.leaks_total or report.unexpected or not report.server_exited_cleanly:
+        raise typer.Exit(1)  # a leak or a lost task fails the run, as in CI
+
+
+def _throughput_table(report: Any) -> Table:
+    table = Table("measure", "value")
+    table.add_row("tasks / minute", f"{report.tasks_per_minute:.1f}")
+    table.add_row(
+        "dispatch p50 / p99 ms", f"{report.dispatch.p50_ms:.0f} / {report.dispatch.p99_ms:.0f}"
+    )
+    table.add_row("statuses", ", ".join(f"{k} {v}" for k, v in sorted(report.statuses.items())))
+    table.add_row("unexpected endings", "; ".join(report.unexpected) or "none")
+    table.add_row("host memory peak over baseline MB", f"{report.memory.peak_over_baseline_mb:.0f}")
+    table.add_row("run processes peak RSS MB", f"{report.memory.run_processes_peak_rss_mb:.0f}")
+    table.add_row("server fds before / after", f"{report.fds_before} / {report.fds_after}")
+    table.add_row("server exited cleanly", "yes" if report.server_exited_cleanly else "NO")
+    for kind, found in report.leaks.model_dump().items():
+        table.add_row(f"leaked {kind.replace('_', ' ')}", "; ".join(found) if found else "0")
+    return table

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hivecell.errors import HivecellError
 from hivecell.pool.capacity import Capacity, CapacityExceeded
-from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec
+from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec, create_owned
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class WarmPool:
         try:
             async with self._capacity.admitted(spec, wait=False):
                 with anyio.CancelScope(shield=True):  # a half-made box must not stay behind
-                    info = await self._provider.create(spec)
+                    info = await create_owned(self._provider, spec)  # a failed boot: gone
                     await self._prime(info)
             shape.warm.append(info)
             shape.error = ""

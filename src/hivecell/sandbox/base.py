@@ -6,10 +6,13 @@ Providers pass the shared conformance suite in ``tests/sandbox/conformance.py``.
 from __future__ import annotations
 
 import builtins
+import contextlib
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
+import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from hivecell.errors import HivecellError
 from hivecell.sandbox import netpolicy
 
 if TYPE_CHECKING:
@@ -166,3 +169,22 @@ class SandboxProvider(Protocol):
         """What it uses now: CPU time so far, memory, disk, processes (cheap: a sampler
         reads every sandbox every few seconds)."""
         ...
+
+
+async def create_owned(provider: SandboxProvider, spec: SandboxSpec) -> SandboxInfo:
+    """``provider.create`` for a caller that owns the sandbox (a task's): one that fails to
+    boot is destroyed at once.
+
+    A provider keeps a box that did not boot, stopped, for a person to inspect (the CLI says
+    so). A task's error already carries the log's tail, and nobody else learns the box's id,
+    so it would stay (its folder, disk mount and loop device) until deleted by hand: under
+    load, every boot that timed out left one (``hivecell bench server --tasks`` found them).
+    """
+    try:
+        return await provider.create(spec)
+    except HivecellError as exc:
+        sandbox_id = exc.context.get("id")
+        if isinstance(sandbox_id, str):
+            with anyio.CancelScope(shield=True), contextlib.suppress(HivecellError):
+                await provider.destroy(sandbox_id)
+        raise

@@ -26,7 +26,7 @@ from hivecell.errors import HivecellError, InvalidParams
 from hivecell.pool.capacity import Capacity, CapacityExceeded
 from hivecell.pool.warm import NAME_PREFIX as POOL_PREFIX
 from hivecell.pool.warm import WarmPool
-from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec
+from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec, create_owned
 from hivecell.server.errors import Conflict
 from hivecell.server.events import EventHub
 from hivecell.server.interventions import Note, arguments_of, write_notes
@@ -245,7 +245,7 @@ class TaskManager:
             ):
                 # Shielded: a cancel during boot must not leave a half-made sandbox behind.
                 with anyio.CancelScope(shield=True):
-                    info = await self.provider.create(spec)
+                    info = await create_owned(self.provider, spec)
         job.wait_scope = None
         return info
 

@@ -28,6 +28,7 @@ from anyio import to_thread
 from hivecell.errors import (
     ConfigError,
     GuestUnavailable,
+    HivecellError,
     SandboxError,
     SandboxNotFound,
     Timeout,
@@ -119,6 +120,20 @@ class LocalProvider:
                 with anyio.CancelScope(shield=True):
                     await to_thread.run_sync(self._destroy_sync, layout)
                 raise
+            except HivecellError as exc:
+                # Kept for inspection, stopped: whoever owns it must learn which one it is.
+                exc.context.setdefault("id", layout.sandbox_id)
+                raise
+            except Exception as exc:
+                # Unexpected (an OS error while spawning, a guest dropping a ping): typed, and
+                # naming the box so its owner can remove it (a task failed with an empty
+                # message and its box stayed, found by `hivecell bench server --tasks`).
+                raise SandboxError(
+                    f"sandbox {layout.sandbox_id} did not start: {exc!r}. Log: {layout.log} "
+                    "(remove it with destroy once inspected)",
+                    op="create",
+                    context={"id": layout.sandbox_id, "log": str(layout.log)},
+                ) from exc
         return await self.info(layout.sandbox_id)
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
