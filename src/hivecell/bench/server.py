@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 from hivecell.agent.llm.script import Reply, ScriptedToolCall
 from hivecell.agent.llm.scripted import ScriptedLLMServer
-from hivecell.bench.stats import Stats
+from hivecell.bench.stats import Stats, percentile
 from hivecell.errors import HivecellError
 
 START_TIMEOUT_S = 180.0  # until `hivecell up` prints its login link
@@ -94,7 +94,7 @@ async def measure_server(
         events_per_client=per_client,
         deliveries=len(latencies),
         fanout_latency=Stats.of(latencies),
-        fanout_p99_ms=round(ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))], 3),
+        fanout_p99_ms=round(percentile(ordered, 0.99), 3),
         takeover_control=Stats.of(control),
         takeover_paused=Stats.of(paused),
         notes=NOTES,

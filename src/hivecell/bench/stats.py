@@ -20,7 +20,7 @@ class Stats(BaseModel):
     @classmethod
     def of(cls, samples_ms: list[float]) -> Stats:
         ordered = sorted(samples_ms)
-        p90 = ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+        p90 = percentile(ordered, 0.9)
         return cls(
             n=len(ordered),
             median_ms=round(statistics.median(ordered), 3),
@@ -39,3 +39,8 @@ async def timed(fn: Callable[[], Awaitable[object]], runs: int, warmup: int = 2)
         await fn()
         samples.append((time.perf_counter() - start) * 1000)
     return Stats.of(samples)
+
+
+def percentile(ordered: list[float], q: float) -> float:
+    """The sample at fraction ``q`` of sorted, non-empty ``ordered`` (nearest rank)."""
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

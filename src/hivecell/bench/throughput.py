@@ -41,6 +41,7 @@ from hivecell.bench.server import (
     _Server,
     _write_provider,
 )
+from hivecell.bench.stats import percentile
 
 EXPECTED = {"ok": "completed", "fail": "failed", "cancel": "cancelled"}
 ENDED = {"completed", "failed", "cancelled", "timed_out", "max_steps_reached", "budget_exceeded"}
@@ -469,7 +470,7 @@ def _dispatch(waits: list[float]) -> Dispatch:
     if not waits:
         return Dispatch(n=0, p50_ms=0.0, p99_ms=0.0, max_ms=0.0)
     ordered = sorted(waits)
-    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    p99 = percentile(ordered, 0.99)
     return Dispatch(
         n=len(ordered),
         p50_ms=round(statistics.median(ordered), 1),
