@@ -74,3 +74,7 @@ async def test_a_stopped_sandbox_has_no_picture_and_an_unknown_one_is_404(home: 
         unknown = await running.get("/sandboxes/sb-00000000/screenshot")
         assert unknown.status_code == 404
         assert (await running.client.delete(f"/api/v1/sandboxes/{box['id']}")).status_code == 204
+        # The dashboard's thumbnail poll can race a finished task's removal: no error for it.
+        gone = await running.get(f"/sandboxes/{box['id']}/screenshot?missing_ok=true")
+        assert gone.status_code == 204 and gone.content == b""
+        assert (await running.get(f"/sandboxes/{box['id']}/screenshot")).status_code == 404

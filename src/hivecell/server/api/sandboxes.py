@@ -99,13 +99,16 @@ async def delete_sandbox(sandbox_id: str, state: State) -> Response:
 
 
 @router.get("/sandboxes/{sandbox_id}/screenshot", response_class=Response)
-async def sandbox_screenshot(sandbox_id: str, state: State) -> Response:
+async def sandbox_screenshot(sandbox_id: str, state: State, missing_ok: bool = False) -> Response:
     """The live desktop; 204 (no picture now) while the sandbox is stopped or going away,
-    which a dashboard polling a finishing task's thumbnail meets by design."""
+    which a dashboard polling a finishing task's thumbnail meets by design. ``missing_ok``:
+    204 also for a sandbox already gone (a thumbnail poll that raced its removal), else 404."""
     try:
         async with await state.provider.connect(sandbox_id) as guest:
             raw = await guest.call("screenshot", {"format": "png"})
     except SandboxNotFound:
+        if missing_ok:
+            return Response(status_code=204, headers={"Cache-Control": "no-store"})
         raise
     except SandboxError:  # stopped, or its guest gone mid-request (GuestUnavailable)
         return Response(status_code=204, headers={"Cache-Control": "no-store"})

@@ -93,7 +93,8 @@ function thumbnail(task) {
 async function refreshThumb(task) {
   const entry = thumbs.get(task.id);
   if (!entry || !task.sandbox_id || !LIVE.includes(task.status) || ended.has(task.id)) return;
-  const response = await fetch(`${API}/sandboxes/${encodeURIComponent(task.sandbox_id)}/screenshot`);
+  // missing_ok: the task may end and its sandbox go while this request is on its way.
+  const response = await fetch(`${API}/sandboxes/${encodeURIComponent(task.sandbox_id)}/screenshot?missing_ok=true`);
   if (response.status !== 200) return; // 204: the sandbox is stopped or going away
   const url = URL.createObjectURL(await response.blob());
   entry.img.src = url;
