@@ -10,6 +10,7 @@ import pytest
 from hivecell.sandbox.base import SandboxSpec, SandboxUsage
 from hivecell.sandbox.local.provider import LocalProvider
 from tests.sandbox import host
+from tests.sandbox.conformance import _wait_usage
 from tests.sandbox.conftest import MakeProvider
 from tests.sandbox.host import sh_out
 
@@ -19,12 +20,7 @@ SPEC = SandboxSpec(width=640, height=480, memory_mb=512, max_pids=128)
 
 async def _settled(provider: LocalProvider, sandbox_id: str, expected: int) -> SandboxUsage:
     """The usage once its process count is ``expected`` (a box's start-up still forks)."""
-    for _ in range(200):
-        usage = await provider.usage(sandbox_id)
-        if usage.processes == expected:
-            return usage
-        await anyio.sleep(0.05)
-    raise AssertionError(f"{sandbox_id}: {usage.processes} processes, the host sees {expected}")
+    return await _wait_usage(provider, sandbox_id, lambda usage: usage.processes == expected)
 
 
 async def test_without_cgroups_the_proc_walk_finds_every_process(

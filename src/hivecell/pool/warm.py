@@ -142,8 +142,7 @@ class WarmPool:
             for info in list(shape.warm):
                 if info.id == sandbox_id:
                     shape.warm.remove(info)
-                    await self._remove(sandbox_id)
-                    self._changed_view()
+                    await self._remove(sandbox_id)  # announces the change
                     return True
         return False
 
@@ -154,7 +153,6 @@ class WarmPool:
             return False
         oldest = min(candidates, key=lambda s: s.warm[0].created_at)
         await self._remove(oldest.warm.popleft().id)
-        self._changed_view()
         return True
 
     # --- what the API shows -----------------------------------------------------------------
@@ -202,7 +200,6 @@ class WarmPool:
             keep = 0 if idle else settings.size
             while len(shape.warm) > keep:
                 await self._remove(shape.warm.pop().id)
-                self._changed_view()
             if idle and not shape.warm and not shape.booting:
                 del self._shapes[key]
                 self._changed_view()
