@@ -43,6 +43,8 @@ ROUTES = [
     ("DELETE", "/sandboxes/sb-x"),
     ("GET", "/sandboxes/sb-x/screenshot"),
     ("GET", "/sandboxes/sb-x/network"),
+    ("GET", "/sandboxes/sb-x/stats"),
+    ("GET", "/pool"),
     ("GET", "/providers"),
     ("POST", "/providers"),
     ("DELETE", "/providers/p"),
