@@ -134,8 +134,10 @@ class ProviderConformance:
             await _wait_usage(
                 provider,
                 info.id,
-                lambda u: u.memory_rss_mb >= idle.memory_rss_mb + 150
-                and u.memory_pss_mb >= idle.memory_pss_mb + 150,
+                lambda u: (
+                    u.memory_rss_mb >= idle.memory_rss_mb + 150
+                    and u.memory_pss_mb >= idle.memory_pss_mb + 150
+                ),
             )
             await sh_out(guest, "head -c 50000000 /dev/urandom > ~/big.bin")
             written = await provider.usage(info.id)

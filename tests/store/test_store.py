@@ -267,3 +267,32 @@ async def test_concurrent_writers_lose_no_updates(db_url: str) -> None:
         final = await first.get(record.id)
     assert final.steps == 100 and final.prompt_tokens == 1000
     assert final.summary == "summary 50" and final.error == "error 50"
+
+
+async def test_writes_cancelled_midway_leave_the_database_writable(db_url: str) -> None:
+    """Tasks cancelled in the middle of store writes (a stop, a timeout) must not leave a
+    connection holding the write lock: under SQLite every later writer then waited out the
+    30 s busy timeout and failed with "database is locked"."""
+    async with TaskStore(db_url) as store:
+        record = await store.create_task(TaskRecord(description="cancelled writers"))
+        completed = 0
+
+        async def writer(seed: int) -> None:
+            nonlocal completed
+            for i in range(60):
+                if i % 3:
+                    await store.add_usage(record.id, steps=1)
+                    completed += 1
+                    continue
+                # Deadlines from 0 to 10 ms land before, during and after the statement.
+                with anyio.move_on_after(((seed * 7 + i) % 11) / 1000):
+                    await store.add_usage(record.id, steps=1)
+
+        # A stuck lock shows as a hang here (each write otherwise takes milliseconds).
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for seed in range(16):
+                    group.start_soon(writer, seed)
+            final = await store.add_usage(record.id, steps=1)
+    # Every write that reported success is counted; a cancelled one may or may not have landed.
+    assert completed + 1 <= final.steps <= 16 * 60 + 1

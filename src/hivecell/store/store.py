@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import AsyncIterator, Collection, Iterable
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, nullcontext
 from types import TracebackType
 from typing import Any
 
@@ -47,6 +47,12 @@ class TaskStore:
         self.url = parse_url(url)
         self.owner = owner or process_token()
         self._engine: AsyncEngine | None = None
+        # One writer at a time from this process, in arrival order: SQLite's own busy handler
+        # polls with growing sleeps, so 16 writers in one server starved some for seconds.
+        # Other processes sharing the file still meet the busy timeout. PostgreSQL locks rows.
+        self._writers: AbstractAsyncContextManager[Any] = (
+            anyio.Lock() if self.url.get_backend_name() == "sqlite" else nullcontext()
+        )
 
     async def open(self) -> TaskStore:
         """Connect and migrate the schema to head; safe to call on an up-to-date database."""
@@ -215,17 +221,23 @@ class TaskStore:
             raise StoreClosed("TaskStore is not open; call await store.open()", op="store")
         return self._engine
 
+    # Both are shielded from cancellation: a connection cancelled mid-statement is thrown away
+    # with its close left pending, and under SQLite it kept holding the write lock, so every
+    # later writer waited out the busy timeout ("database is locked" once 16 tasks were
+    # cancelled at random). Store calls are short; the caller's cancel lands right after.
     @asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncConnection]:
-        async with self._live_engine.connect() as conn:
-            conn = await conn.execution_options(**{WRITE_OPTION: True})
-            async with conn.begin():
-                yield conn
+        with anyio.CancelScope(shield=True):
+            async with self._writers, self._live_engine.connect() as conn:
+                conn = await conn.execution_options(**{WRITE_OPTION: True})
+                async with conn.begin():
+                    yield conn
 
     @asynccontextmanager
     async def _read(self) -> AsyncIterator[AsyncConnection]:
-        async with self._live_engine.connect() as conn:
-            yield conn
+        with anyio.CancelScope(shield=True):
+            async with self._live_engine.connect() as conn:
+                yield conn
 
 
 def _now() -> ColumnElement[Any]:
