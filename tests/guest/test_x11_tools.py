@@ -68,6 +68,30 @@ async def test_screenshot_scale_formats_and_max_width(guest: Guest, probe: Probe
     assert (wide["width"], wide["scale"]) == (1280, 1.0)
 
 
+async def test_unchanged_screen_reuses_its_encoding_and_one_changed_pixel_is_seen(
+    guest: Guest, probe: Probe
+) -> None:
+    """The guest hands out the last encoding while the pixels are the same; a change of one
+    pixel, or other parameters, must never get the stale image."""
+    first = await guest("screenshot")
+    assert (await guest("screenshot"))["data"] == first["data"]
+    # Repaint one pixel of the probe: new background, cleared in a 1x1 area only.
+    probe.window.change_attributes(background_pixel=0x00FF00)
+    probe.window.clear_area(x=10, y=10, width=1, height=1)
+    probe.display.sync()
+    changed = await guest("screenshot")
+    assert changed["data"] != first["data"]
+    px, py = probe.origin()
+    image = decode(changed).convert("RGB")
+    assert image.getpixel((px + 10, py + 10)) == (0, 255, 0)
+    assert image.getpixel((px + 11, py + 10)) == (255, 0, 0)  # its neighbour was not repainted
+    half = await guest("screenshot", scale=0.5)
+    assert (half["width"], decode(half).size) == (640, (640, 400))
+    jpeg = await guest("screenshot", format="jpeg", quality=50)
+    assert decode(jpeg).format == "JPEG"
+    assert (await guest("screenshot", format="jpeg", quality=90))["data"] != jpeg["data"]
+
+
 async def test_wait_for_settle_returns_settled_on_a_static_screen(guest: Guest) -> None:
     # How quickly is a benchmark figure (bench sandbox: settle_static), not a test's.
     await guest("wait_for_settle")

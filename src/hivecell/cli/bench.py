@@ -165,6 +165,7 @@ def _table(ours: SandboxReport, peer: Any) -> Table:
     for name in (
         "cold_start",
         "screenshot",
+        "screenshot_unchanged",
         "click",
         "move",
         "exec_true",

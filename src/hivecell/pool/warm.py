@@ -22,6 +22,7 @@ import anyio
 from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field
 
+from hivecell.agent.runner import RunSettings
 from hivecell.errors import HivecellError
 from hivecell.pool.capacity import Capacity, CapacityExceeded
 from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec, create_owned
@@ -30,6 +31,10 @@ log = logging.getLogger(__name__)
 
 NAME_PREFIX = "pool-"  # warm sandboxes are named pool-<n>: a restart removes leftovers
 RETRY_AFTER_S = 10.0  # a shape whose refill failed is tried again after this long
+# A shape just taken from refills this much later: a boot's CPU burst (Xvfb, openbox, the
+# agent's imports) on a small host otherwise lands on the task's first step and slowed its
+# dispatch by tens of milliseconds.
+REFILL_AFTER_TAKE_S = 1.0
 
 
 class PoolSettings(BaseModel):
@@ -58,6 +63,7 @@ class _Shape:
     failed_at: float = 0.0
     taken: int = 0
     missed: int = 0
+    taken_at: float = float("-inf")
 
 
 class WarmPool:
@@ -122,6 +128,7 @@ class WarmPool:
             info = shape.warm.popleft()
             if await self._alive(info.id):
                 shape.taken += 1
+                shape.taken_at = self._clock()
                 self._changed_view()
                 return info
             await self._remove(info.id)  # died while waiting: never hand out a dead box
@@ -220,6 +227,8 @@ class WarmPool:
         for shape in self._shapes.values():
             if shape.error and now - shape.failed_at < RETRY_AFTER_S:
                 continue
+            if now - shape.taken_at < REFILL_AFTER_TAKE_S:
+                continue
             if len(shape.warm) + shape.booting < size:
                 shape.booting += 1
                 tg.start_soon(self._boot, shape)
@@ -246,19 +255,25 @@ class WarmPool:
             self.poke()
 
     def _next_check(self) -> float:
-        """Seconds until a shape goes idle or a failed refill may be tried again."""
+        """Seconds until a shape goes idle or a refill may begin (after a failure or a take)."""
         settings, now = self._settings(), self._clock()
         waits = [RETRY_AFTER_S]
         for shape in self._shapes.values():
             waits.append(shape.last_wanted + settings.idle_timeout_s - now)
+            if now - shape.taken_at < REFILL_AFTER_TAKE_S:
+                waits.append(shape.taken_at + REFILL_AFTER_TAKE_S - now)
         return max(0.05, min(waits))
 
     async def _prime(self, info: SandboxInfo) -> None:
         """One screenshot, as a task's first step takes: the guest loads its image code on
-        first use, which a task taking this sandbox should not wait for."""
+        first use, which a task taking this sandbox should not wait for, and encodes the
+        desktop the task will see first."""
         try:
             async with await self._provider.connect(info.id) as guest:
-                await guest.call("screenshot", {"format": "png"}, timeout=30)
+                # The parameters of a task's first look, so that it gets this encoding again
+                # (the guest keeps the last one while the screen is unchanged).
+                params = {"format": "png", "max_width": RunSettings().screenshot_max_width}
+                await guest.call("screenshot", params, timeout=30)
         except HivecellError as exc:  # still a working sandbox; the task pays the first load
             log.info("warm pool: priming %s failed: %s", info.id, exc)
 
