@@ -74,6 +74,7 @@ async def serve(
     token: str | None = TOKEN,
     max_concurrent: int | None = None,
     pool_size: int = 0,
+    ui: bool = False,
     **config: Any,
 ) -> AsyncIterator[Running]:
     """A real server on loopback; no warm pool unless a test asks (``pool_size``), so
@@ -85,7 +86,7 @@ async def serve(
         token=token,
         max_concurrent=max_concurrent,
         pool_size=pool_size,
-        ui=False,  # the API alone: the dashboard has its own browser tests
+        ui=ui,  # by default the API alone: the dashboard has its own browser tests
         **config,
     )
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning"))

@@ -8,12 +8,15 @@ from typing import Any
 
 import anyio
 import pytest
+from websockets.asyncio.client import connect
+from websockets.typing import Origin, Subprotocol
 
 from hivecell.agent.llm.scripted import ScriptedLLMServer
 from hivecell.sandbox.base import SandboxSpec
 from hivecell.sandbox.local.provider import LocalProvider
 from tests.agent.helpers import act, call, finish
 from tests.server.helpers import Running, serve, write_provider
+from tests.server.rfb_client import RfbClient
 
 FINAL = ("completed", "failed", "cancelled", "timed_out", "interrupted")
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -168,6 +171,42 @@ async def test_warm_sandboxes_cannot_be_chosen_or_named(home: Path) -> None:
         gone = await running.client.delete(f"/api/v1/sandboxes/{warm}")
         assert gone.status_code == 204
         await pool_until(running, lambda v: v["warm"] == 1 and warm not in warm_ids(v))
+
+
+async def test_vnc_input_reaches_a_persons_sandbox_but_never_a_warm_one(home: Path) -> None:
+    """A warm desktop is handed to the next task as booted: a viewer may watch it, but its
+    pointer and keys are dropped (a person's own sandbox, the control, is driven)."""
+    provider = LocalProvider(home)
+    async with serve(home, pool_size=1, ui=True) as running:  # ui: the viewer's relay
+        (warm,) = warm_ids(await pool_until(running, lambda v: v["warm"] == 1))
+        mine = (await running.post("/sandboxes", json={"name": "mine"})).json()["id"]
+        assert await _drive(running, provider, mine) == (123, 77)
+        before = await _cursor(provider, warm)
+        assert await _drive(running, provider, warm) == before != (123, 77)
+
+
+async def _drive(running: Running, provider: LocalProvider, sandbox_id: str) -> tuple[int, int]:
+    """An interactive viewer moves the pointer to (123, 77); where the sandbox's pointer is."""
+    url = running.ws_url.replace("/events", f"/sandboxes/{sandbox_id}/vnc")
+    cookie = {"Cookie": f"hivecell_token={running.token}"}  # as the dashboard's viewer connects
+    async with connect(
+        url,
+        origin=Origin(running.base_url),
+        subprotocols=[Subprotocol("binary")],
+        additional_headers=cookie,
+    ) as ws:
+        viewer = RfbClient(ws)
+        width, height = await viewer.handshake()
+        await viewer.pointer(123, 77)
+        await viewer.update_request(width, height)
+        await viewer.first_update()  # x11vnc has handled (or never got) the pointer by now
+    return await _cursor(provider, sandbox_id)
+
+
+async def _cursor(provider: LocalProvider, sandbox_id: str) -> tuple[int, int]:
+    async with await provider.connect(sandbox_id) as guest:
+        pos = await guest.call("get_cursor_position", {})
+    return pos["x"], pos["y"]
 
 
 async def test_a_restart_removes_an_earlier_servers_warm_sandboxes(home: Path) -> None:
