@@ -17,6 +17,7 @@ import contextlib
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -263,3 +264,25 @@ async def test_generated_hostile_replies() -> None:
         await anyio.to_thread.run_sync(run)
         assert len(seen) >= EXAMPLES
         assert "GuestProtocolError" in seen
+
+
+async def test_a_guest_that_never_accepts_is_unavailable_not_a_bare_timeout() -> None:
+    """A listener whose backlog is full (an agent that stopped accepting) makes connects hang:
+    the client gives up after connect_timeout with GuestUnavailable naming the setting."""
+    with socket.create_server(("127.0.0.1", 0), backlog=0) as listener:
+        port = listener.getsockname()[1]
+        fillers = []
+        try:
+            for _ in range(4):  # fill the accept queue; later SYNs are dropped, not refused
+                filler = socket.socket()
+                filler.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    filler.connect(("127.0.0.1", port))
+                fillers.append(filler)
+            with pytest.raises(GuestUnavailable, match="connect_timeout") as caught:
+                async with GuestClient(f"tcp:127.0.0.1:{port}", connect_timeout=0.5):
+                    pass
+            assert caught.value.op == "connect" and caught.value.retryable
+        finally:
+            for filler in fillers:
+                filler.close()

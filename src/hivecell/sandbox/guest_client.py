@@ -76,8 +76,16 @@ class GuestClient:
         self.on_notification: Callable[[str, dict[str, Any]], None] | None = None
 
     async def __aenter__(self) -> GuestClient:
-        with anyio.fail_after(self._connect_timeout):
-            self._stream = await _open(self.endpoint)
+        try:
+            with anyio.fail_after(self._connect_timeout):
+                self._stream = await _open(self.endpoint)
+        except TimeoutError:  # a full backlog (an agent that stopped accepting), a slow TCP peer
+            raise GuestUnavailable(
+                f"the guest agent at {self.endpoint} did not accept a connection within "
+                f"{self._connect_timeout:g} s; pass a larger connect_timeout if it is busy",
+                op="connect",
+                context={"endpoint": self.endpoint},
+            ) from None
         self._writer = FrameWriter(self._stream)
         self._closed = anyio.Event()
         self.last_heartbeat = time.monotonic()
