@@ -69,6 +69,18 @@ class TaskRequest(BaseModel):
     def _allow_entries(cls, entries: list[str]) -> list[str]:
         return netpolicy.normalize(entries)
 
+    def sandbox_spec(self, **more: Any) -> SandboxSpec:
+        """The sandbox this task asks for; ``more``: what the caller adds (limits, a name)."""
+        width, height = self.resolution
+        return SandboxSpec(
+            width=width,
+            height=height,
+            network=self.network,
+            network_allow=self.network_allow,
+            inbox_writable=self.inbox_writable,
+            **more,
+        )
+
 
 class TaskResult(BaseModel):
     task_id: str
@@ -238,15 +250,7 @@ class TaskService:
     async def _sandbox(self, request: TaskRequest) -> SandboxInfo:
         if request.sandbox_id is not None:
             return await self._provider.info(request.sandbox_id)
-        width, height = request.resolution
-        spec = SandboxSpec(
-            width=width,
-            height=height,
-            network=request.network,
-            network_allow=request.network_allow,
-            inbox_writable=request.inbox_writable,
-        )
-        return await create_owned(self._provider, spec)
+        return await create_owned(self._provider, request.sandbox_spec())
 
     async def _finish_sandbox(
         self, record: TaskRecord, request: TaskRequest, info: SandboxInfo, *, owned: bool

@@ -574,18 +574,9 @@ def _control_before_runner(job: Job, action: str, text: str) -> None:
 
 def spec_for(prefs: Preferences, request: TaskRequest, name: str | None = None) -> SandboxSpec:
     """The sandbox a task runs in (also the warm pool's default shape)."""
-    width, height = request.resolution
     defaults = prefs.sandbox
-    return SandboxSpec(
-        width=width,
-        height=height,
-        network=request.network,
-        network_allow=request.network_allow,
-        memory_mb=defaults.memory_mb,
-        cpus=defaults.cpus,
-        disk_mb=defaults.disk_mb,
-        name=name,
-        inbox_writable=request.inbox_writable,
+    return request.sandbox_spec(
+        memory_mb=defaults.memory_mb, cpus=defaults.cpus, disk_mb=defaults.disk_mb, name=name
     )
 
 
