@@ -161,10 +161,10 @@ class _WriteBehind:
     """Trace writes in submission order on one task beside the loop.
 
     A step's records are written while its tool runs and its screenshot is taken instead of
-    one after the other in its path. A model request goes out at once, and its reply is acted
-    on only once everything before the request is on disk (``mark``): the writes overlap the
-    model's thinking instead of delaying the request (the first one by ~15 ms: the first
-    screenshot's file and record).
+    one after the other in its path; ``flush`` before each model request keeps the promise
+    that everything up to the request the model is working on is on disk (a process killed
+    while the model thinks leaves a complete trace: tests/cli/test_cli_run.py). It costs the
+    first request ~10-15 ms (the first screenshot's file and record, fsync'd).
     """
 
     def __init__(self) -> None:
@@ -175,18 +175,14 @@ class _WriteBehind:
     def submit(self, job: Callable[[], Awaitable[None]]) -> None:
         self._send.send_nowait(job)
 
-    def mark(self) -> anyio.Event:
-        """An event set once everything submitted so far is written."""
+    async def flush(self) -> None:
         written = anyio.Event()
 
-        async def reached() -> None:
+        async def mark() -> None:
             written.set()
 
-        self.submit(reached)
-        return written
-
-    async def flush(self) -> None:
-        await self.mark().wait()
+        self.submit(mark)
+        await written.wait()
 
     async def around(self, body: Callable[[], Awaitable[_T]]) -> _T:
         """Run ``body`` while writing; when it ends, finish the queued writes.
@@ -310,11 +306,10 @@ class TaskRunner:
     async def _decide(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """One model call; endpoint outages pause the task until resumed, then retry."""
         while True:
-            written = self._writes.mark()
+            await self._writes.flush()
             try:
                 with self.clock.bounded() as limit:
                     response = await self._llm.complete(messages, **kwargs)
-                await written.wait()
                 if limit.cancelled_caught:  # the time ran out while the model was thinking
                     await self._hold_at_limits(self._exceeded_time)
                     continue

@@ -6,7 +6,7 @@ and the real LLMClient talking HTTP to an in-process ScriptedLLMServer:
 - orchestration overhead per step: a step's wall time minus the parts that belong to someone
   else (see ``EXCLUDED``). What is left is the runner's own work: building the request and
   history, dispatching tool calls, base64 of the screenshot, waiting for the trace to reach
-  the disk before a reply is acted on, events. A cheap tool (``wait`` 0 s) keeps the
+  the disk before the next request, events. A cheap tool (``wait`` 0 s) keeps the
   subtraction honest.
 - warm dispatch: with the sandbox already running, the time from ``TaskService.run`` to the
   first model request arriving at the server. It includes the first screenshot, which the
@@ -45,8 +45,8 @@ EXCLUDED = [
 ]
 NOTES = [
     "trace records and screenshot files are fsync'd on a worker thread while the tool runs "
-    "and the screenshot is captured, and while the model thinks; a reply is acted on once "
-    "they are on disk; what is still waited for then counts as overhead; "
+    "and the screenshot is captured, and flushed before the next model request; what is "
+    "still waited for (mostly writing the step's screenshot record) counts as overhead; "
     "trace_write is the writer's own wall time per step, mostly overlapped",
     "warm dispatch includes the first screenshot (the model is never asked without one); "
     "one warm-up run, which opens the HTTP connection, is left out",
