@@ -16,11 +16,14 @@ from __future__ import annotations
 import builtins
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
+from pydantic import ValidationError
 
-from hivecell.errors import HivecellError
+from hivecell.errors import HivecellError, InvalidParams
 from hivecell.mcp.reaper import Reaper
+from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec, create_owned
 from hivecell.sdk.async_sandbox import AsyncSandbox
 
@@ -31,6 +34,13 @@ class SandboxAccess:
 
     def __init__(self, provider: SandboxProvider) -> None:
         self.provider = provider
+
+    def spec(self, given: dict[str, Any]) -> SandboxSpec:
+        """The sandbox to create: ``given`` over the defaults."""
+        try:
+            return SandboxSpec.model_validate(given)
+        except ValidationError as exc:
+            raise InvalidParams(describe_validation(exc), op="sandbox_create") from None
 
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
         return await create_owned(self.provider, spec)

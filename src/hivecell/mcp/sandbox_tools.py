@@ -22,7 +22,7 @@ from hivecell.mcp.models import (
     sandbox_view,
 )
 from hivecell.mcp.session import session_of
-from hivecell.sandbox.base import NetworkMode, SandboxSpec
+from hivecell.sandbox.base import NetworkMode
 
 SandboxId = Annotated[
     str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="a sandbox id (sandbox_list)")
@@ -40,7 +40,9 @@ async def sandbox_create(
     resolution: Annotated[
         tuple[int, int] | None, Field(description="[width, height]; default 1280x800")
     ] = None,
-    network: Annotated[NetworkMode, Field(description="offline (default) or nat")] = "offline",
+    network: Annotated[
+        NetworkMode | None, Field(description="offline or nat; default offline")
+    ] = None,
     provider: Annotated[str | None, Field(description="sandbox provider; default local")] = None,
     keep: Annotated[
         bool, Field(description="keep it after this MCP session ends (default: removed)")
@@ -55,8 +57,10 @@ async def sandbox_create(
             op="sandbox_create",
             context={"provider": provider, "available": [name]},
         )
-    width, height = resolution or (1280, 800)
-    spec = SandboxSpec.model_validate({"width": width, "height": height, "network": network})
+    given: dict[str, Any] = {} if network is None else {"network": network}
+    if resolution is not None:
+        given |= {"width": resolution[0], "height": resolution[1]}
+    spec = boxes.access.spec(given)
     info = await boxes.create(spec, keep=keep)
     return sandbox_view(info, session=True, keep=keep)
 

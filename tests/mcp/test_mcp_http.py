@@ -1,0 +1,64 @@
+"""MCP over Streamable HTTP at ``/mcp`` in ``hivecell up``, driven by the SDK's own client
+with the bearer token: real server, real sandboxes, a task through the task manager."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import httpx2
+import pytest
+from mcp.client import Client
+from mcp.client.streamable_http import streamable_http_client
+
+from hivecell.agent.llm.scripted import ScriptedLLMServer
+from hivecell.sandbox.local.provider import LocalProvider
+from tests.agent.helpers import act, call, finish
+from tests.mcp.helpers import failed, image_of, ok, poll_task, text_of
+from tests.server.helpers import TOKEN, Running, serve, write_provider
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+
+@asynccontextmanager
+async def http_client(running: Running, token: str | None = TOKEN) -> AsyncIterator[Client]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(headers=headers, timeout=120) as http:
+        transport = streamable_http_client(running.base_url + "/mcp", http_client=http)
+        async with Client(transport, read_timeout_seconds=120) as client:
+            yield client
+
+
+async def test_a_client_with_the_token_drives_desktops_and_tasks_the_dashboard_sees(
+    home: Path,
+) -> None:
+    steps = [act(call("run_shell", command="echo hi > /shared/outbox/hi.txt")), *finish("ok")]
+    async with ScriptedLLMServer(steps) as llm:
+        write_provider(home, llm.base_url)
+        async with serve(home) as running, http_client(running) as client:
+            box = await ok(client, "sandbox_create", resolution=[800, 600])
+            sid = box["id"]
+            assert image_of(await client.call_tool("sandbox_screenshot", {"id": sid})).size == (
+                800,
+                600,
+            )
+            run = await ok(client, "sandbox_exec", id=sid, command=["sh", "-c", "echo $0", "x"])
+            assert run["stdout"] == "x\n"
+            listed = (await running.get("/sandboxes")).json()["items"]
+            assert [item["id"] for item in listed] == [sid]  # on the dashboard too
+
+            task = await ok(client, "task_run", description="say hi")
+            done = await poll_task(client, task["id"], lambda t: t["status"] == "completed")
+            assert (done["artifacts"], done["summary"]) == (["hi.txt"], "ok")
+            seen = await running.task(task["id"])  # the REST view the dashboard reads
+            assert (seen["status"], seen["artifacts"]) == ("completed", ["hi.txt"])
+
+            files = await failed(client, "task_run", description="x", files=["/etc/passwd"])
+            assert text_of(files).startswith("[invalid_params]")
+            gone = await failed(client, "sandbox_exec", id="sb-nosuch", command="true")
+            assert text_of(gone).startswith("[sandbox_not_found]")
+            mine = [b for b in (await ok(client, "sandbox_list"))["items"] if b["session"]]
+            assert [b["id"] for b in mine] == [sid]  # (the task's own may still be going)
+    # The server stopped: what MCP made without keep is gone with it.
+    assert await LocalProvider(home).list() == []
