@@ -15,7 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 from hivecell.agent.llm.scripted import ScriptedLLMServer
 from hivecell.sandbox.local.provider import LocalProvider
 from tests.agent.helpers import act, call, finish
-from tests.mcp.helpers import failed, image_of, ok, poll_task, text_of
+from tests.mcp.helpers import failed, image_of, ok, text_of
 from tests.server.helpers import TOKEN, Running, serve, write_provider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -48,9 +48,25 @@ async def test_a_client_with_the_token_drives_desktops_and_tasks_the_dashboard_s
             listed = (await running.get("/sandboxes")).json()["items"]
             assert [item["id"] for item in listed] == [sid]  # on the dashboard too
 
-            task = await ok(client, "task_run", description="say hi")
-            done = await poll_task(client, task["id"], lambda t: t["status"] == "completed")
-            assert (done["artifacts"], done["summary"]) == (["hi.txt"], "ok")
+            # wait=True: progress notifications over the event stream until the task ends.
+            progress: list[float] = []
+
+            async def on_progress(value: float, total: float | None, message: str | None) -> None:
+                progress.append(value)
+
+            result = await client.call_tool(
+                "task_run", {"description": "say hi", "wait": True}, progress_callback=on_progress
+            )
+            assert result.structured_content is not None, text_of(result)
+            done = result.structured_content
+            assert (done["status"], done["artifacts"], done["summary"]) == (
+                "completed",
+                ["hi.txt"],
+                "ok",
+            )
+            assert progress and progress == sorted(progress)
+            task = await ok(client, "task_status", id=done["id"])
+            assert task == done
             seen = await running.task(task["id"])  # the REST view the dashboard reads
             assert (seen["status"], seen["artifacts"]) == ("completed", ["hi.txt"])
 

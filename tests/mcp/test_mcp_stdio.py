@@ -4,6 +4,7 @@ real desktop (xev records what the input tools did), real files, real tasks."""
 from __future__ import annotations
 
 import base64
+import io
 import json
 import os
 import signal
@@ -11,6 +12,10 @@ from pathlib import Path
 
 import anyio
 import pytest
+from mcp.client import Client
+from mcp.shared.exceptions import MCPError
+from mcp.types import BlobResourceContents, TextResourceContents
+from PIL import Image
 
 from hivecell.agent.llm.scripted import ScriptedLLMServer
 from hivecell.sandbox.local.provider import LocalProvider
@@ -52,12 +57,19 @@ XEV = (
 async def test_tools_are_listed_with_their_contract_names_and_hints(home: Path) -> None:
     async with stdio_client(home) as client:
         tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+        templates = (await client.list_resource_templates()).resource_templates
     assert set(tools) == TOOLS
     for name, tool in tools.items():
         assert tool.annotations is not None, name
         assert tool.annotations.read_only_hint is (name in READ_ONLY), name
         assert tool.annotations.destructive_hint is (name in DESTRUCTIVE), name
     assert set(tools["sandbox_exec"].input_schema["required"]) == {"id", "command"}
+    assert {t.uri_template for t in templates} == {
+        "hivecell://sandboxes/{id}/screenshot",
+        "hivecell://tasks/{id}/trace",
+        "hivecell://tasks/{id}/artifacts",
+        "hivecell://tasks/{id}/artifacts/{+name}",
+    }
 
 
 async def test_a_client_creates_sees_acts_on_and_removes_a_desktop(home: Path) -> None:
@@ -75,6 +87,9 @@ async def test_a_client_creates_sees_acts_on_and_removes_a_desktop(home: Path) -
 
         full = image_of(await client.call_tool("sandbox_screenshot", {"id": sid}))
         assert full.size == (1024, 768)
+        [shot] = (await client.read_resource(f"hivecell://sandboxes/{sid}/screenshot")).contents
+        assert isinstance(shot, BlobResourceContents) and shot.mime_type == "image/png"
+        assert Image.open(io.BytesIO(base64.b64decode(shot.blob))).size == (1024, 768)
         half = image_of(await client.call_tool("sandbox_screenshot", {"id": sid, "scale": 0.5}))
         assert half.size == (512, 384)
 
@@ -188,6 +203,7 @@ async def test_a_task_runs_is_answered_and_completes_in_the_shared_store(home: P
             )
             await ok(client, "task_answer", id=task_id, answer="blue")
             done = await poll_task(client, task_id, lambda t: t["status"] == "completed")
+            await check_task_resources(client, task_id)
     assert (done["success"], done["summary"], done["artifacts"]) == (
         True,
         "wrote out.txt",
@@ -259,3 +275,24 @@ async def sandboxes_become(home: Path, ids: list[str], timeout: float = 60) -> N
             if sorted(info.id for info in await provider.list()) == sorted(ids):
                 return
             await anyio.sleep(0.1)
+
+
+async def check_task_resources(client: Client, task_id: str) -> None:
+    """The trace, the list of output files and one file, as MCP resources; nothing else."""
+    base = f"hivecell://tasks/{task_id}"
+    [trace] = (await client.read_resource(f"{base}/trace")).contents
+    assert isinstance(trace, TextResourceContents)
+    tools = [step.get("tool") for step in json.loads(trace.text)]
+    assert "run_shell" in tools and "ask_user" in tools
+    [listing] = (await client.read_resource(f"{base}/artifacts")).contents
+    assert isinstance(listing, TextResourceContents)
+    [item] = json.loads(listing.text)["items"]
+    assert (item["name"], item["size"], item["uri"]) == ("out.txt", 14, f"{base}/artifacts/out.txt")
+    [blob] = (await client.read_resource(item["uri"])).contents
+    assert isinstance(blob, BlobResourceContents)
+    assert base64.b64decode(blob.blob) == b"made-by-agent\n"
+    for name in ("../../../etc/passwd", "%2E%2E/%2E%2E/etc/passwd", "other.txt", "/etc/passwd"):
+        with pytest.raises(MCPError):
+            await client.read_resource(f"{base}/artifacts/{name}")
+    with pytest.raises(MCPError, match=r"\[task_not_found\]"):
+        await client.read_resource("hivecell://tasks/no-such-task/trace")

@@ -3,6 +3,7 @@
 Every tool is wrapped by ``tool_errors``: a ``HivecellError`` becomes an ``isError`` result
 that carries hivecell's code, message, op, context and retryable flag, so the client (and the
 model behind it) reads what went wrong and what to change, and the server keeps serving.
+Resources fail the same way, with ``[code] message`` as the JSON-RPC error's text.
 Anything else is left to the SDK, which answers with a generic ``isError`` result and keeps
 the traceback on the server (its text may hold host details the client has no business with).
 """
@@ -13,6 +14,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar
 
+from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.types import CallToolResult, TextContent
 
 from hivecell.errors import HivecellError
@@ -41,5 +43,19 @@ def tool_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R | Call
             return await fn(*args, **kwargs)
         except HivecellError as exc:
             return error_result(exc)
+
+    return guarded
+
+
+def resource_errors(fn: Callable[P, Awaitable[R]]) -> Callable[P, Awaitable[R]]:
+    """The same for resources: the read fails with ``[code] message`` (a resource has no
+    error result; the SDK answers with a JSON-RPC error carrying this text)."""
+
+    @functools.wraps(fn)
+    async def guarded(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await fn(*args, **kwargs)
+        except HivecellError as exc:
+            raise ResourceError(f"[{exc.code}] {exc}") from exc
 
     return guarded

@@ -8,7 +8,7 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from mcp.server.mcpserver import MCPServer
 
-from hivecell.mcp import sandbox_tools, task_tools
+from hivecell.mcp import resources, sandbox_tools, task_tools
 from hivecell.mcp.session import Session
 
 INSTRUCTIONS = (
@@ -33,4 +33,5 @@ def build_server(open_session: OpenSession) -> MCPServer[Session]:
     )
     sandbox_tools.register(server)
     task_tools.register(server)
+    resources.register(server)
     return server

@@ -73,10 +73,13 @@ class TaskView(BaseModel):
         return self.status in FINAL
 
 
-def view_of(record: TaskRecord, *, steps: int | None = None, pending: Any = None) -> TaskView:
+def view_of(
+    record: TaskRecord, *, steps: int | None = None, pending: Any = None, status: str | None = None
+) -> TaskView:
+    """``status``: what the live run says now (the record follows a moment later)."""
     return TaskView(
         id=record.id,
-        status=str(record.status),
+        status=status or str(record.status),
         description=record.description,
         success=record.success,
         summary=record.summary,
@@ -225,10 +228,10 @@ class LocalTasks:
         job = self._jobs.get(task_id)
         if job is None or job.runner is None or job.done.is_set():
             return view_of(record)
-        pending = job.runner.control.pending
-        return view_of(
-            record, steps=job.runner.steps, pending=pending.as_dict() if pending else None
-        )
+        runner = job.runner
+        pending = runner.control.pending.as_dict() if runner.control.pending else None
+        status = runner.status if runner.status not in ("queued", *FINAL) else None
+        return view_of(record, steps=runner.steps, pending=pending, status=status)
 
     async def answer(self, task_id: str, text: str) -> TaskView:
         job = await self._live(task_id, "task_answer")

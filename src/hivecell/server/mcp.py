@@ -111,7 +111,10 @@ class ServerTasks:
     async def view(self, task_id: str) -> TaskView:
         record = await self.state.store.get(task_id)
         live = self.state.manager.live(task_id)
-        return view_of(record, steps=live.get("steps"), pending=live.get("pending"))
+        pending = live.get("pending")
+        # The runner asks before the record says so (the store is written a moment later).
+        status = "waiting_for_user" if pending is not None else None
+        return view_of(record, steps=live.get("steps"), pending=pending, status=status)
 
     async def answer(self, task_id: str, text: str) -> TaskView:
         pending = self.state.manager.pending(task_id)
