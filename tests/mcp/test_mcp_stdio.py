@@ -296,3 +296,23 @@ async def check_task_resources(client: Client, task_id: str) -> None:
             await client.read_resource(f"{base}/artifacts/{name}")
     with pytest.raises(MCPError, match=r"\[task_not_found\]"):
         await client.read_resource("hivecell://tasks/no-such-task/trace")
+
+
+async def test_task_cancel_ends_a_task_and_a_disconnect_ends_the_others(home: Path) -> None:
+    ask = act(call("ask_user", question="Go on?"))
+    async with ScriptedLLMServer([ask, ask]) as llm:
+        write_provider(home, llm.base_url)
+        async with stdio_client(home) as client:
+            first = (await ok(client, "task_run", description="ask, then be cancelled"))["id"]
+            await poll_task(client, first, lambda t: t["pending"] is not None)
+            cancelled = await ok(client, "task_cancel", id=first)
+            assert cancelled["id"] == first
+            ended = await poll_task(client, first, lambda t: t["status"] == "cancelled")
+            assert ended["success"] is False
+            again = await failed(client, "task_cancel", id=first)
+            assert text_of(again).startswith("[invalid_params]")
+            second = (await ok(client, "task_run", description="ask, then be left"))["id"]
+            waiting = await poll_task(client, second, lambda t: t["pending"] is not None)
+            assert waiting["sandbox_id"] is not None
+        # The client went away mid-task: the task's sandbox does not outlive the session.
+        await sandboxes_become(home, [])
