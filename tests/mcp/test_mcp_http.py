@@ -15,7 +15,7 @@ from mcp.client.streamable_http import streamable_http_client
 from hivecell.agent.llm.scripted import ScriptedLLMServer
 from hivecell.sandbox.local.provider import LocalProvider
 from tests.agent.helpers import act, call, finish
-from tests.mcp.helpers import failed, image_of, ok, text_of
+from tests.mcp.helpers import failed, image_of, ok, poll_task, text_of
 from tests.server.helpers import TOKEN, Running, serve, write_provider
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -78,3 +78,45 @@ async def test_a_client_with_the_token_drives_desktops_and_tasks_the_dashboard_s
             assert [b["id"] for b in mine] == [sid]  # (the task's own may still be going)
     # The server stopped: what MCP made without keep is gone with it.
     assert await LocalProvider(home).list() == []
+
+
+async def test_a_running_tasks_desktop_is_not_driven_and_its_question_is_answered(
+    home: Path,
+) -> None:
+    """Over HTTP the server's rules hold: a task's desktop takes no MCP input (nor removal)
+    unless a person took the task over; looking is fine. The answer goes through the manager
+    and the trace says who gave it."""
+    steps = [act(call("ask_user", question="Colour?")), *finish("thanks")]
+    async with ScriptedLLMServer(steps) as llm:
+        write_provider(home, llm.base_url)
+        async with serve(home) as running, http_client(running) as client:
+            task_id = (await ok(client, "task_run", description="ask me"))["id"]
+            asked = await poll_task(client, task_id, lambda t: t["pending"] is not None)
+            assert (asked["status"], asked["pending"]["question"]) == (
+                "waiting_for_user",
+                "Colour?",
+            )
+            sid = asked["sandbox_id"]
+            for tool, args in (
+                ("sandbox_click", {"x": 5, "y": 5}),
+                ("sandbox_type", {"text": "rm -rf ~\n"}),
+                ("sandbox_exec", {"command": "true"}),
+                ("sandbox_write_file", {"path": "/shared/x", "content": "x"}),
+                ("sandbox_remove", {}),
+            ):
+                refused = await failed(client, tool, id=sid, **args)
+                assert text_of(refused).startswith("[conflict]"), (tool, text_of(refused))
+            assert image_of(await client.call_tool("sandbox_screenshot", {"id": sid})).size
+            takeover = await running.post(f"/tasks/{task_id}/takeover")
+            assert takeover.status_code == 200, takeover.text
+            await ok(client, "sandbox_click", id=sid, x=5, y=5)  # now a person drives it
+            handback = await running.post(f"/tasks/{task_id}/handback")
+            assert handback.status_code == 200, handback.text
+            await ok(client, "task_answer", id=task_id, answer="green")
+            done = await poll_task(client, task_id, lambda t: t["status"] == "completed")
+            assert done["summary"] == "thanks"
+            trace = (await running.get(f"/tasks/{task_id}/trace")).json()["steps"]
+            answers = [s for s in trace if s.get("action") == "answer"]
+            assert [(a["by"]["kind"], a["arguments"]["answer"]) for a in answers] == [
+                ("api", "green")
+            ]
