@@ -161,6 +161,9 @@ async def test_errors_are_tool_errors_with_the_hivecell_code_and_the_server_keep
         # Arguments the schema forbids never reach hivecell: a path-like id, a negative x.
         for args in ({"id": "../../etc", "x": 1, "y": 1}, {"id": "sb-1", "x": -1, "y": 1}):
             assert "validation error" in text_of(await failed(client, "sandbox_click", **args))
+        # No model configured (config.toml, environment): the error names what to set.
+        unset = await failed(client, "task_run", description="anything")
+        assert text_of(unset).startswith("[config_error]"), text_of(unset)
         bad = await failed(client, "task_status", id="no-such-task")
         assert text_of(bad).startswith("[task_not_found]")
         answer = await failed(client, "task_answer", id="no-such-task", answer="x")
