@@ -26,7 +26,7 @@ from anyio.abc import Process
 from hivecell.errors import HivecellError
 from hivecell.sandbox.registry import get_provider
 
-_ID = re.compile(r"^[+-][A-Za-z0-9_.-]{1,64}$")
+_ID = re.compile(r"^[+-][A-Za-z0-9_-]{1,64}$")
 
 
 class Reaper:

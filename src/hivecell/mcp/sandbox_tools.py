@@ -25,7 +25,7 @@ from hivecell.mcp.session import session_of
 from hivecell.sandbox.base import NetworkMode
 
 SandboxId = Annotated[
-    str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="a sandbox id (sandbox_list)")
+    str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="a sandbox id (sandbox_list)")
 ]
 X = Annotated[int, Field(ge=0, le=7680, description="pixels from the left")]
 Y = Annotated[int, Field(ge=0, le=4320, description="pixels from the top")]

@@ -3,8 +3,9 @@ where sandboxes and tasks come from (``open_session``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 
 from mcp.server.mcpserver import MCPServer
 
@@ -28,10 +29,24 @@ def build_server(open_session: OpenSession) -> MCPServer[Session]:
         async with open_session() as session:
             yield session
 
-    server: MCPServer[Session] = MCPServer(
-        "hivecell", instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
-    )
+    with _logging_untouched():
+        server: MCPServer[Session] = MCPServer(
+            "hivecell", instructions=INSTRUCTIONS, lifespan=lifespan, log_level="WARNING"
+        )
     sandbox_tools.register(server)
     task_tools.register(server)
     resources.register(server)
     return server
+
+
+@contextmanager
+def _logging_untouched() -> Iterator[None]:
+    """MCPServer configures the root logger when built; inside ``hivecell up`` that is the
+    server's to decide (its edge configures logging), so whatever it did is undone."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        yield
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
