@@ -164,6 +164,9 @@ async def test_errors_are_tool_errors_with_the_hivecell_code_and_the_server_keep
         # No model configured (config.toml, environment): the error names what to set.
         unset = await failed(client, "task_run", description="anything")
         assert text_of(unset).startswith("[config_error]"), text_of(unset)
+        for path in ("relative.txt", "/no/such/file", "/etc"):
+            refused = await failed(client, "task_run", description="x", files=[path])
+            assert text_of(refused).startswith("[invalid_params] task_run: files:"), path
         bad = await failed(client, "task_status", id="no-such-task")
         assert text_of(bad).startswith("[task_not_found]")
         answer = await failed(client, "task_answer", id="no-such-task", answer="x")
@@ -188,16 +191,22 @@ async def test_a_disconnected_client_leaves_no_sandbox_behind_unless_it_kept_one
         await ok(client, "sandbox_remove", id=kept)
 
 
-async def test_a_task_runs_is_answered_and_completes_in_the_shared_store(home: Path) -> None:
+async def test_a_task_runs_is_answered_and_completes_in_the_shared_store(
+    home: Path, tmp_path: Path
+) -> None:
+    given = tmp_path / "in.txt"
+    given.write_text("made-by-agent\n")
     steps = [
-        act(call("run_shell", command="echo made-by-agent > /shared/outbox/out.txt")),
+        act(call("run_shell", command="cp /shared/inbox/in.txt /shared/outbox/out.txt")),
         act(call("ask_user", question="Which colour?")),
         *finish("wrote out.txt"),
     ]
     async with ScriptedLLMServer(steps) as llm:
         write_provider(home, llm.base_url)
         async with stdio_client(home) as client:
-            started = await ok(client, "task_run", description="write a file, then ask")
+            started = await ok(
+                client, "task_run", description="copy a file, then ask", files=[str(given)]
+            )
             task_id = started["id"]
             waiting = await poll_task(client, task_id, lambda t: t["pending"] is not None)
             assert (waiting["status"], waiting["pending"]["question"]) == (

@@ -179,6 +179,7 @@ class LocalTasks:
 
     async def start(self, order: TaskOrder) -> TaskView:
         assert self._tg is not None, "use `async with LocalTasks(...)`"
+        await _check_files(order.files)
         config = await self._resolve_llm(order.provider, order.model)
         client = LLMClient(config)
         service = TaskService(
@@ -270,6 +271,17 @@ class LocalTasks:
         job.cancelled = True
         if job.runner is not None:
             job.runner.control.cancel()
+
+
+async def _check_files(files: list[Path]) -> None:
+    """Refused before anything is recorded: a task that cannot get its files never starts."""
+    for path in files:
+        if not path.is_absolute() or not await anyio.Path(path).is_file():
+            raise InvalidParams(
+                f"files: {str(path)!r} is not an absolute path to a file on this host",
+                op="task_run",
+                context={"path": str(path)},
+            )
 
 
 def job_attach(job: _Job) -> Callable[[TaskRunner], None]:
