@@ -137,15 +137,18 @@ class ServerTasks:
             while True:
                 view = await self.view(task_id)
                 yield view
-                if view.ended and view.status in FINAL:
+                if view.status in FINAL:
                     return
-                await _next_event_of(events.receive, task_id)
+                if not await _next_event_of(events.receive, task_id):
+                    await anyio.sleep(1)  # dropped by the hub (too slow): look now and then
 
 
-async def _next_event_of(events: Any, task_id: str) -> None:
+async def _next_event_of(events: Any, task_id: str) -> bool:
+    """Wait for an event about the task; False once the hub dropped this subscriber."""
     async for event in events:
         if event["data"].get("task_id") == task_id:
-            return
+            return True
+    return False
 
 
 def _approves(text: str) -> bool:
