@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from hivecell.homedir import secure_home
 from hivecell.pool.capacity import Capacity, Host, caps_for
@@ -28,6 +29,8 @@ from hivecell.server.errors import install_error_handlers
 from hivecell.server.events import EventHub
 from hivecell.server.guard import GuardPolicy, RequestGuard
 from hivecell.server.manager import TaskManager, default_spec
+from hivecell.server.mcp import PATH as MCP_PATH
+from hivecell.server.mcp import McpEndpoint
 from hivecell.server.metrics import ServerMetrics
 from hivecell.server.settings import Preferences, ServerConfig, load_preferences
 from hivecell.store import TaskStore
@@ -66,6 +69,7 @@ class ServerState:
         )
         self._store: TaskStore | None = None
         self._manager: TaskManager | None = None
+        self.mcp = McpEndpoint(self)
         self.recovered: dict[str, list[str]] = {}
 
     @property
@@ -131,6 +135,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_middleware(TokenLinkMiddleware, token=config.token)
     app.add_middleware(RequestGuard, policy=_policy(config))  # added last: runs first
     _include_api(app)
+    # MCP over Streamable HTTP (an ASGI endpoint), behind the same guard as the API.
+    app.router.routes.append(Route(MCP_PATH, endpoint=state.mcp))
     for install in [*INSTALLERS, *_web_installer()] if config.ui else []:
         install(app, state)
     return app
@@ -159,7 +165,8 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
                 # After recovery (which removes an earlier run's warm sandboxes).
                 await tg.start(state.pool.run)
                 try:
-                    yield
+                    async with state.mcp.run():  # its sandboxes go before the manager stops
+                        yield
                 finally:
                     tg.cancel_scope.cancel()
             await manager.interrupt_queued()

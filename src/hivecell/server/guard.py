@@ -121,6 +121,12 @@ def check(scope: Scope, policy: GuardPolicy) -> Refusal | None:
     return None
 
 
+def origin_refusal(scope: Scope, headers: Headers, host: tuple[str, int | None]) -> Refusal | None:
+    """The Origin and Sec-Fetch-Site rule alone, for an endpoint that applies it to reads as
+    well (``/mcp``: its GET is an event stream that carries tool results)."""
+    return _check_origin(scope, headers, host)
+
+
 def _check_origin(scope: Scope, headers: Headers, host: tuple[str, int | None]) -> Refusal | None:
     site = headers.get("sec-fetch-site", "").lower()
     if site in ("cross-site", "same-site"):

@@ -95,6 +95,17 @@ async def create_task(request: Request, state: ServerState) -> TaskRecord:
                 await anyio.to_thread.run_sync(shutil.rmtree, staging, True)
 
 
+async def enqueue_task(state: ServerState, body: TaskCreate) -> TaskRecord:
+    """A task without inbox files, checked and queued like ``create_task`` (MCP's task_run)."""
+    task_request = _task_request(body, state)
+    if body.sandbox_id is not None:
+        await _check_chosen(state, body.sandbox_id)
+    llm = await anyio.to_thread.run_sync(_resolve_llm, state, body, task_request.settings)
+    return await _create_and_enqueue(
+        state, llm, task_request, state.config.home / "inputs", None, []
+    )
+
+
 async def retry_task(state: ServerState, original: TaskRecord) -> TaskRecord:
     """A new task with the description, settings, model and inbox files of ``original``,
     on a fresh sandbox, linked to it by ``retry_of``."""
