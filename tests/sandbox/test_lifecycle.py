@@ -132,6 +132,32 @@ async def test_destroy_after_a_killed_supervisor_removes_its_cgroups(
     assert not any([await anyio.Path(cg).exists() for cg in cgroups])
 
 
+async def test_destroy_kills_what_outlived_a_killed_supervisor_in_its_cgroups(
+    make_provider: MakeProvider,
+) -> None:
+    """A process still in the box's cgroups after its supervisor died (a loaded host: the
+    box's processes had not exited within the wait) must not make destroy fail "busy"."""
+    provider = make_provider()
+    info = await provider.create(SandboxSpec())
+    cgroups = await to_thread.run_sync(_cgroups, provider, info.id)
+    meta = await to_thread.run_sync(state.load, Layout.of(provider.home, info.id))
+    assert meta is not None and meta.supervisor_pid is not None
+    procs = await to_thread.run_sync(host.process_tree, info.id)
+    os.kill(meta.supervisor_pid, signal.SIGKILL)
+    assert await to_thread.run_sync(host.wait_all_gone, procs) == set()
+    lingering = await anyio.open_process(["sleep", "600"])
+    try:
+        for cg in cgroups:  # as if it were one of the box's processes
+            await anyio.Path(cg / "cgroup.procs").write_text(str(lingering.pid))
+        await provider.destroy(info.id)
+        assert await lingering.wait() == -signal.SIGKILL
+    finally:
+        if lingering.returncode is None:
+            lingering.kill()
+        await lingering.aclose()
+    assert not any([await anyio.Path(cg).exists() for cg in cgroups])
+
+
 async def test_a_box_that_cannot_boot_reports_its_log(make_provider: MakeProvider) -> None:
     provider = make_provider()
     # A 7680x4320 framebuffer does not fit in 64 MB: the OOM killer stops Xvfb at boot.

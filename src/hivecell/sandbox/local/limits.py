@@ -24,7 +24,9 @@ controller the ceiling is reported as ``cpu=unenforced``.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -392,6 +394,25 @@ def _write_weight(subtree: Path, name: str, default: int, maximum: int) -> None:
         (subtree / name).write_text(str(min(max(total, default), maximum)))
     except (OSError, ValueError):
         pass  # a box went away meanwhile; the next start or stop rebalances
+
+
+def kill_members(limits: LimitPlan) -> None:
+    """SIGKILL whatever is still in the box's cgroups (only the box's own processes are put
+    there). For a destroy after the supervisor died: the box's processes normally die with
+    it, but on a loaded host some outlived the wait for empty cgroups."""
+    for cg in limits.cgroups:
+        folder = Path(cg)
+        kill = folder / "cgroup.kill"  # cgroup v2: the kernel kills them all, no pid races
+        try:
+            if kill.exists():
+                kill.write_text("1")
+                continue
+            pids = (folder / "cgroup.procs").read_text().split()
+        except OSError:  # already gone
+            continue
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid), signal.SIGKILL)
 
 
 def _try_rmdir(cg: str) -> bool:

@@ -562,7 +562,9 @@ def _remove_cgroups(layout: Layout) -> None:
         return
     planned = LimitPlan.from_json(plan["limits"])
     left = limits.cleanup(planned)
-    deadline = time.monotonic() + 5.0
+    if left:  # processes that outlived the supervisor (a loaded host): they go now
+        limits.kill_members(planned)
+    deadline = time.monotonic() + 10.0
     while left and time.monotonic() < deadline:  # the box's last processes are still exiting
         time.sleep(0.05)
         left = limits.cleanup(planned)
