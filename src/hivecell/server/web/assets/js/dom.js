@@ -28,6 +28,16 @@ export function replace(el, ...children) {
   return el;
 }
 
+// Like replace, but leaves the element alone when the new children would render the same
+// markup: controls re-rendered on every step event otherwise swapped a button out from
+// under a click in progress (the click was lost) and wiped what was typed into a field.
+export function replaceIfChanged(el, ...children) {
+  const next = el.cloneNode(false);
+  append(next, children);
+  if (next.innerHTML !== el.innerHTML) el.replaceChildren(...next.childNodes);
+  return el;
+}
+
 export const $ = (selector, root = document) => root.querySelector(selector);
 
 export function badge(status) {

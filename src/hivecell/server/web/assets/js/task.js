@@ -1,6 +1,6 @@
 // Task detail: summary, outputs, exports, the step list and the screenshot replay.
 import { api, API, onEvent, post } from "./api.js";
-import { $, badge, duration, elapsed, h, pretty, replace, spend, when } from "./dom.js";
+import { $, badge, duration, elapsed, h, pretty, replace, replaceIfChanged, spend, when } from "./dom.js";
 import { pauseNote, RETRYABLE, resumeWithMore } from "./limits.js";
 import { attempt, startShell } from "./shell.js";
 
@@ -43,7 +43,7 @@ function renderHead(task) {
   replace($("#task-status"), badge(task.status));
   $("#task-id").textContent = task.id;
   $("#task-description").textContent = task.description;
-  replace($("#task-controls"), controls(task));
+  replaceIfChanged($("#task-controls"), controls(task));
   replace($("#task-facts"),
     fact("Model", `${task.provider || "–"} · ${task.model || "–"}`),
     fact("Started", when(task.started_at || task.created_at)),
