@@ -116,10 +116,8 @@ async def test_destroy_removes_processes_mounts_folder_and_cgroups(
     assert not any([await anyio.Path(cg).exists() for cg in cgroups])
 
 
-async def test_destroy_after_a_killed_supervisor_removes_its_cgroups(
-    make_provider: MakeProvider,
-) -> None:
-    provider = make_provider()
+async def _with_killed_supervisor(provider: LocalProvider) -> tuple[SandboxInfo, list[Path]]:
+    """A new sandbox whose supervisor was SIGKILLed and whose processes are gone; its cgroups."""
     info = await provider.create(SandboxSpec())
     cgroups = await to_thread.run_sync(_cgroups, provider, info.id)
     meta = await to_thread.run_sync(state.load, Layout.of(provider.home, info.id))
@@ -127,6 +125,14 @@ async def test_destroy_after_a_killed_supervisor_removes_its_cgroups(
     procs = await to_thread.run_sync(host.process_tree, info.id)
     os.kill(meta.supervisor_pid, signal.SIGKILL)
     assert await to_thread.run_sync(host.wait_all_gone, procs) == set()
+    return info, cgroups
+
+
+async def test_destroy_after_a_killed_supervisor_removes_its_cgroups(
+    make_provider: MakeProvider,
+) -> None:
+    provider = make_provider()
+    info, cgroups = await _with_killed_supervisor(provider)
     assert all([await anyio.Path(cg).exists() for cg in cgroups])  # nobody cleaned up yet
     await provider.destroy(info.id)
     assert not any([await anyio.Path(cg).exists() for cg in cgroups])
@@ -138,13 +144,7 @@ async def test_destroy_kills_what_outlived_a_killed_supervisor_in_its_cgroups(
     """A process still in the box's cgroups after its supervisor died (a loaded host: the
     box's processes had not exited within the wait) must not make destroy fail "busy"."""
     provider = make_provider()
-    info = await provider.create(SandboxSpec())
-    cgroups = await to_thread.run_sync(_cgroups, provider, info.id)
-    meta = await to_thread.run_sync(state.load, Layout.of(provider.home, info.id))
-    assert meta is not None and meta.supervisor_pid is not None
-    procs = await to_thread.run_sync(host.process_tree, info.id)
-    os.kill(meta.supervisor_pid, signal.SIGKILL)
-    assert await to_thread.run_sync(host.wait_all_gone, procs) == set()
+    info, cgroups = await _with_killed_supervisor(provider)
     lingering = await anyio.open_process(["sleep", "600"])
     try:
         for cg in cgroups:  # as if it were one of the box's processes
