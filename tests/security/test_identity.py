@@ -143,9 +143,12 @@ def box_processes(sandbox_root: Path) -> set[int]:
     """bwrap and everything inside the box: the supervisor's descendants, not itself."""
     procs = {pid for pid, _ in process_tree(str(sandbox_root))}
     mine = str(sandbox_root).encode()
-    # The supervisor's log copier (a shell and its head/cat) stays on the host side.
-    copiers = {pid for pid, _ in process_tree(supervisor.COPIER_NAME)}
-    return {pid for pid in procs - copiers if mine not in Path(f"/proc/{pid}/cmdline").read_bytes()}
+    copier = supervisor.COPIER.encode()  # the supervisor's log copier stays on the host side
+    return {
+        pid
+        for pid in procs
+        if mine not in (cmd := Path(f"/proc/{pid}/cmdline").read_bytes()) and copier not in cmd
+    }
 
 
 def euid_as_nobody(shell: Path) -> str:

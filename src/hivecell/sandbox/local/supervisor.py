@@ -40,7 +40,6 @@ LOG_CAP_BYTES = 16 << 20  # per run: what the box (and we) may add to sandbox.lo
 # signals stay ignored across exec). A shell and coreutils, not Python: ~0.5 MB per sandbox
 # instead of ~3.7 MB of PSS. GNU head -c never reads past its count, so the one-byte probe
 # after it sees whether anything was left.
-COPIER_NAME = "hivecell-log-copier"  # its $0: how tests and ps tell it apart
 COPIER = (
     "trap '' TERM INT HUP\n"
     'head -c "$1"\n'
@@ -329,7 +328,7 @@ def cap_output(limit: int) -> None:
     read_fd, write_fd = os.pipe()
     try:
         subprocess.Popen(
-            ["/bin/sh", "-c", COPIER, COPIER_NAME, str(limit)],
+            ["/bin/sh", "-c", COPIER, "copier", str(limit)],
             stdin=read_fd,
             start_new_session=True,  # out of reach of signals sent to our group
         )
