@@ -468,19 +468,6 @@ async def test_box_output_cannot_fill_the_host_disk_through_the_log(
     # the drained pipe without blocking.
     refused = "Permission denied" in written["stderr"]
     assert written["exit_code"] == 0 or refused, written
-    if not refused:  # the copier says where and why the log stops
-        await _until_log_ends_with(box.layout.log, b"sandbox.log cap reached")
     after = (await anyio.Path(box.layout.log).stat()).st_size
     assert after - before <= LOG_CAP_BYTES + 4096, (before, after)
     assert (await guest.call("ping"))["pong"] is True
-
-
-async def _until_log_ends_with(log: Path, marker: bytes) -> None:
-    def tail() -> bytes:
-        with log.open("rb") as f:
-            f.seek(max(0, log.stat().st_size - 256))
-            return f.read()
-
-    with anyio.fail_after(30):
-        while marker not in await anyio.to_thread.run_sync(tail):  # noqa: ASYNC110 - a file
-            await anyio.sleep(0.05)
