@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import time
 from collections.abc import Iterable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 import anyio
 
 from hivecell.sandbox.guest_client import GuestClient
+
+# tests/sandbox/test_nat_host_isolation.py puts its test hosts' veths on /30s of this range and
+# deletes them at any moment: another worker's address there can vanish mid-probe, and the
+# probe then leaves the host and times out instead of being refused.
+TEST_HOST_NET = ipaddress.ip_network("203.0.113.0/24")
 
 Proc = tuple[int, int]  # (pid, start time in clock ticks): survives pid reuse
 
@@ -97,3 +104,15 @@ async def read_banner(endpoint: str, size: int) -> bytes:
 
 def png_bytes(screenshot: dict[str, Any]) -> bytes:
     return base64.b64decode(screenshot["data"])
+
+
+def host_ipv4_addresses() -> list[str]:
+    """The host's own IPv4 addresses (the /32 LOCAL entries of the FIB), besides loopback and
+    the test hosts' range."""
+    lines = Path("/proc/net/fib_trie").read_text().splitlines()
+    found = {prev.split()[-1] for prev, line in pairwise(lines) if "/32 host LOCAL" in line}
+    return sorted(
+        a
+        for a in found
+        if not a.startswith("127.") and ipaddress.ip_address(a) not in TEST_HOST_NET
+    )

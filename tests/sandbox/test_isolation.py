@@ -7,7 +7,6 @@ import shutil
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import anyio
@@ -18,7 +17,7 @@ from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local.provider import LocalProvider
 from tests.sandbox.conftest import short_tmp
-from tests.sandbox.host import sh_out, shell
+from tests.sandbox.host import host_ipv4_addresses, sh_out, shell
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 NAMESPACES = ("pid", "mnt", "net", "user", "ipc", "uts", "cgroup")
@@ -155,7 +154,7 @@ async def test_offline_has_only_loopback(guest: GuestClient, host_service: int) 
 
 
 async def test_offline_cannot_reach_host_addresses(guest: GuestClient) -> None:
-    addresses = _host_addresses()
+    addresses = host_ipv4_addresses()
     assert addresses, "the host should have a non-loopback address to probe"
     with socket.create_server(("0.0.0.0", 0)) as server:
         port = server.getsockname()[1]
@@ -176,13 +175,6 @@ async def test_nat_cannot_reach_host_loopback(nat_guest: GuestClient, host_servi
     for address in ("127.0.0.1", "10.0.2.2"):
         result = await shell(nat_guest, _connect_script(address, host_service))
         assert result["exit_code"] == 1 and "connected" not in result["stdout"], address
-
-
-def _host_addresses() -> list[str]:
-    """The host's own non-loopback IPv4 addresses (the /32 LOCAL entries of the FIB)."""
-    lines = Path("/proc/net/fib_trie").read_text().splitlines()
-    found = {prev.split()[-1] for prev, line in pairwise(lines) if "/32 host LOCAL" in line}
-    return sorted(a for a in found if not a.startswith("127."))
 
 
 def _host_namespaces() -> set[str]:

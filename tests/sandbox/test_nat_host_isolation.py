@@ -19,7 +19,6 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import anyio
@@ -33,7 +32,7 @@ from hivecell.sandbox.local import dnsproxy, hostfilter
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.provider import LocalProvider
 from tests.sandbox.conftest import MakeProvider
-from tests.sandbox.host import shell
+from tests.sandbox.host import host_ipv4_addresses, shell
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -140,7 +139,7 @@ def listeners() -> Iterator[Listeners]:
         socket.create_server(("0.0.0.0", 0)) as anywhere,
         socket.create_server(("127.0.0.1", 0)) as loopback,
     ):
-        addresses = _host_addresses()
+        addresses = host_ipv4_addresses()
         assert addresses, "the host should have a non-loopback address to probe"
         yield Listeners(anywhere.getsockname()[1], loopback.getsockname()[1], addresses)
 
@@ -271,13 +270,6 @@ def _await_entry(sandbox_id: str, gid: int, timeout: float = 10.0) -> None:
     while (_filter_entries() or {}).get(gid) != sandbox_id:
         assert time.monotonic() < deadline, f"the filter entry of {sandbox_id} was not put back"
         time.sleep(0.1)
-
-
-def _host_addresses() -> list[str]:
-    """The host's own IPv4 addresses besides loopback (the /32 LOCAL entries of the FIB)."""
-    lines = Path("/proc/net/fib_trie").read_text().splitlines()
-    found = {prev.split()[-1] for prev, line in pairwise(lines) if "/32 host LOCAL" in line}
-    return sorted(a for a in found if not a.startswith("127."))
 
 
 # --- from inside ---------------------------------------------------------------------------------

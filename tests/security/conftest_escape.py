@@ -18,12 +18,11 @@ import secrets
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
 from hivecell.sandbox.guest_client import GuestClient
-from tests.sandbox.host import shell
+from tests.sandbox.host import host_ipv4_addresses, shell
 
 PROBE_DIR = "/home/user/.escape-probes"
 
@@ -180,9 +179,7 @@ def host_markers() -> Iterator[Markers]:
 # --- host listeners ----------------------------------------------------------------------------
 def host_addresses() -> list[str]:
     """The host's own addresses besides loopback: IPv4 from the FIB, IPv6 from if_inet6."""
-    lines = Path("/proc/net/fib_trie").read_text().splitlines()
-    found = {prev.split()[-1] for prev, line in pairwise(lines) if "/32 host LOCAL" in line}
-    v4 = sorted(a for a in found if not a.startswith("127."))
+    v4 = host_ipv4_addresses()
     v6 = []
     with contextlib.suppress(OSError):
         for line in Path("/proc/net/if_inet6").read_text().splitlines():

@@ -21,7 +21,6 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from itertools import pairwise
 from pathlib import Path
 
 import anyio
@@ -36,7 +35,7 @@ from hivecell.sandbox.local import dnsproxy, hostfilter, netlog
 from hivecell.sandbox.local.provider import LocalProvider
 from hivecell.trace import NETWORK_FILE
 from tests.agent.helpers import act, call, finish, system_prompt, tool_results
-from tests.sandbox.host import shell
+from tests.sandbox.host import host_ipv4_addresses, shell
 from tests.server.helpers import events, next_event, serve, write_provider
 
 pytestmark = [pytest.mark.anyio]
@@ -354,18 +353,11 @@ async def test_connections_made_over_the_stop_are_logged(
 
 
 # --- through a task: the trace, the API ----------------------------------------------------------
-def _host_address() -> str:
-    """One of the host's own IPv4 addresses besides loopback (a /32 LOCAL entry of the FIB)."""
-    lines = Path("/proc/net/fib_trie").read_text().splitlines()
-    found = {prev.split()[-1] for prev, line in pairwise(lines) if "/32 host LOCAL" in line}
-    return sorted(a for a in found if not a.startswith("127."))[0]
-
-
 @pytest.mark.slow
 async def test_a_task_keeps_its_connections_in_the_trace_and_the_api(home: Path) -> None:
     # The box tries this host's own address: refused (and so never leaves the host).
     with socket.create_server(("0.0.0.0", 0)) as listener:
-        address, port = _host_address(), listener.getsockname()[1]
+        address, port = host_ipv4_addresses()[0], listener.getsockname()[1]
         probe = f"python3 - {address} {port} <<'EOF'\n{PROBE}EOF\n"
         steps = [act(call("run_shell", command=probe)), *finish("tried")]
         async with ScriptedLLMServer(steps) as llm:

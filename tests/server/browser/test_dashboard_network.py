@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from itertools import pairwise
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Page, expect
 
+from tests.sandbox.host import host_ipv4_addresses
 from tests.server.browser.conftest import Hivecell, save_screenshot
 from tests.server.browser.test_dashboard import call, write_script
 
@@ -18,19 +18,11 @@ pytestmark = pytest.mark.slow
 PROBE = "python3 -c \"import socket; socket.create_connection(('{0}', {1}), timeout=3)\""
 
 
-def _host_address() -> str:
-    """One of the host's own IPv4 addresses besides loopback: the box is refused there (so
-    the probe never leaves this machine)."""
-    lines = Path("/proc/net/fib_trie").read_text().splitlines()
-    found = {prev.split()[-1] for prev, line in pairwise(lines) if "/32 host LOCAL" in line}
-    return sorted(a for a in found if not a.startswith("127."))[0]
-
-
 @pytest.fixture
 def target() -> Iterator[tuple[str, int]]:
     """A listener on this host, and the host address the box will try it on."""
     with socket.create_server(("0.0.0.0", 0)) as listener:
-        yield _host_address(), listener.getsockname()[1]
+        yield host_ipv4_addresses()[0], listener.getsockname()[1]
 
 
 @pytest.fixture
