@@ -24,6 +24,7 @@ from hivecell.agent import approval, prompts
 from hivecell.agent.clock import WorkClock
 from hivecell.agent.control import Control, Extension, Pending
 from hivecell.agent.history import History, image_message
+from hivecell.agent.hosttools import HostTool, TaskEnds, by_name
 from hivecell.agent.tools import GUI_TOOLS, TOOLS, USER_TOOLS, GuestCall, ToolBox
 from hivecell.errors import HivecellError, InvalidParams, NotFound
 from hivecell.trace.models import Actor
@@ -222,6 +223,7 @@ class TaskRunner:
         network: str = "offline",
         inbox: list[str] | None = None,
         on_event: EventSink | None = None,
+        host_tools: list[HostTool] | None = None,
     ) -> None:
         self.description = description
         self.settings = settings or RunSettings()
@@ -242,6 +244,8 @@ class TaskRunner:
         self._inbox = inbox or []
         self._on_event = on_event or (lambda kind, data: None)
         self._tools = ToolBox(guest, disabled=frozenset(self.settings.disabled_tools))
+        self._host_tools = by_name(host_tools or [])
+        self._host_schemas = [tool.schema() for tool in self._host_tools.values()]
         self._history: History | None = None
         self._writes = _WriteBehind()
 
@@ -285,7 +289,8 @@ class TaskRunner:
     async def _step(self) -> None:
         assert self._history is not None
         self.steps += 1
-        response = await self._decide(self._history.messages, tools=self._tools.schemas())
+        tools = self._tools.schemas() + self._host_schemas
+        response = await self._decide(self._history.messages, tools=tools)
         if not response.tool_calls:
             await self._check_done(response)
             return
@@ -433,6 +438,10 @@ class TaskRunner:
             result, error = None, f"{exc.code}: {exc}"
         except ValueError as exc:  # pydantic ValidationError of the tool's arguments
             result, error = None, f"invalid arguments for {call.name}: {exc}"
+        except TaskEnds as ends:  # a host tool's verdict: traced like any call, then the end
+            self._record(kind="tool", tool=call.name, arguments=call.arguments, result="ended")
+            status: Status = "completed" if ends.success else "failed"
+            raise _Finished(status, ends.success, ends.summary) from None
         tool_ms = (time.perf_counter() - started) * 1000
         result = _short(result)
         self._record(
@@ -451,6 +460,9 @@ class TaskRunner:
             raise InvalidParams(
                 f"arguments are not valid JSON ({call.parse_error}); resend the call", op=call.name
             )
+        host = self._host_tools.get(call.name)
+        if host is not None:
+            return await host.call(host.args.model_validate(call.arguments or {}))
         args = self._tools.validate(call.name, call.arguments)
         if call.name in USER_TOOLS:
             await self._writes.flush()  # a person may take hours: what led here is on disk

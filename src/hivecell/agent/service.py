@@ -19,6 +19,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hivecell.agent.guestlink import GUEST_WINDOW_S, GuestEvent, GuestLink
+from hivecell.agent.hosttools import HostTool
 from hivecell.agent.runner import ChatModel, Outcome, RunSettings, TaskRunner
 from hivecell.errors import SandboxError, SandboxNotFound
 from hivecell.sandbox import netpolicy, transfer
@@ -146,9 +147,11 @@ class TaskService:
         *,
         on_event: EventHandler | None = None,
         on_runner: Callable[[TaskRunner], None] | None = None,
+        host_tools: list[HostTool] | None = None,
     ) -> TaskResult:
+        """``host_tools``: tools the caller adds for the model (a crew's whiteboard)."""
         try:
-            return await self._run(record, request, on_event, on_runner)
+            return await self._run(record, request, on_event, on_runner, host_tools or [])
         except Exception as exc:
             # Without this a task whose sandbox or inbox failed stays "running" for ever.
             with anyio.CancelScope(shield=True), suppress(InvalidTransition):
@@ -163,6 +166,7 @@ class TaskService:
         request: TaskRequest,
         on_event: EventHandler | None,
         on_runner: Callable[[TaskRunner], None] | None,
+        host_tools: list[HostTool],
     ) -> TaskResult:
         started = time.perf_counter()
         info = await self._sandbox(request)
@@ -174,7 +178,9 @@ class TaskService:
                 transfer.copy_in, request.files, Path(info.shared_dir), "inbox", self._limits
             )
             names = [f"/shared/inbox/{name}" for name in inbox.copied]
-            outcome = await self._run_loop(record, request, info, names, on_event, on_runner)
+            outcome = await self._run_loop(
+                record, request, info, names, on_event, on_runner, host_tools
+            )
             report = await self._collect_after(outcome, info, record, owned=owned)
         finally:
             with anyio.CancelScope(shield=True):
@@ -282,6 +288,7 @@ class TaskService:
         inbox: list[str],
         on_event: EventHandler | None,
         on_runner: Callable[[TaskRunner], None] | None,
+        host_tools: list[HostTool],
     ) -> Outcome:
         send, receive = anyio.create_memory_object_stream[tuple[str, dict[str, Any]]](math.inf)
         runners: list[TaskRunner] = []
@@ -310,6 +317,7 @@ class TaskService:
                 network=_network_note(info.spec),
                 inbox=inbox,
                 on_event=lambda kind, data: send.send_nowait((kind, data)),
+                host_tools=host_tools,
             )
             runners.append(runner)
             for event, reason in early:  # traced; a loss ends the run as soon as it starts

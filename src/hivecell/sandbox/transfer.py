@@ -149,6 +149,28 @@ def copy_in(
     return walk.report
 
 
+def copy_tree_in(
+    source: Path,
+    trusted: Path,
+    untrusted: str,
+    owner: int | None = None,
+    limits: TransferLimits | None = None,
+) -> TransferReport:
+    """Copy the host folder ``source`` (ours: made by earlier ``copy_out`` calls) over the
+    folder ``trusted/untrusted`` of a box, replacing files of the same name and never writing
+    through what the box planted. ``owner``: the box's host uid, given the copies so the box
+    may edit them in place."""
+    walk = _Walk(limits or TransferLimits(), _inbox_mode, owner=owner)
+    with _fd(os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as base:
+        dst = _inbox_fd(base, untrusted)
+    with _fd(dst), _fd(os.open(source, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)) as src:
+        if owner is not None:
+            os.fchown(dst, owner, owner)
+        walk.root_dev = os.fstat(src).st_dev
+        walk.tree(src, dst, "", 0)
+    return walk.report
+
+
 def ensure_folder(trusted: Path, name: str, owner: int | None = None) -> None:
     """Make ``trusted/name`` a real folder again: a link or file the box left there (while it
     could write ``trusted``) is removed, never followed. For a stopped box, before it boots.
@@ -170,9 +192,12 @@ def ensure_folder(trusted: Path, name: str, owner: int | None = None) -> None:
 class _Walk:
     """One copy's state: the caps, what was copied and what was left out."""
 
-    def __init__(self, limits: TransferLimits, mode: Callable[[int], int]) -> None:
+    def __init__(
+        self, limits: TransferLimits, mode: Callable[[int], int], owner: int | None = None
+    ) -> None:
         self.limits = limits
         self.mode = mode  # the copy's permissions, from the source's st_mode
+        self.owner = owner  # uid and gid given to every copy (None: ours)
         self.report = TransferReport()
         self.entries = 0
         self.root_dev: int | None = None
@@ -245,6 +270,8 @@ class _Walk:
                     self.skip(path, "exists", "a file of that name is already there")
                     return
                 with _fd(sub):
+                    if self.owner is not None:
+                        os.fchown(sub, self.owner, self.owner)
                     self.tree(src, sub, path, depth + 1)
 
     def _file(self, fd: int, st: os.stat_result, dst: int, name: str, path: str) -> None:
@@ -264,6 +291,8 @@ class _Walk:
             with _fd(out):
                 copied = _copy_bytes(src, out, st.st_size)
                 os.fchmod(out, self.mode(st.st_mode))
+                if self.owner is not None:
+                    os.fchown(out, self.owner, self.owner)
                 os.utime(out, ns=(st.st_atime_ns, st.st_mtime_ns))
         report.bytes += copied
         report.copied.append(_shown(path))

@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from hivecell.agent.control import Extension
+from hivecell.agent.hosttools import HostTool
 from hivecell.agent.llm import LLMClient
 from hivecell.agent.runner import FINAL, TaskRunner
 from hivecell.agent.service import TaskRequest, TaskService
@@ -67,6 +68,7 @@ class Job:
     instructions: list[str] = field(default_factory=list)
     # Interventions before the runner exists: it writes them first (see ``interventions``).
     notes: list[Note] = field(default_factory=list)
+    host_tools: list[HostTool] = field(default_factory=list)  # a crew agent's extra tools
 
     @property
     def id(self) -> str:
@@ -143,9 +145,14 @@ class TaskManager:
 
     # --- creating ------------------------------------------------------------------------
     def enqueue(
-        self, record: TaskRecord, request: TaskRequest, service: TaskService, client: LLMClient
+        self,
+        record: TaskRecord,
+        request: TaskRequest,
+        service: TaskService,
+        client: LLMClient,
+        host_tools: list[HostTool] | None = None,
     ) -> None:
-        self._queue[record.id] = Job(record, request, service, client)
+        self._queue[record.id] = Job(record, request, service, client, host_tools=host_tools or [])
         self.hub.publish("task.created", {"task_id": record.id, "task": _public(record)})
         self.poke()
 
@@ -269,6 +276,7 @@ class TaskManager:
             request,
             on_event=lambda kind, data: self._on_event(job, kind, data),
             on_runner=lambda runner: self._attach(job, runner),
+            host_tools=job.host_tools,
         )
 
     def _attach(self, job: Job, runner: TaskRunner) -> None:

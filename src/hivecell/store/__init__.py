@@ -1,7 +1,7 @@
 """Task persistence: ``TaskStore`` over SQLite or postgres, migrated on open."""
 
 from hivecell.store.engine import default_database_url
-from hivecell.store.errors import InvalidTransition, StoreClosed, TaskNotFound
+from hivecell.store.errors import CrewNotFound, InvalidTransition, StoreClosed, TaskNotFound
 from hivecell.store.records import (
     ACTIVE_STATUSES,
     ENDED_STATUSES,
@@ -19,6 +19,7 @@ __all__ = [
     "ENDED_STATUSES",
     "RETRYABLE_STATUSES",
     "TERMINAL_STATUSES",
+    "CrewNotFound",
     "InvalidTransition",
     "StoreClosed",
     "TaskNotFound",

@@ -9,6 +9,10 @@ class TaskNotFound(NotFound):
     code = "task_not_found"
 
 
+class CrewNotFound(NotFound):
+    code = "crew_not_found"
+
+
 class InvalidTransition(HivecellError):
     """A finished task was asked to change status; its outcome is final."""
 

@@ -67,3 +67,20 @@ class TaskRow(Base):
 
 
 TASKS = cast(Table, TaskRow.__table__)
+
+
+class CrewRow(Base):
+    """A crew as one JSON document (the crew layer owns its shape); the columns beside it are
+    what queries filter and sort on."""
+
+    __tablename__ = "crews"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    owner: Mapped[str | None] = mapped_column(String(300))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    doc: Mapped[dict[str, Any]] = mapped_column(JSON)
+
+
+CREWS = cast(Table, CrewRow.__table__)

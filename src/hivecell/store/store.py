@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from hivecell.errors import InvalidParams
 from hivecell.store.engine import WRITE_OPTION, create_engine, parse_url, sqlite_file
-from hivecell.store.errors import InvalidTransition, StoreClosed, TaskNotFound
+from hivecell.store.errors import CrewNotFound, InvalidTransition, StoreClosed, TaskNotFound
 from hivecell.store.fields import validate_update
 from hivecell.store.migrate import upgrade_to_head
 from hivecell.store.owner import owner_alive, process_token
@@ -28,7 +28,7 @@ from hivecell.store.records import (
     TaskStatus,
     utcnow,
 )
-from hivecell.store.schema import TASKS, UTCDateTime
+from hivecell.store.schema import CREWS, TASKS, UTCDateTime
 
 StatusFilter = TaskStatus | str | Iterable[TaskStatus | str] | None
 
@@ -189,6 +189,49 @@ class TaskStore:
         )
         async with self._read() as conn:
             return [_record(row) for row in (await conn.execute(statement)).all()]
+
+    # --- crews: documents the crew layer shapes; the store keeps them and their owner -------
+    async def create_crew(self, crew_id: str, status: str, doc: dict[str, Any]) -> None:
+        row = {"id": crew_id, "status": status, "owner": self.owner, "created_at": utcnow()}
+        try:
+            async with self._write() as conn:
+                await conn.execute(insert(CREWS).values(row | {"doc": doc}))
+        except IntegrityError as exc:
+            raise InvalidParams(f"crew {crew_id} already exists", op="store.create_crew") from exc
+
+    async def save_crew(self, crew_id: str, status: str, doc: dict[str, Any]) -> None:
+        """Replace the crew's document (one writer per crew: the process running it)."""
+        statement = update(CREWS).where(CREWS.c.id == crew_id)
+        async with self._write() as conn:
+            result = await conn.execute(statement.values(status=status, doc=doc))
+        if result.rowcount == 0:
+            raise CrewNotFound(
+                f"no crew {crew_id!r}", op="store.save_crew", context={"id": crew_id}
+            )
+
+    async def get_crew(self, crew_id: str) -> dict[str, Any]:
+        async with self._read() as conn:
+            found = (await conn.execute(select(CREWS.c.doc).where(CREWS.c.id == crew_id))).first()
+        if found is None:
+            raise CrewNotFound(f"no crew {crew_id!r}", op="store.get_crew", context={"id": crew_id})
+        return dict(found.doc)
+
+    async def list_crews(self, limit: int = 50, offset: int = 0) -> builtins.list[dict[str, Any]]:
+        """Newest first."""
+        if limit < 0 or offset < 0:
+            raise InvalidParams("limit and offset must not be negative", op="store.list_crews")
+        order = (CREWS.c.created_at.desc(), CREWS.c.seq.desc())
+        statement = select(CREWS.c.doc).order_by(*order).limit(limit).offset(offset)
+        async with self._read() as conn:
+            return [dict(row.doc) for row in (await conn.execute(statement)).all()]
+
+    async def orphaned_crews(self, statuses: Collection[str]) -> builtins.list[dict[str, Any]]:
+        """Crews in ``statuses`` whose owning process on this host is gone (at startup)."""
+        statement = select(CREWS.c.owner, CREWS.c.doc).where(CREWS.c.status.in_(statuses))
+        async with self._read() as conn:
+            rows = (await conn.execute(statement)).all()
+        dead = await _dead_owners({row.owner for row in rows}, all_owners=False)
+        return [dict(row.doc) for row in rows if row.owner in dead]
 
     def _implied_by_status(self, values: dict[str, Any]) -> dict[str, Any]:
         status = values.get("status")

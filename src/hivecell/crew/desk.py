@@ -1,0 +1,57 @@
+"""What a crew needs from whoever runs its tasks: desktops, and one TODO run as a task.
+
+Two implementations: the server's (tasks queued in its task manager, so each TODO is an
+ordinary task with a live view, takeover and trace) and the CLI's (``TaskService`` in
+process, like ``hivecell run``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from pydantic import BaseModel
+
+from hivecell.agent.hosttools import HostTool
+from hivecell.agent.runner import RunSettings
+from hivecell.sandbox.base import SandboxInfo
+
+
+class TodoRun(BaseModel):
+    """How one TODO's task ended."""
+
+    task_id: str
+    status: str
+    success: bool
+    summary: str
+    cost_usd: float
+    output_dir: str | None
+
+
+class Desk(Protocol):
+    async def open_desktop(self, name: str) -> SandboxInfo:
+        """A running sandbox for the agent ``name`` (waits for capacity)."""
+        ...
+
+    async def run_todo(
+        self,
+        sandbox: SandboxInfo,
+        description: str,
+        settings: RunSettings,
+        tools: list[HostTool],
+        on_task: Callable[[str], None],
+    ) -> TodoRun:
+        """Run one task in ``sandbox`` to its end; ``on_task`` gets its id once it exists.
+        Cancelled: the task is cancelled and waited for, then the cancel goes on."""
+        ...
+
+    async def cancel_task(self, task_id: str) -> None:
+        """Stop one running TODO's task (a person cancelled the TODO)."""
+        ...
+
+    async def close_desktop(self, sandbox_id: str) -> None: ...
+
+    def inputs(self) -> list[Path]:
+        """The crew's input files on the host (copied into every TODO's inbox)."""
+        ...

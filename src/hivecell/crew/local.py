@@ -1,0 +1,172 @@
+"""The in-process desk: each TODO runs through ``TaskService`` here, like ``hivecell run``.
+
+Used by ``hivecell crew``; the server has its own desk over its task manager.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from hivecell.agent.hosttools import HostTool
+from hivecell.agent.llm import LLMClient
+from hivecell.agent.runner import RunSettings, TaskRunner
+from hivecell.agent.service import TaskRequest, TaskResult, TaskService
+from hivecell.crew.desk import TodoRun
+from hivecell.crew.models import Crew, CrewRequest
+from hivecell.crew.records import new_crew
+from hivecell.crew.runner import CrewRunner, EventSink
+from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec, create_owned
+from hivecell.sandbox.transfer import TransferLimits
+from hivecell.store import TaskStore
+
+SANDBOX_PREFIX = "crew-"  # crew-<crew id>-<agent>: a restart finds whose desktop it was
+
+
+class LocalDesk:
+    def __init__(
+        self,
+        crew_id: str,
+        *,
+        provider: SandboxProvider,
+        service: TaskService,
+        spec: SandboxSpec,
+        files: list[Path],
+    ) -> None:
+        self._crew_id = crew_id
+        self._provider = provider
+        self._service = service
+        self._spec = spec
+        self._files = files
+        self._runners: dict[str, TaskRunner] = {}
+
+    def inputs(self) -> list[Path]:
+        return list(self._files)
+
+    async def open_desktop(self, name: str) -> SandboxInfo:
+        named = self._spec.model_copy(update={"name": f"{SANDBOX_PREFIX}{self._crew_id}-{name}"})
+        with anyio.CancelScope(shield=True):  # never a half-made sandbox left behind
+            info = await create_owned(self._provider, named)
+        return info
+
+    async def close_desktop(self, sandbox_id: str) -> None:
+        await self._provider.destroy(sandbox_id)
+
+    async def cancel_task(self, task_id: str) -> None:
+        runner = self._runners.get(task_id)
+        if runner is not None:
+            runner.control.cancel()
+
+    async def run_todo(
+        self,
+        sandbox: SandboxInfo,
+        description: str,
+        settings: RunSettings,
+        tools: list[HostTool],
+        on_task: Callable[[str], None],
+    ) -> TodoRun:
+        request = TaskRequest(
+            description=description,
+            files=self._files,
+            settings=settings,
+            network=sandbox.spec.network,
+            network_allow=sandbox.spec.network_allow,
+            resolution=(sandbox.spec.width, sandbox.spec.height),
+            sandbox_id=sandbox.id,
+        )
+        record = await self._service.create(request)
+        on_task(record.id)
+        attached, ended = anyio.Event(), anyio.Event()
+        runs: list[TodoRun] = []
+
+        def attach(runner: TaskRunner) -> None:
+            self._runners[record.id] = runner
+            attached.set()
+
+        async def run() -> None:
+            # Shielded: a cancel reaches the task through its control (below), so it ends
+            # cancelled with its trace and record written, not torn down midway.
+            with anyio.CancelScope(shield=True):
+                try:
+                    result = await self._service.run(
+                        record, request, on_runner=attach, host_tools=tools
+                    )
+                    runs.append(_todo_run(record.id, result))
+                except Exception as exc:  # recorded failed by the service: the TODO failed
+                    runs.append(_failed(record.id, exc))
+                finally:
+                    self._runners.pop(record.id, None)
+                    attached.set()
+                    ended.set()
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run)
+            try:
+                await ended.wait()
+            except anyio.get_cancelled_exc_class():
+                with anyio.CancelScope(shield=True):
+                    await attached.wait()  # a task still starting has no control yet
+                    await self.cancel_task(record.id)
+                    await ended.wait()
+                raise
+        return runs[0]
+
+
+def _todo_run(task_id: str, result: TaskResult) -> TodoRun:
+    return TodoRun(
+        task_id=task_id,
+        status=result.status,
+        success=result.success,
+        summary=result.summary,
+        cost_usd=result.cost_usd,
+        output_dir=result.output_dir,
+    )
+
+
+def _failed(task_id: str, exc: Exception) -> TodoRun:
+    summary = f"the task failed: {exc}"
+    return TodoRun(
+        task_id=task_id, status="failed", success=False, summary=summary, cost_usd=0.0,
+        output_dir=None,
+    )  # fmt: skip
+
+
+async def run_here(
+    request: CrewRequest,
+    *,
+    home: Path,
+    provider: SandboxProvider,
+    store: TaskStore,
+    llm: LLMClient,
+    on_event: EventSink | None = None,
+    limits: TransferLimits | None = None,
+    started: Callable[[CrewRunner], None] | None = None,
+) -> Crew:
+    """One crew from plan to summary in this process (``hivecell crew``)."""
+    model, provider_name = llm.config.model, llm.config.name
+    crew = await new_crew(store, home, request, model=model, provider=provider_name)
+    service = TaskService(
+        home=home,
+        provider=provider,
+        store=store,
+        llm=llm,
+        model=model,
+        provider_name=provider_name,
+        transfer_limits=limits,
+    )
+    spec = SandboxSpec(
+        width=request.resolution[0],
+        height=request.resolution[1],
+        network=request.network,
+        network_allow=request.network_allow,
+    )
+    desk = LocalDesk(crew.id, provider=provider, service=service, spec=spec, files=request.files)
+    runner = CrewRunner(
+        crew, settings=request.settings, desk=desk, llm=llm, store=store, on_event=on_event,
+        limits=limits,
+    )  # fmt: skip
+    if started is not None:
+        started(runner)
+    return await runner.run()
