@@ -16,13 +16,13 @@ from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.agent.service import TaskRequest, TaskResult, TaskService
 from hivecell.crew.desk import TodoRun
 from hivecell.crew.models import Crew, CrewRequest
-from hivecell.crew.records import new_crew
+from hivecell.crew.records import DESKTOP_PREFIX, new_crew
 from hivecell.crew.runner import CrewRunner, EventSink
 from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec, create_owned
 from hivecell.sandbox.transfer import TransferLimits
 from hivecell.store import TaskStore
 
-SANDBOX_PREFIX = "crew-"  # crew-<crew id>-<agent>: a restart finds whose desktop it was
+SANDBOX_PREFIX = DESKTOP_PREFIX
 
 
 class LocalDesk:

@@ -7,7 +7,10 @@ from pathlib import Path
 import anyio
 
 from hivecell.crew.models import ACTIVE, Crew, CrewRequest, now
-from hivecell.store import TaskStore
+from hivecell.sandbox.base import SandboxProvider
+from hivecell.store import CrewNotFound, TaskStore
+
+DESKTOP_PREFIX = "crew-"  # crew-<crew id>-<agent>: a restart finds whose desktop it was
 
 INTERRUPTED = "interrupted: the process running this crew stopped before it ended"
 
@@ -57,3 +60,22 @@ async def recover(store: TaskStore) -> list[str]:
         await store.save_crew(crew.id, crew.status, crew.model_dump(mode="json"))
         ended.append(crew.id)
     return ended
+
+
+async def remove_orphan_desktops(store: TaskStore, provider: SandboxProvider) -> list[str]:
+    """At start-up, after ``recover``: remove the desktops of crews that no longer run (a
+    crew of another live process sharing this home keeps its own)."""
+    removed = []
+    for info in await provider.list():
+        name = info.spec.name or ""
+        if not name.startswith(DESKTOP_PREFIX):
+            continue
+        crew_id = "-".join(name.split("-")[1:3])  # crew-c-<hex>-<agent>
+        try:
+            running = (await store.get_crew(crew_id)).get("status") in ACTIVE
+        except CrewNotFound:
+            running = False
+        if not running:
+            await provider.destroy(info.id)
+            removed.append(info.id)
+    return removed

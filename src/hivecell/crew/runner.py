@@ -26,7 +26,7 @@ from hivecell.store import TaskStore
 
 log = logging.getLogger(__name__)
 
-EventSink = Callable[[str, dict[str, Any]], None]
+EventSink = Callable[[str, dict[str, Any]], object]
 AGENT_NAMES = ("ada", "bo", "cy", "dee", "eli", "fay", "gus", "hal")
 
 TODO_PROMPT = """\
@@ -86,7 +86,10 @@ class CrewRunner:
         store: TaskStore,
         on_event: EventSink | None = None,
         limits: TransferLimits | None = None,
+        review_plan: bool = False,
     ) -> None:
+        """``review_plan``: after planning, wait for ``start()`` (a person edits the TODOs
+        first)."""
         self.crew = crew
         self._settings = settings
         self._desk = desk
@@ -98,6 +101,9 @@ class CrewRunner:
         self._folder_lock = anyio.Lock()
         self._cancel = anyio.CancelScope()
         self._cancelled_todos: set[str] = set()
+        self._go = anyio.Event()
+        if not review_plan:
+            self._go.set()
         self.cancelled = False
 
     # --- the whole run -------------------------------------------------------------------
@@ -105,6 +111,9 @@ class CrewRunner:
         try:
             with self._cancel:
                 await self._plan()
+                await self._go.wait()
+                self.crew.status = "running"
+                await self._changed("crew.started", {})
                 await self._work()
                 await self._summarize()
         except HivecellError as exc:  # planning failed, no desktop, the model is gone
@@ -119,13 +128,25 @@ class CrewRunner:
         self.cancelled = True
         self._cancel.cancel()
 
+    def interrupt(self, reason: str) -> None:
+        """Stop the crew for a reason other than a person's cancel (the server stops)."""
+        self.crew.error = self.crew.error or reason
+        self._cancel.cancel()
+
+    def start(self) -> None:
+        """Let agents take TODOs (a crew made with ``review_plan``)."""
+        self._go.set()
+
+    @property
+    def waiting_to_start(self) -> bool:
+        return not self._go.is_set()
+
     async def _plan(self) -> None:
         spent: list[Any] = []
         try:
             self.crew.todos = await planner.plan(self._llm, self.crew, spent)
         finally:
             self._account(spent)
-        self.crew.status = "running"
         await self._changed("crew.planned", {"todos": self._todos()})
 
     async def _work(self) -> None:
@@ -170,7 +191,7 @@ class CrewRunner:
         try:
             info = await self._desk.open_desktop(member.name)
         except HivecellError as exc:  # the others carry on; with no desktop at all, it fails
-            await self._note("crew", f"{member.name} got no desktop: {exc}")
+            await self.note("crew", f"{member.name} got no desktop: {exc}")
             if self.crew.error is None:
                 self.crew.error = f"{member.name} got no desktop: {exc}"
             return
@@ -252,7 +273,7 @@ class CrewRunner:
             try:
                 await anyio.to_thread.run_sync(lambda: copy(*args, self._limits))
             except (OSError, HivecellError) as exc:
-                await self._note("crew", f"the crew folder copy failed: {exc}")
+                await self.note("crew", f"the crew folder copy failed: {exc}")
 
     # --- the agent's prompt and tools ----------------------------------------------------
     def _prompt(self, member: Member, todo: Todo) -> str:
@@ -283,7 +304,7 @@ class CrewRunner:
             return whiteboard.render(self.crew)
 
         async def note(args: _NoteArgs) -> dict[str, str]:
-            await self._note(member.name, args.text)
+            await self.note(member.name, args.text)
             return {"noted": "every agent of the crew sees it now"}
 
         async def done(args: _DoneArgs) -> None:
@@ -299,7 +320,7 @@ class CrewRunner:
             HostTool("todo_failed", FAILED_DOC, _FailedArgs, failed),
         ]
 
-    async def _note(self, by: str, text: str) -> None:
+    async def note(self, by: str, text: str) -> None:
         self.crew.notes.append(Note(by=by, text=text))
         await self._changed("crew.note", {"by": by, "text": text})
 

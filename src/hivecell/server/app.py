@@ -18,6 +18,8 @@ import anyio
 from fastapi import FastAPI
 from starlette.routing import Route
 
+from hivecell.crew import records as crew_records
+from hivecell.crew.host import CrewHost
 from hivecell.homedir import secure_home
 from hivecell.pool.capacity import Capacity, Host, caps_for
 from hivecell.pool.metrics import SandboxStats, StatsSampler
@@ -70,6 +72,7 @@ class ServerState:
         self._store: TaskStore | None = None
         self._manager: TaskManager | None = None
         self.mcp = McpEndpoint(self)
+        self.crews = CrewHost()
         self.recovered: dict[str, list[str]] = {}
 
     @property
@@ -101,6 +104,10 @@ class ServerState:
             pool=self.pool,
         )
         self.recovered = await self._manager.recover()
+        self.recovered["crews"] = await crew_records.recover(store)
+        self.recovered["crew_desktops"] = await crew_records.remove_orphan_desktops(
+            store, self.provider
+        )
         return self._manager
 
     def _stats_round(self, stats: list[SandboxStats]) -> None:
@@ -148,7 +155,7 @@ def _policy(config: ServerConfig) -> GuardPolicy:
         allowed_hosts=config.allowed_hosts,
         json_limit=config.max_json_bytes,
         upload_limit=config.max_upload_bytes,
-        upload_paths=frozenset({API_PREFIX + "/tasks"}),
+        upload_paths=frozenset({API_PREFIX + "/tasks", API_PREFIX + "/crews"}),
     )
 
 
@@ -164,10 +171,13 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
                 tg.start_soon(state.metrics.consume, state.hub)
                 # After recovery (which removes an earlier run's warm sandboxes).
                 await tg.start(state.pool.run)
+                await tg.start(state.crews.run)
                 try:
                     async with state.mcp.run():  # its sandboxes go before the manager stops
                         yield
                 finally:
+                    with anyio.CancelScope(shield=True):  # their tasks end through the manager
+                        await state.crews.stop("interrupted: the server stopped")
                     tg.cancel_scope.cancel()
             await manager.interrupt_queued()
 
@@ -176,6 +186,7 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
 
 def _include_api(app: FastAPI) -> None:
     from hivecell.server.api import (
+        crews,
         docs,
         events,
         files,
@@ -187,7 +198,7 @@ def _include_api(app: FastAPI) -> None:
         tasks,
     )
 
-    for module in (tasks, files, sandboxes, pool, providers, system, events):
+    for module in (tasks, crews, files, sandboxes, pool, providers, system, events):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(docs.router)
     app.include_router(metrics.router)  # /metrics, where Prometheus looks by default

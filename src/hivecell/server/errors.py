@@ -18,6 +18,7 @@ from hivecell.errors import HivecellError
 _STATUS_BY_CODE = {
     "not_found": 404,
     "task_not_found": 404,
+    "crew_not_found": 404,
     "sandbox_not_found": 404,
     "trace_not_found": 404,
     "invalid_params": 422,

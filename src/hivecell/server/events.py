@@ -28,6 +28,17 @@ EVENT_TYPES = (
     "sandbox.created",
     "sandbox.destroyed",
     "sandbox.stats",
+    "crew.planned",
+    "crew.started",
+    "crew.agent_ready",
+    "crew.todo_assigned",
+    "crew.todo_started",
+    "crew.todo_done",
+    "crew.todo_failed",
+    "crew.todo_cancelled",
+    "crew.todos_changed",
+    "crew.note",
+    "crew.completed",
 )
 QUEUE_SIZE = 1000
 TOO_SLOW = 1008

@@ -95,6 +95,7 @@ class TaskManager:
         self._queue: OrderedDict[str, Job] = OrderedDict()
         self._running: dict[str, Job] = {}
         self._changed = anyio.Event()
+        self._ended: dict[str, anyio.Event] = {}  # tasks someone waits on (a crew's)
 
     # --- lifetime ------------------------------------------------------------------------
     async def run(self, *, task_status: Any = anyio.TASK_STATUS_IGNORED) -> None:
@@ -315,6 +316,14 @@ class TaskManager:
         data = {"task_id": task_id, "status": str(record.status), "reason": record.summary or ""}
         self.hub.publish("task.status", data)
         self.hub.publish("task.finished", {"task_id": task_id, "task": _public(record)})
+        if (ended := self._ended.pop(task_id, None)) is not None:
+            ended.set()
+
+    async def wait_ended(self, task_id: str) -> TaskRecord:
+        """Wait until a task this manager runs or queues has ended; its final record."""
+        if task_id in self._queue or task_id in self._running:
+            await self._ended.setdefault(task_id, anyio.Event()).wait()
+        return await self.store.get(task_id)
 
     # --- control -------------------------------------------------------------------------
     async def control(

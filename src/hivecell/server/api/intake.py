@@ -23,6 +23,7 @@ from starlette.datastructures import FormData, UploadFile
 from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider, require_price
 from hivecell.agent.runner import RunSettings
 from hivecell.agent.service import TaskRequest, TaskService
+from hivecell.crew.local import SANDBOX_PREFIX as CREW_PREFIX
 from hivecell.errors import HivecellError, InvalidParams, SandboxNotFound, TooLarge
 from hivecell.pool.warm import NAME_PREFIX as POOL_PREFIX
 from hivecell.protocol.jsonrpc import describe_validation
@@ -78,15 +79,15 @@ class TaskCreate(BaseModel):
 async def create_task(request: Request, state: ServerState) -> TaskRecord:
     """Every field and every file is checked before the record exists: a rejected request
     leaves no record, no inputs folder and nothing queued."""
-    fields, uploads = await _read_body(request)
+    fields, uploads = await read_body(request)
     body = _validate(fields)
-    task_request = _task_request(body, state)  # the caller's input is checked first
+    task_request = build_task_request(body, state)  # the caller's input is checked first
     if body.sandbox_id is not None:
         await _check_chosen(state, body.sandbox_id)
-    llm = await anyio.to_thread.run_sync(_resolve_llm, state, body, task_request.settings)
+    llm = await anyio.to_thread.run_sync(resolve_llm, state, body, task_request.settings)
     inputs = state.config.home / "inputs"
-    names = [_file_name(upload) for upload in uploads]
-    staging = await _stage_uploads(inputs, names, uploads, state.config.max_upload_bytes)
+    names = [file_name(upload) for upload in uploads]
+    staging = await stage_uploads(inputs, names, uploads, state.config.max_upload_bytes)
     try:
         return await _create_and_enqueue(state, llm, task_request, inputs, staging, names)
     finally:
@@ -97,10 +98,10 @@ async def create_task(request: Request, state: ServerState) -> TaskRecord:
 
 async def enqueue_task(state: ServerState, body: TaskCreate) -> TaskRecord:
     """A task without inbox files, checked and queued like ``create_task`` (MCP's task_run)."""
-    task_request = _task_request(body, state)
+    task_request = build_task_request(body, state)
     if body.sandbox_id is not None:
         await _check_chosen(state, body.sandbox_id)
-    llm = await anyio.to_thread.run_sync(_resolve_llm, state, body, task_request.settings)
+    llm = await anyio.to_thread.run_sync(resolve_llm, state, body, task_request.settings)
     return await _create_and_enqueue(
         state, llm, task_request, state.config.home / "inputs", None, []
     )
@@ -117,8 +118,8 @@ async def retry_task(state: ServerState, original: TaskRecord) -> TaskRecord:
             context={"id": original.id, "status": str(original.status)},
         )
     body = _validate(_fields_of(original))
-    task_request = _task_request(body, state)
-    llm = await anyio.to_thread.run_sync(_resolve_llm, state, body, task_request.settings)
+    task_request = build_task_request(body, state)
+    llm = await anyio.to_thread.run_sync(resolve_llm, state, body, task_request.settings)
     inputs = state.config.home / "inputs"
     staging, names = await anyio.to_thread.run_sync(_copy_inputs, inputs, original.id)
     try:
@@ -185,7 +186,7 @@ async def _create_and_enqueue(
         record = await _place_outputs(state, record)
         if retry_of is not None:
             record = await state.store.update(record.id, retry_of=retry_of)
-        paths = await _move_into_place(staging, names, inputs / record.id)
+        paths = await move_into_place(staging, names, inputs / record.id)
     except BaseException as exc:
         with anyio.CancelScope(shield=True):
             await client.aclose()
@@ -197,7 +198,7 @@ async def _create_and_enqueue(
     return record
 
 
-async def _read_body(request: Request) -> tuple[dict[str, Any], list[UploadFile]]:
+async def read_body(request: Request) -> tuple[dict[str, Any], list[UploadFile]]:
     kind = request.headers.get("content-type", "")
     if kind.startswith("multipart/form-data"):
         form = await request.form(max_files=100, max_fields=100)
@@ -238,7 +239,7 @@ def validation_error(exc: ValidationError) -> RequestValidationError:
     )
 
 
-def _resolve_llm(state: ServerState, body: TaskCreate, settings: RunSettings) -> ProviderConfig:
+def resolve_llm(state: ServerState, body: TaskCreate, settings: RunSettings) -> ProviderConfig:
     # Synchronous (reads config.toml): runs in a worker thread.
     llm = load_provider(
         body.provider,
@@ -252,7 +253,7 @@ def _resolve_llm(state: ServerState, body: TaskCreate, settings: RunSettings) ->
     return llm
 
 
-def _task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
+def build_task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
     prefs = state.prefs
     try:
         settings = RunSettings(
@@ -297,6 +298,8 @@ async def _check_chosen(state: ServerState, sandbox_id: str) -> None:
         raise _invalid("sandbox_id", f"{sandbox_id} is a warm pool sandbox: leave sandbox_id out")
     if name.startswith(SANDBOX_PREFIX):
         raise _invalid("sandbox_id", f"{sandbox_id} is another task's own sandbox")
+    if name.startswith(CREW_PREFIX):
+        raise _invalid("sandbox_id", f"{sandbox_id} is a crew agent's desktop")
     if info.status != "running":
         raise Conflict(
             f"sandbox {sandbox_id} is {info.status}: start it first",
@@ -312,7 +315,7 @@ async def _place_outputs(state: ServerState, record: TaskRecord) -> TaskRecord:
     return await state.store.update(record.id, output_dir=str(Path(folder) / record.id))
 
 
-async def _stage_uploads(
+async def stage_uploads(
     inputs: Path, names: list[str], uploads: list[UploadFile], limit: int
 ) -> Path | None:
     """Every upload written to a private staging folder under ``inputs/``; ``None`` when
@@ -337,7 +340,7 @@ def _make_staging(inputs: Path) -> str:
     return tempfile.mkdtemp(prefix=".staging-", dir=inputs)
 
 
-async def _move_into_place(staging: Path | None, names: list[str], inbox: Path) -> list[Path]:
+async def move_into_place(staging: Path | None, names: list[str], inbox: Path) -> list[Path]:
     if staging is None:
         return []
     await anyio.Path(staging).rename(inbox)  # same parent folder: atomic
@@ -362,7 +365,7 @@ async def _save_uploads(
                 await out.write(chunk)
 
 
-def _file_name(upload: UploadFile) -> str:
+def file_name(upload: UploadFile) -> str:
     name = upload.filename or ""
     if not _FILE_NAME.match(name) or name in (".", ".."):
         raise _invalid("files", f"{name!r} is not a plain file name (no folders, not empty)")
