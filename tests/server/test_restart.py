@@ -56,7 +56,7 @@ async def hivecell_up(home: Path, *extra: str) -> AsyncIterator[tuple[Process, R
 async def _read_link(process: Process) -> str:
     assert process.stdout is not None
     seen = b""
-    with anyio.fail_after(30):
+    with anyio.fail_after(90):
         while b"\n" not in seen:
             seen += await process.stdout.receive()
     line = seen.decode().splitlines()[0]

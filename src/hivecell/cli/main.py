@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hivecell.cli import bench, doctor, mcp, run, sandbox, tasks, up
+from hivecell.cli import bench, crew, doctor, mcp, run, sandbox, tasks, up
 from hivecell.homedir import private_umask
 
 app = typer.Typer(
@@ -27,6 +27,7 @@ app.add_typer(sandbox.app, name="sandbox")
 app.add_typer(bench.app, name="bench")
 app.command("doctor")(doctor.doctor)
 app.command("run")(run.run_task)
+app.command("crew")(crew.crew)
 app.command("up")(up.up)
 app.command("mcp")(mcp.mcp)
 app.add_typer(tasks.app, name="tasks")

@@ -27,12 +27,12 @@ def mcp(home: Path | None = HomeOption) -> None:
 
 
 async def _serve(home: Path) -> None:
-    from hivecell.cli.run import _provider
+    from hivecell.cli.run import provider_config
     from hivecell.mcp.local import local_session
     from hivecell.mcp.server import build_server
 
     async def resolve_llm(name: str | None, model: str | None) -> ProviderConfig:
-        return await _provider(name, model, None, None, home)
+        return await provider_config(name, model, None, None, home)
 
     server = build_server(partial(local_session, home, resolve_llm))
     await server.run_stdio_async()

@@ -81,13 +81,13 @@ def run_task(
     from hivecell.sandbox.transfer import TransferLimits
 
     root = resolve_home(home)
-    config = run(_provider, llm, model, base_url, api_key, root)
+    config = run(provider_config, llm, model, base_url, api_key, root)
     request = TaskRequest(
         description=task,
         files=file or [],
         network=mode,
         network_allow=entries,
-        settings=_settings(
+        settings=run_settings(
             max_steps, timeout, (max_cost, max_tokens), disable_tool or [], approve_tool or []
         ).model_copy(
             update={"pause_at_limits": sys.stdin.isatty()}  # a person at the terminal is asked
@@ -102,7 +102,7 @@ def run_task(
     raise typer.Exit(0 if result.success else 1)
 
 
-def _settings(
+def run_settings(
     max_steps: int,
     timeout: float,
     budget: tuple[float | None, int | None],
@@ -125,7 +125,7 @@ def _settings(
         raise typer.BadParameter(f"{error['loc'][0]}: {error['msg']}") from None
 
 
-async def _provider(
+async def provider_config(
     name: str | None, model: str | None, base_url: str | None, api_key: str | None, home: Path
 ) -> ProviderConfig:
     from functools import partial

@@ -155,13 +155,13 @@ def retry(
 
     Same description, model, limits, network and tools, on a fresh sandbox like `hivecell
     run`; inbox files come along when the server kept them ($HIVECELL_HOME/inputs/ID)."""
-    from hivecell.cli.run import _provider, _report, _run
+    from hivecell.cli.run import _report, _run, provider_config
     from hivecell.sandbox.transfer import TransferLimits
 
     root = resolve_home(home)
     record = run(_get, root, task_id)
     request = retry_request(record, root)
-    config = run(_provider, record.provider, record.model, None, None, root)
+    config = run(provider_config, record.provider, record.model, None, None, root)
     result = run(_run, root, config, request, TransferLimits(), record.id)
     _report(result, as_json)
     raise typer.Exit(0 if result.success else 1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, Protocol
 
 import anyio
 
@@ -25,6 +26,14 @@ from hivecell.store import TaskStore
 SANDBOX_PREFIX = DESKTOP_PREFIX
 
 
+class TaskWatch(Protocol):
+    """Someone following one TODO's task (the terminal: questions and approvals)."""
+
+    async def on_event(self, kind: str, data: dict[str, Any]) -> None: ...
+
+    def attach(self, runner: TaskRunner) -> None: ...
+
+
 class LocalDesk:
     def __init__(
         self,
@@ -34,8 +43,11 @@ class LocalDesk:
         service: TaskService,
         spec: SandboxSpec,
         files: list[Path],
+        watch: Callable[[str], TaskWatch] | None = None,
     ) -> None:
+        """``watch``: makes a follower for each TODO's task, given its id."""
         self._crew_id = crew_id
+        self._watch = watch
         self._provider = provider
         self._service = service
         self._spec = spec
@@ -80,9 +92,12 @@ class LocalDesk:
         on_task(record.id)
         attached, ended = anyio.Event(), anyio.Event()
         runs: list[TodoRun] = []
+        watch = self._watch(record.id) if self._watch is not None else None
 
         def attach(runner: TaskRunner) -> None:
             self._runners[record.id] = runner
+            if watch is not None:
+                watch.attach(runner)
             attached.set()
 
         async def run() -> None:
@@ -91,7 +106,11 @@ class LocalDesk:
             with anyio.CancelScope(shield=True):
                 try:
                     result = await self._service.run(
-                        record, request, on_runner=attach, host_tools=tools
+                        record,
+                        request,
+                        on_event=watch.on_event if watch is not None else None,
+                        on_runner=attach,
+                        host_tools=tools,
                     )
                     runs.append(_todo_run(record.id, result))
                 except Exception as exc:  # recorded failed by the service: the TODO failed
@@ -143,6 +162,7 @@ async def run_here(
     on_event: EventSink | None = None,
     limits: TransferLimits | None = None,
     started: Callable[[CrewRunner], None] | None = None,
+    watch: Callable[[str], TaskWatch] | None = None,
 ) -> Crew:
     """One crew from plan to summary in this process (``hivecell crew``)."""
     model, provider_name = llm.config.model, llm.config.name
@@ -162,7 +182,9 @@ async def run_here(
         network=request.network,
         network_allow=request.network_allow,
     )
-    desk = LocalDesk(crew.id, provider=provider, service=service, spec=spec, files=request.files)
+    desk = LocalDesk(
+        crew.id, provider=provider, service=service, spec=spec, files=request.files, watch=watch
+    )
     runner = CrewRunner(
         crew, settings=request.settings, desk=desk, llm=llm, store=store, on_event=on_event,
         limits=limits,
