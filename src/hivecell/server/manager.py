@@ -69,6 +69,7 @@ class Job:
     # Interventions before the runner exists: it writes them first (see ``interventions``).
     notes: list[Note] = field(default_factory=list)
     host_tools: list[HostTool] = field(default_factory=list)  # a crew agent's extra tools
+    announced: object = None  # the pending question or approval last published
 
     @property
     def id(self) -> str:
@@ -301,8 +302,12 @@ class TaskManager:
             self._publish_pending(job)
 
     def _publish_pending(self, job: Job) -> None:
+        """Once per question or approval: status events are consumed after the fact, so a
+        late one would otherwise announce the pending request again (and a client answering
+        the repeat would answer nothing, or the next request)."""
         pending = job.runner.control.pending if job.runner else None
-        if pending is not None:
+        if pending is not None and pending is not job.announced:
+            job.announced = pending
             kind = "task.approval" if pending.kind == "approval" else "task.question"
             self.hub.publish(kind, {"task_id": job.id, "pending": pending.as_dict()})
 
