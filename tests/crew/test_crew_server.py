@@ -15,6 +15,7 @@ from hivecell.agent.llm.scripted import ScriptedLLMServer
 from hivecell.sandbox.local.provider import LocalProvider
 from tests.crew.model import CrewModel, done, plan_reply, shell
 from tests.server.helpers import Running, events, serve, write_provider
+from tests.server.test_pool import pool_until, warm_ids
 from tests.server.test_restart import hivecell_up, processes_under
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -155,3 +156,23 @@ async def test_a_restart_mid_crew_leaves_a_truthful_state_and_no_desktop(
             assert (await running.get("/sandboxes")).json()["items"] == []
     assert await provider.list() == []
     assert processes_under(home) == []
+
+
+async def test_agents_take_warm_desktops_from_the_pool(home: Path) -> None:
+    model = CrewModel(
+        plans=[plan_reply({"id": "a", "title": "A"}, {"id": "b", "title": "B"})],
+        todos={"a": [done("A")], "b": [done("B")]},
+    )
+    async with ScriptedLLMServer(default=model) as llm:
+        write_provider(home, llm.base_url)
+        async with serve(home, pool_size=2) as running:
+            view = await pool_until(running, lambda v: len(warm_ids(v)) == 2)
+            warm = set(warm_ids(view))
+            crew_id = (await running.post("/crews", json={"goal": "g", "agents": 2})).json()["id"]
+            crew = await crew_until(running, crew_id, lambda c: not c["live"])
+            assert crew["status"] == "completed"
+            assert {m["sandbox_id"] for m in crew["members"]} == warm
+            # Used once, then gone: a crew's desktop is never handed to anyone else.
+            await pool_until(running, lambda v: not warm & set(warm_ids(v)))
+            listed = {s["id"] for s in (await running.get("/sandboxes")).json()["items"]}
+            assert not warm & listed

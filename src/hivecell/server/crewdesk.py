@@ -43,6 +43,18 @@ class ServerDesk:
         return list(self._files)
 
     async def open_desktop(self, name: str) -> SandboxInfo:
+        """A warm desktop of the crew's shape when the pool has one (a restart removes pool
+        sandboxes by their own name), else a new one named for the crew."""
+        state = self._state
+        info = await state.pool.take(self._spec)
+        if info is None:
+            info = await self._new_desktop(name)
+        state.hub.publish(
+            "sandbox.created", {"sandbox_id": info.id, "task_id": None, "crew_id": self._crew_id}
+        )
+        return info
+
+    async def _new_desktop(self, name: str) -> SandboxInfo:
         state = self._state
         spec = self._spec.model_copy(update={"name": f"{SANDBOX_PREFIX}{self._crew_id}-{name}"})
         info: SandboxInfo | None = None
@@ -50,9 +62,6 @@ class ServerDesk:
             with anyio.CancelScope(shield=True):  # a cancel during boot leaves no half box
                 info = await create_owned(state.provider, spec)
         assert info is not None  # the shielded block always sets it or raises
-        state.hub.publish(
-            "sandbox.created", {"sandbox_id": info.id, "task_id": None, "crew_id": self._crew_id}
-        )
         return info
 
     async def close_desktop(self, sandbox_id: str) -> None:
