@@ -219,3 +219,28 @@ async def test_links_planted_in_the_crew_folder_reach_neither_the_host_nor_anoth
     # One agent: "look" ran in the desktop "swap" broke; its copy was refused, not followed.
     assert seen.read_text() == "" or "real.txt" not in seen.read_text()
     assert any("crew folder copy failed" in note.text for note in crew.notes)
+
+
+async def test_each_todo_collects_its_own_outbox_even_in_the_same_desktop(
+    home: Path, provider: LocalProvider, store: TaskStore
+) -> None:
+    # One agent does both TODOs in one desktop; the first also leaves a link to / and a
+    # folder in the outbox, which the second TODO's start clears without following.
+    first = (
+        "echo 1 > /shared/outbox/one.txt && ln -s / /shared/outbox/root && mkdir /shared/outbox/d"
+    )
+    model = CrewModel(
+        plans=[
+            plan_reply({"id": "p", "title": "p"}, {"id": "q", "title": "q", "depends_on": ["p"]})
+        ],
+        todos={
+            "p": [shell(first), done("one")],
+            "q": [shell("echo 2 > /shared/outbox/two.txt"), done("two")],
+        },
+    )
+    crew, _ = await crew_run(home, provider, store, model, CrewRequest(goal="g", agents=1))
+    assert crew.status == "completed"
+    outputs = crew.outputs_dir / "ada"
+    assert sorted(p.name for p in (outputs / "p").iterdir()) == ["d", "one.txt"]
+    assert sorted(p.name for p in (outputs / "q").iterdir()) == ["two.txt"]
+    assert await anyio.Path("/etc/hostname").exists()  # nothing removed through the link

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import shutil
+import stat
 import tempfile
+from contextlib import suppress
 from pathlib import Path
 
 from hivecell.sandbox import transfer
@@ -24,8 +26,34 @@ FOLDER = "crew"  # under the desktop's /shared
 
 
 def push(crew_shared: Path, box_shared: Path, owner: int | None, limits: TransferLimits) -> None:
+    """Before a TODO: the crew folder into the desktop, and an empty outbox (so what the
+    TODO's task collects from it is that TODO's alone)."""
     crew_shared.mkdir(parents=True, exist_ok=True)
     transfer.copy_tree_in(crew_shared, box_shared, FOLDER, owner, limits)
+    _empty(box_shared, "outbox")
+
+
+def _empty(trusted: Path, name: str) -> None:
+    """Remove what is in ``trusted/name`` (the box's), never following a link it planted:
+    rmtree by fd (``avoids_symlink_attacks`` on Linux), the folder opened no-follow."""
+    base = os.open(trusted, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            folder = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=base)
+        except OSError:  # gone or not a folder: the task's collection reports that
+            return
+        try:
+            for entry in os.listdir(folder):  # noqa: PTH208 - by fd: pathlib has no form
+                # A swap between the stat and the removal makes it fail, never follow.
+                with suppress(OSError):
+                    if stat.S_ISDIR(os.stat(entry, dir_fd=folder, follow_symlinks=False).st_mode):
+                        shutil.rmtree(entry, dir_fd=folder)
+                    else:
+                        os.unlink(entry, dir_fd=folder)
+        finally:
+            os.close(folder)
+    finally:
+        os.close(base)
 
 
 def pull(box_shared: Path, crew_shared: Path, limits: TransferLimits) -> TransferReport:
