@@ -242,10 +242,11 @@ class CrewRunner:
                 await self._sync(folder.pull, Path(info.shared_dir), self.crew.shared_dir)
         await self._ended(member, todo, run)
 
-    def _started(self, member: Member, todo: Todo, task_id: str) -> None:
+    async def _started(self, member: Member, todo: Todo, task_id: str) -> None:
+        # Saved at once: a crash mid-TODO must still say which task ran it.
         todo.task_id = task_id
         member.task_ids.append(task_id)
-        self._on_event("crew.todo_started", self._about(todo))
+        await self._changed("crew.todo_started", self._about(todo))
 
     async def _ended(self, member: Member, todo: Todo, run: TodoRun) -> None:
         member.todo = None
