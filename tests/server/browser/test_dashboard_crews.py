@@ -149,6 +149,8 @@ def test_a_crew_from_the_form_fills_its_whiteboard_live_and_ends_in_a_summary(
     expect(busy.locator(".agent-screen")).to_have_attribute("data-state", "watching")
     expect(busy.locator(".agent-screen canvas")).to_have_count(1)
     expect(busy.locator(".agent-activity")).to_contain_text("wait")
+    # Its cost counts the running task's spend live, not only ended TODOs'.
+    expect(busy.locator(".agent-cost")).not_to_have_text("$0")
     save_screenshot(page, "crew-running")
 
     # A desktop opens in the full view, where takeover is.

@@ -52,8 +52,7 @@ function renderHead(c) {
   replace($("#crew-facts"),
     fact("Agents", String(c.agents)),
     fact("Model", `${c.provider || "–"} · ${c.model || "–"}`),
-    fact("Cost", h("span", { id: "crew-cost" },
-      c.max_cost_usd ? `${cost(c.cost_usd)} of ${cost(c.max_cost_usd)}` : cost(c.cost_usd))),
+    fact("Cost", h("span", { id: "crew-cost" })),
     fact("Started", when(c.created_at)),
     fact("Inputs", c.files.length ? c.files.join(", ") : "none"),
     fact("Outputs", h("code", { id: "outputs-dir" }, c.outputs_dir)));
@@ -185,6 +184,7 @@ function tile(member) {
     el: null, screen, state, full, rfb: null, sandbox: null, task: null,
     head: h("div", { class: "row agent-head" }), links: h("div", { class: "row agent-links" }),
     activity: h("ol", { class: "activity-list agent-activity" }),
+    cost: h("span", { class: "agent-cost" }), spent: 0, running: 0, runningTask: null, costTimer: null,
   };
   entry.el = h("article", { class: "agent-tile", dataset: { agent: member.name } },
     entry.head, h("div", { class: "screen-wrap" }, screen, full), entry.links, entry.activity);
@@ -227,10 +227,14 @@ function renderTile(c, member) {
   const entry = tile(member);
   const todo = member.todo ? c.todos.find((t) => t.id === member.todo) : null;
   const task = member.task_ids.at(-1) || null;
+  entry.spent = member.cost_usd;
+  // A task counts as running while it is its TODO's: once ended, member.cost_usd has it.
+  entry.runningTask = todo && todo.task_id === task ? task : null;
+  if (!entry.runningTask) entry.running = 0;
   replace(entry.head, h("strong", {}, member.name),
     h("span", { class: "muted agent-todo" }, todo ? todo.title : "idle"),
     h("span", { class: "spacer" }), entry.state,
-    h("span", { class: "agent-cost" }, cost(member.cost_usd)));
+    entry.cost);
   const sandbox = member.sandbox_id;
   // A member keeps its sandbox id after its desktop closed: only a desktop the server still
   // lists is watched, and one that dropped its connection is not asked again.
@@ -247,14 +251,41 @@ function renderTile(c, member) {
       `task ${i + 1}`)));
   if (task && task !== entry.task) {
     entry.task = task;
+    entry.running = 0;
     attempt(() => loadActivity(entry, task));
   }
+  if (entry.runningTask) costSoon(entry);
   return entry.el;
 }
 
 function renderAgents(c) {
   replace($("#agents"), c.members.map((member) => renderTile(c, member)));
   $("#agents-empty").hidden = c.members.length > 0;
+}
+
+// --- costs: what ended TODOs cost (the crew's figures) plus what running tasks spent so far
+function showCosts() {
+  if (!crew) return;
+  let running = 0;
+  for (const entry of tiles.values()) {
+    entry.cost.textContent = cost(entry.spent + entry.running);
+    running += entry.running;
+  }
+  const total = cost(crew.cost_usd + running);
+  $("#crew-cost").textContent = crew.max_cost_usd ? `${total} of ${cost(crew.max_cost_usd)}` : total;
+}
+
+function costSoon(entry) { // a burst of steps: one request
+  if (entry.costTimer) return;
+  entry.costTimer = setTimeout(async () => {
+    entry.costTimer = null;
+    const taskId = entry.runningTask;
+    if (!taskId) return;
+    const task = await api(taskHref(taskId)).catch(() => null);
+    if (!task || taskId !== entry.runningTask) return;
+    entry.running = task.cost_usd || 0;
+    showCosts();
+  }, 300);
 }
 
 // --- each agent's activity (its current task's steps) ------------------------------------
@@ -281,6 +312,7 @@ function onStep(step) {
   for (const entry of tiles.values()) {
     if (entry.task !== step.task_id) continue;
     entry.activity.append(activityItem(step));
+    if (entry.runningTask === step.task_id) costSoon(entry);
     while (entry.activity.children.length > ACTIVITY_KEPT) entry.activity.firstChild.remove();
     entry.activity.scrollTop = entry.activity.scrollHeight;
   }
@@ -298,6 +330,7 @@ async function load() {
   renderHead(crew);
   renderWhiteboard(crew);
   renderAgents(crew);
+  showCosts();
 }
 
 function show() {
