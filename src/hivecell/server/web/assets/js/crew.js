@@ -29,14 +29,17 @@ function fact(label, value) {
   return [h("dt", {}, label), h("dd", {}, value)];
 }
 
+// A reviewed crew waits for Start from its creation; it is the person's turn once planned.
+const reviewing = (c) => c.waiting_to_start && c.todos.length > 0;
+
 function shownStatus(c) {
-  return c.waiting_to_start ? "waiting_for_review" : c.status;
+  return reviewing(c) ? "waiting_for_review" : c.status;
 }
 
 function controls(c) {
   if (!c.live) return [];
   return [
-    c.waiting_to_start && h("button", { type: "button", class: "primary", id: "start",
+    reviewing(c) && h("button", { type: "button", class: "primary", id: "start",
       onclick: () => attempt(() => post(`${base}/start`)).then(show) }, "Start"),
     h("button", { type: "button", class: "danger-quiet", id: "cancel-crew",
       onclick: () => attempt(() => post(`${base}/cancel`)).then(show) }, "Cancel crew"),
@@ -135,7 +138,7 @@ function renderWhiteboard(c) {
   }
   replace($("#todos"), c.todos.map((todo, index) => todoRows(c, todo, index)));
   $("#todos-empty").hidden = c.todos.length > 0 || !c.live;
-  $("#review-note").hidden = !c.waiting_to_start;
+  $("#review-note").hidden = !reviewing(c);
   $("#add-todo-box").hidden = !c.live || !c.todos.length;
   $("#add-note").hidden = !c.live;
   replace($("#notes"), c.notes.map((n) => h("li", { class: "note" },

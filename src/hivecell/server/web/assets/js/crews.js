@@ -45,7 +45,7 @@ function crewRow(crew) {
   const href = `/crews/${encodeURIComponent(crew.id)}`;
   return h("tr", { dataset: { crew: crew.id } },
     h("td", { class: "desc-cell" }, h("a", { href }, crew.goal)),
-    h("td", {}, badge(crew.waiting_to_start ? "waiting_for_review" : crew.status)),
+    h("td", {}, badge(crew.waiting_to_start && crew.todos.length ? "waiting_for_review" : crew.status)),
     h("td", {}, String(crew.agents)),
     h("td", {}, doneCount(crew)),
     h("td", {}, cost(crew.cost_usd)),
