@@ -176,3 +176,36 @@ async def test_agents_take_warm_desktops_from_the_pool(home: Path) -> None:
             await pool_until(running, lambda v: not warm & set(warm_ids(v)))
             listed = {s["id"] for s in (await running.get("/sandboxes")).json()["items"]}
             assert not warm & listed
+
+
+async def test_a_todo_links_its_task_in_the_store_before_the_task_runs(
+    home: Path, pycache: Path
+) -> None:
+    """A kill mid-TODO: the crew record still names the task that ran it (and the crews
+    list, which reads the store, shows a live crew as it is now)."""
+    model = CrewModel(
+        plans=[plan_reply({"id": "a", "title": "A"})], todos={"a": [shell("sleep 600")]}
+    )
+    async with ScriptedLLMServer(default=model) as llm:
+        write_provider(home, llm.base_url)
+        async with hivecell_up(home) as (process, running):
+            crew_id = (await running.post("/crews", json={"goal": "g", "agents": 1})).json()["id"]
+            crew = await crew_until(
+                running, crew_id, lambda c: c["todos"] and c["todos"][0]["task_id"]
+            )
+            task_id = crew["todos"][0]["task_id"]
+            await running.wait_for(task_id, lambda t: t["status"] == "running")
+            [listed] = (await running.get("/crews")).json()["items"]
+            assert listed["todos"][0]["task_id"] == task_id
+            assert listed["members"][0]["task_ids"] == [task_id]
+            process.send_signal(signal.SIGKILL)
+            await process.wait()
+        async with hivecell_up(home) as (_, running):
+            crew = (await running.get(f"/crews/{crew_id}")).json()
+            assert crew["status"] == "failed"
+            assert crew["todos"][0]["status"] == "cancelled"
+            assert crew["todos"][0]["task_id"] == task_id
+            assert crew["members"][0]["task_ids"] == [task_id]
+            assert (await running.task(task_id))["status"] == "interrupted"
+            assert (await running.get("/sandboxes")).json()["items"] == []
+    assert processes_under(home) == []

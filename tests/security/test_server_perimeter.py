@@ -185,7 +185,8 @@ async def test_api_docs_need_the_token_and_load_nothing_from_elsewhere(home: Pat
         async with server.client() as browser:
             schema = await browser.get("/openapi.json")
             assert schema.status_code == 200 and "/api/v1/tasks" in schema.json()["paths"]
-            pages = ["/", "/login", "/settings", "/environments", "/tasks/t-x", "/docs", "/redoc"]
+            pages = ["/", "/login", "/settings", "/environments", "/tasks/t-x", "/crews",
+                     "/crews/c-x", "/docs", "/redoc"]  # fmt: skip
             for path in pages:
                 response = await browser.get(path, follow_redirects=True)
                 assert response.status_code == 200, path

@@ -7,7 +7,7 @@ process, like ``hivecell run``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -40,9 +40,10 @@ class Desk(Protocol):
         description: str,
         settings: RunSettings,
         tools: list[HostTool],
-        on_task: Callable[[str], None],
+        on_task: Callable[[str], Awaitable[None]],
     ) -> TodoRun:
-        """Run one task in ``sandbox`` to its end; ``on_task`` gets its id once it exists.
+        """Run one task in ``sandbox`` to its end; ``on_task`` gets its id once it exists
+        (awaited, shielded: the crew stores the link before the task runs).
         Cancelled: the task is cancelled and waited for, then the cancel goes on."""
         ...
 

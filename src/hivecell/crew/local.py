@@ -5,7 +5,7 @@ Used by ``hivecell crew``; the server has its own desk over its task manager.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -77,7 +77,7 @@ class LocalDesk:
         description: str,
         settings: RunSettings,
         tools: list[HostTool],
-        on_task: Callable[[str], None],
+        on_task: Callable[[str], Awaitable[None]],
     ) -> TodoRun:
         request = TaskRequest(
             description=description,
@@ -89,7 +89,8 @@ class LocalDesk:
             sandbox_id=sandbox.id,
         )
         record = await self._service.create(request)
-        on_task(record.id)
+        with anyio.CancelScope(shield=True):  # a cancel here would leave the task never run
+            await on_task(record.id)
         attached, ended = anyio.Event(), anyio.Event()
         runs: list[TodoRun] = []
         watch = self._watch(record.id) if self._watch is not None else None

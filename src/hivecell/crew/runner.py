@@ -207,7 +207,7 @@ class CrewRunner:
     async def _take(self, member: Member) -> Todo | None:
         """The next TODO this agent may run; waits while the rest depend on running ones."""
         while True:
-            self._block_unreachable()
+            await self._block_unreachable()
             todo = whiteboard.next_ready(self.crew)
             if todo is not None:
                 todo.status, todo.agent, member.todo = "running", member.name, todo.id
@@ -218,9 +218,9 @@ class CrewRunner:
             wake = self._wake
             await wake.wait()
 
-    def _block_unreachable(self) -> None:
+    async def _block_unreachable(self) -> None:
         for todo in whiteboard.cancel_blocked(self.crew):
-            self._on_event("crew.todo_cancelled", self._about(todo))
+            await self._changed("crew.todo_cancelled", self._about(todo))
 
     async def _run(self, member: Member, info: SandboxInfo, todo: Todo) -> None:
         await self._sync(folder.push, self.crew.shared_dir, Path(info.shared_dir), info.host_uid)
@@ -242,10 +242,11 @@ class CrewRunner:
                 await self._sync(folder.pull, Path(info.shared_dir), self.crew.shared_dir)
         await self._ended(member, todo, run)
 
-    def _started(self, member: Member, todo: Todo, task_id: str) -> None:
+    async def _started(self, member: Member, todo: Todo, task_id: str) -> None:
+        # Saved at once: a crash mid-TODO must still say which task ran it.
         todo.task_id = task_id
         member.task_ids.append(task_id)
-        self._on_event("crew.todo_started", self._about(todo))
+        await self._changed("crew.todo_started", self._about(todo))
 
     async def _ended(self, member: Member, todo: Todo, run: TodoRun) -> None:
         member.todo = None

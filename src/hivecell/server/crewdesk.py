@@ -3,7 +3,7 @@ an ordinary task in the task manager (live view, takeover, approvals, trace, ret
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from pathlib import Path
 
@@ -77,7 +77,7 @@ class ServerDesk:
         description: str,
         settings: RunSettings,
         tools: list[HostTool],
-        on_task: Callable[[str], None],
+        on_task: Callable[[str], Awaitable[None]],
     ) -> TodoRun:
         state = self._state
         request = TaskRequest(
@@ -108,7 +108,8 @@ class ServerDesk:
             with anyio.CancelScope(shield=True):
                 await client.aclose()
             raise
-        on_task(record.id)
+        with anyio.CancelScope(shield=True):  # a cancel here would leave the task queued forever
+            await on_task(record.id)
         state.manager.enqueue(record, request, service, client, host_tools=tools)  # owns client
         try:
             final = await state.manager.wait_ended(record.id)

@@ -83,9 +83,15 @@ MODEL_VARIABLES = ("OPENAI_API_KEY", "OPENAI_BASE_URL", "HIVECELL_MODEL")
 
 
 def start_server(
-    home: Path, llm_url: str, *, from_environment: bool = False, pool_size: int = 0
+    home: Path,
+    llm_url: str,
+    *,
+    from_environment: bool = False,
+    pool_size: int = 0,
+    extra_config: str = "",
 ) -> tuple[subprocess.Popen[str], str]:
-    """``hivecell up``; the model comes from config.toml, or only from its environment."""
+    """``hivecell up``; the model comes from config.toml (plus ``extra_config``, e.g. prices),
+    or only from its environment."""
     env = {k: v for k, v in os.environ.items() if k not in MODEL_VARIABLES}
     if from_environment:
         env |= {"OPENAI_API_KEY": "sk-env-key-987654", "OPENAI_BASE_URL": llm_url,
@@ -94,6 +100,7 @@ def start_server(
         (home / "config.toml").write_text(
             'default_provider = "scripted"\n\n[providers.scripted]\n'
             f'base_url = "{llm_url}"\nmodel = "scripted-model"\napi_key = "sk-test-key-123456"\n'
+            + extra_config
         )
     env |= {"HIVECELL_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "400"}
     process = subprocess.Popen(

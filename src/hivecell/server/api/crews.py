@@ -142,7 +142,8 @@ async def list_crews(
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
     crews = await records.list_crews(state.store, limit, offset)
-    return {"items": [_public(state, c) for c in crews], "limit": limit, "offset": offset}
+    items = [_public(state, _newest(state, c)) for c in crews]
+    return {"items": items, "limit": limit, "offset": offset}
 
 
 @router.get("/crews/{crew_id}")
@@ -190,6 +191,12 @@ async def note(crew_id: str, body: NoteText, state: State) -> dict[str, Any]:
 async def _crew(state: ServerState, crew_id: str) -> Crew:
     runner = state.crews.get(crew_id)
     return runner.crew if runner is not None else await records.get_crew(state.store, crew_id)
+
+
+def _newest(state: ServerState, stored: Crew) -> Crew:
+    """A live crew as its runner has it now (the stored copy trails it between saves)."""
+    runner = state.crews.get(stored.id)
+    return runner.crew if runner is not None else stored
 
 
 async def _live(state: ServerState, crew_id: str, op: str) -> CrewRunner:

@@ -18,6 +18,8 @@ PAGES = Path(__file__).parent / "pages"
 TITLES = {
     "dashboard": "Dashboard",
     "task": "Task",
+    "crews": "Crews",
+    "crew": "Crew",
     "environments": "Environments",
     "settings": "Settings",
     "login": "Log in",
@@ -61,6 +63,14 @@ def pages_router(state: ServerState) -> APIRouter:
     @router.get("/tasks/{task_id}")
     async def task(request: Request, task_id: str) -> Response:
         return page("task", request)
+
+    @router.get("/crews")
+    async def crews(request: Request) -> Response:
+        return page("crews", request)
+
+    @router.get("/crews/{crew_id}")
+    async def crew(request: Request, crew_id: str) -> Response:
+        return page("crew", request)
 
     @router.get("/environments")
     async def environments(request: Request) -> Response:
