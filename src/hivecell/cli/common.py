@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import anyio
 import typer
@@ -23,6 +23,15 @@ err = Console(stderr=True)
 out = Console()
 
 HomeOption = typer.Option(None, "--home", help="state folder (default $HIVECELL_HOME)")
+# The model options `run` and `crew` share.
+ModelOpt = Annotated[str | None, typer.Option(help="model name (default $HIVECELL_MODEL)")]
+BaseUrlOpt = Annotated[
+    str | None, typer.Option(help="OpenAI-compatible URL (default $OPENAI_BASE_URL)")
+]
+ApiKeyOpt = Annotated[str | None, typer.Option(help="API key (default $OPENAI_API_KEY)")]
+ProviderOpt = Annotated[
+    str | None, typer.Option("--provider", help=r"a \[providers.NAME] from config.toml")
+]
 NETWORK_HELP = "offline | nat (default offline; nat with --allow)"
 ALLOW_HELP = (
     "nat: a domain (example.org), *.domain or CIDR (198.51.100.0/24) the sandbox may reach; "

@@ -16,7 +16,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 import anyio
 import typer
 
-from hivecell.cli.common import ALLOW_HELP, NETWORK_HELP, HomeOption, network_choice, out, run
+from hivecell.cli.common import (
+    ALLOW_HELP,
+    NETWORK_HELP,
+    ApiKeyOpt,
+    BaseUrlOpt,
+    HomeOption,
+    ModelOpt,
+    ProviderOpt,
+    network_choice,
+    out,
+    run,
+)
 from hivecell.cli.run import provider_config, run_settings
 from hivecell.config import resolve_home
 
@@ -31,14 +42,10 @@ if TYPE_CHECKING:
 def crew(
     goal: Annotated[str, typer.Argument(help="the goal, in plain words")],
     agents: Annotated[int, typer.Option(min=1, max=8, help="how many agents (desktops)")] = 3,
-    model: Annotated[str | None, typer.Option(help="model name (default $HIVECELL_MODEL)")] = None,
-    base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible URL (default $OPENAI_BASE_URL)")
-    ] = None,
-    api_key: Annotated[str | None, typer.Option(help="API key (default $OPENAI_API_KEY)")] = None,
-    llm: Annotated[
-        str | None, typer.Option("--provider", help="a [providers.NAME] from config.toml")
-    ] = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    llm: ProviderOpt = None,
     file: Annotated[
         list[Path] | None, typer.Option("--file", help="input file for every agent's inbox")
     ] = None,

@@ -13,7 +13,18 @@ import typer
 from pydantic import ValidationError
 
 from hivecell.agent.approval import DEFAULT_TOOLS
-from hivecell.cli.common import ALLOW_HELP, NETWORK_HELP, HomeOption, network_choice, out, run
+from hivecell.cli.common import (
+    ALLOW_HELP,
+    NETWORK_HELP,
+    ApiKeyOpt,
+    BaseUrlOpt,
+    HomeOption,
+    ModelOpt,
+    ProviderOpt,
+    network_choice,
+    out,
+    run,
+)
 from hivecell.config import resolve_home
 
 if TYPE_CHECKING:
@@ -28,14 +39,10 @@ if TYPE_CHECKING:
 
 def run_task(
     task: Annotated[str, typer.Argument(help="what the agent should do, in plain words")],
-    model: Annotated[str | None, typer.Option(help="model name (default $HIVECELL_MODEL)")] = None,
-    base_url: Annotated[
-        str | None, typer.Option(help="OpenAI-compatible URL (default $OPENAI_BASE_URL)")
-    ] = None,
-    api_key: Annotated[str | None, typer.Option(help="API key (default $OPENAI_API_KEY)")] = None,
-    llm: Annotated[
-        str | None, typer.Option("--provider", help="a [providers.NAME] from config.toml")
-    ] = None,
+    model: ModelOpt = None,
+    base_url: BaseUrlOpt = None,
+    api_key: ApiKeyOpt = None,
+    llm: ProviderOpt = None,
     file: Annotated[
         list[Path] | None, typer.Option("--file", help="input file for /shared/inbox")
     ] = None,

@@ -15,7 +15,9 @@ from pydantic import BaseModel
 
 from hivecell.agent.hosttools import HostTool
 from hivecell.agent.runner import RunSettings
+from hivecell.agent.service import TaskRequest
 from hivecell.sandbox.base import SandboxInfo
+from hivecell.store import TaskRecord
 
 
 class TodoRun(BaseModel):
@@ -27,6 +29,41 @@ class TodoRun(BaseModel):
     summary: str
     cost_usd: float
     output_dir: str | None
+
+    @classmethod
+    def of(cls, record: TaskRecord) -> TodoRun:
+        """From the task's final record."""
+        return cls(
+            task_id=record.id,
+            status=str(record.status),
+            success=bool(record.success),
+            summary=record.summary or record.error or str(record.status),
+            cost_usd=record.cost_usd,
+            output_dir=record.output_dir,
+        )
+
+    @classmethod
+    def failed(cls, task_id: str, reason: str) -> TodoRun:
+        """Its task could not run (or broke): the TODO failed, saying why."""
+        return cls(
+            task_id=task_id, status="failed", success=False, summary=reason, cost_usd=0.0,
+            output_dir=None,
+        )  # fmt: skip
+
+
+def todo_request(
+    sandbox: SandboxInfo, description: str, settings: RunSettings, files: list[Path]
+) -> TaskRequest:
+    """A TODO's task: in the agent's desktop, with the crew's input files."""
+    return TaskRequest(
+        description=description,
+        files=files,
+        settings=settings,
+        network=sandbox.spec.network,
+        network_allow=sandbox.spec.network_allow,
+        resolution=(sandbox.spec.width, sandbox.spec.height),
+        sandbox_id=sandbox.id,
+    )
 
 
 class Desk(Protocol):

@@ -14,8 +14,8 @@ import anyio
 from hivecell.agent.hosttools import HostTool
 from hivecell.agent.llm import LLMClient
 from hivecell.agent.runner import RunSettings, TaskRunner
-from hivecell.agent.service import TaskRequest, TaskResult, TaskService
-from hivecell.crew.desk import TodoRun
+from hivecell.agent.service import TaskResult, TaskService
+from hivecell.crew.desk import TodoRun, todo_request
 from hivecell.crew.models import Crew, CrewRequest
 from hivecell.crew.records import DESKTOP_PREFIX, new_crew
 from hivecell.crew.runner import CrewRunner, EventSink
@@ -79,15 +79,7 @@ class LocalDesk:
         tools: list[HostTool],
         on_task: Callable[[str], Awaitable[None]],
     ) -> TodoRun:
-        request = TaskRequest(
-            description=description,
-            files=self._files,
-            settings=settings,
-            network=sandbox.spec.network,
-            network_allow=sandbox.spec.network_allow,
-            resolution=(sandbox.spec.width, sandbox.spec.height),
-            sandbox_id=sandbox.id,
-        )
+        request = todo_request(sandbox, description, settings, self._files)
         record = await self._service.create(request)
         with anyio.CancelScope(shield=True):  # a cancel here would leave the task never run
             await on_task(record.id)
@@ -115,7 +107,7 @@ class LocalDesk:
                     )
                     runs.append(_todo_run(record.id, result))
                 except Exception as exc:  # recorded failed by the service: the TODO failed
-                    runs.append(_failed(record.id, exc))
+                    runs.append(TodoRun.failed(record.id, f"the task failed: {exc}"))
                 finally:
                     self._runners.pop(record.id, None)
                     attached.set()
@@ -143,14 +135,6 @@ def _todo_run(task_id: str, result: TaskResult) -> TodoRun:
         cost_usd=result.cost_usd,
         output_dir=result.output_dir,
     )
-
-
-def _failed(task_id: str, exc: Exception) -> TodoRun:
-    summary = f"the task failed: {exc}"
-    return TodoRun(
-        task_id=task_id, status="failed", success=False, summary=summary, cost_usd=0.0,
-        output_dir=None,
-    )  # fmt: skip
 
 
 async def run_here(

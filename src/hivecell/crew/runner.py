@@ -233,10 +233,7 @@ class CrewRunner:
                 on_task=lambda task_id: self._started(member, todo, task_id),
             )
         except HivecellError as exc:  # its task could not even start: the TODO failed
-            run = TodoRun(
-                task_id=todo.task_id or "", status="failed", success=False,
-                summary=f"its task could not run: {exc}", cost_usd=0.0, output_dir=None,
-            )  # fmt: skip
+            run = TodoRun.failed(todo.task_id or "", f"its task could not run: {exc}")
         finally:
             with anyio.CancelScope(shield=True):
                 await self._sync(folder.pull, Path(info.shared_dir), self.crew.shared_dir)

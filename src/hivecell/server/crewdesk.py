@@ -12,8 +12,8 @@ import anyio
 from hivecell.agent.hosttools import HostTool
 from hivecell.agent.llm import LLMClient, ProviderConfig
 from hivecell.agent.runner import RunSettings
-from hivecell.agent.service import TaskRequest, TaskService
-from hivecell.crew.desk import TodoRun
+from hivecell.agent.service import TaskService
+from hivecell.crew.desk import TodoRun, todo_request
 from hivecell.crew.local import SANDBOX_PREFIX
 from hivecell.errors import HivecellError
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec, create_owned
@@ -80,15 +80,7 @@ class ServerDesk:
         on_task: Callable[[str], Awaitable[None]],
     ) -> TodoRun:
         state = self._state
-        request = TaskRequest(
-            description=description,
-            files=self._files,
-            settings=settings,
-            network=sandbox.spec.network,
-            network_allow=sandbox.spec.network_allow,
-            resolution=(sandbox.spec.width, sandbox.spec.height),
-            sandbox_id=sandbox.id,
-        )
+        request = todo_request(sandbox, description, settings, self._files)
         client = LLMClient(self._llm)
         try:
             service = TaskService(
@@ -118,11 +110,4 @@ class ServerDesk:
                 await self.cancel_task(record.id)
                 await state.manager.wait_ended(record.id)
             raise
-        return TodoRun(
-            task_id=final.id,
-            status=str(final.status),
-            success=bool(final.success),
-            summary=final.summary or final.error or str(final.status),
-            cost_usd=final.cost_usd,
-            output_dir=final.output_dir,
-        )
+        return TodoRun.of(final)
