@@ -13,14 +13,16 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-def short_home() -> Iterator[Path]:
+def short_home(pycache: Path) -> Iterator[Path]:
     """A fresh HIVECELL_HOME with a short path.
 
     Not tmp_path: sandbox sockets live under the home and unix socket paths must stay under
-    108 bytes, which pytest's (and xdist's) temporary paths exceed.
+    108 bytes, which pytest's (and xdist's) temporary paths exceed. Sandboxes left under it
+    (a server killed while its pool booted one) are destroyed, not orphaned by the rmtree.
     """
     path = short_tmp("hc-")
     yield path
+    destroy_all(path, pycache)
     shutil.rmtree(path, ignore_errors=True)
 
 

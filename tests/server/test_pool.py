@@ -217,3 +217,14 @@ async def test_a_restart_removes_an_earlier_servers_warm_sandboxes(home: Path) -
         ids = [s["id"] for s in (await running.get("/sandboxes")).json()["items"]]
         assert ids == [kept.id] and left.id not in ids
     await provider.destroy(kept.id)
+
+
+async def test_a_server_stopping_while_the_pool_boots_leaves_no_sandbox(
+    home: Path, pycache: Path
+) -> None:
+    async with ScriptedLLMServer() as llm:
+        write_provider(home, llm.base_url)
+        async with serve(home, pool_size=1) as running:
+            await pool_until(running, lambda v: v["booting"] == 1)
+        # The boot finished during shutdown (it is shielded); the pool must still remove it.
+    assert await LocalProvider(home, pycache=pycache).list() == []

@@ -241,7 +241,9 @@ class WarmPool:
                 with anyio.CancelScope(shield=True):  # a half-made box must not stay behind
                     info = await create_owned(self._provider, spec)  # a failed boot: gone
                     await self._prime(info)
-            shape.warm.append(info)
+                    # Held before the shield ends: a cancel (the server stopping) lands at the
+                    # next checkpoint, and a box not held here was never drained (it ran on).
+                    shape.warm.append(info)
             shape.error = ""
             self._on_ready(info.id)
         except CapacityExceeded:
