@@ -53,8 +53,10 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite+aiosqlite:///{tmp_path / 'state' / 'hivecell.db'}"
     database: URL = request.getfixturevalue("postgres_database")
-    # Empty again, so every test also migrates a fresh schema.
-    anyio.run(_execute, database, "DROP TABLE IF EXISTS tasks, alembic_version")
+    # Empty again, so every test also migrates a fresh schema: every table, whatever
+    # migrations add (naming them let a new table outlive the reset and break the next run).
+    anyio.run(_execute, database, "DROP SCHEMA IF EXISTS public CASCADE")
+    anyio.run(_execute, database, "CREATE SCHEMA public")
     return database.render_as_string(hide_password=False)
 
 
