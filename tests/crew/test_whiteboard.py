@@ -81,3 +81,14 @@ def test_the_rendered_board_shows_status_owner_results_and_notes() -> None:
     assert "- [done, ada] a: a" in text and "result: found 3 vendors" in text
     assert "- [pending] b: b (after a)" in text
     assert "- ada: prices are in /shared/crew/prices.csv" in text
+
+
+def test_notes_are_capped_oldest_first() -> None:
+    board = crew(todo("a"))
+    for n in range(whiteboard.MAX_NOTES + 30):
+        whiteboard.add_note(board, Note(by="ada", text=f"note {n}"))
+    assert len(board.notes) == whiteboard.MAX_NOTES
+    assert (
+        board.notes[0].text == "note 30"
+        and board.notes[-1].text == f"note {whiteboard.MAX_NOTES + 29}"
+    )

@@ -319,7 +319,7 @@ class CrewRunner:
         ]
 
     async def note(self, by: str, text: str) -> None:
-        self.crew.notes.append(Note(by=by, text=text))
+        whiteboard.add_note(self.crew, Note(by=by, text=text))
         await self._changed("crew.note", {"by": by, "text": text})
 
     # --- a person's edits ------------------------------------------------------------------

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from hivecell.crew.models import MAX_TODOS, TODO_ENDED, Crew, Todo
+from hivecell.crew.models import MAX_TODOS, TODO_ENDED, Crew, Note, Todo
 from hivecell.errors import InvalidParams
 
 BLOCKED = "not run: {dep} {status}, and this TODO depends on it"
+MAX_NOTES = 200  # kept on the whiteboard: a model cannot grow the crew record without end
 
 
 class TodoEdit(BaseModel):
@@ -91,6 +92,12 @@ def cancel_blocked(crew: Crew) -> list[Todo]:
                 cancelled.append(todo)
                 changed = True
     return cancelled
+
+
+def add_note(crew: Crew, note: Note) -> None:
+    """Add ``note``; past ``MAX_NOTES`` the oldest go (the board shows the last 50)."""
+    crew.notes.append(note)
+    del crew.notes[:-MAX_NOTES]
 
 
 def all_ended(crew: Crew) -> bool:
