@@ -54,9 +54,6 @@ class LocalDesk:
         self._files = files
         self._runners: dict[str, TaskRunner] = {}
 
-    def inputs(self) -> list[Path]:
-        return list(self._files)
-
     async def open_desktop(self, name: str) -> SandboxInfo:
         named = self._spec.model_copy(update={"name": f"{SANDBOX_PREFIX}{self._crew_id}-{name}"})
         with anyio.CancelScope(shield=True):  # never a half-made sandbox left behind

@@ -39,9 +39,6 @@ class ServerDesk:
         self._spec = spec
         self._files = files
 
-    def inputs(self) -> list[Path]:
-        return list(self._files)
-
     async def open_desktop(self, name: str) -> SandboxInfo:
         """A warm desktop of the crew's shape when the pool has one (a restart removes pool
         sandboxes by their own name), else a new one named for the crew."""
