@@ -133,7 +133,7 @@ async def until_accepting(guest: Guest) -> None:
         while True:
             assert guest.proc.poll() is None, guest.log.read_text()
             try:
-                stream = await anyio.connect_unix(guest.sock)
+                stream = await connect_unix(str(guest.sock))
             except OSError:
                 await anyio.sleep(0.02)
                 continue
@@ -393,7 +393,7 @@ async def send_batch(guest: Guest, conns: list[Conn], b: Batch, frames: list[byt
     if split < len(data):
         await conn.stream.send(data[split:])
     if b.half_then_close:
-        half = await anyio.connect_unix(guest.sock)
+        half = await connect_unix(str(guest.sock))
         first = frames[0] or b"{"
         await half.send(first[: max(1, len(first) // 2)])
         await half.aclose()
@@ -403,7 +403,7 @@ async def send_batch(guest: Guest, conns: list[Conn], b: Batch, frames: list[byt
 
 async def garbage_forever(guest: Guest, stop: anyio.Event) -> None:
     """A peer that sends random bytes (some newlines, never a valid frame) all test long."""
-    async with await anyio.connect_unix(guest.sock) as stream:
+    async with await connect_unix(str(guest.sock)) as stream:
 
         async def drain() -> None:
             async for _ in FrameReader(stream):
@@ -510,7 +510,7 @@ async def test_each_nasty_frame_gets_its_error_and_the_guest_stays(
     guest: Guest, frame: bytes, code: int
 ) -> None:
     await until_accepting(guest)
-    async with await anyio.connect_unix(guest.sock) as stream:
+    async with await connect_unix(str(guest.sock)) as stream:
         await stream.send(frame + b"\n")
         reply = await next_reply(FrameReader(stream))
         assert reply["error"]["code"] == code, reply
@@ -522,7 +522,7 @@ async def test_each_nasty_frame_gets_its_error_and_the_guest_stays(
 async def test_lone_surrogates_are_echoed_as_escapes(guest: Guest) -> None:
     """``"\\ud800"`` as an id used to make the reply unencodable and end the listener."""
     await until_accepting(guest)
-    async with await anyio.connect_unix(guest.sock) as stream:
+    async with await connect_unix(str(guest.sock)) as stream:
         await stream.send(b'{"jsonrpc":"2.0","id":"\\ud800x","method":"ping"}\n')
         await stream.send(b'{"jsonrpc":"2.0","id":1,"method":"\\udfff"}\n')
         frames = FrameReader(stream)
@@ -537,11 +537,11 @@ async def test_lone_surrogates_are_echoed_as_escapes(guest: Guest) -> None:
 async def test_frame_without_newline_up_to_the_limit_then_close(guest: Guest) -> None:
     await until_accepting(guest)
     fds = guest.fds()
-    async with await anyio.connect_unix(guest.sock) as stream:  # exactly the limit, no newline
+    async with await connect_unix(str(guest.sock)) as stream:  # exactly the limit, no newline
         body = b'{"jsonrpc":"2.0","id":1,"method":"read_file","params":{"path":"'
         await stream.send(body + b"[" * (MAX_FRAME_BYTES - len(body)))
         await ping_on_a_new_connection(guest)  # the guest serves others meanwhile
-    async with await anyio.connect_unix(guest.sock) as stream:  # at the limit, then newline
+    async with await connect_unix(str(guest.sock)) as stream:  # at the limit, then newline
         await stream.send(b"[" * (MAX_FRAME_BYTES - 1) + b"\n")
         reply = await next_reply(FrameReader(stream), timeout=30)
         assert reply["error"]["code"] == -32700
@@ -556,7 +556,7 @@ async def test_many_connections_that_vanish(guest: Guest) -> None:
     await until_accepting(guest)
     fds = guest.fds()
     for i in range(200):
-        async with await anyio.connect_unix(guest.sock) as stream:
+        async with await connect_unix(str(guest.sock)) as stream:
             await stream.send(b'{"jsonrpc":"2.0","id":%d,"method":"pi' % i)
     await ping_on_a_new_connection(guest)
     await until_within(guest.fds, fds)
@@ -566,7 +566,7 @@ async def test_many_connections_that_vanish(guest: Guest) -> None:
 async def test_requests_in_flight_are_capped_per_connection(guest: Guest) -> None:
     """A peer that piles up requests gets a retryable error past the cap, not 1000 tasks."""
     await until_accepting(guest)
-    async with await anyio.connect_unix(guest.sock) as stream:
+    async with await connect_unix(str(guest.sock)) as stream:
         waits = b"".join(
             b'{"jsonrpc":"2.0","id":%d,"method":"wait","params":{"seconds":60}}\n' % i
             for i in range(300)
@@ -593,7 +593,7 @@ async def next_reply(frames: FrameReader, timeout: float = PING_WITHIN) -> dict[
 
 
 async def ping_on_a_new_connection(guest: Guest) -> None:
-    async with await anyio.connect_unix(guest.sock) as stream:
+    async with await connect_unix(str(guest.sock)) as stream:
         await stream.send(b'{"jsonrpc":"2.0","id":"p","method":"ping"}\n')
         reply = await next_reply(FrameReader(stream))
         assert reply["result"]["pong"] is True
@@ -604,7 +604,7 @@ async def test_running_out_of_fds_does_not_end_the_listener(tmp_path: Path) -> N
     max_fds = 48
     with start_guest(tmp_path, max_fds=max_fds) as small:
         await until_accepting(small)
-        held = [await anyio.connect_unix(small.sock) for _ in range(2 * max_fds)]  # backlog
+        held = [await connect_unix(str(small.sock)) for _ in range(2 * max_fds)]  # backlog
         with anyio.fail_after(10):
             while small.fds() < max_fds:  # noqa: ASYNC110 (no event for "fd table full")
                 await anyio.sleep(0.05)

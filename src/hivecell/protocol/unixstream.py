@@ -25,17 +25,35 @@ LINE_LIMIT = 1 << 20  # asyncio's readline limit; framing reads with read(n), ne
 async def connect_unix(path: str) -> SocketStream:
     """A connected stream: ``UnixStream`` on asyncio, anyio's own elsewhere (trio is safe)."""
     try:
-        loop = asyncio.get_running_loop()
+        asyncio.get_running_loop()
     except RuntimeError:
         return await anyio.connect_unix(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.setblocking(False)
-        await loop.sock_connect(sock, path)
+        await _connect(sock, path)
         return await _wrap(sock)
     except BaseException:
         sock.close()
         raise
+
+
+async def _connect(sock: socket.socket, path: str) -> None:
+    """Connect, retrying while the listener's backlog is full.
+
+    A unix socket's non-blocking connect fails with EAGAIN when the backlog is full: unlike a
+    TCP connect in progress it must be retried (``loop.sock_connect`` would wait for
+    writability, which an unconnected unix socket has at once, and hand back a socket that is
+    not connected). Nothing signals room in a peer's backlog, so the retry backs off.
+    """
+    pause = 0.001
+    while True:
+        try:
+            sock.connect(path)
+            return
+        except BlockingIOError:
+            await anyio.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
 
 async def unix_listener(sock: socket.socket) -> Listener[ByteStream]:
