@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -202,3 +203,31 @@ def _wait_for_lines(path: Path, count: int, child: subprocess.Popen[bytes]) -> N
             return
         time.sleep(0.02)
     raise AssertionError(f"writer produced fewer than {count} records (exit {child.poll()})")
+
+
+async def test_records_are_fsynced_by_sync_and_close_not_one_by_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record is readable at once (a killed process keeps it); the disk flush waits for
+    ``sync``, which the runner calls while the model thinks, or ``close``."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    writer = TraceWriter(tmp_path)
+    await writer.record(0, "user", text="a")
+    await writer.record(1, "user", text="b")
+    assert [s.step for s in TraceReader(tmp_path).steps()] == [0, 1]
+    assert synced == []
+    await writer.sync()
+    assert len(synced) == 2  # the file, and its new entry in the folder
+    await writer.sync()  # nothing new: no second disk flush
+    assert len(synced) == 2
+    await writer.record(2, "user", text="c")
+    await writer.close()
+    assert len(synced) == 3
+    assert [s.step for s in TraceReader(tmp_path).steps()] == [0, 1, 2]

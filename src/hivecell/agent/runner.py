@@ -147,6 +147,8 @@ class Recorder(Protocol):
 
     async def write_conversation(self, messages: list[dict[str, Any]]) -> None: ...
 
+    async def sync(self) -> None: ...
+
 
 EventSink = Callable[[str, dict[str, Any]], None]
 _T = TypeVar("_T")
@@ -163,9 +165,10 @@ class _WriteBehind:
 
     A step's records are written while its tool runs and its screenshot is taken instead of
     one after the other in its path; ``flush`` before each model request keeps the promise
-    that everything up to the request the model is working on is on disk (a process killed
-    while the model thinks leaves a complete trace: tests/cli/test_cli_run.py). It costs the
-    first request ~10-15 ms (the first screenshot's file and record, fsync'd).
+    that everything up to the request the model is working on is written (a process killed
+    while the model thinks leaves a complete trace: tests/cli/test_cli_run.py). The fsync
+    that makes it survive a machine crash is queued after the flush, so it runs while the
+    model thinks: on a busy disk it took 10-50 ms of the task's first request.
     """
 
     def __init__(self) -> None:
@@ -312,6 +315,7 @@ class TaskRunner:
         """One model call; endpoint outages pause the task until resumed, then retry."""
         while True:
             await self._writes.flush()
+            self._writes.submit(self._trace.sync)
             try:
                 with self.clock.bounded() as limit:
                     response = await self._llm.complete(messages, **kwargs)

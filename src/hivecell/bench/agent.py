@@ -132,6 +132,9 @@ class _StepClock:
     async def write_conversation(self, messages: list[dict[str, Any]]) -> None:
         await self._trace.write_conversation(messages)
 
+    async def sync(self) -> None:
+        await self._trace.sync()
+
     def _add_trace_time(self, step: int, started: float) -> None:
         spent = (time.perf_counter() - started) * 1000
         self.trace_ms[step] = self.trace_ms.get(step, 0.0) + spent

@@ -9,17 +9,16 @@ from typing import BinaryIO
 _CHUNK = 64 * 1024
 
 
-def open_for_append(path: Path) -> BinaryIO:
+def open_for_append(path: Path) -> tuple[BinaryIO, bool]:
     """Open ``path`` for appending records, first cutting off a partial last line left by a
-    killed writer so new records never run into it."""
+    killed writer so new records never run into it; and whether the file was created (its
+    folder then needs an fsync for the new entry to survive a crash)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     created = not path.exists()
     # Not a with-block: the handle outlives this call and TraceWriter.close() closes it.
     handle = open(path, "ab")  # noqa: SIM115
     cut_partial_line(handle)
-    if created:
-        fsync_dir(path.parent)
-    return handle
+    return handle, created
 
 
 def cut_partial_line(handle: BinaryIO) -> None:
@@ -44,10 +43,11 @@ def _end_of_last_line(reader: BinaryIO, end: int) -> int:
     return 0
 
 
-def append_durably(handle: BinaryIO, data: bytes) -> None:
+def append_visibly(handle: BinaryIO, data: bytes) -> None:
+    """In the kernel's page cache when this returns: a killed process cannot lose it (a
+    crash of the machine still can, until ``fsync``)."""
     handle.write(data)
     handle.flush()
-    os.fsync(handle.fileno())
 
 
 def write_atomically(path: Path, data: bytes, *, durable: bool = False) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO
@@ -13,7 +14,7 @@ from pydantic import BaseModel
 
 from hivecell.errors import InvalidParams
 from hivecell.trace.conversation import externalize_images
-from hivecell.trace.files import append_durably, open_for_append, write_atomically
+from hivecell.trace.files import append_visibly, fsync_dir, open_for_append, write_atomically
 from hivecell.trace.images import sniff_extension
 from hivecell.trace.models import (
     CONVERSATION_FILE,
@@ -27,8 +28,10 @@ from hivecell.trace.models import (
 class TraceWriter:
     """Writes ``trace_dir/trace.jsonl``, ``screenshots/`` and ``conversation.json``.
 
-    Each record is flushed and fsync'd before ``write`` returns, so a killed process loses at
-    most the record being written. Reopening an existing trace appends to it.
+    Each record is handed to the kernel before ``write`` returns, so a killed process loses at
+    most the record being written. ``sync`` (and ``close``) fsync them, so a crash of the
+    machine loses nothing synced: the agent runner syncs while the model thinks, which keeps
+    the disk's flush latency out of the step's path. Reopening an existing trace appends to it.
     """
 
     def __init__(self, trace_dir: Path) -> None:
@@ -38,6 +41,8 @@ class TraceWriter:
         # names are chosen by looking at what already exists.
         self._lock = anyio.Lock()
         self._names_by_digest: dict[str, str] = {}
+        self._unsynced = False  # records handed to the kernel since the last fsync
+        self._new_file = False  # the trace file was created: its folder's entry is unsynced
 
     async def write(self, step: TraceStep) -> None:
         line = step.to_line()
@@ -66,7 +71,21 @@ class TraceWriter:
         async with self._lock:
             await anyio.to_thread.run_sync(self._write_conversation, snapshot)
 
+    async def sync(self) -> None:
+        """Make every record written so far durable (fsync)."""
+        async with self._lock:
+            if self._handle is not None and self._unsynced:
+                self._unsynced = False
+                await anyio.to_thread.run_sync(self._fsync, self._handle)
+
+    def _fsync(self, handle: BinaryIO) -> None:
+        os.fsync(handle.fileno())
+        if self._new_file:
+            self._new_file = False
+            fsync_dir(self.trace_dir)
+
     async def close(self) -> None:
+        await self.sync()
         async with self._lock:
             handle, self._handle = self._handle, None
             if handle is not None:
@@ -85,8 +104,9 @@ class TraceWriter:
 
     def _append(self, line: bytes) -> None:
         if self._handle is None:
-            self._handle = open_for_append(self.trace_dir / TRACE_FILE)
-        append_durably(self._handle, line)
+            self._handle, self._new_file = open_for_append(self.trace_dir / TRACE_FILE)
+        append_visibly(self._handle, line)
+        self._unsynced = True
 
     def _save_image(self, data: bytes, stem: str) -> str:
         digest = hashlib.sha256(data).hexdigest()
