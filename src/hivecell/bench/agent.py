@@ -44,10 +44,11 @@ EXCLUDED = [
     "the first step (connection set-up and first-use initialisation)",
 ]
 NOTES = [
-    "trace records and screenshot files are fsync'd on a worker thread while the tool runs "
-    "and the screenshot is captured, and flushed before the next model request; what is "
-    "still waited for (mostly writing the step's screenshot record) counts as overhead; "
-    "trace_write is the writer's own wall time per step, mostly overlapped",
+    "trace records and screenshot files are written on a worker thread while the tool runs "
+    "and the screenshot is captured, flushed before the next model request and fsync'd "
+    "while the model thinks; what is still waited for (mostly writing the step's "
+    "screenshot record) counts as overhead; trace_write is the writer's own wall time per "
+    "step, mostly overlapped",
     "warm dispatch includes the first screenshot (the model is never asked without one); "
     "one warm-up run, which opens the HTTP connection, is left out",
 ]
