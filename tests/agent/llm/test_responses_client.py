@@ -25,6 +25,7 @@ from hivecell.agent.llm.script import Failure
 from hivecell.agent.llm.scripted_responses import (
     Output,
     ScriptedResponsesServer,
+    check_request,
     computer_call,
     function_call,
     message,
@@ -299,3 +300,45 @@ def test_pruned_screenshot_becomes_a_placeholder_image_with_a_note() -> None:
     built = build_input(messages).input
     assert built[3]["output"]["image_url"] == OMITTED_URL
     assert "omitted" in built[4]["content"]
+
+
+# --- the scripted server refuses what the real API refuses ----------------------------------
+def _body(*items: dict[str, Any]) -> dict[str, Any]:
+    tool = {
+        "type": "computer_use_preview",
+        "display_width": 10,
+        "display_height": 10,
+        "environment": "linux",
+    }
+    return {"model": "m", "input": list(items), "tools": [tool], "truncation": "auto"}
+
+
+SHOT = {"type": "computer_screenshot", "image_url": "data:image/png;base64,AAAA"}
+
+
+@pytest.mark.parametrize(
+    ("items", "says"),
+    [
+        ([computer_call({"type": "wait"}, call_id="a")], "no output for call a"),
+        ([{"type": "computer_call_output", "call_id": "z", "output": SHOT}], "has no computer_call before it"),
+        ([computer_call({"type": "wait"}, call_id="a"), {"type": "computer_call_output", "call_id": "a", "output": {"type": "computer_screenshot"}}], "no PNG screenshot"),
+        ([computer_call({"type": "wait"}, call_id="a", checks=[{"id": "s"}]), {"type": "computer_call_output", "call_id": "a", "output": SHOT}], "not acknowledged"),
+        ([computer_call({"type": "wait"}, call_id="a"), {"type": "computer_call_output", "call_id": "a", "output": SHOT, "acknowledged_safety_checks": [{"id": "s"}]}], "were not pending"),
+        ([reasoning("r")], "without its following item"),
+        ([function_call("f", "{}", call_id="f"), {"type": "computer_call_output", "call_id": "f", "output": SHOT}], "has no computer_call before it"),
+    ],
+)  # fmt: skip
+def test_scripted_server_refuses_what_the_api_refuses(
+    items: list[dict[str, Any]], says: str
+) -> None:
+    problems = check_request(_body(*items))
+    assert any(says in p for p in problems), problems
+
+
+def test_scripted_server_accepts_a_well_formed_step() -> None:
+    call = computer_call({"type": "wait"}, call_id="a", checks=[{"id": "s"}])
+    output = {"type": "computer_call_output", "call_id": "a", "output": SHOT, "acknowledged_safety_checks": [{"id": "s"}]}  # fmt: skip
+    assert check_request(_body(reasoning("r"), call, output)) == []
+    assert "input has computer_call items but no computer_use_preview tool" in check_request(
+        {"model": "m", "input": [call, output], "truncation": "auto"}
+    )
