@@ -186,8 +186,10 @@ async def test_safety_checks_wait_for_a_person_approve_acknowledges_deny_never_r
 ) -> None:
     approved = [{"id": "sc_ok", "code": "malicious_instructions", "message": "page text asks"}]
     denied = [{"id": "sc_no", "code": "sensitive_domain", "message": "a bank"}]
+    question = function_call("ask_user", '{"question": "Which file?"}', call_id="ask")
     steps: list[Step] = [
         OPEN_XTERM,
+        Output([question]),  # the ask-user tools work through the adapter too
         click_into_xterm("click"),
         *type_line(f"echo approved > {WORKSPACE}/ok.txt", "typed-ok", checks=approved),
         *type_line(f"echo denied > {WORKSPACE}/no.txt", "typed-no", checks=denied),
@@ -198,15 +200,17 @@ async def test_safety_checks_wait_for_a_person_approve_acknowledges_deny_never_r
     ]
     asked: list[dict[str, Any]] = []
     async with responses_run(provider, sandbox, steps, tmp_path / "t") as run:
-        first, second = run.next_wait(), run.next_wait()
+        waits = [run.next_wait() for _ in range(3)]
 
         async def person() -> None:
-            for waited, answer in ((first, "approve"), (second, "deny")):
+            for waited, answer in zip(waits, ("answer", "approve", "deny"), strict=True):
                 await waited.wait()
                 pending = run.runner.control.pending
                 assert pending is not None
                 asked.append(pending.as_dict())
-                if answer == "approve":
+                if answer == "answer":
+                    run.runner.control.answer("ok.txt")
+                elif answer == "approve":
                     run.runner.control.approve()
                 else:
                     run.runner.control.deny("not that one")
@@ -218,19 +222,21 @@ async def test_safety_checks_wait_for_a_person_approve_acknowledges_deny_never_r
     server = run.server
     assert server.problems == []
     assert outcome.status == "completed"
-    assert [a["tool"] for a in asked] == ["keyboard_type", "keyboard_type"]
-    assert "malicious_instructions: page text asks" in asked[0]["reason"]
-    assert "sensitive_domain: a bank" in asked[1]["reason"]
+    assert [a["tool"] for a in asked] == ["ask_user", "keyboard_type", "keyboard_type"]
+    assert "malicious_instructions: page text asks" in asked[1]["reason"]
+    assert "sensitive_domain: a bank" in asked[2]["reason"]
     workspace = anyio.Path(sandbox.shared_dir) / "workspace"
     assert await (workspace / "ok.txt").read_text() == "approved\n"
     assert await (workspace / "after.txt").read_text() == "after\n"
     assert not await (workspace / "no.txt").exists()  # the denied text was never typed
     bodies = server.bodies
+    [answered] = [o for o in outputs(bodies[2], "function_call_output") if o["call_id"] == "ask"]
+    assert json.loads(answered["output"]) == {"answer": "ok.txt"}
     # Approved: the next request acknowledges exactly the pending check on that call.
-    [acked] = [o for o in outputs(bodies[3]) if o["call_id"] == "typed-ok"]
+    [acked] = [o for o in outputs(bodies[4]) if o["call_id"] == "typed-ok"]
     assert acked["acknowledged_safety_checks"] == approved
     # Denied: the call is not claimed as run; the model is told why.
-    after_denial = bodies[5]
+    after_denial = bodies[6]
     assert all(o["call_id"] != "typed-no" for o in outputs(after_denial))
     assert not any(i.get("call_id") == "typed-no" for i in after_denial["input"])
     assert any(
