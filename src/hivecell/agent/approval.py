@@ -384,3 +384,12 @@ async def reason_to_ask(
             return None
         return f"write_file would overwrite the existing file {path}"
     return f"{tool} is in the approval list"
+
+
+def safety_reason(checks: Iterable[Any]) -> str:
+    """The approval reason for a vendor's pending safety checks (OpenAI's computer tool):
+    its own code and message, so the person sees what the vendor flagged."""
+    return "the model vendor flagged this action: " + "; ".join(
+        ": ".join(str(part) for part in (c.code or "safety_check", c.message) if part)
+        for c in checks
+    )

@@ -251,6 +251,8 @@ class TaskRunner:
         self._host_schemas = [tool.schema() for tool in self._host_tools.values()]
         self._history: History | None = None
         self._writes = _WriteBehind()
+        # call id -> the vendor safety checks a person approved for it (until its result)
+        self._acknowledged: dict[str, list[dict[str, Any]]] = {}
 
     # --- the loop ------------------------------------------------------------------------
     async def run(self) -> Outcome:
@@ -457,12 +459,15 @@ class TaskRunner:
             tool_latency_ms=tool_ms,
         )
         content = json.dumps({"error": error} if error else result)
-        return {"role": "tool", "tool_call_id": call.id, "content": content}
+        message = {"role": "tool", "tool_call_id": call.id, "content": content}
+        if acknowledged := self._acknowledged.pop(call.id, None):
+            message["acknowledged_safety_checks"] = acknowledged  # the adapter sends them back
+        return message
 
     async def _dispatch(self, call: Any) -> Any:
         if call.parse_error:
             raise InvalidParams(
-                f"arguments are not valid JSON ({call.parse_error}); resend the call", op=call.name
+                f"bad tool call ({call.parse_error}); resend the call", op=call.name
             )
         host = self._host_tools.get(call.name)
         if host is not None:
@@ -478,6 +483,9 @@ class TaskRunner:
             shell_rules=self.settings.approval_shell_rules,
             exists=self._exists,
         )
+        checks = getattr(call, "safety_checks", None) or []
+        if checks:  # the vendor's own reasons to have a person confirm this action first
+            reason = "; ".join(filter(None, (reason, approval.safety_reason(checks))))
         if reason is not None:
             await self._writes.flush()
             await self.control.approval(
@@ -486,6 +494,8 @@ class TaskRunner:
                 reason=reason,
                 timeout_s=self.settings.approval_timeout_s,
             )
+        if checks:
+            self._acknowledged[call.id] = [c.model_dump(exclude_none=True) for c in checks]
         result = await self._tools.execute(call.name, args)
         if call.name in GUI_TOOLS:
             await self._guest("wait_for_settle", {"timeout": 2.0})
@@ -609,7 +619,10 @@ def _assistant_message(response: Any) -> dict[str, Any]:
         {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.raw_arguments}}
         for c in response.tool_calls
     ]
-    return {"role": "assistant", "content": response.text or None, "tool_calls": calls}
+    message = {"role": "assistant", "content": response.text or None, "tool_calls": calls}
+    if items := getattr(response, "provider_items", None):
+        message["provider_items"] = items  # an adapter that must resend them reads them here
+    return message
 
 
 def _llm_fields(response: Any) -> dict[str, Any]:

@@ -16,6 +16,16 @@ class Usage(BaseModel):
     cached_prompt_tokens: int = Field(0, description="part of prompt_tokens served from cache")
 
 
+class SafetyCheck(BaseModel):
+    """A vendor's reason to have a person confirm a call first (OpenAI's pending_safety_checks)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    code: str | None = None
+    message: str | None = None
+
+
 class ToolCall(BaseModel):
     """One tool call; ``arguments`` is None and ``parse_error`` says why when the JSON is bad.
 
@@ -29,6 +39,9 @@ class ToolCall(BaseModel):
     arguments: dict[str, Any] | None
     raw_arguments: str
     parse_error: str | None = None
+    safety_checks: list[SafetyCheck] = Field(
+        default_factory=list, description="the call runs only once a person approves these"
+    )
 
 
 class LLMResponse(BaseModel):
@@ -43,3 +56,8 @@ class LLMResponse(BaseModel):
     finish_reason: str | None = None
     model: str
     attempts: int = Field(1, description="requests sent, counting retries and fallbacks")
+    provider_items: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="the vendor's own output items (reasoning included) when its API needs "
+        "them sent back verbatim; the runner keeps them in the history beside the tool calls",
+    )
