@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hivecell.agent.edits import edit_file
 from hivecell.errors import InvalidParams
 
 
@@ -32,6 +33,7 @@ class PointArgs(_Args):
 
 class ClickArgs(PointArgs):
     button: str = Field("left", description="left | right | middle")
+    clicks: int = Field(1, ge=1, le=3, description="3 selects a line or paragraph")
 
 
 class DragArgs(_Args):
@@ -65,6 +67,12 @@ class PathArgs(_Args):
 
 class WriteArgs(PathArgs):
     content: str
+
+
+class EditArgs(PathArgs):
+    old_str: str | None = Field(None, description="replace this text (must occur exactly once)")
+    insert_line: int | None = Field(None, ge=0, description="or insert after this line (0: top)")
+    new_str: str = Field("", description="the replacement or the inserted text")
 
 
 class MoveArgs(_Args):
@@ -126,6 +134,7 @@ TOOLS: dict[str, ToolDef] = {
         ToolDef("run_shell", "Run a shell command in the sandbox; returns its output.", ShellArgs),
         ToolDef("read_file", "Read a text file.", PathArgs),
         ToolDef("write_file", "Write a text file (creates parent folders).", WriteArgs),
+        ToolDef("edit_file", "Replace a unique text in a file, or insert lines.", EditArgs),
         ToolDef("list_directory", "List a directory.", PathArgs),
         ToolDef("move_file", "Move or rename a file.", MoveArgs),
         ToolDef("delete_file", "Delete a file.", PathArgs, dangerous=True),
@@ -202,7 +211,8 @@ class ToolBox:
         return {"note": SCREENSHOT_NOTE}
 
     async def _do_mouse_click(self, a: ClickArgs) -> Any:
-        return await self._call("mouse_click", {**self._screen(a.x, a.y), "button": a.button})
+        point = self._screen(a.x, a.y)
+        return await self._call("mouse_click", {**point, "button": a.button, "clicks": a.clicks})
 
     async def _do_mouse_double_click(self, a: PointArgs) -> Any:
         return await self._call("mouse_click", {**self._screen(a.x, a.y), "clicks": 2})
@@ -220,6 +230,11 @@ class ToolBox:
 
     async def _do_run_shell(self, a: ShellArgs) -> Any:
         return await self._call("run_shell", {"command": a.command, "timeout": a.timeout})
+
+    async def _do_edit_file(self, a: EditArgs) -> Any:
+        return await edit_file(
+            self._call, a.path, old_str=a.old_str, insert_line=a.insert_line, new_str=a.new_str
+        )
 
     async def _do_delete_file(self, a: PathArgs) -> Any:
         return await self._call("delete_file", {"path": a.path})

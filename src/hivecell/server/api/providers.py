@@ -20,7 +20,7 @@ import anyio
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
-from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
+from hivecell.agent.llm import ProviderConfig, load_provider, make_model
 from hivecell.agent.llm.config import ENVIRONMENT, KEY_ENV_PATTERN, environment_provider
 from hivecell.errors import HivecellError, InvalidParams, NotFound
 from hivecell.keystore import KEYRING
@@ -135,7 +135,7 @@ async def test_provider(
     quick = config.model_copy(update={"max_retries": 0, "timeout_s": min(config.timeout_s, 30)})
     started = time.perf_counter()
     try:
-        async with LLMClient(quick) as client:
+        async with make_model(quick) as client:
             reply = await client.complete([{"role": "user", "content": "Reply with: ok"}])
     except HivecellError as exc:
         error = {"code": exc.code, "message": exc.message}

@@ -1,0 +1,342 @@
+"""hivecell's tools as Anthropic's native tools, and the model's ``tool_use`` back as calls.
+
+The GUI tools become ONE ``computer`` tool (the version the model was trained on, from
+``TOOL_VERSIONS``), ``run_shell`` becomes ``bash`` and the file tools the text editor
+(``str_replace_based_edit_tool``); every other tool (ask_user, open_app, clipboard, host
+tools, ...) is offered as an ordinary custom tool with its own schema.
+
+A ``tool_use`` becomes a hivecell ``ToolCall`` whose ``arguments`` are hivecell's and whose
+``raw_arguments`` are the model's own input, so the conversation sent back shows the model
+exactly what it asked for (``native_tool`` recovers the native tool from the call). An action
+hivecell cannot do comes back as a call with a ``parse_error``: the runner answers it with an
+error the model reads, it is never dropped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from hivecell.agent.llm.response import ToolCall
+
+COMPUTER = "computer"
+BASH = "bash"
+EDITOR = "str_replace_based_edit_tool"
+
+# hivecell tools the native tools replace (they are not offered as custom tools beside them).
+COMPUTER_TOOLS = frozenset(
+    {"mouse_click", "mouse_double_click", "mouse_move", "mouse_drag", "scroll"}
+    | {"keyboard_type", "keyboard_key"}
+)
+COMPUTER_EXTRAS = frozenset({"screenshot", "wait"})  # actions of the computer tool too
+EDITOR_TOOLS = frozenset({"read_file", "write_file", "edit_file"})
+
+
+@dataclass(frozen=True)
+class ToolVersions:
+    computer: str
+    beta: str
+    bash: str = "bash_20250124"
+    editor: str = "text_editor_20250728"
+    zoom: bool = False
+
+
+_V2511 = ToolVersions("computer_20251124", "computer-use-2025-11-24")
+_V2501 = ToolVersions("computer_20250124", "computer-use-2025-01-24")
+# Newest computer tool each model is documented to support, by model-name prefix (longest
+# prefix wins, so dated snapshots match their family). zoom stays off until hivecell can
+# answer a zoom with an image (see docs/tools.md).
+TOOL_VERSIONS: dict[str, ToolVersions] = {
+    "claude-opus-4-6": _V2511,
+    "claude-sonnet-4-6": _V2511,
+    "claude-opus-4-5": _V2511,
+    "claude-sonnet-4-5": _V2501,
+    "claude-haiku-4-5": _V2501,
+    "claude-opus-4-1": _V2501,
+    "claude-opus-4": _V2501,
+    "claude-sonnet-4": _V2501,
+    "claude-3-7-sonnet": ToolVersions(
+        "computer_20250124", "computer-use-2025-01-24", editor="text_editor_20250124"
+    ),
+}
+DEFAULT_VERSIONS = _V2501  # any other claude-* model (and aliases a gateway may use)
+
+
+def versions_for(model: str) -> ToolVersions:
+    bare = model.rsplit("/", 1)[-1]  # "anthropic/claude-..." on gateways
+    for prefix in sorted(TOOL_VERSIONS, key=len, reverse=True):
+        if bare.startswith(prefix):
+            return TOOL_VERSIONS[prefix]
+    return DEFAULT_VERSIONS
+
+
+@dataclass(frozen=True)
+class Display:
+    """The screenshot as the model sees it, and how its pixels map to the runner's."""
+
+    width: int
+    height: int
+    factor: float = 1.0  # runner screenshot px per model px
+
+    def to_runner(self, x: int, y: int) -> tuple[int, int]:
+        return round(x * self.factor), round(y * self.factor)
+
+
+def native_tools(
+    schemas: list[dict[str, Any]], versions: ToolVersions, display: Display | None
+) -> list[dict[str, Any]]:
+    """The Anthropic tool list for the runner's (OpenAI-format) tool schemas."""
+    functions = [s["function"] for s in schemas if s.get("type") == "function"]
+    names = {f["name"] for f in functions}
+    tools: list[dict[str, Any]] = []
+    covered: set[str] = set()
+    if names & COMPUTER_TOOLS and display is not None:
+        tools.append(_computer(versions, display))
+        covered |= COMPUTER_TOOLS | COMPUTER_EXTRAS
+    if "run_shell" in names:
+        tools.append({"type": versions.bash, "name": BASH})
+        covered.add("run_shell")
+    if names & EDITOR_TOOLS:
+        tools.append({"type": versions.editor, "name": _editor_name(versions)})
+        covered |= EDITOR_TOOLS
+    tools.extend(_custom(f) for f in functions if f["name"] not in covered)
+    return tools
+
+
+def _computer(versions: ToolVersions, display: Display) -> dict[str, Any]:
+    tool: dict[str, Any] = {
+        "type": versions.computer,
+        "name": COMPUTER,
+        "display_width_px": display.width,
+        "display_height_px": display.height,
+    }
+    if versions.computer == "computer_20251124":
+        tool["enable_zoom"] = versions.zoom
+    return tool
+
+
+def _editor_name(versions: ToolVersions) -> str:
+    # The Claude 3.7 editor kept its old name.
+    return "str_replace_editor" if versions.editor == "text_editor_20250124" else EDITOR
+
+
+def _custom(function: dict[str, Any]) -> dict[str, Any]:
+    schema = function.get("parameters") or {"type": "object", "properties": {}}
+    return {
+        "name": function["name"],
+        "description": function.get("description", ""),
+        "input_schema": schema,
+    }
+
+
+# --- tool_use -> ToolCall ------------------------------------------------------------------
+class BadAction(Exception):
+    """The model's input cannot become a hivecell call; the message goes back to it."""
+
+
+def to_call(call_id: str, name: str, raw: Any, display: Display | None) -> ToolCall:
+    """Never raises: what cannot be done becomes a call carrying ``parse_error``."""
+    text = json.dumps(raw)
+    try:
+        if not isinstance(raw, dict):
+            raise BadAction(f"the input of {name} must be a JSON object")
+        tool, arguments = _translate(name, raw, display)
+    except BadAction as bad:
+        return ToolCall(
+            id=call_id, name=name, arguments=None, raw_arguments=text, parse_error=str(bad)
+        )
+    return ToolCall(id=call_id, name=tool, arguments=arguments, raw_arguments=text)
+
+
+def _translate(
+    name: str, raw: dict[str, Any], display: Display | None
+) -> tuple[str, dict[str, Any]]:
+    if name == COMPUTER:
+        if display is None:
+            raise BadAction("the computer tool was not offered in this step")
+        return computer_action(raw, display)
+    if name == BASH:
+        return bash_command(raw)
+    if name in (EDITOR, "str_replace_editor"):
+        return editor_command(raw)
+    return name, raw  # a custom tool: hivecell's own schema
+
+
+def native_tool(name: str, raw_arguments: str) -> tuple[str, Any]:
+    """The native tool (and its input) behind a hivecell call in the conversation."""
+    try:
+        raw = json.loads(raw_arguments) if raw_arguments.strip() else {}
+    except json.JSONDecodeError:
+        raw = {"unparsed": raw_arguments}
+    if isinstance(raw, dict):
+        if "action" in raw and name in COMPUTER_TOOLS | COMPUTER_EXTRAS:
+            return COMPUTER, raw
+        if name == "run_shell" and ("command" in raw or "restart" in raw):
+            return BASH, raw
+        if name in EDITOR_TOOLS and raw.get("command") in _EDITOR_COMMANDS:
+            return EDITOR, raw
+    return name, raw
+
+
+# --- the computer tool -----------------------------------------------------------------------
+_CLICKS: dict[str, tuple[str, dict[str, Any]]] = {
+    "left_click": ("mouse_click", {}),
+    "right_click": ("mouse_click", {"button": "right"}),
+    "middle_click": ("mouse_click", {"button": "middle"}),
+    "double_click": ("mouse_double_click", {}),
+    "triple_click": ("mouse_click", {"clicks": 3}),
+}
+_SCROLL = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}
+_UNSUPPORTED = {
+    "hold_key": "holding a key for a duration is not supported yet; press combinations "
+    "with the key action instead (e.g. 'shift+Right')",
+    "left_mouse_down": "separate button presses are not supported yet; use left_click_drag",
+    "left_mouse_up": "separate button presses are not supported yet; use left_click_drag",
+    "cursor_position": "cursor_position is not supported; the screenshot shows the desktop",
+    "zoom": "zoom is not enabled here; take a screenshot instead",
+}
+ACTIONS = (
+    *_CLICKS,
+    "mouse_move",
+    "left_click_drag",
+    "scroll",
+    "type",
+    "key",
+    "wait",
+    "screenshot",
+)
+
+
+def computer_action(raw: dict[str, Any], display: Display) -> tuple[str, dict[str, Any]]:
+    action = raw.get("action")
+    if action in _UNSUPPORTED:
+        raise BadAction(f"computer action {action!r}: {_UNSUPPORTED[action]}")
+    if action in _CLICKS:
+        if raw.get("text"):
+            raise BadAction(
+                f"computer action {action!r} with held keys ({raw['text']!r}) is not supported "
+                "yet; click without text"
+            )
+        tool, extra = _CLICKS[action]
+        return tool, {**_point(raw, "coordinate", display), **extra}
+    if action == "mouse_move":
+        return "mouse_move", _point(raw, "coordinate", display)
+    if action == "left_click_drag":
+        start = _point(raw, "start_coordinate", display)
+        end = _point(raw, "coordinate", display)
+        return "mouse_drag", {
+            "from_x": start["x"],
+            "from_y": start["y"],
+            "to_x": end["x"],
+            "to_y": end["y"],
+        }
+    if action == "scroll":
+        return "scroll", _scroll(raw, display)
+    if action == "type":
+        return "keyboard_type", {"text": _text(raw, action)}
+    if action == "key":
+        return "keyboard_key", {"keys": _keys(_text(raw, action))}
+    if action == "wait":
+        return "wait", {"seconds": raw.get("duration", 1)}
+    if action == "screenshot":
+        return "screenshot", {}
+    raise BadAction(f"unknown computer action {action!r}; actions: {', '.join(ACTIONS)}")
+
+
+def _point(raw: dict[str, Any], field: str, display: Display) -> dict[str, int]:
+    value = raw.get(field)
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 2
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise BadAction(f"{raw.get('action')}: {field} must be [x, y] in integer pixels")
+    x, y = value
+    if not (0 <= x < display.width and 0 <= y < display.height):
+        raise BadAction(
+            f"{raw.get('action')}: {field} {[x, y]} is outside the screen "
+            f"({display.width}x{display.height} pixels)"
+        )
+    sx, sy = display.to_runner(x, y)
+    return {"x": sx, "y": sy}
+
+
+def _scroll(raw: dict[str, Any], display: Display) -> dict[str, int]:
+    direction = raw.get("scroll_direction")
+    amount = raw.get("scroll_amount", 3)
+    if direction not in _SCROLL:
+        raise BadAction("scroll: scroll_direction must be up, down, left or right")
+    if not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount <= 100:
+        raise BadAction("scroll: scroll_amount must be a whole number of notches, 0 to 100")
+    if raw.get("text"):
+        raise BadAction("scroll with held keys is not supported yet; scroll without text")
+    dx, dy = _SCROLL[direction]
+    return {**_point(raw, "coordinate", display), "dx": dx * amount, "dy": dy * amount}
+
+
+def _text(raw: dict[str, Any], action: str) -> str:
+    text = raw.get("text")
+    if not isinstance(text, str) or not text:
+        raise BadAction(f"{action}: text is required")
+    return text
+
+
+def _keys(text: str) -> str:
+    # xdotool takes several combos separated by spaces; hivecell presses one per call.
+    combos = text.split()
+    if len(combos) != 1:
+        raise BadAction(
+            f"key: {text!r} is {len(combos)} key presses; send one combination per key "
+            "action (e.g. 'ctrl+s', 'Return')"
+        )
+    return combos[0]
+
+
+# --- bash and the text editor ----------------------------------------------------------------
+def bash_command(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    if raw.get("restart"):
+        raise BadAction(
+            "bash restart is not needed: every command runs in a fresh shell (state such as "
+            "cd or variables does not carry over; chain commands with &&)"
+        )
+    command = raw.get("command")
+    if not isinstance(command, str) or not command.strip():
+        raise BadAction("bash: command is required")
+    return "run_shell", {"command": command}
+
+
+_EDITOR_COMMANDS = ("view", "create", "str_replace", "insert")
+
+
+def editor_command(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    command, path = raw.get("command"), raw.get("path")
+    if command not in _EDITOR_COMMANDS:
+        raise BadAction(
+            f"text editor command {command!r} is not supported; commands: "
+            f"{', '.join(_EDITOR_COMMANDS)} (undo_edit is not: edit the file again)"
+        )
+    if not isinstance(path, str) or not path:
+        raise BadAction(f"{command}: path is required")
+    if command == "view":
+        if raw.get("view_range") is not None:
+            raise BadAction("view: view_range is not supported; view the whole file")
+        return "read_file", {"path": path}
+    if command == "create":
+        return "write_file", {"path": path, "content": _string(raw, "file_text", command)}
+    if command == "str_replace":
+        old, new = _string(raw, "old_str", command), raw.get("new_str") or ""
+        return "edit_file", {"path": path, "old_str": old, "new_str": new}
+    line = raw.get("insert_line")
+    # text_editor_20250728 names the text insert_text; the older versions new_str.
+    text = raw.get("insert_text", raw.get("new_str"))
+    if not isinstance(text, str):
+        raise BadAction("insert: insert_text is required")
+    return "edit_file", {"path": path, "insert_line": line, "new_str": text}
+
+
+def _string(raw: dict[str, Any], field: str, command: str) -> str:
+    value = raw.get(field)
+    if not isinstance(value, str):
+        raise BadAction(f"{command}: {field} is required")
+    return value
