@@ -20,7 +20,7 @@ from hivecell.agent.tools import TOOLS, ToolBox
 from hivecell.errors import InvalidParams
 
 SCREEN = Display(1024, 768)  # the model's pixels are the runner's
-HALF = Display(640, 400, factor=2.0)  # the adapter scaled the screenshot by half
+HALF = Display(640, 400, source=(1280, 800))  # the adapter scaled the screenshot by half
 
 
 def computer(action: str, display: Display = SCREEN, **input: Any) -> tuple[str, Any, str | None]:

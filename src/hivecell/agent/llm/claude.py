@@ -28,6 +28,7 @@ from hivecell.agent.llm.claude_tools import (
     to_call,
     versions_for,
 )
+from hivecell.agent.llm.client import _tls_context
 from hivecell.agent.llm.config import ProviderConfig
 from hivecell.agent.llm.errors import LLMRejected, LLMUnavailable
 from hivecell.agent.llm.failures import Retryable
@@ -68,7 +69,8 @@ class AnthropicClient:
         http = (
             httpx2.AsyncClient(transport=transport, follow_redirects=True)
             if transport
-            else anthropic.DefaultAsyncHttpxClient()
+            # One TLS context for every client, as LLMClient does (loading the CA store is slow).
+            else anthropic.DefaultAsyncHttpxClient(verify=_tls_context())
         )
         self._sdk = anthropic.AsyncAnthropic(
             base_url=config.base_url,

@@ -152,15 +152,15 @@ def _image(url: str) -> tuple[Block, Display | None]:
         return {"type": "image", "source": {"type": "url", "url": url}}, None
     header, _, data = url.partition(",")
     mime = header[5:].split(";")[0] or "image/png"
-    data, width, height, factor = _scaled(data, mime)
-    display = Display(width, height, factor) if width else None
+    data, width, height, source = _scaled(data, mime)
+    display = Display(width, height, source) if width else None
     source = {"type": "base64", "media_type": mime, "data": data}
     return {"type": "image", "source": source}, display
 
 
 @functools.lru_cache(maxsize=8)
-def _scaled(data: str, mime: str) -> tuple[str, int, int, float]:
-    """(base64, width, height, runner px per sent px); cached: each screenshot is sent
+def _scaled(data: str, mime: str) -> tuple[str, int, int, tuple[int, int] | None]:
+    """(base64, width, height, the original size if scaled); cached: each screenshot is sent
     several times (it stays in the history for keep_screenshots steps)."""
     raw = base64.b64decode(data)
     size = _png_size(raw) if mime == "image/png" else None
@@ -170,11 +170,11 @@ def _scaled(data: str, mime: str) -> tuple[str, int, int, float]:
     width, height = size
     target = fit(width, height)
     if target == (width, height):
-        return data, width, height, 1.0
+        return data, width, height, None
     with Image.open(io.BytesIO(raw)) as img:
         out = io.BytesIO()
         img.resize(target, Image.Resampling.LANCZOS).save(out, format=img.format or "PNG")
-    return base64.b64encode(out.getvalue()).decode("ascii"), *target, width / target[0]
+    return base64.b64encode(out.getvalue()).decode("ascii"), *target, (width, height)
 
 
 def _png_size(raw: bytes) -> tuple[int, int] | None:

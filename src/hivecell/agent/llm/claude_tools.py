@@ -77,10 +77,14 @@ class Display:
 
     width: int
     height: int
-    factor: float = 1.0  # runner screenshot px per model px
+    source: tuple[int, int] | None = None  # the runner's screenshot size when scaled
 
     def to_runner(self, x: int, y: int) -> tuple[int, int]:
-        return round(x * self.factor), round(y * self.factor)
+        if self.source is None:
+            return x, y
+        sw, sh = self.source
+        # Per axis (rounding made the two ratios differ), never past the last pixel.
+        return min(round(x * sw / self.width), sw - 1), min(round(y * sh / self.height), sh - 1)
 
 
 def native_tools(
