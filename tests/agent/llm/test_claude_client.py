@@ -128,7 +128,7 @@ async def test_results_answer_every_tool_use_and_the_screenshot_rides_in_compute
     sent = server.message_requests[1]
     assert "computer-use-2025-01-24" in sent.headers["anthropic-beta"]
     assert {t["name"]: t.get("type") for t in sent.body["tools"]}["computer"] == "computer_20250124"
-    user, assistant, answers = sent.body["messages"]
+    _, assistant, answers = sent.body["messages"]
     assert [b["type"] for b in assistant["content"]] == ["tool_use"] * 3
     # the model sees its own native calls again, not hivecell's translation
     assert assistant["content"][0] == {

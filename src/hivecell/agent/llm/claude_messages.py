@@ -152,10 +152,10 @@ def _image(url: str) -> tuple[Block, Display | None]:
         return {"type": "image", "source": {"type": "url", "url": url}}, None
     header, _, data = url.partition(",")
     mime = header[5:].split(";")[0] or "image/png"
-    data, width, height, source = _scaled(data, mime)
-    display = Display(width, height, source) if width else None
-    source = {"type": "base64", "media_type": mime, "data": data}
-    return {"type": "image", "source": source}, display
+    data, width, height, original = _scaled(data, mime)
+    display = Display(width, height, original) if width else None
+    block = {"type": "base64", "media_type": mime, "data": data}
+    return {"type": "image", "source": block}, display
 
 
 @functools.lru_cache(maxsize=8)
