@@ -130,7 +130,8 @@ def _add_user(b: _Builder, content: Any) -> None:
         if part.get("type") == "text" and part.get("text", "").strip():
             blocks.append({"type": "text", "text": part["text"]})
         elif part.get("type") == "image_url":
-            image, b.display = _image(part["image_url"]["url"])
+            image, display = _image(part["image_url"]["url"])
+            b.display = display or b.display
             if not _into_computer_result(b, image):
                 blocks.append(image)
     b.add("user", blocks)

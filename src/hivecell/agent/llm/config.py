@@ -14,6 +14,10 @@ Named providers are ``[providers.NAME]`` tables in ``$HIVECELL_HOME/config.toml`
     api_key_env = "GROQ_API_KEY"        # read the key from this variable, not OPENAI_API_KEY
     max_retries = 3
 
+    [providers.claude]
+    kind = "anthropic"                  # openai-chat (default), anthropic, openai-responses
+    model = "claude-sonnet-4-5"         # Anthropic's URL and ANTHROPIC_API_KEY by default
+
     [providers.groq.prices."llama-4-scout"]
     input = 0.11                        # USD per 1M tokens
     output = 0.34
