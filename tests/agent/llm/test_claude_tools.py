@@ -215,3 +215,22 @@ async def test_edit_file_reads_then_writes_and_refuses_a_partial_read() -> None:
     both = box.validate("edit_file", {"path": "/f", "old_str": "a", "insert_line": 1})
     with pytest.raises(InvalidParams, match="exactly one of"):
         await box.execute("edit_file", both)
+
+
+def test_view_range_is_composed_from_run_shell(tmp_path: Any) -> None:
+    import subprocess
+
+    path = tmp_path / "it's a file.txt"  # a quote in the name must not break out
+    path.write_text("one\ntwo\nthree\nfour\n")
+    edit = "str_replace_based_edit_tool"
+    call = to_call("t", edit, {"command": "view", "path": str(path), "view_range": [2, 3]}, SCREEN)
+    assert call.name == "run_shell" and call.arguments is not None
+    shown = subprocess.run(["sh", "-c", call.arguments["command"]], capture_output=True, text=True)
+    assert shown.stdout == "2\ttwo\n3\tthree\n"
+    tail = to_call("t", edit, {"command": "view", "path": str(path), "view_range": [4, -1]}, SCREEN)
+    assert tail.arguments is not None
+    shown = subprocess.run(["sh", "-c", tail.arguments["command"]], capture_output=True, text=True)
+    assert shown.stdout == "4\tfour\n"
+    for bad in ([0, 2], [3, 2], ["1", 2], [1]):
+        wrong = to_call("t", edit, {"command": "view", "path": "/a", "view_range": bad}, SCREEN)
+        assert "view_range must be" in (wrong.parse_error or ""), bad

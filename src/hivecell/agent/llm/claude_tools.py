@@ -15,6 +15,7 @@ error the model reads, it is never dropped.
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -324,7 +325,7 @@ def editor_command(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         raise BadAction(f"{command}: path is required")
     if command == "view":
         if raw.get("view_range") is not None:
-            raise BadAction("view: view_range is not supported; view the whole file")
+            return "run_shell", {"command": _lines_command(path, raw["view_range"])}
         return "read_file", {"path": path}
     if command == "create":
         return "write_file", {"path": path, "content": _string(raw, "file_text", command)}
@@ -337,6 +338,22 @@ def editor_command(raw: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     if not isinstance(text, str):
         raise BadAction("insert: insert_text is required")
     return "edit_file", {"path": path, "insert_line": line, "new_str": text}
+
+
+def _lines_command(path: str, view_range: Any) -> str:
+    """``view`` of some lines, numbered like Anthropic's editor shows them: composed from
+    ``run_shell`` (``read_file`` reads whole files), so it is traced and approved as one."""
+    if (
+        not isinstance(view_range, list)
+        or len(view_range) != 2
+        or not all(isinstance(n, int) and not isinstance(n, bool) for n in view_range)
+        or view_range[0] < 1
+        or not (view_range[1] == -1 or view_range[1] >= view_range[0])
+    ):
+        raise BadAction("view: view_range must be [first, last] line numbers (last -1: to the end)")
+    first, last = view_range
+    end = "$" if last == -1 else str(last)
+    return f"sed -n '{first},{end}{{=;p}}' -- {shlex.quote(path)} | sed 'N;s/\\n/\\t/'"
 
 
 def _string(raw: dict[str, Any], field: str, command: str) -> str:
