@@ -36,6 +36,10 @@ class ClickArgs(PointArgs):
     clicks: int = Field(1, ge=1, le=3, description="3 selects a line or paragraph")
 
 
+class ButtonArgs(_Args):
+    button: str = Field("left", description="left | right | middle")
+
+
 class DragArgs(_Args):
     from_x: int
     from_y: int
@@ -128,6 +132,8 @@ TOOLS: dict[str, ToolDef] = {
         ToolDef("mouse_double_click", "Double-click at a point.", PointArgs),
         ToolDef("mouse_move", "Move the pointer to a point.", PointArgs),
         ToolDef("mouse_drag", "Drag with the left button from one point to another.", DragArgs),
+        ToolDef("mouse_down", "Press and hold a button where the pointer is.", ButtonArgs),
+        ToolDef("mouse_up", "Release a held button where the pointer is.", ButtonArgs),
         ToolDef("scroll", "Scroll at a point.", ScrollArgs),
         ToolDef("keyboard_type", "Type text (any Unicode) into the focused window.", TypeArgs),
         ToolDef("keyboard_key", "Press a key or key combination.", KeyArgs),
@@ -155,6 +161,8 @@ GUI_TOOLS = frozenset(
         "mouse_double_click",
         "mouse_move",
         "mouse_drag",
+        "mouse_down",
+        "mouse_up",
         "scroll",
         "keyboard_type",
         "keyboard_key",
@@ -219,6 +227,12 @@ class ToolBox:
 
     async def _do_mouse_move(self, a: PointArgs) -> Any:
         return await self._call("mouse_move", self._screen(a.x, a.y))
+
+    async def _do_mouse_down(self, a: ButtonArgs) -> Any:
+        return await self._call("mouse_button", {"button": a.button, "down": True})
+
+    async def _do_mouse_up(self, a: ButtonArgs) -> Any:
+        return await self._call("mouse_button", {"button": a.button, "down": False})
 
     async def _do_scroll(self, a: ScrollArgs) -> Any:
         return await self._call("scroll", {**self._screen(a.x, a.y), "dx": a.dx, "dy": a.dy})

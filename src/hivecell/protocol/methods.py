@@ -301,6 +301,11 @@ class MouseClickParams(MouseMoveParams):
     clicks: Literal[1, 2, 3] = 1
 
 
+class MouseButtonParams(ActionParams):
+    button: Button = "left"
+    down: bool = Field(description="true presses and holds, false releases; where the pointer is")
+
+
 class MouseDragParams(ActionParams):
     from_x: Coord = Field(ge=0)
     from_y: Coord = Field(ge=0)
@@ -462,6 +467,7 @@ METHODS: dict[str, MethodSpec] = _specs(
     ("mouse_move", MouseMoveParams, Position, "move the pointer"),
     ("mouse_click", MouseClickParams, Position, "click at a point"),
     ("mouse_drag", MouseDragParams, Position, "press, move and release"),
+    ("mouse_button", MouseButtonParams, Position, "press or release a button where the pointer is"),
     ("scroll", ScrollParams, Position, "scroll at a point"),
     ("keyboard_type", KeyboardTypeParams, TypedResult, "type Unicode text"),
     ("keyboard_key", KeyboardKeyParams, Ok, "press a key or combo like ctrl+shift+t"),

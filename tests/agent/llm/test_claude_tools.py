@@ -58,6 +58,7 @@ def test_gui_tools_become_one_computer_tool_and_the_rest_stay_custom() -> None:
     assert by_name["bash"]["type"] == "bash_20250124"
     assert by_name["str_replace_based_edit_tool"]["type"] == "text_editor_20250728"
     replaced = {"mouse_click", "keyboard_type", "keyboard_key", "scroll", "mouse_drag"}
+    replaced |= {"mouse_down", "mouse_up"}
     replaced |= {"screenshot", "wait", "run_shell", "read_file", "write_file", "edit_file"}
     assert not replaced & set(by_name)
     for custom in ("ask_user", "ask_user_choice", "open_app", "clipboard_write", "list_directory"):
@@ -107,6 +108,8 @@ def test_other_actions() -> None:
     assert computer("key", text="Return") == ("keyboard_key", {"keys": "Return"}, None)
     assert computer("wait", duration=2) == ("wait", {"seconds": 2}, None)
     assert computer("screenshot") == ("screenshot", {}, None)
+    assert computer("left_mouse_down") == ("mouse_down", {}, None)
+    assert computer("left_mouse_up") == ("mouse_up", {}, None)
 
 
 def test_coordinates_map_back_through_the_adapters_scale() -> None:
@@ -129,7 +132,7 @@ def test_coordinates_map_back_through_the_adapters_scale() -> None:
         ({"action": "type"}, "type: text is required"),
         ({"action": "key", "text": "ctrl+a Delete"}, "one combination per key action"),
         ({"action": "hold_key", "text": "shift", "duration": 1}, "'hold_key'"),
-        ({"action": "left_mouse_down"}, "use left_click_drag"),
+        ({"action": "left_mouse_down", "coordinate": [1, 1]}, "mouse_move there first"),
         ({"action": "zoom", "region": [0, 0, 5, 5]}, "zoom is not enabled"),
         ({"action": "left_click", "coordinate": [1, 1], "text": "shift"}, "held keys"),
     ],

@@ -28,6 +28,7 @@ EDITOR = "str_replace_based_edit_tool"
 # hivecell tools the native tools replace (they are not offered as custom tools beside them).
 COMPUTER_TOOLS = frozenset(
     {"mouse_click", "mouse_double_click", "mouse_move", "mouse_drag", "scroll"}
+    | {"mouse_down", "mouse_up"}
     | {"keyboard_type", "keyboard_key"}
 )
 COMPUTER_EXTRAS = frozenset({"screenshot", "wait"})  # actions of the computer tool too
@@ -196,8 +197,6 @@ _SCROLL = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}
 _UNSUPPORTED = {
     "hold_key": "holding a key for a duration is not supported yet; press combinations "
     "with the key action instead (e.g. 'shift+Right')",
-    "left_mouse_down": "separate button presses are not supported yet; use left_click_drag",
-    "left_mouse_up": "separate button presses are not supported yet; use left_click_drag",
     "cursor_position": "cursor_position is not supported; the screenshot shows the desktop",
     "zoom": "zoom is not enabled here; take a screenshot instead",
 }
@@ -205,6 +204,8 @@ ACTIONS = (
     *_CLICKS,
     "mouse_move",
     "left_click_drag",
+    "left_mouse_down",
+    "left_mouse_up",
     "scroll",
     "type",
     "key",
@@ -225,6 +226,10 @@ def computer_action(raw: dict[str, Any], display: Display) -> tuple[str, dict[st
             )
         tool, extra = _CLICKS[action]
         return tool, {**_point(raw, "coordinate", display), **extra}
+    if action in ("left_mouse_down", "left_mouse_up"):
+        if raw.get("coordinate") is not None:
+            raise BadAction(f"{action} presses where the pointer is: mouse_move there first")
+        return ("mouse_down" if action == "left_mouse_down" else "mouse_up"), {}
     if action == "mouse_move":
         return "mouse_move", _point(raw, "coordinate", display)
     if action == "left_click_drag":

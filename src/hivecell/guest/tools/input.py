@@ -61,6 +61,19 @@ async def mouse_drag(p: m.MouseDragParams, ctx: CallContext) -> m.Position:
     return m.Position(x=p.to_x, y=p.to_y)
 
 
+@router.method("mouse_button")
+async def mouse_button(p: m.MouseButtonParams, ctx: CallContext) -> m.Position:
+    # Separate press and release (Anthropic's left_mouse_down/up), with moves in between.
+    x, button = ctx.services.x, BUTTONS[p.button]
+    px, py = await x.run(x.pointer_sync)
+    if p.down:
+        await x.run(_press_at, x, px, py, button)
+    else:
+        await x.run(_release, x, button)
+    await maybe_settle(p, ctx)
+    return m.Position(x=px, y=py)
+
+
 def drag_path(p: m.MouseDragParams) -> list[tuple[int, int]]:
     dx, dy = p.to_x - p.from_x, p.to_y - p.from_y
     return [
