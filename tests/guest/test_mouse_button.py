@@ -1,12 +1,13 @@
-"""``mouse_button``: a press and a release as separate calls (Anthropic's left_mouse_down/up),
-on a real Xvfb + openbox display, seen by a real X client window."""
+"""``mouse_button`` (a press and a release as separate calls, Anthropic's left_mouse_down/up)
+and ``keyboard_hold`` (hold_key), on a real Xvfb + openbox display, seen by a real X window."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import anyio
 import pytest
-from Xlib import X
+from Xlib import XK, X
 
 from tests.guest.xdisplay import Guest, Probe, of_type
 
@@ -52,3 +53,24 @@ async def test_the_right_button_too(guest: Guest, probe: Probe) -> None:
     await guest("mouse_button", button="right", down=False)
     events = await probe.wait_for(lambda ev: bool(of_type(ev, X.ButtonRelease)))
     assert [e.detail for e in of_type(events, X.ButtonPress)] == [3]
+
+
+async def test_keyboard_hold_keeps_keys_down_then_releases_them(guest: Guest, probe: Probe) -> None:
+    started = anyio.current_time()
+    assert await guest("keyboard_hold", keys="shift+a", seconds=0.3) == {"ok": True}
+    took = anyio.current_time() - started
+    events = await probe.wait_for(lambda ev: len(of_type(ev, X.KeyRelease)) >= 2)
+    presses, releases = of_type(events, X.KeyPress), of_type(events, X.KeyRelease)
+    assert probe.keysym(presses[0]) in (XK.XK_Shift_L, XK.XK_Shift_R)
+    # the last release (shift, pressed first) comes after every press, 0.3 s after the first
+    assert releases[-1].time - presses[0].time >= 300 and took >= 0.3
+    assert max(e.time for e in presses) <= releases[-1].time
+
+
+async def test_a_cancelled_hold_still_releases(guest: Guest, probe: Probe) -> None:
+    with anyio.move_on_after(0.2) as scope:
+        await guest("keyboard_hold", keys="ctrl", seconds=30)
+    assert scope.cancelled_caught
+    events = await probe.wait_for(lambda ev: bool(of_type(ev, X.KeyRelease)))
+    [release] = of_type(events, X.KeyRelease)
+    assert probe.keysym(release) in (XK.XK_Control_L, XK.XK_Control_R)

@@ -60,6 +60,10 @@ class KeyArgs(_Args):
     keys: str = Field(description="a key or combo, e.g. Return, ctrl+s, alt+F4, ctrl+shift+t")
 
 
+class HoldArgs(KeyArgs):
+    seconds: float = Field(gt=0, le=30, description="how long the keys stay down")
+
+
 class ShellArgs(_Args):
     command: str = Field(description="a /bin/sh command line")
     timeout: float = Field(60, description="seconds")
@@ -137,6 +141,7 @@ TOOLS: dict[str, ToolDef] = {
         ToolDef("scroll", "Scroll at a point.", ScrollArgs),
         ToolDef("keyboard_type", "Type text (any Unicode) into the focused window.", TypeArgs),
         ToolDef("keyboard_key", "Press a key or key combination.", KeyArgs),
+        ToolDef("keyboard_hold", "Hold a key or combination down for some seconds.", HoldArgs),
         ToolDef("run_shell", "Run a shell command in the sandbox; returns its output.", ShellArgs),
         ToolDef("read_file", "Read a text file.", PathArgs),
         ToolDef("write_file", "Write a text file (creates parent folders).", WriteArgs),
@@ -166,6 +171,7 @@ GUI_TOOLS = frozenset(
         "scroll",
         "keyboard_type",
         "keyboard_key",
+        "keyboard_hold",
         "open_app",
         "open_file",
         "open_url",

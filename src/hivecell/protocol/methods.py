@@ -330,6 +330,11 @@ class KeyboardKeyParams(ActionParams):
     repeat: int = Field(1, ge=1, le=100)
 
 
+class KeyboardHoldParams(ActionParams):
+    keys: str = Field(min_length=1, max_length=200, description="e.g. 'shift', 'Right'")
+    seconds: float = Field(gt=0, le=30, description="how long the keys stay down")
+
+
 class TypedResult(Result):
     characters: int
 
@@ -471,6 +476,7 @@ METHODS: dict[str, MethodSpec] = _specs(
     ("scroll", ScrollParams, Position, "scroll at a point"),
     ("keyboard_type", KeyboardTypeParams, TypedResult, "type Unicode text"),
     ("keyboard_key", KeyboardKeyParams, Ok, "press a key or combo like ctrl+shift+t"),
+    ("keyboard_hold", KeyboardHoldParams, Ok, "hold a key or combo down for some seconds"),
     ("clipboard_read", Empty, ClipboardText, "read the clipboard text"),
     ("clipboard_write", ClipboardWriteParams, Ok, "set the clipboard text"),
     ("open_app", OpenAppParams, Launched, "start an app by name, .desktop id or command"),

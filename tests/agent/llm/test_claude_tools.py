@@ -58,7 +58,7 @@ def test_gui_tools_become_one_computer_tool_and_the_rest_stay_custom() -> None:
     assert by_name["bash"]["type"] == "bash_20250124"
     assert by_name["str_replace_based_edit_tool"]["type"] == "text_editor_20250728"
     replaced = {"mouse_click", "keyboard_type", "keyboard_key", "scroll", "mouse_drag"}
-    replaced |= {"mouse_down", "mouse_up"}
+    replaced |= {"mouse_down", "mouse_up", "keyboard_hold"}
     replaced |= {"screenshot", "wait", "run_shell", "read_file", "write_file", "edit_file"}
     assert not replaced & set(by_name)
     for custom in ("ask_user", "ask_user_choice", "open_app", "clipboard_write", "list_directory"):
@@ -108,6 +108,11 @@ def test_other_actions() -> None:
     assert computer("key", text="Return") == ("keyboard_key", {"keys": "Return"}, None)
     assert computer("wait", duration=2) == ("wait", {"seconds": 2}, None)
     assert computer("screenshot") == ("screenshot", {}, None)
+    assert computer("hold_key", text="shift", duration=2) == (
+        "keyboard_hold",
+        {"keys": "shift", "seconds": 2},
+        None,
+    )
     assert computer("left_mouse_down") == ("mouse_down", {}, None)
     assert computer("left_mouse_up") == ("mouse_up", {}, None)
 
@@ -131,7 +136,7 @@ def test_coordinates_map_back_through_the_adapters_scale() -> None:
         ({"action": "scroll", "coordinate": [1, 1], "scroll_direction": "in"}, "up, down"),
         ({"action": "type"}, "type: text is required"),
         ({"action": "key", "text": "ctrl+a Delete"}, "one combination per key action"),
-        ({"action": "hold_key", "text": "shift", "duration": 1}, "'hold_key'"),
+        ({"action": "hold_key", "duration": 1}, "hold_key: text is required"),
         ({"action": "left_mouse_down", "coordinate": [1, 1]}, "mouse_move there first"),
         ({"action": "zoom", "region": [0, 0, 5, 5]}, "zoom is not enabled"),
         ({"action": "left_click", "coordinate": [1, 1], "text": "shift"}, "held keys"),

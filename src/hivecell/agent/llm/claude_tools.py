@@ -29,7 +29,7 @@ EDITOR = "str_replace_based_edit_tool"
 COMPUTER_TOOLS = frozenset(
     {"mouse_click", "mouse_double_click", "mouse_move", "mouse_drag", "scroll"}
     | {"mouse_down", "mouse_up"}
-    | {"keyboard_type", "keyboard_key"}
+    | {"keyboard_type", "keyboard_key", "keyboard_hold"}
 )
 COMPUTER_EXTRAS = frozenset({"screenshot", "wait"})  # actions of the computer tool too
 EDITOR_TOOLS = frozenset({"read_file", "write_file", "edit_file"})
@@ -195,8 +195,6 @@ _CLICKS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 _SCROLL = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}
 _UNSUPPORTED = {
-    "hold_key": "holding a key for a duration is not supported yet; press combinations "
-    "with the key action instead (e.g. 'shift+Right')",
     "cursor_position": "cursor_position is not supported; the screenshot shows the desktop",
     "zoom": "zoom is not enabled here; take a screenshot instead",
 }
@@ -209,6 +207,7 @@ ACTIONS = (
     "scroll",
     "type",
     "key",
+    "hold_key",
     "wait",
     "screenshot",
 )
@@ -247,6 +246,8 @@ def computer_action(raw: dict[str, Any], display: Display) -> tuple[str, dict[st
         return "keyboard_type", {"text": _text(raw, action)}
     if action == "key":
         return "keyboard_key", {"keys": _keys(_text(raw, action))}
+    if action == "hold_key":
+        return "keyboard_hold", {"keys": _keys(_text(raw, action)), "seconds": raw.get("duration")}
     if action == "wait":
         return "wait", {"seconds": raw.get("duration", 1)}
     if action == "screenshot":

@@ -184,6 +184,20 @@ async def keyboard_key(p: m.KeyboardKeyParams, ctx: CallContext) -> m.Ok:
     return m.Ok()
 
 
+@router.method("keyboard_hold")
+async def keyboard_hold(p: m.KeyboardHoldParams, ctx: CallContext) -> m.Ok:
+    keysyms = parse_keys(p.keys)
+    x = ctx.services.x
+    pressed = await x.run(x.press_sync, keysyms)
+    try:
+        await anyio.sleep(p.seconds)  # the hold itself: X repeats the key meanwhile
+    finally:
+        with anyio.CancelScope(shield=True):  # never leave a key held down
+            await x.run(x.release_sync, pressed)
+    await maybe_settle(p, ctx)
+    return m.Ok()
+
+
 def parse_keys(keys: str) -> list[int]:
     """'ctrl+shift+t' -> keysyms to hold in order. In a combo a letter names its key, so
     'ctrl+T' is ctrl+t; add 'shift' explicitly for the shifted variant."""
