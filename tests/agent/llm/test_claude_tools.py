@@ -9,13 +9,8 @@ from typing import Any
 import pytest
 
 from hivecell.agent.edits import insert_after, replace_once
-from hivecell.agent.llm.claude_tools import (
-    Display,
-    native_tool,
-    native_tools,
-    to_call,
-    versions_for,
-)
+from hivecell.agent.llm.claude_actions import to_call
+from hivecell.agent.llm.claude_tools import Display, native_tool, native_tools, versions_for
 from hivecell.agent.tools import TOOLS, ToolBox
 from hivecell.errors import InvalidParams
 

@@ -19,15 +19,9 @@ import anthropic
 import anyio
 import httpx2
 
+from hivecell.agent.llm.claude_actions import to_call
 from hivecell.agent.llm.claude_messages import CACHE, Request, convert
-from hivecell.agent.llm.claude_tools import (
-    BASH,
-    COMPUTER,
-    EDITOR,
-    native_tools,
-    to_call,
-    versions_for,
-)
+from hivecell.agent.llm.claude_tools import BASH, COMPUTER, EDITOR, native_tools, versions_for
 from hivecell.agent.llm.client import _tls_context
 from hivecell.agent.llm.config import ProviderConfig
 from hivecell.agent.llm.errors import LLMRejected, LLMUnavailable
