@@ -30,7 +30,7 @@ SHELL_RULES: dict[str, str] = {
     "any": "every command (off by default)",
 }
 DEFAULT_SHELL_RULES = tuple(name for name in SHELL_RULES if name != "any")
-DEFAULT_TOOLS = ("delete_file", "move_file", "write_file", "run_shell")
+DEFAULT_TOOLS = ("delete_file", "move_file", "write_file", "edit_file", "run_shell")
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox"})
 DOWNLOADERS = frozenset({"curl", "wget", "fetch", "aria2c", "http", "https"})

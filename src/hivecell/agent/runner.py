@@ -466,9 +466,7 @@ class TaskRunner:
 
     async def _dispatch(self, call: Any) -> Any:
         if call.parse_error:
-            raise InvalidParams(
-                f"bad tool call ({call.parse_error}); resend the call", op=call.name
-            )
+            raise InvalidParams(f"{call.parse_error}; resend the call", op=call.name)
         host = self._host_tools.get(call.name)
         if host is not None:
             return await host.call(host.args.model_validate(call.arguments or {}))

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from hivecell.agent.edits import edit_file
 from hivecell.errors import InvalidParams
 
 
@@ -31,6 +32,11 @@ class PointArgs(_Args):
 
 
 class ClickArgs(PointArgs):
+    button: str = Field("left", description="left | right | middle")
+    clicks: int = Field(1, ge=1, le=3, description="3 selects a line or paragraph")
+
+
+class ButtonArgs(_Args):
     button: str = Field("left", description="left | right | middle")
 
 
@@ -54,6 +60,10 @@ class KeyArgs(_Args):
     keys: str = Field(description="a key or combo, e.g. Return, ctrl+s, alt+F4, ctrl+shift+t")
 
 
+class HoldArgs(KeyArgs):
+    seconds: float = Field(gt=0, le=30, description="how long the keys stay down")
+
+
 class ShellArgs(_Args):
     command: str = Field(description="a /bin/sh command line")
     timeout: float = Field(60, description="seconds")
@@ -65,6 +75,12 @@ class PathArgs(_Args):
 
 class WriteArgs(PathArgs):
     content: str
+
+
+class EditArgs(PathArgs):
+    old_str: str | None = Field(None, description="replace this text (must occur exactly once)")
+    insert_line: int | None = Field(None, ge=0, description="or insert after this line (0: top)")
+    new_str: str = Field("", description="the replacement or the inserted text")
 
 
 class MoveArgs(_Args):
@@ -120,12 +136,16 @@ TOOLS: dict[str, ToolDef] = {
         ToolDef("mouse_double_click", "Double-click at a point.", PointArgs),
         ToolDef("mouse_move", "Move the pointer to a point.", PointArgs),
         ToolDef("mouse_drag", "Drag with the left button from one point to another.", DragArgs),
+        ToolDef("mouse_down", "Press and hold a button where the pointer is.", ButtonArgs),
+        ToolDef("mouse_up", "Release a held button where the pointer is.", ButtonArgs),
         ToolDef("scroll", "Scroll at a point.", ScrollArgs),
         ToolDef("keyboard_type", "Type text (any Unicode) into the focused window.", TypeArgs),
         ToolDef("keyboard_key", "Press a key or key combination.", KeyArgs),
+        ToolDef("keyboard_hold", "Hold a key or combination down for some seconds.", HoldArgs),
         ToolDef("run_shell", "Run a shell command in the sandbox; returns its output.", ShellArgs),
         ToolDef("read_file", "Read a text file.", PathArgs),
         ToolDef("write_file", "Write a text file (creates parent folders).", WriteArgs),
+        ToolDef("edit_file", "Replace a unique text in a file, or insert lines.", EditArgs),
         ToolDef("list_directory", "List a directory.", PathArgs),
         ToolDef("move_file", "Move or rename a file.", MoveArgs),
         ToolDef("delete_file", "Delete a file.", PathArgs, dangerous=True),
@@ -146,9 +166,12 @@ GUI_TOOLS = frozenset(
         "mouse_double_click",
         "mouse_move",
         "mouse_drag",
+        "mouse_down",
+        "mouse_up",
         "scroll",
         "keyboard_type",
         "keyboard_key",
+        "keyboard_hold",
         "open_app",
         "open_file",
         "open_url",
@@ -202,13 +225,20 @@ class ToolBox:
         return {"note": SCREENSHOT_NOTE}
 
     async def _do_mouse_click(self, a: ClickArgs) -> Any:
-        return await self._call("mouse_click", {**self._screen(a.x, a.y), "button": a.button})
+        point = self._screen(a.x, a.y)
+        return await self._call("mouse_click", {**point, "button": a.button, "clicks": a.clicks})
 
     async def _do_mouse_double_click(self, a: PointArgs) -> Any:
         return await self._call("mouse_click", {**self._screen(a.x, a.y), "clicks": 2})
 
     async def _do_mouse_move(self, a: PointArgs) -> Any:
         return await self._call("mouse_move", self._screen(a.x, a.y))
+
+    async def _do_mouse_down(self, a: ButtonArgs) -> Any:
+        return await self._call("mouse_button", {"button": a.button, "down": True})
+
+    async def _do_mouse_up(self, a: ButtonArgs) -> Any:
+        return await self._call("mouse_button", {"button": a.button, "down": False})
 
     async def _do_scroll(self, a: ScrollArgs) -> Any:
         return await self._call("scroll", {**self._screen(a.x, a.y), "dx": a.dx, "dy": a.dy})
@@ -220,6 +250,11 @@ class ToolBox:
 
     async def _do_run_shell(self, a: ShellArgs) -> Any:
         return await self._call("run_shell", {"command": a.command, "timeout": a.timeout})
+
+    async def _do_edit_file(self, a: EditArgs) -> Any:
+        return await edit_file(
+            self._call, a.path, old_str=a.old_str, insert_line=a.insert_line, new_str=a.new_str
+        )
 
     async def _do_delete_file(self, a: PathArgs) -> Any:
         return await self._call("delete_file", {"path": a.path})

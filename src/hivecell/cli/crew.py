@@ -95,7 +95,7 @@ def crew(
 
 
 async def _run(home: Path, config: ProviderConfig, request: CrewRequest) -> Crew:
-    from hivecell.agent.llm import LLMClient, require_price
+    from hivecell.agent.llm import make_model, require_price
     from hivecell.crew.local import run_here
     from hivecell.sandbox.registry import get_provider
     from hivecell.store import TaskStore, default_database_url
@@ -103,7 +103,7 @@ async def _run(home: Path, config: ProviderConfig, request: CrewRequest) -> Crew
     if request.max_cost_usd is not None:  # never a silent $0 against a cost budget
         require_price(config.model, config.prices, op="crew")
     terminal = _Terminal(interactive=sys.stdin.isatty())
-    async with TaskStore(default_database_url(home)) as store, LLMClient(config) as client:
+    async with TaskStore(default_database_url(home)) as store, make_model(config) as client:
         await store.mark_interrupted()
         async with anyio.create_task_group() as tg:
             tg.start_soon(terminal.watch_interrupts)

@@ -160,7 +160,7 @@ async def _run(
     limits: TransferLimits,
     retry_of: str | None = None,
 ) -> TaskResult:
-    from hivecell.agent.llm import LLMClient, require_price
+    from hivecell.agent.llm import make_model, require_price
     from hivecell.agent.service import TaskService
     from hivecell.cli.live import LiveConsole
     from hivecell.sandbox.registry import get_provider
@@ -169,7 +169,7 @@ async def _run(
     if request.settings.max_cost_usd is not None:  # never a silent $0 against a cost budget
         require_price(config.model, config.prices, op="run")
     live = LiveConsole(interactive=sys.stdin.isatty())
-    async with TaskStore(default_database_url(home)) as store, LLMClient(config) as client:
+    async with TaskStore(default_database_url(home)) as store, make_model(config) as client:
         await store.mark_interrupted()
         service = TaskService(
             home=home,

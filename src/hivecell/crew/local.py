@@ -12,7 +12,7 @@ from typing import Any, Protocol
 import anyio
 
 from hivecell.agent.hosttools import HostTool
-from hivecell.agent.llm import LLMClient
+from hivecell.agent.llm import Model
 from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.agent.service import TaskResult, TaskService
 from hivecell.crew.desk import TodoRun, todo_request
@@ -140,7 +140,7 @@ async def run_here(
     home: Path,
     provider: SandboxProvider,
     store: TaskStore,
-    llm: LLMClient,
+    llm: Model,
     on_event: EventSink | None = None,
     limits: TransferLimits | None = None,
     started: Callable[[CrewRunner], None] | None = None,

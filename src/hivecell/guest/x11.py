@@ -348,6 +348,12 @@ class XSession:
 
     def combo_sync(self, keysyms: list[int]) -> None:
         """Hold each key in order, then release them in reverse (ctrl+shift+t)."""
+        self.release_sync(self.press_sync(keysyms))
+        self.handled_sync()
+
+    def press_sync(self, keysyms: list[int]) -> list[int]:
+        """Press each key in order and keep them down; returns the keycodes for
+        ``release_sync`` (a failure half way releases what was pressed)."""
         self._drain_events()
         pressed: list[int] = []
         try:
@@ -360,11 +366,16 @@ class XSession:
                     pressed.append(self.keymap.shift)
                 self.key_sync(code, True)
                 pressed.append(code)
-        finally:
-            for code in reversed(pressed):
-                self.key_sync(code, False)
-            self.flush_sync()
-        self.handled_sync()
+        except BaseException:
+            self.release_sync(pressed)
+            raise
+        self.flush_sync()
+        return pressed
+
+    def release_sync(self, codes: list[int]) -> None:
+        for code in reversed(codes):
+            self.key_sync(code, False)
+        self.flush_sync()
 
     def handled_sync(self) -> None:
         """Return once the focused app has handled the input sent so far, when it answers

@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup
 from pydantic import BaseModel, ConfigDict, Field
 
 from hivecell.agent.control import Control
-from hivecell.agent.llm import LLMClient, ProviderConfig
+from hivecell.agent.llm import Model, ProviderConfig, make_model
 from hivecell.agent.runner import FINAL, RunSettings, TaskRunner
 from hivecell.agent.service import TaskRequest, TaskService
 from hivecell.errors import InvalidParams
@@ -181,7 +181,7 @@ class LocalTasks:
         assert self._tg is not None, "use `async with LocalTasks(...)`"
         await _check_files(order.files)
         config = await self._resolve_llm(order.provider, order.model)
-        client = LLMClient(config)
+        client = make_model(config)
         service = TaskService(
             home=self._home,
             provider=self._provider,
@@ -203,7 +203,7 @@ class LocalTasks:
         return view_of(record)
 
     async def _run(
-        self, job: _Job, service: TaskService, client: LLMClient, request: TaskRequest
+        self, job: _Job, service: TaskService, client: Model, request: TaskRequest
     ) -> None:
         async def on_event(kind: str, data: dict[str, Any]) -> None:
             if job.sandbox_id is None and self._reaper is not None:

@@ -301,6 +301,11 @@ class MouseClickParams(MouseMoveParams):
     clicks: Literal[1, 2, 3] = 1
 
 
+class MouseButtonParams(ActionParams):
+    button: Button = "left"
+    down: bool = Field(description="true presses and holds, false releases; where the pointer is")
+
+
 class MouseDragParams(ActionParams):
     from_x: Coord = Field(ge=0)
     from_y: Coord = Field(ge=0)
@@ -323,6 +328,11 @@ class KeyboardTypeParams(ActionParams):
 class KeyboardKeyParams(ActionParams):
     keys: str = Field(min_length=1, max_length=200, description="e.g. 'ctrl+shift+t', 'Return'")
     repeat: int = Field(1, ge=1, le=100)
+
+
+class KeyboardHoldParams(ActionParams):
+    keys: str = Field(min_length=1, max_length=200, description="e.g. 'shift', 'Right'")
+    seconds: float = Field(gt=0, le=30, description="how long the keys stay down")
 
 
 class TypedResult(Result):
@@ -462,9 +472,11 @@ METHODS: dict[str, MethodSpec] = _specs(
     ("mouse_move", MouseMoveParams, Position, "move the pointer"),
     ("mouse_click", MouseClickParams, Position, "click at a point"),
     ("mouse_drag", MouseDragParams, Position, "press, move and release"),
+    ("mouse_button", MouseButtonParams, Position, "press or release a button where the pointer is"),
     ("scroll", ScrollParams, Position, "scroll at a point"),
     ("keyboard_type", KeyboardTypeParams, TypedResult, "type Unicode text"),
     ("keyboard_key", KeyboardKeyParams, Ok, "press a key or combo like ctrl+shift+t"),
+    ("keyboard_hold", KeyboardHoldParams, Ok, "hold a key or combo down for some seconds"),
     ("clipboard_read", Empty, ClipboardText, "read the clipboard text"),
     ("clipboard_write", ClipboardWriteParams, Ok, "set the clipboard text"),
     ("open_app", OpenAppParams, Launched, "start an app by name, .desktop id or command"),

@@ -10,7 +10,7 @@ from pathlib import Path
 import anyio
 
 from hivecell.agent.hosttools import HostTool
-from hivecell.agent.llm import LLMClient, ProviderConfig
+from hivecell.agent.llm import ProviderConfig, make_model
 from hivecell.agent.runner import RunSettings
 from hivecell.agent.service import TaskService
 from hivecell.crew.desk import TodoRun, todo_request
@@ -78,7 +78,7 @@ class ServerDesk:
     ) -> TodoRun:
         state = self._state
         request = todo_request(sandbox, description, settings, self._files)
-        client = LLMClient(self._llm)
+        client = make_model(self._llm)
         try:
             service = TaskService(
                 home=state.config.home,

@@ -20,7 +20,7 @@ from anyio.abc import TaskGroup
 
 from hivecell.agent.control import Extension
 from hivecell.agent.hosttools import HostTool
-from hivecell.agent.llm import LLMClient
+from hivecell.agent.llm import Model
 from hivecell.agent.runner import FINAL, TaskRunner
 from hivecell.agent.service import TaskRequest, TaskService
 from hivecell.errors import HivecellError, InvalidParams
@@ -56,7 +56,7 @@ class Job:
     record: TaskRecord
     request: TaskRequest
     service: TaskService
-    client: LLMClient
+    client: Model
     runner: TaskRunner | None = None
     sandbox_id: str | None = None
     owns_sandbox: bool = True  # False: it runs in a sandbox a person chose, which stays
@@ -151,7 +151,7 @@ class TaskManager:
         record: TaskRecord,
         request: TaskRequest,
         service: TaskService,
-        client: LLMClient,
+        client: Model,
         host_tools: list[HostTool] | None = None,
     ) -> None:
         self._queue[record.id] = Job(record, request, service, client, host_tools=host_tools or [])

@@ -5,6 +5,7 @@ retries and typed errors, and ``ScriptedLLMServer`` (in ``hivecell.agent.llm.scr
 the real-HTTP fake that tests and demos run it against.
 """
 
+from hivecell.agent.llm.adapters import Model, make_model
 from hivecell.agent.llm.client import LLMClient
 from hivecell.agent.llm.config import DEFAULT_BASE_URL, ProviderConfig, load_provider
 from hivecell.agent.llm.errors import LLMError, LLMRejected, LLMUnavailable
@@ -27,6 +28,7 @@ __all__ = [
     "LLMRejected",
     "LLMResponse",
     "LLMUnavailable",
+    "Model",
     "ModelPrice",
     "PriceTable",
     "ProviderConfig",
@@ -36,6 +38,7 @@ __all__ = [
     "estimate_cost",
     "image_part",
     "load_provider",
+    "make_model",
     "require_price",
     "user_message",
 ]

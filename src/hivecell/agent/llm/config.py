@@ -14,6 +14,10 @@ Named providers are ``[providers.NAME]`` tables in ``$HIVECELL_HOME/config.toml`
     api_key_env = "GROQ_API_KEY"        # read the key from this variable, not OPENAI_API_KEY
     max_retries = 3
 
+    [providers.claude]
+    kind = "anthropic"                  # openai-chat (default), anthropic, openai-responses
+    model = "claude-sonnet-4-5"         # Anthropic's URL and ANTHROPIC_API_KEY by default
+
     [providers.groq.prices."llama-4-scout"]
     input = 0.11                        # USD per 1M tokens
     output = 0.34
@@ -40,7 +44,7 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -49,6 +53,13 @@ from hivecell.agent.llm.pricing import ModelPrice
 from hivecell.errors import ConfigError
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
+ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+# Which wire protocol (and so which adapter, agent/llm/adapters.py) a provider speaks.
+Kind = Literal["openai-chat", "anthropic", "openai-responses"]
+KINDS: tuple[Kind, ...] = ("openai-chat", "anthropic", "openai-responses")
+# Per kind: the default URL and the environment variables of its URL and key.
+_KIND_ENV = {"anthropic": (ANTHROPIC_BASE_URL, "ANTHROPIC_BASE_URL", "ANTHROPIC_API_KEY")}
+_OPENAI_ENV = (DEFAULT_BASE_URL, "OPENAI_BASE_URL", "OPENAI_API_KEY")
 LOCAL_API_KEY = "local"
 # api_key_env may only name a key variable: a table must not be able to send HOME, a cloud
 # secret or any other variable of the server's environment to its base_url.
@@ -63,6 +74,7 @@ class ProviderConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = "default"
+    kind: Kind = "openai-chat"
     base_url: str = DEFAULT_BASE_URL
     api_key: SecretStr
     model: str = Field(min_length=1)
@@ -94,15 +106,16 @@ def load_provider(
     name = name or _optional_str(document.get("default_provider"))
     table = _provider_table(document, name, config_path)
     where = _where(document, name, config_path)
+    default_url, url_env, key_env = _KIND_ENV.get(str(table.get("kind")), _OPENAI_ENV)
     table_url = _optional_str(table.pop("base_url", None))
-    url = _first(base_url, table_url, environ.get("OPENAI_BASE_URL"))
-    url = _check_url(url or DEFAULT_BASE_URL)
+    url = _first(base_url, table_url, environ.get(url_env))
+    url = _check_url(url or default_url)
     if table_url is not None and url != table_url.rstrip("/"):
         # The table's key belongs to the table's URL: another URL never receives it.
         for field in ("api_key", "api_key_store", "api_key_env"):
             table.pop(field, None)
     stored = _stored_key(table, name, keyring, where)
-    key = _resolve_key(_first(api_key, stored), table, environ, url, where)
+    key = _resolve_key(_first(api_key, stored), table, environ, url, where, key_env)
     chosen = _resolve_model(model, table, environ, where)
     prices = {**_mapping(document.get("prices")), **_mapping(table.pop("prices", None))}
     fields = {"name": name or ENVIRONMENT, "base_url": url, "api_key": key, "model": chosen}
@@ -169,9 +182,14 @@ def _where(document: dict[str, Any], name: str | None, path: Path) -> str:
 
 
 def _resolve_key(
-    arg: str | None, table: dict[str, Any], environ: Mapping[str, str], url: str, where: str
+    arg: str | None,
+    table: dict[str, Any],
+    environ: Mapping[str, str],
+    url: str,
+    where: str,
+    default_env: str = "OPENAI_API_KEY",
 ) -> str:
-    key_env = _optional_str(table.pop("api_key_env", None)) or "OPENAI_API_KEY"
+    key_env = _optional_str(table.pop("api_key_env", None)) or default_env
     if not re.fullmatch(KEY_ENV_PATTERN, key_env):
         raise ConfigError(
             f"{KEY_ENV_RULE} (got {key_env!r} in {where})", op=_OP, context={"env": key_env}

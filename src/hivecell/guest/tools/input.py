@@ -61,6 +61,19 @@ async def mouse_drag(p: m.MouseDragParams, ctx: CallContext) -> m.Position:
     return m.Position(x=p.to_x, y=p.to_y)
 
 
+@router.method("mouse_button")
+async def mouse_button(p: m.MouseButtonParams, ctx: CallContext) -> m.Position:
+    # Separate press and release (Anthropic's left_mouse_down/up), with moves in between.
+    x, button = ctx.services.x, BUTTONS[p.button]
+    px, py = await x.run(x.pointer_sync)
+    if p.down:
+        await x.run(_press_at, x, px, py, button)
+    else:
+        await x.run(_release, x, button)
+    await maybe_settle(p, ctx)
+    return m.Position(x=px, y=py)
+
+
 def drag_path(p: m.MouseDragParams) -> list[tuple[int, int]]:
     dx, dy = p.to_x - p.from_x, p.to_y - p.from_y
     return [
@@ -167,6 +180,20 @@ async def keyboard_key(p: m.KeyboardKeyParams, ctx: CallContext) -> m.Ok:
     x = ctx.services.x
     for _ in range(p.repeat):
         await x.run(x.combo_sync, keysyms)
+    await maybe_settle(p, ctx)
+    return m.Ok()
+
+
+@router.method("keyboard_hold")
+async def keyboard_hold(p: m.KeyboardHoldParams, ctx: CallContext) -> m.Ok:
+    keysyms = parse_keys(p.keys)
+    x = ctx.services.x
+    pressed = await x.run(x.press_sync, keysyms)
+    try:
+        await anyio.sleep(p.seconds)  # the hold itself: X repeats the key meanwhile
+    finally:
+        with anyio.CancelScope(shield=True):  # never leave a key held down
+            await x.run(x.release_sync, pressed)
     await maybe_settle(p, ctx)
     return m.Ok()
 

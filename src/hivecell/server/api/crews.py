@@ -14,7 +14,7 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from hivecell.agent.llm import LLMClient, require_price
+from hivecell.agent.llm import make_model, require_price
 from hivecell.crew import records
 from hivecell.crew.models import MAX_AGENTS, Crew, CrewRequest, Note, Todo
 from hivecell.crew.runner import CrewRunner
@@ -120,7 +120,7 @@ async def create(request: Request, state: State) -> dict[str, Any]:
     desk = ServerDesk(
         state, crew.id, llm=llm, spec=spec_for(state.prefs, task_request), files=files
     )
-    client = LLMClient(llm)  # the plan and the summary; closed once the crew ends
+    client = make_model(llm)  # the plan and the summary; closed once the crew ends
     runner = CrewRunner(
         crew,
         settings=task_request.settings,

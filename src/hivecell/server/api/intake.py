@@ -20,7 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.datastructures import FormData, UploadFile
 
-from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider, require_price
+from hivecell.agent.llm import ProviderConfig, load_provider, make_model, require_price
 from hivecell.agent.runner import RunSettings
 from hivecell.agent.service import TaskRequest, TaskService
 from hivecell.crew.local import SANDBOX_PREFIX as CREW_PREFIX
@@ -170,7 +170,7 @@ async def _create_and_enqueue(
     names: list[str],
     retry_of: str | None = None,
 ) -> TaskRecord:
-    client = LLMClient(llm)
+    client = make_model(llm)
     record: TaskRecord | None = None
     try:
         service = TaskService(

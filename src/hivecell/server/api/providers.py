@@ -20,8 +20,8 @@ import anyio
 from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl
 
-from hivecell.agent.llm import LLMClient, ProviderConfig, load_provider
-from hivecell.agent.llm.config import ENVIRONMENT, KEY_ENV_PATTERN, environment_provider
+from hivecell.agent.llm import ProviderConfig, load_provider, make_model
+from hivecell.agent.llm.config import ENVIRONMENT, KEY_ENV_PATTERN, Kind, environment_provider
 from hivecell.errors import HivecellError, InvalidParams, NotFound
 from hivecell.keystore import KEYRING
 from hivecell.server import configfile
@@ -30,7 +30,7 @@ from hivecell.server.app import ServerState
 
 router = APIRouter(tags=["providers"], dependencies=AUTH)
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
-_PUBLIC = ("base_url", "model", "api_key_env", "max_retries", "timeout_s")
+_PUBLIC = ("kind", "base_url", "model", "api_key_env", "max_retries", "timeout_s")
 _READ_ONLY = (
     "the environment provider is read-only: it is what OPENAI_API_KEY, OPENAI_BASE_URL and "
     "HIVECELL_MODEL were when hivecell up started; change them there and restart the server, "
@@ -42,6 +42,9 @@ class ProviderIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(pattern=NAME)
+    kind: Kind | None = Field(
+        None, description="the API it speaks: openai-chat (default), anthropic, openai-responses"
+    )
     base_url: HttpUrl
     model: str = Field(min_length=1)
     api_key: str | None = Field(
@@ -135,7 +138,7 @@ async def test_provider(
     quick = config.model_copy(update={"max_retries": 0, "timeout_s": min(config.timeout_s, 30)})
     started = time.perf_counter()
     try:
-        async with LLMClient(quick) as client:
+        async with make_model(quick) as client:
             reply = await client.complete([{"role": "user", "content": "Reply with: ok"}])
     except HivecellError as exc:
         error = {"code": exc.code, "message": exc.message}
@@ -205,6 +208,7 @@ def _listing(document: Any, environ: Any) -> dict[str, Any]:
 
 def _masked(name: str, table: dict[str, Any], default: Any) -> dict[str, Any]:
     view = {field: table.get(field) for field in _PUBLIC}
+    view["kind"] = view["kind"] or "openai-chat"
     masked = _mask(str(table.get("api_key") or ""))
     if table.get("api_key_store") == KEYRING:
         masked = "in OS keyring"
@@ -213,7 +217,8 @@ def _masked(name: str, table: dict[str, Any], default: Any) -> dict[str, Any]:
 
 
 def _environment(env: dict[str, str | None], default: Any) -> dict[str, Any]:
-    view = {"base_url": env["base_url"], "model": env["model"], "api_key_env": "OPENAI_API_KEY"}
+    view = {"kind": "openai-chat", "base_url": env["base_url"], "model": env["model"]}
+    view["api_key_env"] = "OPENAI_API_KEY"
     empty = {"max_retries": None, "timeout_s": None}
     masked = _mask(env["api_key"] or "")
     entry = {"name": ENVIRONMENT, **view, **empty, "api_key": masked}

@@ -27,6 +27,7 @@ function providerRow(p) {
   return h("tr", { dataset: { provider: p.name, source: p.source } },
     h("td", {}, p.name, p.default ? h("span", { class: "badge" }, "default") : null),
     h("td", { class: "source" }, p.source === "environment" ? "environment" : "config.toml"),
+    h("td", { class: "kind mono" }, p.kind || "openai-chat"),
     h("td", { class: "mono" }, p.base_url || ""),
     h("td", {}, p.model || ""),
     h("td", { class: "mono" }, keyText(p)),
@@ -57,6 +58,7 @@ function edit(p) {
   const form = $("#provider-form");
   form.elements.name.value = p.name;
   form.elements.name.readOnly = true;
+  form.elements.kind.value = p.kind || "openai-chat";
   form.elements.base_url.value = p.base_url || "";
   form.elements.model.value = p.model || "";
   form.elements.api_key.value = "";
@@ -81,8 +83,8 @@ function setupProviderForm() {
   form.addEventListener("submit", async (event) => {
     event.preventDefault();
     const f = form.elements;
-    const body = { name: f.name.value.trim(), base_url: f.base_url.value.trim(), model: f.model.value.trim(),
-      default: f.default.checked };
+    const body = { name: f.name.value.trim(), kind: f.kind.value, base_url: f.base_url.value.trim(),
+      model: f.model.value.trim(), default: f.default.checked };
     if (f.api_key.value) body.api_key = f.api_key.value;
     if (f.api_key_env.value.trim()) body.api_key_env = f.api_key_env.value.trim();
     if (await attempt(() => post("/providers", body), "Provider saved")) {
