@@ -44,7 +44,12 @@ _CONTAINERS = {
     "window",
 }  # fmt: skip
 _ID = re.compile(r"^(\d{1,9}\.\d{1,9}):((?:/[A-Za-z0-9_]+)+|[A-Za-z0-9_]{1,64})$")
-_ROLE_NAMES: dict[int, str] = {}  # role number -> name, the same for every app
+# Roles whose children only repeat them (a link's or a button's text): not walked into,
+# which saves the walk a level on most web pages.
+LEAF_ROLES = frozenset(
+    {"push button", "link", "entry", "password text", "check box", "radio button", "static",
+     "label", "image", "toggle button", "menu item", "check menu item", "radio menu item"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,7 @@ class _Raw:
     ref: tuple[str, str]
     depth: int  # depth of the nearest returned ancestor + 1
     app: bool = False
-    role: int = -1
+    role: str = ""
     states: int = 0
     name: str = ""
     ifaces: tuple[str, ...] = ()
@@ -166,29 +171,30 @@ def _fetch(bus: Bus, raws: list[_Raw], deadline: float) -> int:
         calls += [
             Call(*raw.ref, COMPONENT, "GetExtents", "u", (SCREEN_COORDS,)),
             Call(*raw.ref, ACC, "GetChildren"),
+            Call(*raw.ref, ACC, "GetRoleName"),
         ]
     replies = bus.calls(calls, _left(deadline)) if calls else []
     for i, raw in enumerate(shown):
-        extents, children = replies[i * 2 : i * 2 + 2]
+        extents, children, role = replies[i * 3 : i * 3 + 3]
         raw.bounds = _box(_first(extents, None))
         raw.children = _refs(_first(children, []))
+        name = _first(role, "")
+        raw.role = name if isinstance(name, str) else ""
     return sum(r is None for r in states) + sum(r is None for r in replies)
 
 
 def _describe(bus: Bus, raws: list[_Raw], deadline: float) -> None:
-    """Role, name and interfaces of the objects the tree returns."""
+    """Name and interfaces of the objects the tree returns."""
     calls: list[Call] = []
     for raw in raws:
         calls += [
-            Call(*raw.ref, ACC, "GetRole"),
             Call(*raw.ref, PROPS, "Get", "ss", (ACC, "Name")),
             Call(*raw.ref, ACC, "GetInterfaces"),
         ]
     replies = bus.calls(calls, _left(deadline)) if calls else []
     for i, raw in enumerate(raws):
-        role, name, ifaces = replies[i * 3 : i * 3 + 3]
-        number, text, names = _first(role, -1), _first(name, ""), _first(ifaces, [])
-        raw.role = number if isinstance(number, int) else -1
+        name, ifaces = replies[i * 2 : i * 2 + 2]
+        text, names = _first(name, ""), _first(ifaces, [])
         raw.name = text if isinstance(text, str) else ""
         raw.ifaces = (
             tuple(n for n in names if isinstance(n, str)) if isinstance(names, list) else ()
@@ -246,6 +252,8 @@ def _expand(
         keep = not raw.app and _on_screen(raw, limits.screen)
         if keep:
             kept.append(raw)
+        if raw.role in LEAF_ROLES:
+            continue
         if raw.depth >= limits.max_depth:
             too_deep = too_deep or bool(raw.children)
             continue
@@ -267,32 +275,17 @@ def _on_screen(raw: _Raw, screen: tuple[int, int]) -> bool:
 
 def _finish(bus: Bus, raws: list[_Raw], deadline: float) -> list[Node]:
     _describe(bus, raws, deadline)
-    _learn_roles(bus, raws, deadline)
     nodes = [_node(raw) for raw in raws]
     shown = [n for n in nodes if _worth_showing(n)]
     _fill_values(bus, shown, deadline)
     return shown
 
 
-def _learn_roles(bus: Bus, raws: list[_Raw], deadline: float) -> None:
-    unknown: dict[int, _Raw] = {}
-    for raw in raws:
-        if raw.role not in _ROLE_NAMES and raw.role >= 0:
-            unknown.setdefault(raw.role, raw)
-    calls = [Call(r.ref[0], r.ref[1], ACC, "GetRoleName") for r in unknown.values()]
-    for role, reply in zip(
-        unknown, bus.calls(calls, _left(deadline)) if calls else [], strict=True
-    ):
-        name = _first(reply, None)
-        if isinstance(name, str) and name:
-            _ROLE_NAMES[role] = name
-
-
 def _node(raw: _Raw) -> Node:
     states = [s for s in SHOWN_STATES if _has(raw, s)]
     return Node(
         id=element_id(raw.ref),
-        role=_ROLE_NAMES.get(raw.role, f"role {raw.role}"),
+        role=raw.role or "unknown",
         name=raw.name[:200],
         depth=raw.depth,
         bounds=raw.bounds or (0, 0, 0, 0),
