@@ -189,29 +189,6 @@ async def test_stale_and_bad_ids(box: Any) -> None:
                 await anyio.sleep(0.1)
 
 
-@needs_gtk
-@pytest.mark.parametrize("page", [HOSTILE_WIDE, HOSTILE_DEEP], ids=["wide", "deep"])
-async def test_hostile_page_stays_within_limits(box: Any, page: str) -> None:
-    name = "wide" if page is HOSTILE_WIDE else "deep"
-    path = await write(box, f"{name}.html", page)
-    await box.call("open_url", {"url": f"file://{path}", "window_timeout": 30})
-    await window_titled(box, f"{name} ready")
-    # Chromium sends the huge page's tree to its browser process over seconds and answers
-    # slowly meanwhile: every walk must return within its budget, and one is cut short.
-    with anyio.fail_after(60):
-        while True:
-            with anyio.fail_after(3 + 2):  # budget + the call's grace + slack
-                result = await tree(box, max_nodes=200, max_depth=60, budget_ms=3000)
-            assert len(result["nodes"]) <= 200
-            assert max((n["depth"] for n in result["nodes"]), default=0) <= 60
-            if result["truncated"]:
-                break
-            await anyio.sleep(0.2)
-    assert f"(truncated: {result['truncated']}" in result["text"]
-    with anyio.fail_after(5):  # the guest still answers at once
-        await box.call("ping", {})
-
-
 def _by_id(result: dict[str, Any], element: str) -> dict[str, Any]:
     return next((n for n in result["nodes"] if n["id"] == element), {})
 
