@@ -65,9 +65,9 @@ class SessionBus:
             log.warning("at-spi2-registryd is not installed (apt install at-spi2-core)")
             return []
         env = {**os.environ, "DISPLAY": display}
-        return [
-            subprocess.Popen([exe, "--use-gnome-session=false"], stdin=subprocess.DEVNULL, env=env)
-        ]
+        argv = [exe, "--use-gnome-session=false"]
+        quiet = subprocess.DEVNULL  # stdout carries only a start-up banner
+        return [subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=quiet, env=env)]
 
     def close_ready(self) -> None:
         if self.ready_fd >= 0:
