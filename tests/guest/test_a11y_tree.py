@@ -29,7 +29,10 @@ box = Gtk.Box(orientation=Gtk.Orientation.VERTICAL)
 button = Gtk.Button(label="Push me")
 entry = Gtk.Entry()
 button.connect("clicked", lambda *_: open(sys.argv[1], "w").write("pushed"))
-box.add(button); box.add(entry); w.add(box); w.set_default_size(300, 120)
+tap = Gtk.EventBox(); tap.add(Gtk.Label(label="tap here"))
+tap.get_accessible().set_name("Tap area")  # no Action interface: clicked with the mouse
+tap.connect("button-press-event", lambda *_: open(sys.argv[1] + ".tap", "w").write("tapped"))
+box.add(button); box.add(entry); box.add(tap); w.add(box); w.set_default_size(300, 120)
 w.connect("destroy", Gtk.main_quit); w.show_all(); Gtk.main()
 """
 PAGE = """<!doctype html><html><head><title>a11y page</title></head><body>
@@ -147,6 +150,14 @@ async def test_gtk_button_and_entry(box: Any) -> None:
     assert acted["how"].startswith("action")
     with anyio.fail_after(10):
         while await read(box, marker) != "pushed":  # noqa: ASYNC110 - a file in the box, polled
+            await anyio.sleep(0.05)
+
+    tap = await find(box, "*", "Tap area")
+    assert not tap["actionable"]
+    tapped = await box.call("click_element", {"id": tap["id"]})
+    assert tapped["how"].startswith("mouse click")
+    with anyio.fail_after(10):
+        while await read(box, marker + ".tap") != "tapped":  # noqa: ASYNC110 - polled file
             await anyio.sleep(0.05)
 
     await box.call("set_element_text", {"id": entry["id"], "text": "héllo gtk"})
