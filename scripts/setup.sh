@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   bubblewrap xvfb openbox x11vnc xclip xsel xdotool wmctrl x11-utils slirp4netns nftables
   xterm mousepad chromium scrot fonts-dejavu-core dbus-x11 procps iproute2
+  dbus-daemon at-spi2-core
   python3 python3-venv python3-pip ca-certificates git
 )
 
@@ -15,7 +16,7 @@ as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
 # Tests also run the task store against a real PostgreSQL server and the dashboard in Firefox
 # (driven over WebDriver BiDi, which Firefox speaks natively).
-TEST_APT_PACKAGES=(postgresql firefox-esr)
+TEST_APT_PACKAGES=(postgresql firefox-esr python3-gi gir1.2-gtk-3.0)
 
 install_system() {
   local missing=() wanted=("${APT_PACKAGES[@]}")

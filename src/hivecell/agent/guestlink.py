@@ -48,6 +48,7 @@ RETRY_SAFE = frozenset(
         "list_windows",
         "get_frontmost_app",
         "list_running_apps",
+        "accessibility_tree",
     }
 )
 GuestEvent = Literal["unreachable", "back", "lost"]

@@ -30,6 +30,7 @@ from hivecell.errors import HivecellError, InvalidParams, NotFound
 from hivecell.trace.models import Actor
 
 SYSTEM = Actor(kind="system")
+TREE_BUDGET_MS = 1000  # an observation's accessibility tree; a slow app truncates it
 
 Status = Literal[
     "queued",
@@ -85,6 +86,10 @@ class RunSettings(BaseModel):
         "more) instead of ending it",
     )
     keep_screenshots: int = Field(3, ge=1)
+    observe_tree: bool = Field(
+        False, description="each observation carries the accessibility tree's text beside the "
+        "screenshot (only the newest is kept)",
+    )  # fmt: skip
     screenshot_max_width: int | None = Field(1280, ge=320)
 
     @field_validator("disabled_tools", "approval_tools")
@@ -250,6 +255,7 @@ class TaskRunner:
         self._host_tools = by_name(host_tools or [])
         self._host_schemas = [tool.schema() for tool in self._host_tools.values()]
         self._history: History | None = None
+        self._tree_part: dict[str, Any] | None = None  # the newest observation's tree text
         self._writes = _WriteBehind()
         # call id -> the vendor safety checks a person approved for it (until its result)
         self._acknowledged: dict[str, list[dict[str, Any]]] = {}
@@ -285,7 +291,7 @@ class TaskRunner:
         self._history = History(
             self._system_prompt(shot), self.description, keep_images=self.settings.keep_screenshots
         )
-        self._history.add(image_message("The desktop now.", shot["png"]))
+        self._history.add(await self._observation("The desktop now.", shot))
         while True:
             await self.control.checkpoint(self._history)
             await self._hold_at_limits(self._exceeded)
@@ -310,7 +316,7 @@ class TaskRunner:
                 break
             self._history.add(await self._act(call))
         shot = await self._observe(self.steps)
-        self._history.add(image_message(f"Screenshot after step {self.steps}.", shot["png"]))
+        self._history.add(await self._observation(f"Screenshot after step {self.steps}.", shot))
 
     # --- decide --------------------------------------------------------------------------
     async def _decide(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
@@ -515,6 +521,23 @@ class TaskRunner:
         png = base64.b64decode(raw["data"])
         self._writes.submit(lambda: self._write_observation(step, png))
         return {"png": png, "width": raw["width"], "height": raw["height"]}
+
+    async def _observation(self, text: str, shot: dict[str, Any]) -> dict[str, Any]:
+        message = image_message(text, shot["png"])
+        if self.settings.observe_tree:
+            part = {"type": "text", "text": await self._tree_text()}
+            if self._tree_part is not None:  # trees are long: only the newest stays
+                self._tree_part["text"] = "[older accessibility tree omitted]"
+            self._tree_part = part
+            message["content"].append(part)
+        return message
+
+    async def _tree_text(self) -> str:
+        try:
+            tree = await self._tools.tree_text(budget_ms=TREE_BUDGET_MS)
+        except HivecellError as exc:  # a desktop without AT-SPI still has its screenshot
+            return f"Accessibility tree unavailable: {exc}"
+        return "Accessibility tree (ids for click_element, set_element_text):\n" + tree["tree"]
 
     async def _write_observation(self, step: int, png: bytes) -> None:
         name = await self._trace.save_screenshot(step, png)

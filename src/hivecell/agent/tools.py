@@ -100,6 +100,14 @@ class TextArgs(_Args):
     text: str
 
 
+class ElementArgs(_Args):
+    id: str = Field(description="an element id from accessibility_tree, e.g. 1.9:214")
+
+
+class ElementTextArgs(ElementArgs):
+    text: str = Field(description="replaces the element's whole text")
+
+
 class WaitArgs(_Args):
     seconds: float = Field(ge=0, le=60)
 
@@ -155,6 +163,15 @@ TOOLS: dict[str, ToolDef] = {
         ToolDef("clipboard_read", "Read the clipboard text.", NoArgs),
         ToolDef("clipboard_write", "Put text on the clipboard.", TextArgs),
         ToolDef("wait", "Wait some seconds (e.g. for an app to load).", WaitArgs),
+        ToolDef(
+            "accessibility_tree", "List the visible UI elements (role, name, bounds, id).", NoArgs
+        ),
+        ToolDef(
+            "click_element", "Click/activate an element by its accessibility_tree id.", ElementArgs
+        ),
+        ToolDef(
+            "set_element_text", "Replace the text of an input by its element id.", ElementTextArgs
+        ),
         ToolDef("ask_user", "Ask the person a question; returns their answer.", AskArgs),
         ToolDef("ask_user_choice", "Ask the person to pick one of several options.", ChoiceArgs),
     )
@@ -175,6 +192,8 @@ GUI_TOOLS = frozenset(
         "open_app",
         "open_file",
         "open_url",
+        "click_element",
+        "set_element_text",
     }
 )
 
@@ -255,6 +274,15 @@ class ToolBox:
         return await edit_file(
             self._call, a.path, old_str=a.old_str, insert_line=a.insert_line, new_str=a.new_str
         )
+
+    async def _do_accessibility_tree(self, a: NoArgs) -> Any:
+        return await self.tree_text()
+
+    async def tree_text(self, budget_ms: int = 2000) -> dict[str, Any]:
+        """The tree's text form only, in screenshot pixels (the nodes list would double it)."""
+        params = {"scale": self.scale, "budget_ms": budget_ms}
+        tree = await self._call("accessibility_tree", params)
+        return {"tree": tree["text"], "truncated": tree["truncated"]}
 
     async def _do_delete_file(self, a: PathArgs) -> Any:
         return await self._call("delete_file", {"path": a.path})

@@ -66,6 +66,28 @@ def sandbox(
         _print_herd_failures(ours)
 
 
+@app.command("a11y")
+def a11y(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    runs: Annotated[int, typer.Option(min=1, help="trees to time")] = 20,
+    home: Path | None = HomeOption,
+) -> None:
+    """Accessibility tree of a browser page (Chromium, AT-SPI): median against 150 ms."""
+    from hivecell.bench.a11y import measure_a11y
+
+    report = run(lambda: measure_a11y(provider(home=home), runs=runs))
+    if as_json:
+        print(json.dumps(report.model_dump(), indent=2))
+        return
+    s = report.browser_tree
+    out.print(
+        f"accessibility tree of a browser page: median {s.median_ms:.1f} ms (p90 {s.p90_ms:.1f}, "
+        f"n={s.n}), {report.nodes} nodes, {report.visited} objects visited; "
+        f"target {report.target_ms:.0f} ms: {'met' if report.met else 'NOT met'}",
+        highlight=False,
+    )
+
+
 @app.command("agent")
 def agent(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,

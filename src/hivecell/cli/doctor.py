@@ -43,6 +43,7 @@ NEEDS = (
     Need("xterm", "xterm", "xterm", required=False, why="a terminal app inside sandboxes"),
     Need("mousepad", "mousepad", "mousepad", required=False, why="a text editor inside sandboxes"),
     Need("chromium", "chromium", "chromium", required=False, why="a browser inside sandboxes"),
+    Need("dbus-daemon", "dbus-daemon", "dbus-daemon", required=False, why="accessibility tree"),
 )
 MODULES = (("Xlib", "python-xlib"), ("mss", "mss"), ("PIL", "pillow"), ("pydantic", "pydantic"))
 

@@ -80,6 +80,9 @@ def run_task(
         int, typer.Option(min=0, help="cap on files copied into the inbox / out of the outbox")
     ] = 10_000,
     as_json: Annotated[bool, typer.Option("--json", help="print a final JSON object")] = False,
+    observe_tree: Annotated[
+        bool, typer.Option(help="show the model the accessibility tree beside each screenshot")
+    ] = False,
     home: Path | None = HomeOption,
 ) -> None:
     """Run a task: create a sandbox, let the agent work, collect outputs and the trace."""
@@ -97,7 +100,8 @@ def run_task(
         settings=run_settings(
             max_steps, timeout, (max_cost, max_tokens), disable_tool or [], approve_tool or []
         ).model_copy(
-            update={"pause_at_limits": sys.stdin.isatty()}  # a person at the terminal is asked
+            # a person at the terminal is asked
+            update={"pause_at_limits": sys.stdin.isatty(), "observe_tree": observe_tree}
         ),
         output_dir=output_dir,
         keep_sandbox=keep,

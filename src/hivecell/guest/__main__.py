@@ -26,6 +26,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--display", help="X display (default $DISPLAY)")
     p.add_argument("--run-dir", type=Path, default=Path("/run/hivecell"))
     p.add_argument("--network-mode", default="unknown")
+    p.add_argument("--a11y-bus", help="AT-SPI bus address (default $AT_SPI_BUS_ADDRESS)")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -41,6 +42,7 @@ def config_from_args(args: argparse.Namespace) -> GuestConfig:
         token=token if args.tcp else None,
         run_dir=args.run_dir,
         network_mode=args.network_mode,
+        a11y_bus=args.a11y_bus or os.environ.get("AT_SPI_BUS_ADDRESS"),
     )
 
 

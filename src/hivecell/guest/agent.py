@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from hivecell.guest.dispatch import Dispatcher
-from hivecell.guest.tools import clipboard, desktop, files, input, screen, session, shell
+from hivecell.guest.tools import a11y, clipboard, desktop, files, input, screen, session, shell
 
 
 def build_dispatcher() -> Dispatcher:
-    routers = (session, shell, files, screen, input, clipboard, desktop)
+    routers = (session, shell, files, screen, input, clipboard, desktop, a11y)
     return Dispatcher(*(module.router for module in routers))

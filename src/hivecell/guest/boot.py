@@ -41,6 +41,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hivecell.guest import a11ybus
+
 DISPLAY = ":0"
 # python-xlib's Xlib.ext.__extensions__ (see AGENT_MODULES), spelled out so that listing
 # them does not import Xlib before Xvfb is started.
@@ -112,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     xvfb, display_fd = start_xvfb(args.screen, args.glx)
     children = [xvfb]
     desktop = Desktop(display_fd, xvfb, children)
+    desktop.start_bus()
     try:
         reason = supervise(args, desktop)
         log.info("agent stopped: %s", reason)
@@ -190,6 +193,7 @@ class Desktop:
         self.children = children  # started processes go here at once, to be stopped on failure
         self.started_r, self.started_w = os.pipe()
         self.pending = True
+        self.bus: a11ybus.SessionBus | None = None
 
     def bring_up(self) -> None:
         """In the boot process, while the first agent imports."""
@@ -198,14 +202,27 @@ class Desktop:
             wait_for_display(self.display_fd, self.xvfb)
             log.info("display up after %.0f ms", _elapsed_ms())
             self.children += start_window_manager()
+            if self.bus is not None:
+                self.children += self.bus.start_registry(DISPLAY)
         finally:
             self._close_started()
+
+    def start_bus(self) -> None:
+        """The session bus, started with Xvfb; its address goes into the environment now, so
+        the agent and every app it starts inherit it (see hivecell.guest.a11ybus)."""
+        self.bus = a11ybus.SessionBus.start(Path(os.environ["XDG_RUNTIME_DIR"]))
+        if self.bus is not None:
+            self.children.append(self.bus.daemon)
+            os.environ.update(self.bus.environment())
+            os.environ.pop("NO_AT_BRIDGE", None)
 
     def in_agent(self) -> None:
         """In a freshly forked agent: keep only the end it reads."""
         self._close_started()
         if self.pending:
             os.close(self.display_fd)
+        if self.bus is not None:
+            self.bus.close_ready()
 
     def wait(self) -> None:
         """In the agent: block until the boot process started the desktop, then until the
@@ -215,6 +232,9 @@ class Desktop:
         if shutil.which("openbox") is not None:  # what start_window_manager ran
             wait_for_window_manager()
             log.info("window manager ready after %.0f ms", _elapsed_ms())
+        if self.bus is not None:
+            self.bus.wait_for_registry()
+            log.info("accessibility registry ready after %.0f ms", _elapsed_ms())
 
     def close(self) -> None:
         self._close_started()
@@ -303,7 +323,7 @@ def _prepare_agent(desktop: Desktop) -> Callable[[argparse.Namespace], str]:
     helper = ThreadPoolExecutor(max_workers=1)
     try:
         up = helper.submit(desktop.wait)
-        serve = _import_agent()
+        serve = _import_agent(desktop.bus.address if desktop.bus else None)
         log.info("agent imported after %.0f ms", _elapsed_ms())
         up.result()
     finally:
@@ -312,7 +332,7 @@ def _prepare_agent(desktop: Desktop) -> Callable[[argparse.Namespace], str]:
     return serve
 
 
-def _import_agent() -> Callable[[argparse.Namespace], str]:
+def _import_agent(a11y_bus: str | None) -> Callable[[argparse.Namespace], str]:
     """The agent's entry point; importing it is most of the boot time."""
     preload()
     import anyio
@@ -327,6 +347,7 @@ def _import_agent() -> Callable[[argparse.Namespace], str]:
             display=DISPLAY,
             run_dir=args.run_dir,
             network_mode=args.network_mode,
+            a11y_bus=a11y_bus,
         )
         if args.listen_fd is None:
             return anyio.run(serve, Services(config), args.run_dir / "guest.sock")

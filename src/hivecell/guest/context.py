@@ -28,6 +28,7 @@ class GuestConfig:
     shell: str = "/bin/sh"
     env: dict[str, str] = field(default_factory=dict)
     network_mode: str = "unknown"
+    a11y_bus: str | None = None  # D-Bus address of the AT-SPI registry's bus (boot starts it)
 
     @property
     def vnc_socket(self) -> Path:

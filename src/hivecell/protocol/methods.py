@@ -420,6 +420,53 @@ class VncResult(Result):
     socket: str
 
 
+# --- accessibility tree (AT-SPI) ----------------------------------------------------------
+class AccessibilityTreeParams(Params):
+    max_nodes: int = Field(300, ge=1, le=5000, description="nodes returned at most")
+    max_depth: int = Field(40, ge=1, le=200, description="levels below each app at most")
+    budget_ms: int = Field(2000, ge=50, le=30_000, description="time the walk may take")
+    scale: float = Field(
+        1.0, gt=0, le=4, description="multiply the text form's coordinates by this "
+        "(screenshot pixels per screen pixel); nodes keep screen pixels",
+    )  # fmt: skip
+
+
+class ElementInfo(Result):
+    id: str = Field(description="stable while the element exists; pass to click_element")
+    role: str
+    name: str
+    value: str | None = None
+    states: list[str]
+    x: int
+    y: int
+    width: int
+    height: int
+    depth: int
+    actionable: bool
+    editable: bool
+
+
+class AccessibilityTree(Result):
+    nodes: list[ElementInfo]
+    text: str = Field(description="one line per node, for a model to read")
+    truncated: str | None = Field(description="why the walk stopped early; None if complete")
+    visited: int
+    elapsed_ms: float
+
+
+class ElementParams(ActionParams):
+    id: str = Field(min_length=3, max_length=300, description="an id from accessibility_tree")
+
+
+class SetElementTextParams(ElementParams):
+    text: str = Field(max_length=100_000)
+
+
+class ElementActed(Result):
+    id: str
+    how: str = Field(description="what was done, e.g. 'action click' or 'mouse click'")
+
+
 # --- notifications (guest -> host) -------------------------------------------------------
 class HeartbeatNote(Result):
     seq: int
@@ -490,6 +537,9 @@ METHODS: dict[str, MethodSpec] = _specs(
     ("wait", WaitParams, WaitResult, "sleep"),
     ("start_vnc", Empty, VncResult, "start the VNC server on a unix socket"),
     ("stop_vnc", Empty, Ok, "stop the VNC server"),
+    ("accessibility_tree", AccessibilityTreeParams, AccessibilityTree, "visible UI elements"),
+    ("click_element", ElementParams, ElementActed, "activate an element of the tree"),
+    ("set_element_text", SetElementTextParams, ElementActed, "replace an element's text"),
 )
 
 NOTIFICATIONS: dict[str, type[Result]] = {

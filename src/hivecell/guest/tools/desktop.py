@@ -582,13 +582,14 @@ def browser_argv(url: str) -> list[str]:
 
 
 def _chromium_flags() -> list[str]:
+    a11y = ["--force-renderer-accessibility"]  # web pages in the accessibility tree
     if os.geteuid() != 0 and not _in_user_namespace():
-        return []
+        return a11y
     # Chromium's own sandbox cannot start as root or inside a user namespace; the sandbox
     # VM/container is the isolation boundary. The rest keeps it quiet and offline-friendly.
     profile = Path.home() / ".config" / "chromium-hivecell"
     return [
-        "--no-sandbox", "--no-first-run", "--disable-gpu", "--disable-background-networking",
+        *a11y, "--no-sandbox", "--no-first-run", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", f"--user-data-dir={profile}",
     ]  # fmt: skip
 

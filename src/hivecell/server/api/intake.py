@@ -63,6 +63,9 @@ class TaskCreate(BaseModel):
         "run_shell: only destructive commands); absent: the Settings default policy",
     )
     inbox_writable: bool = Field(False, description="/shared/inbox writable inside the sandbox")
+    observe_tree: bool = Field(
+        False, description="the model sees the accessibility tree beside each screenshot"
+    )
     sandbox_id: str | None = Field(
         None,
         max_length=64,
@@ -268,6 +271,7 @@ def build_task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
             approval_shell_rules=prefs.approval.shell_rules,
             approval_timeout_s=prefs.approval.timeout_s,
             pause_at_limits=not prefs.task.limits_final,
+            observe_tree=body.observe_tree,
         )
     except ValidationError as exc:  # e.g. an unknown tool name: the caller's input, not a bug
         raise InvalidParams(describe_validation(exc), op="create_task") from None
