@@ -14,7 +14,7 @@ import json
 import os
 import select
 import shutil
-import subprocess
+import signal
 import threading
 import time
 import weakref
@@ -42,7 +42,7 @@ _TEXT_JS = "document.body ? document.body.innerText : ''"
 class DevToolsBrowser:
     """One Chromium and the DevTools pipe to it. Blocking; called on worker threads."""
 
-    def __init__(self, process: subprocess.Popen[bytes], to_browser: int, from_browser: int):
+    def __init__(self, process: Spawned, to_browser: int, from_browser: int):
         self.process = process
         self._out, self._in = to_browser, from_browser
         self._buffer = b""
@@ -135,6 +135,38 @@ class DevToolsBrowser:
 
 
 # --- starting the browser ----------------------------------------------------------------
+class Spawned:
+    """A child started with posix_spawn: Popen cannot place inherited fds at 3 and 4 (and
+    dash, /bin/sh here, cannot redirect fds above 9)."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], fds: dict[int, int]) -> None:
+        actions: list[tuple[Any, ...]] = [
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
+        ]
+        actions += [(os.POSIX_SPAWN_DUP2, source, target) for target, source in fds.items()]
+        self.pid = os.posix_spawn(argv[0], argv, env, file_actions=actions, setsid=True)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:  # reaped elsewhere
+                self.returncode = -1
+            else:
+                if pid:
+                    self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+
 async def browser_for(ctx: CallContext) -> DevToolsBrowser:
     current = _BROWSERS.get(ctx.services)
     if current is not None and current.alive:
@@ -155,17 +187,12 @@ def start(ctx: CallContext) -> DevToolsBrowser:
     to_read, to_write = _high_pipe()  # we write, Chromium reads (its fd 3)
     from_read, from_write = _high_pipe()  # Chromium writes (its fd 4), we read
     argv = [binary, *chromium_flags(profile), "about:blank"]
-    # The shell only moves the pipe ends to fds 3 and 4, then becomes Chromium (exec).
-    script = f'exec "$@" 3<&{to_read} 4>&{from_write} {to_read}<&- {from_write}>&-'
     env = display_env(ctx.config.display or ctx.services.x.name, ctx.config.env)
-    process = subprocess.Popen(
-        ["/bin/sh", "-c", script, "sh", *argv], stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True,
-        pass_fds=(to_read, from_write),
-    )  # fmt: skip
-    os.close(to_read)
-    os.close(from_write)
-    desktop._CHILDREN[process.pid] = process
+    try:
+        process = Spawned(argv, env, {3: to_read, 4: from_write})
+    finally:
+        os.close(to_read)
+        os.close(from_write)
     ctx.services.launched[process.pid] = argv
     browser = DevToolsBrowser(process, to_write, from_read)
     try:
