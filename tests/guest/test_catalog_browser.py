@@ -158,7 +158,7 @@ def _socket_inodes(pids: list[int]) -> set[str]:
         with contextlib.suppress(OSError):
             for fd in Path(f"/proc/{pid}/fd").iterdir():
                 with contextlib.suppress(OSError):
-                    target = os.readlink(fd)
+                    target = str(fd.readlink())
                     if target.startswith("socket:["):
                         inodes.add(target[8:-1])
     return inodes
@@ -190,6 +190,6 @@ async def test_a_hostile_page_cannot_reach_devtools(bguest: Guest, site: tuple[s
     # No process of this Chromium listens on TCP at all, and it wrote no DevToolsActivePort.
     assert not _socket_inodes(pids) & _listening_tcp_inodes()
     profile = bguest.services.config.run_dir / "chromium-devtools"
-    assert not (profile / "DevToolsActivePort").exists()
-    assert "--remote-debugging-pipe" in Path(f"/proc/{found.process.pid}/cmdline").read_text()
-    assert "remote-debugging-port" not in Path(f"/proc/{found.process.pid}/cmdline").read_text()
+    assert not await anyio.Path(profile / "DevToolsActivePort").exists()
+    cmdline = await anyio.Path(f"/proc/{found.process.pid}/cmdline").read_text()
+    assert "--remote-debugging-pipe" in cmdline and "remote-debugging-port" not in cmdline
