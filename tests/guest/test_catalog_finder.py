@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import pytest
 
 from hivecell.errors import InvalidParams, NotFound, NotSupported, PathDenied, ToolFailed
@@ -73,7 +73,8 @@ async def test_trash_follows_the_freedesktop_spec(fguest: Guest, home: Path, shm
     (folder / "sub").mkdir(parents=True)
     (folder / "sub" / "f").write_text("x")
     moved = await fguest("trash_file", path=str(folder))
-    assert not folder.exists() and (Path(moved["path"]) / "sub" / "f").read_text() == "x"
+    assert not await anyio.Path(folder).exists()
+    assert await anyio.Path(moved["path"], "sub", "f").read_text() == "x"
     assert trashinfo(Path(moved["info"]))["Path"] == str(folder)
     emptied = await fguest("empty_trash")
     assert emptied == {"removed": 3}
@@ -136,20 +137,22 @@ async def test_copy_mkdir_and_search(fguest: Guest, home: Path, tmp_path: Path) 
 
 
 async def test_processes_and_signals(fguest: Guest) -> None:
-    child = subprocess.Popen(["sleep", "60"])
+    child = await anyio.open_process(["sleep", "60"])
     try:
         procs = {p["pid"]: p for p in (await fguest("list_processes"))["processes"]}
         assert procs[child.pid]["name"] == "sleep" and procs[child.pid]["command"] == "sleep 60"
         assert procs[os.getpid()]["rss_kb"] > 0
         await fguest("kill_process", pid=child.pid, signal="KILL")
-        assert child.wait(10) == -9
+        with anyio.fail_after(10):
+            assert await child.wait() == -9
         with pytest.raises(NotFound):
             await fguest("kill_process", pid=child.pid)
         with pytest.raises(InvalidParams, match="guest agent itself"):
             await fguest("kill_process", pid=os.getpid())
     finally:
-        child.kill()
-        child.wait()
+        if child.returncode is None:
+            child.kill()
+        await child.wait()
 
 
 @pytest.mark.skipif(
