@@ -130,3 +130,30 @@ async def test_dangerous_catalogue_tools_wait_for_approval(
     denied = tool_results(h.requests[4])[-1]
     assert "denied empty_trash" in denied["error"]
     assert [e["name"] for e in listing["entries"]] == ["junk.txt"]
+
+
+async def test_browser_domain_in_a_sandbox(
+    provider: LocalProvider, sandbox: SandboxInfo, tmp_path: Path
+) -> None:
+    page = anyio.Path(sandbox.shared_dir) / "workspace" / "page.html"
+    await page.write_text("<title>Sandbox Page</title><p>inside the box</p>")
+    settings = RunSettings(tool_domains=["browser", "system"])
+    steps = [
+        act(call("browser_open", url="file:///shared/workspace/page.html")),
+        act(call("browser_page_text")),
+        act(call("run_shell", command="cat /proc/net/tcp /proc/net/tcp6 | awk '$4==\"0A\"'")),
+        *finish(),
+    ]
+    async with harness(provider, sandbox, steps, tmp_path / "t", settings=settings) as h:
+        with anyio.fail_after(120):
+            outcome = await h.runner.run()
+    assert outcome.status == "completed"
+    opened = tool_results(h.requests[1])[-1]
+    assert (opened["title"], opened["url"]) == (
+        "Sandbox Page",
+        "file:///shared/workspace/page.html",
+    )
+    text = tool_results(h.requests[2])[-1]
+    assert text["text"].strip() == "inside the box"
+    listening = tool_results(h.requests[3])[-1]
+    assert listening["stdout"].strip() == ""  # nothing in the box listens on TCP, DevTools neither
