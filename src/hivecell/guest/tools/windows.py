@@ -101,13 +101,18 @@ def _net_state(x: XSession, window_id: str, action: int, atom: str) -> None:
 
 
 async def _reached(x: XSession, window_id: str, state: str) -> bool:
-    states = set((await x.run(state_sync, x, window_id)).states)
+    """The WM sets _NET_WM_STATE before it moves the window: wait for the geometry too."""
+    s = await x.run(state_sync, x, window_id)
+    states = set(s.states)
     if state == "minimized":
         return "hidden" in states
     if state == "maximized":
-        return {"maximized_vert", "maximized_horz"} <= states and "hidden" not in states
+        _, _, area_w, _ = await x.run(work_area, x)
+        maximized = {"maximized_vert", "maximized_horz"} <= states and "hidden" not in states
+        return maximized and s.width >= area_w - 16  # the frame's side borders at most
     if state == "fullscreen":
-        return "fullscreen" in states
+        width, height = await x.run(x.size_sync)
+        return "fullscreen" in states and (s.x, s.y, s.width, s.height) == (0, 0, width, height)
     return not states & {"hidden", "maximized_vert", "maximized_horz", "fullscreen"}
 
 
