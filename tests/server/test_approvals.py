@@ -20,7 +20,11 @@ NOTE = {"files": ("note.txt", b"x", "text/plain")}  # makes the body multipart
 async def test_default_policy_is_a_setting(home: Path) -> None:
     async with serve(home) as running:
         defaults = (await running.get("/settings")).json()["approval"]
-        assert defaults["tools"] == ["delete_file", "move_file", "write_file", "run_shell"]
+        assert defaults["tools"] == [
+            "delete_file", "move_file", "write_file", "run_shell",
+            # the seed-002 catalogue's dangerous tools (docs/tools.md)
+            "force_quit_app", "kill_process", "empty_trash", "copy_file",
+        ]  # fmt: skip
         assert "recursive_rm" in defaults["shell_rules"] and "any" not in defaults["shell_rules"]
         assert defaults["timeout_s"] is None
         change = {"approval": {"shell_rules": ["power", "dd"], "timeout_s": 30}}

@@ -30,7 +30,15 @@ SHELL_RULES: dict[str, str] = {
     "any": "every command (off by default)",
 }
 DEFAULT_SHELL_RULES = tuple(name for name in SHELL_RULES if name != "any")
-DEFAULT_TOOLS = ("delete_file", "move_file", "write_file", "edit_file", "run_shell")
+DEFAULT_TOOLS: tuple[str, ...] = (
+    "delete_file",
+    "move_file",
+    "write_file",
+    "edit_file",
+    "run_shell",
+)
+# the seed-002 catalogue's dangerous tools (hivecell.agent.catalog; copy_file: overwrite only)
+DEFAULT_TOOLS += ("force_quit_app", "kill_process", "empty_trash", "copy_file")
 
 SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "mksh", "ash", "fish", "busybox"})
 DOWNLOADERS = frozenset({"curl", "wget", "fetch", "aria2c", "http", "https"})
@@ -383,6 +391,10 @@ async def reason_to_ask(
         if not await exists(path):
             return None
         return f"write_file would overwrite the existing file {path}"
+    if tool == "copy_file":
+        if not arguments.get("overwrite"):
+            return None  # the guest refuses to replace anything without overwrite=true
+        return f"copy_file may overwrite {arguments.get('destination', '')}"
     return f"{tool} is in the approval list"
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol, TypeVar, cast
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from hivecell.agent import approval, prompts
+from hivecell.agent import approval, catalog, prompts
 from hivecell.agent.clock import WorkClock
 from hivecell.agent.control import Control, Extension, Pending
 from hivecell.agent.history import History, image_message
@@ -90,6 +90,10 @@ class RunSettings(BaseModel):
         False, description="each observation carries the accessibility tree's text beside the "
         "screenshot (only the newest is kept)",
     )  # fmt: skip
+    tool_domains: list[str] = Field(
+        default_factory=lambda: list(catalog.DEFAULT_DOMAINS),
+        description="tool domains offered to the model (docs/tools.md)",
+    )
     screenshot_max_width: int | None = Field(1280, ge=320)
 
     @field_validator("disabled_tools", "approval_tools")
@@ -98,6 +102,15 @@ class RunSettings(BaseModel):
         unknown = sorted(set(names) - set(TOOLS))
         if unknown:
             raise ValueError(f"unknown tool(s) {', '.join(unknown)}; tools: {', '.join(TOOLS)}")
+        return names
+
+    @field_validator("tool_domains")
+    @classmethod
+    def _known_domains(cls, names: list[str]) -> list[str]:
+        unknown = sorted(set(names) - set(catalog.DOMAINS))
+        if unknown:
+            raise ValueError(f"unknown tool domain(s) {', '.join(unknown)}; domains: "
+                             f"{', '.join(catalog.DOMAINS)}")  # fmt: skip
         return names
 
     @field_validator("approval_shell_rules")
@@ -251,7 +264,8 @@ class TaskRunner:
         self._network = network
         self._inbox = inbox or []
         self._on_event = on_event or (lambda kind, data: None)
-        self._tools = ToolBox(guest, disabled=frozenset(self.settings.disabled_tools))
+        disabled = set(self.settings.disabled_tools) | catalog.outside(self.settings.tool_domains)
+        self._tools = ToolBox(guest, disabled=frozenset(disabled))
         self._host_tools = by_name(host_tools or [])
         self._host_schemas = [tool.schema() for tool in self._host_tools.values()]
         self._history: History | None = None
@@ -315,6 +329,8 @@ class TaskRunner:
                 self._skip(response.tool_calls[index:], hold)
                 break
             self._history.add(await self._act(call))
+        for text, image in self._tools.take_images():  # e.g. the catalogue's zoom
+            self._history.add(image_message(text, image))
         shot = await self._observe(self.steps)
         self._history.add(await self._observation(f"Screenshot after step {self.steps}.", shot))
 

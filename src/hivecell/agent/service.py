@@ -399,6 +399,7 @@ def _settings(request: TaskRequest) -> TaskSettings:
         network=request.network,
         network_allow=list(request.network_allow),
         disabled_tools=list(s.disabled_tools),
+        tool_domains=list(s.tool_domains),
         max_cost_usd=s.max_cost_usd,
         max_tokens=s.max_tokens,
         approve_tools=list(s.approval_tools),

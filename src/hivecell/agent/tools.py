@@ -7,6 +7,7 @@ scale so clicks land where the model meant.
 
 from __future__ import annotations
 
+import base64
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -212,6 +213,7 @@ class ToolBox:
         self._call = call
         self.disabled = disabled
         self.scale = 1.0  # screenshot px per screen px of the latest screenshot
+        self.images: list[tuple[str, bytes]] = []  # zoomed regions for the next observation
 
     def schemas(self) -> list[dict[str, Any]]:
         return _schemas(self.disabled)
@@ -236,7 +238,19 @@ class ToolBox:
         params = args.model_dump()
         if name in LAUNCH_TOOLS:
             params["settle"] = True
+        if routed := catalog.guest_call(name, params, self.scale):
+            return await self._call(*routed)
         return await self._call(name, params)
+
+    def take_images(self) -> list[tuple[str, bytes]]:
+        images, self.images = self.images, []
+        return images
+
+    async def _do_zoom(self, a: Any) -> Any:
+        shot = await self._call("screenshot_region", catalog.region(a, self.scale))
+        text = f"Zoomed region x={a.x} y={a.y} {a.width}x{a.height} of the latest screenshot."
+        self.images.append((text, base64.b64decode(shot["data"])))
+        return {"note": "the zoomed image follows; click with the full screenshot's coordinates"}
 
     async def _do_screenshot(self, a: NoArgs) -> Any:
         # Every step ends with a screenshot the model sees as an image; the guest's base64
@@ -292,3 +306,7 @@ class ToolBox:
 def _schemas(disabled: frozenset[str]) -> list[dict[str, Any]]:
     # Building JSON schemas costs milliseconds; the runner asks for them every step.
     return [t.schema() for name, t in TOOLS.items() if name not in disabled]
+
+
+# The seed-002 catalogue adds its tools to TOOLS and GUI_TOOLS (hivecell.agent.catalog).
+from hivecell.agent import catalog  # noqa: E402

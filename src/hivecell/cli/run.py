@@ -60,6 +60,10 @@ def run_task(
     disable_tool: Annotated[
         list[str] | None, typer.Option(help="tool the model may not use")
     ] = None,
+    tool_domain: Annotated[
+        list[str] | None,
+        typer.Option(help="tool domain offered to the model (repeat; default: see docs/tools.md)"),
+    ] = None,
     approve_tool: Annotated[
         list[str] | None,
         typer.Option(
@@ -98,7 +102,12 @@ def run_task(
         network=mode,
         network_allow=entries,
         settings=run_settings(
-            max_steps, timeout, (max_cost, max_tokens), disable_tool or [], approve_tool or []
+            max_steps,
+            timeout,
+            (max_cost, max_tokens),
+            disable_tool or [],
+            approve_tool or [],
+            domains=tool_domain,
         ).model_copy(
             # a person at the terminal is asked
             update={"pause_at_limits": sys.stdin.isatty(), "observe_tree": observe_tree}
@@ -119,6 +128,8 @@ def run_settings(
     budget: tuple[float | None, int | None],
     disabled: list[str],
     approve: list[str],
+    *,
+    domains: list[str] | None = None,
 ) -> RunSettings:
     from hivecell.agent.runner import RunSettings
 
@@ -130,6 +141,7 @@ def run_settings(
             max_tokens=budget[1],
             disabled_tools=disabled,
             approval_tools=list(dict.fromkeys([*DEFAULT_TOOLS, *approve])),
+            **({} if domains is None else {"tool_domains": domains}),
         )
     except ValidationError as exc:  # e.g. --max-steps 0: a usage error, not a traceback
         error = exc.errors(include_url=False)[0]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from itertools import count
 from typing import Any
 
-from jeepney.io.blocking import open_dbus_connection  # type: ignore[import-untyped]
+from jeepney.io.blocking import open_dbus_connection
 
 METHOD_CALL, METHOD_RETURN, ERROR = 1, 2, 3
 _FLAGS = 0  # a reply is expected

@@ -546,3 +546,6 @@ NOTIFICATIONS: dict[str, type[Result]] = {
     "heartbeat": HeartbeatNote,
     "exec.output": ExecOutputNote,
 }
+
+# The seed-002 catalogue's methods join METHODS from their own module (docs/tools.md).
+import hivecell.protocol.catalog  # noqa: E402, F401

@@ -82,6 +82,7 @@ class TaskSettings(BaseModel):
         default_factory=list, description="nat: the domains and CIDRs the sandbox may reach"
     )
     disabled_tools: list[str] = Field(default_factory=list)
+    tool_domains: list[str] | None = Field(None, description="tool domains offered")
     max_cost_usd: float | None = Field(None, description="cost budget in USD")
     max_tokens: int | None = Field(None, description="token budget")
     approve_tools: list[str] | None = Field(None, description="calls that wait for approval")

@@ -57,6 +57,9 @@ class TaskCreate(BaseModel):
         "internet (private ranges stay refused unless a CIDR here names them)",
     )
     disabled_tools: list[str] = Field(default_factory=list)
+    tool_domains: list[str] | None = Field(
+        None, description="tool domains offered to the model (docs/tools.md); absent: default"
+    )
     approve_tools: list[str] | None = Field(
         None,
         description="tools that wait for approval (write_file: only onto an existing file; "
@@ -221,7 +224,7 @@ def _form_fields(form: FormData) -> dict[str, Any]:
         values = [v for v in form.getlist(key) if isinstance(v, str)]
         if key == "files" or not values:
             continue
-        if key in ("disabled_tools", "network_allow", "approve_tools"):
+        if key in ("disabled_tools", "network_allow", "approve_tools", "tool_domains"):
             fields[key] = [t for v in values for t in v.replace(",", " ").split()]
         else:
             fields[key] = values[-1] if values[-1] != "" else None
@@ -272,6 +275,7 @@ def build_task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
             approval_timeout_s=prefs.approval.timeout_s,
             pause_at_limits=not prefs.task.limits_final,
             observe_tree=body.observe_tree,
+            **({} if body.tool_domains is None else {"tool_domains": body.tool_domains}),
         )
     except ValidationError as exc:  # e.g. an unknown tool name: the caller's input, not a bug
         raise InvalidParams(describe_validation(exc), op="create_task") from None
