@@ -21,7 +21,7 @@ async def test_default_policy_is_a_setting(home: Path) -> None:
     async with serve(home) as running:
         defaults = (await running.get("/settings")).json()["approval"]
         assert defaults["tools"] == [
-            "delete_file", "move_file", "write_file", "run_shell",
+            "delete_file", "move_file", "write_file", "edit_file", "run_shell",
             # the seed-002 catalogue's dangerous tools (docs/tools.md)
             "force_quit_app", "kill_process", "empty_trash", "copy_file",
         ]  # fmt: skip
