@@ -41,7 +41,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from hivecell.guest import desktopenv
+
 DISPLAY = ":0"
+SESSION_DIR = Path("/tmp/hivecell-desktop")  # the desktop's config files; the box's own /tmp
 # python-xlib's Xlib.ext.__extensions__ (see AGENT_MODULES), spelled out so that listing
 # them does not import Xlib before Xvfb is started.
 XLIB_EXTENSIONS = (
@@ -88,6 +91,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m hivecell.guest.boot", description=__doc__)
     p.add_argument("--screen", default="1280x800x24", help="WIDTHxHEIGHTxDEPTH")
     p.add_argument("--glx", action="store_true", help="enable GLX (software OpenGL) in Xvfb")
+    p.add_argument("--desktop", choices=desktopenv.PROFILES, default=desktopenv.DEFAULT_PROFILE)
     p.add_argument("--run-dir", type=Path, default=Path("/run/hivecell"))
     p.add_argument("--root", type=Path, action="append", help="allowed file root (repeatable)")
     p.add_argument("--max-file-bytes", type=int, default=10 * 1024 * 1024)
@@ -111,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     make_runtime_dirs()
     xvfb, display_fd = start_xvfb(args.screen, args.glx)
     children = [xvfb]
-    desktop = Desktop(display_fd, xvfb, children)
+    session = desktopenv.write_session(SESSION_DIR, args.desktop, str(Path.home()))
+    desktop = Desktop(display_fd, xvfb, children, session)
     try:
         reason = supervise(args, desktop)
         log.info("agent stopped: %s", reason)
@@ -184,10 +189,17 @@ class Desktop:
     before it checks that windows are managed and serves.
     """
 
-    def __init__(self, display_fd: int, xvfb: Process, children: list[Process]) -> None:
+    def __init__(
+        self,
+        display_fd: int,
+        xvfb: Process,
+        children: list[Process],
+        session: desktopenv.Session | None = None,
+    ) -> None:
         self.display_fd = display_fd
         self.xvfb = xvfb
         self.children = children  # started processes go here at once, to be stopped on failure
+        self.session = session or desktopenv.Session(SESSION_DIR, "minimal")
         self.started_r, self.started_w = os.pipe()
         self.pending = True
 
@@ -197,7 +209,8 @@ class Desktop:
         try:
             wait_for_display(self.display_fd, self.xvfb)
             log.info("display up after %.0f ms", _elapsed_ms())
-            self.children += start_window_manager()
+            self.children += start_window_manager(self.session.window_manager())
+            self.children += start_panel(self.session.panel())
         finally:
             self._close_started()
 
@@ -213,7 +226,7 @@ class Desktop:
         while os.read(self.started_r, 64):
             pass
         if shutil.which("openbox") is not None:  # what start_window_manager ran
-            wait_for_window_manager()
+            wait_for_window_manager(wallpaper=self.session.wallpaper)
             log.info("window manager ready after %.0f ms", _elapsed_ms())
 
     def close(self) -> None:
@@ -226,16 +239,24 @@ class Desktop:
             self.started_w = -1
 
 
-def start_window_manager() -> list[subprocess.Popen[bytes]]:
+def start_window_manager(argv: list[str] | None = None) -> list[subprocess.Popen[bytes]]:
     """openbox, not waited for: apps can open windows before it manages them."""
-    openbox = shutil.which("openbox")
+    argv = argv or ["openbox", "--sm-disable"]
+    openbox = shutil.which(argv[0])
     if openbox is None:
         log.warning("openbox is not installed; windows will have no manager")
         return []
-    return [subprocess.Popen([openbox, "--sm-disable"], stdin=subprocess.DEVNULL)]
+    return [subprocess.Popen([openbox, *argv[1:]], stdin=subprocess.DEVNULL)]
 
 
-def wait_for_window_manager(timeout: float = 5.0) -> None:
+def start_panel(argv: list[str] | None) -> list[subprocess.Popen[bytes]]:
+    """The panel (full desktop), not waited for: nothing the agent serves depends on it."""
+    if argv is None:
+        return []
+    return [subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)]
+
+
+def wait_for_window_manager(timeout: float = 5.0, wallpaper: bool = False) -> None:
     """Block until openbox manages new windows, so the first app a task opens is managed.
 
     openbox announces itself (_NET_SUPPORTING_WM_CHECK) before it handles map requests, and
@@ -247,6 +268,8 @@ def wait_for_window_manager(timeout: float = 5.0) -> None:
 
     display = Display(DISPLAY)
     try:
+        if wallpaper:  # while openbox starts: the first screenshot shows it
+            _paint_wallpaper(display)
         root = display.screen().root
         clients = display.intern_atom("_NET_CLIENT_LIST")
         scratch = root.create_window(0, 0, 1, 1, 0, X.CopyFromParent)
@@ -268,6 +291,16 @@ def wait_for_window_manager(timeout: float = 5.0) -> None:
         display.sync()
     finally:
         display.close()
+
+
+def _paint_wallpaper(display: Any) -> None:
+    """A desktop without its wallpaper still works: never fail the agent over it."""
+    from Xlib import error as xerror
+
+    try:
+        desktopenv.paint_wallpaper(display)
+    except (xerror.XError, StopIteration, ValueError) as exc:
+        log.warning("no wallpaper: %r", exc)
 
 
 def _managed(prop: Any, window_id: int) -> bool:
