@@ -1,6 +1,8 @@
 """``python -m hivecell.guest.boot``: the first process inside a local sandbox.
 
-Starts the X display (Xvfb) and a window manager (openbox), then serves the guest agent on
+Starts the X display (Xvfb) and a window manager (openbox) with the desktop profile's
+session (``desktopenv``: wallpaper, menu; its panel once the agent is ready), then serves
+the guest agent on
 the unix socket the host passes as ``--listen-fd`` (bound outside the box; without it, on
 ``/run/hivecell/guest.sock``). It listens only once the display is up, so a host that can
 ping the agent knows the desktop is ready. When the agent stops (``shutdown`` or
@@ -202,6 +204,8 @@ class Desktop:
         self.session = session or desktopenv.Session(SESSION_DIR, "minimal")
         self.started_r, self.started_w = os.pipe()
         self.pending = True
+        # The first agent writes here once it serves; the panel starts then (see start_extras)
+        self.ready_r, self.ready_w = os.pipe()
 
     def bring_up(self) -> None:
         """In the boot process, while the first agent imports."""
@@ -210,15 +214,39 @@ class Desktop:
             wait_for_display(self.display_fd, self.xvfb)
             log.info("display up after %.0f ms", _elapsed_ms())
             self.children += start_window_manager(self.session.window_manager())
-            self.children += start_panel(self.session.panel())
         finally:
             self._close_started()
+
+    def start_extras(self) -> None:
+        """In the boot process: once the first agent is ready (or died trying), start the
+        panel. Not before: at boot it competes for the CPU with the agent's imports and the
+        host's first ping (~150 ms of a loaded 2-core host's cold start); nothing the agent
+        serves needs it."""
+        if self.ready_w < 0:
+            return  # done for an earlier agent
+        os.close(self.ready_w)
+        self.ready_w = -1
+        with contextlib.suppress(OSError):
+            os.read(self.ready_r, 1)  # a byte, or EOF if that agent died
+        os.close(self.ready_r)
+        self.children += start_panel(self.session.panel())
+        log.info("panel started after %.0f ms", _elapsed_ms())
+
+    def agent_ready(self) -> None:
+        """In the agent: the desktop is up and it is about to serve."""
+        if self.ready_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.ready_w, b"1")
+            os.close(self.ready_w)
+            self.ready_w = -1
 
     def in_agent(self) -> None:
         """In a freshly forked agent: keep only the end it reads."""
         self._close_started()
         if self.pending:
             os.close(self.display_fd)
+        if self.ready_w >= 0:
+            os.close(self.ready_r)
 
     def wait(self) -> None:
         """In the agent: block until the boot process started the desktop, then until the
@@ -232,6 +260,10 @@ class Desktop:
     def close(self) -> None:
         self._close_started()
         os.close(self.started_r)
+        if self.ready_w >= 0:  # the panel never started (the first agent failed to fork)
+            os.close(self.ready_w)
+            os.close(self.ready_r)
+            self.ready_w = -1
 
     def _close_started(self) -> None:
         if self.started_w >= 0:
@@ -342,6 +374,7 @@ def _prepare_agent(desktop: Desktop) -> Callable[[argparse.Namespace], str]:
     finally:
         helper.shutdown()
     log.info("desktop up after %.0f ms", _elapsed_ms())
+    desktop.agent_ready()
     return serve
 
 
@@ -412,6 +445,7 @@ def _run_agent_child(args: argparse.Namespace, desktop: Desktop) -> int:
     try:
         if desktop.pending:
             desktop.bring_up()  # the agent imports meanwhile
+        desktop.start_extras()
     except BaseException:
         _kill_agent(pid)
         raise
