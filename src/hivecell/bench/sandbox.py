@@ -114,7 +114,7 @@ async def measure_sandbox(
 
 
 async def _idle_memory(
-    provider: SandboxProvider, ids: list[str], boxes: int, spec: SandboxSpec
+    provider: SandboxProvider, ids: list[str], boxes: int, spec: SandboxSpec | None = None
 ) -> tuple[float, float]:
     """Median per-sandbox (RSS, PSS) with ``boxes`` sandboxes up, ``ids[0]`` already used.
 
@@ -122,7 +122,7 @@ async def _idle_memory(
     (the screenshot path, the X input path) before it idles.
     """
     while len(ids) < boxes:
-        ids.append((await provider.create(spec)).id)
+        ids.append((await provider.create(spec or SandboxSpec())).id)
     for sandbox_id in ids[1:]:
         async with await provider.connect(sandbox_id) as guest:
             await _operations(guest, 1)
