@@ -10,6 +10,8 @@ APT_PACKAGES=(
   xterm mousepad chromium scrot fonts-dejavu-core dbus-x11 procps iproute2
   dbus-daemon at-spi2-core
   python3 python3-venv python3-pip ca-certificates git
+  # the sandboxes' full desktop: hivecell.guest.desktopenv.PACKAGES (a test keeps them equal)
+  tint2 pcmanfm adwaita-icon-theme fonts-noto-core fonts-noto-cjk
 )
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

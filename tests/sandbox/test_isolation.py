@@ -21,7 +21,7 @@ from tests.sandbox.host import host_ipv4_addresses, sh_out, shell
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 NAMESPACES = ("pid", "mnt", "net", "user", "ipc", "uts", "cgroup")
-BOX_PROGRAMS = {"bwrap", "python3.11", "Xvfb", "openbox", "sh", "ps"}
+BOX_PROGRAMS = {"bwrap", "python3.11", "Xvfb", "openbox", "tint2", "sh", "ps"}  # tint2: the panel
 
 
 @dataclass
@@ -92,7 +92,8 @@ async def test_host_home_root_and_project_are_invisible(guest: GuestClient) -> N
     for path in ("/root", str(Path.home()), "/work", str(PROJECT), "/farm", "/mnt", "/old_root"):
         assert not await _exists_inside(guest, path), path
     assert await sh_out(guest, "ls -A /home") == "user\n"
-    assert await sh_out(guest, "ls -A /tmp") == ".X11-unix\nxdg-runtime\n"  # private /tmp
+    # private /tmp: the display's sockets, the runtime dir, the desktop's session files
+    assert await sh_out(guest, "ls -A /tmp") == ".X11-unix\nhivecell-desktop\nxdg-runtime\n"
     assert await sh_out(guest, "ls -A /") == (
         "bin\ndev\netc\nhome\nlib\nlib64\nopt\nproc\nrun\nsbin\nshared\ntmp\nusr\nvar\n"
     )

@@ -85,19 +85,22 @@ async def measure_sandbox(
     cold_runs: int = 10,
     parallel: int = 24,
     idle_boxes: int = IDLE_BOXES,
+    spec: SandboxSpec | None = None,
 ) -> SandboxReport:
-    cold = await _cold_starts(provider, cold_runs)
+    """``spec``: what every measured sandbox is (default: a bare ``SandboxSpec()``)."""
+    spec = spec or SandboxSpec()
+    cold = await _cold_starts(provider, cold_runs, spec)
     ids: list[str] = []
     try:
-        ids.append((await provider.create(SandboxSpec())).id)
+        ids.append((await provider.create(spec)).id)
         async with await provider.connect(ids[0]) as guest:
             ops = await _operations(guest, runs)
-        rss, pss = await _idle_memory(provider, ids, idle_boxes)
+        rss, pss = await _idle_memory(provider, ids, idle_boxes, spec)
     finally:
         with anyio.CancelScope(shield=True):
             for sandbox_id in ids:
                 await provider.destroy(sandbox_id)
-    herd = await _parallel(provider, parallel)
+    herd = await _parallel(provider, parallel, spec)
     return SandboxReport(
         cold_start=cold,
         idle_rss_mb=round(rss, 1),
@@ -111,7 +114,7 @@ async def measure_sandbox(
 
 
 async def _idle_memory(
-    provider: SandboxProvider, ids: list[str], boxes: int
+    provider: SandboxProvider, ids: list[str], boxes: int, spec: SandboxSpec | None = None
 ) -> tuple[float, float]:
     """Median per-sandbox (RSS, PSS) with ``boxes`` sandboxes up, ``ids[0]`` already used.
 
@@ -119,7 +122,7 @@ async def _idle_memory(
     (the screenshot path, the X input path) before it idles.
     """
     while len(ids) < boxes:
-        ids.append((await provider.create(SandboxSpec())).id)
+        ids.append((await provider.create(spec or SandboxSpec())).id)
     for sandbox_id in ids[1:]:
         async with await provider.connect(sandbox_id) as guest:
             await _operations(guest, 1)
@@ -131,11 +134,11 @@ async def _idle_memory(
     )
 
 
-async def _cold_starts(provider: SandboxProvider, runs: int) -> Stats:
+async def _cold_starts(provider: SandboxProvider, runs: int, spec: SandboxSpec) -> Stats:
     samples = []
     for _ in range(runs):
         start = time.perf_counter()
-        info = await provider.create(SandboxSpec())  # returns once ping answers, desktop up
+        info = await provider.create(spec)  # returns once ping answers, desktop up
         samples.append((time.perf_counter() - start) * 1000)
         await provider.destroy(info.id)
     return Stats.of(samples)
@@ -179,7 +182,7 @@ async def _changed_screenshots(
     return Stats.of(samples)
 
 
-async def _parallel(provider: SandboxProvider, count: int) -> HerdReport:
+async def _parallel(provider: SandboxProvider, count: int, spec: SandboxSpec) -> HerdReport:
     """Request ``count`` sandboxes at once; how many came up, how fast, what they cost.
 
     Every failure is kept with its reason. If the host runs low on memory (MemAvailable
@@ -194,7 +197,7 @@ async def _parallel(provider: SandboxProvider, count: int) -> HerdReport:
             tg.start_soon(herd.watch_memory, _memory_floor_mb(), tg.cancel_scope)
             async with anyio.create_task_group() as creates:
                 for _ in range(count):
-                    creates.start_soon(herd.create_one, provider)
+                    creates.start_soon(herd.create_one, provider, spec)
             tg.cancel_scope.cancel()  # all creates done: stop watching memory
         if herd.low_memory:
             herd.stopped_low_memory = count - len(herd.ids) - len(herd.errors)
@@ -228,9 +231,9 @@ class _Herd:
         self.low_memory = False
         self.stopped_low_memory = 0
 
-    async def create_one(self, provider: SandboxProvider) -> None:
+    async def create_one(self, provider: SandboxProvider, spec: SandboxSpec) -> None:
         try:
-            info = await provider.create(SandboxSpec())
+            info = await provider.create(spec)
         except Exception as exc:  # every failure is reported with its reason
             self.errors.append(_reason(exc, "create"))
             failed = getattr(exc, "context", {}).get("id")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.table import Table
@@ -13,6 +13,7 @@ from rich.table import Table
 from hivecell.bench.sandbox import TARGETS_MS, SandboxReport, machine, measure_sandbox, targets_met
 from hivecell.cli.common import HomeOption, err, out, provider, run
 from hivecell.config import resolve_home
+from hivecell.sandbox.base import SandboxSpec
 
 if TYPE_CHECKING:
     from hivecell.bench import agent as agent_bench
@@ -47,6 +48,9 @@ def sandbox(
         ),
     ] = 24,
     cua_cache: Annotated[Path, typer.Option(help="venv cache for the Cua peer")] = CUA_CACHE,
+    desktop: Annotated[
+        Literal["full", "minimal"], typer.Option(help="the sandboxes' desktop profile")
+    ] = "full",
     home: Path | None = HomeOption,
 ) -> None:
     """Cold start, screenshot, click, exec, settle, idle memory, parallel starts."""
@@ -54,7 +58,11 @@ def sandbox(
         err.print("measuring hivecell sandboxes...")
     ours = run(
         lambda: measure_sandbox(
-            provider(home=home), runs=runs, cold_runs=cold_runs, parallel=parallel
+            provider(home=home),
+            runs=runs,
+            cold_runs=cold_runs,
+            parallel=parallel,
+            spec=SandboxSpec(desktop=desktop),
         )
     )
     peer = _measure_peer(runs, cua_cache, quiet=as_json) if vs_cua else None

@@ -7,7 +7,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.table import Table
@@ -48,6 +48,10 @@ def create(
     disk_mb: Annotated[int, typer.Option(help="size cap on home + /shared, in MiB")] = 4096,
     tmpfs_mb: Annotated[int, typer.Option(help="size of /tmp, /var/tmp, /dev/shm each")] = 1024,
     glx: Annotated[bool, typer.Option(help="enable OpenGL (GLX) for apps that need it")] = False,
+    desktop: Annotated[
+        Literal["full", "minimal"],
+        typer.Option(help="full: wallpaper, panel, file manager; minimal: bare openbox"),
+    ] = "full",
     inbox_writable: Annotated[
         bool, typer.Option(help="let the sandbox write to /shared/inbox (default read-only)")
     ] = False,
@@ -68,6 +72,7 @@ def create(
         disk_mb=disk_mb,
         tmpfs_mb=tmpfs_mb,
         glx=glx,
+        desktop=desktop,
         inbox_writable=inbox_writable,
     )
     started = time.perf_counter()

@@ -1,6 +1,8 @@
 """``python -m hivecell.guest.boot``: the first process inside a local sandbox.
 
-Starts the X display (Xvfb) and a window manager (openbox), then serves the guest agent on
+Starts the X display (Xvfb) and a window manager (openbox) with the desktop profile's
+session (``desktopenv``: wallpaper, menu; its panel once the agent is ready), then serves
+the guest agent on
 the unix socket the host passes as ``--listen-fd`` (bound outside the box; without it, on
 ``/run/hivecell/guest.sock``). It listens only once the display is up, so a host that can
 ping the agent knows the desktop is ready. When the agent stops (``shutdown`` or
@@ -41,9 +43,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from hivecell.guest import a11ybus
+from hivecell.guest import a11ybus, desktopenv
 
 DISPLAY = ":0"
+SESSION_DIR = Path("/tmp/hivecell-desktop")  # the desktop's config files; the box's own /tmp
 # python-xlib's Xlib.ext.__extensions__ (see AGENT_MODULES), spelled out so that listing
 # them does not import Xlib before Xvfb is started.
 XLIB_EXTENSIONS = (
@@ -90,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m hivecell.guest.boot", description=__doc__)
     p.add_argument("--screen", default="1280x800x24", help="WIDTHxHEIGHTxDEPTH")
     p.add_argument("--glx", action="store_true", help="enable GLX (software OpenGL) in Xvfb")
+    p.add_argument("--desktop", choices=desktopenv.PROFILES, default=desktopenv.DEFAULT_PROFILE)
     p.add_argument("--run-dir", type=Path, default=Path("/run/hivecell"))
     p.add_argument("--root", type=Path, action="append", help="allowed file root (repeatable)")
     p.add_argument("--max-file-bytes", type=int, default=10 * 1024 * 1024)
@@ -113,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     make_runtime_dirs()
     xvfb, display_fd = start_xvfb(args.screen, args.glx)
     children = [xvfb]
-    desktop = Desktop(display_fd, xvfb, children)
+    session = desktopenv.write_session(SESSION_DIR, args.desktop, str(Path.home()))
+    desktop = Desktop(display_fd, xvfb, children, session)
     desktop.start_bus()
     try:
         reason = supervise(args, desktop)
@@ -187,13 +192,22 @@ class Desktop:
     before it checks that windows are managed and serves.
     """
 
-    def __init__(self, display_fd: int, xvfb: Process, children: list[Process]) -> None:
+    def __init__(
+        self,
+        display_fd: int,
+        xvfb: Process,
+        children: list[Process],
+        session: desktopenv.Session | None = None,
+    ) -> None:
         self.display_fd = display_fd
         self.xvfb = xvfb
         self.children = children  # started processes go here at once, to be stopped on failure
+        self.session = session or desktopenv.Session(SESSION_DIR, "minimal")
         self.started_r, self.started_w = os.pipe()
         self.pending = True
         self.bus: a11ybus.SessionBus | None = None
+        # The first agent writes here once it serves; the panel starts then (see start_extras)
+        self.ready_r, self.ready_w = os.pipe()
 
     def bring_up(self) -> None:
         """In the boot process, while the first agent imports."""
@@ -201,7 +215,7 @@ class Desktop:
         try:
             wait_for_display(self.display_fd, self.xvfb)
             log.info("display up after %.0f ms", _elapsed_ms())
-            self.children += start_window_manager()
+            self.children += start_window_manager(self.session.window_manager())
             if self.bus is not None:
                 self.children += self.bus.start_registry(DISPLAY)
         finally:
@@ -216,6 +230,29 @@ class Desktop:
             os.environ.update(self.bus.environment())
             os.environ.pop("NO_AT_BRIDGE", None)
 
+    def start_extras(self) -> None:
+        """In the boot process: once the first agent is ready (or died trying), start the
+        panel. Not before: at boot it competes for the CPU with the agent's imports and the
+        host's first ping (~150 ms of a loaded 2-core host's cold start); nothing the agent
+        serves needs it."""
+        if self.ready_w < 0:
+            return  # done for an earlier agent
+        os.close(self.ready_w)
+        self.ready_w = -1
+        with contextlib.suppress(OSError):
+            os.read(self.ready_r, 1)  # a byte, or EOF if that agent died
+        os.close(self.ready_r)
+        self.children += start_panel(self.session.panel())
+        log.info("panel started after %.0f ms", _elapsed_ms())
+
+    def agent_ready(self) -> None:
+        """In the agent: the desktop is up and it is about to serve."""
+        if self.ready_w >= 0:
+            with contextlib.suppress(OSError):
+                os.write(self.ready_w, b"1")
+            os.close(self.ready_w)
+            self.ready_w = -1
+
     def in_agent(self) -> None:
         """In a freshly forked agent: keep only the end it reads."""
         self._close_started()
@@ -223,6 +260,8 @@ class Desktop:
             os.close(self.display_fd)
         if self.bus is not None:
             self.bus.close_ready()
+        if self.ready_w >= 0:
+            os.close(self.ready_r)
 
     def wait(self) -> None:
         """In the agent: block until the boot process started the desktop, then until the
@@ -230,7 +269,7 @@ class Desktop:
         while os.read(self.started_r, 64):
             pass
         if shutil.which("openbox") is not None:  # what start_window_manager ran
-            wait_for_window_manager()
+            wait_for_window_manager(wallpaper=self.session.wallpaper)
             log.info("window manager ready after %.0f ms", _elapsed_ms())
         if self.bus is not None:
             self.bus.wait_for_registry()
@@ -239,6 +278,10 @@ class Desktop:
     def close(self) -> None:
         self._close_started()
         os.close(self.started_r)
+        if self.ready_w >= 0:  # the panel never started (the first agent failed to fork)
+            os.close(self.ready_w)
+            os.close(self.ready_r)
+            self.ready_w = -1
 
     def _close_started(self) -> None:
         if self.started_w >= 0:
@@ -246,16 +289,24 @@ class Desktop:
             self.started_w = -1
 
 
-def start_window_manager() -> list[subprocess.Popen[bytes]]:
+def start_window_manager(argv: list[str] | None = None) -> list[subprocess.Popen[bytes]]:
     """openbox, not waited for: apps can open windows before it manages them."""
-    openbox = shutil.which("openbox")
+    argv = argv or ["openbox", "--sm-disable"]
+    openbox = shutil.which(argv[0])
     if openbox is None:
         log.warning("openbox is not installed; windows will have no manager")
         return []
-    return [subprocess.Popen([openbox, "--sm-disable"], stdin=subprocess.DEVNULL)]
+    return [subprocess.Popen([openbox, *argv[1:]], stdin=subprocess.DEVNULL)]
 
 
-def wait_for_window_manager(timeout: float = 5.0) -> None:
+def start_panel(argv: list[str] | None) -> list[subprocess.Popen[bytes]]:
+    """The panel (full desktop), not waited for: nothing the agent serves depends on it."""
+    if argv is None:
+        return []
+    return [subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)]
+
+
+def wait_for_window_manager(timeout: float = 5.0, wallpaper: bool = False) -> None:
     """Block until openbox manages new windows, so the first app a task opens is managed.
 
     openbox announces itself (_NET_SUPPORTING_WM_CHECK) before it handles map requests, and
@@ -267,6 +318,8 @@ def wait_for_window_manager(timeout: float = 5.0) -> None:
 
     display = Display(DISPLAY)
     try:
+        if wallpaper:  # while openbox starts: the first screenshot shows it
+            _paint_wallpaper(display)
         root = display.screen().root
         clients = display.intern_atom("_NET_CLIENT_LIST")
         scratch = root.create_window(0, 0, 1, 1, 0, X.CopyFromParent)
@@ -288,6 +341,16 @@ def wait_for_window_manager(timeout: float = 5.0) -> None:
         display.sync()
     finally:
         display.close()
+
+
+def _paint_wallpaper(display: Any) -> None:
+    """A desktop without its wallpaper still works: never fail the agent over it."""
+    from Xlib import error as xerror
+
+    try:
+        desktopenv.paint_wallpaper(display)
+    except (xerror.XError, StopIteration, ValueError) as exc:
+        log.warning("no wallpaper: %r", exc)
 
 
 def _managed(prop: Any, window_id: int) -> bool:
@@ -329,6 +392,7 @@ def _prepare_agent(desktop: Desktop) -> Callable[[argparse.Namespace], str]:
     finally:
         helper.shutdown()
     log.info("desktop up after %.0f ms", _elapsed_ms())
+    desktop.agent_ready()
     return serve
 
 
@@ -400,6 +464,7 @@ def _run_agent_child(args: argparse.Namespace, desktop: Desktop) -> int:
     try:
         if desktop.pending:
             desktop.bring_up()  # the agent imports meanwhile
+        desktop.start_extras()
     except BaseException:
         _kill_agent(pid)
         raise

@@ -44,6 +44,11 @@ class SandboxSpec(BaseModel):
         False,
         description="GLX (software OpenGL) for apps that need it; costs ~55 MB per sandbox",
     )
+    desktop: Literal["full", "minimal"] = Field(
+        "full",
+        description="full: wallpaper, panel (launcher, task list, clock), file manager, menu; "
+        "minimal: Xvfb and openbox on a black screen (the lightest box)",
+    )
     name: str | None = Field(None, max_length=64)
     inbox_writable: bool = Field(
         False, description="/shared/inbox writable inside the box (default: read-only)"

@@ -140,6 +140,7 @@ def boot_command(spec: SandboxSpec, runtime: PythonRuntime, limits: LimitPlan) -
     cmd += ["--max-file-bytes", str(spec.max_file_bytes), "--network-mode", spec.network]
     if spec.glx:
         cmd.append("--glx")
+    cmd += ["--desktop", spec.desktop]
     if limits.rlimit_nproc is not None:
         cmd += ["--rlimit-nproc", str(limits.rlimit_nproc)]
     if limits.rlimit_data is not None:
