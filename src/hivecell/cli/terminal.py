@@ -41,21 +41,24 @@ def follow(url: str, headers: dict[str, str]) -> None:
 
 
 def attach(url: str, headers: dict[str, str], detach: bytes) -> None:
+    """Raw mode first (what is typed from then on goes to the session), then connect."""
     stdin = sys.stdin.fileno()
-    with connect(url, additional_headers=headers, max_size=2 * framing.MAX_PAYLOAD) as ws:
-        reader = threading.Thread(target=_print_frames, args=(ws,), daemon=True)
-        reader.start()
-        saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
-        previous = signal.signal(signal.SIGWINCH, lambda *_: _send_size(ws))
-        try:
-            if saved is not None:
-                tty.setraw(stdin)
-            _send_size(ws)
-            _pump_keys(ws, stdin, detach, reader)
-        finally:
-            signal.signal(signal.SIGWINCH, previous)
-            if saved is not None:
-                termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
+    saved = termios.tcgetattr(stdin) if os.isatty(stdin) else None
+    try:
+        if saved is not None:
+            tty.setraw(stdin)
+        with connect(url, additional_headers=headers, max_size=2 * framing.MAX_PAYLOAD) as ws:
+            reader = threading.Thread(target=_print_frames, args=(ws,), daemon=True)
+            reader.start()
+            previous = signal.signal(signal.SIGWINCH, lambda *_: _send_size(ws))
+            try:
+                _send_size(ws)
+                _pump_keys(ws, stdin, detach, reader)
+            finally:
+                signal.signal(signal.SIGWINCH, previous)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin, termios.TCSADRAIN, saved)
 
 
 def _send_size(ws: Any) -> None:
