@@ -216,7 +216,16 @@ class SessionService:
         folder = self.folder(name)
         try:
             return await anyio.to_thread.run_sync(read_spec, folder)
-        except (FileNotFoundError, NotADirectoryError, ValueError):
+        except (FileNotFoundError, NotADirectoryError, ValueError, OSError) as exc:
+            if isinstance(exc, OSError) and not isinstance(
+                exc, FileNotFoundError | NotADirectoryError
+            ):
+                raise InvalidParams(
+                    f"session {name!r} cannot be read ({exc.strerror}): its spec.json is not a "
+                    "plain file; destroy the session folder by hand",
+                    op="session",
+                    context={"name": name},
+                ) from None
             raise NotFound(
                 f"no session named {name!r}: see hivecell session ls",
                 op="session",
