@@ -142,6 +142,16 @@ async def test_bad_names_are_refused_clearly(shome: Path, repo: Path) -> None:
             # Every other route checks the name too before touching a path.
             logs = await running.get(f"/sessions/{quote(name, safe='')}/logs")
             assert logs.status_code in (404, 422), (name, logs.text)
+        for body, why in [
+            ({"agent": "shell"}, "isolation 'sandbox'"),  # the default, not built yet
+            ({"agent": "nope", "isolation": "none"}, "no agent 'nope'"),
+            ({"agent": "aider", "isolation": "none"}, "--model"),
+            ({"agent": "shell", "isolation": "none", "repo": "rel/path"}, "absolute path"),
+            ({"agent": "shell", "isolation": "worktree", "repo": "/"}, "not a git repository"),
+        ]:
+            bad = await running.post("/sessions", json={"name": "ok1", "repo": str(repo)} | body)
+            assert bad.status_code == 422, (body, bad.text)
+            assert why in bad.json()["error"]["message"], (body, bad.text)
     assert not (shome / "sessions").exists() or list((shome / "sessions").iterdir()) == []
     assert not (shome.parent / "x").exists()
 
@@ -169,7 +179,14 @@ async def test_a_killed_supervisor_is_reported_exited_and_can_be_destroyed(
         listed = json.loads((await cli(shome, running, "ls", "--json")).stdout)
         assert listed[0]["status"] == "exited"
         sent = await running.post("/sessions/k1/send", json={"text": "echo x"})
-        assert sent.status_code == 409 or sent.status_code >= 400
+        assert sent.status_code == 409, sent.text
+        assert "restart or destroy" in sent.json()["error"]["message"]
+        # Restart starts a new supervisor (and agent) for the same session.
+        again = (await running.post("/sessions/k1/restart")).json()
+        assert again["supervisor"] == "running" and again["supervisor_pid"] != supervisor
+        async with viewer(running, "k1") as v:
+            await v.type("echo back-$((2*21))\r")
+            await v.until(b"back-42")
         assert (await running.client.delete("/api/v1/sessions/k1")).status_code == 200
 
 

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from hivecell.errors import HivecellError, InvalidParams, NotFound, NotSupported
+from hivecell.errors import HivecellError, InvalidParams, NotFound
 from hivecell.sessions import framing, worktree
 from hivecell.sessions.framing import FrameType
 from hivecell.sessions.link import Link, SupervisorGone
@@ -91,9 +91,9 @@ class SessionService:
         agent = get_agent(agents, req.agent)
         isolation = req.isolation or agent.defaults.isolation
         if isolation == "sandbox":
-            raise NotSupported(
-                "isolation 'sandbox' for sessions is not built yet: pass --isolation worktree "
-                "or --isolation none",
+            raise InvalidParams(
+                "isolation 'sandbox' (the agents' default) for sessions is not built yet: "
+                "pass --isolation worktree or --isolation none",
                 op="session_create",
             )
         repo = Path(req.repo)
