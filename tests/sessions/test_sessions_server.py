@@ -250,3 +250,44 @@ async def test_cli_without_a_server_says_how_to_start_one(tmp_path: Path) -> Non
     )
     assert done.returncode == 2
     assert b"hivecell up" in done.stderr and b"--server" in done.stderr
+
+
+async def test_a_preset_starts_its_agents_on_their_branches_with_instructions(
+    shome: Path, repo: Path
+) -> None:
+    (shome / "presets").mkdir()
+    (shome / "presets" / "duo.toml").write_text(
+        '[[agents]]\nname = "api"\nagent = "shell"\ninstructions = "echo api-$((1+1))"\n'
+        '[[agents]]\nname = "web"\nagent = "shell"\ninstructions = "echo web-$((2+2))"\n'
+    )
+    async with serve(shome) as running:
+        done = await cli(
+            shome,
+            running,
+            "create",
+            "team",
+            "--preset",
+            "duo",
+            "--repo",
+            str(repo),
+            "--isolation",
+            "worktree",
+        )
+        assert b"session team-api started" in done.stdout
+        assert b"session team-web started" in done.stdout
+        views = {s["name"]: s for s in (await running.get("/sessions")).json()["items"]}
+        assert {n: v["branch"] for n, v in views.items()} == {
+            "team-api": "hivecell/team-api",
+            "team-web": "hivecell/team-web",
+        }
+        for name, needle in (("team-api", b"api-2"), ("team-web", b"web-4")):
+            async with viewer(running, name) as v:
+                await v.until(needle)
+        bad = await cli(
+            shome, running, "create", "x", "--preset", "nope", "--repo", str(repo), check=False
+        )
+        assert bad.returncode == 2 and b"no preset" in bad.stderr
+        both = await cli(shome, running, "create", "x", "--repo", str(repo), check=False)
+        assert both.returncode == 2 and b"--agent ID or --preset P" in both.stderr
+        for name in views:
+            await cli(shome, running, "destroy", name)

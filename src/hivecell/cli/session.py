@@ -82,26 +82,83 @@ def _fail(message: str) -> NoReturn:
 @app.command("create")
 def create(
     name: str,
-    agent: Annotated[str, typer.Option("--agent", help="agent id (hivecell agents ls)")],
     repo: Annotated[Path, typer.Option("--repo", help="the repository the agent works on")],
+    agent: Annotated[
+        str | None, typer.Option("--agent", help="agent id (hivecell agents ls)")
+    ] = None,
     isolation: Annotated[
         str | None, typer.Option(help="worktree | none | sandbox (default: the agent's)")
     ] = None,
     model: Annotated[str | None, typer.Option(help="model for agents that need one")] = None,
+    preset: Annotated[
+        str | None,
+        typer.Option(help="start every agent of $HIVECELL_HOME/presets/P.toml as NAME-member"),
+    ] = None,
     server: ServerOpt = None,
     home: Path | None = HomeOption,
 ) -> None:
-    """Start an agent in a new session."""
+    """Start an agent in a new session (or a preset's agents in one session each)."""
     import shutil
 
+    if (agent is None) == (preset is None):
+        _fail("pass --agent ID or --preset P (one of them)")
+    srv = Server(home, server)
     cols, rows = shutil.get_terminal_size((120, 40))
-    body = {"name": name, "agent": agent, "repo": str(repo.resolve()), "cols": cols, "rows": rows}
-    body |= {k: v for k, v in (("isolation", isolation), ("model", model)) if v}
-    view = Server(home, server).call("POST", "/sessions", json=body).json()
+    base = {"repo": str(repo.resolve()), "cols": cols, "rows": rows}
+    if agent is not None:
+        body = base | {"name": name, "agent": agent, "isolation": isolation, "model": model}
+        _report(srv.call("POST", "/sessions", json=_given(body)).json())
+        return
+    _create_preset(srv, name, str(preset), base, isolation, model)
+
+
+def _given(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _report(view: dict[str, Any]) -> None:
     where = f" on branch {view['branch']}" if view["branch"] else ""
     out.print(
-        f"session {view['name']} started: {view['agent']}{where} in {view['cwd']}", highlight=False
+        f"session {view['name']} started: {view['agent']}{where} in {view['cwd']}",
+        highlight=False,
     )
+
+
+def _create_preset(
+    srv: Server,
+    name: str,
+    preset: str,
+    base: dict[str, Any],
+    isolation: str | None,
+    model: str | None,
+) -> None:
+    from hivecell.errors import HivecellError
+    from hivecell.sessions.presets import load_preset
+
+    try:
+        members = load_preset(srv.home / "presets", preset).agents
+    except HivecellError as exc:
+        _fail(f"[{exc.code}] {exc.message}")
+    for m in members:
+        body = base | {"name": f"{name}-{m.name}", "agent": m.agent}
+        body |= {"isolation": m.isolation or isolation, "model": m.model or model}
+        view = srv.call("POST", "/sessions", json=_given(body)).json()
+        _report(view)
+        if m.instructions:
+            _wait_ready(srv, view["name"])
+            srv.call("POST", f"/sessions/{view['name']}/send", json={"text": m.instructions})
+
+
+def _wait_ready(srv: Server, name: str, timeout: float = 30) -> None:
+    """Until the agent has drawn its prompt and gone quiet, so the instructions are not
+    typed into a program still starting up (which may flush its input)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if srv.call("GET", f"/sessions/{name}").json()["status"] in ("idle", "waiting", "exited"):
+            return
+        time.sleep(0.2)
 
 
 @app.command("ls")
