@@ -169,18 +169,20 @@ class Supervisor:
             await asyncio.get_running_loop().run_in_executor(None, run)
 
     async def kill_agent(self) -> None:
-        """SIGHUP to the agent's process group (as a closed terminal would), SIGKILL after
-        ``STOP_GRACE``."""
+        """SIGHUP to the agent's process group (as a closed terminal would), then SIGKILL
+        to every process left in its session after ``STOP_GRACE`` (a shell's background
+        jobs have process groups of their own)."""
         if self.pid is None:
             return
-        for sig in (signal.SIGHUP, signal.SIGKILL):
+        sid = self.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sid, signal.SIGHUP)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.exited.wait(), STOP_GRACE)
+        for pid in session_members(sid):
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.pid, sig)
-            try:
-                await asyncio.wait_for(self.exited.wait(), STOP_GRACE)
-                return
-            except TimeoutError:
-                continue
+                os.kill(pid, signal.SIGKILL)
+        await self.exited.wait()
 
     # -- viewers and requests -----------------------------------------------------------
     def _broadcast(self, frame: bytes) -> None:
@@ -284,6 +286,23 @@ def _start(end: int, offset: Any, tail: Any) -> int:
     if isinstance(tail, int) and not isinstance(tail, bool) and tail >= 0:
         return max(0, end - tail)
     return 0
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes whose session is ``sid`` (/proc/PID/stat after the name: state, ppid,
+    pgrp, session); zombies are dead already, only not yet reaped by their new parent."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != b"Z":
+            found.append(int(entry.name))
+    return found
 
 
 def termios_size(rows: int, cols: int) -> bytes:
