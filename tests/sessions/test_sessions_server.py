@@ -241,6 +241,14 @@ async def test_attach_rejects_malformed_frames_and_the_session_survives(
         with pytest.raises(websockets.InvalidStatus):
             async with websockets.connect(token_less):
                 pass
+        # A page on another origin cannot ride the cookie into a terminal.
+        headers = {"Authorization": f"Bearer {running.token}"}
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            async with websockets.connect(
+                token_less, additional_headers=headers, origin="http://evil.example"
+            ):
+                pass
+        assert refused.value.response.status_code == 403
 
 
 async def test_cli_without_a_server_says_how_to_start_one(tmp_path: Path) -> None:
