@@ -316,10 +316,11 @@ class SessionService:
         if spec.isolation == "worktree" and await anyio.Path(folder / WORKTREE).exists():
             await self._check_clean(spec, force)
         with contextlib.suppress(SupervisorGone):
-            await self._ask(name, {"op": "stop"})
+            stopped = await self._ask(name, {"op": "stop"})
+            await _gone(stopped.supervisor_pid)  # it removes its socket as it ends
         if spec.isolation == "worktree" and await anyio.Path(folder / WORKTREE).exists():
             await worktree.remove(Path(spec.repo), folder / WORKTREE, force=True)
-        await anyio.to_thread.run_sync(shutil.rmtree, folder)
+        await anyio.to_thread.run_sync(_remove_tree, folder)
         kept = f"branch {spec.branch} kept (its commits stay in {spec.repo})" if spec.branch else ""
         return {"name": name, "destroyed": True, "branch_kept": spec.branch, "message": kept}
 
@@ -336,6 +337,29 @@ class SessionService:
                 op="session_destroy",
                 context={"name": spec.name},
             )
+
+
+async def _gone(pid: int, timeout: float = 10) -> None:
+    """Until process ``pid`` has ended (a zombie counts: it has), at most ``timeout``."""
+    with anyio.move_on_after(timeout):
+        while True:  # not our child (it forked away): no wait(2), so look at /proc
+            try:
+                stat_line = await anyio.Path(f"/proc/{pid}/stat").read_bytes()
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            if stat_line.rsplit(b")", 1)[1].split()[0] == b"Z":
+                return
+            await anyio.sleep(0.02)
+
+
+def _remove_tree(folder: Path) -> None:
+    """``rmtree`` that does not mind an entry vanishing under it (a late socket unlink)."""
+
+    def ignore_missing(func: Any, path: str, info: Any) -> None:
+        if not isinstance(info[1], FileNotFoundError):
+            raise info[1]
+
+    shutil.rmtree(folder, onerror=ignore_missing)
 
 
 def _read_scrollback(path: Path, offset: int | None, tail: int) -> tuple[bytes, int]:
