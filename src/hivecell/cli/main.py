@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hivecell.cli import bench, crew, doctor, mcp, run, sandbox, tasks, up
+from hivecell.cli import agents, bench, crew, doctor, mcp, run, sandbox, session, tasks, up
 from hivecell.homedir import private_umask
 
 app = typer.Typer(
@@ -32,6 +32,8 @@ app.command("up")(up.up)
 app.command("mcp")(mcp.mcp)
 app.add_typer(tasks.app, name="tasks")
 app.add_typer(tasks.trace_app, name="trace")
+app.add_typer(agents.app, name="agents")
+app.add_typer(session.app, name="session")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from hivecell.cli import serverfile
 from hivecell.cli.common import HomeOption, err, out, run
 from hivecell.config import resolve_home
 
@@ -125,4 +126,9 @@ async def _serve(config: ServerConfig, sock: socket.socket, host: str) -> None:
     link = f"http://{shown}:{port}/" + (f"?token={config.token}" if config.token else "")
     out.print(f"hivecell is up: {link}", highlight=False, soft_wrap=True)
     out.file.flush()  # a supervisor reading a pipe needs the link now, not at exit
-    await server.serve(sockets=[sock])
+    url = serverfile.client_url(host, port)
+    serverfile.write(config.home, url)  # how `hivecell session ...` finds this server
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        serverfile.remove(config.home, url)

@@ -194,12 +194,14 @@ def _include_api(app: FastAPI) -> None:
         pool,
         providers,
         sandboxes,
+        sessions,
         system,
         tasks,
     )
 
     for module in (tasks, crews, files, sandboxes, pool, providers, system, events):
         app.include_router(module.router, prefix=API_PREFIX)
+    app.include_router(sessions.router, prefix=API_PREFIX)
     app.include_router(docs.router)
     app.include_router(metrics.router)  # /metrics, where Prometheus looks by default
 

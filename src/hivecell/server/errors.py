@@ -33,6 +33,8 @@ _STATUS_BY_CODE = {
     "sandbox_error": 409,
     "llm_rejected": 502,
     "capacity_exceeded": 429,
+    "session_exited": 409,
+    "git_error": 409,
 }
 _CODE_BY_STATUS = {
     400: "invalid_request",

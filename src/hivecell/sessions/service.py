@@ -1,0 +1,372 @@
+"""What the server does with sessions. Stateless on purpose: everything lives in the
+session folders and the supervisors, so a restarted server simply finds them again.
+
+Layout: ``HOME/sessions/NAME/`` (0700) holds ``spec.json``, ``scrollback.log``, the
+supervisor's socket ``sock`` and log, and for worktree isolation ``worktree/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from pydantic import BaseModel, ConfigDict, Field
+
+from hivecell.errors import HivecellError, InvalidParams, NotFound
+from hivecell.sessions import framing, worktree
+from hivecell.sessions.framing import FrameType
+from hivecell.sessions.link import Link, SupervisorGone
+from hivecell.sessions.names import check_name
+from hivecell.sessions.plugins import Isolation, get_agent, load_agents
+from hivecell.sessions.spec import (
+    SCROLLBACK,
+    SPEC_FILE,
+    SUPERVISOR_LOG,
+    WORKTREE,
+    SessionSpec,
+    read_spec,
+    write_private,
+)
+
+READY_TIMEOUT = 20.0
+# What the agent inherits from the server's environment; nothing else (no API keys).
+PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "SHELL")
+DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=200)
+    agent: str = Field(max_length=200)
+    repo: str = Field(max_length=4096)
+    isolation: Isolation | None = None
+    model: str | None = Field(None, max_length=200)
+    cols: int = Field(120, ge=1, le=framing.MAX_CELLS)
+    rows: int = Field(40, ge=1, le=framing.MAX_CELLS)
+
+
+class SessionView(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    agent: str
+    isolation: Isolation
+    repo: str
+    branch: str | None
+    cwd: str
+    status: Literal["working", "waiting", "idle", "exited"]
+    pid: int | None
+    supervisor_pid: int | None
+    exit_code: int | None
+    restarts: int
+    cols: int
+    rows: int
+    scrollback_bytes: int
+    supervisor: Literal["running", "gone"]
+    created_at: datetime
+
+
+class SessionService:
+    def __init__(self, home: Path, environ: dict[str, str]) -> None:
+        self.root = home / "sessions"
+        self.agents_dir = home / "agents"
+        self.environ = environ
+
+    def folder(self, name: str) -> Path:
+        return self.root / check_name(name)
+
+    # -- create -------------------------------------------------------------------------
+    async def create(self, req: SessionCreate) -> SessionView:
+        name = check_name(req.name)
+        agents = await anyio.to_thread.run_sync(load_agents, self.agents_dir)
+        agent = get_agent(agents, req.agent)
+        isolation = req.isolation or agent.defaults.isolation
+        if isolation == "sandbox":
+            raise InvalidParams(
+                "isolation 'sandbox' (the agents' default) for sessions is not built yet: "
+                "pass --isolation worktree or --isolation none",
+                op="session_create",
+            )
+        repo = Path(req.repo)
+        if not repo.is_absolute() or not await anyio.Path(repo).is_dir():
+            raise InvalidParams(
+                f"--repo {req.repo!r} must be an existing folder, as an absolute path",
+                op="session_create",
+            )
+        argv = agent.argv(req.model)
+        folder = await anyio.to_thread.run_sync(self._make_folder, name)
+        try:
+            branch, cwd = None, repo
+            if isolation == "worktree":
+                repo = await worktree.repo_root(repo)
+                cwd = folder / WORKTREE
+                branch = await worktree.add(repo, name, cwd)
+            spec = SessionSpec(
+                name=name,
+                agent=agent.id,
+                argv=argv,
+                cwd=str(cwd),
+                env=self._env(name, agent.environment(req.model)),
+                cols=req.cols,
+                rows=req.rows,
+                isolation=isolation,
+                repo=str(repo),
+                branch=branch,
+                hooks=agent.hooks,
+                screen=agent.screen,
+                created_at=datetime.now(UTC),
+            )
+            await anyio.to_thread.run_sync(
+                write_private, folder / SPEC_FILE, spec.model_dump_json(indent=2)
+            )
+            await self._start_supervisor(folder)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._undo(folder, repo if isolation == "worktree" else None)
+            raise
+        return await self.get(name)
+
+    def _make_folder(self, name: str) -> Path:
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        st = os.lstat(self.root)
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidParams(f"{self.root} is not a folder: move it away", op="session_create")
+        folder = self.root / name
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            raise InvalidParams(
+                f"a session named {name!r} exists: pick another name or destroy it first",
+                op="session_create",
+                context={"name": name},
+            ) from None
+        return folder
+
+    def _env(self, name: str, extra: dict[str, str]) -> dict[str, str]:
+        env = {k: self.environ[k] for k in PASSED_ENV if k in self.environ}
+        env.setdefault("PATH", DEFAULT_PATH)
+        env.setdefault("LANG", "C.UTF-8")
+        return env | {"TERM": "xterm-256color", "HIVECELL_SESSION": name} | extra
+
+    async def _start_supervisor(self, folder: Path) -> None:
+        log = os.open(folder / SUPERVISOR_LOG, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            # Its own session (a server stopped with Ctrl-C must not take it along); it
+            # forks once more and its first process exits, so no server reaps it.
+            process = await anyio.open_process(
+                [sys.executable, "-m", "hivecell.sessions.supervisor", str(folder)],
+                stdin=subprocess.DEVNULL,
+                stderr=log,
+                start_new_session=True,
+                env=self._supervisor_env(),
+            )
+        finally:
+            os.close(log)
+        async with process:
+            assert process.stdout is not None
+            seen = b""
+            with anyio.move_on_after(READY_TIMEOUT):
+                async for chunk in process.stdout:
+                    seen += chunk
+                    if b"\n" in seen:
+                        break
+        if not seen.startswith(b"ready"):
+            detail = await anyio.Path(folder / SUPERVISOR_LOG).read_text(errors="replace")
+            raise HivecellError(
+                f"the session's supervisor did not start: {detail.strip()[-500:]}",
+                op="session_create",
+            )
+
+    def _supervisor_env(self) -> dict[str, str]:
+        # Only what Python needs to find hivecell: the agent's own env is in spec.json.
+        keep = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "HOME", "LANG")
+        return {k: self.environ[k] for k in keep if k in self.environ}
+
+    async def _undo(self, folder: Path, repo: Path | None) -> None:
+        if repo is not None and await anyio.Path(folder / WORKTREE).exists():
+            with contextlib.suppress(HivecellError):
+                await worktree.remove(repo, folder / WORKTREE, force=True)
+        await anyio.to_thread.run_sync(shutil.rmtree, folder, True)
+
+    # -- read ---------------------------------------------------------------------------
+    async def names(self) -> list[str]:
+        if not await anyio.Path(self.root).is_dir():
+            return []
+        return sorted([p.name async for p in anyio.Path(self.root).iterdir() if await p.is_dir()])
+
+    async def list(self) -> list[SessionView]:
+        views = []
+        for name in await self.names():
+            try:
+                views.append(await self.get(name))
+            except NotFound:
+                continue  # destroyed meanwhile, or a half-made folder
+        return views
+
+    async def spec(self, name: str) -> SessionSpec:
+        folder = self.folder(name)
+        try:
+            return await anyio.to_thread.run_sync(read_spec, folder)
+        except (FileNotFoundError, NotADirectoryError, ValueError, OSError) as exc:
+            if isinstance(exc, OSError) and not isinstance(
+                exc, FileNotFoundError | NotADirectoryError
+            ):
+                raise InvalidParams(
+                    f"session {name!r} cannot be read ({exc.strerror}): its spec.json is not a "
+                    "plain file; destroy the session folder by hand",
+                    op="session",
+                    context={"name": name},
+                ) from None
+            raise NotFound(
+                f"no session named {name!r}: see hivecell session ls",
+                op="session",
+                context={"name": name},
+            ) from None
+
+    async def get(self, name: str) -> SessionView:
+        spec = await self.spec(name)
+        base = {
+            "name": spec.name,
+            "agent": spec.agent,
+            "isolation": spec.isolation,
+            "repo": spec.repo,
+            "branch": spec.branch,
+            "cwd": spec.cwd,
+            "created_at": spec.created_at,
+        }
+        try:
+            status = await self._ask(name, {"op": "status"})
+        except SupervisorGone:
+            size = await self._scrollback_size(name)
+            return SessionView(
+                **base,
+                status="exited",
+                pid=None,
+                supervisor_pid=None,
+                exit_code=None,
+                restarts=0,
+                cols=spec.cols,
+                rows=spec.rows,
+                scrollback_bytes=size,
+                supervisor="gone",
+            )
+        return SessionView(
+            **base,
+            **status.model_dump(exclude={"op"}),
+            supervisor="running",
+        )
+
+    async def _scrollback_size(self, name: str) -> int:
+        try:
+            return (await anyio.Path(self.folder(name) / SCROLLBACK).stat()).st_size
+        except FileNotFoundError:
+            return 0
+
+    async def _ask(self, name: str, message: dict[str, Any]) -> Any:
+        link = await Link.open(self.folder(name))
+        try:
+            return await link.request(message)
+        except (OSError, anyio.EndOfStream, anyio.BrokenResourceError):
+            raise SupervisorGone(
+                "the session's supervisor went away mid-request", op="session"
+            ) from None
+        finally:
+            await link.aclose()
+
+    async def logs(self, name: str, offset: int | None, tail: int) -> tuple[bytes, int]:
+        """Scrollback bytes from ``offset`` (or the last ``tail``), and the offset after."""
+        await self.spec(name)
+        path = self.folder(name) / SCROLLBACK
+        return await anyio.to_thread.run_sync(_read_scrollback, path, offset, tail)
+
+    # -- act ----------------------------------------------------------------------------
+    async def send(self, name: str, text: str, enter: bool) -> None:
+        await self.spec(name)
+        data = text.encode("utf-8") + (b"\r" if enter else b"")
+        link = await Link.open(self.folder(name))
+        try:
+            for start in range(0, len(data), framing.MAX_PAYLOAD):
+                await link.send(
+                    framing.encode(FrameType.STDIN, data[start : start + framing.MAX_PAYLOAD])
+                )
+            await link.request({"op": "status"})  # answered after the input was handed over
+        finally:
+            await link.aclose()
+
+    async def restart(self, name: str) -> SessionView:
+        spec = await self.spec(name)
+        try:
+            await self._ask(name, {"op": "restart"})
+        except SupervisorGone:  # the supervisor itself died: start a new one
+            await self._start_supervisor(self.folder(spec.name))
+        return await self.get(name)
+
+    async def destroy(self, name: str, *, force: bool) -> dict[str, Any]:
+        spec = await self.spec(name)
+        folder = self.folder(name)
+        if spec.isolation == "worktree" and await anyio.Path(folder / WORKTREE).exists():
+            await self._check_clean(spec, force)
+        with contextlib.suppress(SupervisorGone):
+            stopped = await self._ask(name, {"op": "stop"})
+            await _gone(stopped.supervisor_pid)  # it removes its socket as it ends
+        if spec.isolation == "worktree" and await anyio.Path(folder / WORKTREE).exists():
+            await worktree.remove(Path(spec.repo), folder / WORKTREE, force=True)
+        await anyio.to_thread.run_sync(_remove_tree, folder)
+        kept = f"branch {spec.branch} kept (its commits stay in {spec.repo})" if spec.branch else ""
+        return {"name": name, "destroyed": True, "branch_kept": spec.branch, "message": kept}
+
+    async def _check_clean(self, spec: SessionSpec, force: bool) -> None:
+        """Refuse to drop uncommitted work unless ``force`` (checked before the agent stops)."""
+        if force:
+            return
+        changes = await worktree.status(Path(spec.cwd))
+        if changes:
+            raise InvalidParams(
+                f"session {spec.name} has uncommitted changes in its worktree "
+                f"({len(changes.splitlines())} files): commit them on {spec.branch} "
+                "or pass --force",
+                op="session_destroy",
+                context={"name": spec.name},
+            )
+
+
+async def _gone(pid: int, timeout: float = 10) -> None:
+    """Until process ``pid`` has ended (a zombie counts: it has), at most ``timeout``."""
+    with anyio.move_on_after(timeout):
+        while True:  # not our child (it forked away): no wait(2), so look at /proc
+            try:
+                stat_line = await anyio.Path(f"/proc/{pid}/stat").read_bytes()
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            if stat_line.rsplit(b")", 1)[1].split()[0] == b"Z":
+                return
+            await anyio.sleep(0.02)
+
+
+def _remove_tree(folder: Path) -> None:
+    """``rmtree`` that does not mind an entry vanishing under it (a late socket unlink)."""
+
+    def ignore_missing(func: Any, path: str, info: Any) -> None:
+        if not isinstance(info[1], FileNotFoundError):
+            raise info[1]
+
+    shutil.rmtree(folder, onerror=ignore_missing)
+
+
+def _read_scrollback(path: Path, offset: int | None, tail: int) -> tuple[bytes, int]:
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        start = min(offset, end) if offset is not None else max(0, end - tail)
+        f.seek(start)
+        data = f.read(min(end - start, tail))
+    return data, start + len(data)

@@ -1,0 +1,55 @@
+"""Which agent needs me: the screen as a person sees it (rendered by ``pyte``) plus whether
+the process runs and when it last wrote.
+
+``exited`` when the agent's process is gone; ``waiting`` when the screen shows one of the
+agent's waiting patterns (a confirmation, a question); ``working`` when it shows a working
+pattern or the agent wrote within ``QUIET_SECONDS``; ``idle`` otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Literal
+
+import pyte
+
+from hivecell.sessions.plugins import Screen
+
+Status = Literal["working", "waiting", "idle", "exited"]
+QUIET_SECONDS = 1.5
+
+
+class ScreenWatch:
+    def __init__(self, cols: int, rows: int, patterns: Screen) -> None:
+        self._screen = pyte.Screen(cols, rows)
+        self._stream = pyte.ByteStream(self._screen)
+        self._waiting = [re.compile(p, re.MULTILINE) for p in patterns.waiting]
+        self._working = [re.compile(p, re.MULTILINE) for p in patterns.working]
+        self.last_output = 0.0
+
+    def feed(self, data: bytes) -> None:
+        self._stream.feed(data)
+        self.last_output = time.monotonic()
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._screen.resize(rows, cols)
+
+    def text(self) -> str:
+        return "\n".join(line.rstrip() for line in self._screen.display)
+
+    def _near_cursor(self) -> str:
+        """The cursor's line and what is drawn below it (a TUI's option box): a question
+        answered earlier, now above the cursor, no longer counts as waiting."""
+        y = self._screen.cursor.y
+        return "\n".join(line.rstrip() for line in self._screen.display[y:])
+
+    def status(self, running: bool) -> Status:
+        if not running:
+            return "exited"
+        if any(p.search(self._near_cursor()) for p in self._waiting):
+            return "waiting"
+        recent = time.monotonic() - self.last_output < QUIET_SECONDS
+        if recent or any(p.search(self.text()) for p in self._working):
+            return "working"
+        return "idle"

@@ -1,0 +1,355 @@
+"""One session's supervisor: owns the agent's pseudo-terminal, appends its output to the
+scrollback file, renders the screen for status, and serves viewers on a unix socket.
+
+Started by the server as ``python -m hivecell.sessions.supervisor FOLDER`` in a session of
+its own, so it outlives the server and the CLI; a restarted server finds it again through
+``FOLDER/sock`` (the folder is 0700, the socket 0600). It prints ``ready`` on stdout once
+it listens, then lets go of stdout. It stays after the agent exits (status ``exited``,
+``restart`` starts it again) and ends on ``stop``.
+
+Requests on the socket are frames (``sessions.framing``): ``stdin`` is typed into the
+terminal, ``resize`` resizes it, ``control`` ops are ``status``, ``attach`` (replay the
+scrollback from ``offset`` or its last ``tail`` bytes, then stream live output),
+``restart`` and ``stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import os
+import pty
+import signal
+import subprocess
+import sys
+import termios
+from pathlib import Path
+from typing import Any
+
+from hivecell.errors import HivecellError
+from hivecell.sessions import framing
+from hivecell.sessions.framing import FrameType
+from hivecell.sessions.spec import (
+    SCROLLBACK,
+    SOCKET,
+    SessionSpec,
+    SupervisorStatus,
+    read_spec,
+)
+from hivecell.sessions.status import ScreenWatch
+
+READ_CHUNK = 64 * 1024
+REPLAY_CHUNK = framing.MAX_PAYLOAD
+VIEWER_BACKLOG = 4 * 1024 * 1024  # a viewer this far behind is dropped, not waited for
+HOOK_TIMEOUT = 60
+STOP_GRACE = 3.0
+
+
+class Supervisor:
+    def __init__(self, folder: Path, spec: SessionSpec) -> None:
+        self.folder = folder
+        self.spec = spec
+        self.cols, self.rows = spec.cols, spec.rows
+        self.watch = ScreenWatch(self.cols, self.rows, spec.screen)
+        fd = os.open(
+            folder / SCROLLBACK,
+            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o600,
+        )
+        self.log = os.fdopen(fd, "ab", buffering=0)
+        self.log.seek(0, os.SEEK_END)
+        self.pid: int | None = None
+        self.fd: int | None = None
+        self.exit_code: int | None = None
+        self.restarts = 0
+        self.exited = asyncio.Event()
+        self.done = asyncio.Event()
+        self.viewers: set[asyncio.StreamWriter] = set()
+        self.pending_input = bytearray()
+
+    # -- the agent's process ------------------------------------------------------------
+    async def spawn(self) -> None:
+        await self._hook(self.spec.hooks.on_start)
+        self.exit_code = None
+        self.exited = asyncio.Event()
+        pid, fd = pty.fork()
+        if pid == 0:  # the child: its own session with the PTY as controlling terminal
+            self._exec()
+        self.pid, self.fd = pid, fd
+        self._set_size(fd)
+        os.set_blocking(fd, False)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(fd, self._on_output)
+        pidfd = os.pidfd_open(pid)
+        loop.add_reader(pidfd, self._on_exit, pidfd)
+
+    def _exec(self) -> None:
+        try:
+            os.chdir(self.spec.cwd)
+            os.execvpe(self.spec.argv[0], self.spec.argv, self.spec.env)
+        except OSError as exc:
+            os.write(2, f"hivecell: cannot start {self.spec.argv[0]}: {exc.strerror}\r\n".encode())
+        os._exit(127)
+
+    def _set_size(self, fd: int) -> None:
+        size = termios_size(self.rows, self.cols)
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
+
+    def _on_output(self) -> None:
+        assert self.fd is not None
+        try:
+            data = os.read(self.fd, READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:  # EIO: every holder of the PTY's other end is gone
+            data = b""
+        if not data:
+            self._close_pty()
+            return
+        self.log.write(data)
+        self.watch.feed(data)
+        self._broadcast(framing.encode(FrameType.STDOUT, data))
+
+    def _close_pty(self) -> None:
+        if self.fd is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self.fd)
+        with contextlib.suppress(ValueError):
+            loop.remove_writer(self.fd)
+        os.close(self.fd)
+        self.fd = None
+        self.pending_input.clear()
+
+    def _on_exit(self, pidfd: int) -> None:
+        """The agent's pidfd turned readable: it exited; collect it without blocking."""
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(pidfd)
+        os.close(pidfd)
+        assert self.pid is not None
+        _, status = os.waitpid(self.pid, 0)
+        self.exit_code = os.waitstatus_to_exitcode(status)
+        self.pid = None
+        self._drain()
+        self.exited.set()
+        self._broadcast(framing.control({"op": "exited", "exit_code": self.exit_code}))
+        loop.create_task(self._hook(self.spec.hooks.on_exit))  # noqa: RUF006 - runs to its end
+
+    def _drain(self) -> None:
+        """Output still buffered in the PTY belongs in the scrollback before ``exited``."""
+        while self.fd is not None:
+            try:
+                data = os.read(self.fd, READ_CHUNK)
+            except OSError:  # EAGAIN (nothing left) or EIO (other end closed)
+                data = b""
+            if not data:
+                self._close_pty()
+                return
+            self.log.write(data)
+            self.watch.feed(data)
+            self._broadcast(framing.encode(FrameType.STDOUT, data))
+
+    async def _hook(self, command: str | None) -> None:
+        if not command:
+            return
+        run = functools.partial(
+            subprocess.run,
+            ["/bin/sh", "-c", command],
+            cwd=self.spec.cwd,
+            env=self.spec.env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.log.fileno(),
+            stderr=self.log.fileno(),
+            timeout=HOOK_TIMEOUT,
+            check=False,
+        )
+        with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+            await asyncio.get_running_loop().run_in_executor(None, run)
+
+    async def kill_agent(self) -> None:
+        """SIGHUP to the agent's process group (as a closed terminal would), then SIGKILL
+        to every process left in its session after ``STOP_GRACE`` (a shell's background
+        jobs have process groups of their own)."""
+        if self.pid is None:
+            return
+        sid = self.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(sid, signal.SIGHUP)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.exited.wait(), STOP_GRACE)
+        for pid in session_members(sid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        await self.exited.wait()
+
+    # -- viewers and requests -----------------------------------------------------------
+    def _broadcast(self, frame: bytes) -> None:
+        for viewer in list(self.viewers):
+            if viewer.transport.get_write_buffer_size() > VIEWER_BACKLOG:
+                self.viewers.discard(viewer)
+                viewer.close()
+                continue
+            viewer.write(frame)
+
+    def status(self) -> SupervisorStatus:
+        return SupervisorStatus(
+            supervisor_pid=os.getpid(),
+            pid=self.pid,
+            status=self.watch.status(self.pid is not None),
+            exit_code=self.exit_code,
+            restarts=self.restarts,
+            cols=self.cols,
+            rows=self.rows,
+            scrollback_bytes=self.log.tell(),
+        )
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                header = await reader.readexactly(framing.HEADER.size)
+                _kind, _agent, length = framing.parse_header(header)
+                payload = await reader.readexactly(length)
+                await self._handle(framing.decode(header + payload), writer)
+        except (asyncio.IncompleteReadError, ConnectionError, HivecellError):
+            pass  # the peer left or spoke garbage: drop it, the agent carries on
+        finally:
+            self.viewers.discard(writer)
+            writer.close()
+
+    async def _handle(self, frame: framing.Frame, writer: asyncio.StreamWriter) -> None:
+        if frame.type is FrameType.STDIN:
+            self._type(frame.payload)
+        elif frame.type is FrameType.RESIZE:
+            self.cols, self.rows = frame.size()
+            self.watch.resize(self.cols, self.rows)
+            if self.fd is not None:
+                self._set_size(self.fd)
+        elif frame.type is FrameType.CONTROL:
+            await self._control(frame.control(), writer)
+
+    async def _control(self, message: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        op = message["op"]
+        if op == "attach":
+            self._replay(writer, message.get("offset"), message.get("tail"))
+            self.viewers.add(writer)
+            return
+        if op == "restart":
+            await self.kill_agent()
+            self.restarts += 1
+            await self.spawn()
+        elif op == "stop":
+            await self.kill_agent()
+            self.done.set()
+        writer.write(framing.control(self.status().model_dump()))
+        await writer.drain()
+
+    def _replay(self, writer: asyncio.StreamWriter, offset: Any, tail: Any) -> None:
+        """The scrollback from ``offset`` (or its last ``tail`` bytes) up to now; nothing
+        is written to the file meanwhile (one event loop), so live output follows on."""
+        end = self.log.tell()
+        start = _start(end, offset, tail)
+        writer.write(framing.control({"op": "attached", "offset": start, "end": end}))
+        with open(self.folder / SCROLLBACK, "rb") as f:
+            f.seek(start)
+            while f.tell() < end:
+                chunk = f.read(min(REPLAY_CHUNK, end - f.tell()))
+                if not chunk:
+                    break
+                writer.write(framing.encode(FrameType.STDOUT, chunk))
+
+    def _type(self, data: bytes) -> None:
+        if self.fd is None:
+            return
+        self.pending_input += data
+        self._flush_input()
+
+    def _flush_input(self) -> None:
+        # A busy agent may not read: keep what the PTY cannot take and write it when it can.
+        assert self.fd is not None
+        loop = asyncio.get_running_loop()
+        try:
+            written = os.write(self.fd, self.pending_input)
+        except BlockingIOError:
+            written = 0
+        del self.pending_input[:written]
+        with contextlib.suppress(ValueError):
+            loop.remove_writer(self.fd)
+        if self.pending_input:
+            loop.add_writer(self.fd, self._flush_input)
+
+
+def _start(end: int, offset: Any, tail: Any) -> int:
+    if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
+        return min(offset, end)
+    if isinstance(tail, int) and not isinstance(tail, bool) and tail >= 0:
+        return max(0, end - tail)
+    return 0
+
+
+def session_members(sid: int) -> list[int]:
+    """Live processes whose session is ``sid`` (/proc/PID/stat after the name: state, ppid,
+    pgrp, session); zombies are dead already, only not yet reaped by their new parent."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[3]) == sid and fields[0] != b"Z":
+            found.append(int(entry.name))
+    return found
+
+
+def termios_size(rows: int, cols: int) -> bytes:
+    import struct
+
+    return struct.pack("HHHH", rows, cols, 0, 0)
+
+
+async def run(folder: Path) -> None:
+    spec = read_spec(folder)
+    sup = Supervisor(folder, spec)
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, sup.done.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the server's terminal closing
+    sock = folder / SOCKET
+    with contextlib.suppress(FileNotFoundError):
+        if sock.is_socket() and not sock.is_symlink():
+            sock.unlink()  # a dead supervisor's; the server checked none answers
+    old = os.umask(0o177)
+    try:
+        server = await asyncio.start_unix_server(sup.serve, path=str(sock))
+    finally:
+        os.umask(old)
+    await sup.spawn()
+    _ready()
+    async with server:
+        await sup.done.wait()
+        await sup.kill_agent()
+    with contextlib.suppress(FileNotFoundError):
+        sock.unlink()
+
+
+def _ready() -> None:
+    """Tell the server we listen, then let go of its pipe (it must not hold us, nor we it)."""
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+
+
+def main() -> None:
+    os.umask(0o077)
+    if os.fork() > 0:  # the server waits for this first process; the supervisor goes on
+        os._exit(0)
+    asyncio.run(run(Path(sys.argv[1])))
+
+
+if __name__ == "__main__":
+    main()
