@@ -32,6 +32,11 @@ async def test_bench_agent_reports_medians_against_targets(
     # The overhead is what is left of a step once the excluded parts are taken out.
     assert 0 < report["overhead_per_step"]["min_ms"] < report["step_wall"]["min_ms"]
     assert any("model latency" in text for text in report["excluded"])
+    # every adapter drove the same loop through its vendor's scripted server
+    assert set(report["adapters"]) == {"openai-chat", "anthropic", "openai-responses"}
+    for adapter in report["adapters"].values():
+        assert adapter["model_round_trip"]["n"] == 5 and adapter["model_round_trip"]["min_ms"] > 0
+        assert adapter["overhead_per_step"]["n"] == 5
     assert await provider.list() == []
     left = [p async for p in anyio.Path(home / "bench").iterdir()]
     assert left == []  # its scratch traces and store are gone

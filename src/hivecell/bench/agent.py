@@ -23,14 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, SecretStr
+from pydantic import BaseModel, Field, SecretStr
 
 from hivecell.agent.llm import LLMClient, ProviderConfig
 from hivecell.agent.llm.script import Reply, ScriptedToolCall
 from hivecell.agent.llm.scripted import ScriptedLLMServer
 from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.agent.service import TaskRequest, TaskService
+from hivecell.bench.adapters import AdapterReport, measure_adapters
 from hivecell.bench.stats import Stats
+from hivecell.bench.steps import StepClock, summarise
 from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec
 from hivecell.store import TaskStore, default_database_url
 from hivecell.trace import TraceWriter
@@ -64,6 +66,11 @@ class AgentReport(BaseModel):
     screenshot: Stats
     trace_write: Stats
     warm_dispatch: Stats
+    adapters: dict[str, AdapterReport] = Field(
+        default_factory=dict,
+        description="per model adapter (openai-chat, anthropic, openai-responses): the "
+        "runner's overhead and the whole model call against an instant scripted server",
+    )
     excluded: list[str]
     notes: list[str]
 
@@ -76,11 +83,20 @@ async def measure_agent(
     try:
         parts = await _step_parts(provider, info, workdir / "trace", steps)
         dispatch = await _warm_dispatch(provider, info, workdir, dispatch_runs)
+        adapters = await measure_adapters(provider, info, workdir / "adapters", steps=steps)
     finally:
         with anyio.CancelScope(shield=True):
             await provider.destroy(info.id)
             await anyio.to_thread.run_sync(lambda: shutil.rmtree(workdir, ignore_errors=True))
-    return AgentReport(steps=steps, warm_dispatch=dispatch, excluded=EXCLUDED, notes=NOTES, **parts)
+    parts.pop("model_call")
+    return AgentReport(
+        steps=steps,
+        warm_dispatch=dispatch,
+        adapters=adapters,
+        excluded=EXCLUDED,
+        notes=NOTES,
+        **parts,
+    )
 
 
 def targets_met(report: AgentReport) -> dict[str, bool]:
@@ -88,70 +104,6 @@ def targets_met(report: AgentReport) -> dict[str, bool]:
 
 
 # --- orchestration overhead --------------------------------------------------------------
-class _StepClock:
-    """Splits each step's wall time into model, tool, screenshot and the runner's own time.
-
-    A step runs from one model call's start to the next one's: everything the runner does
-    per step (recording, acting, observing, building the next request) lies in between.
-    """
-
-    def __init__(self, llm: LLMClient, guest_call: Any, trace: TraceWriter) -> None:
-        self._llm = llm
-        self._call = guest_call
-        self._trace = trace
-        self.trace_ms: dict[int, float] = {}  # written behind the step: reported, not counted
-        self.started: list[float] = [0.0]  # index = step (steps count from 1)
-        self.llm_ms: list[float] = [0.0]
-        self.shot_ms: list[float] = []  # index = step: the screenshot that ends it
-        self.tool_ms: dict[int, float] = {}
-
-    async def complete(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
-        self.started.append(time.perf_counter())
-        response = await self._llm.complete(messages, **kwargs)
-        self.llm_ms.append(response.latency_ms)
-        return response
-
-    async def guest(self, method: str, params: dict[str, Any]) -> Any:
-        started = time.perf_counter()
-        result = await self._call(method, params)
-        if method == "screenshot":
-            self.shot_ms.append((time.perf_counter() - started) * 1000)
-        return result
-
-    async def record(self, step: int, kind: str, **fields: Any) -> Any:
-        started = time.perf_counter()
-        result = await self._trace.record(step, kind, **fields)
-        self._add_trace_time(step, started)
-        return result
-
-    async def save_screenshot(self, step: int, png: bytes) -> str:
-        started = time.perf_counter()
-        name = await self._trace.save_screenshot(step, png)
-        self._add_trace_time(step, started)
-        return name
-
-    async def write_conversation(self, messages: list[dict[str, Any]]) -> None:
-        await self._trace.write_conversation(messages)
-
-    async def sync(self) -> None:
-        await self._trace.sync()
-
-    def _add_trace_time(self, step: int, started: float) -> None:
-        spent = (time.perf_counter() - started) * 1000
-        self.trace_ms[step] = self.trace_ms.get(step, 0.0) + spent
-
-    def on_event(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "step" and data["kind"] == "tool":
-            step = data["step"]
-            self.tool_ms[step] = self.tool_ms.get(step, 0.0) + data["tool_latency_ms"]
-
-    def parts(self, step: int) -> tuple[float, float]:
-        """(wall, overhead) of one step in milliseconds."""
-        wall = (self.started[step + 1] - self.started[step]) * 1000
-        other = self.llm_ms[step] + self.tool_ms[step] + self.shot_ms[step]
-        return wall, wall - other
-
-
 async def _step_parts(
     provider: SandboxProvider, info: SandboxInfo, trace_dir: Path, steps: int
 ) -> dict[str, Stats]:
@@ -160,7 +112,7 @@ async def _step_parts(
         await provider.connect(info.id) as guest,
         TraceWriter(trace_dir) as trace,
     ):
-        clock = _StepClock(llm, guest.call, trace)
+        clock = StepClock(llm, guest.call, trace)
         runner = TaskRunner(
             description="benchmark: wait, again and again",
             guest=clock.guest,
@@ -171,19 +123,7 @@ async def _step_parts(
             on_event=clock.on_event,
         )
         await runner.run()
-    return _summarise(clock, range(2, steps + 2))
-
-
-def _summarise(clock: _StepClock, measured: range) -> dict[str, Stats]:
-    walls, overheads = zip(*(clock.parts(step) for step in measured), strict=True)
-    return {
-        "overhead_per_step": Stats.of(list(overheads)),
-        "step_wall": Stats.of(list(walls)),
-        "llm_latency": Stats.of([clock.llm_ms[s] for s in measured]),
-        "tool_latency": Stats.of([clock.tool_ms[s] for s in measured]),
-        "screenshot": Stats.of([clock.shot_ms[s] for s in measured]),
-        "trace_write": Stats.of([clock.trace_ms[s] for s in measured]),
-    }
+    return summarise(clock, range(2, steps + 2))
 
 
 # --- warm dispatch -----------------------------------------------------------------------

@@ -154,6 +154,12 @@ def _agent_table(report: agent_bench.AgentReport, met: dict[str, bool]) -> Table
         verdict = ("yes" if met[name] else "NO") if name in met else ""
         limit = f"≤ {target:g}" if target is not None else ""
         table.add_row(label, f"{stats.median_ms:.3f}", f"{stats.p90_ms:.3f}", limit, verdict)
+    for kind, adapter in report.adapters.items():
+        for label, stats in (
+            (f"{kind}: model call (adapter + SDK + loopback)", adapter.model_round_trip),
+            (f"{kind}: overhead / step", adapter.overhead_per_step),
+        ):
+            table.add_row(label, f"{stats.median_ms:.3f}", f"{stats.p90_ms:.3f}", "", "")
     return table
 
 

@@ -36,7 +36,7 @@ _SDK_ERRORS = (openai.APIError, httpx2.TransportError)
 # (key aliases we never use): 20-30 ms per call for the tool schemas and a screenshot, in
 # every step's path, where posting the same body takes 3-4 ms.
 CHAT_COMPLETIONS = "/chat/completions"
-_OPTIONS: RequestOptions = {"security": {"bearer_auth": True}}
+SDK_OPTIONS: RequestOptions = {"security": {"bearer_auth": True}}
 
 
 class LLMClient:
@@ -144,7 +144,7 @@ class LLMClient:
     async def _whole(self, request: dict[str, Any]) -> Parts:
         try:
             completion = await self._sdk.post(
-                CHAT_COMPLETIONS, body=request, cast_to=ChatCompletion, options=_OPTIONS
+                CHAT_COMPLETIONS, body=request, cast_to=ChatCompletion, options=SDK_OPTIONS
             )
         except _SDK_ERRORS as exc:
             raise classify(exc, streaming=False, model=self.config.model) from exc
@@ -158,7 +158,7 @@ class LLMClient:
                 CHAT_COMPLETIONS,
                 body=body,
                 cast_to=ChatCompletion,
-                options=_OPTIONS,
+                options=SDK_OPTIONS,
                 stream=True,
                 stream_cls=openai.AsyncStream[ChatCompletionChunk],
             )
