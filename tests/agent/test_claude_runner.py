@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
-from PIL import Image, ImageChops
+from PIL import Image
 from pydantic import SecretStr
 
 from hivecell.agent.llm import ProviderConfig, make_model
@@ -32,6 +32,7 @@ from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.local.provider import LocalProvider
 from hivecell.trace import TraceWriter
+from tests.screens import bright_box
 
 pytestmark = [
     pytest.mark.anyio,
@@ -67,17 +68,10 @@ def last_image(request: dict[str, Any]) -> Image.Image:
 
 
 def white_center(image: Image.Image) -> list[int]:
-    """The middle of the large white area (xterm's background): rows and columns with at
-    least 100 white pixels, so the panel's white clock text does not count."""
-    white = Image.new("RGB", image.size, (255, 255, 255))
-    mask = ImageChops.difference(image, white).convert("L").point(lambda v: 1 if v < 8 else 0)
-    width, height = mask.size
-    pixels = mask.load()
-    assert pixels is not None
-    rows = [y for y in range(height) if sum(pixels[x, y] for x in range(width)) >= 100]
-    cols = [x for x in range(width) if sum(pixels[x, y] for y in range(height)) >= 100]
-    assert rows and cols, "no xterm in the screenshot"
-    return [(cols[0] + cols[-1]) // 2, (rows[0] + rows[-1]) // 2]
+    """The middle of the xterm's white background."""
+    box = bright_box(image, level=247)
+    assert box is not None, "no xterm in the screenshot"
+    return [(box[0] + box[2]) // 2, (box[1] + box[3]) // 2]
 
 
 class Model:

@@ -34,6 +34,7 @@ from hivecell.sandbox.base import SandboxInfo
 from hivecell.sandbox.local.provider import LocalProvider
 from hivecell.trace import TraceWriter
 from tests.agent.helpers import provider_config
+from tests.screens import bright_box
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -113,8 +114,7 @@ def click_into_xterm(call_id: str) -> Callable[[Body], Output]:
     """Looks at the screenshot the model got and clicks into the white xterm."""
 
     def step(body: Body) -> Output:
-        shot = latest_screenshot(body).convert("L")
-        box = shot.point(lambda v: 255 if v > 200 else 0).getbbox()
+        box = bright_box(latest_screenshot(body))
         assert box is not None, "no xterm on the screenshot"
         assert box[2] - box[0] > 100 and box[3] - box[1] > 50, f"xterm too small: {box}"
         x, y = (box[0] + box[2]) // 2, (box[1] + box[3]) // 2

@@ -26,6 +26,7 @@ from tests.agent.helpers import (
     images,
     tool_results,
 )
+from tests.screens import bright_box
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -60,12 +61,11 @@ async def run_json(
 
 # --- acceptance 1: a task with a shell step and a GUI step -------------------------------------
 def click_into_the_window(found: list[tuple[int, int, int, int]]) -> Any:
-    """A model step that looks at the screenshot, clicks into the (white) xterm on the black
-    desktop and types a command there."""
+    """A model step that looks at the screenshot, clicks into the (white) xterm and types a
+    command there."""
 
     def step(request: Request) -> Reply:
-        shot = images(request)[-1].convert("L")
-        box = shot.point(lambda v: 255 if v > 200 else 0).getbbox() or (0, 0, 1, 1)
+        box = bright_box(images(request)[-1]) or (0, 0, 1, 1)
         found.append(box)
         x, y = (box[0] + box[2]) // 2, (box[1] + box[3]) // 2
         return act(
