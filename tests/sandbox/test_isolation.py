@@ -22,6 +22,8 @@ from tests.sandbox.host import host_ipv4_addresses, sh_out, shell
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 NAMESPACES = ("pid", "mnt", "net", "user", "ipc", "uts", "cgroup")
 BOX_PROGRAMS = {"bwrap", "python3.11", "Xvfb", "openbox", "tint2", "sh", "ps"}  # tint2: the panel
+# the session bus and the accessibility registry (comm names are cut at 15 characters)
+BOX_PROGRAMS |= {"dbus-daemon", "at-spi2-registr"}
 
 
 @dataclass

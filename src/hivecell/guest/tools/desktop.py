@@ -50,10 +50,31 @@ async def list_windows(p: m.Empty, ctx: CallContext) -> m.WindowList:
     return m.WindowList(windows=await x.run(windows_sync, x))
 
 
+# The desktop's own furniture, not windows of an app: the panel (tint2 is a dock) and a
+# desktop window. A launch waiting for its window took the panel for it (the panel starts
+# lazily, often while the first open_app waits) and waited for it to be focused, in vain.
+FURNITURE = ("_NET_WM_WINDOW_TYPE_DOCK", "_NET_WM_WINDOW_TYPE_DESKTOP")
+
+
 def windows_sync(x: XSession) -> list[m.WindowInfo]:
     active = _active_id(x)
     infos = (_window_info(x, wid, active) for wid in _client_ids(x))
     return [info for info in infos if info is not None]
+
+
+def app_window_ids_sync(x: XSession) -> set[str]:
+    """The managed windows but the desktop's furniture (see ``FURNITURE``)."""
+    return {f"0x{wid:08x}" for wid in _client_ids(x) if not _furniture(x, wid)}
+
+
+def _furniture(x: XSession, wid: int) -> bool:
+    window = x.display.create_resource_object("window", wid)
+    try:
+        types = _prop(x, window, "_NET_WM_WINDOW_TYPE", Xatom.ATOM)
+    except (xerror.BadWindow, xerror.BadDrawable):
+        return False  # closed while we looked: _window_info drops it
+    furniture = {x.display.intern_atom(name) for name in FURNITURE}
+    return types is not None and any(int(t) in furniture for t in types)
 
 
 def _window_info(x: XSession, wid: int, active: int) -> m.WindowInfo | None:
@@ -415,7 +436,7 @@ def _spawn(argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
 async def _window_ids(ctx: CallContext) -> set[str]:
     x = ctx.services.x
     try:
-        return {w.id for w in await x.run(windows_sync, x)}
+        return await x.run(app_window_ids_sync, x)
     except NotSupported:
         return set()
 
