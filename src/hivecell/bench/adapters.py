@@ -23,11 +23,9 @@ from hivecell.agent.llm.script import Reply, ScriptedToolCall
 from hivecell.agent.llm.scripted import ScriptedLLMServer
 from hivecell.agent.llm.scripted_claude import ClaudeReply, ScriptedClaudeServer, computer
 from hivecell.agent.llm.scripted_responses import Output, ScriptedResponsesServer, computer_call
-from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.bench.stats import Stats
-from hivecell.bench.steps import StepClock, summarise
+from hivecell.bench.steps import timed_steps
 from hivecell.sandbox.base import SandboxInfo, SandboxProvider
-from hivecell.trace import TraceWriter
 
 Kind = Literal["openai-chat", "anthropic", "openai-responses"]
 KINDS: tuple[Kind, ...] = ("openai-chat", "anthropic", "openai-responses")
@@ -53,24 +51,15 @@ async def measure_adapters(
 async def _measure(
     provider: SandboxProvider, info: SandboxInfo, trace_dir: Path, kind: Kind, steps: int
 ) -> AdapterReport:
-    async with (
-        _scripted(kind) as config,
-        make_model(config) as model,
-        await provider.connect(info.id) as guest,
-        TraceWriter(trace_dir) as trace,
-    ):
-        clock = StepClock(model, guest.call, trace)
-        runner = TaskRunner(
+    async with _scripted(kind) as config, make_model(config) as model:
+        parts = await timed_steps(
+            provider,
+            info,
+            model,
+            trace_dir,
+            steps=steps,
             description="benchmark: move the pointer, again and again",
-            guest=clock.guest,
-            llm=clock,
-            trace=clock,
-            settings=RunSettings(max_steps=steps + 2),  # step 1 warms up, the last ends
-            screen=(info.spec.width, info.spec.height),
-            on_event=clock.on_event,
         )
-        await runner.run()
-    parts = summarise(clock, range(2, steps + 2))
     return AdapterReport(
         overhead_per_step=parts["overhead_per_step"], model_round_trip=parts["model_call"]
     )

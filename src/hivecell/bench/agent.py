@@ -28,14 +28,12 @@ from pydantic import BaseModel, Field, SecretStr
 from hivecell.agent.llm import LLMClient, ProviderConfig
 from hivecell.agent.llm.script import Reply, ScriptedToolCall
 from hivecell.agent.llm.scripted import ScriptedLLMServer
-from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.agent.service import TaskRequest, TaskService
 from hivecell.bench.adapters import AdapterReport, measure_adapters
 from hivecell.bench.stats import Stats
-from hivecell.bench.steps import StepClock, summarise
+from hivecell.bench.steps import timed_steps
 from hivecell.sandbox.base import SandboxInfo, SandboxProvider, SandboxSpec
 from hivecell.store import TaskStore, default_database_url
-from hivecell.trace import TraceWriter
 
 TARGETS_MS = {"overhead_per_step": 2.0, "warm_dispatch": 50.0}
 EXCLUDED = [
@@ -107,23 +105,15 @@ def targets_met(report: AgentReport) -> dict[str, bool]:
 async def _step_parts(
     provider: SandboxProvider, info: SandboxInfo, trace_dir: Path, steps: int
 ) -> dict[str, Stats]:
-    async with (
-        _model(default=WAIT) as (llm, _),
-        await provider.connect(info.id) as guest,
-        TraceWriter(trace_dir) as trace,
-    ):
-        clock = StepClock(llm, guest.call, trace)
-        runner = TaskRunner(
+    async with _model(default=WAIT) as (llm, _):
+        return await timed_steps(
+            provider,
+            info,
+            llm,
+            trace_dir,
+            steps=steps,
             description="benchmark: wait, again and again",
-            guest=clock.guest,
-            llm=clock,
-            trace=clock,
-            settings=RunSettings(max_steps=steps + 2),  # step 1 warms up, the last ends
-            screen=(info.spec.width, info.spec.height),
-            on_event=clock.on_event,
         )
-        await runner.run()
-    return summarise(clock, range(2, steps + 2))
 
 
 # --- warm dispatch -----------------------------------------------------------------------

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from hivecell.agent.runner import ChatModel
+from hivecell.agent.runner import ChatModel, RunSettings, TaskRunner
 from hivecell.bench.stats import Stats
+from hivecell.sandbox.base import SandboxInfo, SandboxProvider
 from hivecell.trace import TraceWriter
 
 
@@ -88,3 +90,29 @@ def summarise(clock: StepClock, measured: range) -> dict[str, Stats]:
         "screenshot": Stats.of([clock.shot_ms[s] for s in measured]),
         "trace_write": Stats.of([clock.trace_ms[s] for s in measured]),
     }
+
+
+async def timed_steps(
+    provider: SandboxProvider,
+    info: SandboxInfo,
+    model: ChatModel,
+    trace_dir: Path,
+    *,
+    steps: int,
+    description: str,
+) -> dict[str, Stats]:
+    """``steps`` agent steps of ``model`` on the running sandbox, split into their parts
+    (the first step, which warms up, and the last, which ends the run, are left out)."""
+    async with await provider.connect(info.id) as guest, TraceWriter(trace_dir) as trace:
+        clock = StepClock(model, guest.call, trace)
+        runner = TaskRunner(
+            description=description,
+            guest=clock.guest,
+            llm=clock,
+            trace=clock,
+            settings=RunSettings(max_steps=steps + 2),
+            screen=(info.spec.width, info.spec.height),
+            on_event=clock.on_event,
+        )
+        await runner.run()
+    return summarise(clock, range(2, steps + 2))
