@@ -18,10 +18,14 @@ async def test_create_list_screenshot_and_delete_a_sandbox(home: Path) -> None:
     async with serve(home) as running, events(running) as ws:
         reserved = await running.post("/sandboxes", json={"name": "task-mine"})
         assert reserved.status_code == 409
-        response = await running.post("/sandboxes", json={"width": 800, "height": 600})
+        unknown = await running.post("/sandboxes", json={"desktop": "fancy"})
+        assert unknown.status_code == 422 and "desktop" in unknown.text
+        body = {"width": 800, "height": 600, "desktop": "minimal"}
+        response = await running.post("/sandboxes", json=body)
         assert response.status_code == 201, response.text
         box = response.json()
         assert box["spec"]["width"] == 800 and box["activity"] == "idle"
+        assert box["spec"]["desktop"] == "minimal"
         assert "endpoint" not in box
         created = await next_event(ws, "sandbox.created")
         assert created["data"]["sandbox_id"] == box["id"]

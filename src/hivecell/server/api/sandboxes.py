@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 from fastapi import APIRouter, Response
@@ -35,6 +35,9 @@ class SandboxCreate(BaseModel):
     inbox_writable: bool | None = Field(None, description="/shared/inbox writable inside")
     network_allow: list[str] | None = Field(
         None, description="domains, *.domains and CIDRs it may reach; implies network nat"
+    )
+    desktop: Literal["full", "minimal"] | None = Field(
+        None, description="full: wallpaper, panel, file manager (default); minimal: bare openbox"
     )
 
 
