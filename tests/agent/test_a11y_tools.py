@@ -15,7 +15,7 @@ from hivecell.agent.runner import RunSettings
 from hivecell.sandbox.base import SandboxInfo
 from hivecell.sandbox.local.provider import LocalProvider
 from tests.agent.helpers import act, call, finish, harness, tool_names, tool_results, user_texts
-from tests.guest.test_a11y_tree import GTK_APP, HOME, find, needs_gtk, write
+from tests.guest.test_a11y_tree import GTK_APP, HOME, find, write
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 BUTTON_LINE = re.compile(r'\[([0-9.]+:[^\]]+)\] push button "Push me"')
@@ -29,7 +29,6 @@ def click_what_the_tree_shows(request: dict[str, Any]) -> Reply:
     return act(call("click_element", id=match.group(1)))
 
 
-@needs_gtk
 async def test_model_reads_the_tree_and_clicks_an_element(
     provider: LocalProvider, sandbox: SandboxInfo, tmp_path: Path
 ) -> None:

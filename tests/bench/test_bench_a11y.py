@@ -8,13 +8,11 @@ import pytest
 
 from hivecell.bench.a11y import measure_a11y
 from hivecell.sandbox.local.provider import LocalProvider
-from tests.guest.test_a11y_tree import needs_gtk
 from tests.sandbox.conftest import short_tmp
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 
-@needs_gtk
 async def test_browser_tree_is_timed() -> None:
     home = short_tmp("hc-a11yb-")
     provider = LocalProvider(home)

@@ -17,7 +17,6 @@ from tests.guest.test_a11y_tree import (
     anyio_backend,
     box,
     find,
-    needs_gtk,
     tree,
     window_titled,
     write,
@@ -27,7 +26,6 @@ __all__ = ["anyio_backend", "box"]  # module-scoped fixtures, shared with the gu
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.xdist_group("a11y-hostile")]
 
 
-@needs_gtk
 async def test_frozen_app_costs_only_the_budget(box: Any) -> None:
     # First in this module, on purpose: once the hostile pages below are open in the shared
     # box, Chromium fills every walk's budget and the app here was not found within 30 s
@@ -49,7 +47,6 @@ async def test_frozen_app_costs_only_the_budget(box: Any) -> None:
         await box.call("run_shell", {"command": f"kill -KILL {launched['pid']}"})
 
 
-@needs_gtk
 @pytest.mark.parametrize("page", [HOSTILE_WIDE, HOSTILE_DEEP], ids=["wide", "deep"])
 async def test_hostile_page_stays_within_limits(box: Any, page: str) -> None:
     name = "wide" if page is HOSTILE_WIDE else "deep"
