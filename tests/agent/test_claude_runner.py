@@ -80,9 +80,10 @@ class Model:
     def __init__(self) -> None:
         self.clicked: list[int] = []
         self.display: tuple[int, int] = (0, 0)
+        self.zoomed: list[int] = []
 
     def steps(self) -> list[Any]:
-        return [self.open_xterm, self.click_and_type, self.edit, self.stop, self.verdict]
+        return [self.open_xterm, self.click_and_type, self.look, self.edit, self.stop, self.verdict]
 
     def open_xterm(self, request: dict[str, Any]) -> ClaudeStep:
         tool = next(t for t in request["tools"] if t["name"] == "computer")
@@ -103,12 +104,31 @@ class Model:
             ],
         )
 
-    def edit(self, request: dict[str, Any]) -> ClaudeStep:
+    def look(self, request: dict[str, Any]) -> ClaudeStep:
         answers = request["messages"][-1]["content"]
         calls = request["messages"][-2]["content"]
         assert [a["tool_use_id"] for a in answers[:3]] == [c["id"] for c in calls[1:]]
         assert not any(a.get("is_error") for a in answers[:3]), answers
         assert answers[2]["content"][-1]["type"] == "image"  # the screenshot after the step
+        x, y = self.clicked
+        self.zoomed = [x - 40, y - 30, x + 40, y + 30]
+        return ClaudeReply(
+            tool_uses=[computer("cursor_position"), computer("zoom", region=self.zoomed)]
+        )
+
+    def edit(self, request: dict[str, Any]) -> ClaudeStep:
+        answers = request["messages"][-1]["content"]
+        assert not any(a.get("is_error") for a in answers[:2]), answers
+        # where the pointer is, in the pixels of the image the model was sent
+        assert answers[0]["content"][0]["text"] == "X={},Y={}".format(*self.clicked)
+        # the zoomed region comes back as an image, 80x60 model pixels enlarged (at most 8x
+        # the screenshot's pixels), inside the zoom's own result before the step's screenshot
+        images = [b for b in answers[1]["content"] if b["type"] == "image"]
+        assert len(images) == 2, answers[1]
+        zoomed = Image.open(io.BytesIO(base64.b64decode(images[0]["source"]["data"])))
+        assert 80 * 8 <= zoomed.size[0] <= self.display[0], zoomed.size
+        assert 60 * 8 <= zoomed.size[1] <= self.display[1], zoomed.size
+        assert bright_box(zoomed.convert("RGB"), level=247) is not None  # the xterm's white
         path = "/shared/workspace/notes.txt"
         return ClaudeReply(
             tool_uses=[
@@ -171,7 +191,7 @@ async def test_claude_drives_the_desktop_through_its_native_tools(
                 outcome = await runner.run()
             cursor = await guest.call("get_cursor_position")
     assert outcome.status == "completed", outcome
-    assert outcome.usage.prompt_tokens > 0 and outcome.steps == 4
+    assert outcome.usage.prompt_tokens > 0 and outcome.steps == 5
     workspace = anyio.Path(sandbox.shared_dir) / "workspace"
     assert await wait_for_text(workspace / "proof.txt", "clicked-42\n")
     assert await (workspace / "notes.txt").read_text() == "alpha\ngamma\n"

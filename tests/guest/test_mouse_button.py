@@ -9,6 +9,7 @@ import anyio
 import pytest
 from Xlib import XK, X
 
+from hivecell.errors import InvalidParams
 from tests.guest.xdisplay import Guest, Probe, of_type
 
 pytestmark = pytest.mark.anyio
@@ -74,3 +75,27 @@ async def test_a_cancelled_hold_still_releases(guest: Guest, probe: Probe) -> No
     events = await probe.wait_for(lambda ev: bool(of_type(ev, X.KeyRelease)))
     [release] = of_type(events, X.KeyRelease)
     assert probe.keysym(release) in (XK.XK_Control_L, XK.XK_Control_R)
+
+
+async def test_clicks_and_scrolls_with_held_keys(guest: Guest, probe: Probe) -> None:
+    px, py = probe.origin()
+    await guest("mouse_click", x=px + 20, y=py + 20, hold="shift")
+    await guest("mouse_click", x=px + 40, y=py + 40, hold="ctrl+shift", clicks=2)
+    await guest("scroll", x=px + 60, y=py + 60, dy=1, hold="ctrl")
+    await guest("mouse_click", x=px + 80, y=py + 80)  # and nothing is left held afterwards
+    events = await probe.wait_for(lambda ev: len(of_type(ev, X.ButtonRelease)) == 5)
+    states = [(e.detail, e.state & (X.ShiftMask | X.ControlMask))
+              for e in of_type(events, X.ButtonPress)]  # fmt: skip
+    both = X.ShiftMask | X.ControlMask
+    assert states == [(1, X.ShiftMask), (1, both), (1, both), (5, X.ControlMask), (1, 0)]
+    assert len(of_type(events, X.KeyRelease)) == len(of_type(events, X.KeyPress)) == 4
+
+
+async def test_held_keys_are_released_when_the_click_fails(guest: Guest, probe: Probe) -> None:
+    with pytest.raises(InvalidParams, match="outside the 1280x800 screen"):
+        await guest("mouse_click", x=5000, y=10, hold="shift")
+    with pytest.raises(InvalidParams, match="unknown key 'hyper7'"):
+        await guest("mouse_click", x=10, y=10, hold="hyper7")  # nothing pressed, nothing clicked
+    events = await probe.wait_for(lambda ev: bool(of_type(ev, X.KeyRelease)))
+    assert len(of_type(events, X.KeyPress)) == len(of_type(events, X.KeyRelease)) == 1
+    assert not of_type(events, X.ButtonPress)

@@ -131,7 +131,7 @@ DEFAULT_DOMAINS = ("mouse", "keyboard", "accessibility", "clipboard", "app", "wi
 
 CATALOG: tuple[ToolDef, ...] = (
     _t("mouse_triple_click", "Triple-click at a point (selects a line or paragraph).", PointArgs),
-    _t("cursor_position", "Where the mouse pointer is, in screen pixels.", NoArgs),
+    _t("cursor_position", "Where the mouse pointer is, in screenshot pixels.", NoArgs),
     _t("list_apps", "List running apps (processes with windows or that you started).", NoArgs),
     _t("frontmost_app", "The app that owns the active window, and that window's title.", NoArgs),
     _t("activate_app", "Bring an app's newest window to the front (un-minimises it).", AppArgs),
@@ -183,7 +183,6 @@ CATALOG: tuple[ToolDef, ...] = (
 # tool -> (guest method, params added to the tool's arguments)
 ROUTES: dict[str, tuple[str, dict[str, Any]]] = {
     "mouse_triple_click": ("mouse_click", {"clicks": 3}),
-    "cursor_position": ("get_cursor_position", {}),
     "list_apps": ("list_running_apps", {}),
     "frontmost_app": ("get_frontmost_app", {}),
     "activate_app": ("activate_app", {"settle": True}),

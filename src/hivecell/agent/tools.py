@@ -32,9 +32,13 @@ class PointArgs(_Args):
     y: int = Field(description="y in screenshot pixels")
 
 
+HOLD_HELP = "keys held down meanwhile, e.g. 'ctrl' (ctrl+click) or 'shift'"
+
+
 class ClickArgs(PointArgs):
     button: str = Field("left", description="left | right | middle")
     clicks: int = Field(1, ge=1, le=3, description="3 selects a line or paragraph")
+    hold: str | None = Field(None, description=HOLD_HELP)
 
 
 class ButtonArgs(_Args):
@@ -51,6 +55,7 @@ class DragArgs(_Args):
 class ScrollArgs(PointArgs):
     dx: int = Field(0, description="notches; positive scrolls right")
     dy: int = Field(0, description="notches; positive scrolls down")
+    hold: str | None = Field(None, description=HOLD_HELP)
 
 
 class TypeArgs(_Args):
@@ -259,10 +264,16 @@ class ToolBox:
 
     async def _do_mouse_click(self, a: ClickArgs) -> Any:
         point = self._screen(a.x, a.y)
-        return await self._call("mouse_click", {**point, "button": a.button, "clicks": a.clicks})
+        params = {**point, "button": a.button, "clicks": a.clicks}
+        return await self._call("mouse_click", params | _held(a.hold))
 
     async def _do_mouse_double_click(self, a: PointArgs) -> Any:
         return await self._call("mouse_click", {**self._screen(a.x, a.y), "clicks": 2})
+
+    async def _do_cursor_position(self, a: NoArgs) -> Any:
+        # In the screenshot's pixels, like every point the model gives.
+        pos = await self._call("get_cursor_position", {})
+        return {"x": round(pos["x"] * self.scale), "y": round(pos["y"] * self.scale)}
 
     async def _do_mouse_move(self, a: PointArgs) -> Any:
         return await self._call("mouse_move", self._screen(a.x, a.y))
@@ -274,7 +285,8 @@ class ToolBox:
         return await self._call("mouse_button", {"button": a.button, "down": False})
 
     async def _do_scroll(self, a: ScrollArgs) -> Any:
-        return await self._call("scroll", {**self._screen(a.x, a.y), "dx": a.dx, "dy": a.dy})
+        params = {**self._screen(a.x, a.y), "dx": a.dx, "dy": a.dy}
+        return await self._call("scroll", params | _held(a.hold))
 
     async def _do_mouse_drag(self, a: DragArgs) -> Any:
         start, end = self._screen(a.from_x, a.from_y), self._screen(a.to_x, a.to_y)
@@ -303,6 +315,10 @@ class ToolBox:
 
 
 @functools.cache
+def _held(hold: str | None) -> dict[str, str]:
+    return {"hold": hold} if hold else {}
+
+
 def _schemas(disabled: frozenset[str]) -> list[dict[str, Any]]:
     # Building JSON schemas costs milliseconds; the runner asks for them every step.
     return [t.schema() for name, t in TOOLS.items() if name not in disabled]

@@ -296,9 +296,13 @@ class MouseMoveParams(ActionParams):
     y: Coord = Field(ge=0)
 
 
+HELD_KEYS = "keys held down during the action, e.g. 'shift' or 'ctrl+shift'"
+
+
 class MouseClickParams(MouseMoveParams):
     button: Button = "left"
     clicks: Literal[1, 2, 3] = 1
+    hold: str | None = Field(None, min_length=1, max_length=200, description=HELD_KEYS)
 
 
 class MouseButtonParams(ActionParams):
@@ -318,6 +322,7 @@ class MouseDragParams(ActionParams):
 class ScrollParams(MouseMoveParams):
     dx: int = Field(0, ge=-100, le=100, description="notches; positive scrolls right")
     dy: int = Field(0, ge=-100, le=100, description="notches; positive scrolls down")
+    hold: str | None = Field(None, min_length=1, max_length=200, description=HELD_KEYS)
 
 
 class KeyboardTypeParams(ActionParams):

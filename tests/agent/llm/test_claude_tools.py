@@ -48,16 +48,27 @@ def test_gui_tools_become_one_computer_tool_and_the_rest_stay_custom() -> None:
         "name": "computer",
         "display_width_px": 1280,
         "display_height_px": 800,
-        "enable_zoom": False,
+        "enable_zoom": True,
     }
     assert by_name["bash"]["type"] == "bash_20250124"
     assert by_name["str_replace_based_edit_tool"]["type"] == "text_editor_20250728"
     replaced = {"mouse_click", "keyboard_type", "keyboard_key", "scroll", "mouse_drag"}
     replaced |= {"mouse_down", "mouse_up", "keyboard_hold"}
     replaced |= {"screenshot", "wait", "run_shell", "read_file", "write_file", "edit_file"}
+    replaced |= {"cursor_position", "zoom"}
     assert not replaced & set(by_name)
     for custom in ("ask_user", "ask_user_choice", "open_app", "clipboard_write", "list_directory"):
         assert by_name[custom]["input_schema"]["type"] == "object", custom
+
+
+def test_zoom_is_enabled_only_where_the_model_and_the_task_have_it() -> None:
+    schemas = [t.schema() for t in TOOLS.values()]
+    older = {t["name"]: t for t in native_tools(schemas, versions_for("claude-haiku-4-5"), SCREEN)}
+    assert "enable_zoom" not in older["computer"]  # computer_20250124 has no zoom action ...
+    assert "zoom" in older  # ... so hivecell's own zoom tool stays offered
+    no_display = [s for s in schemas if s["function"]["name"] != "zoom"]
+    newer = native_tools(no_display, versions_for("claude-opus-4-5"), SCREEN)
+    assert next(t for t in newer if t["name"] == "computer")["enable_zoom"] is False
 
 
 def test_disabled_native_parts_are_not_offered() -> None:
@@ -75,7 +86,12 @@ def test_disabled_native_parts_are_not_offered() -> None:
         ("left_click", {}, "mouse_click", {"x": 10, "y": 20}),
         ("right_click", {}, "mouse_click", {"x": 10, "y": 20, "button": "right"}),
         ("middle_click", {}, "mouse_click", {"x": 10, "y": 20, "button": "middle"}),
-        ("double_click", {}, "mouse_double_click", {"x": 10, "y": 20}),
+        ("double_click", {}, "mouse_click", {"x": 10, "y": 20, "clicks": 2}),
+        ("left_click", {"text": "shift"}, "mouse_click", {"x": 10, "y": 20, "hold": "shift"}),
+        ("double_click", {"text": "ctrl+shift"}, "mouse_click",
+         {"x": 10, "y": 20, "clicks": 2, "hold": "ctrl+shift"}),
+        ("scroll", {"scroll_direction": "up", "scroll_amount": 1, "text": "ctrl"}, "scroll",
+         {"x": 10, "y": 20, "dx": 0, "dy": -1, "hold": "ctrl"}),
         ("triple_click", {}, "mouse_click", {"x": 10, "y": 20, "clicks": 3}),
         ("mouse_move", {}, "mouse_move", {"x": 10, "y": 20}),
         ("scroll", {"scroll_direction": "down", "scroll_amount": 5}, "scroll",
@@ -108,8 +124,21 @@ def test_other_actions() -> None:
         {"keys": "shift", "seconds": 2},
         None,
     )
+    assert computer("cursor_position") == ("cursor_position", {}, None)
     assert computer("left_mouse_down") == ("mouse_down", {}, None)
     assert computer("left_mouse_up") == ("mouse_up", {}, None)
+
+
+def test_zoom_maps_the_region_and_fills_about_one_screenshot() -> None:
+    name, args, error = computer("zoom", HALF, region=[320, 200, 480, 300])  # a quarter
+    assert (name, error) == ("zoom", None)
+    # the runner's pixels (twice the model's), enlarged 4x in the model's: 2x in the runner's
+    assert args == {"x": 640, "y": 400, "width": 320, "height": 200, "zoom": 2.0}
+    TOOLS["zoom"].args.model_validate(args)
+    whole = computer("zoom", SCREEN, region=[0, 0, 1024, 768])[1]
+    assert whole == {"x": 0, "y": 0, "width": 1024, "height": 768, "zoom": 1.0}
+    tiny = computer("zoom", SCREEN, region=[10, 10, 12, 11])[1]
+    assert tiny["zoom"] == 8.0  # capped, like hivecell's own zoom tool
 
 
 def test_coordinates_map_back_through_the_adapters_scale() -> None:
@@ -133,8 +162,11 @@ def test_coordinates_map_back_through_the_adapters_scale() -> None:
         ({"action": "key", "text": "ctrl+a Delete"}, "one combination per key action"),
         ({"action": "hold_key", "duration": 1}, "hold_key: text is required"),
         ({"action": "left_mouse_down", "coordinate": [1, 1]}, "mouse_move there first"),
-        ({"action": "zoom", "region": [0, 0, 5, 5]}, "zoom is not enabled"),
-        ({"action": "left_click", "coordinate": [1, 1], "text": "shift"}, "held keys"),
+        ({"action": "zoom"}, "region must be [x0, y0, x1, y1]"),
+        ({"action": "zoom", "region": [5, 0, 5, 5]}, "x0 < x1 and y0 < y1 inside the screen"),
+        ({"action": "zoom", "region": [0, 0, 1025, 5]}, "inside the screen (1024x768"),
+        ({"action": "left_click", "coordinate": [1, 1], "text": "ctrl c"}, "one combination"),
+        ({"action": "left_click", "coordinate": [1, 1], "text": 5}, "must be a string"),
     ],
 )
 def test_bad_actions_become_errors_for_the_model(input: dict[str, Any], words: str) -> None:
@@ -237,3 +269,29 @@ def test_view_range_is_composed_from_run_shell(tmp_path: Any) -> None:
     for bad in ([0, 2], [3, 2], ["1", 2], [1]):
         wrong = to_call("t", edit, {"command": "view", "path": "/a", "view_range": bad}, SCREEN)
         assert "view_range must be" in (wrong.parse_error or ""), bad
+
+
+@pytest.mark.anyio
+async def test_held_keys_and_the_cursor_through_hivecells_own_tools() -> None:
+    calls: list[tuple[str, dict[str, Any]]] = []
+
+    async def guest(method: str, params: dict[str, Any]) -> Any:
+        calls.append((method, params))
+        return {"x": 640, "y": 400}
+
+    box = ToolBox(guest)
+    box.scale = 0.5  # the model sees the screen at half size
+    click = box.validate("mouse_click", {"x": 10, "y": 20, "hold": "ctrl"})
+    await box.execute("mouse_click", click)
+    await box.execute("scroll", box.validate("scroll", {"x": 1, "y": 1, "dy": 2, "hold": "shift"}))
+    await box.execute("mouse_click", box.validate("mouse_click", {"x": 1, "y": 1}))
+    assert await box.execute("cursor_position", box.validate("cursor_position", {})) == {
+        "x": 320,
+        "y": 200,
+    }  # in the screenshot's pixels, like every point the model gives
+    assert calls == [
+        ("mouse_click", {"x": 20, "y": 40, "button": "left", "clicks": 1, "hold": "ctrl"}),
+        ("scroll", {"x": 2, "y": 2, "dx": 0, "dy": 2, "hold": "shift"}),
+        ("mouse_click", {"x": 2, "y": 2, "button": "left", "clicks": 1}),
+        ("get_cursor_position", {}),
+    ]

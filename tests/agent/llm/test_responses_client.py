@@ -87,7 +87,10 @@ ALL_TOOLS = [t.schema() for t in TOOLS.values()]
         ({"type": "click", "button": "wheel", "x": 1, "y": 2}, ("mouse_click", {"x": 1, "y": 2, "button": "middle"})),
         ({"type": "click", "button": "back", "x": 1, "y": 2}, ("keyboard_key", {"keys": "alt+Left"})),
         ({"type": "click", "button": "forward", "x": 1, "y": 2}, ("keyboard_key", {"keys": "alt+Right"})),
-        ({"type": "double_click", "x": 5, "y": 6}, ("mouse_double_click", {"x": 5, "y": 6})),
+        ({"type": "double_click", "x": 5, "y": 6}, ("mouse_click", {"x": 5, "y": 6, "clicks": 2})),
+        ({"type": "click", "button": "left", "x": 1, "y": 2, "keys": ["SHIFT"]}, ("mouse_click", {"x": 1, "y": 2, "button": "left", "hold": "shift"})),
+        ({"type": "double_click", "x": 5, "y": 6, "keys": ["CTRL", "ALT"]}, ("mouse_click", {"x": 5, "y": 6, "clicks": 2, "hold": "ctrl+alt"})),
+        ({"type": "scroll", "x": 1, "y": 2, "scroll_x": 0, "scroll_y": -100, "keys": ["CTRL"]}, ("scroll", {"x": 1, "y": 2, "dx": 0, "dy": -1, "hold": "ctrl"})),
         (
             {"type": "drag", "path": [{"x": 1, "y": 2}, {"x": 30, "y": 40}]},
             ("mouse_drag", {"from_x": 1, "from_y": 2, "to_x": 30, "to_y": 40}),
@@ -187,7 +190,9 @@ async def test_actions_come_back_as_tool_calls_with_checks_usage_and_items() -> 
         ({"type": "drag", "path": [{"x": 1, "y": 1}, {"x": 2, "y": 2}, {"x": 3, "y": 1}]}, "only straight drags"),
         ({"type": "drag", "path": [{"x": 1, "y": 1}]}, "at least two points"),
         ({"type": "keypress", "keys": []}, "non-empty list"),
-        ({"type": "click", "button": "left", "x": 1, "y": 2, "keys": ["SHIFT"]}, "holding keys"),
+        ({"type": "move", "x": 1, "y": 2, "keys": ["SHIFT"]}, "holding keys"),
+        ({"type": "click", "button": "back", "x": 1, "y": 2, "keys": ["SHIFT"]}, "holding keys"),
+        ({"type": "click", "button": "left", "x": 1, "y": 2, "keys": "SHIFT"}, "list of key names"),
     ],
 )  # fmt: skip
 async def test_bad_actions_become_per_call_errors(action: dict[str, Any], says: str) -> None:

@@ -55,14 +55,10 @@ _CLICKS: dict[str, tuple[str, dict[str, Any]]] = {
     "left_click": ("mouse_click", {}),
     "right_click": ("mouse_click", {"button": "right"}),
     "middle_click": ("mouse_click", {"button": "middle"}),
-    "double_click": ("mouse_double_click", {}),
+    "double_click": ("mouse_click", {"clicks": 2}),
     "triple_click": ("mouse_click", {"clicks": 3}),
 }
 _SCROLL = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}
-_UNSUPPORTED = {
-    "cursor_position": "cursor_position is not supported; the screenshot shows the desktop",
-    "zoom": "zoom is not enabled here; take a screenshot instead",
-}
 ACTIONS = (
     *_CLICKS,
     "mouse_move",
@@ -75,21 +71,16 @@ ACTIONS = (
     "hold_key",
     "wait",
     "screenshot",
+    "cursor_position",
+    "zoom",
 )
 
 
 def computer_action(raw: dict[str, Any], display: Display) -> tuple[str, dict[str, Any]]:
     action = raw.get("action")
-    if action in _UNSUPPORTED:
-        raise BadAction(f"computer action {action!r}: {_UNSUPPORTED[action]}")
     if action in _CLICKS:
-        if raw.get("text"):
-            raise BadAction(
-                f"computer action {action!r} with held keys ({raw['text']!r}) is not supported "
-                "yet; click without text"
-            )
         tool, extra = _CLICKS[action]
-        return tool, {**_point(raw, "coordinate", display), **extra}
+        return tool, {**_point(raw, "coordinate", display), **extra, **_held(raw)}
     if action in ("left_mouse_down", "left_mouse_up"):
         if raw.get("coordinate") is not None:
             raise BadAction(f"{action} presses where the pointer is: mouse_move there first")
@@ -117,6 +108,10 @@ def computer_action(raw: dict[str, Any], display: Display) -> tuple[str, dict[st
         return "wait", {"seconds": raw.get("duration", 1)}
     if action == "screenshot":
         return "screenshot", {}
+    if action == "cursor_position":
+        return "cursor_position", {}  # claude_messages maps the answer to the model's pixels
+    if action == "zoom":
+        return "zoom", _zoom(raw, display)
     raise BadAction(f"unknown computer action {action!r}; actions: {', '.join(ACTIONS)}")
 
 
@@ -138,17 +133,52 @@ def _point(raw: dict[str, Any], field: str, display: Display) -> dict[str, int]:
     return {"x": sx, "y": sy}
 
 
-def _scroll(raw: dict[str, Any], display: Display) -> dict[str, int]:
+def _scroll(raw: dict[str, Any], display: Display) -> dict[str, Any]:
     direction = raw.get("scroll_direction")
     amount = raw.get("scroll_amount", 3)
     if direction not in _SCROLL:
         raise BadAction("scroll: scroll_direction must be up, down, left or right")
     if not isinstance(amount, int) or isinstance(amount, bool) or not 0 <= amount <= 100:
         raise BadAction("scroll: scroll_amount must be a whole number of notches, 0 to 100")
-    if raw.get("text"):
-        raise BadAction("scroll with held keys is not supported yet; scroll without text")
     dx, dy = _SCROLL[direction]
-    return {**_point(raw, "coordinate", display), "dx": dx * amount, "dy": dy * amount}
+    point = _point(raw, "coordinate", display)
+    return {**point, "dx": dx * amount, "dy": dy * amount, **_held(raw)}
+
+
+def _held(raw: dict[str, Any]) -> dict[str, str]:
+    """A click's or scroll's ``text``: the keys held meanwhile (shift+click, ctrl+wheel)."""
+    text = raw.get("text")
+    if text is None or text == "":
+        return {}
+    if not isinstance(text, str):
+        raise BadAction(f"{raw.get('action')}: text (the keys to hold) must be a string")
+    return {"hold": _keys(text)}
+
+
+def _zoom(raw: dict[str, Any], display: Display) -> dict[str, Any]:
+    """``region`` [x0, y0, x1, y1] in the model's pixels -> hivecell's zoom tool, enlarged
+    so the region fills about one screenshot (never below the screen's own resolution)."""
+    region = raw.get("region")
+    if (
+        not isinstance(region, list | tuple)
+        or len(region) != 4
+        or not all(isinstance(v, int) and not isinstance(v, bool) for v in region)
+    ):
+        raise BadAction("zoom: region must be [x0, y0, x1, y1] in integer pixels")
+    x0, y0, x1, y1 = region
+    if not (0 <= x0 < x1 <= display.width and 0 <= y0 < y1 <= display.height):
+        raise BadAction(
+            f"zoom: region {list(region)} must have x0 < x1 and y0 < y1 inside the screen "
+            f"({display.width}x{display.height} pixels)"
+        )
+    sw, sh = display.source or (display.width, display.height)
+    left, top = round(x0 * sw / display.width), round(y0 * sh / display.height)
+    right, bottom = round(x1 * sw / display.width), round(y1 * sh / display.height)
+    width, height = max(1, min(right, sw) - left), max(1, min(bottom, sh) - top)
+    enlarge = min(display.width / (x1 - x0), display.height / (y1 - y0))
+    runner_per_model = width / (x1 - x0)  # the zoom tool counts from the runner's screenshot
+    zoom = min(8.0, max(1.0, enlarge / runner_per_model))
+    return {"x": left, "y": top, "width": width, "height": height, "zoom": zoom}
 
 
 def _text(raw: dict[str, Any], action: str) -> str:

@@ -44,6 +44,7 @@ class _Builder:
     turns: list[dict[str, Any]] = field(default_factory=list)
     system: list[str] = field(default_factory=list)
     computer_ids: set[str] = field(default_factory=set)
+    cursor_ids: set[str] = field(default_factory=set)  # cursor_position actions
     display: Display | None = None
 
     def add(self, role: str, blocks: list[Block]) -> None:
@@ -73,7 +74,7 @@ def convert(messages: list[dict[str, Any]]) -> Request:
         elif role == "assistant":
             b.add("assistant", _assistant_blocks(message, b))
         elif role == "tool":
-            b.add("user", [_tool_result(message)])
+            b.add("user", [_tool_result(message, b)])
         else:
             _add_user(b, message.get("content"))
     turns = _answer_every_call(b.turns)
@@ -100,17 +101,21 @@ def _assistant_blocks(message: dict[str, Any], b: _Builder) -> list[Block]:
         name, raw = native_tool(function.get("name", ""), function.get("arguments") or "")
         if name == COMPUTER:
             b.computer_ids.add(call["id"])
+            if isinstance(raw, dict) and raw.get("action") == "cursor_position":
+                b.cursor_ids.add(call["id"])
         blocks.append({"type": "tool_use", "id": call["id"], "name": name, "input": raw})
     return blocks
 
 
-def _tool_result(message: dict[str, Any]) -> Block:
+def _tool_result(message: dict[str, Any], b: _Builder) -> Block:
     content = _text_of(message.get("content")) or "{}"
     try:
         value = json.loads(content)
     except json.JSONDecodeError:
         value = None
     failed = isinstance(value, dict) and set(value) == {"error"}
+    if message.get("tool_call_id") in b.cursor_ids and not failed:
+        content = _cursor_in_model_pixels(value, b.display) or content
     block: Block = {
         "type": "tool_result",
         "tool_use_id": message.get("tool_call_id", ""),
@@ -119,6 +124,17 @@ def _tool_result(message: dict[str, Any]) -> Block:
     if failed:
         block["is_error"] = True
     return block
+
+
+def _cursor_in_model_pixels(value: Any, display: Display | None) -> str | None:
+    """The pointer as the model's screenshot shows it (the runner answers in its own)."""
+    if display is None or not isinstance(value, dict):
+        return None
+    x, y = value.get("x"), value.get("y")
+    if not isinstance(x, int) or not isinstance(y, int):
+        return None
+    mx, my = display.from_runner(x, y)
+    return f"X={mx},Y={my}"
 
 
 def _add_user(b: _Builder, content: Any) -> None:

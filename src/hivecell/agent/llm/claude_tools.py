@@ -23,7 +23,8 @@ COMPUTER_TOOLS = frozenset(
     | {"mouse_down", "mouse_up"}
     | {"keyboard_type", "keyboard_key", "keyboard_hold"}
 )
-COMPUTER_EXTRAS = frozenset({"screenshot", "wait"})  # actions of the computer tool too
+COMPUTER_EXTRAS = frozenset({"screenshot", "wait", "cursor_position"})  # actions too
+ZOOM = "zoom"  # an action of computer_20251124 when enabled; a custom tool otherwise
 EDITOR_TOOLS = frozenset({"read_file", "write_file", "edit_file"})
 EDITOR_COMMANDS = ("view", "create", "str_replace", "insert")
 
@@ -37,11 +38,10 @@ class ToolVersions:
     zoom: bool = False
 
 
-_V2511 = ToolVersions("computer_20251124", "computer-use-2025-11-24")
+_V2511 = ToolVersions("computer_20251124", "computer-use-2025-11-24", zoom=True)
 _V2501 = ToolVersions("computer_20250124", "computer-use-2025-01-24")
 # Newest computer tool each model is documented to support, by model-name prefix (longest
-# prefix wins, so dated snapshots match their family). zoom stays off until hivecell can
-# answer a zoom with an image (see docs/tools.md).
+# prefix wins, so dated snapshots match their family).
 TOOL_VERSIONS: dict[str, ToolVersions] = {
     "claude-opus-4-6": _V2511,
     "claude-sonnet-4-6": _V2511,
@@ -81,6 +81,15 @@ class Display:
         # Per axis (rounding made the two ratios differ), never past the last pixel.
         return min(round(x * sw / self.width), sw - 1), min(round(y * sh / self.height), sh - 1)
 
+    def from_runner(self, x: int, y: int) -> tuple[int, int]:
+        if self.source is None:
+            return x, y
+        sw, sh = self.source
+        return (
+            min(round(x * self.width / sw), self.width - 1),
+            min(round(y * self.height / sh), self.height - 1),
+        )
+
 
 def native_tools(
     schemas: list[dict[str, Any]], versions: ToolVersions, display: Display | None
@@ -91,8 +100,9 @@ def native_tools(
     tools: list[dict[str, Any]] = []
     covered: set[str] = set()
     if names & COMPUTER_TOOLS and display is not None:
-        tools.append(_computer(versions, display))
-        covered |= COMPUTER_TOOLS | COMPUTER_EXTRAS
+        zoom = versions.zoom and ZOOM in names  # only when the task offers zooming
+        tools.append(_computer(versions, display, zoom=zoom))
+        covered |= COMPUTER_TOOLS | COMPUTER_EXTRAS | ({ZOOM} if zoom else set())
     if "run_shell" in names:
         tools.append({"type": versions.bash, "name": BASH})
         covered.add("run_shell")
@@ -103,7 +113,7 @@ def native_tools(
     return tools
 
 
-def _computer(versions: ToolVersions, display: Display) -> dict[str, Any]:
+def _computer(versions: ToolVersions, display: Display, *, zoom: bool) -> dict[str, Any]:
     tool: dict[str, Any] = {
         "type": versions.computer,
         "name": COMPUTER,
@@ -111,7 +121,7 @@ def _computer(versions: ToolVersions, display: Display) -> dict[str, Any]:
         "display_height_px": display.height,
     }
     if versions.computer == "computer_20251124":
-        tool["enable_zoom"] = versions.zoom
+        tool["enable_zoom"] = zoom
     return tool
 
 
@@ -136,7 +146,7 @@ def native_tool(name: str, raw_arguments: str) -> tuple[str, Any]:
     except json.JSONDecodeError:
         raw = {"unparsed": raw_arguments}
     if isinstance(raw, dict):
-        if "action" in raw and name in COMPUTER_TOOLS | COMPUTER_EXTRAS:
+        if "action" in raw and name in COMPUTER_TOOLS | COMPUTER_EXTRAS | {ZOOM}:
             return COMPUTER, raw
         if name == "run_shell" and ("command" in raw or "restart" in raw):
             return BASH, raw

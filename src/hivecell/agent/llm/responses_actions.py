@@ -101,18 +101,17 @@ def map_action(action: Any) -> tuple[str, dict[str, Any]]:
 
 
 def _click(a: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    _no_held_keys(a)
     button = a.get("button", "left")
     if button in _HISTORY_KEYS:
+        _no_held_keys(a)
         return "keyboard_key", {"keys": _HISTORY_KEYS[button]}
     if button not in _BUTTONS:
         raise BadAction(f"unknown button {button!r}; use left, right, wheel, back or forward")
-    return "mouse_click", {**_point(a), "button": _BUTTONS[button]}
+    return "mouse_click", {**_point(a), "button": _BUTTONS[button], **_held(a)}
 
 
 def _double_click(a: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    _no_held_keys(a)
-    return "mouse_double_click", _point(a)
+    return "mouse_click", {**_point(a), "clicks": 2, **_held(a)}
 
 
 def _move(a: dict[str, Any]) -> tuple[str, dict[str, Any]]:
@@ -142,9 +141,8 @@ def _drag(a: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def _scroll(a: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    _no_held_keys(a)
     dx, dy = _int(a, "scroll_x", 0), _int(a, "scroll_y", 0)
-    return "scroll", {**_point(a), "dx": notches(dx), "dy": notches(dy)}
+    return "scroll", {**_point(a), "dx": notches(dx), "dy": notches(dy), **_held(a)}
 
 
 def notches(pixels: int) -> int:
@@ -199,6 +197,16 @@ def _int(a: dict[str, Any], key: str, default: int | None = None) -> int:
         kind = a.get("type", "action")
         raise BadAction(f"{kind} needs an integer {key} (screenshot pixels), got {value!r}")
     return round(value)
+
+
+def _held(a: dict[str, Any]) -> dict[str, str]:
+    """``keys`` on a click or scroll: held down meanwhile (shift+click, ctrl+wheel)."""
+    keys = a.get("keys")
+    if not keys:
+        return {}
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        raise BadAction('keys held during an action must be a list of key names, e.g. ["SHIFT"]')
+    return {"hold": "+".join(key_name(k) for k in keys)}
 
 
 def _no_held_keys(a: dict[str, Any]) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 import anyio
 
 from hivecell.errors import InvalidParams
@@ -40,7 +43,8 @@ async def mouse_move(p: m.MouseMoveParams, ctx: CallContext) -> m.Position:
 @router.method("mouse_click")
 async def mouse_click(p: m.MouseClickParams, ctx: CallContext) -> m.Position:
     x = ctx.services.x
-    await x.run(_click, x, p.x, p.y, BUTTONS[p.button], p.clicks)
+    async with held(x, p.hold):  # e.g. ctrl+click, shift+click
+        await x.run(_click, x, p.x, p.y, BUTTONS[p.button], p.clicks)
     await maybe_settle(p, ctx)
     return m.Position(x=p.x, y=p.y)
 
@@ -87,7 +91,8 @@ async def scroll(p: m.ScrollParams, ctx: CallContext) -> m.Position:
     if not (p.dx or p.dy):
         raise InvalidParams("dx and dy are both 0; pass e.g. dy=3 to scroll down three notches")
     x = ctx.services.x
-    await x.run(_scroll, x, p.x, p.y, p.dx, p.dy)
+    async with held(x, p.hold):  # e.g. ctrl+wheel zooms
+        await x.run(_scroll, x, p.x, p.y, p.dx, p.dy)
     await maybe_settle(p, ctx)
     return m.Position(x=p.x, y=p.y)
 
@@ -186,16 +191,25 @@ async def keyboard_key(p: m.KeyboardKeyParams, ctx: CallContext) -> m.Ok:
 
 @router.method("keyboard_hold")
 async def keyboard_hold(p: m.KeyboardHoldParams, ctx: CallContext) -> m.Ok:
-    keysyms = parse_keys(p.keys)
-    x = ctx.services.x
+    async with held(ctx.services.x, p.keys):
+        await anyio.sleep(p.seconds)  # the hold itself: X repeats the key meanwhile
+    await maybe_settle(p, ctx)
+    return m.Ok()
+
+
+@asynccontextmanager
+async def held(x: XSession, keys: str | None) -> AsyncIterator[None]:
+    """Keys down for the body; released whatever happens (cancel, a point off screen)."""
+    if not keys:
+        yield
+        return
+    keysyms = parse_keys(keys)  # bad names fail before anything is pressed
     pressed = await x.run(x.press_sync, keysyms)
     try:
-        await anyio.sleep(p.seconds)  # the hold itself: X repeats the key meanwhile
+        yield
     finally:
         with anyio.CancelScope(shield=True):  # never leave a key held down
             await x.run(x.release_sync, pressed)
-    await maybe_settle(p, ctx)
-    return m.Ok()
 
 
 def parse_keys(keys: str) -> list[int]:
