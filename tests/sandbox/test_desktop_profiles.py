@@ -54,6 +54,23 @@ async def _windows(guest: GuestClient, app: str) -> list[dict[str, Any]]:
     return [w for w in listed if w["app"].lower() == app]  # WM_CLASS until _NET_WM_PID is set
 
 
+# The panel as X sees it: list_windows leaves the desktop's furniture out on purpose.
+PANEL_SCRIPT = r"""
+for w in $(xprop -root _NET_CLIENT_LIST | sed 's/.*# //; s/,//g'); do
+  xprop -id "$w" WM_CLASS | grep -q '"tint2"' || continue
+  xwininfo -id "$w" | awk -v id="$w" '/Absolute upper-left X/ {x=$NF}
+    /Absolute upper-left Y/ {y=$NF} /Width:/ {w=$NF} /Height:/ {h=$NF}
+    END {print id, x, y, w, h}'
+done
+"""
+
+
+async def _panels(guest: GuestClient) -> list[dict[str, Any]]:
+    rows = [line.split() for line in (await _shell(guest, PANEL_SCRIPT)).splitlines()]
+    keys = ("id", "x", "y", "width", "height")
+    return [dict(zip(keys, [row[0], *map(int, row[1:])], strict=True)) for row in rows]
+
+
 def _brightest(image: Image.Image, box: tuple[int, int, int, int]) -> int:
     return max(sum(px) for px in image.crop(box).get_flattened_data())
 
@@ -69,9 +86,13 @@ async def test_full_desktop_has_wallpaper_dock_panel_clock_and_fonts(
     info = await provider.create(_full_spec())
     assert info.spec.desktop == "full"
     async with await provider.connect(info.id) as guest:
-        panels = await _until(lambda: _windows(guest, "tint2"), "no tint2 window")
+        panels = await _until(lambda: _panels(guest), "no tint2 window")
         (panel,) = panels
         assert await _window_type(guest, panel["id"]) == "_NET_WM_WINDOW_TYPE_DOCK"
+        # furniture, not an app: a model listing windows or apps never sees it to close it
+        assert await _windows(guest, "tint2") == []
+        apps = (await guest.call("list_running_apps", {}))["apps"]
+        assert "tint2" not in {app["name"] for app in apps}, apps
         assert (panel["x"], panel["y"]) == (0, HEIGHT - desktopenv.PANEL_HEIGHT)
         assert (panel["width"], panel["height"]) == (WIDTH, desktopenv.PANEL_HEIGHT)
 
@@ -107,7 +128,7 @@ async def test_file_manager_opens_from_launcher_menu_and_open_app(
     provider = make_provider()
     info = await provider.create(_full_spec())
     async with await provider.connect(info.id) as guest:
-        await _until(lambda: _windows(guest, "tint2"), "no panel")
+        await _until(lambda: _panels(guest), "no panel")
         assert await _windows(guest, "pcmanfm") == []  # started on demand, not at boot
 
         # 1. The panel's launcher: the file manager's icon (terminal, browser, files, ...),

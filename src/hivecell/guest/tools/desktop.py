@@ -52,13 +52,16 @@ async def list_windows(p: m.Empty, ctx: CallContext) -> m.WindowList:
 
 # The desktop's own furniture, not windows of an app: the panel (tint2 is a dock) and a
 # desktop window. A launch waiting for its window took the panel for it (the panel starts
-# lazily, often while the first open_app waits) and waited for it to be focused, in vain.
+# lazily, often while the first open_app waits) and waited for it to be focused, in vain;
+# listed, a model would close, hide or tile the panel like an app.
 FURNITURE = ("_NET_WM_WINDOW_TYPE_DOCK", "_NET_WM_WINDOW_TYPE_DESKTOP")
 
 
 def windows_sync(x: XSession) -> list[m.WindowInfo]:
+    """The apps' top-level windows (never the desktop's furniture)."""
     active = _active_id(x)
-    infos = (_window_info(x, wid, active) for wid in _client_ids(x))
+    ids = (wid for wid in _client_ids(x) if not _furniture(x, wid))
+    infos = (_window_info(x, wid, active) for wid in ids)
     return [info for info in infos if info is not None]
 
 
