@@ -147,10 +147,12 @@ async def test_browser_domain_in_a_sandbox(
 ) -> None:
     page = anyio.Path(sandbox.shared_dir) / "workspace" / "page.html"
     await page.write_text("<title>Sandbox Page</title><p>inside the box</p>")
-    settings = RunSettings(tool_domains=["browser", "system"])
+    settings = RunSettings(tool_domains=["browser", "system", "app"])
     steps = [
         act(call("browser_open", url="file:///shared/workspace/page.html")),
         act(call("browser_page_text")),
+        act(call("open_url", url="file:///shared/workspace/page.html#again")),
+        act(call("browser_tabs")),
         act(call("run_shell", command="cat /proc/net/tcp /proc/net/tcp6 | awk '$4==\"0A\"'")),
         *finish(),
     ]
@@ -165,5 +167,11 @@ async def test_browser_domain_in_a_sandbox(
     )
     text = tool_results(h.requests[2])[-1]
     assert text["text"].strip() == "inside the box"
-    listening = tool_results(h.requests[3])[-1]
+    # open_url opens in the same (controlled) browser: its tab is one browser_tabs lists
+    tabs = tool_results(h.requests[4])[-1]["tabs"]
+    assert [t["url"] for t in tabs] == [
+        "file:///shared/workspace/page.html",
+        "file:///shared/workspace/page.html#again",
+    ], tabs
+    listening = tool_results(h.requests[5])[-1]
     assert listening["stdout"].strip() == ""  # nothing in the box listens on TCP, DevTools neither

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from hivecell.agent import tools
-from hivecell.agent.tools import NoArgs, PathArgs, PointArgs, ToolDef, _Args
+from hivecell.agent.tools import NoArgs, PathArgs, PointArgs, ToolDef, UrlArgs, _Args
 
 
 class WindowArgs(_Args):
@@ -83,10 +83,6 @@ class CopyArgs(_Args):
     source: str
     destination: str = Field(description="a new path, or a folder to copy into")
     overwrite: bool = Field(False, description="replace an existing destination (asks first)")
-
-
-class UrlArgs(_Args):
-    url: str
 
 
 class TabArgs(_Args):

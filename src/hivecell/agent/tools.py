@@ -251,6 +251,13 @@ class ToolBox:
         images, self.images = self.images, []
         return images
 
+    async def _do_open_url(self, a: UrlArgs) -> Any:
+        # With the browser domain on, a page opened here must be one browser_tabs and
+        # browser_page_text can see: the controlled Chromium, not a second browser beside it.
+        if "browser_open" not in self.disabled:
+            return await self._call("browser_open", {"url": a.url})
+        return await self._call("open_url", {"url": a.url, "settle": True})
+
     async def _do_zoom(self, a: Any) -> Any:
         shot = await self._call("screenshot_region", catalog.region(a, self.scale))
         text = f"Zoomed region x={a.x} y={a.y} {a.width}x{a.height} of the latest screenshot."
