@@ -11,7 +11,7 @@ APT_PACKAGES=(
   dbus-daemon at-spi2-core
   python3 python3-venv python3-pip ca-certificates git
   # the sandboxes' full desktop: hivecell.guest.desktopenv.PACKAGES (a test keeps them equal)
-  tint2 pcmanfm adwaita-icon-theme fonts-noto-core fonts-noto-cjk
+  tint2 pcmanfm adwaita-icon-theme fonts-noto-core fonts-noto-cjk libnotify-bin dunst
 )
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

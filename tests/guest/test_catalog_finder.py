@@ -156,11 +156,11 @@ async def test_processes_and_signals(fguest: Guest) -> None:
         await child.wait()
 
 
-@pytest.mark.skipif(
-    bool(shutil.which("notify-send") or shutil.which("pactl")),
-    reason="checks the answer where no notification or sound tools are installed",
-)
-async def test_missing_desktop_services_are_named(fguest: Guest) -> None:
+async def test_missing_desktop_services_are_named(
+    fguest: Guest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sandbox without the notification and sound tools: nothing on PATH.
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     with pytest.raises(NotSupported, match="libnotify-bin"):
         await fguest("notify", title="hello")
     with pytest.raises(NotSupported, match="sound server"):

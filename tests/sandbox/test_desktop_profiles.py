@@ -121,6 +121,14 @@ async def test_full_desktop_has_wallpaper_dock_panel_clock_and_fonts(
         matched = await _shell(guest, "fc-match -f '%{family}' 'sans:lang=zh-cn'")
         assert "CJK" in matched
 
+        # Notifications: the session bus starts dunst on the first one, which shows it.
+        await guest.call("notify", {"title": "Build finished", "body": "3 warnings"})
+
+        async def shown() -> bool:
+            return (await _shell(guest, "dunstctl count displayed")).strip() == "1"
+
+        await _until(shown, "the notification was not displayed")
+
 
 async def test_file_manager_opens_from_launcher_menu_and_open_app(
     make_provider: MakeProvider,

@@ -38,6 +38,8 @@ PACKAGES: dict[DesktopProfile, tuple[str, ...]] = {
     "full": (
         "xvfb", "openbox", "tint2", "pcmanfm", "adwaita-icon-theme", "fonts-dejavu-core",
         "fonts-noto-core", "fonts-noto-cjk", "xterm",
+        # notifications: notify-send, and a daemon the session bus starts on the first one
+        "libnotify-bin", "dunst",
     ),
 }  # fmt: skip
 
