@@ -2,8 +2,8 @@
 
 It speaks the runner's canonical format (``ChatModel.complete``) and translates inside:
 ``claude_messages`` builds the request, ``claude_tools`` the tool list and the calls back.
-Retries and typed errors follow ``LLMClient``: the SDK's retries are off, one ``RetryPolicy``
-backs off on 429, 529/5xx, connection errors and timeouts; other 4xx raise ``LLMRejected``.
+Retries are ``RetryingClient``'s (base.py), as for ``LLMClient``: backoff on 429, 529/5xx,
+connection errors and timeouts; other 4xx raise ``LLMRejected``.
 
 ``response_format`` (the runner's completion check, the crew planner) has no Messages API
 counterpart on every model, so it becomes a forced tool whose input is the JSON reply.
@@ -12,21 +12,19 @@ counterpart on every model, so it becomes a forced tool whose input is the JSON 
 from __future__ import annotations
 
 import json
-from types import TracebackType
 from typing import Any
 
 import anthropic
 import anyio
 import httpx2
 
+from hivecell.agent.llm.base import RetryingClient, http_client, timed
 from hivecell.agent.llm.claude_actions import to_call
 from hivecell.agent.llm.claude_messages import CACHE, Request, convert
 from hivecell.agent.llm.claude_tools import BASH, COMPUTER, EDITOR, native_tools, versions_for
-from hivecell.agent.llm.client import _tls_context
 from hivecell.agent.llm.config import ProviderConfig
-from hivecell.agent.llm.errors import LLMRejected, LLMUnavailable
+from hivecell.agent.llm.errors import LLMRejected
 from hivecell.agent.llm.failures import Retryable
-from hivecell.agent.llm.pricing import PriceTable
 from hivecell.agent.llm.response import LLMResponse, ToolCall, Usage
 from hivecell.agent.llm.retry import RetryPolicy, is_retryable_status, parse_retry_after
 
@@ -43,7 +41,10 @@ _HINTS = {
 _DEFAULT_HINT = "check model in the provider table and that it supports computer use"
 
 
-class AnthropicClient:
+class AnthropicClient(RetryingClient):
+    ENDPOINT = "the Anthropic endpoint"
+    _sdk: anthropic.AsyncAnthropic
+
     def __init__(
         self,
         config: ProviderConfig,
@@ -51,42 +52,15 @@ class AnthropicClient:
         transport: httpx2.AsyncBaseTransport | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
-        self.config = config
+        super().__init__(config, retry=retry)
         self.versions = versions_for(config.model)
-        self._retry = retry or RetryPolicy(
-            max_retries=config.max_retries,
-            base_s=config.backoff_base_s,
-            max_s=config.backoff_max_s,
-            retry_after_max_s=config.retry_after_max_s,
-        )
-        self._prices = PriceTable(config.prices)
-        http = (
-            httpx2.AsyncClient(transport=transport, follow_redirects=True)
-            if transport
-            # One TLS context for every client, as LLMClient does (loading the CA store is slow).
-            else anthropic.DefaultAsyncHttpxClient(verify=_tls_context())
-        )
         self._sdk = anthropic.AsyncAnthropic(
             base_url=config.base_url,
             api_key=config.api_key.get_secret_value(),
             max_retries=0,
             timeout=config.timeout_s,
-            http_client=http,
+            http_client=http_client(transport, anthropic.DefaultAsyncHttpxClient),
         )
-
-    async def __aenter__(self) -> AnthropicClient:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        await self._sdk.close()
 
     async def complete(
         self,
@@ -99,17 +73,8 @@ class AnthropicClient:
         """One Messages API call; same contract as ``LLMClient.complete``."""
         converted = await anyio.to_thread.run_sync(convert, messages)
         request = self._request(converted, tools or [], response_format)
-        failures = 0
-        while True:
-            try:
-                start = anyio.current_time()
-                message = await self._create(request)
-                latency_ms = (anyio.current_time() - start) * 1000
-            except Retryable as failure:
-                failures += 1
-                await self._wait_or_give_up(failure, failures)
-                continue
-            return self._response(message, converted, response_format, latency_ms, failures + 1)
+        (message, latency_ms), attempts = await self._retrying(lambda: timed(self._create(request)))
+        return self._response(message, converted, response_format, latency_ms, attempts)
 
     def _request(
         self,
@@ -140,18 +105,6 @@ class AnthropicClient:
         except _SDK_ERRORS as exc:
             raise classify(exc, model=self.config.model) from exc
 
-    async def _wait_or_give_up(self, failure: Retryable, failures: int) -> None:
-        if failures > self._retry.max_retries:
-            raise LLMUnavailable(
-                f"the Anthropic endpoint {self.config.base_url} failed {failures} times in a "
-                f"row (last: {failure.reason}); check that it is up, or raise max_retries "
-                f"(now {self._retry.max_retries}) in the provider table",
-                consecutive_failures=failures,
-                last_status=failure.status,
-                context={"provider": self.config.name, "model": self.config.model},
-            ) from failure
-        await anyio.sleep(self._retry.delay(failures, failure.retry_after))
-
     def _response(
         self,
         message: Any,
@@ -171,14 +124,11 @@ class AnthropicClient:
             calls.append(to_call(block.id, block.name, block.input, converted.display))
         usage = to_usage(message.usage)
         model = message.model or self.config.model
-        cost = self._prices.estimate(model, usage)
-        if cost is None:
-            cost = self._prices.estimate(self.config.model, usage)
         return LLMResponse(
             text="\n".join(texts) if texts else None,
             tool_calls=calls,
             usage=usage,
-            cost_usd=cost,
+            cost_usd=self._cost(model, usage),
             latency_ms=latency_ms,
             finish_reason=message.stop_reason,
             model=model,

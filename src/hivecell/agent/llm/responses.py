@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import anyio
 import httpx2
 
 from hivecell.agent.llm.assemble import Parts, parse_tool_call
+from hivecell.agent.llm.base import timed
 from hivecell.agent.llm.client import _SDK_ERRORS, SDK_OPTIONS, LLMClient
 from hivecell.agent.llm.failures import Retryable, classify
 from hivecell.agent.llm.response import LLMResponse, ToolCall, Usage
@@ -45,19 +45,10 @@ class ResponsesClient(LLMClient):
         """One Responses API call with ``LLMClient``'s retries and typed errors; ``stream``
         is accepted for the protocol and ignored."""
         request = self.request(messages, tools=tools, response_format=response_format)
-        failures = 0
-        while True:
-            try:
-                start = anyio.current_time()
-                body = await self._create(request)
-                latency_ms = (anyio.current_time() - start) * 1000
-            except Retryable as failure:
-                failures += 1
-                await self._wait_or_give_up(failure, failures)
-                continue
-            parts, items = _parse(body)
-            response = self._response(parts, latency_ms, attempts=failures + 1)
-            return response.model_copy(update={"provider_items": items})
+        (body, latency_ms), attempts = await self._retrying(lambda: timed(self._create(request)))
+        parts, items = _parse(body)
+        response = self._response(parts, latency_ms, attempts=attempts)
+        return response.model_copy(update={"provider_items": items})
 
     def request(
         self,
