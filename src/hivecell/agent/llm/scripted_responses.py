@@ -18,24 +18,13 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Callable, Iterable
-from contextlib import AsyncExitStack, suppress
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
-import anyio
-import anyio.abc
 import h11
 
 from hivecell.agent.llm.script import Failure
-from hivecell.agent.llm.scripted import (
-    _CLIENT_GONE,
-    HOST,
-    RecordedRequest,
-    _Answer,
-    _json_or_none,
-    _read_request,
-)
+from hivecell.agent.llm.scripted import RecordedRequest, ScriptedLLMServer, _Answer, _json_or_none
 
 RESPONSES_PATH = "/v1/responses"
 _ids = itertools.count(1)
@@ -202,84 +191,42 @@ def _check_output(item: dict[str, Any], calls: dict[str, dict[str, Any]]) -> lis
 
 
 # --- the server -------------------------------------------------------------------------------
-class ScriptedResponsesServer:
+class ScriptedResponsesServer(ScriptedLLMServer):
     """Plays ``steps`` in arrival order; a request the API would refuse gets a 400."""
 
     def __init__(self, steps: Iterable[Step] = (), *, default: Step | None = None) -> None:
-        self.requests: list[RecordedRequest] = []
+        super().__init__()
         self.problems: list[str] = []
-        self._steps: deque[Step] = deque(steps)
-        self._default = default
-        self._stack: AsyncExitStack | None = None
-        self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
-
-    @property
-    def base_url(self) -> str:
-        if self._listener is None:
-            raise RuntimeError("ScriptedResponsesServer is not running: use `async with`")
-        port = int(self._listener.extra(anyio.abc.SocketAttribute.local_port))
-        return f"http://{HOST}:{port}/v1"
+        self._responses_steps: deque[Step] = deque(steps)
+        self._responses_default = default
 
     @property
     def bodies(self) -> list[dict[str, Any]]:
         """The JSON bodies of every Responses request, in arrival order."""
         return [r.body for r in self.requests if r.path == RESPONSES_PATH]
 
-    async def __aenter__(self) -> ScriptedResponsesServer:
-        async with AsyncExitStack() as stack:
-            listener = await anyio.create_tcp_listener(local_host=HOST, local_port=0)
-            self._listener = await stack.enter_async_context(listener)
-            tg = await stack.enter_async_context(anyio.create_task_group())
-            tg.start_soon(listener.serve, self._connection, tg)
-            stack.callback(tg.cancel_scope.cancel)
-            self._stack = stack.pop_all()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        stack, self._stack = self._stack, None
-        if stack is not None:
-            await stack.__aexit__(exc_type, exc, tb)
-        self._listener = None
-
-    async def _connection(self, stream: anyio.abc.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        async with stream:
-            with suppress(*_CLIENT_GONE):
-                while True:
-                    request, body = await _read_request(conn, stream)
-                    if request is None:
-                        return
-                    await self._route(request, body, _Answer(conn, stream))
-                    if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
-                        return
-                    conn.start_next_cycle()
-
-    async def _route(self, request: h11.Request, raw: bytes, answer: _Answer) -> None:
+    async def _route(self, request: h11.Request, raw: bytes, answer: _Answer) -> bool:
         method, path = request.method.decode(), request.target.decode().split("?")[0]
         body = _json_or_none(raw)
         headers = {k.decode().lower(): v.decode() for k, v in request.headers}
         self.requests.append(RecordedRequest(method=method, path=path, headers=headers, body=body))
         if (method, path) != ("POST", RESPONSES_PATH):
             await answer.error(Failure(status=404, message=f"no route {method} {path}"))
-            return
+            return True
         problems = check_request(body)
         if problems:
             self.problems += problems
             await answer.error(Failure(status=400, message="; ".join(problems)))
-            return
-        step = self._next_step(body)
+            return True
+        step = self._next_output(body)
         if isinstance(step, Failure):
             await answer.error(step)
         else:
             await answer.json(200, _response(step, body))
+        return True
 
-    def _next_step(self, body: dict[str, Any]) -> Output | Failure:
-        item = self._steps.popleft() if self._steps else self._default
+    def _next_output(self, body: dict[str, Any]) -> Output | Failure:
+        item = self._responses_steps.popleft() if self._responses_steps else self._responses_default
         if item is None:
             return Failure(status=500, message="script exhausted: add steps or a default")
         return item(body) if callable(item) else item
