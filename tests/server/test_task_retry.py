@@ -27,6 +27,7 @@ async def test_retry_a_cancelled_task_with_its_files(home: Path) -> None:
                 "max_tokens": "100000",
                 "approve_tools": "delete_file",
                 "inbox_writable": "true",
+                "desktop": "minimal",
             }
             first = (await running.post("/tasks", data=data, files=files)).json()["id"]
             await running.wait_for(first, lambda t: t["limit"] == "max_steps_reached")
@@ -41,13 +42,15 @@ async def test_retry_a_cancelled_task_with_its_files(home: Path) -> None:
             assert again["settings"]["max_steps"] == 1 and again["status"] == "queued"
             kept = again["settings"]  # everything the caller chose comes along
             assert kept["max_tokens"] == 100000 and kept["approve_tools"] == ["delete_file"]
-            assert kept["inbox_writable"] is True
+            assert kept["inbox_writable"] is True and kept["desktop"] == "minimal"
             # Same settings: it stops at max_steps=1 too; given more it completes.
             paused = await running.wait_for(again["id"], lambda t: t["limit"] is not None)
             assert (
                 paused["sandbox_id"]
                 and paused["sandbox_id"] != (await running.task(first))["sandbox_id"]
             )
+            box = (await running.get(f"/sandboxes/{paused['sandbox_id']}")).json()
+            assert box["spec"]["desktop"] == "minimal"  # the retry's sandbox is the same kind
             more = await running.post(f"/tasks/{again['id']}/resume", json={"extra_steps": 2})
             assert more.status_code == 200, more.text
             done = await running.wait_for(again["id"], lambda t: t["status"] == "completed")

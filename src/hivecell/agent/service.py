@@ -24,6 +24,7 @@ from hivecell.agent.runner import ChatModel, Outcome, RunSettings, TaskRunner
 from hivecell.errors import SandboxError, SandboxNotFound
 from hivecell.sandbox import netpolicy, transfer
 from hivecell.sandbox.base import (
+    Desktop,
     NetworkMode,
     SandboxInfo,
     SandboxProvider,
@@ -51,6 +52,7 @@ class TaskRequest(BaseModel):
         default_factory=list, description="nat: domains, *.domains and CIDRs it may reach"
     )
     resolution: tuple[int, int] = (1280, 800)
+    desktop: Desktop = "full"
     output_dir: Path | None = None
     keep_sandbox: bool = False
     sandbox_id: str | None = Field(None, description="reuse a running sandbox (warm start)")
@@ -79,6 +81,7 @@ class TaskRequest(BaseModel):
             network=self.network,
             network_allow=self.network_allow,
             inbox_writable=self.inbox_writable,
+            desktop=self.desktop,
             **more,
         )
 
@@ -404,4 +407,5 @@ def _settings(request: TaskRequest) -> TaskSettings:
         max_tokens=s.max_tokens,
         approve_tools=list(s.approval_tools),
         inbox_writable=request.inbox_writable,
+        desktop=request.desktop,
     )

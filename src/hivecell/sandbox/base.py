@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hivecell.sandbox.guest_client import GuestClient
 
 NetworkMode = Literal["offline", "nat"]
+Desktop = Literal["full", "minimal"]
 Status = Literal["running", "stopped", "error"]
 
 
@@ -44,7 +45,7 @@ class SandboxSpec(BaseModel):
         False,
         description="GLX (software OpenGL) for apps that need it; costs ~55 MB per sandbox",
     )
-    desktop: Literal["full", "minimal"] = Field(
+    desktop: Desktop = Field(
         "full",
         description="full: wallpaper, panel (launcher, task list, clock), file manager, menu; "
         "minimal: Xvfb and openbox on a black screen (the lightest box)",

@@ -608,6 +608,7 @@ def default_spec(prefs: Preferences) -> SandboxSpec:
         description="-",
         network=prefs.sandbox.network,
         resolution=(prefs.sandbox.width, prefs.sandbox.height),
+        desktop=prefs.sandbox.desktop,
     )
     return spec_for(prefs, request)
 

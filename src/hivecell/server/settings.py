@@ -19,7 +19,7 @@ from hivecell.errors import ConfigError, InvalidParams
 from hivecell.keystore import KeyStore
 from hivecell.pool.capacity import CapacitySettings
 from hivecell.pool.warm import PoolSettings
-from hivecell.sandbox.base import NetworkMode
+from hivecell.sandbox.base import Desktop, NetworkMode
 from hivecell.sandbox.transfer import DEFAULT_MAX_BYTES, DEFAULT_MAX_FILES, TransferLimits
 from hivecell.server import configfile
 
@@ -61,6 +61,9 @@ class SandboxDefaults(BaseModel):
     width: int = Field(1280, ge=320, le=7680)
     height: int = Field(800, ge=200, le=4320)
     network: NetworkMode = "offline"
+    desktop: Desktop = Field(
+        "full", description="full: panel, file manager, wallpaper; minimal: openbox on black"
+    )
     # Ceilings each sandbox may use, not reservations (capacity counts what boxes really use).
     memory_mb: int | None = Field(4096, ge=64, description="memory ceiling; null: none")
     cpus: float | None = Field(2.0, gt=0, le=1024, description="CPU ceiling; null: none")

@@ -87,6 +87,7 @@ class TaskSettings(BaseModel):
     max_tokens: int | None = Field(None, description="token budget")
     approve_tools: list[str] | None = Field(None, description="calls that wait for approval")
     inbox_writable: bool | None = None
+    desktop: str | None = Field(None, description="full | minimal")
 
 
 class TaskRecord(BaseModel):

@@ -28,6 +28,7 @@ from hivecell.errors import HivecellError, InvalidParams, SandboxNotFound, TooLa
 from hivecell.pool.warm import NAME_PREFIX as POOL_PREFIX
 from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox import netpolicy
+from hivecell.sandbox.base import Desktop
 from hivecell.server.app import ServerState
 from hivecell.server.errors import Conflict
 from hivecell.server.manager import SANDBOX_PREFIX
@@ -66,6 +67,9 @@ class TaskCreate(BaseModel):
         "run_shell: only destructive commands); absent: the Settings default policy",
     )
     inbox_writable: bool = Field(False, description="/shared/inbox writable inside the sandbox")
+    desktop: Desktop | None = Field(
+        None, description="full (panel, file manager) or minimal (openbox); absent: Settings"
+    )
     observe_tree: bool = Field(
         False, description="the model sees the accessibility tree beside each screenshot"
     )
@@ -279,6 +283,8 @@ def build_task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
         )
     except ValidationError as exc:  # e.g. an unknown tool name: the caller's input, not a bug
         raise InvalidParams(describe_validation(exc), op="create_task") from None
+    if body.desktop is not None and body.sandbox_id is not None:
+        raise _invalid("desktop", "a chosen sandbox keeps its own desktop: leave desktop out")
     network = body.network or ("nat" if body.network_allow else prefs.sandbox.network)
     if body.network_allow and network != "nat":
         raise _invalid("network_allow", "an allowlist needs network nat (offline reaches nothing)")
@@ -288,6 +294,7 @@ def build_task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
         network=network,
         network_allow=body.network_allow,
         resolution=(prefs.sandbox.width, prefs.sandbox.height),
+        desktop=body.desktop or prefs.sandbox.desktop,
         inbox_writable=body.inbox_writable,
         sandbox_id=body.sandbox_id,
     )

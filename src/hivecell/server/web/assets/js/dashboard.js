@@ -53,6 +53,7 @@ function taskForm(form) {
   set("max_tokens", data.get("max_tokens"));
   if (data.get("minutes")) body.append("timeout_s", String(Number(data.get("minutes")) * 60));
   set("network", data.get("network"));
+  set("desktop", data.get("desktop"));
   set("disabled_tools", data.get("disabled_tools").trim());
   set("network_allow", data.get("network_allow").trim());
   set("sandbox_id", data.get("sandbox_id"));

@@ -100,6 +100,7 @@ function fillPrefs(prefs) {
   f["sandbox.width"].value = prefs.sandbox.width;
   f["sandbox.height"].value = prefs.sandbox.height;
   f["sandbox.network"].value = prefs.sandbox.network;
+  f["sandbox.desktop"].value = prefs.sandbox.desktop;
   f["sandbox.memory_mb"].value = prefs.sandbox.memory_mb ?? "";
   f["sandbox.cpus"].value = prefs.sandbox.cpus ?? "";
   f["sandbox.disk_mb"].value = prefs.sandbox.disk_mb ?? "";
@@ -124,7 +125,7 @@ function readPrefs() {
   const optional = (name) => (f[name].value ? Number(f[name].value) : null);
   return {
     sandbox: { width: Number(f["sandbox.width"].value), height: Number(f["sandbox.height"].value),
-      network: f["sandbox.network"].value, memory_mb: memory ? Number(memory) : null,
+      network: f["sandbox.network"].value, desktop: f["sandbox.desktop"].value, memory_mb: memory ? Number(memory) : null,
       cpus: optional("sandbox.cpus"), disk_mb: optional("sandbox.disk_mb") },
     pool: { size: Number(f["pool.size"].value), idle_timeout_s: Number(f["pool.idle_min"].value) * 60 },
     capacity: { max_sandboxes: optional("capacity.max_sandboxes"),
