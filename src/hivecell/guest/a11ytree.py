@@ -52,6 +52,11 @@ LEAF_ROLES = frozenset(
 )  # fmt: skip
 
 
+# An app that sends no reply for this long (while others do) is taken for frozen and left
+# out of the rest of the walk; a busy one answers in far less even under load.
+QUIET_S = 0.5
+
+
 @dataclass(frozen=True)
 class Limits:
     max_nodes: int = 300  # nodes returned
@@ -113,38 +118,83 @@ def parse_id(value: str) -> tuple[str, str] | None:
 
 
 # --- the walk ------------------------------------------------------------------------------
+@dataclass
+class _Walk:
+    """One walk's bus, deadline and the apps that stopped answering (left out from then on,
+    so a frozen app costs the others one quiet wait, not the budget)."""
+
+    bus: Bus
+    deadline: float
+    quiet: float
+    silent: set[str] = field(default_factory=set)
+
+    def calls(self, calls: list[Call]) -> list[Reply | None]:
+        if not calls:
+            return []
+        replies = self.bus.calls(calls, _left(self.deadline), self.quiet)
+        if time.monotonic() < self.deadline:  # cut short by silence, not by the budget
+            self.silent |= {c.dest for c, r in zip(calls, replies, strict=True) if r is None}
+        return replies
+
+    def answering(self, raws: list[_Raw]) -> list[_Raw]:
+        return [raw for raw in raws if raw.ref[0] not in self.silent]
+
+
 def walk(bus: Bus, limits: Limits) -> Tree:
     started = time.monotonic()
-    deadline = started + limits.budget_s
-    apps = _apps(bus, deadline)
+    w = _Walk(bus, started + limits.budget_s, quiet=min(QUIET_S, limits.budget_s / 4))
+    apps = _apps(bus, w.deadline)
     frontier = [_Raw(ref, 0, app=True) for ref in apps]
     kept: list[_Raw] = []  # sorted to document order at the end
     truncated: str | None = None
     visited = 0
     order: dict[tuple[str, str], tuple[int, ...]] = {ref: (i,) for i, ref in enumerate(apps)}
     while frontier:
-        if time.monotonic() >= deadline:
+        if time.monotonic() >= w.deadline:
             truncated = f"time budget of {limits.budget_s} s used up"
             break
         room = limits.max_visits - visited
         if len(frontier) > room:
-            frontier, truncated = frontier[:room], f"visited the limit of {limits.max_visits}"
+            frontier, truncated = (
+                _fair_share(frontier, room),
+                f"visited the limit of {limits.max_visits}",
+            )
         visited += len(frontier)
-        silent = _fetch(bus, frontier, deadline)
-        if silent:
-            truncated = f"{silent} objects did not answer within the {limits.budget_s} s budget"
-        frontier, too_deep = _expand(frontier, kept, order, limits)
+        _fetch(w, frontier)
+        frontier, too_deep = _expand(w.answering(frontier), kept, order, limits)
+        frontier = w.answering(frontier)
         if too_deep:
             truncated = truncated or f"reached the depth limit of {limits.max_depth}"
         if len(kept) >= limits.max_nodes:
             truncated = truncated or f"returned the limit of {limits.max_nodes} nodes"
             break
-        if not frontier or truncated:
+        if truncated:
             break
-    raws = sorted(kept, key=lambda raw: order[raw.ref])[: limits.max_nodes]
-    nodes = _finish(bus, raws, deadline)
+    raws = sorted(w.answering(kept), key=lambda raw: order[raw.ref])[: limits.max_nodes]
+    nodes = _finish(w, raws)
+    if w.silent:
+        note = f"{len(w.silent)} app(s) did not answer within {w.quiet:g} s and are left out"
+        truncated = f"{truncated}; {note}" if truncated else note
     elapsed = (time.monotonic() - started) * 1000
     return Tree(nodes, truncated, visited, elapsed)
+
+
+def _fair_share(frontier: list[_Raw], room: int) -> list[_Raw]:
+    """At most ``room`` objects, taken in turn from each app: a page with 50 000 elements
+    must not crowd a small app's buttons out of the tree."""
+    by_app: dict[str, list[_Raw]] = {}
+    for raw in frontier:
+        by_app.setdefault(raw.ref[0], []).append(raw)
+    queues = [iter(raws) for raws in by_app.values()]
+    taken: list[_Raw] = []
+    while len(taken) < room and queues:
+        for queue in list(queues):
+            item = next(queue, None)
+            if item is None:
+                queues.remove(queue)
+            elif len(taken) < room:
+                taken.append(item)
+    return taken
 
 
 def _apps(bus: Bus, deadline: float) -> list[tuple[str, str]]:
@@ -158,14 +208,13 @@ def _left(deadline: float) -> float:
     return max(0.01, deadline - time.monotonic())
 
 
-def _fetch(bus: Bus, raws: list[_Raw], deadline: float) -> int:
+def _fetch(w: _Walk, raws: list[_Raw]) -> None:
     """Two pipelined batches per level: every object's states, then where the shown ones
-    are and what they hold (hidden subtrees cost one call per object, not six). Returns how
-    many objects did not answer in time."""
-    states = bus.calls([Call(*raw.ref, ACC, "GetState") for raw in raws], _left(deadline))
+    are and what they hold (hidden subtrees cost one call per object, not six)."""
+    states = w.calls([Call(*raw.ref, ACC, "GetState") for raw in raws])
     for raw, reply in zip(raws, states, strict=True):
         raw.states = _state_bits(_first(reply, []))
-    shown = [raw for raw in raws if raw.app or _shown(raw)]
+    shown = [raw for raw in w.answering(raws) if raw.app or _shown(raw)]
     calls: list[Call] = []
     for raw in shown:
         calls += [
@@ -173,17 +222,16 @@ def _fetch(bus: Bus, raws: list[_Raw], deadline: float) -> int:
             Call(*raw.ref, ACC, "GetChildren"),
             Call(*raw.ref, ACC, "GetRoleName"),
         ]
-    replies = bus.calls(calls, _left(deadline)) if calls else []
+    replies = w.calls(calls)
     for i, raw in enumerate(shown):
         extents, children, role = replies[i * 3 : i * 3 + 3]
         raw.bounds = _box(_first(extents, None))
         raw.children = _refs(_first(children, []))
         name = _first(role, "")
         raw.role = name if isinstance(name, str) else ""
-    return sum(r is None for r in states) + sum(r is None for r in replies)
 
 
-def _describe(bus: Bus, raws: list[_Raw], deadline: float) -> None:
+def _describe(w: _Walk, raws: list[_Raw]) -> None:
     """Name and interfaces of the objects the tree returns."""
     calls: list[Call] = []
     for raw in raws:
@@ -191,7 +239,7 @@ def _describe(bus: Bus, raws: list[_Raw], deadline: float) -> None:
             Call(*raw.ref, PROPS, "Get", "ss", (ACC, "Name")),
             Call(*raw.ref, ACC, "GetInterfaces"),
         ]
-    replies = bus.calls(calls, _left(deadline)) if calls else []
+    replies = w.calls(calls)
     for i, raw in enumerate(raws):
         name, ifaces = replies[i * 2 : i * 2 + 2]
         text, names = _first(name, ""), _first(ifaces, [])
@@ -273,11 +321,11 @@ def _on_screen(raw: _Raw, screen: tuple[int, int]) -> bool:
     return w > 0 and h > 0 and x < screen[0] and y < screen[1] and x + w > 0 and y + h > 0
 
 
-def _finish(bus: Bus, raws: list[_Raw], deadline: float) -> list[Node]:
-    _describe(bus, raws, deadline)
-    nodes = [_node(raw) for raw in raws]
+def _finish(w: _Walk, raws: list[_Raw]) -> list[Node]:
+    _describe(w, raws)
+    nodes = [_node(raw) for raw in w.answering(raws)]
     shown = [n for n in nodes if _worth_showing(n)]
-    _fill_values(bus, shown, deadline)
+    _fill_values(w, shown)
     return shown
 
 
@@ -300,11 +348,11 @@ def _worth_showing(node: Node) -> bool:
     return bool(node.name) or node.editable or node.role not in _CONTAINERS
 
 
-def _fill_values(bus: Bus, nodes: list[Node], deadline: float) -> None:
+def _fill_values(w: _Walk, nodes: list[Node]) -> None:
     """Text of editable fields: what the model needs to see before it types."""
     wanted = [n for n in nodes if n.editable]
     calls = [Call(*_ref(n.id), TEXT, "GetText", "ii", (0, 500)) for n in wanted]
-    for node, reply in zip(wanted, bus.calls(calls, _left(deadline)) if calls else [], strict=True):
+    for node, reply in zip(wanted, w.calls(calls), strict=True):
         text = _first(reply, None)
         if isinstance(text, str):
             node.value = text

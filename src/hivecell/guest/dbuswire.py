@@ -68,22 +68,29 @@ class Bus:
     def call(self, call: Call, timeout: float) -> Reply | None:
         return self.calls([call], timeout)[0]
 
-    def calls(self, calls: list[Call], timeout: float) -> list[Reply | None]:
-        """Send every call, then collect the replies until all came or ``timeout`` passed."""
+    def calls(
+        self, calls: list[Call], timeout: float, quiet: float | None = None
+    ) -> list[Reply | None]:
+        """Send every call, then collect the replies until all came or ``timeout`` passed;
+        with ``quiet``, also stop once no reply came for that long (a frozen peer among
+        answering ones then costs ``quiet``, not the whole ``timeout``)."""
         deadline = time.monotonic() + timeout
         serials = [next(self._serial) for _ in calls]
         data = b"".join(encode_call(c, s) for c, s in zip(calls, serials, strict=True))
         self._send(data, deadline)
         wanted = {s: i for i, s in enumerate(serials)}
         replies: list[Reply | None] = [None] * len(calls)
+        progress = time.monotonic()
         while wanted:
-            message = self._next_message(deadline)
+            until = deadline if quiet is None else min(deadline, progress + quiet)
+            message = self._next_message(until)
             if message is None:
                 break
             kind, reply_to, body = message
             index = wanted.pop(reply_to, None)
             if index is not None:
                 replies[index] = _reply(kind, body)
+                progress = time.monotonic()
         return replies
 
     def _send(self, data: bytes, deadline: float) -> None:
