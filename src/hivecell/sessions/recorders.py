@@ -5,8 +5,8 @@ change in its working folder.
 - Input: typed bytes (from ``session send``, every attach WebSocket, any viewer) are put
   together into lines as a terminal's line editor would see them: Backspace removes a
   character, escape sequences (arrows, bracketed paste markers) are dropped, other control
-  keys are written as ``^C``. A line ends at Enter; an unfinished line is cut at
-  ``MAX_LINE`` characters.
+  keys are written as ``^I``. A line ends at Enter or Ctrl-C (noted as ``^C``); Ctrl-U
+  erases it; an unfinished line is cut at ``MAX_LINE`` characters.
 - Processes: the supervisor polls ``/proc`` every ``PROCESS_POLL`` seconds for the agent's
   process tree (its descendants and every process of its terminal session) and records each
   new process, and each ``exec`` of a known one, with pid and argv. No ptrace: a process
@@ -53,6 +53,11 @@ class LineAssembler:
             elif char in "\x7f\x08":
                 if self.line:
                     self.line.pop()
+            elif char == "\x03":  # Ctrl-C: the terminal drops the line, so do we (noted)
+                done.append("".join(self.line) + "^C")
+                self.line = []
+            elif char == "\x15":  # Ctrl-U: the line is erased
+                self.line = []
             elif ord(char) < 32:
                 self.line.append("^" + chr(ord(char) + 64))  # Ctrl-C as ^C, Tab as ^I
             else:
