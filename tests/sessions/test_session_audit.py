@@ -44,7 +44,7 @@ async def _entries(running: Running, name: str) -> list[dict[str, Any]]:
 
 
 async def until_entry(
-    running: Running, name: str, wanted: dict[str, Any], timeout: float = 20
+    running: Running, name: str, wanted: dict[str, Any], timeout: float = 30
 ) -> list[dict[str, Any]]:
     """Until an entry whose fields include ``wanted`` is in the log (the recorders run on
     their own time: inotify events, /proc polls)."""
@@ -81,6 +81,11 @@ async def test_typed_lines_processes_and_file_changes_are_recorded(shome: Path, 
             await until_entry(running, "au1", {"action": "file_write", "target": "d/in.txt"})
             await v.type("rm made.txt; echo gone-$((2*3))\r")
             await v.until(b"gone-6")
+            # A password prompt (echo off, line mode): only the length is recorded.
+            await v.type('p=pass; read -s -p "$p-word: " pw; echo got-${#pw}\r')
+            await v.until(b"pass-word: ")
+            await v.type("hunter2\r")
+            await v.until(b"got-7")
             entries = await until_entry(
                 running, "au1", {"action": "file_delete", "target": "made.txt"}
             )
@@ -89,8 +94,10 @@ async def test_typed_lines_processes_and_file_changes_are_recorded(shome: Path, 
         assert "echo viewer" in inputs  # backspaces applied, arrows and the OSC dropped
         assert "sleep 4242" in inputs
         assert "^C" in inputs
+        assert "[typed with echo off: 7 characters]" in inputs
         raw = (shome / "sessions" / "au1" / AUDIT).read_bytes()
         assert b"\x1b" not in raw and b"\x07" not in raw and b"evil" not in raw
+        assert b"hunter2" not in raw
         # git's own bookkeeping is not the agent's work: nothing under .git is recorded.
         assert all(".git" not in (e["target"] or "").split("/") for e in entries)
         for e in entries:
@@ -241,6 +248,10 @@ def test_the_line_assembler_edits_and_escapes() -> None:
     assert lines.feed(b"sleep 9\x03") == ["sleep 9^C"]
     assert lines.feed(b"secret\x15ls\r") == ["ls"]
     assert lines.feed(b"q" * 5000)[0] == "q" * 4096
+    lines = LineAssembler()
+    assert lines.feed(b"sec", hidden=True) == []
+    assert lines.feed(b"ret\rnext\r") == [f"[typed with echo off: {n} characters]" for n in (6, 4)]
+    assert lines.feed(b"shown\r") == ["shown"]
 
 
 def test_process_watch_sees_a_new_child_and_its_exec(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import os
 import re
+import termios
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -41,8 +42,19 @@ class LineAssembler:
     def __init__(self) -> None:
         self.line: list[str] = []
         self.pending = b""  # an escape sequence or UTF-8 character split across writes
+        self.hidden = False  # part of the line was typed at a password prompt
 
-    def feed(self, data: bytes) -> list[str]:
+    def feed(self, data: bytes, hidden: bool = False) -> list[str]:
+        """``hidden``: the terminal does not echo (a password prompt): such a line is
+        recorded as its length only."""
+        self.hidden |= hidden
+        done = self._feed(data)
+        if done and self.hidden:
+            done = [f"[typed with echo off: {len(line)} characters]" for line in done]
+            self.hidden = hidden
+        return done
+
+    def _feed(self, data: bytes) -> list[str]:
         text, self.pending = _decode(self.pending + data)
         text, self.pending = _hold_escape(text, self.pending)
         done: list[str] = []
@@ -85,6 +97,16 @@ def _hold_escape(text: str, pending: bytes) -> tuple[str, bytes]:
     if start < 0 or _ESCAPE.match(text, start) or len(text) - start > 64:
         return text, pending
     return text[:start], text[start:].encode() + pending
+
+
+def password_prompt(fd: int) -> bool:
+    """The terminal reads lines without echoing them: what getpass, sudo and ``read -s``
+    set. (Full-screen programs turn echo off too, but read keys, not lines.)"""
+    try:
+        lflag = termios.tcgetattr(fd)[3]
+    except termios.error:
+        return False
+    return not lflag & termios.ECHO and bool(lflag & termios.ICANON)
 
 
 # -- processes --------------------------------------------------------------------------
@@ -183,8 +205,9 @@ class SessionRecorder:
                 outcome=outcome,
             )
 
-    def typed(self, data: bytes) -> None:
-        for line in self.lines.feed(data):
+    def typed(self, data: bytes, fd: int | None = None) -> None:
+        """``fd``: the PTY, whose modes tell whether this is typed at a password prompt."""
+        for line in self.lines.feed(data, fd is not None and password_prompt(fd)):
             self.event("input", target=line)
 
     @contextlib.asynccontextmanager

@@ -263,7 +263,7 @@ class Supervisor:
     def _type(self, data: bytes) -> None:
         if self.fd is None:
             return
-        self.audit.typed(data)
+        self.audit.typed(data, self.fd)
         self.pending_input += data
         self._flush_input()
 
