@@ -144,6 +144,23 @@ async def test_audit_api_needs_auth_and_checks_names(shome: Path, repo: Path) ->
         assert len(first["items"]) == 1 and first["more"] is True
         rest = await running.get("/sessions/au2/audit", params={"after": first["next_after"]})
         assert all(e["seq"] > first["next_after"] for e in rest.json()["items"])
+        # --follow prints entries as they are written.
+        command = [sys.executable, "-m", "hivecell.cli.main", "session", "audit", "au2"]
+        command += ["--follow", "--json", "--home", str(shome), "--server", running.base_url]
+        async with await anyio.open_process(command) as follow:
+            assert follow.stdout is not None
+            seen = b""
+            with anyio.fail_after(30):
+                async for chunk in follow.stdout:
+                    seen += chunk
+                    if b"session_start" in seen:
+                        break
+                await running.post("/sessions/au2/send", json={"text": "echo followed"})
+                async for chunk in follow.stdout:
+                    seen += chunk
+                    if b"echo followed" in seen:
+                        break
+            follow.terminate()
         await cli(shome, running, "destroy", "au2")
 
 

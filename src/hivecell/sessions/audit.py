@@ -214,7 +214,7 @@ def _entries(path: Path) -> Iterator[AuditEntry]:
     """Whole, valid lines of ``path``; a torn or damaged line is skipped, not fatal."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except FileNotFoundError:
+    except OSError:  # gone (rotated meanwhile) or a link planted in its place: not an entry
         return
     with os.fdopen(fd, "rb") as f:
         for raw in f:
