@@ -97,7 +97,17 @@ async def test_merge_commits_pending_work_and_brings_it_into_main(shome: Path, r
         refused = await running.post("/sessions/gm1/merge", json={})
         assert refused.status_code == 409 and "--commit" in refused.json()["error"]["message"]
         assert state(repo, wt) == before
+        # Hooks (which an agent on the host could plant) do not run when hivecell merges.
+        marker = repo.parent / "hook-ran"
+        for hook in ("pre-commit", "post-commit", "pre-merge-commit", "post-merge"):
+            path = repo / ".git" / "hooks" / hook
+            path.write_text(f"#!/bin/sh\necho {hook} >> {marker}\n")
+            path.chmod(0o755)
+        git(repo, "commit", "-q", "--allow-empty", "-m", "hooks armed")
+        assert marker.exists()  # they do run for a plain git commit
+        marker.unlink()
         done = await cli(shome, running, "merge", "gm1", "--commit", "-m", "agent work")
+        assert not marker.exists()
         assert b"hivecell/gm1 merged into main" in done.stdout
         assert (repo / "feature.txt").read_text() == "done\n"  # in the main checkout
         assert (repo / "shared.txt").read_text().endswith("four\n")

@@ -24,6 +24,9 @@ from hivecell.sessions.worktree import GitError
 PASSED_ENV = ("PATH", "HOME", "USER", "LANG", "LC_ALL", "TZ")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
 
+# The worktree is the agent's: no hook or file-system monitor it may have set up runs when
+# hivecell runs git on its behalf (merge, commit, status).
+NO_HOOKS = ("-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false")
 # Used when the repository has no identity of its own, so a merge never fails on it.
 FALLBACK_IDENTITY = ("-c", "user.name=hivecell", "-c", "user.email=hivecell@localhost")
 
@@ -41,7 +44,9 @@ async def git(
     pre: tuple[str, ...] = (),
 ) -> tuple[int, str]:
     try:
-        done = await anyio.run_process(["git", "-C", str(repo), *pre, *args], check=False, env=env)
+        done = await anyio.run_process(
+            ["git", "-C", str(repo), *NO_HOOKS, *pre, *args], check=False, env=env
+        )
     except OSError as exc:
         raise GitError(f"cannot run git: {exc.strerror}; install git", op=op) from None
     out = done.stdout.decode("utf-8", "replace")
