@@ -17,7 +17,7 @@ import anyio
 import httpx2
 import pytest
 
-from hivecell.sessions.audit import AUDIT, AuditLog, record
+from hivecell.sessions.audit import AUDIT, AuditLog, arecord, record
 from hivecell.sessions.recorders import LineAssembler, ProcessWatch
 from tests.server.helpers import TOKEN, Running, serve
 from tests.sessions.helpers import cli, make_repo, stop_all, viewer
@@ -180,16 +180,14 @@ async def test_the_isolation_hook_records_blocked_attempts(shome: Path, repo: Pa
                 outcome="blocked",
             )
         )
-        await anyio.to_thread.run_sync(
-            lambda: record(
-                folder,
-                "network_request",
-                session="au3",
-                agent="shell",
-                target="192.0.2.1:443",
-                outcome="blocked",
-                detail={"rule": "deny private"},
-            )
+        await arecord(
+            folder,
+            "network_request",
+            session="au3",
+            agent="shell",
+            target="192.0.2.1:443",
+            outcome="blocked",
+            detail={"rule": "deny private"},
         )
         entries = await until_entry(running, "au3", {"action": "network_request"})
         blocked = [(e["action"], e["target"]) for e in entries if e["outcome"] == "blocked"]

@@ -242,3 +242,31 @@ def record(
     return AuditLog(folder, max_bytes=max_bytes).append(
         session=session, agent=agent, action=action, target=target, detail=detail, outcome=outcome
     )
+
+
+async def arecord(
+    folder: Path,
+    action: Action,
+    *,
+    session: str,
+    agent: str,
+    target: str | None = None,
+    detail: dict[str, Any] | None = None,
+    outcome: Outcome = "allowed",
+) -> AuditEntry:
+    """:func:`record` for async code (the write runs in a worker thread)."""
+    import functools
+
+    import anyio
+
+    write = functools.partial(
+        record,
+        folder,
+        action,
+        session=session,
+        agent=agent,
+        target=target,
+        detail=detail,
+        outcome=outcome,
+    )
+    return await anyio.to_thread.run_sync(write)
