@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.helpers import destroy_all, short_tmp
+from tests.sessions.cleanup import stop_sessions
 
 
 @pytest.fixture
@@ -18,10 +19,12 @@ def short_home(pycache: Path) -> Iterator[Path]:
 
     Not tmp_path: sandbox sockets live under the home and unix socket paths must stay under
     108 bytes, which pytest's (and xdist's) temporary paths exceed. Sandboxes left under it
-    (a server killed while its pool booted one) are destroyed, not orphaned by the rmtree.
+    (a server killed while its pool booted one) are destroyed and session supervisors (with
+    their agents) stopped, not orphaned by the rmtree.
     """
     path = short_tmp("hc-")
     yield path
+    stop_sessions(path)
     destroy_all(path, pycache)
     shutil.rmtree(path, ignore_errors=True)
 
@@ -42,5 +45,6 @@ def home(pycache: Path) -> Iterator[Path]:
     path = short_tmp("hc-")
     (path / "pycache").symlink_to(pycache)
     yield path
+    stop_sessions(path)
     destroy_all(path, pycache)
     shutil.rmtree(path, ignore_errors=True)

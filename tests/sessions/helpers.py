@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ from hivecell.sessions import framing
 from hivecell.sessions.framing import FrameType
 from hivecell.sessions.service import SessionService
 from tests.server.helpers import Running
+from tests.sessions.cleanup import stop_sessions
 
 
 def make_repo(path: Path) -> Path:
@@ -43,17 +43,7 @@ async def cli(home: Path, running: Running, *args: str, check: bool = True) -> A
 
 def stop_all(home: Path) -> None:
     """Kill every supervisor and agent under ``home`` (a failed test must not leave them)."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"hivecell.sessions.supervisor" in cmdline and str(home).encode() in cmdline:
-            # The agent has its own session: the PTY closing hangs it up.
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(proc.name), signal.SIGKILL)
+    stop_sessions(home)
 
 
 class Viewer:

@@ -254,3 +254,49 @@ def destroy(
         f"session {name} destroyed" + (f"; {result['message']}" if result["message"] else ""),
         highlight=False,
     )
+
+
+@app.command("audit")
+def audit(
+    name: str,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="keep printing new entries")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object a line")] = False,
+    server: ServerOpt = None,
+    home: Path | None = HomeOption,
+) -> None:
+    """Print the session's audit log: its life, typed lines, processes, file changes."""
+    from hivecell.cli.session_audit import print_audit
+
+    print_audit(Server(home, server), name, follow=follow, as_json=as_json)
+
+
+@app.command("diff")
+def diff(name: str, server: ServerOpt = None, home: Path | None = HomeOption) -> None:
+    """The session branch's changes since it started, uncommitted work included."""
+    result = Server(home, server).call("GET", f"/sessions/{name}/diff").json()
+    sys.stdout.write(result["diff"])
+    if not result["diff"]:
+        err.print(f"no changes on {result['branch']} since {result['base'][:12]}", markup=False)
+
+
+@app.command("merge")
+def merge(
+    name: str,
+    into: Annotated[
+        str | None, typer.Option("--into", help="target branch (default: the checked-out one)")
+    ] = None,
+    commit: Annotated[
+        bool, typer.Option("--commit", help="commit the worktree's pending changes first")
+    ] = False,
+    message: Annotated[
+        str | None, typer.Option("--message", "-m", help="message for that commit")
+    ] = None,
+    server: ServerOpt = None,
+    home: Path | None = HomeOption,
+) -> None:
+    """Merge the session's branch into a branch of the main repository."""
+    body = _given({"into": into, "commit": commit, "message": message})
+    result = Server(home, server).call("POST", f"/sessions/{name}/merge", json=body).json()
+    out.print(result["message"], highlight=False, markup=False)

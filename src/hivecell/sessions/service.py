@@ -8,6 +8,7 @@ supervisor's socket ``sock`` and log, and for worktree isolation ``worktree/``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import stat
@@ -21,11 +22,14 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from hivecell.errors import HivecellError, InvalidParams, NotFound
-from hivecell.sessions import framing, worktree
+from hivecell.sessions import framing, gitops, worktree
+from hivecell.sessions.audit import AuditEntry, AuditLog
 from hivecell.sessions.framing import FrameType
 from hivecell.sessions.link import Link, SupervisorGone
 from hivecell.sessions.names import check_name
 from hivecell.sessions.plugins import Isolation, get_agent, load_agents
+from hivecell.sessions.scrollback import read_base, read_range
+from hivecell.sessions.settings import load_settings
 from hivecell.sessions.spec import (
     SCROLLBACK,
     SPEC_FILE,
@@ -37,6 +41,7 @@ from hivecell.sessions.spec import (
 )
 
 READY_TIMEOUT = 20.0
+Entries = list[AuditEntry]  # (``list`` is a method name below)
 # What the agent inherits from the server's environment; nothing else (no API keys).
 PASSED_ENV = ("PATH", "HOME", "USER", "LOGNAME", "LANG", "LC_ALL", "TZ", "SHELL")
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -73,10 +78,12 @@ class SessionView(BaseModel):
     scrollback_bytes: int
     supervisor: Literal["running", "gone"]
     created_at: datetime
+    audit: list[AuditEntry] | None = None  # the newest entries, in GET /sessions/{name}
 
 
 class SessionService:
     def __init__(self, home: Path, environ: dict[str, str]) -> None:
+        self.home = home
         self.root = home / "sessions"
         self.agents_dir = home / "agents"
         self.environ = environ
@@ -103,13 +110,15 @@ class SessionService:
                 op="session_create",
             )
         argv = agent.argv(req.model)
+        settings = await anyio.to_thread.run_sync(load_settings, self.home)
         folder = await anyio.to_thread.run_sync(self._make_folder, name)
         try:
-            branch, cwd = None, repo
+            branch, cwd, base = None, repo, None
             if isolation == "worktree":
                 repo = await worktree.repo_root(repo)
                 cwd = folder / WORKTREE
                 branch = await worktree.add(repo, name, cwd)
+                base = await worktree.head(cwd)
             spec = SessionSpec(
                 name=name,
                 agent=agent.id,
@@ -124,6 +133,9 @@ class SessionService:
                 hooks=agent.hooks,
                 screen=agent.screen,
                 created_at=datetime.now(UTC),
+                base=base,
+                scrollback_max_bytes=settings.scrollback_max_bytes,
+                audit_max_bytes=settings.audit_max_bytes,
             )
             await anyio.to_thread.run_sync(
                 write_private, folder / SPEC_FILE, spec.model_dump_json(indent=2)
@@ -267,7 +279,8 @@ class SessionService:
 
     async def _scrollback_size(self, name: str) -> int:
         try:
-            return (await anyio.Path(self.folder(name) / SCROLLBACK).stat()).st_size
+            size = (await anyio.Path(self.folder(name) / SCROLLBACK).stat()).st_size
+            return size + await anyio.to_thread.run_sync(read_base, self.folder(name))
         except FileNotFoundError:
             return 0
 
@@ -285,8 +298,40 @@ class SessionService:
     async def logs(self, name: str, offset: int | None, tail: int) -> tuple[bytes, int]:
         """Scrollback bytes from ``offset`` (or the last ``tail``), and the offset after."""
         await self.spec(name)
-        path = self.folder(name) / SCROLLBACK
-        return await anyio.to_thread.run_sync(_read_scrollback, path, offset, tail)
+        return await anyio.to_thread.run_sync(read_range, self.folder(name), offset, tail)
+
+    async def audit(self, name: str, after: int, limit: int) -> Entries:
+        """Audit entries with ``seq > after``, oldest first."""
+        spec = await self.spec(name)
+        log = AuditLog(self.folder(name), max_bytes=spec.audit_max_bytes)
+        return await anyio.to_thread.run_sync(log.read, after, limit)
+
+    async def audit_tail(self, name: str, count: int) -> Entries:
+        spec = await self.spec(name)
+        log = AuditLog(self.folder(name), max_bytes=spec.audit_max_bytes)
+        return await anyio.to_thread.run_sync(log.tail, count)
+
+    # -- the session's work -------------------------------------------------------------
+    async def diff(self, name: str) -> dict[str, Any]:
+        return await gitops.diff(await self.spec(name), self.environ)
+
+    async def merge(
+        self, name: str, *, into: str | None, commit: bool, message: str | None
+    ) -> dict[str, Any]:
+        spec = await self.spec(name)
+        result = await gitops.merge(spec, self.environ, into=into, commit=commit, message=message)
+        log = AuditLog(self.folder(name), max_bytes=spec.audit_max_bytes)
+        await anyio.to_thread.run_sync(
+            functools.partial(
+                log.append,
+                session=spec.name,
+                agent=spec.agent,
+                action="merge",
+                target=result["into"],
+                detail={"commit": result["merge_commit"], "committed": result["committed"]},
+            )
+        )
+        return result
 
     # -- act ----------------------------------------------------------------------------
     async def send(self, name: str, text: str, enter: bool) -> None:
@@ -360,13 +405,3 @@ def _remove_tree(folder: Path) -> None:
             raise info[1]
 
     shutil.rmtree(folder, onerror=ignore_missing)
-
-
-def _read_scrollback(path: Path, offset: int | None, tail: int) -> tuple[bytes, int]:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    with os.fdopen(fd, "rb") as f:
-        end = f.seek(0, os.SEEK_END)
-        start = min(offset, end) if offset is not None else max(0, end - tail)
-        f.seek(start)
-        data = f.read(min(end - start, tail))
-    return data, start + len(data)

@@ -36,6 +36,10 @@ class SessionSpec(BaseModel):
     hooks: Hooks = Field(default_factory=Hooks)
     screen: Screen = Field(default_factory=Screen)
     created_at: datetime
+    base: str | None = None  # the commit a worktree session's branch started from
+    # config.toml [sessions]; defaults for sessions made before the settings existed
+    scrollback_max_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
+    audit_max_bytes: int = Field(8 * 1024 * 1024, ge=4096)
 
 
 class SupervisorStatus(BaseModel):

@@ -31,6 +31,8 @@ from typing import Any
 from hivecell.errors import HivecellError
 from hivecell.sessions import framing
 from hivecell.sessions.framing import FrameType
+from hivecell.sessions.recorders import SessionRecorder
+from hivecell.sessions.scrollback import Scrollback
 from hivecell.sessions.spec import (
     SCROLLBACK,
     SOCKET,
@@ -53,13 +55,10 @@ class Supervisor:
         self.spec = spec
         self.cols, self.rows = spec.cols, spec.rows
         self.watch = ScreenWatch(self.cols, self.rows, spec.screen)
-        fd = os.open(
-            folder / SCROLLBACK,
-            os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
+        self.log = Scrollback(folder, spec.scrollback_max_bytes)
+        self.audit = SessionRecorder(
+            folder, spec.name, spec.agent, Path(spec.cwd), spec.audit_max_bytes
         )
-        self.log = os.fdopen(fd, "ab", buffering=0)
-        self.log.seek(0, os.SEEK_END)
         self.pid: int | None = None
         self.fd: int | None = None
         self.exit_code: int | None = None
@@ -72,6 +71,7 @@ class Supervisor:
     # -- the agent's process ------------------------------------------------------------
     async def spawn(self) -> None:
         await self._hook(self.spec.hooks.on_start)
+        self.audit.event("session_restart" if self.restarts else "session_start", self.spec.argv[0])
         self.exit_code = None
         self.exited = asyncio.Event()
         pid, fd = pty.fork()
@@ -134,6 +134,7 @@ class Supervisor:
         self.pid = None
         self._drain()
         self.exited.set()
+        self.audit.event("agent_exit", detail={"exit_code": self.exit_code})
         self._broadcast(framing.control({"op": "exited", "exit_code": self.exit_code}))
         loop.create_task(self._hook(self.spec.hooks.on_exit))  # noqa: RUF006 - runs to its end
 
@@ -249,12 +250,12 @@ class Supervisor:
         """The scrollback from ``offset`` (or its last ``tail`` bytes) up to now; nothing
         is written to the file meanwhile (one event loop), so live output follows on."""
         end = self.log.tell()
-        start = _start(end, offset, tail)
+        start = self.log.start(offset, tail)
         writer.write(framing.control({"op": "attached", "offset": start, "end": end}))
         with open(self.folder / SCROLLBACK, "rb") as f:
-            f.seek(start)
-            while f.tell() < end:
-                chunk = f.read(min(REPLAY_CHUNK, end - f.tell()))
+            f.seek(start - self.log.base)
+            while f.tell() < end - self.log.base:
+                chunk = f.read(min(REPLAY_CHUNK, end - self.log.base - f.tell()))
                 if not chunk:
                     break
                 writer.write(framing.encode(FrameType.STDOUT, chunk))
@@ -262,6 +263,7 @@ class Supervisor:
     def _type(self, data: bytes) -> None:
         if self.fd is None:
             return
+        self.audit.typed(data, self.fd)
         self.pending_input += data
         self._flush_input()
 
@@ -278,14 +280,6 @@ class Supervisor:
             loop.remove_writer(self.fd)
         if self.pending_input:
             loop.add_writer(self.fd, self._flush_input)
-
-
-def _start(end: int, offset: Any, tail: Any) -> int:
-    if isinstance(offset, int) and not isinstance(offset, bool) and offset >= 0:
-        return min(offset, end)
-    if isinstance(tail, int) and not isinstance(tail, bool) and tail >= 0:
-        return max(0, end - tail)
-    return 0
 
 
 def session_members(sid: int) -> list[int]:
@@ -328,9 +322,10 @@ async def run(folder: Path) -> None:
         os.umask(old)
     await sup.spawn()
     _ready()
-    async with server:
+    async with server, sup.audit.watching(lambda: sup.pid):
         await sup.done.wait()
         await sup.kill_agent()
+        sup.audit.event("session_stop")
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
 

@@ -71,3 +71,8 @@ async def remove(repo: Path, path: Path, *, force: bool) -> None:
 async def status(path: Path) -> str:
     """``git status --porcelain`` of a worktree: empty when it is clean."""
     return await _git(path, "status", "--porcelain", op="session_destroy")
+
+
+async def head(path: Path) -> str:
+    """The commit a worktree's HEAD is at (a new session's base)."""
+    return await _git(path, "rev-parse", "HEAD", op="session_create")

@@ -22,6 +22,8 @@ from hivecell.sessions.service import SessionCreate, SessionService, SessionView
 router = APIRouter(tags=["sessions"], dependencies=AUTH)
 LOGS_MAX = 4 * 1024 * 1024
 ATTACH_TAIL = 64 * 1024
+AUDIT_PAGE = 5000
+AUDIT_IN_DETAIL = 20
 
 
 class SendBody(BaseModel):
@@ -29,6 +31,14 @@ class SendBody(BaseModel):
 
     text: str = Field(max_length=1024 * 1024)
     enter: bool = True
+
+
+class MergeBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    into: str | None = Field(None, max_length=250)
+    commit: bool = False  # commit pending worktree changes on the session's branch first
+    message: str | None = Field(None, max_length=10000)
 
 
 def _service(state: Any) -> SessionService:
@@ -51,7 +61,41 @@ async def create_session(body: SessionCreate, state: State) -> SessionView:
 
 @router.get("/sessions/{name}")
 async def get_session(name: str, state: State) -> SessionView:
-    return await _service(state).get(name)
+    service = _service(state)
+    view = await service.get(name)
+    view.audit = await service.audit_tail(name, AUDIT_IN_DETAIL)
+    return view
+
+
+@router.get("/sessions/{name}/audit")
+async def session_audit(
+    name: str,
+    state: State,
+    after: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=AUDIT_PAGE)] = 1000,
+) -> dict[str, Any]:
+    """Entries with ``seq > after``, oldest first; ask again with ``after=next_after``."""
+    items = await _service(state).audit(name, after, limit)
+    return {
+        "items": [i.model_dump(mode="json") for i in items],
+        "next_after": items[-1].seq if items else after,
+        "more": len(items) == limit,
+    }
+
+
+@router.get("/sessions/{name}/diff")
+async def session_diff(name: str, state: State) -> dict[str, Any]:
+    return await _service(state).diff(name)
+
+
+@router.post("/sessions/{name}/merge")
+async def merge_session(name: str, body: MergeBody, state: State) -> dict[str, Any]:
+    with anyio.CancelScope(shield=True):  # a dropped request must not stop a merge halfway
+        result = await _service(state).merge(
+            name, into=body.into, commit=body.commit, message=body.message
+        )
+    state.hub.publish("session.merged", {"name": name, "into": result["into"]})
+    return result
 
 
 @router.post("/sessions/{name}/send")
