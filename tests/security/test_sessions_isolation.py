@@ -260,6 +260,7 @@ def test_agent_paths_follow_links_and_interpreters(tmp_path: Path) -> None:
     (prefix / "bin").mkdir()
     script = prefix / "lib" / "node_modules" / "pkg" / "cli.js"
     script.write_text("#!/usr/bin/env bash\n")
+    script.chmod(0o755)
     (prefix / "bin" / "pkg").symlink_to(script)
     binds, bins = isolation.agent_paths("pkg", f"{prefix / 'bin'}:/usr/bin:/bin")
     assert binds == [prefix] and bins == [prefix / "bin"]
