@@ -178,12 +178,14 @@ async def test_sandbox_agent_reaches_no_host_socket(
         str(shome / "sandboxes" / spec.sandbox / "sockets"),  # type: ignore[operator]
         str(host_sock),
         "@" + listeners[1].getsockname()[1:].decode(),
+        f"tcp:{listeners[2].getsockname()[1]}",  # the host's loopback (where a server listens)
     ]
     code = (
         "import socket,sys\n"
         "for t in sys.argv[1:]:\n"
-        "  s=socket.socket(socket.AF_UNIX)\n"
-        "  a='\\0'+t[1:] if t[0]=='@' else t\n"
+        "  tcp=t.startswith('tcp:')\n"
+        "  s=socket.socket(socket.AF_INET if tcp else socket.AF_UNIX)\n"
+        "  a=('127.0.0.1',int(t[4:])) if tcp else '\\0'+t[1:] if t[0]=='@' else t\n"
         "  try: s.connect(a); print('REACHED', t)\n"
         "  except OSError as e: print('refused', e.errno)\n"
     )
@@ -196,8 +198,10 @@ async def test_sandbox_agent_reaches_no_host_socket(
         for sock in listeners:
             sock.close()
     # The same probe on the host reaches them (the check can fail).
-    peer = await probe(svc, "peer", f"python3 {spec.cwd}/reach.py {targets[0]} {targets[3]}")
-    assert peer.count("REACHED") == 2, peer
+    peer = await probe(
+        svc, "peer", f"python3 {spec.cwd}/reach.py {targets[0]} {targets[3]} {targets[5]}"
+    )
+    assert peer.count("REACHED") == 3, peer
     for name in ("peer", "sb2"):
         await svc.destroy(name, force=True)
 
@@ -287,10 +291,11 @@ def test_blocked_find_covers_home_files_patterns_not_tree_links(tmp_path: Path) 
 
 
 def _listen(host_sock: Path) -> list[socket.socket]:
-    """A unix socket anyone may connect to on the host, and an abstract one."""
-    listeners = [socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX)]
+    """A unix socket anyone may connect to on the host, an abstract one, a loopback port."""
+    listeners = [socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX), socket.socket()]
     listeners[0].bind(str(host_sock))
     listeners[1].bind(b"\0hivecell-test-" + str(os.getpid()).encode())
+    listeners[2].bind(("127.0.0.1", 0))
     for sock in listeners:
         sock.listen()
     host_sock.chmod(0o777)
