@@ -8,6 +8,7 @@ isolation ``none`` shows them (so each check can fail).
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 from collections.abc import Iterator
@@ -93,6 +94,12 @@ def leak_probe(user_home: Path, repo: Path) -> str:
     return f"ln -s {user_home}/.ssh/id_rsa leak-link; " + "; ".join(reads) + "; cat readme.txt"
 
 
+def lines(out: str) -> list[str]:
+    """The terminal's lines without escape sequences and carriage returns."""
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    return [line.rstrip("\r").rsplit("\r", 1)[-1] for line in plain.split("\n")]
+
+
 MARKS = [*SECRETS.values(), "ENV-MARK", "KEY-MARK", "PEM-MARK"]
 
 
@@ -148,7 +155,7 @@ async def test_sandbox_session_works_in_its_worktree_without_the_host_home(
         assert mark not in out, (mark, out)
     assert "readable" in out and "/home/user" in out
     who = await probe(svc, "sb1", "id -u; hostname; git status --short | wc -l")
-    assert f"\r\n1000\r\n{spec.sandbox}\r\n" in who  # the box's user and name, not the host's
+    assert lines(who)[1:3] == ["1000", spec.sandbox]  # the box's user and name, not the host's
     # A file written in the box lands in the session's worktree, on its branch.
     await probe(svc, "sb1", "echo from-box > made.txt")
     assert (Path(view.cwd) / "made.txt").read_text() == "from-box\n"
@@ -206,6 +213,34 @@ async def test_sandbox_agent_reaches_no_host_socket(
         await svc.destroy(name, force=True)
 
 
+async def test_sandbox_nat_session_has_a_network_but_not_the_host(
+    shome: Path, fake_home: Path, repo: Path, tmp_path: Path
+) -> None:
+    """``nat``: slirp4netns behind the sandboxes' deny rules, so the host's loopback (where
+    the server listens), reached through slirp's host alias or directly, stays refused."""
+    svc = service(shome, fake_home)
+    view = await svc.create(
+        SessionCreate(name="nat1", agent="shell", repo=str(repo), network="nat")
+    )
+    listeners = _listen(tmp_path / "host.sock")
+    code = (
+        "import socket,sys\n"
+        "for h in ('10.0.2.2','127.0.0.1'):\n"
+        "  try: socket.create_connection((h,int(sys.argv[1])),timeout=3); print('REACHED',h)\n"
+        "  except OSError as e: print('refused',h)\n"
+    )
+    (Path(view.cwd) / "tcp.py").write_text(code)
+    port = listeners[2].getsockname()[1]
+    try:
+        out = await probe(svc, "nat1", f"ls /sys/class/net; python3 tcp.py {port}")
+    finally:
+        for sock in listeners:
+            sock.close()
+    assert "tap0" in out, out  # the nat interface (an offline box has lo alone)
+    assert "REACHED" not in out and out.count("refused") == 2, out
+    await svc.destroy("nat1", force=True)
+
+
 async def test_sandbox_session_survives_a_server_restart_and_restarts(
     shome: Path, fake_home: Path, repo: Path
 ) -> None:
@@ -224,7 +259,7 @@ async def test_sandbox_session_survives_a_server_restart_and_restarts(
         restarted = (await running.post("/sessions/sb3/restart")).json()
         assert restarted["restarts"] == 1 and restarted["pid"] != first["pid"]
         out = await probe(svc, "sb3", "echo again-$((2+2)) > again.txt; id -u")
-        assert "\r\n1000\r\n" in out
+        assert "1000" in lines(out)
         assert (Path(first["cwd"]) / "again.txt").read_text() == "again-4\n"
         gone = await running.delete("/sessions/sb3", params={"force": "true"})
         assert gone.status_code == 200, gone.text
