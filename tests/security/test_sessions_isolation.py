@@ -313,7 +313,7 @@ def test_blocked_find_covers_home_files_patterns_not_tree_links(tmp_path: Path) 
     (user / ".docker" / "config.json").write_text("{}")
     tree = tmp_path / "t"
     (tree / "a" / "node_modules").mkdir(parents=True)
-    for name in (".env.local", "secrets.yaml", "x.key", "ok.txt"):
+    for name in (".env.local", "secrets.yaml", "x.key", "ok.txt", "secrets.py"):
         (tree / "a" / name).write_text("s")
     (tree / "a" / "node_modules" / "dep.pem").write_text("s")
     (tree / "lib.pem").symlink_to("/usr/lib/os-release")

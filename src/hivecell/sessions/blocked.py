@@ -25,7 +25,12 @@ HOME_FILES = (
 )  # fmt: skip
 PATTERNS = (".env*", "*.pem", "*.key", "secrets.*")
 SKIP_DIRS = frozenset(
-    {".git", "node_modules", "__pycache__", ".cache", ".npm", ".venv", "venv", ".rustup"}
+    {".git", "node_modules", "__pycache__", ".cache", ".npm", ".venv", "venv", ".rustup",
+     ".pyenv", ".nvm", ".cargo", ".gradle", ".m2"}
+)  # fmt: skip
+# Source files named like a pattern (stdlib secrets.py, a secrets.ts module) are code.
+CODE_SUFFIXES = frozenset(
+    {".py", ".pyc", ".pyi", ".js", ".mjs", ".cjs", ".ts", ".go", ".rs", ".rb", ".java"}
 )
 MAX_ENTRIES = 200_000
 COVER_DIR = "blocked.d"  # in the session's folder: the empty, mode 000 covers
@@ -87,6 +92,8 @@ def find(home: Path | None, trees: list[Path], *, skip: tuple[Path, ...] = ()) -
 
 
 def is_blocked_name(name: str) -> bool:
+    if Path(name).suffix in CODE_SUFFIXES:
+        return False  # Python's own secrets.py is a module, not a secret
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in PATTERNS)
 
 
