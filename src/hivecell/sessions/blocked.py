@@ -2,8 +2,9 @@
 
 Hidden by mounting over them inside the agent's mount namespace (``isolation.py``): an
 empty folder or file with mode 000, so opening fails (EACCES) even for a root agent,
-which runs without capabilities. Only paths that exist when the agent starts are covered;
-what the agent makes itself is its own. A link to a covered path resolves to the cover.
+which runs without capabilities. Only paths that exist when the session is created are
+covered (a restart keeps the list); what the agent makes itself is its own. A link to a
+covered path resolves to the cover.
 
 The list (documented in docs/sessions.md, keep both in step):
 - folders under the home: ``HOME_DIRS``; files under the home: ``HOME_FILES``;
