@@ -130,7 +130,7 @@ def _terminal_args(args: list[str], binds: list[Bind], cwd: str, env: dict[str, 
     at = out.index("--remount-ro")
     extra = [arg for bind in binds for arg in bind.args()]
     out[at:at] = extra
-    out += ["--chdir", cwd]
+    out[out.index("--chdir") + 1] = cwd  # one --chdir: bwrap warns on the terminal of two
     for key, value in env.items():
         out += ["--setenv", key, value]
     return out
