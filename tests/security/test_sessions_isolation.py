@@ -7,6 +7,7 @@ isolation ``none`` shows them (so each check can fail).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -325,6 +326,16 @@ def test_blocked_find_covers_home_files_patterns_not_tree_links(tmp_path: Path) 
     }
 
 
+async def _until(svc: SessionService, name: str, needle: bytes) -> None:
+    with anyio.fail_after(30):
+        while True:
+            data = (await svc.logs(name, 0, 1 << 20))[0]
+            if needle in data:
+                return
+            assert (await svc.get(name)).status != "exited", data
+            await anyio.sleep(0.05)
+
+
 def _listen(host_sock: Path) -> list[socket.socket]:
     """A unix socket anyone may connect to on the host, an abstract one, a loopback port."""
     listeners = [socket.socket(socket.AF_UNIX), socket.socket(socket.AF_UNIX), socket.socket()]
@@ -350,3 +361,26 @@ def _processes_naming(root: Path) -> list[int]:
         if SUPERVISOR_MODULE.encode() in cmdline and str(root).encode() in cmdline:
             found.append(int(proc.name))
     return found
+
+
+async def test_ctrl_c_reaches_the_agent_in_a_sandbox_not_the_box(
+    shome: Path, fake_home: Path, repo: Path
+) -> None:
+    """The agent is the terminal's foreground group: Ctrl-C interrupts it, and the box (whose
+    supervisor stops it on SIGINT) carries on."""
+    loop = "trap 'echo GOT-INT-$((1+1))' INT; while true; do read -r l && echo \"L:$l:L\"; done"
+    (shome / "agents").mkdir()
+    (shome / "agents" / "looper.toml").write_text(
+        f'command = "bash"\nargs = ["-c", {json.dumps(loop)}]\n'
+    )
+    svc = service(shome, fake_home)
+    view = await svc.create(SessionCreate(name="cc1", agent="custom/looper", repo=str(repo)))
+    await svc.send("cc1", "\x03", False)  # early, while the box starts: it must survive
+    await svc.send("cc1", "before", True)
+    await _until(svc, "cc1", b"L:before:L")
+    await svc.send("cc1", "\x03", False)
+    await _until(svc, "cc1", b"GOT-INT-2")
+    await svc.send("cc1", "after", True)
+    await _until(svc, "cc1", b"L:after:L")
+    assert (await svc.get("cc1")).pid == view.pid
+    await svc.destroy("cc1", force=True)

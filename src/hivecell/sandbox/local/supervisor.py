@@ -360,7 +360,8 @@ def main(argv: list[str]) -> int:
         cap_output(LOG_CAP_BYTES)
     box = Box(layout, json.loads(layout.plan.read_text()))
     for sig in STOP_SIGNALS:
-        signal.signal(sig, box.stop)
+        if not (terminal and signal.getsignal(sig) == signal.SIG_IGN):  # a Ctrl-C, there
+            signal.signal(sig, box.stop)
     log(f"starting {layout.sandbox_id} ({box.limits.describe()}, network={box.plan['network']})")
     return box.run()
 

@@ -14,7 +14,9 @@ Differences from a desktop box's bwrap line, both for the terminal's sake:
   TIOCSTI there only types into the box itself;
 - the command runs through ``FOREGROUND``, which puts it in a process group of its own and
   makes that the terminal's foreground group, so Ctrl-C reaches the agent, not bwrap or the
-  supervisor (which would take the box down).
+  supervisor (which would take the box down). Whoever starts the supervisor ignores SIGINT,
+  SIGQUIT and SIGTSTP (so does the supervisor then, and bwrap); ``FOREGROUND`` restores
+  them for the command.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ FOREGROUND = """
 import os, signal, sys
 for key in sys.argv[1].split(","):
     os.environ.pop(key, None)
+for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
+    signal.signal(sig, signal.SIG_DFL)  # ignored by everyone between the PTY and here
 try:
     os.setpgid(0, 0)
     signal.signal(signal.SIGTTOU, signal.SIG_IGN)
