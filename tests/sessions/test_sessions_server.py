@@ -143,7 +143,7 @@ async def test_bad_names_are_refused_clearly(shome: Path, repo: Path) -> None:
             logs = await running.get(f"/sessions/{quote(name, safe='')}/logs")
             assert logs.status_code in (404, 422), (name, logs.text)
         for body, why in [
-            ({"agent": "shell"}, "isolation 'sandbox'"),  # the default, not built yet
+            ({"agent": "shell", "repo": "/"}, "not a git repository"),  # sandbox, the default
             ({"agent": "nope", "isolation": "none"}, "no agent 'nope'"),
             ({"agent": "aider", "isolation": "none"}, "--model"),
             ({"agent": "shell", "isolation": "none", "repo": "rel/path"}, "absolute path"),

@@ -90,6 +90,9 @@ def create(
         str | None, typer.Option(help="worktree | none | sandbox (default: the agent's)")
     ] = None,
     model: Annotated[str | None, typer.Option(help="model for agents that need one")] = None,
+    network: Annotated[
+        str | None, typer.Option(help="sandbox isolation: offline | nat (default: the agent's)")
+    ] = None,
     preset: Annotated[
         str | None,
         typer.Option(help="start every agent of $HIVECELL_HOME/presets/P.toml as NAME-member"),
@@ -107,6 +110,7 @@ def create(
     base = {"repo": str(repo.resolve()), "cols": cols, "rows": rows}
     if agent is not None:
         body = base | {"name": name, "agent": agent, "isolation": isolation, "model": model}
+        body["network"] = network
         _report(srv.call("POST", "/sessions", json=_given(body)).json())
         return
     _create_preset(srv, name, str(preset), base, isolation, model)

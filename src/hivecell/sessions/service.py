@@ -2,7 +2,8 @@
 session folders and the supervisors, so a restarted server simply finds them again.
 
 Layout: ``HOME/sessions/NAME/`` (0700) holds ``spec.json``, ``scrollback.log``, the
-supervisor's socket ``sock`` and log, and for worktree isolation ``worktree/``.
+supervisor's socket ``sock`` and log, and for worktree and sandbox isolation ``worktree/``
+(a sandbox session's box lives under ``HOME/sandboxes``, named in ``spec.json``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from hivecell.errors import HivecellError, InvalidParams, NotFound
-from hivecell.sessions import framing, gitops, worktree
+from hivecell.errors import HivecellError, InvalidParams, NotFound, SandboxNotFound
+from hivecell.sessions import framing, gitops, isolation, worktree
 from hivecell.sessions.audit import AuditEntry, AuditLog
 from hivecell.sessions.framing import FrameType
 from hivecell.sessions.link import Link, SupervisorGone
@@ -54,6 +55,7 @@ class SessionCreate(BaseModel):
     agent: str = Field(max_length=200)
     repo: str = Field(max_length=4096)
     isolation: Isolation | None = None
+    network: Literal["offline", "nat"] | None = None  # sandbox isolation; agent's default
     model: str | None = Field(None, max_length=200)
     cols: int = Field(120, ge=1, le=framing.MAX_CELLS)
     rows: int = Field(40, ge=1, le=framing.MAX_CELLS)
@@ -96,13 +98,7 @@ class SessionService:
         name = check_name(req.name)
         agents = await anyio.to_thread.run_sync(load_agents, self.agents_dir)
         agent = get_agent(agents, req.agent)
-        isolation = req.isolation or agent.defaults.isolation
-        if isolation == "sandbox":
-            raise InvalidParams(
-                "isolation 'sandbox' (the agents' default) for sessions is not built yet: "
-                "pass --isolation worktree or --isolation none",
-                op="session_create",
-            )
+        level = req.isolation or agent.defaults.isolation
         repo = Path(req.repo)
         if not repo.is_absolute() or not await anyio.Path(repo).is_dir():
             raise InvalidParams(
@@ -112,24 +108,43 @@ class SessionService:
         argv = agent.argv(req.model)
         settings = await anyio.to_thread.run_sync(load_settings, self.home)
         folder = await anyio.to_thread.run_sync(self._make_folder, name)
+        box: str | None = None
         try:
             branch, cwd, base = None, repo, None
-            if isolation == "worktree":
+            if level != "none":
                 repo = await worktree.repo_root(repo)
                 cwd = folder / WORKTREE
                 branch = await worktree.add(repo, name, cwd)
                 base = await worktree.head(cwd)
+            env = self._env(name, agent.environment(req.model))
+            if level == "worktree":
+                argv = await isolation.worktree_argv(
+                    folder, argv, cwd, home=self._host_home(), repo=repo, hivecell_home=self.home
+                )
+            elif level == "sandbox":
+                plan = await isolation.sandbox_plan(
+                    folder,
+                    argv,
+                    cwd,
+                    env,
+                    hivecell_home=self.home,
+                    network=req.network or agent.defaults.network,
+                    memory_mb=agent.defaults.memory_mb,
+                    host_path=env["PATH"],
+                )
+                box, argv, env = plan.sandbox_id, plan.argv, plan.env
             spec = SessionSpec(
                 name=name,
                 agent=agent.id,
                 argv=argv,
                 cwd=str(cwd),
-                env=self._env(name, agent.environment(req.model)),
+                env=env,
                 cols=req.cols,
                 rows=req.rows,
-                isolation=isolation,
+                isolation=level,
                 repo=str(repo),
                 branch=branch,
+                sandbox=box,
                 hooks=agent.hooks,
                 screen=agent.screen,
                 created_at=datetime.now(UTC),
@@ -143,7 +158,7 @@ class SessionService:
             await self._start_supervisor(folder)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await self._undo(folder, repo if isolation == "worktree" else None)
+                await self._undo(folder, repo if level != "none" else None, box)
             raise
         return await self.get(name)
 
@@ -198,12 +213,19 @@ class SessionService:
                 op="session_create",
             )
 
+    def _host_home(self) -> Path | None:
+        home = self.environ.get("HOME")
+        return Path(home) if home and Path(home).is_absolute() else None
+
     def _supervisor_env(self) -> dict[str, str]:
         # Only what Python needs to find hivecell: the agent's own env is in spec.json.
         keep = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "HOME", "LANG")
         return {k: self.environ[k] for k in keep if k in self.environ}
 
-    async def _undo(self, folder: Path, repo: Path | None) -> None:
+    async def _undo(self, folder: Path, repo: Path | None, box: str | None) -> None:
+        if box is not None:
+            with contextlib.suppress(HivecellError):
+                await isolation.destroy_box(self.home, box)
         if repo is not None and await anyio.Path(folder / WORKTREE).exists():
             with contextlib.suppress(HivecellError):
                 await worktree.remove(repo, folder / WORKTREE, force=True)
@@ -358,12 +380,15 @@ class SessionService:
     async def destroy(self, name: str, *, force: bool) -> dict[str, Any]:
         spec = await self.spec(name)
         folder = self.folder(name)
-        if spec.isolation == "worktree" and await anyio.Path(folder / WORKTREE).exists():
+        if spec.branch and await anyio.Path(folder / WORKTREE).exists():
             await self._check_clean(spec, force)
         with contextlib.suppress(SupervisorGone):
             stopped = await self._ask(name, {"op": "stop"})
             await _gone(stopped.supervisor_pid)  # it removes its socket as it ends
-        if spec.isolation == "worktree" and await anyio.Path(folder / WORKTREE).exists():
+        if spec.sandbox is not None:  # its supervisor ended with the agent: the box is idle
+            with contextlib.suppress(SandboxNotFound):
+                await isolation.destroy_box(self.home, spec.sandbox)
+        if spec.branch and await anyio.Path(folder / WORKTREE).exists():
             await worktree.remove(Path(spec.repo), folder / WORKTREE, force=True)
         await anyio.to_thread.run_sync(_remove_tree, folder)
         kept = f"branch {spec.branch} kept (its commits stay in {spec.repo})" if spec.branch else ""

@@ -33,6 +33,7 @@ class SessionSpec(BaseModel):
     isolation: Isolation
     repo: str
     branch: str | None = None
+    sandbox: str | None = None  # sandbox isolation: the local sandbox the agent runs in
     hooks: Hooks = Field(default_factory=Hooks)
     screen: Screen = Field(default_factory=Screen)
     created_at: datetime

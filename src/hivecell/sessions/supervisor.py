@@ -86,6 +86,12 @@ class Supervisor:
         loop.add_reader(pidfd, self._on_exit, pidfd)
 
     def _exec(self) -> None:
+        if self.spec.isolation != "none":
+            # bwrap (and a box's supervisor) stand between the PTY and the agent, which takes
+            # the terminal's foreground and these signals back (sandbox.local.terminal): a
+            # Ctrl-C typed meanwhile must not take the box down.
+            for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP):
+                signal.signal(sig, signal.SIG_IGN)
         try:
             os.chdir(self.spec.cwd)
             os.execvpe(self.spec.argv[0], self.spec.argv, self.spec.env)

@@ -69,6 +69,8 @@ class Box:
         self.network: network.Network | None = None
         self.stopping = False
         self.failure: str | None = None  # why the supervisor stopped the box itself
+        # A terminal box (terminal.py) runs a command on our own stdio: no guest sockets.
+        self.terminal = bool(plan.get("terminal"))
 
     def run(self) -> int:
         try:
@@ -82,6 +84,8 @@ class Box:
         finally:
             code = self._cleanup()
         log(f"box exited with {code}")
+        if self.terminal:  # the command's own exit code is the terminal owner's to show
+            return code if code >= 0 else 128 - code
         return 0 if code == 0 or self.stopping else 1
 
     def stop(self, signum: int, frame: FrameType | None) -> None:
@@ -104,20 +108,24 @@ class Box:
         seccomp_fd = _open_seccomp(self.plan["seccomp"])
         info_r, info_w = os.pipe()
         block_r, block_w = os.pipe()
-        sockets = _bind_sockets(self.layout)
+        sockets = [] if self.terminal else _bind_sockets(self.layout)
         pipes = [args_fd, seccomp_fd, info_w, block_r]
         fds = [*pipes, *(s.fileno() for s in sockets)]
         argv = [self.plan["bwrap"], "--args", str(args_fd), "--seccomp", str(seccomp_fd)]
         argv += ["--info-fd", str(info_w)]
         argv += ["--block-fd", str(block_r), "--", *self.plan["command"]]
-        argv += _socket_args(sockets)
+        argv += [] if self.terminal else _socket_args(sockets)
         try:
             # The box writes to a pipe (cap_output), never to the log file itself: a box process's
             # /proc/<pid>/fd/1 would otherwise reopen the host's log for writing.
             # env={}: bwrap stays the box's pid 1, whose /proc/1/environ the box can read;
             # ours is the caller's (API keys and all). The box's own comes from --setenv.
             self.proc = subprocess.Popen(
-                argv, pass_fds=fds, stdin=subprocess.DEVNULL, preexec_fn=self._enter_box, env={}
+                argv,
+                pass_fds=fds,
+                stdin=None if self.terminal else subprocess.DEVNULL,
+                preexec_fn=self._enter_box,
+                env={},
             )
         finally:
             for fd in pipes:
@@ -343,12 +351,17 @@ def cap_output(limit: int) -> None:
 def main(argv: list[str]) -> int:
     """argv: the sandbox folder, then optionally a fd on which to report our pid."""
     layout = Layout(Path(argv[0]).resolve())
-    if len(argv) > 1:
+    terminal = argv[1:] == ["--terminal"]  # in the foreground, on the caller's terminal
+    if len(argv) > 1 and not terminal:
         detach(int(argv[1]))
-    cap_output(LOG_CAP_BYTES)
+    if terminal:  # our own lines go to the log; the terminal is the command's
+        sys.stderr = open(layout.log, "a", buffering=1)  # noqa: SIM115 - for the whole run
+    else:
+        cap_output(LOG_CAP_BYTES)
     box = Box(layout, json.loads(layout.plan.read_text()))
     for sig in STOP_SIGNALS:
-        signal.signal(sig, box.stop)
+        if not (terminal and signal.getsignal(sig) == signal.SIG_IGN):  # a Ctrl-C, there
+            signal.signal(sig, box.stop)
     log(f"starting {layout.sandbox_id} ({box.limits.describe()}, network={box.plan['network']})")
     return box.run()
 
