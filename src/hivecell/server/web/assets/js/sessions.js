@@ -90,6 +90,7 @@ function ensureTerminal() {
   fit = new FitAddon();
   term.loadAddon(fit);
   term.open($("#terminal"));
+  $("#terminal").xterm = term; // for the page's tests: what the buffer holds, not just what shows
   term.onData((data) => send(frame.encode(frame.STDIN, encoder.encode(data))));
   term.onBinary((data) => send(frame.encode(frame.STDIN, Uint8Array.from(data, (c) => c.charCodeAt(0) & 0xff))));
   term.onResize(({ cols, rows }) => {
