@@ -136,7 +136,8 @@ def test_waiting_shows_live_and_notifies(sessions_home: Hivecell, page: Page, re
     page.click("#notify")  # the gesture that may ask for permission
     expect(page.locator("#notify")).to_have_text("Notifying")
     row = page.locator('tr[data-session="wt1"]')
-    type_line(page, "read -p 'go on? (y/n) ' x")
+    # The typed line must not itself look like the question: only bash's prompt does.
+    type_line(page, 'read -p "go on? ($(echo y)/n) " x')
     expect(row).to_have_attribute("data-status", "waiting", timeout=20_000)
     expect(page.locator("#term-status .badge")).to_have_text("waiting")
     page.wait_for_function("window.__notes.includes('wt1 is waiting for you')", timeout=10_000)
