@@ -6,6 +6,7 @@ notification, and a browser that sends garbage or has no token."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,12 +102,30 @@ def test_resizing_the_page_resizes_the_pty(sessions_home: Hivecell, page: Page, 
     page.set_viewport_size({"width": 700, "height": 600})
     expect(terminal).not_to_have_attribute("data-cols", before[0] or "", timeout=10_000)
     expect(terminal).not_to_have_attribute("data-rows", before[1] or "", timeout=10_000)
-    cols, rows = terminal.get_attribute("data-cols"), terminal.get_attribute("data-rows")
-    assert cols and rows and (cols, rows) != before
+    cols, rows = settled_size(page, hivecell, "rs1")
+    assert (cols, rows) != (int(before[0] or 0), int(before[1] or 0))
     type_line(page, "stty size")
     expect(page.locator(ROWS)).to_contain_text(f"{rows} {cols}", timeout=20_000)
-    view = hivecell.api("GET", "/sessions/rs1")
-    assert (view["cols"], view["rows"]) == (int(cols), int(rows))
+
+
+def settled_size(page: Page, hivecell: Hivecell, name: str) -> tuple[int, int]:
+    """The terminal's size once the page and the server agree on it twice in a row (a
+    layout change can resize it more than once)."""
+    terminal = page.locator("#terminal")
+    last = None
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        shown = (
+            int(terminal.get_attribute("data-cols") or 0),
+            int(terminal.get_attribute("data-rows") or 0),
+        )
+        view = hivecell.api("GET", f"/sessions/{name}")
+        agreed = shown if shown == (view["cols"], view["rows"]) else None
+        if agreed is not None and agreed == last:
+            return agreed
+        last = agreed
+        page.wait_for_timeout(100)  # polling the server: it has no event for a resize
+    raise AssertionError(f"page and server never agreed on the size (last {last})")
 
 
 def test_scrollback_keeps_100000_lines(sessions_home: Hivecell, page: Page, repo: Path) -> None:
@@ -129,10 +148,12 @@ def test_scrollback_keeps_100000_lines(sessions_home: Hivecell, page: Page, repo
 
 def test_waiting_shows_live_and_notifies(sessions_home: Hivecell, page: Page, repo: Path) -> None:
     hivecell = sessions_home
-    page.context.grant_permissions(["notifications"], origin=hivecell.base)
     page.add_init_script(RECORD_NOTIFICATIONS)
     shell_session(hivecell, "wt1", repo)
     open_session(page, hivecell, "wt1")
+    expect(page.locator("#notify")).to_be_enabled()  # not asked yet
+    # The person says yes when the browser asks (Playwright answers the prompt this way).
+    page.context.grant_permissions(["notifications"], origin=hivecell.base)
     page.click("#notify")  # the gesture that may ask for permission
     expect(page.locator("#notify")).to_have_text("Notifying")
     row = page.locator('tr[data-session="wt1"]')
