@@ -13,6 +13,10 @@ DEST=src/hivecell/server/static/vendor
 # name@version  sha512 integrity as published in the registry (npm view <pkg>@<v> dist.integrity)
 NOVNC="@novnc/novnc@1.7.0"
 NOVNC_SHA512="sha512-ucEJOx4T2avIRCleodk7YobZj5O2Ga2AeLfQ69A/yjG9HHba2+PDgwSkN3FttrmG+70ZGx21sElNFouK13RzyA=="
+XTERM="@xterm/xterm@6.0.0"
+XTERM_SHA512="sha512-TQwDdQGtwwDt+2cgKDLn0IRaSxYu1tSUjgKarSDkUM0ZNiSRXFpjxEsvc/Zgc5kq5omJ+V0a8/kIM2WD3sMOYg=="
+XTERM_FIT="@xterm/addon-fit@0.11.0"
+XTERM_FIT_SHA512="sha512-jYcgT6xtVYhnhgxh3QgYDnnNMYTcf8ElbxxFzX0IZo+vabQqSPAjC3c1wJrKB5E19VwQei89QCiZZP86DCPF7g=="
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -50,6 +54,22 @@ vendor_novnc() {
   echo "$NOVNC" > "$out/VERSION"
 }
 
+# xterm.js for the Sessions page: the self-contained ES module builds (no imports), the
+# stylesheet and the fit add-on; no source maps.
+vendor_xterm() {
+  local src fit out=$DEST/xterm
+  src=$(fetch "$XTERM" "$XTERM_SHA512")
+  fit=$(fetch "$XTERM_FIT" "$XTERM_FIT_SHA512")
+  rm -rf "$out"
+  mkdir -p "$out"
+  cp "$src/lib/xterm.mjs" "$src/css/xterm.css" "$out/"
+  cp "$src/LICENSE" "$out/LICENSE"
+  cp "$fit/lib/addon-fit.mjs" "$out/"
+  cp "$fit/LICENSE" "$out/LICENSE.addon-fit"
+  printf '%s\n%s\n' "$XTERM" "$XTERM_FIT" > "$out/VERSION"
+}
+
 vendor_novnc
+vendor_xterm
 echo "vendored into $DEST:"
 find "$DEST" -name VERSION -exec sh -c 'echo "  $(cat "$1")"' _ {} \;

@@ -34,7 +34,9 @@ from hivecell.server.manager import TaskManager, default_spec
 from hivecell.server.mcp import PATH as MCP_PATH
 from hivecell.server.mcp import McpEndpoint
 from hivecell.server.metrics import ServerMetrics
+from hivecell.server.sessionwatch import SessionWatch
 from hivecell.server.settings import Preferences, ServerConfig, load_preferences
+from hivecell.sessions.service import SessionService
 from hivecell.store import TaskStore
 
 API_PREFIX = "/api/v1"
@@ -74,6 +76,8 @@ class ServerState:
         self.mcp = McpEndpoint(self)
         self.crews = CrewHost()
         self.recovered: dict[str, list[str]] = {}
+        sessions = SessionService(config.home, dict(config.environ))
+        self.session_watch = SessionWatch(sessions, self.hub)
 
     @property
     def store(self) -> TaskStore:
@@ -172,6 +176,7 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
                 # After recovery (which removes an earlier run's warm sandboxes).
                 await tg.start(state.pool.run)
                 await tg.start(state.crews.run)
+                await tg.start(state.session_watch.run)
                 try:
                     async with state.mcp.run():  # its sandboxes go before the manager stops
                         yield

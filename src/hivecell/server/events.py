@@ -39,6 +39,9 @@ EVENT_TYPES = (
     "crew.todos_changed",
     "crew.note",
     "crew.completed",
+    "session.created",
+    "session.status",
+    "session.destroyed",
 )
 QUEUE_SIZE = 1000
 TOO_SLOW = 1008

@@ -21,6 +21,7 @@ TITLES = {
     "crews": "Crews",
     "crew": "Crew",
     "environments": "Environments",
+    "sessions": "Sessions",
     "settings": "Settings",
     "login": "Log in",
 }
@@ -31,6 +32,11 @@ CSP = (
 )
 HEADERS = {"Content-Security-Policy": CSP, "Cache-Control": "no-store",
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}  # fmt: skip
+# xterm.js sizes and colours its rows with <style> elements and style attributes it writes at
+# run time, which 'self' alone refuses. Only styles are loosened, only on this page: scripts
+# stay 'self', terminal output is drawn as text, and API text is still never markup.
+TERMINAL_CSP = CSP.replace("style-src 'self'", "style-src 'self' 'unsafe-inline'")
+PAGE_HEADERS = {"sessions": HEADERS | {"Content-Security-Policy": TERMINAL_CSP}}
 
 
 def render(page: str) -> str:
@@ -54,7 +60,7 @@ def pages_router(state: ServerState) -> APIRouter:
             # A token that was given but not accepted by the middleware was wrong.
             failed = "?failed=1" if "token" in request.query_params else ""
             return RedirectResponse(f"/login{failed}", status_code=303)
-        return HTMLResponse(html[name], headers=HEADERS)
+        return HTMLResponse(html[name], headers=PAGE_HEADERS.get(name, HEADERS))
 
     @router.get("/")
     async def dashboard(request: Request) -> Response:
@@ -75,6 +81,10 @@ def pages_router(state: ServerState) -> APIRouter:
     @router.get("/environments")
     async def environments(request: Request) -> Response:
         return page("environments", request)
+
+    @router.get("/sessions")
+    async def sessions(request: Request) -> Response:
+        return page("sessions", request)
 
     @router.get("/settings")
     async def settings(request: Request) -> Response:
