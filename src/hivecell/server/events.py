@@ -41,6 +41,7 @@ EVENT_TYPES = (
     "crew.completed",
     "session.created",
     "session.status",
+    "session.merged",
     "session.destroyed",
 )
 QUEUE_SIZE = 1000
