@@ -233,7 +233,7 @@ async def test_sandbox_nat_session_has_a_network_but_not_the_host(
     (Path(view.cwd) / "tcp.py").write_text(code)
     port = listeners[2].getsockname()[1]
     try:
-        out = await probe(svc, "nat1", f"ls /sys/class/net; python3 tcp.py {port}")
+        out = await probe(svc, "nat1", f"cat /proc/net/dev; python3 tcp.py {port}")
     finally:
         for sock in listeners:
             sock.close()

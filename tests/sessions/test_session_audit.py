@@ -18,7 +18,7 @@ import httpx2
 import pytest
 
 from hivecell.sessions.audit import AUDIT, AuditLog, arecord, record
-from hivecell.sessions.recorders import LineAssembler, ProcessWatch
+from hivecell.sessions.recorders import LineAssembler, ProcessWatch, SessionRecorder
 from tests.server.helpers import TOKEN, Running, serve
 from tests.sessions.helpers import cli, make_repo, stop_all, viewer
 
@@ -281,3 +281,18 @@ def test_process_watch_sees_a_new_child_and_its_exec(tmp_path: Path) -> None:
     finally:
         child.kill()
         child.wait()
+
+
+def test_files_already_inside_a_new_folder_are_recorded(tmp_path: Path) -> None:
+    # inotify watches a new folder only once it is reported: `mkdir d; echo x > d/f` can
+    # write d/f before the watch exists, and no event names it (seen in a fresh-clone run).
+    work = tmp_path / "worktree"
+    (work / "d" / "e").mkdir(parents=True)
+    (work / "d" / "e" / "f.txt").write_text("x")
+    (work / "d" / "top.txt").write_text("x")
+    (work / "d" / ".git").mkdir()
+    (work / "d" / ".git" / "HEAD").write_text("ref")
+    (work / "link").symlink_to(tmp_path)  # a link to a folder is not walked
+    recorder = SessionRecorder(tmp_path / "session", "s", "shell", work, 1 << 20)
+    found = recorder._inside_new_folders([str(work / "d"), str(work / "link")])
+    assert sorted(found) == [("file_write", "d/e/f.txt"), ("file_write", "d/top.txt")]

@@ -31,6 +31,7 @@ from hivecell.sessions.audit import Action, AuditLog, Outcome
 MAX_LINE = 4096
 PROCESS_POLL = 0.2
 FILE_DEBOUNCE_MS = 200
+NEW_FOLDER_FILES = 1000  # files recorded from inside one batch of new folders, at most
 
 # CSI (ESC [ ... final), SS3 (ESC O x), OSC (ESC ] ... BEL or ST), or ESC and one character.
 _ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|O.|\][^\x07\x1b]*(?:\x07|\x1b\\)|.)", re.S)
@@ -270,7 +271,27 @@ class SessionRecorder:
             ignore_permission_denied=True,
         ):
             found = [(actions[c], self._relative(p)) for c, p in sorted(changes, key=str)]
-            await loop.run_in_executor(None, self._record_files, found)
+            added = [p for c, p in changes if c == Change.added]
+            found += await loop.run_in_executor(None, self._inside_new_folders, added)
+            await loop.run_in_executor(None, self._record_files, list(dict.fromkeys(found)))
+
+    def _inside_new_folders(self, added: list[str]) -> list[tuple[Action, str]]:
+        """Files already inside a folder that just appeared: inotify watches a new folder
+        only once it is reported, so `mkdir d; echo x > d/f` can write d/f before the
+        watch exists and no event ever names it."""
+        found: list[tuple[Action, str]] = []
+        for folder in map(Path, added):
+            if folder.is_symlink() or not folder.is_dir():
+                continue
+            for top, dirs, files in os.walk(folder):
+                dirs[:] = [d for d in dirs if d != ".git"]
+                for name in files:
+                    path = str(Path(top, name))
+                    if self._wanted(None, path):
+                        found.append(("file_write", self._relative(path)))
+                if len(found) >= NEW_FOLDER_FILES:
+                    return found
+        return found
 
     def _record_files(
         self, found: list[tuple[Action, str]], detail: dict[str, Any] | None = None
