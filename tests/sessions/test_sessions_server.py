@@ -133,6 +133,9 @@ BAD_NAMES += ["sh1\n", "\uff53\uff48", "x\u200by", "x\x00y"]
 
 
 async def test_bad_names_are_refused_clearly(shome: Path, repo: Path) -> None:
+    # What a traversing name would reach; the shared /tmp may hold an x of someone else's.
+    outside = [shome / "x", shome / "y", shome.parent / "x", shome.parent / "y"]
+    before = {path: path.exists() for path in outside}
     async with serve(shome) as running:
         for name in BAD_NAMES:
             body = {"name": name, "agent": "shell", "repo": str(repo), "isolation": "none"}
@@ -153,7 +156,7 @@ async def test_bad_names_are_refused_clearly(shome: Path, repo: Path) -> None:
             assert bad.status_code == 422, (body, bad.text)
             assert why in bad.json()["error"]["message"], (body, bad.text)
     assert not (shome / "sessions").exists() or list((shome / "sessions").iterdir()) == []
-    assert not (shome.parent / "x").exists()
+    assert {path: path.exists() for path in outside} == before
 
 
 @pytest.mark.parametrize("name", BAD_NAMES)
