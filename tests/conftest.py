@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from tests.agent.helpers import destroy_all, short_tmp
+from tests.server.helpers import TOKEN
 from tests.sessions.cleanup import stop_sessions
 
 
@@ -48,3 +49,11 @@ def home(pycache: Path) -> Iterator[Path]:
     stop_sessions(path)
     destroy_all(path, pycache)
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def shome(home: Path) -> Path:
+    """``home`` with the token file the CLI and the server read (its sessions are stopped
+    with it, as ``home``'s are)."""
+    (home / "token").write_text(TOKEN + "\n")
+    return home

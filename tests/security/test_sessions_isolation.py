@@ -12,7 +12,6 @@ import os
 import re
 import socket
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
@@ -21,8 +20,8 @@ import pytest
 from hivecell.sandbox.local.layout import SUPERVISOR_MODULE
 from hivecell.sessions import blocked, isolation
 from hivecell.sessions.service import SessionCreate, SessionService
-from tests.server.helpers import TOKEN, serve
-from tests.sessions.helpers import make_repo, stop_all
+from tests.server.helpers import serve
+from tests.sessions.helpers import make_repo
 
 pytestmark = [pytest.mark.anyio]
 SECRETS = {
@@ -37,13 +36,6 @@ GIT_ENV = {
     "GIT_COMMITTER_NAME": "t",
     "GIT_COMMITTER_EMAIL": "t@example.org",
 }
-
-
-@pytest.fixture
-def shome(home: Path) -> Iterator[Path]:
-    (home / "token").write_text(TOKEN + "\n")
-    yield home
-    stop_all(home)
 
 
 @pytest.fixture

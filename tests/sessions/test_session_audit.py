@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +18,10 @@ import pytest
 
 from hivecell.sessions.audit import AUDIT, AuditLog, arecord, record
 from hivecell.sessions.recorders import LineAssembler, ProcessWatch, SessionRecorder
-from tests.server.helpers import TOKEN, Running, serve
-from tests.sessions.helpers import cli, make_repo, stop_all, viewer
+from tests.server.helpers import Running, serve
+from tests.sessions.helpers import cli, make_repo, viewer
 
 pytestmark = [pytest.mark.anyio]
-
-
-@pytest.fixture
-def shome(home: Path) -> Iterator[Path]:
-    (home / "token").write_text(TOKEN + "\n")
-    yield home
-    stop_all(home)
 
 
 @pytest.fixture

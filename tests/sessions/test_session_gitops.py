@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.server.helpers import TOKEN, Running, serve
-from tests.sessions.helpers import cli, make_repo, stop_all
+from tests.server.helpers import Running, serve
+from tests.sessions.helpers import cli, make_repo
 
 pytestmark = [pytest.mark.anyio]
 
@@ -23,13 +22,6 @@ def git(repo: Path, *args: str) -> str:
     env = {"PATH": os.environ["PATH"], "HOME": str(repo)} | IDENTITY
     done = subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, env=env)
     return done.stdout.decode()
-
-
-@pytest.fixture
-def shome(home: Path) -> Iterator[Path]:
-    (home / "token").write_text(TOKEN + "\n")
-    yield home
-    stop_all(home)
 
 
 @pytest.fixture

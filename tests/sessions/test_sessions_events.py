@@ -4,7 +4,6 @@ that waits for the person, and the answer that ends the wait."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,16 +15,9 @@ from hivecell.server.events import EventHub
 from hivecell.server.sessionwatch import SessionWatch
 from hivecell.sessions.service import SessionService
 from tests.server.helpers import TOKEN, events, serve
-from tests.sessions.helpers import make_repo, stop_all
+from tests.sessions.helpers import make_repo
 
 pytestmark = [pytest.mark.anyio]
-
-
-@pytest.fixture
-def shome(home: Path) -> Iterator[Path]:
-    (home / "token").write_text(TOKEN + "\n")
-    yield home
-    stop_all(home)
 
 
 async def status_event(ws: Any, name: str, status: str, timeout: float = 30) -> dict[str, Any]:

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
@@ -19,18 +18,10 @@ from hivecell.sessions import framing
 from hivecell.sessions.framing import FrameType
 from hivecell.sessions.names import check_name
 from hivecell.sessions.service import SessionService
-from tests.server.helpers import TOKEN, serve
-from tests.sessions.helpers import cli, make_repo, stop_all, viewer, wait_status
+from tests.server.helpers import serve
+from tests.sessions.helpers import cli, make_repo, viewer, wait_status
 
 pytestmark = [pytest.mark.anyio]
-
-
-@pytest.fixture
-def shome(home: Path) -> Iterator[Path]:
-    """A home whose token file the CLI reads, and no supervisor left after the test."""
-    (home / "token").write_text(TOKEN + "\n")
-    yield home
-    stop_all(home)
 
 
 @pytest.fixture

@@ -244,29 +244,10 @@ def record(
     )
 
 
-async def arecord(
-    folder: Path,
-    action: Action,
-    *,
-    session: str,
-    agent: str,
-    target: str | None = None,
-    detail: dict[str, Any] | None = None,
-    outcome: Outcome = "allowed",
-) -> AuditEntry:
-    """:func:`record` for async code (the write runs in a worker thread)."""
-    import functools
+async def arecord(folder: Path, action: Action, **fields: Any) -> AuditEntry:
+    """:func:`record` for async code (the write runs in a worker thread); same arguments."""
+    import functools  # here, not at the top: the supervisor imports this module, never this
 
     import anyio
 
-    write = functools.partial(
-        record,
-        folder,
-        action,
-        session=session,
-        agent=agent,
-        target=target,
-        detail=detail,
-        outcome=outcome,
-    )
-    return await anyio.to_thread.run_sync(write)
+    return await anyio.to_thread.run_sync(functools.partial(record, folder, action, **fields))
