@@ -109,11 +109,22 @@ async def _reached(x: XSession, window_id: str, state: str) -> bool:
     if state == "maximized":
         _, _, area_w, _ = await x.run(work_area, x)
         maximized = {"maximized_vert", "maximized_horz"} <= states and "hidden" not in states
-        return maximized and s.width >= area_w - 16  # the frame's side borders at most
+        # Openbox resizes the client and rewrites its frame extents in separate steps: done
+        # when the whole frame (client + extents + X border) spans the work area, not beyond.
+        frame_w = await x.run(_frame_width, x, window_id)
+        return maximized and area_w - 16 <= frame_w <= area_w
     if state == "fullscreen":
         width, height = await x.run(x.size_sync)
         return "fullscreen" in states and (s.x, s.y, s.width, s.height) == (0, 0, width, height)
     return not states & {"hidden", "maximized_vert", "maximized_horz", "fullscreen"}
+
+
+def _frame_width(x: XSession, window_id: str) -> int:
+    window = x.display.create_resource_object("window", _known(x, window_id))
+    extents = desktop._prop(x, window, "_NET_FRAME_EXTENTS", Xatom.CARDINAL)
+    left, right = (extents[0], extents[1]) if extents is not None else (0, 0)
+    geometry = window.get_geometry()
+    return int(geometry.width + left + right + 2 * geometry.border_width)
 
 
 @router.method("tile_window")
