@@ -97,10 +97,21 @@ def create(
         str | None,
         typer.Option(help="start every agent of $HIVECELL_HOME/presets/P.toml as NAME-member"),
     ] = None,
+    provider: Annotated[
+        str | None,
+        typer.Option(help="the model proxy's [providers.NAME] table (default: the server's)"),
+    ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option("--max-cost", help="USD the agent may spend through the model proxy"),
+    ] = None,
     server: ServerOpt = None,
     home: Path | None = HomeOption,
 ) -> None:
-    """Start an agent in a new session (or a preset's agents in one session each)."""
+    """Start an agent in a new session (or a preset's agents in one session each).
+
+    The agent reaches its model through the server's model proxy: the provider's key never
+    enters the session; tokens and cost are counted per session (hivecell session ls)."""
     import shutil
 
     if (agent is None) == (preset is None):
@@ -108,6 +119,7 @@ def create(
     srv = Server(home, server)
     cols, rows = shutil.get_terminal_size((120, 40))
     base = {"repo": str(repo.resolve()), "cols": cols, "rows": rows}
+    base |= _given({"provider": provider, "max_cost_usd": max_cost})
     if agent is not None:
         body = base | {"name": name, "agent": agent, "isolation": isolation, "model": model}
         body["network"] = network
@@ -176,7 +188,7 @@ def ls(
     if as_json:
         print(json.dumps(items, indent=2))
         return
-    table = Table("name", "agent", "status", "isolation", "branch", "pid")
+    table = Table("name", "agent", "status", "isolation", "branch", "pid", "model calls")
     for s in items:
         table.add_row(
             s["name"],
@@ -185,8 +197,18 @@ def ls(
             s["isolation"],
             s["branch"] or "",
             str(s["pid"] or ""),
+            _spent(s.get("usage")),
         )
     out.print(table)
+
+
+def _spent(usage: dict[str, Any] | None) -> str:
+    if not usage:
+        return ""
+    text = f"{usage['requests']} (${usage['cost_usd']:.4f}"
+    if usage.get("max_cost_usd") is not None:
+        text += f" of ${usage['max_cost_usd']:g}"
+    return text + ")" + (f", {usage['refused']} refused" if usage["refused"] else "")
 
 
 @app.command("send")

@@ -18,6 +18,7 @@ import anyio
 from fastapi import FastAPI
 from starlette.routing import Route
 
+from hivecell.agent.llm.config import ProviderConfig, load_provider
 from hivecell.crew import records as crew_records
 from hivecell.crew.host import CrewHost
 from hivecell.homedir import secure_home
@@ -36,6 +37,7 @@ from hivecell.server.mcp import McpEndpoint
 from hivecell.server.metrics import ServerMetrics
 from hivecell.server.sessionwatch import SessionWatch
 from hivecell.server.settings import Preferences, ServerConfig, load_preferences
+from hivecell.sessions.proxy.host import ProxyHost
 from hivecell.sessions.service import SessionService
 from hivecell.store import TaskStore
 
@@ -76,8 +78,19 @@ class ServerState:
         self.mcp = McpEndpoint(self)
         self.crews = CrewHost()
         self.recovered: dict[str, list[str]] = {}
-        sessions = SessionService(config.home, dict(config.environ))
-        self.session_watch = SessionWatch(sessions, self.hub)
+        self.model_proxy = ProxyHost(config.home, self._session_provider)
+        self.sessions = SessionService(config.home, dict(config.environ), self.model_proxy)
+        self.session_watch = SessionWatch(self.sessions, self.hub)
+
+    def _session_provider(self, name: str | None, model: str | None) -> ProviderConfig:
+        """The model proxy's provider for a session (sync: reads config.toml)."""
+        return load_provider(
+            name,
+            model=model,
+            config_path=self.config.config_path,
+            environ=self.config.environ,
+            keyring=self.config.key_store.get,
+        )
 
     @property
     def store(self) -> TaskStore:
@@ -177,6 +190,7 @@ def _lifespan(state: ServerState) -> Callable[[FastAPI], Any]:
                 await tg.start(state.pool.run)
                 await tg.start(state.crews.run)
                 await tg.start(state.session_watch.run)
+                await tg.start(state.model_proxy.run)
                 try:
                     async with state.mcp.run():  # its sandboxes go before the manager stops
                         yield

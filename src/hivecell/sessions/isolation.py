@@ -30,6 +30,7 @@ from hivecell.sandbox.local import etcfiles, state, terminal
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.provider import LocalProvider
 from hivecell.sessions import blocked
+from hivecell.sessions.proxy.gate import GatePlan
 
 # In the box, what the system folders already show (bound read-only into every box).
 SYSTEM_DIRS = tuple(Path(p) for p in ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32"))
@@ -60,16 +61,22 @@ async def worktree_argv(
     home: Path | None,
     repo: Path,
     hivecell_home: Path,
+    gate: GatePlan | None = None,
 ) -> list[str]:
     """``argv`` wrapped to run on the host with the blocked paths covered."""
     covers = await anyio.to_thread.run_sync(_find, folder, home, [repo, worktree], hivecell_home)
     wt = str(worktree)
+    proxy: list[str] = []
+    if gate is not None:  # back in from under the tmpfs over HOME, read-only
+        argv = gate.wrap(sys.executable, argv)
+        proxy = ["--ro-bind", str(gate.socket_dir), str(gate.socket_dir)]
     return [
         bwrap_path(),
         "--dev-bind", "/", "/",
         "--unshare-pid", "--proc", "/proc",
         "--die-with-parent", "--cap-drop", "ALL",
         "--tmpfs", str(hivecell_home),
+        *proxy,
         "--bind", wt, wt,
         *covers.bwrap_args(folder),
         "--chdir", wt,
@@ -104,10 +111,16 @@ async def sandbox_plan(
     network: NetworkMode,
     memory_mb: int | None,
     host_path: str,
+    gate: GatePlan | None = None,
 ) -> BoxPlan:
     git_dir = await _common_git_dir(worktree)
     covers = await anyio.to_thread.run_sync(_find, folder, None, [worktree], hivecell_home)
     agent_dirs, bin_dirs = await anyio.to_thread.run_sync(agent_paths, argv[0], host_path)
+    provider = LocalProvider(hivecell_home)
+    proxy: list[terminal.Bind] = []
+    if gate is not None:  # the gate runs on the box's Python, the one FOREGROUND runs on
+        argv = gate.wrap(provider.runtime.executable, argv)
+        proxy = [terminal.Bind(str(gate.socket_dir))]
     wt = str(worktree)
     binds = [
         terminal.Bind(wt, writable=True),
@@ -115,6 +128,7 @@ async def sandbox_plan(
         terminal.Bind(str(worktree / ".git")),  # a mount point: the box cannot swap it
         *_cover_binds(covers.bwrap_args(folder, under=worktree)),
         *(terminal.Bind(str(d)) for d in agent_dirs),
+        *proxy,
     ]
     box_env = {k: v for k, v in env.items() if k not in HOST_ONLY_ENV} | BOX_GIT
     box_env |= {
@@ -127,7 +141,6 @@ async def sandbox_plan(
     spec = SandboxSpec(network=network, name=f"session-{folder.name}"[:64])
     if memory_mb is not None:
         spec = spec.model_copy(update={"memory_mb": memory_mb})
-    provider = LocalProvider(hivecell_home)
     sandbox_id = await anyio.to_thread.run_sync(
         lambda: terminal.prepare(provider, spec, argv, cwd=wt, env=box_env, binds=binds)
     )

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from hivecell.errors import InvalidParams
 from hivecell.protocol.jsonrpc import describe_validation
+from hivecell.sessions.proxy.gate import PLACEHOLDER_KEY
 
 Isolation = Literal["sandbox", "worktree", "none"]
 BUILTIN_IDS = (
@@ -31,6 +32,16 @@ BUILTIN_IDS = (
     "shell",
 )
 _CUSTOM_STEM = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?", re.ASCII)
+
+
+# The usual variables of OpenAI- and Anthropic-style clients, pointed at the model proxy. The
+# key is a placeholder the proxy replaces: the real one never reaches the agent.
+MODEL_ENV: dict[str, str] = {
+    "OPENAI_BASE_URL": "{proxy}/v1",
+    "OPENAI_API_KEY": PLACEHOLDER_KEY,
+    "ANTHROPIC_BASE_URL": "{proxy}",
+    "ANTHROPIC_API_KEY": PLACEHOLDER_KEY,
+}
 
 
 class Defaults(BaseModel):
@@ -84,6 +95,10 @@ class AgentDef(BaseModel):
     defaults: Defaults = Field(default_factory=Defaults)
     hooks: Hooks = Field(default_factory=Hooks)
     screen: Screen = Field(default_factory=Screen)
+    model_env: dict[str, str] = Field(
+        default_factory=lambda: dict(MODEL_ENV),
+        description="variables pointing the CLI at the model proxy; {proxy} is its URL",
+    )
 
     def argv(self, model: str | None) -> list[str]:
         """The command line, ``{model}`` filled in; ``InvalidParams`` if it needs one."""
@@ -149,6 +164,12 @@ BUILTINS: dict[str, AgentDef] = {
             ],
             check_command=["aider", "--version"],
             install="uv tool install aider-chat  (or: pipx install aider-chat)",
+            # litellm's names; its price list is the one it ships (a box is offline)
+            model_env={
+                **MODEL_ENV,
+                "OPENAI_API_BASE": "{proxy}/v1",
+                "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+            },
             screen=Screen(waiting=_CONFIRM, working=[r"Waiting for .*", r"Tokens: .* sent"]),
         ),
         AgentDef(

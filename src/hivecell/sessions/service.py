@@ -22,6 +22,7 @@ from typing import Any, Literal
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
+from hivecell.agent.llm.pricing import require_price
 from hivecell.errors import HivecellError, InvalidParams, NotFound, SandboxNotFound
 from hivecell.sessions import framing, gitops, isolation, worktree
 from hivecell.sessions.audit import AuditEntry, AuditLog
@@ -29,6 +30,9 @@ from hivecell.sessions.framing import FrameType
 from hivecell.sessions.link import Link, SupervisorGone
 from hivecell.sessions.names import check_name
 from hivecell.sessions.plugins import Isolation, get_agent, load_agents
+from hivecell.sessions.proxy.gate import GatePlan
+from hivecell.sessions.proxy.host import ProxyHost, socket_dir
+from hivecell.sessions.proxy.usage import SessionUsage, read_usage
 from hivecell.sessions.scrollback import read_base, read_range
 from hivecell.sessions.settings import load_settings
 from hivecell.sessions.spec import (
@@ -57,6 +61,8 @@ class SessionCreate(BaseModel):
     isolation: Isolation | None = None
     network: Literal["offline", "nat"] | None = None  # sandbox isolation; agent's default
     model: str | None = Field(None, max_length=200)
+    provider: str | None = Field(None, max_length=200)  # the model proxy's [providers.NAME]
+    max_cost_usd: float | None = Field(None, gt=0)  # the model proxy refuses calls past it
     cols: int = Field(120, ge=1, le=framing.MAX_CELLS)
     rows: int = Field(40, ge=1, le=framing.MAX_CELLS)
 
@@ -81,14 +87,17 @@ class SessionView(BaseModel):
     supervisor: Literal["running", "gone"]
     created_at: datetime
     audit: list[AuditEntry] | None = None  # the newest entries, in GET /sessions/{name}
+    proxy: bool = False
+    usage: SessionUsage | None = None  # model calls through the proxy
 
 
 class SessionService:
-    def __init__(self, home: Path, environ: dict[str, str]) -> None:
+    def __init__(self, home: Path, environ: dict[str, str], proxy: ProxyHost | None = None) -> None:
         self.home = home
         self.root = home / "sessions"
         self.agents_dir = home / "agents"
         self.environ = environ
+        self.proxy = proxy  # the model proxy, when a server runs one
 
     def folder(self, name: str) -> Path:
         return self.root / check_name(name)
@@ -106,8 +115,11 @@ class SessionService:
                 op="session_create",
             )
         argv = agent.argv(req.model)
+        proxied = self.proxy is not None and bool(agent.model_env)
+        await self._check_model(req, proxied)
         settings = await anyio.to_thread.run_sync(load_settings, self.home)
         folder = await anyio.to_thread.run_sync(self._make_folder, name)
+        gate = GatePlan(socket_dir(folder), agent.model_env) if proxied else None
         box: str | None = None
         try:
             branch, cwd, base = None, repo, None
@@ -119,7 +131,13 @@ class SessionService:
             env = self._env(name, agent.environment(req.model))
             if level == "worktree":
                 argv = await isolation.worktree_argv(
-                    folder, argv, cwd, home=self._host_home(), repo=repo, hivecell_home=self.home
+                    folder,
+                    argv,
+                    cwd,
+                    home=self._host_home(),
+                    repo=repo,
+                    hivecell_home=self.home,
+                    gate=gate,
                 )
             elif level == "sandbox":
                 plan = await isolation.sandbox_plan(
@@ -131,8 +149,11 @@ class SessionService:
                     network=req.network or agent.defaults.network,
                     memory_mb=agent.defaults.memory_mb,
                     host_path=env["PATH"],
+                    gate=gate,
                 )
                 box, argv, env = plan.sandbox_id, plan.argv, plan.env
+            elif gate is not None:
+                argv = gate.wrap(sys.executable, argv)
             spec = SessionSpec(
                 name=name,
                 agent=agent.id,
@@ -151,16 +172,38 @@ class SessionService:
                 base=base,
                 scrollback_max_bytes=settings.scrollback_max_bytes,
                 audit_max_bytes=settings.audit_max_bytes,
+                proxy=gate is not None,
+                provider=req.provider,
+                max_cost_usd=req.max_cost_usd,
             )
             await anyio.to_thread.run_sync(
                 write_private, folder / SPEC_FILE, spec.model_dump_json(indent=2)
             )
+            if self.proxy is not None and gate is not None:
+                await self.proxy.ensure(name)  # listening before the agent's first call
             await self._start_supervisor(folder)
         except BaseException:
             with anyio.CancelScope(shield=True):
+                if self.proxy is not None:
+                    await self.proxy.close(name)
                 await self._undo(folder, repo if level != "none" else None, box)
             raise
         return await self.get(name)
+
+    async def _check_model(self, req: SessionCreate, proxied: bool) -> None:
+        """A named provider must exist and a budget must be countable, before anything is made."""
+        if req.max_cost_usd is not None and not proxied:
+            raise InvalidParams(
+                "--max-cost needs the model proxy: create the session through the server "
+                "(hivecell up), with an agent whose model_env is not empty",
+                op="session_create",
+            )
+        if self.proxy is None or (req.provider is None and req.max_cost_usd is None):
+            return
+        resolve = self.proxy.resolve
+        llm = await anyio.to_thread.run_sync(resolve, req.provider, req.model)
+        if req.max_cost_usd is not None and req.model:
+            require_price(req.model, llm.prices, op="session_create")
 
     def _make_folder(self, name: str) -> Path:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -276,6 +319,8 @@ class SessionService:
             "branch": spec.branch,
             "cwd": spec.cwd,
             "created_at": spec.created_at,
+            "proxy": spec.proxy,
+            "usage": await self._usage(name, spec) if spec.proxy else None,
         }
         try:
             status = await self._ask(name, {"op": "status"})
@@ -298,6 +343,10 @@ class SessionService:
             **status.model_dump(exclude={"op"}),
             supervisor="running",
         )
+
+    async def _usage(self, name: str, spec: SessionSpec) -> SessionUsage:
+        usage = await anyio.to_thread.run_sync(read_usage, self.folder(name))
+        return usage.model_copy(update={"max_cost_usd": spec.max_cost_usd})
 
     async def _scrollback_size(self, name: str) -> int:
         try:
@@ -385,6 +434,8 @@ class SessionService:
         with contextlib.suppress(SupervisorGone):
             stopped = await self._ask(name, {"op": "stop"})
             await _gone(stopped.supervisor_pid)  # it removes its socket as it ends
+        if self.proxy is not None:
+            await self.proxy.close(name)
         if spec.sandbox is not None:  # its supervisor ended with the agent: the box is idle
             with contextlib.suppress(SandboxNotFound):
                 await isolation.destroy_box(self.home, spec.sandbox)

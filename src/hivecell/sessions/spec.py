@@ -41,6 +41,10 @@ class SessionSpec(BaseModel):
     # config.toml [sessions]; defaults for sessions made before the settings existed
     scrollback_max_bytes: int = Field(32 * 1024 * 1024, ge=64 * 1024)
     audit_max_bytes: int = Field(8 * 1024 * 1024, ge=4096)
+    # The model proxy (sessions/proxy): the agent reaches its model through the server.
+    proxy: bool = False
+    provider: str | None = None  # a [providers.NAME] table; None: the server's default
+    max_cost_usd: float | None = Field(None, gt=0)
 
 
 class SupervisorStatus(BaseModel):

@@ -42,7 +42,8 @@ class MergeBody(BaseModel):
 
 
 def _service(state: Any) -> SessionService:
-    return SessionService(state.config.home, dict(state.config.environ))
+    service: SessionService = state.sessions
+    return service
 
 
 @router.get("/sessions")
