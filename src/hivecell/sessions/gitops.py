@@ -63,10 +63,10 @@ def _env(environ: Mapping[str, str], extra: dict[str, str]) -> dict[str, str]:
 
 
 def _need_branch(spec: SessionSpec, op: str) -> str:
-    if spec.branch is None or spec.isolation != "worktree":
+    if spec.branch is None:
         raise InvalidParams(
             f"session {spec.name} has no branch of its own (isolation {spec.isolation}): its "
-            f"work is in {spec.cwd} itself; diff and merge need --isolation worktree",
+            f"work is in {spec.cwd} itself; diff and merge need --isolation worktree or sandbox",
             op=op,
             context={"name": spec.name},
         )

@@ -36,8 +36,8 @@ from hivecell.sessions.proxy.gate import GatePlan
 SYSTEM_DIRS = tuple(Path(p) for p in ("/usr", "/bin", "/sbin", "/lib", "/lib64", "/lib32"))
 BOX_PATH = "/usr/local/bin:/usr/bin:/bin"
 # git in the box sees the repository's folders owned by a stranger (the host's owner):
-# trusted there, it is the box's own business (environment config counts as command line).
-BOX_GIT = {"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "safe.directory", "GIT_CONFIG_VALUE_0": "*"}
+# trusted there, it is the box's own business (environment config counts as command line;
+# see _box_git).
 HOST_ONLY_ENV = ("HOME", "USER", "LOGNAME", "SHELL", "PATH")
 
 
@@ -130,7 +130,7 @@ async def sandbox_plan(
         *(terminal.Bind(str(d)) for d in agent_dirs),
         *proxy,
     ]
-    box_env = {k: v for k, v in env.items() if k not in HOST_ONLY_ENV} | BOX_GIT
+    box_env = {k: v for k, v in env.items() if k not in HOST_ONLY_ENV} | await _box_git(worktree)
     box_env |= {
         "HOME": etcfiles.SANDBOX_HOME,
         "USER": etcfiles.SANDBOX_USER,
@@ -171,6 +171,25 @@ class _CoverBind(terminal.Bind):
 
     def args(self) -> list[str]:
         return ["--ro-bind", self.cover, self.host]
+
+
+async def _box_git(worktree: Path) -> dict[str, str]:
+    """git settings for the box: safe.directory and an author (the host's for the
+    repository, if it has one). The box has no ~/.gitconfig, and a CLI that finds no
+    user.name writes one into the repository's config (read-only here: Aider stops on it)."""
+    config = {"safe.directory": "*"}
+    for key, fallback in (
+        ("user.name", "hivecell agent"),
+        ("user.email", "agent@hivecell.invalid"),
+    ):
+        done = await anyio.run_process(
+            ["git", "-C", str(worktree), "config", "--get", key], check=False
+        )
+        config[key] = done.stdout.decode(errors="replace").strip() or fallback
+    env = {"GIT_CONFIG_COUNT": str(len(config))}
+    for i, (key, value) in enumerate(config.items()):
+        env |= {f"GIT_CONFIG_KEY_{i}": key, f"GIT_CONFIG_VALUE_{i}": value}
+    return env
 
 
 async def _common_git_dir(worktree: Path) -> Path:
