@@ -63,7 +63,7 @@ start_postgres() {
     "DO \$\$ BEGIN CREATE ROLE hivecell LOGIN CREATEDB PASSWORD 'hivecell'; EXCEPTION WHEN duplicate_object THEN NULL; END \$\$;"
   # DROP DATABASE ... WITH (FORCE) must also end an autovacuum worker busy in a scratch
   # database; without this role the drop fails with "must be a member of ... pg_signal_backend".
-  as_root runuser -u postgres -- psql -q -c "GRANT pg_signal_backend TO hivecell;"
+  as_root runuser -u postgres -- psql -q -c "SET client_min_messages TO warning; GRANT pg_signal_backend TO hivecell;"
   local port
   port=$(pg_lsclusters --no-header | awk 'NR==1 {print $3}')
   export HIVECELL_TEST_POSTGRES_URL="postgresql+asyncpg://hivecell:hivecell@127.0.0.1:${port}/postgres"
