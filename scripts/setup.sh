@@ -71,6 +71,9 @@ start_postgres() {
 
 run_tests() {
   start_postgres
+  # Tests that build a tool's venv (the Aider session test) use the same uv.
+  PATH="$(dirname "$(command -v "$UV")"):$PATH"
+  export PATH
   "$UV" run ruff check src tests
   "$UV" run ruff format --check src tests
   "$UV" run mypy
