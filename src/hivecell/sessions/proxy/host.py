@@ -31,7 +31,7 @@ from hivecell.protocol.unixstream import unix_listener
 from hivecell.sessions.audit import AuditLog
 from hivecell.sessions.proxy import relay
 from hivecell.sessions.proxy.usage import Ledger
-from hivecell.sessions.spec import SessionSpec, read_spec
+from hivecell.sessions.spec import SPEC_FILE, SessionSpec, read_spec
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +72,26 @@ class ProxyHost:
 
     async def reconcile(self) -> None:
         """Serve every proxied session there is; stop serving the ones that are gone."""
-        names = set(await anyio.to_thread.run_sync(self._proxied))
+        names = set(await anyio.to_thread.run_sync(self._proxied, set(self._serving)))
         for name in sorted(names - set(self._serving)):
             await self.ensure(name)
         for name in set(self._serving) - names:
             self._serving.pop(name).cancel()
 
-    def _proxied(self) -> list[str]:
+    def _proxied(self, served: set[str]) -> list[str]:
+        """Session names with a proxy; a spec is read only for a session not served yet."""
         found = []
         with contextlib.suppress(OSError):
             for entry in os.scandir(self.root):
-                if entry.is_dir(follow_symlinks=False) and entry.name not in ("", "."):
-                    with contextlib.suppress(OSError, ValueError):
-                        if read_spec(Path(entry.path)).proxy:
-                            found.append(entry.name)
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                if entry.name in served:
+                    if os.path.lexists(Path(entry.path) / SPEC_FILE):
+                        found.append(entry.name)
+                    continue
+                with contextlib.suppress(OSError, ValueError):
+                    if read_spec(Path(entry.path)).proxy:
+                        found.append(entry.name)
         return found
 
     async def ensure(self, name: str) -> None:
