@@ -52,6 +52,12 @@ def test_custom_agent_from_toml_and_its_id(tmp_path: Path) -> None:
         ("bad.toml", 'id = "shell"\ncommand = "x"\n', "custom/bad"),
         ("bad.toml", "command = [", "not valid TOML"),
         ("bad.toml", 'command = "x"\n[screen]\nwaiting = ["("]\n', "pattern"),
+        (
+            "bad.toml",
+            'command = "x"\n[[screen.auto_answer]]\npattern = "[y"\nkeys = "y"\n',
+            "pattern",
+        ),
+        ("bad.toml", 'command = "x"\n[[screen.auto_answer]]\npattern = "ok"\n', "keys"),
         ("Bad_Name.toml", 'command = "x"\n', "name the file"),
     ],
 )

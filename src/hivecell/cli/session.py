@@ -105,6 +105,13 @@ def create(
         float | None,
         typer.Option("--max-cost", help="USD the agent may spend through the model proxy"),
     ] = None,
+    auto_answer: Annotated[
+        bool,
+        typer.Option(
+            "--auto-answer",
+            help="accept the agent's routine confirmations (e.g. [y/n]); each is audited",
+        ),
+    ] = False,
     server: ServerOpt = None,
     home: Path | None = HomeOption,
 ) -> None:
@@ -120,6 +127,8 @@ def create(
     cols, rows = shutil.get_terminal_size((120, 40))
     base = {"repo": str(repo.resolve()), "cols": cols, "rows": rows}
     base |= _given({"provider": provider, "max_cost_usd": max_cost})
+    if auto_answer:
+        base["auto_answer"] = True
     if agent is not None:
         body = base | {"name": name, "agent": agent, "isolation": isolation, "model": model}
         body["network"] = network

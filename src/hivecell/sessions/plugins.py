@@ -64,6 +64,29 @@ class Hooks(BaseModel):
     on_exit: str | None = None
 
 
+def _check_pattern(pattern: str) -> str:
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"pattern {pattern!r}: {exc}") from None
+    return pattern
+
+
+class AutoAnswer(BaseModel):
+    """A routine confirmation and the keys that accept it, typed for the person when a
+    session is made with auto-answer on (claude-squad's "auto-yes")."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pattern: str = Field(min_length=1, description="matched at the cursor's line and below")
+    keys: str = Field(min_length=1, max_length=64, description='typed as is; "\\r" is Enter')
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, pattern: str) -> str:
+        return _check_pattern(pattern)
+
+
 class Screen(BaseModel):
     """Regular expressions matched against the rendered screen (see ``sessions.status``)."""
 
@@ -71,16 +94,14 @@ class Screen(BaseModel):
 
     waiting: list[str] = Field(default_factory=list, description="the agent asks the person")
     working: list[str] = Field(default_factory=list, description="the agent is busy")
+    auto_answer: list[AutoAnswer] = Field(
+        default_factory=list, description="routine confirmations auto-answer may accept"
+    )
 
     @field_validator("waiting", "working")
     @classmethod
     def _compiles(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"pattern {pattern!r}: {exc}") from None
-        return patterns
+        return [_check_pattern(p) for p in patterns]
 
 
 class AgentDef(BaseModel):
@@ -120,6 +141,8 @@ class AgentDef(BaseModel):
 
 
 _CONFIRM = [r"\(y/n\)", r"\[y/n\]", r"\[Y/n\]", r"\[y/N\]", r"Do you want to", r"Allow\b.*\?"]
+# Yes to a yes/no question whose default is not "no" ([y/N] is left to the person).
+_YES = [AutoAnswer(pattern=r"(\(y/n\)|\[y/n\]|\[Y/n\])\s*$", keys="y\r")]
 BUILTINS: dict[str, AgentDef] = {
     a.id: a
     for a in (
@@ -130,7 +153,12 @@ BUILTINS: dict[str, AgentDef] = {
             args=["--permission-mode", "acceptEdits"],
             check_command=["claude", "--version"],
             install="npm install -g @anthropic-ai/claude-code",
-            screen=Screen(waiting=[*_CONFIRM, r"\u276f 1\. Yes"], working=[r"esc to interrupt"]),
+            screen=Screen(
+                waiting=[*_CONFIRM, r"\u276f 1\. Yes"],
+                working=[r"esc to interrupt"],
+                # its permission menu opens on "1. Yes": Enter takes it
+                auto_answer=[*_YES, AutoAnswer(pattern=r"\u276f 1\. Yes", keys="\r")],
+            ),
         ),
         AgentDef(
             id="gemini-cli",
@@ -139,7 +167,11 @@ BUILTINS: dict[str, AgentDef] = {
             args=["--approval-mode", "auto_edit"],
             check_command=["gemini", "--version"],
             install="npm install -g @google/gemini-cli",
-            screen=Screen(waiting=[*_CONFIRM, r"Apply this change\?"], working=[r"esc to cancel"]),
+            screen=Screen(
+                waiting=[*_CONFIRM, r"Apply this change\?"],
+                working=[r"esc to cancel"],
+                auto_answer=_YES,
+            ),
         ),
         AgentDef(
             id="openai-codex",
@@ -148,7 +180,11 @@ BUILTINS: dict[str, AgentDef] = {
             args=["--full-auto", "--model", "{model}"],
             check_command=["codex", "--version"],
             install="npm install -g @openai/codex",
-            screen=Screen(waiting=[*_CONFIRM, r"Allow command\?"], working=[r"Esc to interrupt"]),
+            screen=Screen(
+                waiting=[*_CONFIRM, r"Allow command\?"],
+                working=[r"Esc to interrupt"],
+                auto_answer=_YES,
+            ),
         ),
         AgentDef(
             id="aider",
@@ -170,7 +206,9 @@ BUILTINS: dict[str, AgentDef] = {
                 "OPENAI_API_BASE": "{proxy}/v1",
                 "LITELLM_LOCAL_MODEL_COST_MAP": "True",
             },
-            screen=Screen(waiting=_CONFIRM, working=[r"Waiting for .*", r"Tokens: .* sent"]),
+            screen=Screen(
+                waiting=_CONFIRM, working=[r"Waiting for .*", r"Tokens: .* sent"], auto_answer=_YES
+            ),
         ),
         AgentDef(
             id="gh-copilot",
@@ -179,7 +217,7 @@ BUILTINS: dict[str, AgentDef] = {
             args=["copilot"],
             check_command=["gh", "copilot", "--version"],
             install="gh extension install github/gh-copilot",
-            screen=Screen(waiting=[*_CONFIRM, r"\? Select an option"]),
+            screen=Screen(waiting=[*_CONFIRM, r"\? Select an option"], auto_answer=_YES),
         ),
         AgentDef(
             id="amp-code",
@@ -188,7 +226,7 @@ BUILTINS: dict[str, AgentDef] = {
             args=["--dangerously-allow-all"],
             check_command=["amp", "--version"],
             install="npm install -g @sourcegraph/amp",
-            screen=Screen(waiting=_CONFIRM, working=[r"Esc to cancel"]),
+            screen=Screen(waiting=_CONFIRM, working=[r"Esc to cancel"], auto_answer=_YES),
         ),
         AgentDef(
             id="opencode",
@@ -197,7 +235,7 @@ BUILTINS: dict[str, AgentDef] = {
             args=["--model", "{model}"],
             check_command=["opencode", "--version"],
             install="npm install -g opencode-ai",
-            screen=Screen(waiting=_CONFIRM, working=[r"esc interrupt"]),
+            screen=Screen(waiting=_CONFIRM, working=[r"esc interrupt"], auto_answer=_YES),
         ),
         AgentDef(
             id="shell",
@@ -206,7 +244,7 @@ BUILTINS: dict[str, AgentDef] = {
             args=["--noprofile", "--norc", "-i"],
             check_command=["bash", "--version"],
             install="apt-get install bash",
-            screen=Screen(waiting=_CONFIRM),
+            screen=Screen(waiting=_CONFIRM, auto_answer=_YES),
         ),
     )
 }

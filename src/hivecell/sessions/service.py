@@ -63,6 +63,7 @@ class SessionCreate(BaseModel):
     model: str | None = Field(None, max_length=200)
     provider: str | None = Field(None, max_length=200)  # the model proxy's [providers.NAME]
     max_cost_usd: float | None = Field(None, gt=0)  # the model proxy refuses calls past it
+    auto_answer: bool = False  # accept routine confirmations, each one audited
     cols: int = Field(120, ge=1, le=framing.MAX_CELLS)
     rows: int = Field(40, ge=1, le=framing.MAX_CELLS)
 
@@ -89,6 +90,7 @@ class SessionView(BaseModel):
     audit: list[AuditEntry] | None = None  # the newest entries, in GET /sessions/{name}
     proxy: bool = False
     usage: SessionUsage | None = None  # model calls through the proxy
+    auto_answer: bool = False
 
 
 class SessionService:
@@ -175,6 +177,7 @@ class SessionService:
                 proxy=gate is not None,
                 provider=req.provider,
                 max_cost_usd=req.max_cost_usd,
+                auto_answer=req.auto_answer,
             )
             await anyio.to_thread.run_sync(
                 write_private, folder / SPEC_FILE, spec.model_dump_json(indent=2)
@@ -320,6 +323,7 @@ class SessionService:
             "cwd": spec.cwd,
             "created_at": spec.created_at,
             "proxy": spec.proxy,
+            "auto_answer": spec.auto_answer,
             "usage": await self._usage(name, spec) if spec.proxy else None,
         }
         try:

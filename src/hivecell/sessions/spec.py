@@ -45,6 +45,7 @@ class SessionSpec(BaseModel):
     proxy: bool = False
     provider: str | None = None  # a [providers.NAME] table; None: the server's default
     max_cost_usd: float | None = Field(None, gt=0)
+    auto_answer: bool = False  # type the screen's routine confirmations (plugins.AutoAnswer)
 
 
 class SupervisorStatus(BaseModel):

@@ -14,7 +14,7 @@ from typing import Literal
 
 import pyte
 
-from hivecell.sessions.plugins import Screen
+from hivecell.sessions.plugins import AutoAnswer, Screen
 
 Status = Literal["working", "waiting", "idle", "exited"]
 QUIET_SECONDS = 1.5
@@ -26,6 +26,7 @@ class ScreenWatch:
         self._stream = pyte.ByteStream(self._screen)
         self._waiting = [re.compile(p, re.MULTILINE) for p in patterns.waiting]
         self._working = [re.compile(p, re.MULTILINE) for p in patterns.working]
+        self._auto = [(re.compile(a.pattern, re.MULTILINE), a) for a in patterns.auto_answer]
         self.last_output = 0.0
 
     def feed(self, data: bytes) -> None:
@@ -43,6 +44,18 @@ class ScreenWatch:
         answered earlier, now above the cursor, no longer counts as waiting."""
         y = self._screen.cursor.y
         return "\n".join(line.rstrip() for line in self._screen.display[y:])
+
+    def confirmation(self) -> tuple[AutoAnswer, str] | None:
+        """The routine confirmation the screen asks at its cursor, if any, and the line that
+        asks it."""
+        near = self._near_cursor()
+        for pattern, answer in self._auto:
+            found = pattern.search(near)
+            if found:
+                start = near.rfind("\n", 0, found.start()) + 1
+                end = near.find("\n", found.end())
+                return answer, near[start : end if end >= 0 else len(near)]
+        return None
 
     def status(self, running: bool) -> Status:
         if not running:

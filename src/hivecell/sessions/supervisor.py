@@ -30,6 +30,7 @@ from typing import Any
 
 from hivecell.errors import HivecellError
 from hivecell.sessions import framing
+from hivecell.sessions.autoanswer import AutoAnswerer
 from hivecell.sessions.framing import FrameType
 from hivecell.sessions.recorders import SessionRecorder
 from hivecell.sessions.scrollback import Scrollback
@@ -67,6 +68,11 @@ class Supervisor:
         self.done = asyncio.Event()
         self.viewers: set[asyncio.StreamWriter] = set()
         self.pending_input = bytearray()
+        self.auto = (
+            AutoAnswerer(self.watch, self.audit, self._write_keys)
+            if spec.auto_answer and spec.screen.auto_answer
+            else None
+        )
 
     # -- the agent's process ------------------------------------------------------------
     async def spawn(self) -> None:
@@ -117,6 +123,8 @@ class Supervisor:
         self.log.write(data)
         self.watch.feed(data)
         self._broadcast(framing.encode(FrameType.STDOUT, data))
+        if self.auto is not None:
+            self.auto.output()
 
     def _close_pty(self) -> None:
         if self.fd is None:
@@ -138,6 +146,8 @@ class Supervisor:
         _, status = os.waitpid(self.pid, 0)
         self.exit_code = os.waitstatus_to_exitcode(status)
         self.pid = None
+        if self.auto is not None:
+            self.auto.stop()
         self._drain()
         self.exited.set()
         self.audit.event("agent_exit", detail={"exit_code": self.exit_code})
@@ -270,6 +280,11 @@ class Supervisor:
         if self.fd is None:
             return
         self.audit.typed(data, self.fd)
+        self._write_keys(data)
+
+    def _write_keys(self, data: bytes) -> None:
+        if self.fd is None:
+            return
         self.pending_input += data
         self._flush_input()
 
