@@ -376,3 +376,48 @@ async def test_ctrl_c_reaches_the_agent_in_a_sandbox_not_the_box(
     await _until(svc, "cc1", b"L:after:L")
     assert (await svc.get("cc1")).pid == view.pid
     await svc.destroy("cc1", force=True)
+
+
+async def test_sandbox_agent_commits_in_its_own_git_never_the_repositorys(
+    shome: Path, fake_home: Path, repo: Path
+) -> None:
+    """Agents commit as they work: in a box that lands in the box's own git folder (the
+    repository's objects borrowed read-only), never in the repository, whose config, hooks,
+    refs and objects the box cannot touch; the work still shows in the session's diff."""
+    svc = service(shome, fake_home)
+    view = await svc.create(SessionCreate(name="sbgit", agent="shell", repo=str(repo)))
+    common = repo / ".git"
+    objects_before = sorted(p.name for p in (common / "objects").rglob("*"))
+    refs_before = (await anyio.run_process(["git", "-C", str(repo), "show-ref"])).stdout
+    out = await probe(
+        svc,
+        "sbgit",
+        "echo new > added.txt && git add added.txt && git commit -qm from-the-box"
+        " && git --no-pager log --format=box=%s -1"
+        " && git --no-pager log --format=main=%s -1 main && git status --short | sed s/^/st=/",
+    )
+    assert "box=from-the-box" in lines(out) and "main=files" in lines(out)
+    # Only the covers of the blocked files differ from the box's last commit.
+    assert sorted(x for x in lines(out) if x.startswith("st=")) == [
+        "st= M certs/server.pem",
+        "st= M deploy.key",
+    ]
+    # What a hostile agent tries on the repository's git and its own .git and config.
+    attacks = [
+        f"echo '[core] hooksPath=/tmp' >> {common}/config",
+        f"echo evil > {common}/hooks/post-merge",
+        f"echo 0000 > {common}/refs/heads/main",
+        "echo 'gitdir: /tmp' > .git",
+        "git config core.fsmonitor /tmp/evil",
+        f"git --git-dir={common} commit -qm sneak --allow-empty",
+    ]
+    await probe(svc, "sbgit", "; ".join(f"{a} 2>/dev/null || echo refused" for a in attacks))
+    assert "hooksPath" not in (common / "config").read_text()
+    assert not (common / "hooks" / "post-merge").exists()
+    assert (await anyio.run_process(["git", "-C", str(repo), "show-ref"])).stdout == refs_before
+    assert sorted(p.name for p in (common / "objects").rglob("*")) == objects_before
+    assert (Path(view.cwd) / ".git").read_text().startswith("gitdir: ")  # the host's, intact
+    # The host sees the work in the worktree's files: diff shows the file.
+    diff = await svc.diff("sbgit")
+    assert {"status": "A", "path": "added.txt"} in diff["files"]
+    await svc.destroy("sbgit", force=True)

@@ -22,7 +22,9 @@ from tests.sessions.helpers import make_repo, wait_status
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(900)]
 SECRET = "sk-aider-must-not-see-0099"
 NEW = 'def greet():\n    return "hello from aider"\n'
-EDIT = f"hello.py\n```python\n{NEW}```\n"
+NOTES = "Greetings are returned, not printed.\n"
+# an edit of a tracked file and a new file, each in Aider's whole-file format
+EDIT = f"hello.py\n```python\n{NEW}```\n\nNOTES.md\n```\n{NOTES}```\n"
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +51,16 @@ async def until_in_file(path: Path, text: str, timeout: float = 240) -> None:
             await anyio.sleep(0.2)
 
 
+async def until_committed(folder: Path, branch: str, subject: str, timeout: float = 120) -> None:
+    git = ["git", "--git-dir", str(folder / "boxgit"), "log", "-1", "--format=%s", branch]
+    with anyio.fail_after(timeout):
+        while True:  # Aider commits once the model has named the commit
+            done = await anyio.run_process(git, check=False)
+            if done.stdout.decode().startswith(subject):
+                return
+            await anyio.sleep(0.2)
+
+
 async def test_aider_edits_a_file_through_the_model_proxy(
     shome: Path, tmp_path: Path, aider_bin: Path
 ) -> None:
@@ -68,6 +80,9 @@ async def test_aider_edits_a_file_through_the_model_proxy(
             await wait_status(svc, "aid", "idle", timeout=240)  # at its prompt, quiet
             await svc.send("aid", "make greet return a greeting", True)
             await until_in_file(Path(view.cwd) / "hello.py", "hello from aider")
+            await until_in_file(Path(view.cwd) / "NOTES.md", NOTES)
+            # Aider commits its edit: in the box's own git (the repository's is read-only).
+            await until_committed(shome / "sessions" / "aid", view.branch or "", "Make greet")
             diff = await svc.diff("aid")
             usage = (await svc.get("aid")).usage
             entries = await svc.audit("aid", 0, 1000)
@@ -78,7 +93,8 @@ async def test_aider_edits_a_file_through_the_model_proxy(
     assert first.headers["authorization"] == f"Bearer {SECRET}"
     assert "make greet return a greeting" in str(first.body["messages"])
     assert '+    return "hello from aider"' in diff["diff"]
-    assert any(f["path"] == "hello.py" for f in diff["files"])
+    assert {"status": "M", "path": "hello.py"} in diff["files"]
+    assert {"status": "A", "path": "NOTES.md"} in diff["files"]
     assert usage is not None and usage.prompt_tokens >= 900 and usage.cost_usd > 0
     calls = [e for e in entries if e.action == "network_request"]
     assert calls and calls[0].detail is not None and calls[0].detail["model"] == "gpt-4o-mini"

@@ -7,7 +7,8 @@
   pid namespace (no other process's ``/proc/PID/root`` to read the host through) and no
   capabilities (a root agent cannot unmount a cover nor read a mode-000 one).
 - ``sandbox``: a local sandbox (``sandbox.local.terminal``) with the worktree bound
-  read-write at its host path, the repository's git folder read-only, no host home,
+  read-write at its host path, the repository's git folder read-only and a git folder of
+  the box's own for its commits (``boxgit``), no host home,
   the box's resource limits and network mode, and the agent's CLI bound read-only when it
   lives outside the box's system folders (``agent_paths``).
 
@@ -29,7 +30,7 @@ from hivecell.sandbox.base import NetworkMode, SandboxSpec
 from hivecell.sandbox.local import etcfiles, state, terminal
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.provider import LocalProvider
-from hivecell.sessions import blocked
+from hivecell.sessions import blocked, boxgit
 from hivecell.sessions.proxy.gate import GatePlan
 
 # In the box, what the system folders already show (bound read-only into every box).
@@ -107,6 +108,7 @@ async def sandbox_plan(
     worktree: Path,
     env: dict[str, str],
     *,
+    branch: str,
     hivecell_home: Path,
     network: NetworkMode,
     memory_mb: int | None,
@@ -114,6 +116,7 @@ async def sandbox_plan(
     gate: GatePlan | None = None,
 ) -> BoxPlan:
     git_dir = await _common_git_dir(worktree)
+    box_git = await boxgit.prepare(folder, worktree, branch)
     covers = await anyio.to_thread.run_sync(_find, folder, None, [worktree], hivecell_home)
     agent_dirs, bin_dirs = await anyio.to_thread.run_sync(agent_paths, argv[0], host_path)
     provider = LocalProvider(hivecell_home)
@@ -124,8 +127,11 @@ async def sandbox_plan(
     wt = str(worktree)
     binds = [
         terminal.Bind(wt, writable=True),
-        terminal.Bind(str(git_dir)),  # status, diff and log work; commits happen outside
-        terminal.Bind(str(worktree / ".git")),  # a mount point: the box cannot swap it
+        terminal.Bind(str(git_dir)),  # the objects the box's git borrows
+        terminal.Bind(str(box_git.folder), writable=True),
+        terminal.Bind(str(box_git.config)),  # the host's, read-only over the box's folder
+        # the box's .git points at its own folder; a mount point: the box cannot swap it
+        _CoverBind(str(box_git.gitfile), str(worktree / ".git")),
         *_cover_binds(covers.bwrap_args(folder, under=worktree)),
         *(terminal.Bind(str(d)) for d in agent_dirs),
         *proxy,
@@ -145,7 +151,9 @@ async def sandbox_plan(
         lambda: terminal.prepare(provider, spec, argv, cwd=wt, env=box_env, binds=binds)
     )
     try:
-        await anyio.to_thread.run_sync(_share_worktree, hivecell_home, sandbox_id, worktree)
+        await anyio.to_thread.run_sync(
+            _share_worktree, hivecell_home, sandbox_id, worktree, box_git
+        )
     except BaseException:
         with anyio.CancelScope(shield=True):
             await destroy_box(hivecell_home, sandbox_id)
@@ -205,7 +213,9 @@ async def _common_git_dir(worktree: Path) -> Path:
     return Path(done.stdout.decode().strip())
 
 
-def _share_worktree(hivecell_home: Path, sandbox_id: str, worktree: Path) -> None:
+def _share_worktree(
+    hivecell_home: Path, sandbox_id: str, worktree: Path, box_git: boxgit.BoxGit
+) -> None:
     """As root the box is its own host uid: its group gets write access to the worktree
     (group-writable, set-gid folders so new files stay in the group). The owner stays the
     same, so git on the host still trusts the worktree, and a ``.git`` the box made would
@@ -219,6 +229,11 @@ def _share_worktree(hivecell_home: Path, sandbox_id: str, worktree: Path) -> Non
             _share(Path(top) / name, gid)
         dirs[:] = [d for d in dirs if not (d == ".git" and Path(top) == worktree)]
     _share(worktree, gid)
+    for top, dirs, files in os.walk(box_git.folder):
+        for name in [*dirs, *files]:
+            if Path(top) / name != box_git.config:
+                _share(Path(top) / name, gid)
+    _share(box_git.folder, gid)
 
 
 def _share(path: Path, gid: int) -> None:

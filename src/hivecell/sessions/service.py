@@ -142,11 +142,13 @@ class SessionService:
                     gate=gate,
                 )
             elif level == "sandbox":
+                assert branch is not None
                 plan = await isolation.sandbox_plan(
                     folder,
                     argv,
                     cwd,
                     env,
+                    branch=branch,
                     hivecell_home=self.home,
                     network=req.network or agent.defaults.network,
                     memory_mb=agent.defaults.memory_mb,
