@@ -18,6 +18,7 @@ import anyio
 import pytest
 
 from hivecell.sandbox.local.layout import SUPERVISOR_MODULE
+from hivecell.sandbox.local.provider import LocalProvider
 from hivecell.sessions import blocked, isolation
 from hivecell.sessions.service import SessionCreate, SessionService
 from tests.server.helpers import serve
@@ -149,6 +150,10 @@ async def test_sandbox_session_works_in_its_worktree_without_the_host_home(
     assert "readable" in out and "/home/user" in out
     who = await probe(svc, "sb1", "id -u; hostname; git status --short | wc -l")
     assert lines(who)[1:3] == ["1000", spec.sandbox]  # the box's user and name, not the host's
+    # The box lists as running and its use is measured, so capacity and metrics count it.
+    provider = LocalProvider(shome)
+    assert (await provider.info(spec.sandbox)).status == "running"
+    assert (await provider.usage(spec.sandbox)).memory_rss_mb > 0
     # A file written in the box lands in the session's worktree, on its branch.
     await probe(svc, "sb1", "echo from-box > made.txt")
     assert (Path(view.cwd) / "made.txt").read_text() == "from-box\n"

@@ -52,3 +52,23 @@ def test_resize_keeps_working(cols: int, rows: int) -> None:
     watch.resize(cols, rows)
     watch.feed(b"ok?")
     assert watch.status(running=True) == "waiting"
+
+
+def test_a_flood_of_output_is_drawn_from_its_tail() -> None:
+    """Megabytes of output (a build log, `yes`) then a question: the screen shows the
+    question, drawn from the tail only (pyte is too slow to draw it all)."""
+    from hivecell.sessions.status import RENDER_TAIL
+
+    watch = ScreenWatch(80, 24, BUILTINS["shell"].screen)
+    line = b"\x1b[1;32mcompiling\x1b[0m module " + b"x" * 40 + b"\r\n"
+    for _ in range(20 * RENDER_TAIL // len(line)):
+        watch.feed(line)
+    watch.feed(b"\x1b[31mOverwrite? [y/N] \x1b[0m")
+    watch.last_output = 0.0
+    assert watch.status(running=True) == "waiting"
+    assert watch.text().splitlines()[-2].startswith("compiling module xxx")
+    # Drawn once: asking again renders nothing new and says the same.
+    assert watch.status(running=True) == "waiting"
+    watch.feed(b"n\r\n$ ")
+    watch.last_output = 0.0
+    assert watch.status(running=True) == "idle"

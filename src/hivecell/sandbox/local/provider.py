@@ -360,7 +360,7 @@ class LocalProvider:
         if not layout.root.is_dir():
             raise SandboxNotFound(f"no sandbox {layout.sandbox_id} in {self.home}", op="destroy")
         meta = state.load(layout)
-        # A terminal box (terminal.py) runs under its caller, which records no pid: look.
+        # A terminal box (terminal.py) records its pid once it runs; before that, look.
         pid = (meta.supervisor_pid if meta else None) or state.find_supervisor(layout)
         self._stop_sync(layout, pid)
         _remove_cgroups(layout)

@@ -348,6 +348,17 @@ def cap_output(limit: int) -> None:
     os.close(write_fd)
 
 
+def _record_pid(layout: Layout) -> None:
+    """A terminal box runs under its caller, which records no pid: without this the box
+    would list as stopped while it runs, and capacity and metrics would not count it."""
+    from hivecell.sandbox.local import state  # pydantic: only terminal boxes pay for it
+
+    meta = state.load(layout)
+    if meta is not None:
+        meta.supervisor_pid = os.getpid()
+        state.save(layout, meta)
+
+
 def main(argv: list[str]) -> int:
     """argv: the sandbox folder, then optionally a fd on which to report our pid."""
     layout = Layout(Path(argv[0]).resolve())
@@ -356,6 +367,7 @@ def main(argv: list[str]) -> int:
         detach(int(argv[1]))
     if terminal:  # our own lines go to the log; the terminal is the command's
         sys.stderr = open(layout.log, "a", buffering=1)  # noqa: SIM115 - for the whole run
+        _record_pid(layout)
     else:
         cap_output(LOG_CAP_BYTES)
     box = Box(layout, json.loads(layout.plan.read_text()))
