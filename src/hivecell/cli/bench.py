@@ -17,6 +17,7 @@ from hivecell.sandbox.base import SandboxSpec
 
 if TYPE_CHECKING:
     from hivecell.bench import agent as agent_bench
+    from hivecell.bench import terminal as terminal_bench
 
 app = typer.Typer(help="Benchmarks (medians over repeated runs).", no_args_is_help=True)
 
@@ -370,4 +371,89 @@ def _throughput_table(report: Any) -> Table:
     table.add_row("server exited cleanly", "yes" if report.server_exited_cleanly else "NO")
     for kind, found in report.leaks.model_dump().items():
         table.add_row(f"leaked {kind.replace('_', ' ')}", "; ".join(found) if found else "0")
+    return table
+
+
+@app.command("terminal")
+def terminal(
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    runs: Annotated[int, typer.Option(min=1, help="sandboxed sessions created to time")] = 5,
+    home: Path | None = HomeOption,
+) -> None:
+    """Coding-agent sessions through `hivecell up`: keystroke echo, output throughput to a
+    browser-protocol client, and session creation until the shell answers."""
+    from hivecell.bench import terminal as terminal_bench
+
+    if not as_json:
+        err.print(f"measuring session terminals through hivecell up ({runs} creates)...")
+    workdir = resolve_home(home) / "bench" / f"terminal-{secrets.token_hex(4)}"
+    report = run(lambda: terminal_bench.measure_terminal(workdir, runs=runs))
+    met = terminal_bench.goals_met(report)
+    if as_json:
+        print(json.dumps({"terminal": _terminal_result(report, met)}, indent=2))
+        return
+    out.print(_terminal_table(report, met))
+    for note in report.notes:
+        out.print(f"Note: {note}.", highlight=False)
+
+
+def _terminal_result(report: terminal_bench.TerminalReport, met: dict[str, bool]) -> dict[str, Any]:
+    from hivecell.bench import terminal as terminal_bench
+
+    echo, create, throughput = report.echo, report.create, report.throughput
+    return {
+        "echo": {
+            "median_ms": echo.median_ms,
+            "p90_ms": echo.p90_ms,
+            "min_ms": echo.min_ms,
+            "keystrokes": echo.n,
+        },
+        "throughput_mb_s": throughput.mb_s,
+        "throughput": throughput.model_dump(exclude={"mb_s"}),
+        "create": {
+            "median_ms": create.median_ms,
+            "p90_ms": create.p90_ms,
+            "min_ms": create.min_ms,
+            "runs": create.n,
+            "first_ms": report.create_first_ms,
+        },
+        "goals": {
+            "echo_median_ms": terminal_bench.GOAL_ECHO_MS,
+            "throughput_mb_s": terminal_bench.GOAL_THROUGHPUT_MB_S,
+            "create_median_ms": terminal_bench.GOAL_CREATE_MS,
+        },
+        "met": met,
+        "machine": machine(),
+        "notes": report.notes,
+    }
+
+
+def _terminal_table(report: terminal_bench.TerminalReport, met: dict[str, bool]) -> Table:
+    from hivecell.bench import terminal as terminal_bench
+
+    echo, create, throughput = report.echo, report.create, report.throughput
+    table = Table("measure", "median", "p90", "goal", "met")
+    table.add_row(
+        f"keystroke -> echo ({echo.n} keys)",
+        f"{echo.median_ms:.2f} ms",
+        f"{echo.p90_ms:.2f} ms",
+        f"≤ {terminal_bench.GOAL_ECHO_MS:g} ms",
+        "yes" if met["echo"] else "no",
+    )
+    window = "" if throughput.complete else ", time box"
+    table.add_row(
+        f"output to the client ({throughput.bytes / 1e6:.1f} MB in "
+        f"{throughput.seconds:.1f} s{window})",
+        f"{throughput.mb_s:.2f} MB/s",
+        "",
+        f"≥ {terminal_bench.GOAL_THROUGHPUT_MB_S:g} MB/s",
+        "yes" if met["throughput"] else "no",
+    )
+    table.add_row(
+        f"create (sandbox) -> shell answers ({create.n} runs)",
+        f"{create.median_ms:.0f} ms",
+        f"{create.p90_ms:.0f} ms",
+        f"≤ {terminal_bench.GOAL_CREATE_MS:g} ms",
+        "yes" if met["create"] else "no",
+    )
     return table
