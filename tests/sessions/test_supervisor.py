@@ -55,3 +55,45 @@ async def test_background_jobs_end_with_the_agent(shome: Path, tmp_path: Path, a
             if not session_members(view.pid):
                 break
             await anyio.sleep(0.05)
+
+
+async def test_a_viewer_that_stops_reading_pauses_the_output_then_is_dropped(
+    shome: Path, tmp_path: Path
+) -> None:
+    """Output a viewer cannot take yet is held back, not lost (the agent waits, as on a slow
+    terminal); a viewer that stopped reading altogether is dropped after VIEWER_STALL and
+    the agent goes on. Every byte reaches the viewer that keeps reading."""
+    from hivecell.sessions import framing
+    from hivecell.sessions.framing import FrameType
+    from hivecell.sessions.link import Link
+
+    service = SessionService(shome, {"PATH": os.environ["PATH"]})
+    req = SessionCreate(
+        name="flood", agent="shell", repo=str(make_repo(tmp_path / "r")), isolation="none"
+    )
+    await service.create(req)
+    folder = service.folder("flood")
+    stalled = await anyio.connect_unix(str(folder / "sock"))  # attaches, never reads
+    await stalled.send(framing.control({"op": "attach", "tail": 0}))
+    reader = await Link.open(folder)
+    await reader.send(framing.control({"op": "attach", "tail": 0}))
+    size = 24 * 1024 * 1024
+    await service.send(
+        "flood", f"head -c {size} /dev/zero | tr '\\0' x; echo; echo END-$((6*7))", True
+    )
+    seen = bytearray()
+    with anyio.fail_after(120):
+        while b"END-42" not in seen[-4096:]:
+            frame = await reader.receive()
+            if frame.type is FrameType.STDOUT:
+                seen += frame.payload
+    assert seen.count(b"x") >= size  # nothing lost (the command's echo has none)
+    with anyio.fail_after(10):  # the stalled one was let go: its socket reads EOF
+        while True:
+            try:
+                await stalled.receive(1 << 20)
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                break
+    await stalled.aclose()
+    await reader.aclose()
+    await service.destroy("flood", force=True)

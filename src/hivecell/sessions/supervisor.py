@@ -45,7 +45,11 @@ from hivecell.sessions.status import ScreenWatch
 
 READ_CHUNK = 64 * 1024
 REPLAY_CHUNK = framing.MAX_PAYLOAD
-VIEWER_BACKLOG = 4 * 1024 * 1024  # a viewer this far behind is dropped, not waited for
+# A viewer this far behind pauses the agent's output (as a slow terminal does: its writes
+# block) until every viewer has caught up; one that has not within VIEWER_STALL is dropped,
+# so a viewer that stopped reading cannot hold the agent up for long.
+VIEWER_BACKLOG = 4 * 1024 * 1024
+VIEWER_STALL = 5.0
 HOOK_TIMEOUT = 60
 STOP_GRACE = 3.0
 
@@ -68,6 +72,7 @@ class Supervisor:
         self.done = asyncio.Event()
         self.viewers: set[asyncio.StreamWriter] = set()
         self.pending_input = bytearray()
+        self.catching_up: asyncio.Future[None] | None = None
         self.auto = (
             AutoAnswerer(self.watch, self.audit, self._write_keys)
             if spec.auto_answer and spec.screen.auto_answer
@@ -203,12 +208,31 @@ class Supervisor:
 
     # -- viewers and requests -----------------------------------------------------------
     def _broadcast(self, frame: bytes) -> None:
-        for viewer in list(self.viewers):
-            if viewer.transport.get_write_buffer_size() > VIEWER_BACKLOG:
-                self.viewers.discard(viewer)
-                viewer.close()
-                continue
+        for viewer in self.viewers:
             viewer.write(frame)
+        if self.catching_up is None and self.fd is not None and self._lagging():
+            asyncio.get_running_loop().remove_reader(self.fd)
+            self.catching_up = asyncio.ensure_future(self._catch_up(self.fd))
+
+    def _lagging(self) -> list[asyncio.StreamWriter]:
+        return [v for v in self.viewers if v.transport.get_write_buffer_size() > VIEWER_BACKLOG]
+
+    async def _catch_up(self, fd: int) -> None:
+        """The PTY is not read (the agent's writes block once its buffer is full) until
+        the viewers behind have taken their backlog, or are dropped at the deadline."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + VIEWER_STALL
+        try:
+            for viewer in self._lagging():
+                try:
+                    await asyncio.wait_for(viewer.drain(), max(0.0, deadline - loop.time()))
+                except (TimeoutError, ConnectionError):
+                    self.viewers.discard(viewer)
+                    viewer.close()
+        finally:
+            self.catching_up = None
+            if self.fd == fd:  # not closed meanwhile (the agent exited, the PTY drained)
+                loop.add_reader(fd, self._on_output)
 
     def status(self) -> SupervisorStatus:
         return SupervisorStatus(
@@ -347,6 +371,8 @@ async def run(folder: Path) -> None:
         await sup.done.wait()
         await sup.kill_agent()
         sup.audit.event("session_stop")
+        if sup.catching_up is not None:
+            sup.catching_up.cancel()
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
 
