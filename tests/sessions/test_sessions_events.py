@@ -4,6 +4,7 @@ that waits for the person, and the answer that ends the wait."""
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,9 @@ import websockets
 
 from hivecell.server.events import EventHub
 from hivecell.server.sessionwatch import SessionWatch
+from hivecell.sessions.audit import arecord
 from hivecell.sessions.service import SessionService
+from hivecell.sessions.spec import SessionSpec, write_private
 from tests.server.helpers import TOKEN, events, serve
 from tests.sessions.helpers import make_repo
 
@@ -59,7 +62,8 @@ async def test_the_hello_lists_session_events(shome: Path) -> None:
         headers = {"Authorization": f"Bearer {TOKEN}"}
         async with websockets.connect(running.ws_url, additional_headers=headers) as ws:
             hello = json.loads(await ws.recv())
-    assert {"session.created", "session.status", "session.destroyed"} <= set(hello["data"]["types"])
+    types = set(hello["data"]["types"])
+    assert {"session.created", "session.status", "session.audit", "session.destroyed"} <= types
 
 
 async def test_a_broken_session_folder_does_not_stop_the_watch(shome: Path, tmp_path: Path) -> None:
@@ -89,3 +93,54 @@ async def test_a_broken_session_folder_does_not_stop_the_watch(shome: Path, tmp_
             event = sub.receive.receive_nowait()
             assert event["type"] == "session.status"
             assert event["data"]["name"] == "ok1" and event["data"]["status"] == "exited"
+
+
+async def test_a_grown_audit_log_is_published_once(shome: Path) -> None:
+    """``session.audit`` follows the audit log: one event for a round in which it grew (by
+    the supervisor or by anyone else recording), none for a round in which it did not. (A
+    session folder with no supervisor: nothing else writes to its log meanwhile.)"""
+    folder = shome / "sessions" / "au1"
+    folder.mkdir(parents=True, mode=0o700)
+    spec = SessionSpec(
+        name="au1", agent="shell", argv=["true"], cwd=str(shome), env={}, isolation="none",
+        repo=str(shome), created_at=datetime.now(UTC),
+    )  # fmt: skip
+    write_private(folder / "spec.json", spec.model_dump_json())
+    hub = EventHub()
+    watch = SessionWatch(SessionService(shome, {}), hub)
+    await arecord(folder, "session_start", session="au1", agent="shell")
+    await watch.round()  # learns the states and the log's size: nothing published
+    with hub.subscribe() as sub:
+        await watch.round()
+        with pytest.raises(anyio.WouldBlock):
+            sub.receive.receive_nowait()
+        await arecord(folder, "file_read", session="au1", agent="shell", target="x")
+        await watch.round()
+        event = sub.receive.receive_nowait()
+        assert (event["type"], event["data"]) == ("session.audit", {"name": "au1"})
+        await watch.round()
+        with pytest.raises(anyio.WouldBlock):
+            sub.receive.receive_nowait()
+
+
+async def test_a_typed_line_reaches_the_events_socket_as_session_audit(
+    shome: Path, tmp_path: Path
+) -> None:
+    repo = make_repo(tmp_path / "repo")
+    async with serve(shome) as running, events(running) as ws:
+        made = await running.post(
+            "/sessions",
+            json={"name": "au2", "agent": "shell", "repo": str(repo), "isolation": "none"},
+        )
+        assert made.status_code == 201, made.text
+        await running.post("/sessions/au2/send", json={"text": "echo audited-$((2+3))"})
+        with anyio.fail_after(30):
+            while True:  # each event sends the reader for the entries it announces
+                event = json.loads(await ws.recv())
+                if event["type"] != "session.audit":
+                    continue
+                assert event["data"] == {"name": "au2"}
+                page = (await running.get("/sessions/au2/audit")).json()
+                typed = [e["target"] for e in page["items"] if e["action"] == "input"]
+                if typed == ["echo audited-$((2+3))"]:
+                    break

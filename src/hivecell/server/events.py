@@ -41,6 +41,7 @@ EVENT_TYPES = (
     "crew.completed",
     "session.created",
     "session.status",
+    "session.audit",
     "session.merged",
     "session.destroyed",
 )

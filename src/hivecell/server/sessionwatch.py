@@ -8,17 +8,24 @@ somebody listens on ``/events`` and publishes the ones that changed; with no lis
 nobody. The first round after start only learns the current states: a restarted server does
 not replay old changes. A session first seen later (once its supervisor answers) is
 published with ``previous: null``.
+
+The same rounds publish ``session.audit`` (``name``) when a session's audit log grew, so an
+open Audit panel fetches the new entries instead of polling for them. The log's size and
+inode say so without reading it; an entry is one ``write`` (see ``sessions.audit``), so a
+grown file already holds the whole line a reader is sent for.
 """
 
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import anyio
 from anyio.abc import TaskStatus
 
 from hivecell.errors import HivecellError
 from hivecell.server.events import EventHub
+from hivecell.sessions.audit import AuditLog
 from hivecell.sessions.service import SessionService, SessionView
 
 log = logging.getLogger(__name__)
@@ -32,6 +39,7 @@ class SessionWatch:
         self.hub = hub
         self.interval = interval
         self.known: dict[str, str] | None = None  # name -> status; None until the first round
+        self.audits: dict[str, tuple[int, int] | None] = {}  # name -> audit log (inode, size)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
@@ -64,6 +72,17 @@ class SessionWatch:
                         },
                     )
         self.known = now
+        await self._audits(views, first=known is None)
+
+    async def _audits(self, views: list[SessionView], *, first: bool) -> None:
+        """``session.audit`` for each session whose audit log changed since the last round."""
+        folders = {view.name: self.service.folder(view.name) for view in views}
+        now = await anyio.to_thread.run_sync(_audit_marks, folders)
+        if not first:
+            for name, mark in now.items():
+                if mark is not None and mark != self.audits.get(name):
+                    self.hub.publish("session.audit", {"name": name})
+        self.audits = now
 
     async def _views(self) -> list[SessionView]:
         """Every session that can be read; one that cannot (a broken folder, a supervisor
@@ -80,3 +99,16 @@ class SessionWatch:
             except (HivecellError, OSError, TimeoutError) as exc:
                 log.debug("session %s skipped this round: %s", name, exc)
         return views
+
+
+def _audit_marks(folders: dict[str, Path]) -> dict[str, tuple[int, int] | None]:
+    """(inode, size) of each session's current audit file; None when it has none yet."""
+    marks: dict[str, tuple[int, int] | None] = {}
+    for name, folder in folders.items():
+        try:
+            st = AuditLog(folder).path.stat()
+        except OSError:  # no entry yet, or the folder went away meanwhile
+            marks[name] = None
+        else:
+            marks[name] = (st.st_ino, st.st_size)
+    return marks

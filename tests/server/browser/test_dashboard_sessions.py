@@ -1,11 +1,16 @@
 """The Sessions page: a real `hivecell up`, a real bash in a PTY behind its supervisor, and
 xterm.js in Debian's Chromium over the attach WebSocket. Typing, a second viewer, resizing
 (checked with `stty size` inside), 100 000 lines of scrollback, live status with a browser
-notification, and a browser that sends garbage or has no token."""
+notification, and a browser that sends garbage or has no token. Around the terminal: the
+audit log followed live, the worktree's diff, the model usage of a real call through the
+model proxy, Restart, Destroy (refused over uncommitted work, then forced), and hostile
+text in all of them shown as text."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +19,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from hivecell.sessions.audit import record
 from tests.server.browser.conftest import Hivecell, save_screenshot
 from tests.sessions.helpers import make_repo, stop_all
 
@@ -41,8 +47,10 @@ def sessions_home(hivecell: Hivecell) -> Iterator[Hivecell]:
     stop_all(hivecell.home)
 
 
-def shell_session(hivecell: Hivecell, name: str, repo: Path) -> dict[str, Any]:
-    body = {"name": name, "agent": "shell", "repo": str(repo), "isolation": "none"}
+def shell_session(
+    hivecell: Hivecell, name: str, repo: Path, isolation: str = "none"
+) -> dict[str, Any]:
+    body = {"name": name, "agent": "shell", "repo": str(repo), "isolation": isolation}
     made: dict[str, Any] = hivecell.api("POST", "/sessions", body)
     return made
 
@@ -208,3 +216,205 @@ def test_without_the_cookie_neither_page_nor_terminal_opens(
     )
     assert code == 1006  # the handshake was refused: no socket ever opened
     stranger.close()
+
+
+AUDIT = "#audit-list tr"
+ATTACH_RT1 = "/api/v1/sessions/rt1/attach?tail=4194304"
+HOSTILE = "<img src=x onerror=window.__pwned=1>"
+
+
+def audit_row(page: Page, action: str, target: str) -> Any:
+    cells = page.locator(f'{AUDIT}[data-action="{action}"] td.target')
+    return cells.filter(has_text=re.compile("^" + re.escape(target) + "$"))
+
+
+def test_audit_follows_the_session_and_diff_shows_its_work(
+    sessions_home: Hivecell, page: Page, repo: Path
+) -> None:
+    hivecell = sessions_home
+    made = shell_session(hivecell, "wd1", repo, isolation="worktree")
+    open_session(page, hivecell, "wd1")
+    page.click("#tab-audit")
+    expect(page.locator("#tab-audit")).to_have_attribute("aria-selected", "true")
+    expect(page.locator(f'{AUDIT}[data-action="session_start"]')).to_have_count(1)
+
+    # Typed with the panel open: the entries arrive by themselves (session.audit events).
+    type_line(page, "echo hi > made.txt; echo made-$((40+2))")
+    expect(page.locator(ROWS)).to_contain_text("made-42", timeout=20_000)
+    expect(audit_row(page, "input", "echo hi > made.txt; echo made-$((40+2))")).to_have_count(
+        1, timeout=20_000
+    )
+    expect(audit_row(page, "file_write", "made.txt")).to_have_count(1, timeout=20_000)
+    seqs = [int(s) for s in page.locator(AUDIT).evaluate_all("rs => rs.map(r => r.dataset.seq)")]
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs)), seqs  # newest at the bottom
+    typed = page.locator(f'{AUDIT}[data-action="input"]').last
+    expect(typed.locator("td").nth(2)).to_have_text("allowed")
+    expect(page.locator("#audit-count")).to_contain_text("entries")
+
+    page.click("#tab-diff")
+    expect(page.locator("#audit-panel")).to_be_hidden()
+    expect(page.locator("#diff-files li")).to_have_text(["A made.txt"])
+    expect(page.locator("#diff-text .d-add")).to_contain_text(["+hi"])
+    expect(page.locator("#diff-summary")).to_contain_text(f"1 file changed on {made['branch']}")
+
+    type_line(page, "echo more > second.txt; echo second-$((40+2))")
+    expect(page.locator(ROWS)).to_contain_text("second-42", timeout=20_000)
+    page.click("#diff-refresh")
+    expect(page.locator("#diff-files li")).to_have_text(["A made.txt", "A second.txt"])
+    save_screenshot(page, "sessions-diff")
+    page.click("#panel-close")
+    expect(page.locator("#diff-panel")).to_be_hidden()
+
+
+def test_a_session_without_a_branch_says_so_in_the_diff_tab(
+    sessions_home: Hivecell, page: Page, repo: Path
+) -> None:
+    hivecell = sessions_home
+    shell_session(hivecell, "nb1", repo)
+    open_session(page, hivecell, "nb1")
+    page.click("#tab-diff")
+    expect(page.locator("#diff-summary")).to_have_text(
+        f"nb1 has no branch of its own (isolation none): its work is in {repo} itself."
+    )
+
+
+def test_restart_reattaches_to_a_new_shell(sessions_home: Hivecell, page: Page, repo: Path) -> None:
+    hivecell = sessions_home
+    before = shell_session(hivecell, "rt1", repo)
+    open_session(page, hivecell, "rt1")
+    type_line(page, "echo old-$$")
+    expect(page.locator(ROWS)).to_contain_text(f"old-{before['pid']}", timeout=20_000)
+    # The page attaches again once the restart is done: a new terminal WebSocket.
+    with page.expect_websocket(lambda ws: ws.url.endswith(ATTACH_RT1), timeout=30_000):
+        page.click("#restart")
+    expect(page.locator(".toast.ok").filter(has_text="Session rt1 restarted")).to_have_count(1)
+    after = hivecell.api("GET", "/sessions/rt1")
+    assert after["restarts"] == 1 and after["pid"] not in (None, before["pid"])
+    expect(page.locator("#term-state")).to_have_text("attached", timeout=20_000)
+    type_line(page, "echo new-$$")
+    expect(page.locator(ROWS)).to_contain_text(f"new-{after['pid']}", timeout=20_000)
+    page.click("#tab-audit")
+    expect(page.locator(f'{AUDIT}[data-action="session_restart"]')).to_have_count(1)
+
+
+def test_destroy_refuses_uncommitted_work_until_forced(
+    sessions_home: Hivecell, page: Page, repo: Path
+) -> None:
+    hivecell = sessions_home
+    made = shell_session(hivecell, "dz1", repo, isolation="worktree")
+    open_session(page, hivecell, "dz1")
+    type_line(page, "echo wip > wip.txt; echo wip-$((40+2))")
+    expect(page.locator(ROWS)).to_contain_text("wip-42", timeout=20_000)
+
+    page.click("#destroy")
+    expect(page.locator("#destroy-dialog")).to_be_visible()
+    expect(page.locator("#destroy-name")).to_have_text("dz1")
+    page.click("#destroy-confirm")
+    refused = page.locator("#destroy-refused")
+    expect(refused).to_contain_text(
+        f"session dz1 has uncommitted changes in its worktree (1 files): commit them on "
+        f"{made['branch']}"
+    )
+    expect(page.locator("#destroy-force")).to_be_visible()
+    expect(page.locator("#destroy-confirm")).to_be_hidden()
+    assert hivecell.api("GET", "/sessions/dz1")["name"] == "dz1"  # nothing was stopped
+    expect(page.locator('tr[data-session="dz1"]')).to_have_count(1)
+    # The refusal is a 422 the browser logs; nothing else may be.
+    assert all("422" in e for e in hivecell.console_errors), hivecell.console_errors
+    hivecell.console_errors.clear()
+
+    page.click("#destroy-force")
+    expect(page.locator("#destroy-dialog")).to_be_hidden()
+    expect(page.locator(".toast.ok").last).to_have_text(
+        f"Session dz1 destroyed; branch {made['branch']} kept (its commits stay in {repo})"
+    )
+    expect(page.locator('tr[data-session="dz1"]')).to_have_count(0)
+    expect(page.locator("#term-none")).to_be_visible()
+    expect(page).to_have_url(re.compile(r"/sessions$"))
+    assert hivecell.api("GET", "/sessions")["items"] == []
+    branch = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "--verify", "--quiet", made["branch"]], check=False
+    )
+    assert branch.returncode == 0, "the branch is kept"
+
+
+def test_destroy_of_a_clean_session_needs_only_the_confirmation(
+    sessions_home: Hivecell, page: Page, repo: Path
+) -> None:
+    hivecell = sessions_home
+    shell_session(hivecell, "dc1", repo)
+    open_session(page, hivecell, "dc1")
+    page.click("#destroy")
+    page.click("#destroy-cancel")
+    expect(page.locator("#destroy-dialog")).to_be_hidden()
+    assert hivecell.api("GET", "/sessions/dc1")["status"] != "exited"  # Cancel did nothing
+    page.click("#destroy")
+    page.click("#destroy-confirm")
+    expect(page.locator(".toast.ok").last).to_have_text("Session dc1 destroyed")
+    expect(page.locator('tr[data-session="dc1"]')).to_have_count(0)
+    expect(page.locator("#sessions-empty")).to_be_visible()
+
+
+@pytest.fixture
+def priced_model(script_file: Path) -> None:
+    """The scripted provider answers one call with usage the page must show (before the
+    server starts: ``hivecell`` reads the script at start)."""
+    reply = {"kind": "reply", "text": "ok", "prompt_tokens": 1000, "completion_tokens": 200}
+    script_file.write_text(json.dumps({"steps": [reply]}))
+
+
+def test_model_usage_of_a_call_through_the_proxy(
+    priced_model: None, sessions_home: Hivecell, page: Page, repo: Path
+) -> None:
+    hivecell = sessions_home
+    made = shell_session(hivecell, "mu1", repo)
+    assert made["proxy"] is True
+    open_session(page, hivecell, "mu1")
+    usage = page.locator("#term-usage")
+    expect(usage).to_have_text("0 model calls · 0 tokens · $0")
+    body = '{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'
+    type_line(
+        page,
+        f"curl -s \"$OPENAI_BASE_URL/chat/completions\" -H 'content-type: application/json' "
+        f"-d '{body}' -o /dev/null -w 'code-%{{http_code}}-'; echo done",
+    )
+    expect(page.locator(ROWS)).to_contain_text("code-200-done", timeout=20_000)
+    # gpt-4o: 1000 prompt tokens at $2.50 and 200 completion tokens at $10.00 per million.
+    expect(usage).to_have_text("1 model call · 1200 tokens · $0.0045", timeout=20_000)
+    expect(usage).to_have_attribute("title", re.compile("1000 prompt \\+ 200 completion.*gpt-4o"))
+    page.click("#tab-audit")
+    expect(page.locator(f'{AUDIT}[data-action="network_request"] td.target')).to_contain_text(
+        ["POST"]
+    )
+
+
+def test_hostile_text_in_audit_and_diff_stays_text(
+    sessions_home: Hivecell, page: Page, repo: Path
+) -> None:
+    hivecell = sessions_home
+    shell_session(hivecell, "hx1", repo, isolation="worktree")
+    open_session(page, hivecell, "hx1")
+    page.click("#tab-audit")
+    hostile_file = HOSTILE.replace("1>", "2>.txt")
+    type_line(page, f"echo '{HOSTILE}' > '{hostile_file}'; echo hx-$((40+2))")
+    expect(page.locator(ROWS)).to_contain_text("hx-42", timeout=20_000)
+    # What another part of hivecell records (e.g. a blocked path), with markup in every field.
+    record(
+        hivecell.home / "sessions" / "hx1", "network_request", session="hx1", agent="shell",
+        target=HOSTILE, outcome="blocked", detail={"why": HOSTILE},
+    )  # fmt: skip
+    expect(audit_row(page, "file_write", hostile_file)).to_have_count(1, timeout=20_000)
+    blocked = page.locator(f'{AUDIT}[data-outcome="blocked"]')
+    expect(blocked.locator("td.target")).to_have_text(HOSTILE, timeout=20_000)
+    expect(blocked.locator("td.detail")).to_have_text(f"why: {HOSTILE}")
+    expect(blocked.locator(".badge")).to_have_text("blocked")
+    expect(blocked).to_have_class(re.compile(r"\bflagged\b"))
+    typed = f"echo '{HOSTILE}' > '{hostile_file}'; echo hx-$((40+2))"
+    expect(audit_row(page, "input", typed)).to_have_count(1)
+    save_screenshot(page, "sessions-audit")
+    page.click("#tab-diff")
+    expect(page.locator("#diff-files li")).to_have_text([f"A {hostile_file}"])
+    expect(page.locator("#diff-text")).to_contain_text(f"+{HOSTILE}")
+    assert page.locator("#audit-panel img, #diff-panel img").count() == 0
+    assert page.evaluate("window.__pwned") is None
+    save_screenshot(page, "sessions-hostile")

@@ -3,9 +3,14 @@
 export const API = "/api/v1";
 
 export class ApiError extends Error {
-  constructor(status, message) {
+  // detail: the body's {code, op, context} when the server sent its error shape, so a page
+  // can tell one refusal from another without matching the message's words.
+  constructor(status, message, detail = {}) {
     super(message);
     this.status = status;
+    this.code = detail.code;
+    this.op = detail.op;
+    this.context = detail.context;
   }
 }
 
@@ -23,7 +28,10 @@ export async function api(path, { method = "GET", json, form } = {}) {
     throw new ApiError(401, "logged out");
   }
   const body = response.status === 204 ? null : await readBody(response);
-  if (!response.ok) throw new ApiError(response.status, errorText(body, response));
+  if (!response.ok) {
+    const detail = body && typeof body === "object" && typeof body.error === "object" ? body.error : {};
+    throw new ApiError(response.status, errorText(body, response), detail || {});
+  }
   return body;
 }
 
@@ -43,6 +51,7 @@ function errorText(body, response) {
 }
 
 export const post = (path, json) => api(path, { method: "POST", json });
+export const del = (path) => api(path, { method: "DELETE" });
 
 // One WebSocket per page, reconnecting with backoff; listeners get every event ({type, data}).
 const listeners = new Set();
