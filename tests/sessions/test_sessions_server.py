@@ -108,7 +108,7 @@ async def test_worktree_isolation_branch_is_made_and_kept(shome: Path, repo: Pat
             await v.type("echo dirt > dirty.txt; echo ok-$((4+4))\r")
             await v.until(b"ok-8")
         refused = await running.client.delete("/api/v1/sessions/wt1")
-        assert refused.status_code == 422 and "--force" in refused.json()["error"]["message"]
+        assert refused.status_code == 409 and "--force" in refused.json()["error"]["message"]
         done = await cli(shome, running, "destroy", "wt1", "--force")
         assert b"branch hivecell/wt1 kept" in done.stdout
     branches = await anyio.run_process(

@@ -457,10 +457,11 @@ class SessionService:
             return
         changes = await worktree.status(Path(spec.cwd))
         if changes:
-            raise InvalidParams(
+            raise gitops.MergeRefused(
                 f"session {spec.name} has uncommitted changes in its worktree "
                 f"({len(changes.splitlines())} files): commit them on {spec.branch} "
-                "or pass --force",
+                "(session merge --commit, or by hand) or destroy with --force "
+                "(API: force=true)",
                 op="session_destroy",
                 context={"name": spec.name},
             )

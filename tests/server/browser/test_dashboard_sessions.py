@@ -78,8 +78,10 @@ def test_create_attach_type_and_a_second_viewer_sees_it(
     page.fill("#s-agent", "shell")
     page.fill("#s-repo", str(repo))
     page.select_option("#s-isolation", "none")
+    page.check("#s-auto-answer")
     page.click("#create-session")
     expect(page.locator("#term-state")).to_have_text("attached", timeout=20_000)
+    assert hivecell.api("GET", "/sessions/web1")["auto_answer"] is True
     row = page.locator('tr[data-session="web1"]')
     expect(row).to_contain_text("shell")
     expect(row).to_contain_text("none")

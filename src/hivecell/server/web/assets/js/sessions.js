@@ -509,6 +509,7 @@ function setupForm() {
     const data = new FormData(form);
     const body = { name: data.get("name").trim(), agent: data.get("agent").trim(), repo: data.get("repo").trim() };
     if (data.get("isolation")) body.isolation = data.get("isolation");
+    if (data.get("auto_answer")) body.auto_answer = true;
     if (term) Object.assign(body, { cols: term.cols, rows: term.rows });
     $("#create-session").disabled = true;
     const made = await attempt(() => post("/sessions", body), `Session ${body.name} started`);
