@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -61,6 +62,17 @@ async def until_committed(folder: Path, branch: str, subject: str, timeout: floa
             await anyio.sleep(0.2)
 
 
+async def until_audited(svc: SessionService, name: str, path: str, timeout: float = 60) -> Any:
+    """The audit log once it records a write of ``path`` (its file watcher runs on its own
+    time: inotify events are read in batches)."""
+    with anyio.fail_after(timeout):
+        while True:
+            entries = await svc.audit(name, 0, 1000)
+            if any(e.action == "file_write" and path in (e.target or "") for e in entries):
+                return entries
+            await anyio.sleep(0.2)
+
+
 async def test_aider_edits_a_file_through_the_model_proxy(
     shome: Path, tmp_path: Path, aider_bin: Path
 ) -> None:
@@ -85,7 +97,7 @@ async def test_aider_edits_a_file_through_the_model_proxy(
             await until_committed(shome / "sessions" / "aid", view.branch or "", "Make greet")
             diff = await svc.diff("aid")
             usage = (await svc.get("aid")).usage
-            entries = await svc.audit("aid", 0, 1000)
+            entries = await until_audited(svc, "aid", "hello.py")
             await svc.destroy("aid", force=True)
             tg.cancel_scope.cancel()
     first = up.requests[0]
