@@ -9,25 +9,11 @@ import signal
 from pathlib import Path
 
 from hivecell.sessions.recorders import process_tree
-
-SUPERVISOR = b"hivecell.sessions.supervisor"
+from hivecell.sessions.supervisor import running_supervisors
 
 
 def supervisors(home: Path) -> list[int]:
-    """Supervisors whose session folder is ``home/sessions/NAME`` (exactly: another home
-    whose path merely starts the same is not this one)."""
-    root = home / "sessions"
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-        except OSError:
-            continue
-        if SUPERVISOR in argv and Path(os.fsdecode(argv[-1])).parent == root:
-            found.append(int(proc.name))
-    return found
+    return running_supervisors(home)
 
 
 def stop_sessions(home: Path) -> None:

@@ -37,6 +37,7 @@ from hivecell.bench.stats import Stats
 from hivecell.errors import HivecellError
 from hivecell.sessions import framing
 from hivecell.sessions.framing import FrameType
+from hivecell.sessions.supervisor import running_supervisors
 
 GOAL_ECHO_MS = 5.0  # median
 GOAL_THROUGHPUT_MB_S = 50.0
@@ -50,7 +51,6 @@ THROUGHPUT_WINDOW_S = 5.0  # a slower terminal is measured over this long, then 
 LINE = "hivecell-terminal-throughput-" * 3 + "x" * 12  # 99 characters, then "\n"
 MB = 1_000_000
 STOP_GRACE_S = 10.0  # a leftover supervisor after SIGTERM, before SIGKILL
-SUPERVISOR = b"hivecell.sessions.supervisor"
 WAIT_S = 60.0  # any single answer from the shell; far beyond a healthy one
 # bash's prompt escape \102 is "B": the prompt shows "[BENCH]$ ", the typed line does not
 PROMPT = b"[BENCH]$ "
@@ -332,18 +332,5 @@ def _stop_leftovers(home: Path) -> list[int]:
 
 
 def _supervisors(home: Path) -> list[int]:
-    """Live processes running ``hivecell.sessions.supervisor HOME/sessions/NAME``: those
-    this run's server started (the home is the run's own), by their exact command line."""
-    root = home / "sessions"
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            argv = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-            state = (proc / "stat").read_bytes().rsplit(b")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if state != b"Z" and SUPERVISOR in argv and Path(os.fsdecode(argv[-1])).parent == root:
-            found.append(int(proc.name))
-    return found
+    """Those this run's server started (the home is the run's own)."""
+    return running_supervisors(home)

@@ -327,6 +327,28 @@ class Supervisor:
             loop.add_writer(self.fd, self._flush_input)
 
 
+SUPERVISOR_MODULE = b"hivecell.sessions.supervisor"  # as its command line names it
+
+
+def running_supervisors(home: Path) -> list[int]:
+    """Live supervisors whose session folder is ``home/sessions/NAME``, by their exact
+    command line (another home whose path merely starts the same is not this one)."""
+    root = home / "sessions"
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/cmdline", "rb") as f:
+                argv = f.read().rstrip(b"\0").split(b"\0")
+        except OSError:
+            continue
+        # A zombie's command line is empty: it is gone already.
+        if SUPERVISOR_MODULE in argv and Path(os.fsdecode(argv[-1])).parent == root:
+            found.append(int(entry.name))
+    return found
+
+
 def session_members(sid: int) -> list[int]:
     """Live processes whose session is ``sid`` (/proc/PID/stat after the name: state, ppid,
     pgrp, session); zombies are dead already, only not yet reaped by their new parent."""
