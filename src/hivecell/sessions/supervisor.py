@@ -115,16 +115,33 @@ class Supervisor:
         fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
 
     def _on_output(self) -> None:
-        assert self.fd is not None
-        try:
-            data = os.read(self.fd, READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:  # EIO: every holder of the PTY's other end is gone
-            data = b""
-        if not data:
+        data, closed = self._read_available()
+        if data:
+            self._emit(data)
+        if closed:
             self._close_pty()
-            return
+
+    def _read_available(self) -> tuple[bytes, bool]:
+        """What the PTY holds now, up to READ_CHUNK, and whether its other end is gone. A
+        PTY hands out a few KiB per read: gathered into one frame, a flood costs one
+        scrollback write and one frame per 64 KiB, not per 4 KiB."""
+        assert self.fd is not None
+        chunks: list[bytes] = []
+        size = 0
+        while size < READ_CHUNK:
+            try:
+                chunk = os.read(self.fd, READ_CHUNK - size)
+            except BlockingIOError:
+                break
+            except OSError:  # EIO: every holder of the PTY's other end is gone
+                chunk = b""
+            if not chunk:
+                return b"".join(chunks), True
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks), False
+
+    def _emit(self, data: bytes) -> None:
         self.log.write(data)
         self.watch.feed(data)
         self._broadcast(framing.encode(FrameType.STDOUT, data))
