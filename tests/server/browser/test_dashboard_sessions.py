@@ -321,8 +321,8 @@ def test_destroy_refuses_uncommitted_work_until_forced(
     expect(page.locator("#destroy-confirm")).to_be_hidden()
     assert hivecell.api("GET", "/sessions/dz1")["name"] == "dz1"  # nothing was stopped
     expect(page.locator('tr[data-session="dz1"]')).to_have_count(1)
-    # The refusal is a 422 the browser logs; nothing else may be.
-    assert all("422" in e for e in hivecell.console_errors), hivecell.console_errors
+    # The refusal is a 409 the browser logs; nothing else may be.
+    assert all("409" in e for e in hivecell.console_errors), hivecell.console_errors
     hivecell.console_errors.clear()
 
     page.click("#destroy-force")

@@ -317,7 +317,7 @@ async function restart() {
 
 // The server refuses to drop a worktree's uncommitted work unless forced (its _check_clean).
 function refusedForWork(error) {
-  return error.op === "session_destroy" && (error.code === "invalid_params" || error.code === "conflict");
+  return error.op === "session_destroy" && error.code === "conflict";
 }
 
 function askDestroy() {
