@@ -44,10 +44,14 @@ class Link:
         await self.stream.send(frame)
 
     async def receive(self) -> Frame:
+        return framing.decode(await self.receive_raw())
+
+    async def receive_raw(self) -> bytes:
+        """One frame as it came, its header checked: what a relay forwards unchanged."""
         header = await self._reader.receive_exactly(framing.HEADER.size)
         _kind, _agent, length = framing.parse_header(header)
         payload = await self._reader.receive_exactly(length) if length else b""
-        return framing.decode(header + payload)
+        return header + payload
 
     async def request(self, message: dict[str, Any]) -> SupervisorStatus:
         """A control op; the supervisor answers with its status."""
