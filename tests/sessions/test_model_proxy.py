@@ -277,3 +277,64 @@ async def test_a_destroyed_session_is_no_longer_served(shome: Path) -> None:
         (folder / "spec.json").unlink()
         await host.reconcile()
         assert "s9" not in host._serving
+
+
+async def test_an_agent_hanging_up_mid_answer_is_counted_and_ends_the_upstream(
+    shome: Path,
+) -> None:
+    """The agent reads the first words of a streamed answer and hangs up: the proxy closes
+    its call to the provider (no generation left running for nobody) and still counts the
+    call, which the provider bills."""
+    folder = make_session(shome, "hang")
+    upstream_closed = anyio.Event()
+    delta = {"index": 0, "delta": {"content": "first words"}}
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "choices": [delta]}
+    first = b"data: %s\n\n" % json.dumps(chunk).encode()
+
+    async def provider_that_streams_forever(conn: anyio.abc.SocketStream) -> None:
+        async with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += await conn.receive()
+            head, _, body = request.partition(b"\r\n\r\n")
+            length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))  # type: ignore[union-attr]
+            while len(body) < length:
+                body += await conn.receive()
+            await conn.send(
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n" + b"%x\r\n%s\r\n" % (len(first), first)
+            )
+            try:
+                while await conn.receive():  # the rest of the answer never comes
+                    pass
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                upstream_closed.set()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, provider_that_streams_forever)
+        async with hosting(shome, provider(f"http://127.0.0.1:{port}/v1")):
+            body = json.dumps(
+                {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+            ).encode()
+            request = (
+                b"POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\n"
+                b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (len(body), body)
+            )
+            with socket.socket(socket.AF_UNIX) as s:
+                await anyio.to_thread.run_sync(s.connect, sock(folder))
+                await anyio.to_thread.run_sync(s.sendall, request)
+                seen = b""
+                with anyio.fail_after(20):
+                    while b"first words" not in seen:
+                        seen += await anyio.to_thread.run_sync(s.recv, 65536)
+            # The agent is gone: the provider's connection ends and the call is on record.
+            with anyio.fail_after(20):
+                await upstream_closed.wait()
+                while read_usage(folder).requests < 1:  # noqa: ASYNC110 - a file, no event
+                    await anyio.sleep(0.05)
+        tg.cancel_scope.cancel()
+    calls = [e for e in audit(folder) if e["action"] == "network_request"]
+    assert len(calls) == 1 and calls[0]["target"].endswith("/v1/chat/completions")

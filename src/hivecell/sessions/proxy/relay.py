@@ -267,15 +267,20 @@ async def _forward(
     meter, whole = StreamMeter(), bytearray()
     sse = upstream.headers.get("content-type", "").startswith("text/event-stream")
     try:
-        head = _response_headers(upstream.headers)
-        await _send(conn, stream, h11.Response(status_code=upstream.status_code, headers=head))
-        async for chunk in upstream.aiter_bytes():
-            if sse:
-                meter.feed(chunk)
-            elif len(whole) + len(chunk) <= MAX_PARSED:
-                whole += chunk
-            await _send(conn, stream, h11.Data(data=chunk))
-        await _send(conn, stream, h11.EndOfMessage())
+        async with anyio.create_task_group() as tg:
+            # An agent that hangs up mid-answer ends the provider's call at once, not when
+            # the provider next has words for nobody.
+            tg.start_soon(_until_agent_leaves, conn, stream, tg.cancel_scope)
+            head = _response_headers(upstream.headers)
+            await _send(conn, stream, h11.Response(status_code=upstream.status_code, headers=head))
+            async for chunk in upstream.aiter_bytes():
+                if sse:
+                    meter.feed(chunk)
+                elif len(whole) + len(chunk) <= MAX_PARSED:
+                    whole += chunk
+                await _send(conn, stream, h11.Data(data=chunk))
+            await _send(conn, stream, h11.EndOfMessage())
+            tg.cancel_scope.cancel()  # answered: stop watching
     finally:
         # Also when the agent hung up mid-answer: what was generated is paid for.
         with anyio.CancelScope(shield=True):
@@ -287,6 +292,22 @@ async def _forward(
                 Call(method, where, model, upstream.status_code, usage, cost,
                      "allowed" if ok else "error")
             )  # fmt: skip
+
+
+async def _until_agent_leaves(
+    conn: h11.Connection, stream: anyio.abc.ByteStream, answer: anyio.CancelScope
+) -> None:
+    """Bytes the agent sends meanwhile are its next request, kept for h11 (up to a body's
+    worth); its hanging up, or sending more than that, ends the answer."""
+    kept = 0
+    try:
+        while kept <= MAX_BODY + MAX_HEAD:
+            data = await stream.receive()
+            kept += len(data)
+            conn.receive_data(data)
+    except (anyio.EndOfStream, *_CLIENT_GONE):
+        pass
+    answer.cancel()
 
 
 def _response_headers(headers: httpx.Headers) -> list[tuple[str, str]]:
