@@ -143,12 +143,22 @@ def box_processes(sandbox_root: Path) -> set[int]:
     """bwrap and everything inside the box: the supervisor's descendants, not itself."""
     procs = {pid for pid, _ in process_tree(str(sandbox_root))}
     mine = str(sandbox_root).encode()
-    copier = supervisor.COPIER.encode()  # the supervisor's log copier stays on the host side
+    # The supervisor's log copier stays on the host side: a shell leading a session of its
+    # own, and the dd / head / cat it runs in that session.
+    copier = supervisor.COPIER.encode()
+    copiers = {pid for pid in procs if copier in Path(f"/proc/{pid}/cmdline").read_bytes()}
     return {
         pid
         for pid in procs
-        if mine not in (cmd := Path(f"/proc/{pid}/cmdline").read_bytes()) and copier not in cmd
+        if mine not in Path(f"/proc/{pid}/cmdline").read_bytes() and _sid(pid) not in copiers
     }
+
+
+def _sid(pid: int) -> int | None:
+    try:
+        return os.getsid(pid)
+    except ProcessLookupError:
+        return None
 
 
 def euid_as_nobody(shell: Path) -> str:
