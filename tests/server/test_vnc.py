@@ -18,7 +18,13 @@ from websockets.typing import Subprotocol
 
 from hivecell.sandbox.base import SandboxSpec
 from hivecell.sandbox.local.provider import LocalProvider
-from hivecell.server.vnc import CLOSE_POLICY, ViewOnlyFilter, provider_resolver, vnc_router
+from hivecell.server.vnc import (
+    CLOSE_POLICY,
+    CLOSE_UNAVAILABLE,
+    ViewOnlyFilter,
+    provider_resolver,
+    vnc_router,
+)
 from tests.server.rfb_client import RfbClient
 
 pytestmark = pytest.mark.anyio
@@ -168,3 +174,29 @@ async def test_an_interactive_viewer_drives_a_desktop_the_policy_allows(short_ho
                     await anyio.sleep(0.05)
     finally:
         await provider.destroy(info.id)
+
+
+async def test_an_x11vnc_hanging_up_mid_handshake_is_a_clean_close(tmp_path: Path) -> None:
+    """A desktop closing while a viewer connects: x11vnc starts its greeting and hangs up.
+    The viewer gets the relay's 'unavailable' close, not a crashed handler (an HTTP 403)."""
+    path = tmp_path / "vnc.sock"
+    listener = await anyio.create_unix_listener(path)
+
+    async def half_greeting(conn: anyio.abc.SocketStream) -> None:
+        async with conn:
+            await conn.send(b"RFB 00")  # 6 of the 12 bytes, then gone
+
+    async def resolve(sandbox_id: str) -> str:
+        return f"unix:{path}"
+
+    app = FastAPI()
+    app.include_router(vnc_router(resolve))
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, half_greeting)
+        async with serve(app) as base:
+            url = f"{base}/api/v1/sandboxes/sb-0123abcd/vnc?view_only=true"
+            async with connect(url, subprotocols=BINARY) as ws:
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+        tg.cancel_scope.cancel()
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == CLOSE_UNAVAILABLE

@@ -290,7 +290,8 @@ async def _serve_accepted(
         return CLOSE_UNAVAILABLE
     try:
         upstream = await spares.take(sandbox_id, path)  # host-only folder; no-follow too
-    except (OSError, UpstreamError, TimeoutError, anyio.EndOfStream) as exc:
+    # IncompleteRead: x11vnc hung up mid-handshake (its desktop is closing).
+    except (OSError, UpstreamError, TimeoutError, anyio.EndOfStream, anyio.IncompleteRead) as exc:
         log.info("vnc relay: %s: x11vnc unavailable: %s", sandbox_id, exc)
         return CLOSE_UNAVAILABLE
     allowed = (lambda: False) if view_only else (lambda: may_drive(sandbox_id))
