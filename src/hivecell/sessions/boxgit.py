@@ -36,10 +36,10 @@ class BoxGit:
         self.gitfile = folder / GITFILE
 
 
-async def prepare(session_folder: Path, worktree: Path, branch: str) -> BoxGit:
-    """Make the box's git directory from the worktree's current state."""
+async def prepare(session_folder: Path, worktree: Path, common: Path, branch: str) -> BoxGit:
+    """Make the box's git directory from the worktree's current state; ``common`` is the
+    repository's git folder (``git rev-parse --git-common-dir``)."""
     box = BoxGit(session_folder)
-    common = Path(await _git(worktree, "rev-parse", "--path-format=absolute", "--git-common-dir"))
     index = Path(await _git(worktree, "rev-parse", "--path-format=absolute", "--git-path", "index"))
     head = await _git(worktree, "rev-parse", "HEAD")
     object_format = await _git(worktree, "rev-parse", "--show-object-format")

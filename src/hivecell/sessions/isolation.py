@@ -116,7 +116,7 @@ async def sandbox_plan(
     gate: GatePlan | None = None,
 ) -> BoxPlan:
     git_dir = await _common_git_dir(worktree)
-    box_git = await boxgit.prepare(folder, worktree, branch)
+    box_git = await boxgit.prepare(folder, worktree, git_dir, branch)
     covers = await anyio.to_thread.run_sync(_find, folder, None, [worktree], hivecell_home)
     agent_dirs, bin_dirs = await anyio.to_thread.run_sync(agent_paths, argv[0], host_path)
     provider = LocalProvider(hivecell_home)
@@ -224,16 +224,17 @@ def _share_worktree(
     if os.geteuid() != 0 or meta is None or meta.info.host_uid is None:
         return  # the box is the invoking user
     gid = meta.info.host_uid
-    for top, dirs, files in os.walk(worktree):
+    _share_tree(worktree, gid, skip=worktree / ".git")
+    _share_tree(box_git.folder, gid, skip=box_git.config)  # its config stays the host's
+
+
+def _share_tree(root: Path, gid: int, *, skip: Path) -> None:
+    for top, dirs, files in os.walk(root):
         for name in [*dirs, *files]:
-            _share(Path(top) / name, gid)
-        dirs[:] = [d for d in dirs if not (d == ".git" and Path(top) == worktree)]
-    _share(worktree, gid)
-    for top, dirs, files in os.walk(box_git.folder):
-        for name in [*dirs, *files]:
-            if Path(top) / name != box_git.config:
+            if Path(top) / name != skip:
                 _share(Path(top) / name, gid)
-    _share(box_git.folder, gid)
+        dirs[:] = [d for d in dirs if Path(top) / d != skip]
+    _share(root, gid)
 
 
 def _share(path: Path, gid: int) -> None:
