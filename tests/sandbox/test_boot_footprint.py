@@ -10,6 +10,7 @@ from anyio import to_thread
 
 from hivecell.guest.boot import AGENT_MODULES
 from hivecell.sandbox.base import SandboxSpec
+from hivecell.sandbox.local.bwrap import MALLOC_TUNABLES
 from tests.sandbox import host
 from tests.sandbox.conftest import MakeProvider
 
@@ -53,3 +54,18 @@ async def test_the_boot_process_does_not_hold_the_agents_imports(
     for name in native:
         assert any(name in path for path in agent_maps), name
         assert not any(name in path for path in boot_maps), name
+
+
+async def test_malloc_settings_reach_the_agent_not_the_apps(make_provider: MakeProvider) -> None:
+    """The box's Python runs with bwrap.MALLOC_TUNABLES (freed buffers go back to the
+    host); the apps it starts keep glibc's defaults."""
+    provider = make_provider()
+    info = await provider.create(SandboxSpec())
+    async with await provider.connect(info.id) as guest:
+        result = await guest.call("run_shell", {"command": "printenv GLIBC_TUNABLES; echo rc=$?"})
+    assert result["stdout"].strip() == "rc=1", result
+    _, agent = await to_thread.run_sync(_boot_and_agent, info.id)
+    # glibc splits the variable at each ':' in place (NULs) as it reads it
+    raw = await to_thread.run_sync(Path(f"/proc/{agent}/environ").read_bytes)
+    environ = set(raw.split(b"\0"))
+    assert set(f"GLIBC_TUNABLES={MALLOC_TUNABLES}".encode().split(b":")) <= environ

@@ -60,7 +60,10 @@ MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 AGENT_STOPPED = 0  # the child's exit code after a requested shutdown or reboot
 # Set by the sandbox launcher for this interpreter only; apps inside must not inherit them.
-LAUNCHER_ENV = ("PYTHONPATH", "LD_LIBRARY_PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX")
+LAUNCHER_ENV = (
+    "PYTHONPATH", "LD_LIBRARY_PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX",
+    "GLIBC_TUNABLES",
+)  # fmt: skip
 # What the agent imports before it serves. The host precompiles these and LAZY_MODULES; a
 # module it misses is compiled from source at every boot (the box cannot write bytecode),
 # which is how the Xlib extensions used to cost ~30 ms.

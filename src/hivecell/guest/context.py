@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from hivecell.guest.memory import IdleTrim
 from hivecell.protocol.jsonrpc import RequestId
 
 if TYPE_CHECKING:
@@ -46,6 +47,7 @@ class Services:
         self.vnc: Any = None  # anyio Process of x11vnc while it runs
         self._x: XSession | None = None
         self.method_names: list[str] = []
+        self.idle = IdleTrim()  # hands freed memory back once requests stop (memory.py)
 
     @property
     def x(self) -> XSession:

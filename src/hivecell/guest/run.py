@@ -38,6 +38,7 @@ async def serve(
 
     try:
         async with anyio.create_task_group() as tg:
+            tg.start_soon(services.idle.run)
             if listen_fd is not None:
                 tg.start_soon(_serve_fd, listen_fd, handle)
             else:

@@ -148,7 +148,8 @@ class Connection:
 
     async def _run(self, request: jsonrpc.Request) -> None:
         try:
-            await self._run_request(request)
+            with self._services.idle.activity():
+                await self._run_request(request)
         finally:
             self._running -= 1
 

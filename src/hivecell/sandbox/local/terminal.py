@@ -58,7 +58,7 @@ sys.exit(127)
 # What the desktop guest needs and a terminal command must not inherit.
 GUEST_ONLY_ENV = (
     "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX", "LD_LIBRARY_PATH",
-    "DISPLAY", "XDG_RUNTIME_DIR", "HIVECELL_SANDBOX",
+    "DISPLAY", "XDG_RUNTIME_DIR", "HIVECELL_SANDBOX", "GLIBC_TUNABLES",
 )  # fmt: skip
 
 
