@@ -1,12 +1,11 @@
 """Give the memory a burst of work freed back to the host once the agent is idle.
 
 glibc keeps what a request freed (a 4 MB screen grab, the PNG encoder's buffers, a large
-command output) in its heap for reuse; in an agent that then idles for minutes that is ~15
-MB per sandbox the host never gets back. The box's environment caps malloc at one arena and
-a fixed mmap threshold (``bwrap.MALLOC_TUNABLES``), so large buffers are unmapped when freed;
-what stays behind is fragments inside the heap, which ``malloc_trim`` returns page by page.
-It runs once the agent has been quiet for ``quiet`` seconds after some work, never while a
-request runs, so a burst of calls pays nothing.
+command output) in its heap for reuse; in an agent that then idles for minutes that is ~11
+MB per sandbox the host never gets back. The box's environment caps malloc at one arena
+(``bwrap.MALLOC_TUNABLES``), and ``malloc_trim`` returns the free pages of that heap, its
+middle included. It runs once the agent has been quiet for ``quiet`` seconds after some
+work, never while a request runs, so a burst of calls keeps its buffers for reuse.
 """
 
 from __future__ import annotations
