@@ -6,7 +6,6 @@ from types import ModuleType
 
 from hivecell.guest.dispatch import Dispatcher
 from hivecell.guest.tools import (
-    a11y,
     browser,
     clipboard,
     desktop,
@@ -22,6 +21,12 @@ from hivecell.guest.tools import (
     windows,
 )
 
+# Imported on their first call: the accessibility tree's D-Bus client is ~35 ms of a ~320 ms
+# agent import, on the critical path of every cold start, for tools many tasks never use.
+LAZY_TOOLS = {
+    "hivecell.guest.tools.a11y": ("accessibility_tree", "click_element", "set_element_text"),
+}
+
 
 def build_dispatcher() -> Dispatcher:
     routers: tuple[ModuleType, ...] = (
@@ -32,7 +37,6 @@ def build_dispatcher() -> Dispatcher:
         input,
         clipboard,
         desktop,
-        a11y,
     )
     routers += (windows, display, system, finder, browser, media)  # the seed-002 catalogue
-    return Dispatcher(*(module.router for module in routers))
+    return Dispatcher(*(module.router for module in routers), lazy=LAZY_TOOLS)

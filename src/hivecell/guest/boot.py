@@ -78,8 +78,10 @@ AGENT_MODULES = (
     "hivecell.guest.run",
     "hivecell.guest.x11",
 )
-# Imported on first use only (screenshots): not worth a cold start that never needs them.
+# Imported on first use only (screenshots, the accessibility tools of guest.agent.LAZY_TOOLS):
+# not worth a cold start that never needs them.
 LAZY_MODULES = (
+    "hivecell.guest.tools.a11y",
     "mss.linux",
     "mss.linux.xshmgetimage",
     "PIL.Image",

@@ -9,10 +9,12 @@ result type; turning exceptions into wire errors happens in one place,
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import importlib
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 import anyio
+import anyio.to_thread
 
 from hivecell.errors import InternalError, MethodNotFound
 from hivecell.guest.context import CallContext, GuestConfig
@@ -53,18 +55,36 @@ class Router:
 
 
 class Dispatcher:
-    def __init__(self, *routers: Router) -> None:
+    """``lazy``: tool modules imported on the first call of one of their methods (module
+    name -> the methods its router registers), so the boot does not wait for them."""
+
+    def __init__(self, *routers: Router, lazy: Mapping[str, tuple[str, ...]] = {}) -> None:
         self._handlers: dict[str, tuple[MethodSpec, Handler]] = {}
+        self._lazy = {name: module for module, names in lazy.items() for name in names}
+        self._loading = anyio.Lock()
         for router in routers:
-            for name, fn in router.handlers.items():
-                self._handlers[name] = (METHODS[name], fn)
+            self._add(router)
+
+    def _add(self, router: Router) -> None:
+        for name, fn in router.handlers.items():
+            self._handlers[name] = (METHODS[name], fn)
 
     @property
     def names(self) -> list[str]:
-        return sorted(self._handlers)
+        return sorted({*self._handlers, *self._lazy})
+
+    async def _entry(self, method: str) -> tuple[MethodSpec, Handler] | None:
+        if method in self._lazy and method not in self._handlers:
+            async with self._loading:  # concurrent first calls import it once
+                if method not in self._handlers:
+                    module = await anyio.to_thread.run_sync(
+                        importlib.import_module, self._lazy[method]
+                    )
+                    self._add(module.router)
+        return self._handlers.get(method)
 
     async def call(self, method: str, params: dict[str, Any] | None, ctx: CallContext) -> Any:
-        entry = self._handlers.get(method)
+        entry = await self._entry(method)
         if entry is None:
             raise MethodNotFound(
                 f"method not found: {method!r}; call get_agent_info for the method list", op=method
