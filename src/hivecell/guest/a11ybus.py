@@ -18,7 +18,6 @@ import select
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("hivecell.guest.a11ybus")
@@ -27,11 +26,13 @@ REGISTRY_NAME = "org.a11y.atspi.Registry"
 REGISTRYD = ("/usr/libexec/at-spi2-registryd", "/usr/lib/at-spi2-core/at-spi2-registryd")
 
 
-@dataclass
 class SessionBus:
-    daemon: subprocess.Popen[bytes]
-    address: str
-    ready_fd: int  # dbus-daemon prints its address here once it listens
+    # A plain class, not a dataclass: this module runs in every sandbox's boot process,
+    # where importing dataclasses (inspect, ast, ...) cost ~1 MB per sandbox.
+    def __init__(self, daemon: subprocess.Popen[bytes], address: str, ready_fd: int) -> None:
+        self.daemon = daemon
+        self.address = address
+        self.ready_fd = ready_fd  # dbus-daemon prints its address here once it listens
 
     @classmethod
     def start(cls, runtime_dir: Path) -> SessionBus | None:

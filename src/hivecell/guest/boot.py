@@ -41,9 +41,12 @@ from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 from hivecell.guest import a11ybus, desktopenv
+
+TYPE_CHECKING = False  # not typing's: it stays out of the boot process (hivecell/__init__)
+if TYPE_CHECKING:
+    from typing import Any
 
 DISPLAY = ":0"
 SESSION_DIR = Path("/tmp/hivecell-desktop")  # the desktop's config files; the box's own /tmp

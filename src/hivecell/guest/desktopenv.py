@@ -22,9 +22,13 @@ import re
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Literal
 
-DesktopProfile = Literal["full", "minimal"]
+TYPE_CHECKING = False  # not typing's: it stays out of the boot process (hivecell/__init__)
+if TYPE_CHECKING:
+    from typing import Any, Literal, TypeAlias
+
+    DesktopProfile: TypeAlias = Literal["full", "minimal"]
+
 PROFILES: tuple[DesktopProfile, ...] = ("full", "minimal")
 DEFAULT_PROFILE: DesktopProfile = "full"
 
