@@ -6,9 +6,10 @@ this package and must start in milliseconds, without pydantic.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
+TYPE_CHECKING = False  # not typing's: the supervisor of every sandbox imports this (~0.5 MB)
 if TYPE_CHECKING:
+    from typing import Any
+
     from hivecell.sandbox.local.provider import LocalProvider
 
 __all__ = ["LocalProvider"]
