@@ -8,6 +8,7 @@ import io
 import anyio.to_thread
 
 from hivecell.errors import InvalidParams
+from hivecell.guest import pngenc
 from hivecell.guest.context import CallContext
 from hivecell.guest.dispatch import Router
 from hivecell.guest.x11 import Frame
@@ -42,13 +43,13 @@ def region_shot(frame: Frame, p: c.RegionParams) -> c.RegionShot:
     if p.zoom != 1:
         # LANCZOS keeps text edges readable when scaled up; nearest would show blocks.
         image = image.resize((out_w, out_h), Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    image.save(out, "PNG" if p.format == "png" else "JPEG", **_options(p.format))
+    if p.format == "png":
+        data = pngenc.encode_rgb(image.tobytes(), image.width, image.height)
+    else:
+        out = io.BytesIO()
+        image.save(out, "JPEG", quality=85)
+        data = out.getvalue()
     return c.RegionShot(
-        format=p.format, data=base64.b64encode(out.getvalue()).decode("ascii"),
+        format=p.format, data=base64.b64encode(data).decode("ascii"),
         width=out_w, height=out_h, x=p.x, y=p.y, region_width=width, region_height=height,
     )  # fmt: skip
-
-
-def _options(fmt: str) -> dict[str, int]:
-    return {"compress_level": 1} if fmt == "png" else {"quality": 85}

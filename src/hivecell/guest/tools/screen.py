@@ -11,6 +11,7 @@ import time
 import anyio
 import anyio.to_thread
 
+from hivecell.guest import pngenc
 from hivecell.guest.context import CallContext
 from hivecell.guest.dispatch import Router
 from hivecell.guest.x11 import Frame, XSession
@@ -84,10 +85,10 @@ def encode(frame: Frame, p: m.ScreenshotParams) -> tuple[bytes, int, int]:
     if size != image.size:
         # reducing_gap=1: box-average by the integer part first (scale 0.5: 1 ms, not 13 ms)
         image = image.resize(size, Image.Resampling.LANCZOS, reducing_gap=1.0)
+    if p.format == "png":  # ~3x faster than Pillow's PNG encoder (pngenc says why)
+        return pngenc.encode_rgb(image.tobytes(), image.width, image.height), *image.size
     out = io.BytesIO()
-    if p.format == "png":
-        image.save(out, "PNG", compress_level=1)  # level 1: 4x faster, ~20% larger
-    elif p.format == "webp":
+    if p.format == "webp":
         image.save(out, "WEBP", quality=p.quality, method=0)  # method 0: 13 ms, not 51 ms
     else:
         image.save(out, "JPEG", quality=p.quality)
