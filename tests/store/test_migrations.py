@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -50,6 +52,21 @@ async def test_concurrent_first_opens_both_succeed(db_url: str) -> None:
     assert await stores[1].get(record.id) == record
     for store in stores:
         await store.close()
+
+
+async def test_fresh_sqlite_files_opened_at_once_never_refuse(tmp_path: Path) -> None:
+    """Both connections read the new file, then each needs it alone to switch it to WAL:
+    SQLite refused one at once ("database is locked"), about one race in five here, and the
+    failed connection's close then hung the event loop. Raced on many fresh files."""
+    for attempt in range(30):
+        url = f"sqlite+aiosqlite:///{tmp_path / str(attempt) / 'hivecell.db'}"
+        stores = [TaskStore(url), TaskStore(url)]
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                for store in stores:
+                    group.start_soon(store.open)
+        for store in stores:
+            await store.close()
 
 
 def _upgrade_to(connection: Connection, revision: str) -> None:

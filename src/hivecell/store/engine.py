@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.util import await_
 
 from hivecell.errors import ConfigError
 
@@ -57,10 +60,29 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
     # turn them off and let _sqlite_begin emit BEGIN itself.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_S * 1000)}")
+    _enable_wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
+
+
+def _enable_wal(cursor: Any) -> None:
+    """Two connections opening a fresh database at once (a server and a CLI, two stores) both
+    read it, then each needs it alone to switch it to WAL: SQLite fails one at once with
+    "database is locked" instead of deadlocking, without waiting out the busy timeout. The
+    mode is stored in the file, so retrying until the other has switched it succeeds."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_S
+    delay = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except Exception as exc:  # the driver adapter's OperationalError
+            if "database is locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+        # We run inside SQLAlchemy's greenlet on the event loop: wait there, never block it.
+        await_(asyncio.sleep(delay))
+        delay = min(delay * 2, 0.1)
 
 
 def _sqlite_begin(conn: Connection) -> None:
