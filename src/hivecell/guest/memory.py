@@ -27,7 +27,6 @@ class IdleTrim:
         self.quiet = quiet
         self._trim = trim or malloc_trim
         self._busy = 0
-        self._dirty = False  # work ended since the last trim
         self._changed = anyio.Event()
         self.trims = 0
 
@@ -39,19 +38,17 @@ class IdleTrim:
             yield
         finally:
             self._busy -= 1
-            self._dirty = True
             self._changed.set()
 
     async def run(self) -> None:
-        """Until cancelled: trim after each quiet period that follows work."""
+        """Until cancelled: trim after each quiet period that follows work (only the end of a
+        request wakes this; one still running makes it wait for that one's end)."""
         while True:
             await self._changed.wait()
             self._changed = anyio.Event()
             await self._until_quiet()
-            if self._busy == 0 and self._dirty:
-                self._dirty = False
-                if await anyio.to_thread.run_sync(self._trim):
-                    self.trims += 1
+            if self._busy == 0 and await anyio.to_thread.run_sync(self._trim):
+                self.trims += 1
 
     async def _until_quiet(self) -> None:
         while True:
