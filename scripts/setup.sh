@@ -12,6 +12,8 @@ APT_PACKAGES=(
   python3 python3-venv python3-pip ca-certificates git
   # the sandboxes' full desktop: hivecell.guest.desktopenv.PACKAGES (a test keeps them equal)
   tint2 pcmanfm adwaita-icon-theme fonts-noto-core fonts-noto-cjk libnotify-bin dunst
+  # VM sandboxes (--provider qemu) and their templates (hivecell template build)
+  qemu-system-x86 qemu-utils mmdebstrap e2fsprogs
 )
 
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }

@@ -16,7 +16,8 @@ from hivecell.config import resolve_home
 from hivecell.errors import HivecellError
 from hivecell.sandbox import netpolicy
 from hivecell.sandbox.base import NetworkMode, SandboxProvider
-from hivecell.sandbox.registry import get_provider
+from hivecell.sandbox.registry import PROVIDERS
+from hivecell.sandbox.router import ProviderRouter
 
 T = TypeVar("T")
 err = Console(stderr=True)
@@ -54,7 +55,11 @@ def network_choice(network: str | None, allow: list[str]) -> tuple[NetworkMode, 
 
 
 def provider(name: str = "local", home: Path | None = None) -> SandboxProvider:
-    return get_provider(name, resolve_home(home))
+    """``name`` creates; every other call finds the sandbox's own provider by its id."""
+    if name not in PROVIDERS:
+        choices = ", ".join(sorted(PROVIDERS))
+        raise typer.BadParameter(f"unknown sandbox provider {name!r}; use one of {choices}")
+    return ProviderRouter(resolve_home(home), name)
 
 
 def run(fn: Callable[..., Awaitable[T]], *args: Any) -> T:

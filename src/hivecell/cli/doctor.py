@@ -44,6 +44,11 @@ NEEDS = (
     Need("mousepad", "mousepad", "mousepad", required=False, why="a text editor inside sandboxes"),
     Need("chromium", "chromium", "chromium", required=False, why="a browser inside sandboxes"),
     Need("dbus-daemon", "dbus-daemon", "dbus-daemon", required=False, why="accessibility tree"),
+    # the qemu provider (VM sandboxes) and its templates
+    Need("QEMU", "qemu-system-x86_64", "qemu-system-x86", required=False, why="--provider qemu"),
+    Need("qemu-img", "qemu-img", "qemu-utils", required=False, why="VM disk overlays"),
+    Need("mmdebstrap", "mmdebstrap", "mmdebstrap", required=False, why="hivecell template build"),
+    Need("mkfs.ext4", "mkfs.ext4", "e2fsprogs", required=False, why="VM template images"),
 )
 MODULES = (("Xlib", "python-xlib"), ("mss", "mss"), ("PIL", "pillow"), ("pydantic", "pydantic"))
 
@@ -62,6 +67,7 @@ def doctor(
     missing = [n.package for n in NEEDS if not _check_binary(table, n) and n.required]
     missing_py = [pkg for mod, pkg in MODULES if not _check_module(table, mod, pkg)]
     broken = [name for name, ok in _host_checks(table) if not ok]
+    _check_vms(table, home)
     if smoke and not (missing or broken):
         broken += [] if _smoke(table, home) else ["smoke test"]
     out.print(table)
@@ -83,6 +89,26 @@ def _host_checks(table: Table) -> list[tuple[str, bool]]:
         ("sandbox user", _check_identity(table)),
         ("resource limits", _check_limits(table)),
     ]
+
+
+def _check_vms(table: Table, home: Path | None) -> None:
+    """Informational (VMs are optional): the templates here and KVM or TCG for them."""
+    from hivecell.config import resolve_home
+    from hivecell.sandbox.qemu import accel
+    from hivecell.sandbox.qemu.template import TemplateStore
+
+    if shutil.which("qemu-system-x86_64") is None:
+        return  # reported above as optional
+    root = resolve_home(home)
+    store = TemplateStore(root / "templates")
+    found = store.list()
+    if not found:
+        table.add_row("VM templates", "[yellow]none[/yellow]", "hivecell template build")
+        return
+    table.add_row("VM templates", "[green]ok[/green]", ", ".join(m.name for m in found))
+    choice = accel.choose(store.get(found[0].name).kernel, root / "qemu")
+    status = "[green]kvm[/green]" if choice.accel == "kvm" else "[yellow]tcg[/yellow]"
+    table.add_row("VM acceleration", status, choice.reason)
 
 
 def _check_binary(table: Table, need: Need) -> bool:

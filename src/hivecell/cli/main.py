@@ -4,7 +4,19 @@ from __future__ import annotations
 
 import typer
 
-from hivecell.cli import agents, bench, crew, doctor, mcp, run, sandbox, session, tasks, up
+from hivecell.cli import (
+    agents,
+    bench,
+    crew,
+    doctor,
+    mcp,
+    run,
+    sandbox,
+    session,
+    tasks,
+    template,
+    up,
+)
 from hivecell.homedir import private_umask
 
 app = typer.Typer(
@@ -24,6 +36,7 @@ def _private_files() -> None:
 
 
 app.add_typer(sandbox.app, name="sandbox")
+app.add_typer(template.app, name="template")
 app.add_typer(bench.app, name="bench")
 app.command("doctor")(doctor.doctor)
 app.command("run")(run.run_task)

@@ -55,6 +55,9 @@ def create(
     inbox_writable: Annotated[
         bool, typer.Option(help="let the sandbox write to /shared/inbox (default read-only)")
     ] = False,
+    sandbox_provider: Annotated[
+        str, typer.Option("--provider", help="local (bubblewrap box) or qemu (a VM)")
+    ] = "local",
     as_json: Annotated[bool, typer.Option("--json", help="print a JSON object")] = False,
     home: Path | None = HomeOption,
 ) -> None:
@@ -76,7 +79,7 @@ def create(
         inbox_writable=inbox_writable,
     )
     started = time.perf_counter()
-    info = run(provider(home=home).create, spec)
+    info = run(provider(sandbox_provider, home=home).create, spec)
     elapsed_ms = (time.perf_counter() - started) * 1000
     if as_json:
         print(json.dumps({**info.model_dump(mode="json"), "create_ms": round(elapsed_ms, 1)}))
@@ -98,12 +101,15 @@ def ls(
 
 
 def _table(infos: list[SandboxInfo]) -> Table:
-    table = Table("id", "status", "network", "screen", "created", "host uid", "shared folder")
+    table = Table(
+        "id", "provider", "status", "network", "screen", "created", "host uid", "shared folder"
+    )
     for i in infos:
         created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i.created_at))
         screen = f"{i.spec.width}x{i.spec.height}"
         uid = "" if i.host_uid is None else str(i.host_uid)
-        table.add_row(i.id, i.status, i.spec.network, screen, created, uid, i.shared_dir)
+        row = (i.id, i.provider, i.status, i.spec.network, screen, created, uid, i.shared_dir)
+        table.add_row(*row)
     return table
 
 

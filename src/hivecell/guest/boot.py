@@ -62,6 +62,7 @@ DISPLAY_TIMEOUT = 15.0
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 AGENT_STOPPED = 0  # the child's exit code after a requested shutdown or reboot
+STOP_REASON_FILE = "stop-reason"  # in --run-dir, after a VM's agent stopped on request
 # Set by the sandbox launcher for this interpreter only; apps inside must not inherit them.
 LAUNCHER_ENV = (
     "PYTHONPATH", "LD_LIBRARY_PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPYCACHEPREFIX",
@@ -111,6 +112,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rlimit-fsize", type=int, help="largest file a process may write (bytes)")
     p.add_argument("--listen-fd", type=int, help="serve on this bound unix socket (from the host)")
     p.add_argument("--vnc-fd", type=int, help="relay VNC viewers from this bound unix socket")
+    p.add_argument(
+        "--device", type=Path, help="serve on this virtio-serial port (a VM), multiplexed"
+    )
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -157,7 +161,8 @@ def make_runtime_dirs() -> None:
     # Xvfb creates its socket folder only as root, and /tmp is sticky: make it ourselves.
     sockets = Path("/tmp/.X11-unix")
     sockets.mkdir(exist_ok=True)
-    sockets.chmod(0o1777)
+    if sockets.stat().st_mode & 0o7777 != 0o1777:  # a VM's init made it as root already
+        sockets.chmod(0o1777)
 
 
 def start_xvfb(screen: str, glx: bool = False) -> tuple[subprocess.Popen[bytes], int]:
@@ -421,6 +426,11 @@ def _import_agent(a11y_bus: str | None) -> Callable[[argparse.Namespace], str]:
             network_mode=args.network_mode,
             a11y_bus=a11y_bus,
         )
+        if args.device is not None:
+            reason = anyio.run(partial(serve, Services(config), mux_device=args.device))
+            # for the VM's init: power off, or reboot (see sandbox/qemu/vmfiles/session)
+            (args.run_dir / STOP_REASON_FILE).write_text(reason)
+            return reason
         if args.listen_fd is None:
             return anyio.run(serve, Services(config), args.run_dir / "guest.sock")
         fds = {"listen_fd": args.listen_fd, "vnc_fd": args.vnc_fd}
@@ -441,6 +451,11 @@ def supervise(args: argparse.Namespace, desktop: Desktop) -> str:
         code = _run_agent_child(args, desktop)
         if code == AGENT_STOPPED:
             return "stopped on request"
+        if args.device is not None:
+            # The host's end of a VM's port holds the channels the dead agent had open; a new
+            # agent could not resume them mid-frame. The VM powers off; the host reports why.
+            log.error("the guest agent died (exit %d); a VM's agent is not restarted", code)
+            return f"the agent died (exit {code})"
         now = time.monotonic()
         while restarts and now - restarts[0] > RESTART_WINDOW_S:
             restarts.popleft()

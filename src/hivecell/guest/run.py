@@ -8,7 +8,7 @@ from pathlib import Path
 import anyio
 from anyio.abc import ByteStream
 
-from hivecell.guest import transports, vncrelay
+from hivecell.guest import muxserve, transports, vncrelay
 from hivecell.guest.agent import build_dispatcher
 from hivecell.guest.context import Services
 from hivecell.guest.server import Connection
@@ -24,11 +24,14 @@ async def serve(
     *,
     listen_fd: int | None = None,
     vnc_fd: int | None = None,
+    mux_device: Path | None = None,
 ) -> str:
     """Returns the stop reason ("shutdown" or "reboot").
 
     ``listen_fd``: serve on this already bound unix socket instead of a path; ``vnc_fd``:
-    relay viewers connecting there to x11vnc's socket (see ``vncrelay``).
+    relay viewers connecting there to x11vnc's socket (see ``vncrelay``). ``mux_device``: a
+    VM's virtio-serial port carrying many host streams (agent clients and VNC viewers; see
+    ``hivecell.protocol.mux``).
     """
     dispatcher = build_dispatcher()
     services.method_names = dispatcher.names
@@ -39,7 +42,9 @@ async def serve(
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(services.idle.run)
-            if listen_fd is not None:
+            if mux_device is not None:
+                tg.start_soon(_serve_mux, mux_device, handle, services.config.vnc_socket)
+            elif listen_fd is not None:
                 tg.start_soon(_serve_fd, listen_fd, handle)
             else:
                 tg.start_soon(_listen, handle, unix, tcp, device, services)
@@ -58,6 +63,14 @@ async def _serve_fd(fd: int, handle) -> None:  # type: ignore[no-untyped-def]
     listener = await transports.fd_listener(fd)
     log.info("serving")
     await transports.serve_listener(listener, handle)
+
+
+async def _serve_mux(path: Path, handle, vnc_socket: Path) -> None:  # type: ignore[no-untyped-def]
+    async def vnc(viewer: ByteStream) -> None:
+        await vncrelay.relay(viewer, vnc_socket)
+
+    log.info("serving on %s", path)
+    await muxserve.serve_mux_device(path, {"agent": handle, "vnc": vnc})
 
 
 async def _listen(handle, unix, tcp, device, services: Services) -> None:  # type: ignore[no-untyped-def]

@@ -27,17 +27,22 @@ async def serve(fd: int, target: Path) -> None:
     """Accept viewers on the host's socket ``fd`` until cancelled."""
 
     async def handle(viewer: ByteStream) -> None:
-        async with viewer:
-            try:
-                server = await unixstream.connect_unix(str(target))
-            except OSError as exc:
-                log.info("vnc viewer refused: x11vnc is not listening (%s)", exc)
-                return  # start_vnc was not called, or x11vnc died: the viewer sees EOF
-            async with server, anyio.create_task_group() as tg:
-                tg.start_soon(_pump, viewer, server, tg.cancel_scope)
-                tg.start_soon(_pump, server, viewer, tg.cancel_scope)
+        await relay(viewer, target)
 
     await transports.serve_listener(await transports.fd_listener(fd), handle)
+
+
+async def relay(viewer: ByteStream, target: Path) -> None:
+    """Join one viewer (a host socket's connection, or a VM's mux channel) to x11vnc."""
+    async with viewer:
+        try:
+            server = await unixstream.connect_unix(str(target))
+        except OSError as exc:
+            log.info("vnc viewer refused: x11vnc is not listening (%s)", exc)
+            return  # start_vnc was not called, or x11vnc died: the viewer sees EOF
+        async with server, anyio.create_task_group() as tg:
+            tg.start_soon(_pump, viewer, server, tg.cancel_scope)
+            tg.start_soon(_pump, server, viewer, tg.cancel_scope)
 
 
 async def _pump(source: ByteStream, sink: ByteStream, scope: anyio.CancelScope) -> None:

@@ -17,7 +17,14 @@ from contextlib import AsyncExitStack, suppress
 from typing import Any
 
 import anyio
-from anyio.abc import ByteStream, Listener, SocketListener, SocketStream, TaskGroup
+from anyio.abc import (
+    ByteStream,
+    Listener,
+    SocketListener,
+    SocketStream,
+    TaskGroup,
+    UNIXSocketStream,
+)
 
 LINE_LIMIT = 1 << 20  # asyncio's readline limit; framing reads with read(n), never readline
 
@@ -63,6 +70,16 @@ async def unix_listener(sock: socket.socket) -> Listener[ByteStream]:
     except RuntimeError:
         return await SocketListener.from_socket(sock)
     return UnixListener(sock)
+
+
+async def wrap_connected(sock: socket.socket) -> SocketStream:
+    """A stream over an already connected unix socket (made non-blocking here)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return await UNIXSocketStream.from_socket(sock)
+    sock.setblocking(False)
+    return await _wrap(sock)
 
 
 async def _wrap(sock: socket.socket) -> UnixStream:

@@ -11,6 +11,7 @@ from hivecell.sandbox.base import SandboxProvider
 # name -> "module:class", imported on demand so unused providers cost nothing
 PROVIDERS = {
     "local": "hivecell.sandbox.local.provider:LocalProvider",
+    "qemu": "hivecell.sandbox.qemu.provider:QemuProvider",
 }
 
 

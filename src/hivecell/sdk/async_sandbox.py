@@ -21,7 +21,7 @@ from hivecell.errors import SandboxError
 from hivecell.protocol import methods as m
 from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxProvider, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient, OutputHandler
-from hivecell.sandbox.registry import get_provider
+from hivecell.sandbox.router import ProviderRouter
 
 
 class AsyncSandbox:
@@ -56,8 +56,9 @@ class AsyncSandbox:
         inbox_writable: bool = False,
         home: str | Path | None = None,
     ) -> AsyncSandbox:
-        """Create a sandbox (not yet connected: use ``async with``)."""
-        backend = get_provider(provider, resolve_home(home))
+        """Create a sandbox (not yet connected: use ``async with``); ``provider``: local (a
+        bubblewrap box) or qemu (a VM from ``hivecell template build``)."""
+        backend = ProviderRouter(resolve_home(home), provider)
         spec = SandboxSpec(
             width=resolution[0],
             height=resolution[1],
@@ -76,7 +77,8 @@ class AsyncSandbox:
     async def connect(
         cls, sandbox_id: str, provider: str = "local", *, home: str | Path | None = None
     ) -> AsyncSandbox:
-        backend = get_provider(provider, resolve_home(home))
+        """An existing sandbox, found by its id whatever its provider (``vm-`` ids are VMs)."""
+        backend = ProviderRouter(resolve_home(home), provider)
         return cls(await backend.info(sandbox_id), backend, owned=False)
 
     async def __aenter__(self) -> AsyncSandbox:

@@ -1,0 +1,94 @@
+"""Where one VM sandbox keeps its files on the host.
+
+    <home>/vms/<id>/
+        meta.json        SandboxInfo, the template and the supervisor's pid (the provider)
+        plan.json        the QEMU command line the supervisor runs (before each start)
+        exit.json        how the last run ended (the supervisor)
+        sandbox.log      the supervisor's and QEMU's output and the guest's console, capped
+        disk.qcow2       the VM's disk: a copy-on-write overlay on its template's image
+        shared/          /shared in the VM (inbox, outbox, workspace) over virtio-fs
+        sockets/         guest.sock, vnc.sock (served by the supervisor), serial.sock
+                         (QEMU's end of the agent's virtio-serial port), virtiofs.sock
+                         (virtiofsd serving shared/), qmp.sock
+
+The VM sees nothing of the host but ``shared/``: it cannot plant links among the sockets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+SUPERVISOR_MODULE = "hivecell.sandbox.qemu.supervisor"
+SHARED_FOLDERS = ("inbox", "outbox", "workspace")
+
+
+class VmLayout:
+    __slots__ = ("root",)
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def of(cls, home: Path, sandbox_id: str) -> VmLayout:
+        return cls(home / "vms" / sandbox_id)
+
+    @property
+    def sandbox_id(self) -> str:
+        return self.root.name
+
+    @property
+    def meta(self) -> Path:
+        return self.root / "meta.json"
+
+    @property
+    def plan(self) -> Path:
+        return self.root / "plan.json"
+
+    @property
+    def exit(self) -> Path:
+        return self.root / "exit.json"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "sandbox.log"
+
+    @property
+    def disk(self) -> Path:
+        return self.root / "disk.qcow2"
+
+    @property
+    def shared(self) -> Path:
+        return self.root / "shared"
+
+    @property
+    def sockets(self) -> Path:
+        return self.root / "sockets"
+
+    @property
+    def guest_socket(self) -> Path:
+        return self.sockets / "guest.sock"
+
+    @property
+    def vnc_socket(self) -> Path:
+        return self.sockets / "vnc.sock"
+
+    @property
+    def serial_socket(self) -> Path:
+        return self.sockets / "serial.sock"
+
+    @property
+    def virtiofs_socket(self) -> Path:
+        return self.sockets / "virtiofs.sock"
+
+    @property
+    def qmp_socket(self) -> Path:
+        return self.sockets / "qmp.sock"
+
+    def record_exit(self, status: str, detail: str, code: int | None = None) -> None:
+        record = {"status": status, "detail": detail, "code": code, "time": time.time()}
+        tmp = self.exit.with_name(f"exit.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(record))
+        tmp.replace(self.exit)

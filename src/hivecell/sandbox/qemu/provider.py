@@ -1,0 +1,503 @@
+"""The ``qemu`` provider: each sandbox is a virtual machine run by a small detached supervisor.
+
+A VM boots its template's kernel on a copy-on-write overlay of the template's disk, plus the
+guest disk of this hivecell (the agent; see guestfiles.py), and talks to the host only over
+its agent port (see supervisor.py). State lives under ``home/vms`` one folder per sandbox
+(layout.py), like local boxes: VMs outlive the process that created them, and any process
+with the same home can list, connect to, stop and destroy them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+from anyio import to_thread
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from hivecell.errors import ConfigError, GuestUnavailable, SandboxError, SandboxNotFound, Timeout
+from hivecell.sandbox import transfer
+from hivecell.sandbox.base import NetworkConnection, SandboxInfo, SandboxSpec, SandboxUsage
+from hivecell.sandbox.guest_client import GuestClient
+from hivecell.sandbox.qemu import accel, guestfiles, vm
+from hivecell.sandbox.qemu.layout import SHARED_FOLDERS, SUPERVISOR_MODULE, VmLayout
+from hivecell.sandbox.qemu.template import DEFAULT_NAME, Template, TemplateStore
+
+STOP_TIMEOUT = 15.0
+SHUTDOWN_TIMEOUT = 30.0  # a clean guest power-off under TCG on a loaded host
+QEMU = "qemu-system-x86_64"
+_VALID_ID = re.compile(r"^vm-[0-9a-f]{8}$")
+MAX_SOCKET_PATH = 107
+VIRTIOFSD_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
+
+
+class VmMeta(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    info: SandboxInfo
+    template: str
+    accel: str = ""
+    accel_reason: str = ""
+    supervisor_pid: int | None = None
+
+
+class QemuProvider:
+    """Sandboxes as QEMU virtual machines (KVM when it works, else TCG)."""
+
+    name = "qemu"
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        template: str = DEFAULT_NAME,
+        templates_dir: Path | None = None,
+        boot_timeout: float = 180.0,
+        qemu: str = QEMU,
+        cache_dir: Path | None = None,
+    ) -> None:
+        """``templates_dir``: where templates are (default ``home/templates``);
+        ``boot_timeout``: how long a VM may take to answer its first ping (TCG boots take
+        ~15 s on an idle 2-core host, much longer when it is loaded); ``cache_dir``: the
+        KVM probe's answer and the guest disk (default ``home/qemu``), shareable by homes."""
+        self.home = Path(home)
+        self.template = template
+        self.templates = TemplateStore(templates_dir or self.home / "templates")
+        self.boot_timeout = boot_timeout
+        self.qemu = qemu
+        self.cache_dir = cache_dir or self.home / "qemu"
+
+    # --- the provider protocol ----------------------------------------------------------------
+    async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        template = await to_thread.run_sync(self._refuse_impossible, spec)
+        layout, meta = await to_thread.run_sync(self._prepare, spec, template)
+        try:
+            await self._launch(layout, meta)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(self._destroy_sync, layout)
+            raise
+        except SandboxError as exc:
+            exc.context.setdefault("id", layout.sandbox_id)
+            raise
+        return await self.info(layout.sandbox_id)
+
+    async def start(self, sandbox_id: str) -> SandboxInfo:
+        layout, meta = await self._load(sandbox_id)
+        if not _alive(layout, meta.supervisor_pid):
+            await self._launch(layout, meta)
+        return await self.info(sandbox_id)
+
+    async def stop(self, sandbox_id: str) -> SandboxInfo:
+        """The guest shuts down cleanly first (its page cache reaches the disk); a guest
+        that does not within SHUTDOWN_TIMEOUT is powered off like a pulled plug."""
+        layout, meta = await self._load(sandbox_id)
+        if await to_thread.run_sync(_alive, layout, meta.supervisor_pid):
+            await _shut_down(layout, meta.supervisor_pid)
+        await to_thread.run_sync(_stop, layout, meta.supervisor_pid)
+        return await self.info(sandbox_id)
+
+    async def destroy(self, sandbox_id: str) -> None:
+        layout = self._layout(sandbox_id, op="destroy")
+        await to_thread.run_sync(self._destroy_sync, layout)
+
+    async def connect(self, sandbox_id: str) -> GuestClient:
+        info = await self.info(sandbox_id)
+        if info.status != "running":
+            raise SandboxError(
+                f"sandbox {sandbox_id} is {info.status}; start it first",
+                op="connect",
+                context={"id": sandbox_id, "status": info.status, "detail": info.detail},
+            )
+        return GuestClient(info.endpoint)
+
+    async def info(self, sandbox_id: str) -> SandboxInfo:
+        layout, meta = await self._load(sandbox_id)
+        return await to_thread.run_sync(_current, layout, meta)
+
+    async def list(self) -> builtins.list[SandboxInfo]:
+        return await to_thread.run_sync(self._list_sync)
+
+    async def freeze(self, sandbox_id: str, frozen: bool) -> bool:
+        """Pauses the whole VM (its QEMU process) with SIGSTOP / SIGCONT."""
+        layout, meta = await self._load(sandbox_id)
+        return await to_thread.run_sync(_freeze, layout, meta.supervisor_pid, frozen)
+
+    async def network_log(self, sandbox_id: str) -> builtins.list[NetworkConnection]:
+        await self._load(sandbox_id)
+        return []  # offline VMs have no network device
+
+    async def usage(self, sandbox_id: str) -> SandboxUsage:
+        layout, meta = await self._load(sandbox_id)
+        return await to_thread.run_sync(_usage, layout, meta)
+
+    # --- creating and starting -----------------------------------------------------------------
+    def _refuse_impossible(self, spec: SandboxSpec) -> Template:
+        if shutil.which(self.qemu) is None:
+            raise ConfigError(
+                f"the qemu provider needs {self.qemu}: sudo apt-get install -y "
+                "qemu-system-x86 qemu-utils",
+                op="create",
+            )
+        _virtiofsd()
+        if spec.network != "offline":
+            raise ConfigError(
+                "qemu sandboxes are offline-only so far: use --network offline, or the "
+                "local provider for --network nat",
+                op="create",
+                context={"network": spec.network},
+            )
+        return self.templates.get(self.template)
+
+    def _prepare(self, spec: SandboxSpec, template: Template) -> tuple[VmLayout, VmMeta]:
+        layout = self._new_layout()
+        try:
+            for folder in SHARED_FOLDERS:
+                (layout.shared / folder).mkdir(parents=True)
+            layout.sockets.mkdir(mode=0o700)
+            _make_overlay(template, layout.disk, spec.disk_mb)
+            choice = accel.choose(template.kernel, self.cache_dir)
+        except BaseException:
+            shutil.rmtree(layout.root, ignore_errors=True)
+            raise
+        info = SandboxInfo(
+            id=layout.sandbox_id,
+            provider=self.name,
+            status="stopped",
+            spec=spec,
+            created_at=time.time(),
+            endpoint=f"unix:{layout.guest_socket}",
+            shared_dir=str(layout.shared),
+            guest_socket=str(layout.guest_socket),
+            vnc_endpoint=f"unix:{layout.vnc_socket}",
+            host_uid=os.getuid(),
+        )
+        meta = VmMeta(
+            info=info, template=self.template, accel=choice.accel, accel_reason=choice.reason
+        )
+        _save(layout, meta)
+        return layout, meta
+
+    def _new_layout(self) -> VmLayout:
+        while True:
+            layout = VmLayout.of(self.home, "vm-" + secrets.token_hex(4))
+            if len(str(layout.serial_socket).encode()) > MAX_SOCKET_PATH:
+                raise ConfigError(
+                    f"sandbox home {self.home} is too long for unix socket paths; use a "
+                    "shorter HIVECELL_HOME",
+                    op="create",
+                )
+            layout.root.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                layout.root.mkdir()
+            except FileExistsError:
+                continue
+            return layout
+
+    async def _launch(self, layout: VmLayout, meta: VmMeta) -> None:
+        pid = await to_thread.run_sync(self._spawn, layout, meta)
+        try:
+            await self._wait_until_ready(layout, pid)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(_stop, layout, pid)
+            raise
+
+    def _spawn(self, layout: VmLayout, meta: VmMeta) -> int:
+        template = self.templates.get(meta.template)
+        guest_disk = guestfiles.guest_disk(self.cache_dir)
+        transfer.ensure_folder(layout.shared, "inbox", None)
+        argv = vm.command(
+            layout, template, meta.info.spec, meta.accel or "tcg", shutil.which(self.qemu) or ""
+        )
+        argv += ["-drive", f"file={guest_disk},if=virtio,format=raw,readonly=on"]
+        virtiofsd = vm.virtiofsd_command(layout, _virtiofsd())
+        layout.plan.write_text(json.dumps({"argv": argv, "virtiofsd": virtiofsd}))
+        layout.exit.unlink(missing_ok=True)
+        pid = _start_supervisor(layout)
+        meta.supervisor_pid = pid
+        _save(layout, meta)
+        return pid
+
+    async def _wait_until_ready(self, layout: VmLayout, pid: int) -> None:
+        deadline = anyio.current_time() + self.boot_timeout
+        while not await _pings(layout):
+            if not await to_thread.run_sync(_alive, layout, pid):
+                last = await to_thread.run_sync(_read_exit, layout)
+                raise await _boot_failed(layout, str(last.get("detail", "it exited")))
+            if anyio.current_time() > deadline:
+                why = f"no answer within {self.boot_timeout:.0f} s"
+                await to_thread.run_sync(_stop, layout, pid)
+                await to_thread.run_sync(layout.record_exit, "error", f"did not boot: {why}")
+                raise await _boot_failed(layout, why)
+            await anyio.sleep(0.2)  # a VM boots in seconds: no need to poll hard
+
+    # --- destroying and reading ----------------------------------------------------------------
+    def _destroy_sync(self, layout: VmLayout) -> None:
+        if not layout.root.is_dir():
+            raise SandboxNotFound(f"no sandbox {layout.sandbox_id} in {self.home}", op="destroy")
+        meta = _load(layout)
+        _stop(layout, meta.supervisor_pid if meta else _find_supervisor(layout))
+        shutil.rmtree(layout.root)
+
+    def _layout(self, sandbox_id: str, *, op: str) -> VmLayout:
+        if not _VALID_ID.match(sandbox_id):
+            raise SandboxNotFound(f"{sandbox_id!r} is not a VM sandbox id", op=op)
+        return VmLayout.of(self.home, sandbox_id)
+
+    async def _load(self, sandbox_id: str) -> tuple[VmLayout, VmMeta]:
+        layout = self._layout(sandbox_id, op="load")
+        meta = await to_thread.run_sync(_load, layout)
+        if meta is None:
+            raise SandboxNotFound(
+                f"no sandbox {sandbox_id} in {self.home}; list shows the existing ones",
+                op="load",
+                context={"id": sandbox_id},
+            )
+        return layout, meta
+
+    def _list_sync(self) -> builtins.list[SandboxInfo]:
+        found = []
+        with contextlib.suppress(FileNotFoundError):
+            for folder in sorted((self.home / "vms").iterdir()):
+                layout = VmLayout(folder)
+                meta = _load(layout) if _VALID_ID.match(folder.name) else None
+                if meta is not None:
+                    found.append(_current(layout, meta))
+        return sorted(found, key=lambda info: info.created_at)
+
+
+def _virtiofsd() -> str:
+    for candidate in (shutil.which("virtiofsd"), *VIRTIOFSD_PATHS):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ConfigError(
+        "qemu sandboxes share /shared through virtiofsd, which is missing: "
+        "sudo apt-get install -y qemu-system-x86 (Debian 12) or virtiofsd",
+        op="create",
+    )
+
+
+def _make_overlay(template: Template, disk: Path, disk_mb: int | None) -> None:
+    """A qcow2 overlay on the template (no copy); its size caps what the VM can write."""
+    size = _virtual_size(template.disk) + ((disk_mb or 4096) << 20)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+         str(template.disk), str(disk), str(size)],
+        check=True,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _virtual_size(image: Path) -> int:
+    out = subprocess.run(
+        ["qemu-img", "info", "--output=json", str(image)],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    ).stdout
+    return int(json.loads(out)["virtual-size"])
+
+
+def _start_supervisor(layout: VmLayout) -> int:
+    pid_r, pid_w = os.pipe()
+    try:
+        with open(layout.log, "ab") as log:
+            log.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
+            launcher = subprocess.Popen(
+                [sys.executable, "-I", "-m", SUPERVISOR_MODULE, str(layout.root), str(pid_w)],
+                pass_fds=(pid_w,),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+            )
+        os.close(pid_w)
+        pid_w = -1
+        reported = os.read(pid_r, 32)
+    finally:
+        os.close(pid_r)
+        if pid_w >= 0:
+            os.close(pid_w)
+    launcher.wait()
+    if not reported:
+        raise SandboxError(f"the VM's supervisor did not start; see {layout.log}", op="start")
+    return int(reported)
+
+
+async def _pings(layout: VmLayout) -> bool:
+    try:
+        async with GuestClient(f"unix:{layout.guest_socket}", connect_timeout=2) as guest:
+            await guest.call("ping", timeout=5)
+    except (GuestUnavailable, Timeout, TimeoutError):
+        return False
+    return True
+
+
+async def _shut_down(layout: VmLayout, pid: int | None) -> None:
+    if pid is None:
+        return
+    try:
+        exited = os.pidfd_open(pid)  # readable once the supervisor (and so the VM) is gone
+    except ProcessLookupError:
+        return
+    try:
+        with anyio.move_on_after(SHUTDOWN_TIMEOUT):
+            try:
+                async with GuestClient(f"unix:{layout.guest_socket}", connect_timeout=2) as guest:
+                    await guest.call("shutdown", timeout=5)
+            except (GuestUnavailable, Timeout, TimeoutError):
+                return  # not answering (frozen, hung): the caller pulls the plug
+            await anyio.wait_readable(exited)
+    finally:
+        os.close(exited)
+
+
+async def _boot_failed(layout: VmLayout, why: str) -> SandboxError:
+    tail = await to_thread.run_sync(_log_tail, layout.log)
+    return SandboxError(
+        f"VM sandbox {layout.sandbox_id} did not start: {why}. Log {layout.log} ends with:\n"
+        f"{tail}\n(remove it with destroy once inspected)",
+        op="create",
+        context={"id": layout.sandbox_id, "log": str(layout.log)},
+    )
+
+
+def _log_tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _alive(layout: VmLayout, pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return SUPERVISOR_MODULE.encode() in argv and str(layout.root).encode() in argv
+
+
+def _find_supervisor(layout: VmLayout) -> int | None:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and _alive(layout, int(entry.name)):
+            return int(entry.name)
+    return None
+
+
+def _stop(layout: VmLayout, pid: int | None) -> None:
+    if pid is None or not _alive(layout, pid):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_gone(layout, pid, STOP_TIMEOUT):
+            os.kill(pid, signal.SIGKILL)  # QEMU dies with it (PR_SET_PDEATHSIG)
+            _wait_gone(layout, pid, STOP_TIMEOUT)
+
+
+def _wait_gone(layout: VmLayout, pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(layout, pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _qemu_pid(supervisor: int) -> int | None:
+    try:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    except OSError:
+        return None
+    for child in children:
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{child}/exe").resolve().name.startswith("qemu-system"):
+                return int(child)
+    return None
+
+
+def _freeze(layout: VmLayout, pid: int | None, frozen: bool) -> bool:
+    if pid is None or not _alive(layout, pid):
+        return False
+    qemu = _qemu_pid(pid)
+    if qemu is None:
+        return False
+    os.kill(qemu, signal.SIGSTOP if frozen else signal.SIGCONT)
+    return True
+
+
+def _usage(layout: VmLayout, meta: VmMeta) -> SandboxUsage:
+    cpu = rss = pss = 0.0
+    processes = 0
+    pid = meta.supervisor_pid
+    if pid is not None and _alive(layout, pid):
+        for one in filter(None, [pid, _qemu_pid(pid)]):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+                cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                rollup = Path(f"/proc/{one}/smaps_rollup").read_text()
+                rss += _kb(rollup, "Rss:") / 1024
+                pss += _kb(rollup, "Pss:") / 1024
+                processes += 1
+    disk = layout.disk.stat().st_blocks * 512 if layout.disk.exists() else 0
+    return SandboxUsage(
+        sandbox_id=layout.sandbox_id,
+        time=time.time(),
+        cpu_seconds=cpu,
+        memory_rss_mb=rss,
+        memory_pss_mb=pss,
+        disk_used_mb=disk / (1 << 20),
+        processes=processes,
+    )
+
+
+def _kb(rollup: str, key: str) -> int:
+    for line in rollup.splitlines():
+        if line.startswith(key):
+            return int(line.split()[1])
+    return 0
+
+
+def _load(layout: VmLayout) -> VmMeta | None:
+    try:
+        return VmMeta.model_validate_json(layout.meta.read_bytes())
+    except (OSError, ValidationError):
+        return None
+
+
+def _save(layout: VmLayout, meta: VmMeta) -> None:
+    tmp = layout.meta.with_suffix(".tmp")
+    tmp.write_text(meta.model_dump_json(indent=2))
+    tmp.replace(layout.meta)
+
+
+def _read_exit(layout: VmLayout) -> dict[str, object]:
+    try:
+        record = json.loads(layout.exit.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _current(layout: VmLayout, meta: VmMeta) -> SandboxInfo:
+    detail = f"VM ({meta.accel}: {meta.accel_reason}); template {meta.template}"
+    if _alive(layout, meta.supervisor_pid):
+        return meta.info.model_copy(update={"status": "running", "detail": detail})
+    last = _read_exit(layout)
+    status = "error" if last.get("status") == "error" else "stopped"
+    detail = "; ".join(str(x) for x in (last.get("detail"), detail) if x)
+    return meta.info.model_copy(update={"status": status, "detail": detail})

@@ -1,0 +1,75 @@
+"""The QEMU command line of one VM sandbox.
+
+Direct kernel boot of the template's kernel; the disk is the sandbox's qcow2 overlay; the
+guest agent's only channel is a virtio-serial port named ``org.hivecell.agent.0`` whose host
+end is a unix socket the supervisor connects to (``wait=on``: the VM starts only once it
+has). No display device: the desktop is Xvfb inside the guest, seen through the agent.
+QEMU's own seccomp sandbox is on: an escape into the QEMU process cannot spawn, elevate or
+use obsolete syscalls.
+"""
+
+from __future__ import annotations
+
+from hivecell.sandbox.base import SandboxSpec
+from hivecell.sandbox.qemu.layout import VmLayout
+from hivecell.sandbox.qemu.template import STUB_INIT, Template
+
+AGENT_PORT = "org.hivecell.agent.0"
+
+
+def command(
+    layout: VmLayout, template: Template, spec: SandboxSpec, accel: str, qemu: str
+) -> list[str]:
+    memory = spec.memory_mb or 4096
+    cpus = max(1, round(spec.cpus or 2))
+    argv = [
+        qemu, "-name", layout.sandbox_id,
+        "-machine", f"q35,accel={accel}",
+        "-cpu", "host" if accel == "kvm" else "max",
+        "-m", str(memory), "-smp", str(cpus),
+        "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
+        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-kernel", str(template.kernel), "-initrd", str(template.initrd),
+        "-append", kernel_cmdline(layout, spec),
+        "-drive", f"file={layout.disk},if=virtio,format=qcow2,discard=unmap",
+        "-device", "virtio-serial-pci",
+        "-chardev", f"socket,id=agent,path={layout.serial_socket},server=on,wait=on",
+        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
+        "-qmp", f"unix:{layout.qmp_socket},server=on,wait=off",
+        "-serial", "stdio",
+        # /shared over virtio-fs (the cloud kernel has no 9p); guest RAM is shared with
+        # virtiofsd, which serves only layout.shared from inside its own namespaces
+        "-object", f"memory-backend-memfd,id=mem,size={memory}M,share=on",
+        "-numa", "node,memdev=mem",
+        "-chardev", f"socket,id=vfs,path={layout.virtiofs_socket}",
+        "-device", "vhost-user-fs-pci,chardev=vfs,tag=shared",
+        "-device", "virtio-rng-pci",
+    ]  # fmt: skip
+    argv += ["-nic", "none"]  # offline: no network device at all (nat comes with slirp)
+    return argv
+
+
+def kernel_cmdline(layout: VmLayout, spec: SandboxSpec) -> str:
+    settings = {
+        "hostname": layout.sandbox_id,
+        "screen": f"{spec.width}x{spec.height}x{spec.depth}",
+        "desktop": spec.desktop,
+        "network": spec.network,
+        "max_file_bytes": str(spec.max_file_bytes),
+    }
+    words = [
+        "root=/dev/vda", "rw", "console=ttyS0", "quiet", "panic=-1",
+        f"init={STUB_INIT}", "random.trust_cpu=on",
+    ]  # fmt: skip
+    words += [f"hivecell.{key}={value}" for key, value in settings.items()]
+    return " ".join(words)
+
+
+def virtiofsd_command(layout: VmLayout, virtiofsd: str) -> list[str]:
+    """The file server for /shared: it pivots into ``layout.shared`` in namespaces of its
+    own, so nothing the guest names (links included) resolves outside that folder."""
+    return [
+        virtiofsd, f"--socket-path={layout.virtiofs_socket}",
+        "-o", f"source={layout.shared}", "-o", "cache=auto", "-o", "sandbox=namespace",
+        "-o", "log_level=warn",
+    ]  # fmt: skip

@@ -1,0 +1,128 @@
+"""The qemu provider's parts that need no VM: template names and packages, the store's
+locking and refusals, the QEMU command line, the guest disk's contents."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hivecell.errors import ConfigError, NotFound
+from hivecell.sandbox.base import SandboxSpec
+from hivecell.sandbox.qemu import guestfiles, vm
+from hivecell.sandbox.qemu.layout import VmLayout
+from hivecell.sandbox.qemu.template import (
+    Template,
+    TemplateManifest,
+    TemplateStore,
+    check_name,
+    packages_for,
+    template_key,
+)
+
+
+@pytest.mark.parametrize("name", ["", "../x", "a/b", "UPPER", "x" * 33, ".hidden", "a b"])
+def test_template_names_that_could_leave_the_folder_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError, match="invalid template name"):
+        check_name(name)
+
+
+def test_packages_are_validated_and_keyed() -> None:
+    base = packages_for()
+    assert {"linux-image-cloud-amd64", "xvfb", "openbox", "chromium", "tini"} <= set(base)
+    assert "libreoffice-writer" in packages_for(options=["libreoffice"])
+    with pytest.raises(ConfigError, match="unknown template option"):
+        packages_for(options=["nope"])
+    for bad in ("-oDpkg::x=y", "a;rm", "x y", "--include=evil"):
+        with pytest.raises(ConfigError, match="not a Debian package name"):
+            packages_for([bad])
+    assert template_key(base) == template_key(list(base))
+    assert template_key(base) != template_key(packages_for(["htop"]))
+
+
+def _fake_template(root: Path, name: str) -> None:
+    folder = root / name
+    folder.mkdir(parents=True)
+    manifest = TemplateManifest(
+        name=name, suite="bookworm", packages=["x"], kernel="6.1", image_sha256="0" * 64,
+        image_bytes=1, build_seconds=1.0, built_at=1.0, key=template_key(["x"]),
+    )  # fmt: skip
+    (folder / "manifest.json").write_text(manifest.model_dump_json())
+
+
+def test_store_lists_gets_and_removes(tmp_path: Path) -> None:
+    store = TemplateStore(tmp_path / "templates")
+    _fake_template(store.root, "one")
+    (store.root / "broken").mkdir()
+    (store.root / "broken" / "manifest.json").write_text("{not json")
+    assert [m.name for m in store.list()] == ["one"]
+    assert isinstance(store.get("one"), Template)
+    with pytest.raises(NotFound, match="hivecell template build two"):
+        store.get("two")
+    store.remove("one")
+    assert store.list() == [] and not (store.root / "one").exists()
+    with pytest.raises(NotFound):
+        store.remove("one")
+
+
+def test_a_template_in_use_is_neither_removed_nor_rebuilt(tmp_path: Path) -> None:
+    store = TemplateStore(tmp_path / "templates")
+    _fake_template(store.root, "base")
+    vm_dir = tmp_path / "vms" / "vm-0123abcd"
+    vm_dir.mkdir(parents=True)
+    (vm_dir / "meta.json").write_text(json.dumps({"template": "base"}))
+    with pytest.raises(ConfigError, match="vm-0123abcd"):
+        store.remove("base")
+    with pytest.raises(ConfigError, match="destroy them first"):
+        store.build("base")
+    assert store.get("base").manifest.name == "base"
+
+
+def test_the_qemu_command_line_keeps_the_vm_in_its_box(tmp_path: Path) -> None:
+    layout = VmLayout(tmp_path / "vm-0123abcd")
+    _fake_template(tmp_path / "t", "base")
+    template = TemplateStore(tmp_path / "t").get("base")
+    argv = vm.command(layout, template, SandboxSpec(memory_mb=1024, cpus=1.5), "tcg", "qemu")
+    joined = " ".join(argv)
+    assert argv[argv.index("-nic") + 1] == "none"  # offline: no network device at all
+    assert "elevateprivileges=deny" in argv[argv.index("-sandbox") + 1]
+    assert "spawn=deny" in argv[argv.index("-sandbox") + 1]
+    assert argv[argv.index("-m") + 1] == "1024" and argv[argv.index("-smp") + 1] == "2"
+    assert f"name={vm.AGENT_PORT}" in joined and "-vnc" not in argv
+    assert "accel=tcg" in joined and "-cpu max" in joined
+    cmdline = argv[argv.index("-append") + 1]
+    assert "hivecell.screen=1280x800x24" in cmdline and "init=/sbin/hivecell-init" in cmdline
+    fsd = vm.virtiofsd_command(layout, "/usr/lib/qemu/virtiofsd")
+    assert f"source={layout.shared}" in fsd and "sandbox=namespace" in fsd
+
+
+@pytest.mark.skipif(
+    shutil.which("debugfs") is None, reason="needs e2fsprogs (the test command installs it)"
+)
+def test_the_guest_disk_carries_this_hivecells_agent(tmp_path: Path) -> None:
+    image = guestfiles.guest_disk(tmp_path)
+    assert image.name == f"guest-{guestfiles.guest_version()}.img"
+    assert guestfiles.guest_disk(tmp_path) == image  # cached: built once per version
+
+    def ls(folder: str) -> str:
+        done = subprocess.run(
+            ["debugfs", "-R", f"ls -p {folder}", str(image)], capture_output=True, text=True
+        )
+        return done.stdout
+
+    assert "/boot.py/" in ls("/src/hivecell/guest")
+    assert "/pydantic_core/" in ls("/site-packages") and "/Xlib/" in ls("/site-packages")
+    assert "/init/" in ls("/") and "/session/" in ls("/")
+    version = subprocess.run(
+        ["debugfs", "-R", "cat /guest-version", str(image)], capture_output=True, text=True
+    ).stdout
+    assert version.strip() == guestfiles.guest_version()
+
+
+def test_the_guest_packages_come_with_their_dependencies() -> None:
+    names = {d.metadata["Name"].lower().replace("_", "-") for d in guestfiles.distributions()}
+    assert {"pydantic", "pydantic-core", "anyio", "python-xlib", "pillow", "mss"} <= names
+    assert "fastapi" not in names and "openai" not in names  # host-only packages stay out
