@@ -26,6 +26,7 @@ from hivecell.sandbox import netpolicy, transfer
 from hivecell.sandbox.base import (
     Desktop,
     NetworkMode,
+    ProviderName,
     SandboxInfo,
     SandboxProvider,
     SandboxSpec,
@@ -66,6 +67,9 @@ class TaskRequest(BaseModel):
         description="a new sandbox's /shared/inbox is writable inside it (default read-only); "
         "a reused sandbox keeps its own setting",
     )
+    sandbox_provider: ProviderName | None = Field(
+        None, description="a new sandbox's provider: local or qemu (default: the caller's)"
+    )
 
     @field_validator("network_allow")
     @classmethod
@@ -82,6 +86,7 @@ class TaskRequest(BaseModel):
             network_allow=self.network_allow,
             inbox_writable=self.inbox_writable,
             desktop=self.desktop,
+            provider=self.sandbox_provider,
             **more,
         )
 

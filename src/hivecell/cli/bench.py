@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from hivecell.bench.sandbox import TARGETS_MS, SandboxReport, machine, measure_sandbox, targets_met
+from hivecell.bench.sandbox import (
+    IDLE_BOXES,
+    TARGETS_MS,
+    SandboxReport,
+    machine,
+    measure_sandbox,
+    targets_met,
+)
 from hivecell.cli.common import HomeOption, err, out, provider, run
 from hivecell.config import resolve_home
 from hivecell.sandbox.base import SandboxSpec
@@ -39,15 +46,21 @@ def sandbox(
         bool, typer.Option("--vs-cua", help="also measure cua-computer-server")
     ] = False,
     runs: Annotated[int, typer.Option(help="repetitions per operation")] = 20,
-    cold_runs: Annotated[int, typer.Option(help="cold starts to time")] = 10,
+    cold_runs: Annotated[
+        int | None, typer.Option(min=1, help="cold starts to time (default 10; 3 for VMs)")
+    ] = None,
     parallel: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=1,
             help="sandboxes requested at once (they boot a few at a time; reports how many "
-            "came up, the time, their memory and every failure)",
+            "came up, the time, their memory and every failure; default 24, 2 for VMs)",
         ),
-    ] = 24,
+    ] = None,
+    sandbox_provider: Annotated[
+        Literal["local", "qemu"],
+        typer.Option("--provider", help="local boxes, or qemu VMs (reported under 'qemu')"),
+    ] = "local",
     cua_cache: Annotated[Path, typer.Option(help="venv cache for the Cua peer")] = CUA_CACHE,
     desktop: Annotated[
         Literal["full", "minimal"], typer.Option(help="the sandboxes' desktop profile")
@@ -55,17 +68,26 @@ def sandbox(
     home: Path | None = HomeOption,
 ) -> None:
     """Cold start, screenshot, click, exec, settle, idle memory, parallel starts."""
+    vm = sandbox_provider == "qemu"
     if not as_json:
-        err.print("measuring hivecell sandboxes...")
+        err.print(f"measuring hivecell {'VM ' if vm else ''}sandboxes...")
     ours = run(
         lambda: measure_sandbox(
-            provider(home=home),
+            provider(sandbox_provider, home=home),
             runs=runs,
-            cold_runs=cold_runs,
-            parallel=parallel,
-            spec=SandboxSpec(desktop=desktop),
+            cold_runs=cold_runs or (3 if vm else 10),
+            parallel=parallel or (2 if vm else 24),
+            idle_boxes=2 if vm else IDLE_BOXES,
+            spec=SandboxSpec(desktop=desktop, provider=sandbox_provider),
         )
     )
+    if vm:  # VM figures have their own targets (issue 10), not the local boxes' table
+        if as_json:
+            print(json.dumps({"machine": machine(), "qemu": ours.model_dump()}, indent=2))
+        else:
+            out.print(_table(ours, None))
+            _print_herd_failures(ours)
+        return
     peer = _measure_peer(runs, cua_cache, quiet=as_json) if vs_cua else None
     result = _result(ours, peer)
     if as_json:

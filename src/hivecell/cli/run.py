@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import anyio
 import typer
@@ -74,6 +74,10 @@ def run_task(
     ] = None,
     output_dir: Annotated[Path | None, typer.Option(help="where outbox files go")] = None,
     keep: Annotated[bool, typer.Option(help="keep the sandbox afterwards")] = False,
+    sandbox_provider: Annotated[
+        Literal["local", "qemu"],
+        typer.Option(help="local: a bubblewrap box; qemu: a VM (hivecell template build)"),
+    ] = "local",
     inbox_writable: Annotated[
         bool, typer.Option(help="let the sandbox write to /shared/inbox (default read-only)")
     ] = False,
@@ -115,6 +119,7 @@ def run_task(
         output_dir=output_dir,
         keep_sandbox=keep,
         inbox_writable=inbox_writable,
+        sandbox_provider=sandbox_provider,
     )
     limits = TransferLimits(max_bytes=transfer_max_bytes, max_files=transfer_max_files)
     result = run(_run, root, config, request, limits)
@@ -179,7 +184,7 @@ async def _run(
     from hivecell.agent.llm import make_model, require_price
     from hivecell.agent.service import TaskService
     from hivecell.cli.live import LiveConsole
-    from hivecell.sandbox.registry import get_provider
+    from hivecell.sandbox.router import ProviderRouter
     from hivecell.store import TaskStore, default_database_url
 
     if request.settings.max_cost_usd is not None:  # never a silent $0 against a cost budget
@@ -189,7 +194,7 @@ async def _run(
         await store.mark_interrupted()
         service = TaskService(
             home=home,
-            provider=get_provider("local", home),
+            provider=ProviderRouter(home, request.sandbox_provider or "local"),
             store=store,
             llm=client,
             model=config.model,

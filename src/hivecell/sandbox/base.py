@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from hivecell.sandbox.guest_client import GuestClient
 
 NetworkMode = Literal["offline", "nat"]
+ProviderName = Literal["local", "qemu"]
 Desktop = Literal["full", "minimal"]
 Status = Literal["running", "stopped", "error"]
 
@@ -51,6 +52,11 @@ class SandboxSpec(BaseModel):
         "minimal: Xvfb and openbox on a black screen (the lightest box)",
     )
     name: str | None = Field(None, max_length=64)
+    provider: ProviderName | None = Field(
+        None,
+        description="local: a bubblewrap box on this kernel; qemu: a virtual machine from "
+        "a template (hivecell template build); unset: the caller's default",
+    )
     inbox_writable: bool = Field(
         False, description="/shared/inbox writable inside the box (default: read-only)"
     )

@@ -2,7 +2,7 @@
 
 Ids say who made them (``vm-`` for qemu, ``sb-`` for local), so ``info``, ``exec``, ``rm``
 and the rest work whatever the provider, and ``list`` shows them all. ``create`` goes to
-the provider chosen for this router (``--provider``).
+the spec's ``provider``, else the one chosen for this router (``--provider``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ class ProviderRouter:
         return self._provider("local")
 
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
-        return await self.default.create(spec)
+        """On ``spec.provider``, else this router's default; the spec records which."""
+        name = spec.provider or self.name
+        return await self._provider(name).create(spec.model_copy(update={"provider": name}))
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
         return await self._for(sandbox_id).start(sandbox_id)

@@ -26,7 +26,7 @@ from hivecell.pool.capacity import Capacity, Host, caps_for
 from hivecell.pool.metrics import SandboxStats, StatsSampler
 from hivecell.pool.warm import WarmPool
 from hivecell.sandbox.base import SandboxProvider
-from hivecell.sandbox.registry import get_provider
+from hivecell.sandbox.router import ProviderRouter
 from hivecell.server.auth import TokenLinkMiddleware
 from hivecell.server.errors import install_error_handlers
 from hivecell.server.events import EventHub
@@ -51,7 +51,8 @@ class ServerState:
         self.config = config
         self.hub = EventHub()
         self.prefs = Preferences()
-        self.provider: SandboxProvider = get_provider(config.sandbox_provider, config.home)
+        # one router: every id finds its own provider; a spec's provider picks who creates
+        self.provider: SandboxProvider = ProviderRouter(config.home, config.sandbox_provider)
         self.metrics = ServerMetrics()
         self.sampler = StatsSampler(self.provider, interval=config.stats_interval)
         self.sampler.subscribe(self._stats_round)

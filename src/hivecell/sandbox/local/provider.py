@@ -188,6 +188,7 @@ class LocalProvider:
 
     # --- creating and starting -----------------------------------------------------------------
     def _refuse_impossible(self, spec: SandboxSpec) -> None:
+        _require_provider(spec, self.name)
         _require_tools(spec)
         _require_host_filter(spec)
         _require_seccomp()
@@ -452,6 +453,16 @@ async def _pings(layout: Layout) -> bool:
         # connect_timeout, on a loaded host): keep polling until boot_timeout.
         return False
     return True
+
+
+def _require_provider(spec: SandboxSpec, name: str) -> None:
+    if spec.provider not in (None, name):
+        raise ConfigError(
+            f"this spec asks for provider {spec.provider!r}, not {name!r}: create it through "
+            "that provider (or hivecell.sandbox.router.ProviderRouter)",
+            op="create",
+            context={"provider": spec.provider},
+        )
 
 
 def _require_tools(spec: SandboxSpec) -> None:

@@ -144,6 +144,12 @@ class QemuProvider:
 
     # --- creating and starting -----------------------------------------------------------------
     def _refuse_impossible(self, spec: SandboxSpec) -> Template:
+        if spec.provider not in (None, self.name):
+            raise ConfigError(
+                f"this spec asks for provider {spec.provider!r}, not 'qemu'",
+                op="create",
+                context={"provider": spec.provider},
+            )
         if shutil.which(self.qemu) is None:
             raise ConfigError(
                 f"the qemu provider needs {self.qemu}: sudo apt-get install -y "

@@ -28,7 +28,7 @@ from hivecell.errors import HivecellError, InvalidParams, SandboxNotFound, TooLa
 from hivecell.pool.warm import NAME_PREFIX as POOL_PREFIX
 from hivecell.protocol.jsonrpc import describe_validation
 from hivecell.sandbox import netpolicy
-from hivecell.sandbox.base import Desktop
+from hivecell.sandbox.base import Desktop, ProviderName
 from hivecell.server.app import ServerState
 from hivecell.server.errors import Conflict
 from hivecell.server.manager import SANDBOX_PREFIX
@@ -78,6 +78,9 @@ class TaskCreate(BaseModel):
         max_length=64,
         description="run in this running sandbox (one a person made; it stays afterwards); "
         "absent: a warm or new sandbox of its own",
+    )
+    sandbox_provider: ProviderName | None = Field(
+        None, description="a new sandbox's provider: local (default) or qemu (a VM)"
     )
 
     @field_validator("network_allow")
@@ -285,6 +288,9 @@ def build_task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
         raise InvalidParams(describe_validation(exc), op="create_task") from None
     if body.desktop is not None and body.sandbox_id is not None:
         raise _invalid("desktop", "a chosen sandbox keeps its own desktop: leave desktop out")
+    if body.sandbox_provider is not None and body.sandbox_id is not None:
+        message = "a chosen sandbox is already a box or a VM: leave sandbox_provider out"
+        raise _invalid("sandbox_provider", message)
     network = body.network or ("nat" if body.network_allow else prefs.sandbox.network)
     if body.network_allow and network != "nat":
         raise _invalid("network_allow", "an allowlist needs network nat (offline reaches nothing)")
@@ -297,6 +303,7 @@ def build_task_request(body: TaskCreate, state: ServerState) -> TaskRequest:
         desktop=body.desktop or prefs.sandbox.desktop,
         inbox_writable=body.inbox_writable,
         sandbox_id=body.sandbox_id,
+        sandbox_provider=body.sandbox_provider,
     )
 
 

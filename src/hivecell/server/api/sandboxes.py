@@ -13,7 +13,7 @@ from hivecell.errors import InvalidParams, SandboxError, SandboxNotFound
 from hivecell.pool.metrics import SandboxStats
 from hivecell.pool.warm import NAME_PREFIX as POOL_PREFIX
 from hivecell.protocol.jsonrpc import describe_validation
-from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxSpec
+from hivecell.sandbox.base import NetworkMode, ProviderName, SandboxInfo, SandboxSpec
 from hivecell.server.api.deps import AUTH, State
 from hivecell.server.errors import Conflict
 
@@ -38,6 +38,9 @@ class SandboxCreate(BaseModel):
     )
     desktop: Literal["full", "minimal"] | None = Field(
         None, description="full: wallpaper, panel, file manager (default); minimal: bare openbox"
+    )
+    provider: ProviderName | None = Field(
+        None, description="local (bubblewrap box, default) or qemu (a VM from a template)"
     )
 
 

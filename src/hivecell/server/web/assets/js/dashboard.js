@@ -57,6 +57,7 @@ function taskForm(form) {
   set("disabled_tools", data.get("disabled_tools").trim());
   set("network_allow", data.get("network_allow").trim());
   set("sandbox_id", data.get("sandbox_id"));
+  set("sandbox_provider", data.get("sandbox_provider"));
   // Always sent, even empty (= ask for nothing): absent would mean the Settings default.
   body.append("approve_tools", data.getAll("approve_tools").join(" "));
   for (const file of data.getAll("files")) if (file.name) body.append("files", file, file.name);

@@ -20,6 +20,7 @@ function sandboxItem(sb) {
     h("a", { href: `?sandbox=${encodeURIComponent(sb.id)}`, onclick: (e) => { e.preventDefault(); select(sb.id); } },
       h("span", { class: `dot a-${sb.activity}` }),
       h("span", { class: "sb-name" }, label),
+      sb.provider === "qemu" && h("span", { class: "small muted", title: "a virtual machine" }, "VM"),
       h("span", { class: "muted sb-task" }, sb.task_id ? `task ${sb.task_id}` : sb.pool ? "warm" : sb.activity)));
 }
 
@@ -223,10 +224,12 @@ function setupToolbar() {
   $("#pause-agent").addEventListener("click", act("pause"));
   $("#resume-agent").addEventListener("click", act("resume"));
   $("#fullscreen").addEventListener("click", () => $("#screen").requestFullscreen());
-  $("#new-sandbox").addEventListener("click", async () => {
-    const sb = await attempt(() => api("/sandboxes", { method: "POST", json: {} }), "Sandbox ready");
+  const create = (json) => async () => {
+    const sb = await attempt(() => api("/sandboxes", { method: "POST", json }), "Sandbox ready");
     if (sb) { await attempt(loadSandboxes); select(sb.id); }
-  });
+  };
+  $("#new-sandbox").addEventListener("click", create({}));
+  $("#new-vm").addEventListener("click", create({ provider: "qemu" }));
   $("#remove-sandbox").addEventListener("click", async () => {
     const id = selected;
     deselect();

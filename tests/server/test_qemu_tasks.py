@@ -1,0 +1,63 @@
+"""A task in a virtual machine, through the API: the dashboard's "Sandbox type: virtual
+machine". The server, the task manager, the agent runtime and the outbox collection run
+unchanged on a qemu sandbox (a real VM from the CI template; only the model is scripted)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from hivecell.agent.llm.scripted import ScriptedLLMServer
+from tests.agent.helpers import act, call, finish, tool_results
+from tests.sandbox.qemu_env import cache_dir, ci_template
+from tests.server.helpers import events, next_event, serve, write_provider
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("qemu"),  # with the other VM tests: one boot at a time
+    pytest.mark.timeout(1800),
+]
+
+
+def _use_ci_template(home: Path) -> str:
+    """The server's qemu provider looks in home/templates for 'default'."""
+    template = ci_template()
+    (home / "templates").mkdir()
+    (home / "templates" / "default").symlink_to(template.root)
+    (home / "qemu").symlink_to(_shared_cache())  # the KVM probe's answer, the guest disk
+    return template.manifest.kernel
+
+
+def _shared_cache() -> Path:
+    path = cache_dir().parent / "qemu"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+async def test_a_task_runs_in_a_vm_and_its_outbox_comes_back(home: Path) -> None:
+    kernel = _use_ci_template(home)
+    command = "uname -r | tee /shared/outbox/kernel.txt"
+    steps = [act(call("run_shell", command=command)), *finish("read the kernel")]
+    async with ScriptedLLMServer(steps) as llm:
+        write_provider(home, llm.base_url)
+        async with serve(home) as running, events(running) as ws:
+            refused = await running.post(
+                "/tasks",
+                json={"description": "x", "sandbox_provider": "qemu", "sandbox_id": "sb-1"},
+            )
+            assert refused.status_code == 422 and "sandbox_provider" in refused.text
+            body = {"description": "which kernel?", "sandbox_provider": "qemu"}
+            response = await running.post("/tasks", json=body)
+            assert response.status_code == 201, response.text
+            task_id = response.json()["id"]
+            finished = await next_event(ws, "task.finished", task_id, timeout=900)
+            task = finished["data"]["task"]
+            assert task["status"] == "completed", task
+            assert task["artifacts"] == ["kernel.txt"]
+            sandbox_id = task["sandbox_id"]
+            assert sandbox_id.startswith("vm-")
+    shell = tool_results(llm.chat_requests[1])[0]
+    assert shell["stdout"].strip() == kernel != os.uname().release
