@@ -14,8 +14,6 @@ import os
 import shutil
 import signal
 import stat
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -27,13 +25,11 @@ from anyio import to_thread
 
 from hivecell.errors import (
     ConfigError,
-    GuestUnavailable,
     HivecellError,
     SandboxError,
     SandboxNotFound,
-    Timeout,
 )
-from hivecell.sandbox import netpolicy, transfer
+from hivecell.sandbox import netpolicy, supervised, transfer
 from hivecell.sandbox.base import NetworkConnection, SandboxInfo, SandboxSpec, SandboxUsage
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local import (
@@ -156,14 +152,7 @@ class LocalProvider:
         self._usage.forget(sandbox_id)
 
     async def connect(self, sandbox_id: str) -> GuestClient:
-        info = await self.info(sandbox_id)
-        if info.status != "running":
-            raise SandboxError(
-                f"sandbox {sandbox_id} is {info.status}; start it first",
-                op="connect",
-                context={"id": sandbox_id, "status": info.status, "detail": info.detail},
-            )
-        return GuestClient(info.endpoint)
+        return supervised.client(await self.info(sandbox_id))
 
     async def info(self, sandbox_id: str) -> SandboxInfo:
         layout, meta = await self._load(sandbox_id)
@@ -259,7 +248,7 @@ class LocalProvider:
         layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)
         layout.guest_socket.unlink(missing_ok=True)
-        pid = _start_supervisor(layout)
+        pid = supervised.start(SUPERVISOR_MODULE, layout.root, layout.log)
         meta.supervisor_pid = pid
         meta.limits = (
             f"{LimitPlan.from_json(plan['limits']).describe()} disk={plan['disk']['mode']}"
@@ -326,7 +315,7 @@ class LocalProvider:
         """Poll the guest socket with a short backoff until ``ping`` answers."""
         deadline = anyio.current_time() + self.boot_timeout
         delay = 0.002
-        while not await _pings(layout):
+        while not await supervised.pings(layout.guest_socket):
             if not await to_thread.run_sync(state.supervisor_alive, layout, pid):
                 last = await to_thread.run_sync(state.read_exit, layout)
                 raise await self._boot_failed(layout, str(last.get("detail", "it exited")))
@@ -339,7 +328,7 @@ class LocalProvider:
             delay = min(delay * 1.5, 0.01)  # boot takes ~0.3 s: poll often, it is cheap
 
     async def _boot_failed(self, layout: Layout, why: str) -> SandboxError:
-        tail = await to_thread.run_sync(_log_tail, layout.log)
+        tail = await to_thread.run_sync(supervised.log_tail, layout.log)
         return SandboxError(
             f"sandbox {layout.sandbox_id} did not start: {why}. Log {layout.log} ends with:\n"
             f"{tail}\n(remove it with destroy once inspected)",
@@ -353,9 +342,9 @@ class LocalProvider:
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-            if not _wait_gone(layout, pid, STOP_TIMEOUT):
+            if not supervised.wait_gone(SUPERVISOR_MODULE, layout.root, pid, STOP_TIMEOUT):
                 os.kill(pid, signal.SIGKILL)  # bwrap --die-with-parent takes the box down too
-                _wait_gone(layout, pid, STOP_TIMEOUT)
+                supervised.wait_gone(SUPERVISOR_MODULE, layout.root, pid, STOP_TIMEOUT)
 
     def _destroy_sync(self, layout: Layout) -> None:
         if not layout.root.is_dir():
@@ -405,53 +394,6 @@ def _freeze(layout: Layout, pid: int | None, frozen: bool) -> bool:
     if pid is None or not state.supervisor_alive(layout, pid):
         return False
     (freeze.stop if frozen else freeze.resume)(pid)
-    return True
-
-
-def _start_supervisor(layout: Layout) -> int:
-    """Run the supervisor detached (it forks away and reports its pid on a pipe)."""
-    pid_r, pid_w = os.pipe()
-    try:
-        with open(layout.log, "ab") as log:
-            log.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-            launcher = subprocess.Popen(
-                [sys.executable, "-I", "-m", SUPERVISOR_MODULE, str(layout.root), str(pid_w)],
-                pass_fds=(pid_w,),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # no terminal signals from the CLI's session
-            )
-        os.close(pid_w)
-        pid_w = -1
-        reported = os.read(pid_r, 32)
-    finally:
-        os.close(pid_r)
-        if pid_w >= 0:
-            os.close(pid_w)
-    launcher.wait()
-    if not reported:
-        raise SandboxError(f"the supervisor did not start; see {layout.log}", op="start")
-    return int(reported)
-
-
-def _wait_gone(layout: Layout, pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while state.supervisor_alive(layout, pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
-async def _pings(layout: Layout) -> bool:
-    try:
-        async with GuestClient(f"unix:{layout.guest_socket}", connect_timeout=2) as guest:
-            await guest.call("ping", timeout=5)
-    except (GuestUnavailable, Timeout, TimeoutError):
-        # Not up yet, or too busy booting to answer (TimeoutError: even to accept within
-        # connect_timeout, on a loaded host): keep polling until boot_timeout.
-        return False
     return True
 
 
@@ -665,11 +607,3 @@ def _read_text(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""  # no resolver: every allowed question gets SERVFAIL
-
-
-def _log_tail(log: Path, lines: int = 15) -> str:
-    try:
-        text = log.read_text(errors="replace")
-    except OSError:
-        return "(no log)"
-    return "\n".join(text.splitlines()[-lines:])

@@ -8,13 +8,13 @@ Sync code: the provider calls it from worker threads.
 
 from __future__ import annotations
 
-import json
 import re
 import secrets
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from hivecell.sandbox import supervised
 from hivecell.sandbox.base import SandboxInfo
 from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
 
@@ -59,22 +59,11 @@ def sandbox_ids(home: Path) -> list[str]:
 
 
 def supervisor_alive(layout: Layout, pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    # A zombie has an empty command line, so it counts as gone.
-    return SUPERVISOR_MODULE.encode() in argv and str(layout.root).encode() in argv
+    return supervised.alive(SUPERVISOR_MODULE, layout.root, pid)
 
 
 def read_exit(layout: Layout) -> dict[str, object]:
-    try:
-        record = json.loads(layout.exit.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
+    return supervised.read_exit(layout.exit)
 
 
 def current(layout: Layout, meta: SandboxMeta) -> SandboxInfo:
@@ -90,7 +79,4 @@ def current(layout: Layout, meta: SandboxMeta) -> SandboxInfo:
 
 def find_supervisor(layout: Layout) -> int | None:
     """The supervisor of a sandbox whose meta.json is gone (a crash while creating)."""
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and supervisor_alive(layout, int(entry.name)):
-            return int(entry.name)
-    return None
+    return supervised.find(SUPERVISOR_MODULE, layout.root)

@@ -18,7 +18,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from anyio import to_thread
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hivecell.errors import ConfigError, GuestUnavailable, SandboxError, SandboxNotFound, Timeout
-from hivecell.sandbox import transfer
+from hivecell.sandbox import supervised, transfer
 from hivecell.sandbox.base import NetworkConnection, SandboxInfo, SandboxSpec, SandboxUsage
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.qemu import accel, guestfiles, vm
@@ -113,14 +112,7 @@ class QemuProvider:
         await to_thread.run_sync(self._destroy_sync, layout)
 
     async def connect(self, sandbox_id: str) -> GuestClient:
-        info = await self.info(sandbox_id)
-        if info.status != "running":
-            raise SandboxError(
-                f"sandbox {sandbox_id} is {info.status}; start it first",
-                op="connect",
-                context={"id": sandbox_id, "status": info.status, "detail": info.detail},
-            )
-        return GuestClient(info.endpoint)
+        return supervised.client(await self.info(sandbox_id))
 
     async def info(self, sandbox_id: str) -> SandboxInfo:
         layout, meta = await self._load(sandbox_id)
@@ -231,16 +223,21 @@ class QemuProvider:
         virtiofsd = vm.virtiofsd_command(layout, _virtiofsd())
         layout.plan.write_text(json.dumps({"argv": argv, "virtiofsd": virtiofsd}))
         layout.exit.unlink(missing_ok=True)
-        pid = _start_supervisor(layout)
+        pid = supervised.start(
+            SUPERVISOR_MODULE,
+            layout.root,
+            layout.log,
+            {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
+        )
         meta.supervisor_pid = pid
         _save(layout, meta)
         return pid
 
     async def _wait_until_ready(self, layout: VmLayout, pid: int) -> None:
         deadline = anyio.current_time() + self.boot_timeout
-        while not await _pings(layout):
+        while not await supervised.pings(layout.guest_socket):
             if not await to_thread.run_sync(_alive, layout, pid):
-                last = await to_thread.run_sync(_read_exit, layout)
+                last = await to_thread.run_sync(supervised.read_exit, layout.exit)
                 raise await _boot_failed(layout, str(last.get("detail", "it exited")))
             if anyio.current_time() > deadline:
                 why = f"no answer within {self.boot_timeout:.0f} s"
@@ -254,7 +251,9 @@ class QemuProvider:
         if not layout.root.is_dir():
             raise SandboxNotFound(f"no sandbox {layout.sandbox_id} in {self.home}", op="destroy")
         meta = _load(layout)
-        _stop(layout, meta.supervisor_pid if meta else _find_supervisor(layout))
+        _stop(
+            layout, meta.supervisor_pid if meta else supervised.find(SUPERVISOR_MODULE, layout.root)
+        )
         shutil.rmtree(layout.root)
 
     def _layout(self, sandbox_id: str, *, op: str) -> VmLayout:
@@ -316,42 +315,6 @@ def _virtual_size(image: Path) -> int:
     return int(json.loads(out)["virtual-size"])
 
 
-def _start_supervisor(layout: VmLayout) -> int:
-    pid_r, pid_w = os.pipe()
-    try:
-        with open(layout.log, "ab") as log:
-            log.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
-            launcher = subprocess.Popen(
-                [sys.executable, "-I", "-m", SUPERVISOR_MODULE, str(layout.root), str(pid_w)],
-                pass_fds=(pid_w,),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-            )
-        os.close(pid_w)
-        pid_w = -1
-        reported = os.read(pid_r, 32)
-    finally:
-        os.close(pid_r)
-        if pid_w >= 0:
-            os.close(pid_w)
-    launcher.wait()
-    if not reported:
-        raise SandboxError(f"the VM's supervisor did not start; see {layout.log}", op="start")
-    return int(reported)
-
-
-async def _pings(layout: VmLayout) -> bool:
-    try:
-        async with GuestClient(f"unix:{layout.guest_socket}", connect_timeout=2) as guest:
-            await guest.call("ping", timeout=5)
-    except (GuestUnavailable, Timeout, TimeoutError):
-        return False
-    return True
-
-
 async def _shut_down(layout: VmLayout, pid: int | None) -> None:
     if pid is None:
         return
@@ -372,7 +335,7 @@ async def _shut_down(layout: VmLayout, pid: int | None) -> None:
 
 
 async def _boot_failed(layout: VmLayout, why: str) -> SandboxError:
-    tail = await to_thread.run_sync(_log_tail, layout.log)
+    tail = await to_thread.run_sync(supervised.log_tail, layout.log, 20)
     return SandboxError(
         f"VM sandbox {layout.sandbox_id} did not start: {why}. Log {layout.log} ends with:\n"
         f"{tail}\n(remove it with destroy once inspected)",
@@ -381,28 +344,8 @@ async def _boot_failed(layout: VmLayout, why: str) -> SandboxError:
     )
 
 
-def _log_tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
 def _alive(layout: VmLayout, pid: int | None) -> bool:
-    if pid is None:
-        return False
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return SUPERVISOR_MODULE.encode() in argv and str(layout.root).encode() in argv
-
-
-def _find_supervisor(layout: VmLayout) -> int | None:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _alive(layout, int(entry.name)):
-            return int(entry.name)
-    return None
+    return supervised.alive(SUPERVISOR_MODULE, layout.root, pid)
 
 
 def _stop(layout: VmLayout, pid: int | None) -> None:
@@ -410,18 +353,9 @@ def _stop(layout: VmLayout, pid: int | None) -> None:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-        if not _wait_gone(layout, pid, STOP_TIMEOUT):
+        if not supervised.wait_gone(SUPERVISOR_MODULE, layout.root, pid, STOP_TIMEOUT):
             os.kill(pid, signal.SIGKILL)  # QEMU dies with it (PR_SET_PDEATHSIG)
-            _wait_gone(layout, pid, STOP_TIMEOUT)
-
-
-def _wait_gone(layout: VmLayout, pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while _alive(layout, pid):
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
+            supervised.wait_gone(SUPERVISOR_MODULE, layout.root, pid, STOP_TIMEOUT)
 
 
 def _qemu_pid(supervisor: int) -> int | None:
@@ -491,19 +425,11 @@ def _save(layout: VmLayout, meta: VmMeta) -> None:
     tmp.replace(layout.meta)
 
 
-def _read_exit(layout: VmLayout) -> dict[str, object]:
-    try:
-        record = json.loads(layout.exit.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
 def _current(layout: VmLayout, meta: VmMeta) -> SandboxInfo:
     detail = f"VM ({meta.accel}: {meta.accel_reason}); template {meta.template}"
     if _alive(layout, meta.supervisor_pid):
         return meta.info.model_copy(update={"status": "running", "detail": detail})
-    last = _read_exit(layout)
+    last = supervised.read_exit(layout.exit)
     status = "error" if last.get("status") == "error" else "stopped"
     detail = "; ".join(str(x) for x in (last.get("detail"), detail) if x)
     return meta.info.model_copy(update={"status": status, "detail": detail})
