@@ -5,6 +5,7 @@ lifecycle (stop, start, shutdown, destroy)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -204,3 +205,18 @@ async def test_a_guest_that_garbles_its_agent_port_stops_only_itself(
     procs = host.process_tree(info.id)
     await provider.destroy(info.id)
     assert host.alive(procs) == set()
+
+
+async def test_a_vm_running_another_hivecells_agent_says_how_to_update_it(
+    provider: QemuProvider, vm: SandboxInfo
+) -> None:
+    assert "another hivecell" not in (await provider.info(vm.id)).detail
+    meta = Path(vm.shared_dir).parent / "meta.json"
+    saved = meta.read_text()
+    record = json.loads(saved)
+    record["guest_version"] = "0123456789abcdef"  # as if started before an upgrade
+    meta.write_text(json.dumps(record))
+    try:
+        assert "stop and start it" in (await provider.info(vm.id)).detail
+    finally:
+        meta.write_text(saved)

@@ -16,6 +16,7 @@ always runs the agent of the host that started it.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import os
 import re
@@ -105,6 +106,7 @@ def copy_package(dest: Path) -> None:
     )
 
 
+@functools.cache  # the sources do not change under a running process
 def guest_version() -> str:
     """A hash of the guest agent's sources: equal on host and VM iff the VM's template was
     built from this hivecell."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import anyio
 from anyio import to_thread
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hivecell.errors import ConfigError, GuestUnavailable, SandboxError, SandboxNotFound, Timeout
 from hivecell.sandbox import supervised, transfer
@@ -34,6 +34,7 @@ from hivecell.sandbox.qemu.layout import SHARED_FOLDERS, SUPERVISOR_MODULE, VmLa
 from hivecell.sandbox.qemu.template import DEFAULT_NAME, Template, TemplateStore
 
 STOP_TIMEOUT = 15.0
+SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # the supervisor's: never the caller's environment
 SHUTDOWN_TIMEOUT = 30.0  # a clean guest power-off under TCG on a loaded host
 QEMU = "qemu-system-x86_64"
 _VALID_ID = re.compile(r"^vm-[0-9a-f]{8}$")
@@ -49,6 +50,7 @@ class VmMeta(BaseModel):
     accel: str = ""
     accel_reason: str = ""
     supervisor_pid: int | None = None
+    guest_version: str = Field("", description="the guest disk's agent at the last start")
 
 
 class QemuProvider:
@@ -223,13 +225,9 @@ class QemuProvider:
         virtiofsd = vm.virtiofsd_command(layout, _virtiofsd())
         layout.plan.write_text(json.dumps({"argv": argv, "virtiofsd": virtiofsd}))
         layout.exit.unlink(missing_ok=True)
-        pid = supervised.start(
-            SUPERVISOR_MODULE,
-            layout.root,
-            layout.log,
-            {"PATH": os.environ.get("PATH", "/usr/bin:/bin")},
-        )
+        pid = supervised.start(SUPERVISOR_MODULE, layout.root, layout.log, {"PATH": SAFE_PATH})
         meta.supervisor_pid = pid
+        meta.guest_version = guest_disk.stem.removeprefix("guest-")
         _save(layout, meta)
         return pid
 
@@ -428,6 +426,11 @@ def _save(layout: VmLayout, meta: VmMeta) -> None:
 def _current(layout: VmLayout, meta: VmMeta) -> SandboxInfo:
     detail = f"VM ({meta.accel}: {meta.accel_reason}); template {meta.template}"
     if _alive(layout, meta.supervisor_pid):
+        if meta.guest_version != guestfiles.guest_version():
+            detail += (
+                "; its guest agent is another hivecell's (started before an upgrade): stop "
+                "and start it to run this one's"
+            )
         return meta.info.model_copy(update={"status": "running", "detail": detail})
     last = supervised.read_exit(layout.exit)
     status = "error" if last.get("status") == "error" else "stopped"
