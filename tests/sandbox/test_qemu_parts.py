@@ -18,6 +18,7 @@ from hivecell.sandbox.qemu.template import (
     Template,
     TemplateManifest,
     TemplateStore,
+    check_mirror,
     check_name,
     packages_for,
     template_key,
@@ -28,6 +29,13 @@ from hivecell.sandbox.qemu.template import (
 def test_template_names_that_could_leave_the_folder_are_refused(name: str) -> None:
     with pytest.raises(ConfigError, match="invalid template name"):
         check_name(name)
+
+
+@pytest.mark.parametrize("mirror", ["--hook-dir=/tmp/x", "ftp://x", "http://a b", ""])
+def test_a_mirror_must_be_a_url(mirror: str) -> None:
+    with pytest.raises(ConfigError, match="invalid Debian mirror"):
+        check_mirror(mirror)
+    assert check_mirror("http://deb.debian.org/debian")
 
 
 def test_packages_are_validated_and_keyed() -> None:

@@ -116,6 +116,18 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_mirror(mirror: str) -> str:
+    """A URL apt can fetch from; never something mmdebstrap would read as an option."""
+    if not re.match(r"^(https?|file)://[^\s]+$", mirror):
+        raise ConfigError(
+            f"invalid Debian mirror {mirror!r}: give an http(s):// or file:// URL, e.g. "
+            f"{DEFAULT_MIRROR}",
+            op="template_build",
+            context={"mirror": mirror},
+        )
+    return mirror
+
+
 def packages_for(extra: list[str] | None = None, options: list[str] | None = None) -> list[str]:
     """Every package a template of these choices installs (sorted, each once)."""
     wanted = [*BOOT_PACKAGES, *DESKTOP_PACKAGES]
@@ -185,6 +197,7 @@ class TemplateStore:
         """Build (or rebuild) template ``name``; the old one stays usable until the new one
         is complete. ``reuse``: keep an existing one built from the same packages (a cache)."""
         check_name(name)
+        check_mirror(mirror)
         check_tools()
         self._refuse_in_use(name, "rebuild")
         wanted = packages_for(packages, options)
