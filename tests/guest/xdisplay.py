@@ -247,8 +247,10 @@ class Guest:
         return await self.dispatcher.call(method, params, self.ctx)
 
     async def wait_window(
-        self, match: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+        self, match: Callable[[dict[str, Any]], bool], timeout: float = 60.0
     ) -> dict[str, Any]:
+        # A cap, not a wait: it returns once the window is there. An app's first window took
+        # over 15 s once while the other test worker booted VMs under TCG.
         with anyio.move_on_after(timeout):
             while True:
                 found = [w for w in (await self("list_windows"))["windows"] if match(w)]

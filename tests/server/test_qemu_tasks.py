@@ -44,6 +44,9 @@ async def test_a_task_runs_in_a_vm_and_its_outbox_comes_back(home: Path) -> None
     async with ScriptedLLMServer(steps) as llm:
         write_provider(home, llm.base_url)
         async with serve(home) as running, events(running) as ws:
+            # one vCPU: a TCG vCPU is a busy host thread, and the other test worker needs a core
+            small = {"sandbox": {"cpus": 1, "memory_mb": 1024}}
+            assert (await running.client.put("/api/v1/settings", json=small)).status_code == 200
             refused = await running.post(
                 "/tasks",
                 json={"description": "x", "sandbox_provider": "qemu", "sandbox_id": "sb-1"},
