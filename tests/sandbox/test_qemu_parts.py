@@ -4,7 +4,6 @@ locking and refusals, the QEMU command line, the guest disk's contents."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -107,9 +106,6 @@ def test_the_qemu_command_line_keeps_the_vm_in_its_box(tmp_path: Path) -> None:
     assert f"source={layout.shared}" in fsd and "sandbox=namespace" in fsd
 
 
-@pytest.mark.skipif(
-    shutil.which("debugfs") is None, reason="needs e2fsprogs (the test command installs it)"
-)
 def test_the_guest_disk_carries_this_hivecells_agent(tmp_path: Path) -> None:
     image = guestfiles.guest_disk(tmp_path)
     assert image.name == f"guest-{guestfiles.guest_version()}.img"
