@@ -23,7 +23,7 @@ from hivecell.guest.context import GuestConfig, Services
 from hivecell.guest.muxserve import ChannelHandler, serve_mux, serve_mux_device
 from hivecell.guest.server import Connection
 from hivecell.protocol import unixstream
-from hivecell.protocol.mux import DATA, HEADER, OPEN, MuxProtocolError, encode_frame
+from hivecell.protocol.mux import DATA, HEADER, OPEN, RESET, MuxProtocolError, encode_frame
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.muxproxy import proxy
 from tests.protocol.test_mux import RawPeer, link_pair
@@ -181,6 +181,9 @@ async def test_a_guest_breaking_the_mux_protocol_ends_the_proxy(sockets: Path) -
         tg.start_soon(host)
         async with await unixstream.connect_unix(f"{sockets}/agent.sock") as conn:
             await conn.send(b"hello")
+            stream_id, frame_type, nonce = await raw.frame()  # the host's resync first
+            assert (stream_id, frame_type, len(nonce)) == (0, RESET, 8)
+            await raw.send(encode_frame(0, RESET, nonce))
             assert await raw.frame() == (1, OPEN, b"agent")  # the host opened a channel
             assert await raw.frame() == (1, DATA, b"hello")
             await raw.send(HEADER.pack(1, 42, 0))  # no such frame type

@@ -24,6 +24,7 @@ from hivecell.protocol.mux import (
     HEADER,
     MAX_PAYLOAD,
     OPEN,
+    RESET,
     WINDOW,
     Mux,
     MuxChannel,
@@ -525,6 +526,101 @@ async def test_frames_for_ids_not_open_are_dropped() -> None:
         assert await raw.frame() == (1, CLOSE, b"")
         await raw.send(encode_frame(3, OPEN, b"vnc"))
         assert (await guest.accept())[0] == "vnc"
+
+
+# --- resync after a restore ----------------------------------------------------------------
+
+
+async def test_a_restored_guest_drops_the_channels_of_its_earlier_host() -> None:
+    async with guest_facing_raw_host() as (guest, raw):
+        await raw.send(encode_frame(1, OPEN, b"agent"), encode_frame(1, DATA, b"before"))
+        _, old = await guest.accept()
+        assert await old.receive() == b"before"
+        # the VM was saved here and restored under a new host, which opens id 1 again
+        await raw.send(encode_frame(0, RESET, b"12345678"))
+        assert await raw.frame() == (0, RESET, b"12345678")
+        with pytest.raises(anyio.BrokenResourceError):
+            await old.receive()
+        await raw.send(encode_frame(1, OPEN, b"agent"), encode_frame(1, DATA, b"after"))
+        _, new = await guest.accept()
+        assert await new.receive() == b"after"
+        # the host repeated its RESET before the echo arrived: echoed, nothing dropped
+        await raw.send(encode_frame(0, RESET, b"12345678"), encode_frame(1, DATA, b"still"))
+        assert await raw.frame() == (0, RESET, b"12345678")
+        assert await new.receive() == b"still"
+        await old.aclose()  # a dropped channel's close sends nothing
+        await new.send(b"reply")
+        assert await raw.frame() == (1, DATA, b"reply")
+
+
+async def test_a_resyncing_host_ignores_the_guest_until_its_nonce_comes_back() -> None:
+    async with link_pair() as (host_link, raw_link), anyio.create_task_group() as tg:
+        host = Mux(host_link, initiator=True, resync=True)
+        tg.start_soon(host.run)
+        raw = RawPeer(raw_link)
+        opened: list[MuxChannel] = []
+
+        async def open_one() -> None:
+            opened.append(await host.open("agent"))
+
+        tg.start_soon(open_one)
+        _, frame_type, nonce = await raw.frame()
+        assert (frame_type, len(nonce)) == (RESET, 8)
+        # what a restored guest still had to say to its earlier host, and a wrong echo
+        await raw.send(
+            encode_frame(1, DATA, b"stale"),
+            encode_frame(2, OPEN, b"agent"),
+            header(1, WINDOW, 4) + struct.pack(">I", 999_999),
+            encode_frame(0, RESET, b"wrongwro"),
+        )
+        assert await raw.frame() == (0, RESET, nonce)  # not echoed: the host says it again
+        assert not opened
+        await raw.send(encode_frame(0, RESET, nonce), encode_frame(0, RESET, nonce))
+        assert await raw.frame() == (1, OPEN, b"agent")
+        await raw.send(encode_frame(1, DATA, b"fresh"))
+        assert await opened[0].receive() == b"fresh"
+        tg.cancel_scope.cancel()
+
+
+async def test_a_host_resyncs_with_a_guest_that_started_over() -> None:
+    async with link_pair() as (host_link, raw_link), anyio.create_task_group() as tg:
+        host = Mux(host_link, initiator=True, resync=True)
+        tg.start_soon(host.run)
+        raw = RawPeer(raw_link)
+        _, _, first = await raw.frame()
+        await raw.send(encode_frame(0, RESET, first))
+        before = await host.open("agent")
+        assert await raw.frame() == (1, OPEN, b"agent")
+        host.resync()  # the guest rebooted: its new agent knows no channel of ours
+        with pytest.raises(anyio.BrokenResourceError):
+            await before.receive()
+        _, frame_type, second = await raw.frame()
+        assert frame_type == RESET and second != first
+        await raw.send(encode_frame(1, DATA, b"old guest"), encode_frame(0, RESET, second))
+        after = await host.open("agent")
+        stream_id, frame_type, _ = await raw.frame()
+        assert (frame_type, stream_id) == (OPEN, after.id) and after.id != 1
+        await raw.send(encode_frame(after.id, DATA, b"new guest"))
+        assert await after.receive() == b"new guest"
+        tg.cancel_scope.cancel()
+    with pytest.raises(RuntimeError):
+        Mux(host_link, initiator=True).resync()
+
+
+async def test_resyncing_muxes_carry_channels() -> None:
+    async with link_pair() as (host_link, guest_link), anyio.create_task_group() as tg:
+        host = Mux(host_link, initiator=True, resync=True)
+        guest = Mux(guest_link, initiator=False)
+        tg.start_soon(host.run)
+        tg.start_soon(guest.run)
+        with anyio.fail_after(30):
+            channel = await host.open("agent")
+            await channel.send(b"ping")
+            _, accepted = await guest.accept()
+            assert await accepted.receive() == b"ping"
+        tg.cancel_scope.cancel()
+    with pytest.raises(ValueError, match="host"):
+        Mux(guest_link, initiator=False, resync=True)
 
 
 async def test_a_mux_that_does_not_accept_answers_opens_with_close() -> None:

@@ -104,6 +104,12 @@ def test_the_qemu_command_line_keeps_the_vm_in_its_box(tmp_path: Path) -> None:
     assert "hivecell.screen=1280x800x24" in cmdline and "init=/sbin/hivecell-init" in cmdline
     fsd = vm.virtiofsd_command(layout, "/usr/lib/qemu/virtiofsd")
     assert f"source={layout.shared}" in fsd and "sandbox=namespace" in fsd
+    # saveable: virtio-fs is hot-plugged later, never on the command line; it starts paused
+    assert "vhost-user-fs" not in joined and "-S" in argv and "-incoming" not in argv
+    assert "vmgenid,guid=auto" in joined  # clones of one state reseed their randomness
+    assert "name=org.hivecell.control.0" in joined
+    restored = vm.command(layout, template, SandboxSpec(), "tcg", "qemu", incoming=True)
+    assert restored[restored.index("-incoming") + 1] == "defer"
 
 
 def test_the_guest_disk_carries_this_hivecells_agent(tmp_path: Path) -> None:

@@ -9,13 +9,15 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import anyio
 import pytest
 
-from hivecell.errors import ConfigError, SandboxError, SandboxNotFound
+from hivecell.errors import ConfigError, NotFound, SandboxError, SandboxNotFound
+from hivecell.sandbox import supervised
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.qemu.provider import QemuProvider
 from hivecell.sandbox.router import ProviderRouter
@@ -220,3 +222,127 @@ async def test_a_vm_running_another_hivecells_agent_says_how_to_update_it(
         assert "stop and start it" in (await provider.info(vm.id)).detail
     finally:
         meta.write_text(saved)
+
+
+# --- warm starts, snapshots, restore, fork -------------------------------------------------
+
+
+async def _urandom(provider: QemuProvider, sandbox_id: str) -> str:
+    async with await provider.connect(sandbox_id) as guest:
+        return await sh_out(guest, "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'")
+
+
+async def test_vms_start_from_the_templates_warm_state_as_themselves(
+    provider: QemuProvider, vm: SandboxInfo
+) -> None:
+    """Every VM of a shape is restored from one saved boot: each still gets its own
+    hostname, the present time and its own randomness (none repeats a sibling's)."""
+    twin = await provider.create(SPEC)
+    try:
+        for info in (vm, twin):
+            meta = json.loads((Path(info.shared_dir).parent / "meta.json").read_text())
+            assert meta["warm"], meta  # started from the warm state, not booted
+            async with await provider.connect(info.id) as guest:
+                assert (await sh_out(guest, "hostname")).strip() == info.id
+                guest_now = float(await sh_out(guest, "date +%s.%N"))
+            assert abs(guest_now - time.time()) < 30  # not the moment the state was saved
+        assert await _urandom(provider, vm.id) != await _urandom(provider, twin.id)
+    finally:
+        await provider.destroy(twin.id)
+
+
+async def test_snapshot_and_restore_bring_files_and_the_desktop_back(
+    provider: QemuProvider,
+) -> None:
+    info = await provider.create(SPEC)
+    shared = anyio.Path(info.shared_dir)
+    async with await provider.connect(info.id) as guest:
+        await sh_out(guest, "echo one > ~/note.txt")
+        await guest.call("open_app", {"name": "xterm", "window_timeout": 60})
+        # a client stays connected across the snapshot: the saved guest has a channel open
+        async with await provider.connect(info.id) as other:
+            made = await provider.snapshot(info.id, "first")
+            assert (made.name, made.sandbox_id) == ("first", info.id)
+            assert made.size_bytes > 0
+            assert (await other.call("ping"))["pong"] is True  # it kept running
+        await sh_out(guest, "echo two > ~/note.txt; pkill -x xterm; true")
+    await (shared / "outbox" / "after.txt").write_text("host file\n")
+    with pytest.raises(ConfigError, match="already has a snapshot"):
+        await provider.snapshot(info.id, "first")
+    for bad in ("../x", "", ".hidden", "a/b", "x" * 65):
+        with pytest.raises(ConfigError):
+            await provider.snapshot(info.id, bad)
+    with pytest.raises(NotFound):
+        await provider.restore(info.id, "never")
+
+    assert (await provider.restore(info.id, "first")).status == "running"
+    async with await provider.connect(info.id) as guest:
+        assert await sh_out(guest, "cat ~/note.txt") == "one\n"
+        windows = (await guest.call("list_windows"))["windows"]
+        assert any("xterm" in (w["app"] + w["title"]).lower() for w in windows), windows
+        # /shared is the host's folder: a restore leaves it as the host has it
+        assert await sh_out(guest, "cat /shared/outbox/after.txt") == "host file\n"
+        assert (await sh_out(guest, "hostname")).strip() == info.id
+    assert [s.name for s in await provider.snapshots(info.id)] == ["first"]
+    await provider.delete_snapshot(info.id, "first")
+    assert await provider.snapshots(info.id) == []
+    procs = host.process_tree(info.id)
+    await provider.destroy(info.id)
+    assert host.alive(procs) == set(), host.commands(host.alive(procs))
+
+
+async def test_fork_makes_an_independent_vm_from_the_current_state(
+    provider: QemuProvider, vm: SandboxInfo
+) -> None:
+    shared = Path(vm.shared_dir)
+    async with await provider.connect(vm.id) as guest:
+        await sh_out(guest, "echo parent > ~/fork-note.txt; echo out > /shared/outbox/o.txt")
+    (shared / "workspace" / "escape").symlink_to("/etc/passwd")  # as a hostile guest would
+    child = await provider.fork(vm.id)
+    try:
+        assert child.id != vm.id and child.status == "running"
+        async with await provider.connect(child.id) as guest:
+            assert await sh_out(guest, "cat ~/fork-note.txt /shared/outbox/o.txt") == (
+                "parent\nout\n"
+            )
+            assert (await sh_out(guest, "hostname")).strip() == child.id
+            await sh_out(guest, "echo child > ~/fork-note.txt")
+        async with await provider.connect(vm.id) as guest:
+            assert await sh_out(guest, "cat ~/fork-note.txt") == "parent\n"
+        copied = Path(child.shared_dir) / "workspace" / "escape"
+        assert not copied.exists() and not copied.is_symlink()  # links are not followed
+    finally:
+        (shared / "workspace" / "escape").unlink()
+        await provider.destroy(child.id)
+
+
+async def test_local_sandboxes_refuse_snapshots_clearly(provider: QemuProvider) -> None:
+    router = ProviderRouter(provider.home, "local")
+    for call in (
+        lambda: router.snapshot("sb-12345678", "x"),
+        lambda: router.restore("sb-12345678", "x"),
+        lambda: router.fork("sb-12345678"),
+    ):
+        with pytest.raises(ConfigError, match="--provider qemu"):
+            await call()
+
+
+async def test_reboot_really_reboots_and_the_agent_comes_back(provider: QemuProvider) -> None:
+    info = await provider.create(SPEC)
+    async with await provider.connect(info.id) as guest:
+        await sh_out(guest, "echo kept > ~/note.txt; touch /tmp/gone")
+        boot_id = await sh_out(guest, "cat /proc/sys/kernel/random/boot_id")
+        await guest.call("reboot")
+        lost = await guest.wait_lost()  # the old connection ends; it does not hang
+    assert "lost" in lost
+    for _ in range(3600):  # a TCG boot: wait on the agent answering, not on a clock
+        if await supervised.pings(Path(info.guest_socket or "")):
+            break
+        await anyio.sleep(0.05)
+    async with await provider.connect(info.id) as guest:
+        assert await sh_out(guest, "cat /proc/sys/kernel/random/boot_id") != boot_id
+        # the disk kept its files, the tmpfs was made afresh
+        assert await sh_out(guest, "cat ~/note.txt; test -e /tmp/gone || echo new") == "kept\nnew\n"
+        assert await sh_out(guest, "mount | grep -c ' /shared '") == "1\n"
+    assert (await provider.info(info.id)).status == "running"
+    await provider.destroy(info.id)

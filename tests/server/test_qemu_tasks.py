@@ -64,3 +64,40 @@ async def test_a_task_runs_in_a_vm_and_its_outbox_comes_back(home: Path) -> None
             assert sandbox_id.startswith("vm-")
     shell = tool_results(llm.chat_requests[1])[0]
     assert shell["stdout"].strip() == kernel != os.uname().release
+
+
+async def test_snapshots_restore_and_fork_through_the_api(home: Path) -> None:
+    _use_ci_template(home)
+    async with serve(home) as running:
+        small = {"sandbox": {"cpus": 1, "memory_mb": 1024}}
+        assert (await running.client.put("/api/v1/settings", json=small)).status_code == 200
+        made = await running.post("/sandboxes", json={"provider": "qemu"})
+        assert made.status_code == 201, made.text
+        vm = made.json()["id"]
+        local = (await running.post("/sandboxes", json={"desktop": "minimal"})).json()["id"]
+        refused = await running.post(f"/sandboxes/{local}/snapshots", json={"name": "s"})
+        assert refused.status_code == 400 and "--provider qemu" in refused.text, refused.text
+        bad = await running.post(f"/sandboxes/{vm}/snapshots", json={"name": "../x"})
+        assert bad.status_code == 422
+
+        snap = await running.post(f"/sandboxes/{vm}/snapshots", json={"name": "clean"})
+        assert snap.status_code == 201, snap.text
+        assert snap.json()["name"] == "clean" and snap.json()["size_bytes"] > 0
+        listed = (await running.client.get(f"/api/v1/sandboxes/{vm}/snapshots")).json()
+        assert [s["name"] for s in listed["items"]] == ["clean"]
+        restored = await running.post(f"/sandboxes/{vm}/restore", json={"name": "clean"})
+        assert restored.status_code == 200 and restored.json()["status"] == "running"
+        missing = await running.post(f"/sandboxes/{vm}/restore", json={"name": "nope"})
+        assert missing.status_code == 404, missing.text
+
+        forked = await running.post(f"/sandboxes/{vm}/fork")
+        assert forked.status_code == 201, forked.text
+        child = forked.json()["id"]
+        assert child.startswith("vm-") and child != vm
+        ids = {s["id"] for s in (await running.client.get("/api/v1/sandboxes")).json()["items"]}
+        assert {vm, child, local} <= ids
+        gone = await running.client.delete(f"/api/v1/sandboxes/{vm}/snapshots/clean")
+        assert gone.status_code == 204
+        for sandbox_id in (vm, child, local):
+            deleted = await running.client.delete(f"/api/v1/sandboxes/{sandbox_id}")
+            assert deleted.status_code == 204

@@ -15,7 +15,7 @@ from rich.markup import escape
 from hivecell.config import resolve_home
 from hivecell.errors import HivecellError
 from hivecell.sandbox import netpolicy
-from hivecell.sandbox.base import NetworkMode, SandboxProvider
+from hivecell.sandbox.base import NetworkMode
 from hivecell.sandbox.registry import PROVIDERS
 from hivecell.sandbox.router import ProviderRouter
 
@@ -54,7 +54,7 @@ def network_choice(network: str | None, allow: list[str]) -> tuple[NetworkMode, 
     return ("nat" if network == "nat" or entries else "offline"), entries
 
 
-def provider(name: str = "local", home: Path | None = None) -> SandboxProvider:
+def provider(name: str = "local", home: Path | None = None) -> ProviderRouter:
     """``name`` creates; every other call finds the sandbox's own provider by its id."""
     if name not in PROVIDERS:
         choices = ", ".join(sorted(PROVIDERS))

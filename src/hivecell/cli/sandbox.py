@@ -197,6 +197,71 @@ async def _screenshot(backend, sandbox_id: str, fmt: str) -> bytes:  # type: ign
     return base64.b64decode(raw["data"])
 
 
+@app.command("snapshot")
+def snapshot(
+    sandbox_id: str,
+    name: Annotated[str, typer.Argument(help="a name for this moment, e.g. before-install")],
+    home: Path | None = HomeOption,
+) -> None:
+    """Save a running VM's whole state (memory, desktop, disk) as NAME; it keeps running."""
+    started = time.perf_counter()
+    made = run(provider(home=home).snapshot, sandbox_id, name)
+    elapsed = time.perf_counter() - started
+    out.print(
+        f"snapshot {made.name} of {sandbox_id}: {made.size_bytes / 2**20:.0f} MiB "
+        f"[dim](in {elapsed:.1f} s)[/dim]",
+        highlight=False,
+    )
+
+
+@app.command("restore")
+def restore(sandbox_id: str, name: str, home: Path | None = HomeOption) -> None:
+    """Rewind a VM to its snapshot NAME (what it did since is dropped; /shared stays)."""
+    started = time.perf_counter()
+    run(provider(home=home).restore, sandbox_id, name)
+    elapsed = time.perf_counter() - started
+    out.print(f"{sandbox_id} is back at {name} [dim](in {elapsed:.1f} s)[/dim]", highlight=False)
+
+
+@app.command("fork")
+def fork(
+    sandbox_id: str,
+    as_json: Annotated[bool, typer.Option("--json", help="print a JSON object")] = False,
+    home: Path | None = HomeOption,
+) -> None:
+    """A new VM from a running one's current state (with a copy of its /shared)."""
+    child = run(provider(home=home).fork, sandbox_id)
+    if as_json:
+        print(child.model_dump_json())
+    else:
+        out.print(child.id, highlight=False)
+
+
+@app.command("snapshots")
+def snapshots(
+    sandbox_id: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+    home: Path | None = HomeOption,
+) -> None:
+    """List a VM's snapshots."""
+    found = run(provider(home=home).snapshots, sandbox_id)
+    if as_json:
+        print(json.dumps([one.model_dump(mode="json") for one in found]))
+        return
+    table = Table("name", "created", "size")
+    for one in found:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(one.created_at))
+        table.add_row(one.name, created, f"{one.size_bytes / 2**20:.0f} MiB")
+    out.print(table)
+
+
+@app.command("snapshot-rm")
+def snapshot_rm(sandbox_id: str, name: str, home: Path | None = HomeOption) -> None:
+    """Delete a VM's snapshot NAME."""
+    run(provider(home=home).delete_snapshot, sandbox_id, name)
+    out.print(f"deleted snapshot {name} of {sandbox_id}", highlight=False)
+
+
 @app.command("rm")
 def rm(
     sandbox_ids: Annotated[list[str] | None, typer.Argument(help="ids to remove")] = None,

@@ -14,6 +14,12 @@ payload``, the payload at most 64 KiB:
 - CLOSE (3): empty; ends the channel both ways. There is no reply and no half-close: the id
   is free at each side as soon as it sent or received CLOSE.
 - WINDOW (4): a u32 BE of bytes the receiver of this frame may send on top of its credit.
+- RESET (5): an 8-byte nonce. A host made with ``resync=True`` starts with it and ignores
+  everything until the guest echoes it; the guest, on a nonce it has not seen, first drops
+  every channel (they belonged to an earlier host: the VM was restored from a saved state,
+  mid-conversation with a host long gone), then echoes it. The host repeats it until
+  echoed (a restored guest may have been mid-frame), so a guest echoes a repeat without
+  dropping anything again.
 
 Ids: the side made with ``initiator=True`` (the host) opens odd ids, the other side even ones
 (never 0), so either may open without a handshake. DATA, CLOSE and WINDOW for an id that is
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import struct
 from collections import deque
 
@@ -49,7 +56,7 @@ from hivecell.errors import HivecellError
 
 log = logging.getLogger("hivecell.mux")
 
-OPEN, DATA, CLOSE, WINDOW = 1, 2, 3, 4
+OPEN, DATA, CLOSE, WINDOW, RESET = 1, 2, 3, 4, 5
 HEADER = struct.Struct(">IBI")  # stream id, type, payload length
 _GRANT = struct.Struct(">I")
 MAX_PAYLOAD = 64 * 1024
@@ -61,7 +68,14 @@ FLUSH_BYTES = 256 * 1024  # queued frames joined into one write to the link
 READ_CHUNK = 64 * 1024
 _MAX_ID = 2**32 - 1
 _KIND = re.compile(r"[A-Za-z0-9._-]{1,32}")
-_LENGTHS = {OPEN: (1, MAX_KIND), DATA: (1, MAX_PAYLOAD), CLOSE: (0, 0), WINDOW: (4, 4)}
+_LENGTHS = {
+    OPEN: (1, MAX_KIND),
+    DATA: (1, MAX_PAYLOAD),
+    CLOSE: (0, 0),
+    WINDOW: (4, 4),
+    RESET: (8, 8),
+}
+RESET_REPEAT = (0.5, 5.0)  # first wait for the echo, and the longest (doubling between)
 # How a link ends: the VM died, the port's other side closed, or someone closed the link.
 _LINK_ENDS = (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError)
 
@@ -254,9 +268,12 @@ class Mux:
         accept: bool = True,
         window: int = DEFAULT_WINDOW,
         max_channels: int = DEFAULT_MAX_CHANNELS,
+        resync: bool = False,
     ) -> None:
         if not 1 <= window <= _MAX_ID:
             raise ValueError(f"window must be 1 to {_MAX_ID} bytes")
+        if resync and not initiator:
+            raise ValueError("only the host (initiator=True) resyncs")
         self._link = link
         self._initiator = initiator
         self._accepting = accept
@@ -270,6 +287,12 @@ class Mux:
         self._next_id = self._first_id()
         self._started = False
         self._ended = False
+        self._nonce = secrets.token_bytes(8) if resync else b""  # ours, until echoed
+        self._synced = anyio.Event()
+        if not resync:
+            self._synced.set()
+        self._seen_reset = b""  # the last host nonce (guest side)
+        self._resync_wanted = anyio.Event()
 
     @property
     def open_channels(self) -> int:
@@ -283,6 +306,8 @@ class Mux:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._write_loop, tg.cancel_scope)
+                if self._nonce:
+                    tg.start_soon(self._resync)
                 try:
                     await self._read_loop()
                 except MuxProtocolError as exc:  # raised below, not wrapped in a group
@@ -297,6 +322,7 @@ class Mux:
         """A new channel of ``kind``. Over ``max_channels`` it is refused as the peer would
         refuse it: it reads end of stream at once."""
         encoded = check_kind(kind)
+        await self._synced.wait()
         await self._wait_room(None)
         if self._held() >= self._max_channels:
             log.warning("refusing a %s channel: %d are open", kind, len(self._channels))
@@ -329,7 +355,11 @@ class Mux:
         reader = _LinkReader(self._link)
         while (frame := await reader.frame()) is not None:
             stream_id, frame_type, payload = frame
-            if frame_type == OPEN:
+            if frame_type == RESET:
+                await self._on_reset(payload)
+            elif not self._synced.is_set():
+                continue  # an earlier host's conversation, still in the pipe
+            elif frame_type == OPEN:
                 await self._on_open(stream_id, payload)
             elif frame_type == DATA:
                 self._on_data(stream_id, payload)
@@ -356,6 +386,39 @@ class Mux:
         channel._in_backlog = True
         self._backlog.append(channel)
         self._wake()
+
+    async def _on_reset(self, nonce: bytes) -> None:
+        if self._nonce:  # the host: our echo, or a stale one
+            if nonce == self._nonce and not self._synced.is_set():
+                self._synced.set()
+            return
+        if nonce != self._seen_reset:
+            self._seen_reset = nonce
+            self._drop_channels()
+        await self._wait_room(None)
+        self._push(encode_frame(0, RESET, nonce))
+
+    def resync(self) -> None:
+        """The host, when the guest started over (it rebooted): every channel ends (their
+        clients reconnect) and nothing is read until the new guest echoes a new nonce."""
+        if not self._nonce:
+            raise RuntimeError("only a mux made with resync=True resyncs")
+        self._nonce = secrets.token_bytes(8)
+        self._synced = anyio.Event()
+        self._drop_channels()
+        self._resync_wanted.set()
+
+    async def _resync(self) -> None:
+        while True:
+            delay, longest = RESET_REPEAT
+            while not self._synced.is_set():
+                self._push(encode_frame(0, RESET, self._nonce))
+                synced = self._synced
+                with anyio.move_on_after(delay):
+                    await synced.wait()
+                delay = min(delay * 2, longest)
+            await self._resync_wanted.wait()
+            self._resync_wanted = anyio.Event()
 
     def _on_data(self, stream_id: int, payload: bytes) -> None:
         channel = self._channels.get(stream_id)
@@ -469,12 +532,16 @@ class Mux:
 
     def _shutdown(self) -> None:
         self._ended = True
+        self._drop_channels()
+        self._outbox.clear()
+        self._wake()
+
+    def _drop_channels(self) -> None:
         for channel in [*self._channels.values(), *self._backlog]:
             channel._finish(anyio.BrokenResourceError)
         self._channels.clear()
         self._backlog.clear()
-        self._outbox.clear()
-        self._wake()
+        self._backlog_closed = 0
 
     def _held(self) -> int:
         """Channels counted against ``max_channels``: the open ones and those the peer

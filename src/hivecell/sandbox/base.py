@@ -183,6 +183,39 @@ class SandboxProvider(Protocol):
         ...
 
 
+class SnapshotInfo(BaseModel):
+    """A saved moment of a running sandbox: its memory, devices and disk (not /shared, which
+    is the host's folder and stays as the host left it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sandbox_id: str
+    name: str
+    created_at: float
+    size_bytes: int = Field(ge=0, description="state and disk copy on the host")
+
+
+@runtime_checkable
+class Snapshotting(Protocol):
+    """What providers of whole machines add (qemu); the others refuse by not having it."""
+
+    async def snapshot(self, sandbox_id: str, name: str) -> SnapshotInfo:
+        """Save the running sandbox's state as ``name``; it keeps running."""
+        ...
+
+    async def restore(self, sandbox_id: str, name: str) -> SandboxInfo:
+        """Rewind the sandbox to its snapshot ``name`` (running or not)."""
+        ...
+
+    async def fork(self, sandbox_id: str) -> SandboxInfo:
+        """A new sandbox from the running one's current state, with a copy of its /shared."""
+        ...
+
+    async def snapshots(self, sandbox_id: str) -> builtins.list[SnapshotInfo]: ...
+
+    async def delete_snapshot(self, sandbox_id: str, name: str) -> None: ...
+
+
 async def create_owned(provider: SandboxProvider, spec: SandboxSpec) -> SandboxInfo:
     """``provider.create`` for a caller that owns the sandbox (a task's): one that fails to
     boot is destroyed at once.

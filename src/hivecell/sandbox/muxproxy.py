@@ -17,7 +17,7 @@ import logging
 from collections.abc import Mapping
 
 import anyio
-from anyio.abc import ByteStream, Listener, TaskGroup
+from anyio.abc import ByteStream, Listener, ObjectReceiveStream, TaskGroup
 
 from hivecell.errors import GuestProtocolError
 from hivecell.protocol.mux import DEFAULT_MAX_CHANNELS, Mux, MuxProtocolError, check_kind
@@ -33,13 +33,14 @@ async def proxy(
     listeners: Mapping[str, Listener[ByteStream]],
     *,
     max_channels: int = DEFAULT_MAX_CHANNELS,
+    restarts: ObjectReceiveStream[None] | None = None,
 ) -> None:
     """Serve ``listeners`` (kind -> listener) over ``link`` until the link ends (the VM
     died; returns) or the guest breaks the protocol (raises ``GuestProtocolError``).
     Every connection and the listeners are closed then; the caller keeps the link."""
     for kind in listeners:
         check_kind(kind)
-    mux = Mux(link, initiator=True, accept=False, max_channels=max_channels)
+    mux = Mux(link, initiator=True, accept=False, max_channels=max_channels, resync=True)
     error: MuxProtocolError | None = None
     async with contextlib.AsyncExitStack() as stack:
         for listener in listeners.values():
@@ -47,6 +48,8 @@ async def proxy(
         async with anyio.create_task_group() as tg:
             for kind, listener in listeners.items():
                 tg.start_soon(_accept_loop, mux, kind, listener, tg)
+            if restarts is not None:
+                tg.start_soon(_resync_on_restart, mux, restarts)
             try:
                 await mux.run()
             except MuxProtocolError as exc:
@@ -56,6 +59,13 @@ async def proxy(
         raise GuestProtocolError(
             f"the guest broke the channel protocol: {error}", op="mux", context=error.context
         ) from error
+
+
+async def _resync_on_restart(mux: Mux, restarts: ObjectReceiveStream[None]) -> None:
+    """The guest rebooted: its agent's mux is a new one, which knows none of our channels."""
+    async for _ in restarts:
+        log.info("the guest restarted: ending its connections and resyncing")
+        mux.resync()
 
 
 async def _accept_loop(mux: Mux, kind: str, listener: Listener[ByteStream], tg: TaskGroup) -> None:

@@ -10,7 +10,15 @@ from __future__ import annotations
 import builtins
 from pathlib import Path
 
-from hivecell.sandbox.base import NetworkConnection, SandboxInfo, SandboxProvider, SandboxSpec
+from hivecell.errors import ConfigError
+from hivecell.sandbox.base import (
+    NetworkConnection,
+    SandboxInfo,
+    SandboxProvider,
+    SandboxSpec,
+    SnapshotInfo,
+    Snapshotting,
+)
 from hivecell.sandbox.base import SandboxUsage as Usage
 from hivecell.sandbox.guest_client import GuestClient
 
@@ -72,3 +80,30 @@ class ProviderRouter:
 
     async def usage(self, sandbox_id: str) -> Usage:
         return await self._for(sandbox_id).usage(sandbox_id)
+
+    # --- snapshots: VMs only ---------------------------------------------------------------
+    async def snapshot(self, sandbox_id: str, name: str) -> SnapshotInfo:
+        return await self._snapshotting(sandbox_id, "snapshot").snapshot(sandbox_id, name)
+
+    async def restore(self, sandbox_id: str, name: str) -> SandboxInfo:
+        return await self._snapshotting(sandbox_id, "restore").restore(sandbox_id, name)
+
+    async def fork(self, sandbox_id: str) -> SandboxInfo:
+        return await self._snapshotting(sandbox_id, "fork").fork(sandbox_id)
+
+    async def snapshots(self, sandbox_id: str) -> builtins.list[SnapshotInfo]:
+        return await self._snapshotting(sandbox_id, "snapshots").snapshots(sandbox_id)
+
+    async def delete_snapshot(self, sandbox_id: str, name: str) -> None:
+        await self._snapshotting(sandbox_id, "delete_snapshot").delete_snapshot(sandbox_id, name)
+
+    def _snapshotting(self, sandbox_id: str, op: str) -> Snapshotting:
+        provider = self._for(sandbox_id)
+        if not isinstance(provider, Snapshotting):
+            raise ConfigError(
+                f"sandbox {sandbox_id} is a {provider.name} sandbox, which cannot be "
+                "snapshotted, restored or forked: create a VM for that (--provider qemu)",
+                op=op,
+                context={"id": sandbox_id, "provider": provider.name},
+            )
+        return provider

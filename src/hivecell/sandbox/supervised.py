@@ -92,6 +92,43 @@ def wait_gone(module: str, root: Path, pid: int, timeout: float) -> bool:
     return True
 
 
+def descendants(pid: int) -> set[tuple[int, int]]:
+    """``(pid, start time)`` of every process below ``pid`` (the start time tells a reused
+    pid from the same process)."""
+    found: set[tuple[int, int]] = set()
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            start = _start_time(child)
+            if start is not None:
+                found.add((child, start))
+                todo.append(child)
+    return found
+
+
+def wait_all_gone(procs: set[tuple[int, int]], timeout: float) -> bool:
+    """Until none of ``procs`` runs (a zombie counts as gone)."""
+    deadline = time.monotonic() + timeout
+    while any(_start_time(pid) == start for pid, start in procs):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def _start_time(pid: int) -> int | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
 def read_exit(path: Path) -> dict[str, object]:
     """How the last run ended (the supervisor's exit.json); empty if unknown."""
     try:

@@ -17,9 +17,16 @@ from types import TracebackType
 from typing import Any, Literal
 
 from hivecell.config import resolve_home
-from hivecell.errors import SandboxError
+from hivecell.errors import ConfigError, SandboxError
 from hivecell.protocol import methods as m
-from hivecell.sandbox.base import NetworkMode, SandboxInfo, SandboxProvider, SandboxSpec
+from hivecell.sandbox.base import (
+    NetworkMode,
+    SandboxInfo,
+    SandboxProvider,
+    SandboxSpec,
+    SnapshotInfo,
+    Snapshotting,
+)
 from hivecell.sandbox.guest_client import GuestClient, OutputHandler
 from hivecell.sandbox.router import ProviderRouter
 
@@ -99,6 +106,40 @@ class AsyncSandbox:
         await self._stack.aclose()
         self._guest = None
         await self._provider.destroy(self.id)
+
+    # --- snapshots (VMs) ------------------------------------------------------------------
+    async def snapshot(self, name: str) -> SnapshotInfo:
+        """Save this VM's whole state (memory, desktop, disk) as ``name``; it keeps running."""
+        return await self._snapshotting("snapshot").snapshot(self.id, name)
+
+    async def restore(self, name: str) -> None:
+        """Rewind this VM to snapshot ``name``; a connected sandbox reconnects."""
+        connected = self._guest is not None
+        await self._stack.aclose()
+        self._guest = None
+        self.info = await self._snapshotting("restore").restore(self.id, name)
+        if connected:
+            await self.__aenter__()
+
+    async def fork(self) -> AsyncSandbox:
+        """A new VM from this one's current state (not connected yet: use ``async with``,
+        which destroys it at the end, as for ``create``)."""
+        child = await self._snapshotting("fork").fork(self.id)
+        return type(self)(child, self._provider, owned=True)
+
+    async def snapshots(self) -> list[SnapshotInfo]:
+        return await self._snapshotting("snapshots").snapshots(self.id)
+
+    async def delete_snapshot(self, name: str) -> None:
+        await self._snapshotting("delete_snapshot").delete_snapshot(self.id, name)
+
+    def _snapshotting(self, op: str) -> Snapshotting:
+        if not isinstance(self._provider, Snapshotting):
+            raise ConfigError(
+                f"sandbox {self.id}'s provider cannot take snapshots: use a VM (provider='qemu')",
+                op=op,
+            )
+        return self._provider
 
     # --- raw call ------------------------------------------------------------------------
     async def call(

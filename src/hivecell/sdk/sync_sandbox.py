@@ -150,6 +150,15 @@ class Sandbox(_Blocking):
             raise
         return cls(stack, portal, target)
 
+    snapshot = _blocking(AsyncSandbox, "snapshot")
+    restore = _blocking(AsyncSandbox, "restore")
+    snapshots = _blocking(AsyncSandbox, "snapshots")
+    delete_snapshot = _blocking(AsyncSandbox, "delete_snapshot")
+
+    def fork(self) -> Sandbox:
+        """A new VM from this one's current state, connected; closing it destroys it."""
+        return type(self)._open(self._target.fork)
+
     def close(self) -> None:
         """Disconnect; destroys the sandbox too if this object created it."""
         self._stack.close()

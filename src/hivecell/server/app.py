@@ -215,11 +215,12 @@ def _include_api(app: FastAPI) -> None:
         providers,
         sandboxes,
         sessions,
+        snapshots,
         system,
         tasks,
     )
 
-    for module in (tasks, crews, files, sandboxes, pool, providers, system, events):
+    for module in (tasks, crews, files, sandboxes, snapshots, pool, providers, system, events):
         app.include_router(module.router, prefix=API_PREFIX)
     app.include_router(sessions.router, prefix=API_PREFIX)
     app.include_router(docs.router)

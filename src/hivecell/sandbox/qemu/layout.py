@@ -8,8 +8,11 @@
         disk.qcow2       the VM's disk: a copy-on-write overlay on its template's image
         shared/          /shared in the VM (inbox, outbox, workspace) over virtio-fs
         sockets/         guest.sock, vnc.sock (served by the supervisor), serial.sock
-                         (QEMU's end of the agent's virtio-serial port), virtiofs.sock
-                         (virtiofsd serving shared/), qmp.sock
+                         (QEMU's end of the agent's virtio-serial port), control.sock
+                         (of the guest's root control port), virtiofs.sock (virtiofsd
+                         serving shared/), qmp.sock, ops.sock (the supervisor's snapshot
+                         requests)
+        snapshots/NAME/  state.bin (RAM and devices) and disk.qcow2 of a snapshot
 
 The VM sees nothing of the host but ``shared/``: it cannot plant links among the sockets.
 """
@@ -80,12 +83,24 @@ class VmLayout:
         return self.sockets / "serial.sock"
 
     @property
+    def control_socket(self) -> Path:
+        return self.sockets / "control.sock"
+
+    @property
+    def ops_socket(self) -> Path:
+        return self.sockets / "ops.sock"
+
+    @property
     def virtiofs_socket(self) -> Path:
         return self.sockets / "virtiofs.sock"
 
     @property
     def qmp_socket(self) -> Path:
         return self.sockets / "qmp.sock"
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
 
     def record_exit(self, status: str, detail: str, code: int | None = None) -> None:
         record = {"status": status, "detail": detail, "code": code, "time": time.time()}

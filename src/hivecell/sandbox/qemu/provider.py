@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -19,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import anyio
@@ -27,11 +29,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hivecell.errors import ConfigError, GuestUnavailable, SandboxError, SandboxNotFound, Timeout
 from hivecell.sandbox import supervised, transfer
-from hivecell.sandbox.base import NetworkConnection, SandboxInfo, SandboxSpec, SandboxUsage
+from hivecell.sandbox.base import (
+    NetworkConnection,
+    SandboxInfo,
+    SandboxSpec,
+    SandboxUsage,
+    SnapshotInfo,
+)
 from hivecell.sandbox.guest_client import GuestClient
-from hivecell.sandbox.qemu import accel, guestfiles, vm
+from hivecell.sandbox.qemu import accel, guestfiles, ops, snapshots, vm, warm
 from hivecell.sandbox.qemu.layout import SHARED_FOLDERS, SUPERVISOR_MODULE, VmLayout
+from hivecell.sandbox.qemu.ops import SaveRequest
 from hivecell.sandbox.qemu.template import DEFAULT_NAME, Template, TemplateStore
+from hivecell.sandbox.qemu.warm import WarmState
 
 STOP_TIMEOUT = 15.0
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # the supervisor's: never the caller's environment
@@ -51,6 +61,8 @@ class VmMeta(BaseModel):
     accel_reason: str = ""
     supervisor_pid: int | None = None
     guest_version: str = Field("", description="the guest disk's agent at the last start")
+    shared: bool = Field(True, description="/shared is served (not in a warm-state VM)")
+    warm: str | None = Field(None, description="the warm state it was created from")
 
 
 class QemuProvider:
@@ -67,24 +79,31 @@ class QemuProvider:
         boot_timeout: float = 180.0,
         qemu: str = QEMU,
         cache_dir: Path | None = None,
+        warm: bool = True,
     ) -> None:
         """``templates_dir``: where templates are (default ``home/templates``);
         ``boot_timeout``: how long a VM may take to answer its first ping (TCG boots take
         ~15 s on an idle 2-core host, much longer when it is loaded); ``cache_dir``: the
-        KVM probe's answer and the guest disk (default ``home/qemu``), shareable by homes."""
+        KVM probe's answer and the guest disk (default ``home/qemu``), shareable by homes;
+        ``warm``: start VMs from their template's warm state (see warm.py), else boot each."""
         self.home = Path(home)
         self.template = template
         self.templates = TemplateStore(templates_dir or self.home / "templates")
         self.boot_timeout = boot_timeout
         self.qemu = qemu
         self.cache_dir = cache_dir or self.home / "qemu"
+        self.warm = warm
 
     # --- the provider protocol ----------------------------------------------------------------
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
+        """From the template's warm state for this shape (made by the shape's first create,
+        which boots), or by a boot when ``warm`` is off."""
         template = await to_thread.run_sync(self._refuse_impossible, spec)
-        layout, meta = await to_thread.run_sync(self._prepare, spec, template)
+        choice = await to_thread.run_sync(accel.choose, template.kernel, self.cache_dir)
+        start_from = await self._warm_state(template, spec, choice) if self.warm else None
+        layout, meta = await to_thread.run_sync(self._prepare, spec, template, choice, start_from)
         try:
-            await self._launch(layout, meta)
+            await self._launch(layout, meta, start_from.state if start_from else None)
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await to_thread.run_sync(self._destroy_sync, layout)
@@ -136,6 +155,104 @@ class QemuProvider:
         layout, meta = await self._load(sandbox_id)
         return await to_thread.run_sync(_usage, layout, meta)
 
+    # --- snapshots (the Snapshotting protocol) ----------------------------------------------
+    async def snapshot(self, sandbox_id: str, name: str) -> SnapshotInfo:
+        layout, meta = await self._load(sandbox_id)
+        async with _exclusive(layout):
+            await self._require_running(layout, meta, "snapshot")
+            final, scratch = await to_thread.run_sync(snapshots.new, layout, name)
+            try:
+                save = SaveRequest(op="save", state=str(scratch.state), disk=str(scratch.disk))
+                await ops.request(layout.ops_socket, save)
+                record = await to_thread.run_sync(
+                    snapshots.keep, scratch, final, self._guest_disk_of(meta)
+                )
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await to_thread.run_sync(shutil.rmtree, scratch.root, True)
+        return await to_thread.run_sync(final.info, sandbox_id, record)
+
+    async def restore(self, sandbox_id: str, name: str) -> SandboxInfo:
+        """What the VM did since the snapshot is dropped (it is stopped hard, not shut down);
+        /shared stays as it is on the host."""
+        layout, meta = await self._load(sandbox_id)
+        async with _exclusive(layout):
+            snapshot, guest_disk = await to_thread.run_sync(snapshots.restorable, layout, name)
+            await to_thread.run_sync(_stop, layout, meta.supervisor_pid)
+            await to_thread.run_sync(snapshots.copy_disk, snapshot.disk, layout.disk)
+            await self._launch(layout, meta, snapshot.state, guest_disk)
+        return await self.info(sandbox_id)
+
+    async def fork(self, sandbox_id: str) -> SandboxInfo:
+        layout, meta = await self._load(sandbox_id)
+        async with _exclusive(layout):
+            await self._require_running(layout, meta, "fork")
+            child, child_meta = await to_thread.run_sync(self._prepare_fork, meta)
+            incoming = child.root / "incoming.bin"
+            try:
+                save = SaveRequest(op="save", state=str(incoming), disk=str(child.disk))
+                await ops.request(layout.ops_socket, save)
+                await to_thread.run_sync(_copy_shared, layout, child)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await to_thread.run_sync(shutil.rmtree, child.root, True)
+                raise
+        try:
+            await self._launch(child, child_meta, incoming, self._guest_disk_of(meta))
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(self._destroy_sync, child)
+            raise
+        except SandboxError as exc:
+            exc.context.setdefault("id", child.sandbox_id)
+            raise
+        finally:
+            incoming.unlink(missing_ok=True)  # loaded by now (or never will be)
+        return await self.info(child.sandbox_id)
+
+    async def snapshots(self, sandbox_id: str) -> builtins.list[SnapshotInfo]:
+        layout, _ = await self._load(sandbox_id)
+        return await to_thread.run_sync(snapshots.listing, layout)
+
+    async def delete_snapshot(self, sandbox_id: str, name: str) -> None:
+        layout, _ = await self._load(sandbox_id)
+        async with _exclusive(layout):
+            await to_thread.run_sync(snapshots.delete, layout, name)
+
+    async def _require_running(self, layout: VmLayout, meta: VmMeta, op: str) -> None:
+        if not await to_thread.run_sync(_alive, layout, meta.supervisor_pid):
+            raise SandboxError(
+                f"sandbox {layout.sandbox_id} is not running; start it first",
+                op=op,
+                context={"id": layout.sandbox_id},
+            )
+
+    def _guest_disk_of(self, meta: VmMeta) -> Path:
+        return self.cache_dir / f"guest-{meta.guest_version}.img"
+
+    def _prepare_fork(self, parent: VmMeta) -> tuple[VmLayout, VmMeta]:
+        child = self._new_layout()
+        try:
+            child.sockets.mkdir(mode=0o700)
+            child.shared.mkdir()
+        except BaseException:
+            shutil.rmtree(child.root, ignore_errors=True)
+            raise
+        info = parent.info.model_copy(
+            update={
+                "id": child.sandbox_id,
+                "status": "stopped",
+                "created_at": time.time(),
+                "endpoint": f"unix:{child.guest_socket}",
+                "shared_dir": str(child.shared),
+                "guest_socket": str(child.guest_socket),
+                "vnc_endpoint": f"unix:{child.vnc_socket}",
+            }
+        )
+        meta = parent.model_copy(update={"info": info, "supervisor_pid": None})
+        _save(child, meta)
+        return child, meta
+
     # --- creating and starting -----------------------------------------------------------------
     def _refuse_impossible(self, spec: SandboxSpec) -> Template:
         if spec.provider not in (None, self.name):
@@ -160,14 +277,22 @@ class QemuProvider:
             )
         return self.templates.get(self.template)
 
-    def _prepare(self, spec: SandboxSpec, template: Template) -> tuple[VmLayout, VmMeta]:
+    def _prepare(
+        self,
+        spec: SandboxSpec,
+        template: Template,
+        choice: accel.AccelChoice,
+        start_from: WarmState | None,
+    ) -> tuple[VmLayout, VmMeta]:
         layout = self._new_layout()
         try:
             for folder in SHARED_FOLDERS:
                 (layout.shared / folder).mkdir(parents=True)
             layout.sockets.mkdir(mode=0o700)
-            _make_overlay(template, layout.disk, spec.disk_mb)
-            choice = accel.choose(template.kernel, self.cache_dir)
+            if start_from is None:
+                _make_overlay(template.disk, layout.disk, _template_size(template, spec))
+            else:  # the frozen disk of the warm state, which has the size already
+                _make_overlay(start_from.disk, layout.disk, _virtual_size(start_from.disk))
         except BaseException:
             shutil.rmtree(layout.root, ignore_errors=True)
             raise
@@ -184,10 +309,69 @@ class QemuProvider:
             host_uid=os.getuid(),
         )
         meta = VmMeta(
-            info=info, template=self.template, accel=choice.accel, accel_reason=choice.reason
+            info=info,
+            template=self.template,
+            accel=choice.accel,
+            accel_reason=choice.reason,
+            warm=start_from.root.name if start_from else None,
         )
         _save(layout, meta)
         return layout, meta
+
+    # --- warm states ---------------------------------------------------------------------------
+    async def _warm_state(
+        self, template: Template, spec: SandboxSpec, choice: accel.AccelChoice
+    ) -> WarmState:
+        """This shape's warm state; the first caller boots a VM and saves it, the others
+        wait for that (a lock per state) and use it."""
+        disk = await to_thread.run_sync(guestfiles.guest_disk, self.cache_dir)
+        warm_key = warm.key(template, spec, choice.accel, disk.stem.removeprefix("guest-"))
+        target = warm.state_for(template, warm_key)
+        if await to_thread.run_sync(target.usable):
+            return target
+        lock = warm.locked(template, warm_key)
+        await to_thread.run_sync(lock.__enter__)
+        try:
+            if not await to_thread.run_sync(target.usable):
+                await to_thread.run_sync(shutil.rmtree, target.root, True)
+                await self._build_warm(template, spec, choice, target)
+        finally:
+            lock.__exit__(None, None, None)
+        return target
+
+    async def _build_warm(
+        self, template: Template, spec: SandboxSpec, choice: accel.AccelChoice, target: WarmState
+    ) -> None:
+        started = time.monotonic()
+        layout = VmLayout(warm.scratch(template, target.root.name))
+        layout.sockets.mkdir(mode=0o700, parents=True)
+        info = SandboxInfo(
+            id=layout.sandbox_id, provider=self.name, status="stopped", spec=spec,
+            created_at=time.time(), endpoint=f"unix:{layout.guest_socket}",
+            shared_dir=str(layout.shared),
+        )  # fmt: skip
+        meta = VmMeta(
+            info=info,
+            template=self.template,  # its name here (a home may link a template under another)
+            accel=choice.accel,
+            accel_reason=choice.reason,
+            shared=False,  # virtio-fs cannot be saved; each clone plugs its own in
+        )
+        try:
+            await to_thread.run_sync(
+                _make_overlay, template.disk, layout.disk, _template_size(template, spec)
+            )
+            await self._launch(layout, meta)
+            state = layout.root / "state.bin"
+            save = SaveRequest(op="save", state=str(state), then="quit", drop_caches=True)
+            await ops.request(layout.ops_socket, save)
+            await to_thread.run_sync(_stop, layout, meta.supervisor_pid)
+            seconds = time.monotonic() - started
+            await to_thread.run_sync(warm.keep, layout.root, layout.disk, state, target, seconds)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(_stop, layout, meta.supervisor_pid)
+                await to_thread.run_sync(shutil.rmtree, layout.root, True)
 
     def _new_layout(self) -> VmLayout:
         while True:
@@ -205,8 +389,16 @@ class QemuProvider:
                 continue
             return layout
 
-    async def _launch(self, layout: VmLayout, meta: VmMeta) -> None:
-        pid = await to_thread.run_sync(self._spawn, layout, meta)
+    async def _launch(
+        self,
+        layout: VmLayout,
+        meta: VmMeta,
+        incoming: Path | None = None,
+        guest_disk: Path | None = None,
+    ) -> None:
+        """Boot the VM, or with ``incoming`` resume it from that saved state (whose agent
+        needs the ``guest_disk`` it ran with)."""
+        pid = await to_thread.run_sync(self._spawn, layout, meta, incoming, guest_disk)
         try:
             await self._wait_until_ready(layout, pid)
         except BaseException:
@@ -214,16 +406,29 @@ class QemuProvider:
                 await to_thread.run_sync(_stop, layout, pid)
             raise
 
-    def _spawn(self, layout: VmLayout, meta: VmMeta) -> int:
+    def _spawn(
+        self, layout: VmLayout, meta: VmMeta, incoming: Path | None, guest_disk: Path | None
+    ) -> int:
         template = self.templates.get(meta.template)
-        guest_disk = guestfiles.guest_disk(self.cache_dir)
-        transfer.ensure_folder(layout.shared, "inbox", None)
+        guest_disk = guest_disk or guestfiles.guest_disk(self.cache_dir)
+        if meta.shared:
+            transfer.ensure_folder(layout.shared, "inbox", None)
         argv = vm.command(
-            layout, template, meta.info.spec, meta.accel or "tcg", shutil.which(self.qemu) or ""
+            layout,
+            template,
+            meta.info.spec,
+            meta.accel or "tcg",
+            shutil.which(self.qemu) or "",
+            incoming=incoming is not None,
         )
         argv += ["-drive", f"file={guest_disk},if=virtio,format=raw,readonly=on"]
-        virtiofsd = vm.virtiofsd_command(layout, _virtiofsd())
-        layout.plan.write_text(json.dumps({"argv": argv, "virtiofsd": virtiofsd}))
+        plan = {
+            "argv": argv,
+            "virtiofsd": vm.virtiofsd_command(layout, _virtiofsd()) if meta.shared else [],
+            "incoming": str(incoming) if incoming else None,
+            "boot_timeout": self.boot_timeout,
+        }
+        layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)
         pid = supervised.start(SUPERVISOR_MODULE, layout.root, layout.log, {"PATH": SAFE_PATH})
         meta.supervisor_pid = pid
@@ -281,6 +486,25 @@ class QemuProvider:
         return sorted(found, key=lambda info: info.created_at)
 
 
+@contextlib.asynccontextmanager
+async def _exclusive(layout: VmLayout) -> AsyncIterator[None]:
+    """One snapshot, restore or fork of a VM at a time, whichever process asks."""
+    fd = os.open(layout.root / ".ops.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        await to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _copy_shared(parent: VmLayout, child: VmLayout) -> None:
+    """A fork's /shared starts as a copy of its parent's (no-follow: what the parent's guest
+    planted there is left out, as when files are collected)."""
+    limits = transfer.TransferLimits(max_bytes=1 << 40, max_files=1_000_000)
+    for folder in SHARED_FOLDERS:
+        transfer.copy_out(parent.shared, folder, child.shared / folder, limits)
+
+
 def _virtiofsd() -> str:
     for candidate in (shutil.which("virtiofsd"), *VIRTIOFSD_PATHS):
         if candidate and os.access(candidate, os.X_OK):
@@ -292,12 +516,18 @@ def _virtiofsd() -> str:
     )
 
 
-def _make_overlay(template: Template, disk: Path, disk_mb: int | None) -> None:
-    """A qcow2 overlay on the template (no copy); its size caps what the VM can write."""
-    size = _virtual_size(template.disk) + ((disk_mb or 4096) << 20)
+def _template_size(template: Template, spec: SandboxSpec) -> int:
+    """The template's filesystem plus the sandbox's disk allowance."""
+    return _virtual_size(template.disk) + ((spec.disk_mb or 4096) << 20)
+
+
+def _make_overlay(backing: Path, disk: Path, size: int) -> None:
+    """A qcow2 overlay on ``backing`` (no copy); its size caps what the VM can write. The
+    backing file is named by its real path: a template reached through a link (a home
+    sharing another's templates) must not leave overlays that die with that link."""
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-         str(template.disk), str(disk), str(size)],
+         str(backing.resolve()), str(disk), str(size)],
         check=True,
         stdin=subprocess.DEVNULL,
     )  # fmt: skip
@@ -347,13 +577,16 @@ def _alive(layout: VmLayout, pid: int | None) -> bool:
 
 
 def _stop(layout: VmLayout, pid: int | None) -> None:
+    """Returns once the VM's every process is gone (its log copier included)."""
     if pid is None or not _alive(layout, pid):
         return
+    below = supervised.descendants(pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
         if not supervised.wait_gone(SUPERVISOR_MODULE, layout.root, pid, STOP_TIMEOUT):
             os.kill(pid, signal.SIGKILL)  # QEMU dies with it (PR_SET_PDEATHSIG)
             supervised.wait_gone(SUPERVISOR_MODULE, layout.root, pid, STOP_TIMEOUT)
+    supervised.wait_all_gone(below, STOP_TIMEOUT)
 
 
 def _qemu_pid(supervisor: int) -> int | None:

@@ -10,6 +10,7 @@ share the one port. It exits when QEMU does; SIGTERM stops the VM.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -21,18 +22,25 @@ import time
 from pathlib import Path
 
 import anyio
+from anyio import to_thread
 from anyio.abc import ByteStream, Listener
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from qemu.qmp import EventListener, QMPClient, QMPError
 
-from hivecell.errors import GuestProtocolError
+from hivecell.errors import GuestProtocolError, SandboxError
 from hivecell.protocol import unixstream
 from hivecell.sandbox import muxproxy
 from hivecell.sandbox.local.supervisor import cap_output, detach, log
+from hivecell.sandbox.qemu import machine, snapshots
+from hivecell.sandbox.qemu.guestctl import GuestControl
 from hivecell.sandbox.qemu.layout import VmLayout
+from hivecell.sandbox.qemu.ops import SaveRequest, serve_ops
 
 LOG_CAP_BYTES = 16 << 20
 SERIAL_CONNECT_TIMEOUT = 30.0  # QEMU creates its socket within milliseconds of starting
 STOP_GRACE = 5.0
 PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
 
 
 class Vm:
@@ -40,16 +48,22 @@ class Vm:
         self.layout = layout
         self.argv = [str(a) for a in plan["argv"]]  # type: ignore[attr-defined]
         self.virtiofsd = [str(a) for a in plan.get("virtiofsd") or []]  # type: ignore[attr-defined]
+        incoming = plan.get("incoming")
+        self.incoming = Path(str(incoming)) if incoming else None
+        self.boot_timeout = float(plan.get("boot_timeout") or 180.0)  # type: ignore[arg-type]
         self.proc: subprocess.Popen[bytes] | None = None
+        self.qmp: QMPClient | None = None
+        self.control: GuestControl | None = None
+        self.shared_on = False
+        self.ops_lock = anyio.Lock()
         self.helpers: list[subprocess.Popen[bytes]] = []
+        self.groups: set[int] = set()  # process groups of the helpers ever started
         self.stopping = False
         self.failure: str | None = None  # why the supervisor stopped the VM itself
 
     def run(self) -> int:
         listeners = _bind(self.layout)
         try:
-            if self.virtiofsd and not self._start_virtiofsd():
-                return self._finish(-1)
             # QEMU's stdio is the guest's console. Never our own stdout: QEMU makes its stdio
             # non-blocking, which would break the log's copier sharing that pipe.
             self.proc = subprocess.Popen(
@@ -70,22 +84,29 @@ class Vm:
                 sock.close()
         return self._finish(self._reap())
 
-    def _start_virtiofsd(self) -> bool:
-        """The /shared file server; QEMU connects to its socket at start, so wait for it."""
+    def _start_virtiofsd(self) -> None:
+        """The /shared file server (one per attach: it exits when QEMU lets go of it)."""
+        self._stop_helpers()
         self.layout.virtiofs_socket.unlink(missing_ok=True)
         proc = subprocess.Popen(
-            self.virtiofsd, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, env={}
+            self.virtiofsd,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=_die_with_parent,
+            env={},
+            process_group=0,  # its forked child too: _reap_stragglers finds them by group
         )
+        self.groups.add(proc.pid)
         self.helpers.append(proc)
         deadline = time.monotonic() + SERIAL_CONNECT_TIMEOUT
         while not self.layout.virtiofs_socket.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
-                log(f"virtiofsd did not start (exit {proc.poll()}); /shared cannot be served")
-                return False
+                raise SandboxError(
+                    f"virtiofsd did not start (exit {proc.poll()}); /shared cannot be served",
+                    op="start",
+                )
             time.sleep(0.01)
-        return True
 
-    def _finish(self, code: int) -> int:
+    def _stop_helpers(self) -> None:
         for helper in self.helpers:
             if helper.poll() is None:
                 helper.terminate()
@@ -94,6 +115,73 @@ class Vm:
             except subprocess.TimeoutExpired:
                 helper.kill()
                 helper.wait()
+        self.helpers.clear()
+
+    # --- bringing the machine up, and saving its state -------------------------------------
+    async def _bring_up(self) -> None:
+        """Load a saved state or boot; plug /shared in; resume; get the guest ready."""
+        await to_thread.run_sync(_wait_for, self.layout.qmp_socket, self.proc)
+        self.qmp = await machine.connect(self.layout.qmp_socket, self.layout.sandbox_id)
+        await to_thread.run_sync(_wait_for, self.layout.control_socket, self.proc)
+        control = await unixstream.connect_unix(str(self.layout.control_socket))
+        self.control = GuestControl(control)
+        if self.incoming is not None:
+            await machine.load_state(self.qmp, self.incoming)
+            log("state loaded")
+        await self._attach_shared()
+        await machine.resume(self.qmp)
+        if self.incoming is not None:
+            await self.control.come_back(self.layout.sandbox_id, time.time())
+        else:
+            await self.control.wait_ready(self.boot_timeout)
+        if self.shared_on:
+            await self.control.command("mount")
+
+    async def _attach_shared(self) -> None:
+        if not self.virtiofsd:
+            return
+        assert self.qmp is not None
+        await to_thread.run_sync(self._start_virtiofsd)
+        await machine.attach_shared(self.qmp, self.layout.virtiofs_socket)
+        self.shared_on = True
+
+    async def _detach_shared(self) -> None:
+        assert self.qmp is not None and self.control is not None
+        if not self.shared_on:
+            return
+        await self.control.command("umount")
+        await machine.detach_shared(self.qmp)
+        self.shared_on = False
+        await to_thread.run_sync(self._stop_helpers)
+
+    async def save(self, request: SaveRequest) -> None:
+        """Write the VM's state (and a copy of its disk) at one moment, then resume it or,
+        with ``then="quit"``, power it off (a template's warm state)."""
+        assert self.qmp is not None and self.control is not None
+        state = Path(request.state)
+        disk = Path(request.disk) if request.disk else None
+        async with self.ops_lock:
+            await self._detach_shared()
+            try:
+                if request.drop_caches:
+                    await self.control.command("drop-caches")
+                await machine.save_state(self.qmp, state)
+                if disk is not None:
+                    # the disk of a paused VM (QEMU flushed it when it stopped)
+                    await to_thread.run_sync(snapshots.copy_disk, self.layout.disk, disk)
+            finally:
+                if request.then == "quit":
+                    self.stopping = True
+                    await self.qmp.execute("quit")
+                else:
+                    await self._attach_shared()
+                    await machine.resume(self.qmp)
+                    if self.shared_on:
+                        await self.control.command("mount")
+
+    def _finish(self, code: int) -> int:
+        self._stop_helpers()
+        _reap_stragglers(self.groups)
         log(f"VM exited with {code}")
         self._record(code)
         return 0 if code == 0 or self.stopping else 1
@@ -101,21 +189,66 @@ class Vm:
     async def _serve(self, link: socket.socket, bound: dict[str, socket.socket]) -> None:
         assert self.proc is not None
         stream = await unixstream.wrap_connected(link)
-        listeners = {kind: await unixstream.unix_listener(sock) for kind, sock in bound.items()}
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._proxy, stream, listeners)
             tg.start_soon(_copy_console, self.proc)
+            tg.start_soon(self._run_machine, stream, bound)
             await _wait_exit(self.proc.pid)
             tg.cancel_scope.cancel()
+        if self.qmp is not None:
+            # QEMU is gone: disconnect only tidies up, re-raising what ended the reader
+            with anyio.CancelScope(shield=True), contextlib.suppress(EOFError, OSError, QMPError):
+                await self.qmp.disconnect()
 
-    async def _proxy(self, link: ByteStream, listeners: dict[str, Listener[ByteStream]]) -> None:
+    async def _run_machine(self, stream: ByteStream, bound: dict[str, socket.socket]) -> None:
+        """Up first (clients wait in the listeners' backlogs meanwhile), then serve."""
         try:
-            await muxproxy.proxy(link, listeners)
+            await self._bring_up()
+        except (SandboxError, QMPError, OSError, TimeoutError) as exc:
+            self.failure = f"the VM did not come up: {exc}"
+            log(self.failure)
+            self._terminate()
+            return
+        log("guest ready")
+        listeners = {
+            kind: await unixstream.unix_listener(sock)
+            for kind, sock in bound.items()
+            if kind != "ops"
+        }
+        async with anyio.create_task_group() as tg:
+            send, receive = anyio.create_memory_object_stream[None](4)
+            tg.start_soon(self._proxy, stream, listeners, receive)
+            tg.start_soon(self._watch_reboots, send)
+            tg.start_soon(serve_ops, self, bound["ops"])
+
+    async def _watch_reboots(self, restarts: MemoryObjectSendStream[None]) -> None:
+        """A guest that reboots (``reboot``, or a crash with panic=-1) comes back with a new
+        agent on the port: the proxy must start over with it."""
+        assert self.qmp is not None
+        events = EventListener(("RESET",))
+        async with restarts:
+            with self.qmp.listen(events):
+                async for event in events:
+                    data = event["data"]
+                    if isinstance(data, dict) and data.get("guest"):
+                        log("the guest rebooted")
+                        await restarts.send(None)
+
+    async def _proxy(
+        self,
+        link: ByteStream,
+        listeners: dict[str, Listener[ByteStream]],
+        restarts: MemoryObjectReceiveStream[None],
+    ) -> None:
+        try:
+            await muxproxy.proxy(link, listeners, restarts=restarts)
         except GuestProtocolError as exc:  # a broken or hostile guest: it stops here
             self.failure = str(exc)
             log(f"stopping the VM: {exc}")
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.terminate()
+            self._terminate()
+
+    def _terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
 
     def stop(self, signum: int, frame: object) -> None:
         self.stopping = True
@@ -152,7 +285,11 @@ class Vm:
 def _bind(layout: VmLayout) -> dict[str, socket.socket]:
     bound: dict[str, socket.socket] = {}
     try:
-        for kind, path in (("agent", layout.guest_socket), ("vnc", layout.vnc_socket)):
+        for kind, path in (
+            ("agent", layout.guest_socket),
+            ("vnc", layout.vnc_socket),
+            ("ops", layout.ops_socket),
+        ):
             path.unlink(missing_ok=True)
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             bound[kind] = sock
@@ -163,6 +300,15 @@ def _bind(layout: VmLayout) -> dict[str, socket.socket]:
             sock.close()
         raise
     return bound
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes] | None) -> None:
+    """QEMU makes its sockets within milliseconds of starting."""
+    deadline = time.monotonic() + SERIAL_CONNECT_TIMEOUT
+    while not path.exists():
+        if (proc is not None and proc.poll() is not None) or time.monotonic() > deadline:
+            raise SandboxError(f"QEMU did not create {path.name}", op="start")
+        time.sleep(0.01)
 
 
 def _connect_serial(path: Path, proc: subprocess.Popen[bytes]) -> socket.socket | None:
@@ -213,9 +359,28 @@ def _die_with_parent() -> None:
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _reap_stragglers(groups: set[int]) -> None:
+    """What our helpers forked and left behind (virtiofsd's sandboxed child outlives its
+    parent for a moment): we are their subreaper, so the VM's processes are all gone once
+    we are, and ``rm`` can check that. Only the helpers' process groups: the log copier
+    stays (it ends with our output)."""
+    me = os.getpid()
+    for child in Path(f"/proc/{me}/task/{me}/children").read_text().split():
+        pid = int(child)
+        try:
+            if os.getpgid(pid) not in groups:
+                continue
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            continue
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
 def main(argv: list[str]) -> int:
     layout = VmLayout(Path(argv[0]).resolve())
     detach(int(argv[1]))
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
     cap_output(LOG_CAP_BYTES)
     vm = Vm(layout, json.loads(layout.plan.read_text()))
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

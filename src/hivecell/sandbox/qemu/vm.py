@@ -11,6 +11,7 @@ use obsolete syscalls.
 from __future__ import annotations
 
 from hivecell.sandbox.base import SandboxSpec
+from hivecell.sandbox.qemu import guestctl, machine
 from hivecell.sandbox.qemu.layout import VmLayout
 from hivecell.sandbox.qemu.template import STUB_INIT, Template
 
@@ -22,8 +23,16 @@ TCG_CPU = "qemu64"
 
 
 def command(
-    layout: VmLayout, template: Template, spec: SandboxSpec, accel: str, qemu: str
+    layout: VmLayout,
+    template: Template,
+    spec: SandboxSpec,
+    accel: str,
+    qemu: str,
+    *,
+    incoming: bool = False,
 ) -> list[str]:
+    """QEMU starts paused (``-S``): the supervisor plugs /shared in, then resumes it.
+    ``incoming``: it waits for a saved state (``migrate-incoming``) instead of booting."""
     memory = spec.memory_mb or 4096
     cpus = max(1, round(spec.cpus or 2))
     argv = [
@@ -39,16 +48,24 @@ def command(
         "-device", "virtio-serial-pci",
         "-chardev", f"socket,id=agent,path={layout.serial_socket},server=on,wait=on",
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
+        "-chardev", f"socket,id=ctl,path={layout.control_socket},server=on,wait=off",
+        "-device", f"virtserialport,chardev=ctl,name={guestctl.PORT}",
         "-qmp", f"unix:{layout.qmp_socket},server=on,wait=off",
         "-serial", "stdio",
         # /shared over virtio-fs (the cloud kernel has no 9p); guest RAM is shared with
-        # virtiofsd, which serves only layout.shared from inside its own namespaces
+        # virtiofsd, which serves only layout.shared from inside its own namespaces. Its
+        # device is hot-plugged into this port (machine.py): it cannot be migrated.
         "-object", f"memory-backend-memfd,id=mem,size={memory}M,share=on",
         "-numa", "node,memdev=mem",
-        "-chardev", f"socket,id=vfs,path={layout.virtiofs_socket}",
-        "-device", "vhost-user-fs-pci,chardev=vfs,tag=shared",
+        "-device", f"pcie-root-port,id={machine.HOTPLUG_PORT},chassis=1",
         "-device", "virtio-rng-pci",
+        # a new generation id on every start: a guest restored from a state others were
+        # restored from too reseeds its random pool instead of repeating theirs
+        "-device", "vmgenid,guid=auto",
+        "-S",
     ]  # fmt: skip
+    if incoming:
+        argv += ["-incoming", "defer"]
     argv += ["-nic", "none"]  # offline: no network device at all (nat comes with slirp)
     return argv
 

@@ -46,7 +46,7 @@ class SandboxCreate(BaseModel):
 
 @router.get("/sandboxes")
 async def list_sandboxes(state: State) -> dict[str, Any]:
-    items = [_view(state, info) for info in await state.provider.list()]
+    items = [view(state, info) for info in await state.provider.list()]
     return {"items": items, "total": len(items)}
 
 
@@ -67,12 +67,12 @@ async def create_sandbox(state: State, body: SandboxCreate | None = None) -> dic
         with anyio.CancelScope(shield=True):  # a dropped request must not leave a half box
             info = await state.provider.create(spec)
     state.hub.publish("sandbox.created", {"sandbox_id": info.id, "task_id": None})
-    return _view(state, info)
+    return view(state, info)
 
 
 @router.get("/sandboxes/{sandbox_id}")
 async def get_sandbox(sandbox_id: str, state: State) -> dict[str, Any]:
-    return _view(state, await state.provider.info(sandbox_id))
+    return view(state, await state.provider.info(sandbox_id))
 
 
 @router.get("/sandboxes/{sandbox_id}/network")
@@ -123,7 +123,7 @@ async def sandbox_screenshot(sandbox_id: str, state: State, missing_ok: bool = F
     )
 
 
-def _view(state: State, info: SandboxInfo) -> dict[str, Any]:
+def view(state: State, info: SandboxInfo) -> dict[str, Any]:
     task_id = state.manager.task_of_sandbox(info.id)
     busy = "error" if info.status == "error" else ("busy" if task_id else "idle")
     warm = state.pool.is_warm(info.id)

@@ -1,0 +1,125 @@
+"""What the supervisor asks of QEMU itself, over QMP (the ``qemu.qmp`` library).
+
+- **State to and from a file**: a paused VM's RAM and device state is written with a
+  migration into a file descriptor passed over the QMP socket (QEMU's own seccomp sandbox
+  forbids ``exec:`` migrations); a VM started with ``-incoming defer`` reads one back. With
+  the disk as it was at that moment, that is a whole running desktop, restored in about a
+  second instead of a boot.
+- **/shared on and off**: virtio-fs (vhost-user) cannot be migrated, so its device is never
+  on QEMU's command line: it is hot-plugged into a PCIe root port after a boot or a restore
+  and unplugged (the guest lets go of it first) before a state is saved.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import anyio
+from qemu.qmp import EventListener, QMPClient
+
+from hivecell.errors import SandboxError
+
+SHARED_DEVICE = "vfs0"
+SHARED_CHARDEV = "vfs"
+HOTPLUG_PORT = "hp0"
+MIGRATION_POLL = 0.02
+UNPLUG_TIMEOUT = 30.0  # an ACPI eject under TCG on a loaded host; a guest that refuses is stuck
+
+
+async def connect(socket: Path, name: str) -> QMPClient:
+    qmp = QMPClient(name)
+    await qmp.connect(str(socket))
+    return qmp
+
+
+async def save_state(qmp: QMPClient, path: Path) -> None:
+    """Pause the VM and write its state to ``path`` (it stays paused: ``cont`` resumes it)."""
+    await qmp.execute("stop")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        qmp.send_fd_scm(fd)
+        await qmp.execute("getfd", {"fdname": "state"})
+    finally:
+        os.close(fd)
+    await qmp.execute("migrate", {"uri": "fd:state"})
+    await _migration_done(qmp, "save")
+
+
+async def load_state(qmp: QMPClient, path: Path) -> None:
+    """Into a VM started with ``-incoming defer``: it is paused with that state after."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        qmp.send_fd_scm(fd)
+        await qmp.execute("getfd", {"fdname": "state"})
+    finally:
+        os.close(fd)
+    await qmp.execute("migrate-incoming", {"uri": "fd:state"})
+    await _migration_done(qmp, "restore")
+
+
+async def resume(qmp: QMPClient) -> None:
+    await qmp.execute("cont")
+
+
+async def attach_shared(qmp: QMPClient, socket: Path) -> None:
+    """virtiofsd must be listening on ``socket``; the guest mounts the tag ``shared``."""
+    await qmp.execute(
+        "chardev-add",
+        {
+            "id": SHARED_CHARDEV,
+            "backend": {
+                "type": "socket",
+                "data": {
+                    "addr": {"type": "unix", "data": {"path": str(socket)}},
+                    "server": False,
+                },
+            },
+        },
+    )
+    await qmp.execute(
+        "device_add",
+        {
+            "driver": "vhost-user-fs-pci",
+            "id": SHARED_DEVICE,
+            "chardev": SHARED_CHARDEV,
+            "tag": "shared",
+            "bus": HOTPLUG_PORT,
+        },
+    )
+
+
+async def detach_shared(qmp: QMPClient) -> None:
+    """Unplug the virtio-fs device (the guest must have unmounted it) and its chardev."""
+    events = EventListener(("DEVICE_DELETED",))
+    with qmp.listen(events):
+        await qmp.execute("device_del", {"id": SHARED_DEVICE})
+        try:
+            with anyio.fail_after(UNPLUG_TIMEOUT):
+                async for event in events:
+                    data = event["data"]
+                    if isinstance(data, dict) and data.get("device") == SHARED_DEVICE:
+                        break
+        except TimeoutError:
+            raise SandboxError(
+                f"the guest did not release /shared's device within {UNPLUG_TIMEOUT:.0f} s",
+                op="snapshot",
+                retryable=True,
+            ) from None
+    await qmp.execute("chardev-remove", {"id": SHARED_CHARDEV})
+
+
+async def _migration_done(qmp: QMPClient, op: str) -> None:
+    while True:
+        status = await qmp.execute("query-migrate")
+        if not isinstance(status, dict):
+            raise SandboxError(f"QEMU answered query-migrate with {status!r}", op=op)
+        state = status.get("status")
+        if state == "completed":
+            return
+        if state in ("failed", "cancelled"):
+            raise SandboxError(
+                f"QEMU could not {op} the VM's state: {status.get('error-desc', state)}",
+                op=op,
+            )
+        await anyio.sleep(MIGRATION_POLL)
