@@ -104,6 +104,13 @@ class NotFound(HivecellError):
     rpc_code = -32008
 
 
+class Denied(HivecellError):
+    """The guest's policy (its agent.toml) refuses this request; not a tool failure."""
+
+    code = "denied"
+    rpc_code = -32009
+
+
 # Host-side errors: never sent by the guest, but share the same shape.
 class SandboxError(HivecellError):
     code = "sandbox_error"
@@ -150,6 +157,7 @@ WIRE_ERRORS: dict[str, type[HivecellError]] = {
         Cancelled,
         Unauthenticated,
         NotFound,
+        Denied,
     )
 }
 

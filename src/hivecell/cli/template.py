@@ -33,6 +33,14 @@ def build(
         typer.Option("--option", help=f"a package set: {', '.join(OPTIONS)} (repeatable)"),
     ] = None,
     mirror: Annotated[str, typer.Option(help="Debian mirror")] = DEFAULT_MIRROR,
+    agent_policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML of the guest agent's own allow/block lists and limits (docs/vm.md)",
+            exists=True,
+            dir_okay=False,
+        ),
+    ] = None,
     home: Path | None = HomeOption,
 ) -> None:
     """Build (or rebuild) a Debian 12 desktop template; takes minutes (downloads packages)."""
@@ -46,7 +54,12 @@ def build(
         async def go() -> None:
             await anyio.to_thread.run_sync(
                 lambda: store.build(
-                    name, packages=package, options=option, mirror=mirror, progress=progress
+                    name,
+                    packages=package,
+                    options=option,
+                    mirror=mirror,
+                    progress=progress,
+                    agent_policy=agent_policy,
                 )
             )
 

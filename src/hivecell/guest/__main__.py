@@ -10,6 +10,7 @@ from pathlib import Path
 import anyio
 
 from hivecell.errors import ConfigError
+from hivecell.guest import policy
 from hivecell.guest.context import GuestConfig, Services
 from hivecell.guest.run import serve
 
@@ -27,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--run-dir", type=Path, default=Path("/run/hivecell"))
     p.add_argument("--network-mode", default="unknown")
     p.add_argument("--a11y-bus", help="AT-SPI bus address (default $AT_SPI_BUS_ADDRESS)")
+    p.add_argument("--policy", type=Path, help="the guest's allow/block lists (TOML, policy.py)")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -35,9 +37,11 @@ def config_from_args(args: argparse.Namespace) -> GuestConfig:
     token = args.token or os.environ.get("HIVECELL_GUEST_TOKEN")
     if args.tcp and not token:
         raise ConfigError("TCP needs a token: pass --token or set HIVECELL_GUEST_TOKEN", op="start")
+    rules, max_file_bytes = policy.from_file(args.policy, args.max_file_bytes)
     return GuestConfig(
         roots=args.root or [Path("/shared"), Path.home()],
-        max_file_bytes=args.max_file_bytes,
+        max_file_bytes=max_file_bytes,
+        policy=rules,
         display=args.display or os.environ.get("DISPLAY"),
         token=token if args.tcp else None,
         run_dir=args.run_dir,

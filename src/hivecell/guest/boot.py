@@ -115,6 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--device", type=Path, help="serve on this virtio-serial port (a VM), multiplexed"
     )
+    p.add_argument("--policy", type=Path, help="the guest's allow/block lists (TOML, policy.py)")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -418,9 +419,13 @@ def _import_agent(a11y_bus: str | None) -> Callable[[argparse.Namespace], str]:
     from hivecell.guest.run import serve
 
     def run(args: argparse.Namespace) -> str:
+        from hivecell.guest import policy
+
+        rules, max_file_bytes = policy.from_file(args.policy, args.max_file_bytes)
         config = GuestConfig(
             roots=args.root or [Path("/shared"), Path.home()],
-            max_file_bytes=args.max_file_bytes,
+            max_file_bytes=max_file_bytes,
+            policy=rules,
             display=DISPLAY,
             run_dir=args.run_dir,
             network_mode=args.network_mode,

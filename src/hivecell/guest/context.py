@@ -13,6 +13,7 @@ from hivecell.guest.memory import IdleTrim
 from hivecell.protocol.jsonrpc import RequestId
 
 if TYPE_CHECKING:
+    from hivecell.guest.policy import AgentPolicy
     from hivecell.guest.x11 import XSession
 
 
@@ -30,6 +31,7 @@ class GuestConfig:
     env: dict[str, str] = field(default_factory=dict)
     network_mode: str = "unknown"
     a11y_bus: str | None = None  # D-Bus address of the AT-SPI registry's bus (boot starts it)
+    policy: AgentPolicy | None = None  # the guest's own allow/block lists (policy.py)
 
     @property
     def vnc_socket(self) -> Path:

@@ -91,6 +91,8 @@ class Dispatcher:
             )
         spec, fn = entry
         parsed = spec.params.model_validate(params or {})
+        if ctx.config.policy is not None:
+            parsed = ctx.config.policy.check(method, parsed)
         result = await fn(parsed, ctx)
         if not isinstance(result, spec.result):
             raise InternalError(f"{method} returned {type(result).__name__}", op=method)

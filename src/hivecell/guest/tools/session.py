@@ -32,7 +32,9 @@ async def ping(p: m.Empty, ctx: CallContext) -> m.PingResult:
 
 @router.method("get_agent_info")
 async def get_agent_info(p: m.Empty, ctx: CallContext) -> m.AgentInfo:
-    tools = list(_tool_specs(tuple(ctx.services.method_names)))
+    rules = ctx.config.policy
+    served = [n for n in ctx.services.method_names if rules is None or rules.serves(n)]
+    tools = list(_tool_specs(tuple(served)))
     return m.AgentInfo(
         version=hivecell.__version__,
         protocol_version=m.PROTOCOL_VERSION,

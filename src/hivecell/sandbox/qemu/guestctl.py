@@ -72,9 +72,7 @@ class GuestControl:
 
     async def come_back(self, hostname: str, now: float) -> None:
         """After a restore: the present time, this sandbox's name, fresh randomness."""
-        await self.command("clock", f"{now:.6f}")
-        await self.command("hostname", hostname)
-        await self.command("seed", secrets.token_hex(32))
+        await self.command("come-back", f"{now:.6f}", hostname, secrets.token_hex(32))
 
     async def _line(self) -> str:
         try:

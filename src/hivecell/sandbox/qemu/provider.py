@@ -49,6 +49,7 @@ SHUTDOWN_TIMEOUT = 30.0  # a clean guest power-off under TCG on a loaded host
 QEMU = "qemu-system-x86_64"
 _VALID_ID = re.compile(r"^vm-[0-9a-f]{8}$")
 MAX_SOCKET_PATH = 107
+GUEST_UID = 1000  # the sandbox user in every template
 VIRTIOFSD_PATHS = ("/usr/libexec/virtiofsd", "/usr/lib/qemu/virtiofsd")
 
 
@@ -234,7 +235,7 @@ class QemuProvider:
         child = self._new_layout()
         try:
             child.sockets.mkdir(mode=0o700)
-            child.shared.mkdir()
+            _make_shared(child)
         except BaseException:
             shutil.rmtree(child.root, ignore_errors=True)
             raise
@@ -286,8 +287,7 @@ class QemuProvider:
     ) -> tuple[VmLayout, VmMeta]:
         layout = self._new_layout()
         try:
-            for folder in SHARED_FOLDERS:
-                (layout.shared / folder).mkdir(parents=True)
+            _make_shared(layout)
             layout.sockets.mkdir(mode=0o700)
             if start_from is None:
                 _make_overlay(template.disk, layout.disk, _template_size(template, spec))
@@ -497,12 +497,25 @@ async def _exclusive(layout: VmLayout) -> AsyncIterator[None]:
         os.close(fd)
 
 
+def _make_shared(layout: VmLayout) -> None:
+    """/shared's folders; virtio-fs maps uids 1:1, so the guest's user (uid 1000) owns what
+    it writes to (the guest would chown them itself, slowly, after every restore)."""
+    for folder in SHARED_FOLDERS:
+        (layout.shared / folder).mkdir(parents=True)
+        if folder != "inbox":
+            os.chown(layout.shared / folder, GUEST_UID, GUEST_UID)
+
+
 def _copy_shared(parent: VmLayout, child: VmLayout) -> None:
     """A fork's /shared starts as a copy of its parent's (no-follow: what the parent's guest
     planted there is left out, as when files are collected)."""
     limits = transfer.TransferLimits(max_bytes=1 << 40, max_files=1_000_000)
     for folder in SHARED_FOLDERS:
         transfer.copy_out(parent.shared, folder, child.shared / folder, limits)
+        if folder != "inbox":  # the child's user edits its copies as the parent's did
+            for root, dirs, files in os.walk(child.shared / folder):
+                for name in dirs + files:
+                    os.lchown(Path(root) / name, GUEST_UID, GUEST_UID)
 
 
 def _virtiofsd() -> str:

@@ -130,12 +130,15 @@ class Vm:
             log("state loaded")
         await self._attach_shared()
         await machine.resume(self.qmp)
+        log("running")
         if self.incoming is not None:
             await self.control.come_back(self.layout.sandbox_id, time.time())
+            log("clock, hostname and randomness renewed")
         else:
             await self.control.wait_ready(self.boot_timeout)
         if self.shared_on:
             await self.control.command("mount")
+            log("/shared mounted")
 
     async def _attach_shared(self) -> None:
         if not self.virtiofsd:

@@ -78,6 +78,9 @@ class TemplateManifest(BaseModel):
     build_seconds: float
     built_at: float
     key: str = Field(description="hash of what went in (suite, packages, init stub)")
+    agent_policy: str | None = Field(
+        None, description="the guest's /etc/hivecell/agent.toml (hivecell/guest/policy.py)"
+    )
 
 
 class Template:
@@ -100,9 +103,9 @@ class Template:
         return self.root / "initrd.img"
 
 
-def template_key(packages: list[str]) -> str:
+def template_key(packages: list[str], agent_policy: str | None = None) -> str:
     """Equal keys, equal templates: what a cache of built templates is keyed by."""
-    raw = "\n".join([SUITE, STUB_SCRIPT, *packages])
+    raw = "\n".join([SUITE, STUB_SCRIPT, *packages, *([agent_policy] if agent_policy else [])])
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -193,11 +196,15 @@ class TemplateStore:
         mirror: str = DEFAULT_MIRROR,
         progress: Progress | None = None,
         reuse: bool = False,
+        agent_policy: Path | None = None,
     ) -> Template:
         """Build (or rebuild) template ``name``; the old one stays usable until the new one
-        is complete. ``reuse``: keep an existing one built from the same packages (a cache)."""
+        is complete. ``reuse``: keep an existing one built from the same packages (a cache).
+        ``agent_policy``: a TOML file of the guest's allow/block lists, checked here and
+        installed as the image's /etc/hivecell/agent.toml."""
         check_name(name)
         check_mirror(mirror)
+        rules = _policy_text(agent_policy)
         check_tools()
         self._refuse_in_use(name, "rebuild")
         wanted = packages_for(packages, options)
@@ -207,12 +214,12 @@ class TemplateStore:
             if reuse:  # built meanwhile by whoever held the lock, from the same packages
                 with contextlib.suppress(NotFound):
                     existing = self.get(name)
-                    if existing.manifest.key == template_key(wanted):
+                    if existing.manifest.key == template_key(wanted, rules):
                         return existing
             scratch = self.root / f".build-{name}-{os.getpid()}"
             shutil.rmtree(scratch, ignore_errors=True)
             try:
-                manifest = _build_into(scratch, name, wanted, mirror, say)
+                manifest = _build_into(scratch, name, wanted, mirror, say, rules)
                 final = self.root / name
                 if final.exists():
                     old = self.root / f".old-{name}-{os.getpid()}"
@@ -269,8 +276,31 @@ def check_tools() -> None:
         )
 
 
+def _policy_text(path: Path | None) -> str | None:
+    if path is None:
+        return None
+    from hivecell.guest import policy
+
+    policy.load(path)  # refused here, not by a VM that will not boot
+    return path.read_text()
+
+
+def install_policy(rootfs: Path, text: str) -> None:
+    """Root's file, readable by the agent (uid 1000), not writable by it."""
+    folder = rootfs / "etc" / "hivecell"
+    folder.mkdir(mode=0o755, parents=True, exist_ok=True)
+    target = folder / "agent.toml"
+    target.write_text(text)
+    target.chmod(0o644)
+
+
 def _build_into(
-    scratch: Path, name: str, packages: list[str], mirror: str, say: Progress
+    scratch: Path,
+    name: str,
+    packages: list[str],
+    mirror: str,
+    say: Progress,
+    agent_policy: str | None = None,
 ) -> TemplateManifest:
     started = time.monotonic()
     rootfs = scratch / "rootfs"
@@ -286,6 +316,8 @@ def _build_into(
         say,
     )  # fmt: skip
     _install_stub(rootfs)
+    if agent_policy is not None:
+        install_policy(rootfs, agent_policy)
     kernel = _take_kernel(rootfs, scratch)
     say("writing the disk image")
     disk = scratch / "disk.qcow2"
@@ -299,7 +331,8 @@ def _build_into(
         image_bytes=disk.stat().st_size,
         build_seconds=round(time.monotonic() - started, 1),
         built_at=time.time(),
-        key=template_key(packages),
+        key=template_key(packages, agent_policy),
+        agent_policy=agent_policy,
     )
     (scratch / "manifest.json").write_text(manifest.model_dump_json(indent=2))
     return manifest
