@@ -1,11 +1,12 @@
 """The host end of a VM's control port: root-only housekeeping the guest agent cannot do.
 
 The guest agent runs as the sandbox user, yet a VM that was restored from a snapshot needs
-root to come back into the present: set its clock, take its new hostname, mount /shared
-again and stir its random pool. A small loop in the guest's session script (root) reads
-one command per line from the virtio-serial port ``org.hivecell.control.0`` and answers
-each with ``<id> ok`` or ``<id> error <why>``; the port's device is root's only, so nothing
-the sandbox user runs can speak on it. The supervisor holds the host end for the VM's life.
+root to come back into the present: set its clock, take its new hostname, reseed its random
+generator, mount /shared again. A root process in the guest (hivecell/guest/rootctl.py)
+reads one command per line from the virtio-serial port ``org.hivecell.control.0`` and
+answers each with ``<id> ok`` or ``<id> error <why>``; the port's device is root's only, so
+nothing the sandbox user runs can speak on it. The supervisor holds the host end for the
+VM's life.
 
 The guest is untrusted here too: its lines are bounded, and a reply that never comes is a
 timeout, never a hang.

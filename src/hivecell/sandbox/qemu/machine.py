@@ -123,3 +123,23 @@ async def _migration_done(qmp: QMPClient, op: str) -> None:
                 op=op,
             )
         await anyio.sleep(MIGRATION_POLL)
+
+
+async def squeeze(qmp: QMPClient, memory_mb: int, floor_mb: int, timeout: float) -> int:
+    """Inflate the balloon towards ``floor_mb`` and let it go again: the pages the guest gives
+    up are released on the host, then handed back empty (untouched until used). Loading a
+    saved state makes the whole RAM resident (QEMU reads every page the stream says is zero
+    to check it, which allocates shared memory), free pages included; this returns them.
+    Returns the balloon's lowest size in MiB."""
+    lowest = memory_mb
+    await qmp.execute("balloon", {"value": floor_mb << 20})
+    with anyio.move_on_after(timeout):
+        while True:
+            await anyio.sleep(0.2)
+            actual = await qmp.execute("query-balloon")
+            size = int(actual["actual"]) >> 20 if isinstance(actual, dict) else memory_mb
+            if size >= lowest:  # it stopped shrinking: as far as the guest can spare
+                break
+            lowest = size
+    await qmp.execute("balloon", {"value": memory_mb << 20})
+    return lowest

@@ -427,6 +427,7 @@ class QemuProvider:
             "virtiofsd": vm.virtiofsd_command(layout, _virtiofsd()) if meta.shared else [],
             "incoming": str(incoming) if incoming else None,
             "boot_timeout": self.boot_timeout,
+            "memory_mb": meta.info.spec.memory_mb or 4096,
         }
         layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)

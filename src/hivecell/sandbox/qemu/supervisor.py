@@ -41,6 +41,7 @@ SERIAL_CONNECT_TIMEOUT = 30.0  # QEMU creates its socket within milliseconds of 
 STOP_GRACE = 5.0
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
+SQUEEZE_FLOOR_MB = 256  # the balloon's target after a restore: the guest keeps what it uses
 
 
 class Vm:
@@ -51,6 +52,7 @@ class Vm:
         incoming = plan.get("incoming")
         self.incoming = Path(str(incoming)) if incoming else None
         self.boot_timeout = float(plan.get("boot_timeout") or 180.0)  # type: ignore[arg-type]
+        self.memory_mb = int(plan.get("memory_mb") or 4096)  # type: ignore[call-overload]
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: QMPClient | None = None
         self.control: GuestControl | None = None
@@ -218,10 +220,20 @@ class Vm:
             if kind != "ops"
         }
         async with anyio.create_task_group() as tg:
+            if self.incoming is not None:
+                tg.start_soon(self._squeeze)
             send, receive = anyio.create_memory_object_stream[None](4)
             tg.start_soon(self._proxy, stream, listeners, receive)
             tg.start_soon(self._watch_reboots, send)
             tg.start_soon(serve_ops, self, bound["ops"])
+
+    async def _squeeze(self) -> None:
+        assert self.qmp is not None
+        try:
+            lowest = await machine.squeeze(self.qmp, self.memory_mb, SQUEEZE_FLOOR_MB, 60.0)
+            log(f"memory squeezed: the balloon reached {lowest} MiB")
+        except (QMPError, OSError) as exc:
+            log(f"could not squeeze the restored memory: {exc}")
 
     async def _watch_reboots(self, restarts: MemoryObjectSendStream[None]) -> None:
         """A guest that reboots (``reboot``, or a crash with panic=-1) comes back with a new

@@ -59,6 +59,9 @@ def command(
         "-numa", "node,memdev=mem",
         "-device", f"pcie-root-port,id={machine.HOTPLUG_PORT},chassis=1",
         "-device", "virtio-rng-pci",
+        # the guest hands the pages it frees back to the host (free page reporting), and
+        # after a restore squeezes out what loading its state made resident (machine.py)
+        "-device", "virtio-balloon-pci,id=balloon,free-page-reporting=on,deflate-on-oom=on",
         # a new generation id on every start: a guest restored from a state others were
         # restored from too reseeds its random pool instead of repeating theirs
         "-device", "vmgenid,guid=auto",

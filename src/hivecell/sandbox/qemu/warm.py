@@ -27,7 +27,7 @@ from pathlib import Path
 from hivecell.sandbox.base import SandboxSpec
 from hivecell.sandbox.qemu.template import Template
 
-FORMAT = 1  # bump when what a warm state holds changes
+FORMAT = 3  # bump when what a warm state holds changes (devices, steps)
 
 
 class WarmState:
