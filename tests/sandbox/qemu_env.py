@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hivecell.sandbox.qemu.provider import QemuProvider
 from hivecell.sandbox.qemu.template import Template, TemplateStore, packages_for, template_key
 
 
@@ -23,3 +24,14 @@ def cache_dir() -> Path:
 def ci_template() -> Template:
     name = "ci-" + template_key(packages_for())[:12]
     return TemplateStore(cache_dir()).build(name, reuse=True)
+
+
+def provider(home: Path) -> QemuProvider:
+    """A provider of VMs from the CI template, sharing the KVM probe and guest disk cache."""
+    template = ci_template()
+    return QemuProvider(
+        home,
+        template=template.manifest.name,
+        templates_dir=template.root.parent,
+        cache_dir=cache_dir().parent / "qemu",
+    )

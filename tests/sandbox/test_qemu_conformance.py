@@ -13,9 +13,8 @@ import anyio
 import pytest
 
 from hivecell.sandbox.base import SandboxProvider
-from hivecell.sandbox.qemu.provider import QemuProvider
+from tests.sandbox import qemu_env
 from tests.sandbox.conformance import ProviderConformance
-from tests.sandbox.qemu_env import cache_dir, ci_template
 
 
 @pytest.fixture(scope="module")
@@ -41,13 +40,7 @@ class TestQemuConformance(ProviderConformance):
 
     @pytest.fixture
     async def provider(self, vm_home: Path) -> AsyncIterator[SandboxProvider]:
-        template = await anyio.to_thread.run_sync(ci_template)
-        made = QemuProvider(
-            vm_home,
-            template=template.manifest.name,
-            templates_dir=template.root.parent,
-            cache_dir=cache_dir().parent / "qemu",
-        )
+        made = await anyio.to_thread.run_sync(qemu_env.provider, vm_home)
         yield made
         for info in await made.list():
             await made.destroy(info.id)

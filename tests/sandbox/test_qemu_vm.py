@@ -23,9 +23,8 @@ from hivecell.sandbox import supervised
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.qemu.provider import QemuProvider
 from hivecell.sandbox.router import ProviderRouter
-from tests.sandbox import host
+from tests.sandbox import host, qemu_env
 from tests.sandbox.host import sh_out
-from tests.sandbox.qemu_env import cache_dir, ci_template
 
 pytestmark = [
     pytest.mark.anyio,
@@ -51,13 +50,7 @@ def vm_home() -> Iterator[Path]:
 
 @pytest.fixture(scope="module")
 async def provider(vm_home: Path) -> AsyncIterator[QemuProvider]:
-    template = await anyio.to_thread.run_sync(ci_template)
-    made = QemuProvider(
-        vm_home,
-        template=template.manifest.name,
-        templates_dir=template.root.parent,
-        cache_dir=cache_dir().parent / "qemu",
-    )
+    made = await anyio.to_thread.run_sync(qemu_env.provider, vm_home)
     yield made
     for info in await made.list():
         await made.destroy(info.id)

@@ -36,24 +36,14 @@ async def connect(socket: Path, name: str) -> QMPClient:
 async def save_state(qmp: QMPClient, path: Path) -> None:
     """Pause the VM and write its state to ``path`` (it stays paused: ``cont`` resumes it)."""
     await qmp.execute("stop")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        qmp.send_fd_scm(fd)
-        await qmp.execute("getfd", {"fdname": "state"})
-    finally:
-        os.close(fd)
+    await _pass_fd(qmp, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
     await qmp.execute("migrate", {"uri": "fd:state"})
     await _migration_done(qmp, "save")
 
 
 async def load_state(qmp: QMPClient, path: Path) -> None:
     """Into a VM started with ``-incoming defer``: it is paused with that state after."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        qmp.send_fd_scm(fd)
-        await qmp.execute("getfd", {"fdname": "state"})
-    finally:
-        os.close(fd)
+    await _pass_fd(qmp, os.open(path, os.O_RDONLY | os.O_NOFOLLOW))
     await qmp.execute("migrate-incoming", {"uri": "fd:state"})
     await _migration_done(qmp, "restore")
 
@@ -107,6 +97,15 @@ async def detach_shared(qmp: QMPClient) -> None:
                 retryable=True,
             ) from None
     await qmp.execute("chardev-remove", {"id": SHARED_CHARDEV})
+
+
+async def _pass_fd(qmp: QMPClient, fd: int) -> None:
+    """QEMU gets its own copy of ``fd`` as "state" (ours is closed either way)."""
+    try:
+        qmp.send_fd_scm(fd)
+        await qmp.execute("getfd", {"fdname": "state"})
+    finally:
+        os.close(fd)
 
 
 async def _migration_done(qmp: QMPClient, op: str) -> None:

@@ -103,15 +103,7 @@ class QemuProvider:
         choice = await to_thread.run_sync(accel.choose, template.kernel, self.cache_dir)
         start_from = await self._warm_state(template, spec, choice) if self.warm else None
         layout, meta = await to_thread.run_sync(self._prepare, spec, template, choice, start_from)
-        try:
-            await self._launch(layout, meta, start_from.state if start_from else None)
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await to_thread.run_sync(self._destroy_sync, layout)
-            raise
-        except SandboxError as exc:
-            exc.context.setdefault("id", layout.sandbox_id)
-            raise
+        await self._launch_new(layout, meta, start_from.state if start_from else None)
         return await self.info(layout.sandbox_id)
 
     async def start(self, sandbox_id: str) -> SandboxInfo:
@@ -199,14 +191,7 @@ class QemuProvider:
                     await to_thread.run_sync(shutil.rmtree, child.root, True)
                 raise
         try:
-            await self._launch(child, child_meta, incoming, self._guest_disk_of(meta))
-        except anyio.get_cancelled_exc_class():
-            with anyio.CancelScope(shield=True):
-                await to_thread.run_sync(self._destroy_sync, child)
-            raise
-        except SandboxError as exc:
-            exc.context.setdefault("id", child.sandbox_id)
-            raise
+            await self._launch_new(child, child_meta, incoming, self._guest_disk_of(meta))
         finally:
             incoming.unlink(missing_ok=True)  # loaded by now (or never will be)
         return await self.info(child.sandbox_id)
@@ -388,6 +373,25 @@ class QemuProvider:
             except FileExistsError:
                 continue
             return layout
+
+    async def _launch_new(
+        self,
+        layout: VmLayout,
+        meta: VmMeta,
+        incoming: Path | None = None,
+        guest_disk: Path | None = None,
+    ) -> None:
+        """``_launch`` for a sandbox being made: one cancelled is removed; one that did not
+        start stays for inspection, its id in the error."""
+        try:
+            await self._launch(layout, meta, incoming, guest_disk)
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await to_thread.run_sync(self._destroy_sync, layout)
+            raise
+        except SandboxError as exc:
+            exc.context.setdefault("id", layout.sandbox_id)
+            raise
 
     async def _launch(
         self,
