@@ -14,6 +14,8 @@ from tests.agent.helpers import act, call, finish, tool_results
 from tests.sandbox.qemu_env import cache_dir, ci_template
 from tests.server.helpers import events, next_event, serve, write_provider
 
+SLOW = 900.0  # seconds for a request that creates, saves or restores a VM
+
 pytestmark = [
     pytest.mark.anyio,
     pytest.mark.slow,
@@ -67,30 +69,37 @@ async def test_a_task_runs_in_a_vm_and_its_outbox_comes_back(home: Path) -> None
 
 
 async def test_snapshots_restore_and_fork_through_the_api(home: Path) -> None:
+    """The first VM of a shape boots and saves the warm state (a minute or more under TCG on
+    a loaded host): these requests answer when the VM is up, so they get minutes, not 30 s."""
     _use_ci_template(home)
     async with serve(home) as running:
         small = {"sandbox": {"cpus": 1, "memory_mb": 1024}}
         assert (await running.client.put("/api/v1/settings", json=small)).status_code == 200
-        made = await running.post("/sandboxes", json={"provider": "qemu"})
+        made = await running.post("/sandboxes", json={"provider": "qemu"}, timeout=SLOW)
         assert made.status_code == 201, made.text
         vm = made.json()["id"]
-        local = (await running.post("/sandboxes", json={"desktop": "minimal"})).json()["id"]
+        minimal = {"desktop": "minimal"}
+        local = (await running.post("/sandboxes", json=minimal, timeout=SLOW)).json()["id"]
         refused = await running.post(f"/sandboxes/{local}/snapshots", json={"name": "s"})
         assert refused.status_code == 400 and "--provider qemu" in refused.text, refused.text
         bad = await running.post(f"/sandboxes/{vm}/snapshots", json={"name": "../x"})
         assert bad.status_code == 422
 
-        snap = await running.post(f"/sandboxes/{vm}/snapshots", json={"name": "clean"})
+        snap = await running.post(
+            f"/sandboxes/{vm}/snapshots", json={"name": "clean"}, timeout=SLOW
+        )
         assert snap.status_code == 201, snap.text
         assert snap.json()["name"] == "clean" and snap.json()["size_bytes"] > 0
         listed = (await running.client.get(f"/api/v1/sandboxes/{vm}/snapshots")).json()
         assert [s["name"] for s in listed["items"]] == ["clean"]
-        restored = await running.post(f"/sandboxes/{vm}/restore", json={"name": "clean"})
+        restored = await running.post(
+            f"/sandboxes/{vm}/restore", json={"name": "clean"}, timeout=SLOW
+        )
         assert restored.status_code == 200 and restored.json()["status"] == "running"
         missing = await running.post(f"/sandboxes/{vm}/restore", json={"name": "nope"})
         assert missing.status_code == 404, missing.text
 
-        forked = await running.post(f"/sandboxes/{vm}/fork")
+        forked = await running.post(f"/sandboxes/{vm}/fork", timeout=SLOW)
         assert forked.status_code == 201, forked.text
         child = forked.json()["id"]
         assert child.startswith("vm-") and child != vm
@@ -99,5 +108,5 @@ async def test_snapshots_restore_and_fork_through_the_api(home: Path) -> None:
         gone = await running.client.delete(f"/api/v1/sandboxes/{vm}/snapshots/clean")
         assert gone.status_code == 204
         for sandbox_id in (vm, child, local):
-            deleted = await running.client.delete(f"/api/v1/sandboxes/{sandbox_id}")
+            deleted = await running.client.delete(f"/api/v1/sandboxes/{sandbox_id}", timeout=SLOW)
             assert deleted.status_code == 204
