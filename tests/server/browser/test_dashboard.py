@@ -91,7 +91,9 @@ def test_dispatch_watch_answer_and_replay(
     scrubber.fill(str(frames - 1))
     expect(page.locator("#replay-caption")).to_contain_text(f"{frames} / {frames}")
     assert image.get_attribute("src") != first
-    page.wait_for_function("document.querySelector('#replay-image').complete")
+    # a locator assertion, not wait_for_function("..."): polling a string predicate evals it
+    # in the page, which the dashboard's CSP (no unsafe-eval) refuses when the first check fails
+    expect(image).to_have_js_property("complete", True)
     save_screenshot(page, "task-replay")
 
     page.click("a[data-nav=settings]")
