@@ -98,7 +98,8 @@ def _program(method: str, params: Any) -> str | None:
     if method == "run_shell":
         return SHELL
     if method == "open_app":
-        return Path(str(params.name).split()[0]).name if str(params.name).split() else ""
+        words = params.name.split()
+        return Path(words[0]).name if words else ""
     return None
 
 
