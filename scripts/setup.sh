@@ -79,7 +79,8 @@ run_tests() {
   "$UV" run ruff check src tests
   "$UV" run ruff format --check src tests
   "$UV" run mypy
-  "$UV" run pytest -q -n 2 --dist loadgroup -p no:cacheprovider
+  # --durations: the slowest tests, to keep the suite well under its 30 minutes.
+  "$UV" run pytest -q -n 2 --dist loadgroup -p no:cacheprovider --durations=40
 }
 
 mode="${1:-}"

@@ -38,7 +38,7 @@ async def test_model_reads_the_tree_and_clicks_an_element(
         app = await write(h.guest, "app.py", GTK_APP)
         marker = f"{HOME}/pushed.txt"
         command = f"/usr/bin/python3 {app} {marker}"
-        await h.guest.call("open_app", {"name": command, "window_timeout": 20})
+        await h.guest.call("open_app", {"name": command, "window_timeout": 120})
         await find(h.guest, "push button", "Push me")
         with anyio.fail_after(120):
             outcome = await h.runner.run()

@@ -31,7 +31,7 @@ async def test_a_frozen_app_is_left_out_and_the_others_still_walked(box: Any) ->
     # through the other apps (before, it used the whole budget and cut the walk short).
     app = await write(box, "frozen.py", GTK_APP.replace("a11y-gtk", "frozen-gtk"))
     command = f"/usr/bin/python3 {app} {HOME}/frozen-pushed.txt"
-    launched = await box.call("open_app", {"name": command, "window_timeout": 20})
+    launched = await box.call("open_app", {"name": command, "window_timeout": 120})
     button = await find(box, "push button", "Push me")
     await box.call("run_shell", {"command": f"kill -STOP {launched['pid']}"})
     try:
@@ -59,7 +59,7 @@ async def test_a_frozen_app_is_left_out_and_the_others_still_walked(box: Any) ->
 async def test_hostile_page_stays_within_limits(box: Any, page: str) -> None:
     name = "wide" if page is HOSTILE_WIDE else "deep"
     path = await write(box, f"{name}.html", page)
-    await box.call("open_url", {"url": f"file://{path}", "window_timeout": 30})
+    await box.call("open_url", {"url": f"file://{path}", "window_timeout": 120})
     await window_titled(box, f"{name} ready")
     # Chromium sends the huge page's tree to its browser process over seconds and answers
     # slowly meanwhile: every walk must return within its budget, and one is cut short.
