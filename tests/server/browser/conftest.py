@@ -173,3 +173,13 @@ def page(browser: Browser, hivecell: Hivecell) -> Iterator[Page]:
 def save_screenshot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SCREENSHOTS / f"{name}.png"))
+
+
+def wait_for_js(page: Page, expression: str, timeout_ms: float) -> None:
+    """Until ``expression``, evaluated in the page, is truthy. Not ``wait_for_function``:
+    when its first check fails it polls by evaluating the string in the page, which the
+    dashboard's CSP (no unsafe-eval) refuses."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"still false after {timeout_ms} ms: {expression}"
+        page.wait_for_timeout(50)

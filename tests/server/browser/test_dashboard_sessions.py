@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from hivecell.sessions.audit import record
-from tests.server.browser.conftest import Hivecell, save_screenshot
+from tests.server.browser.conftest import Hivecell, save_screenshot, wait_for_js
 from tests.sessions.helpers import make_repo, stop_all
 
 pytestmark = pytest.mark.slow
@@ -171,7 +171,7 @@ def test_waiting_shows_live_and_notifies(sessions_home: Hivecell, page: Page, re
     type_line(page, 'read -p "go on? ($(echo y)/n) " x')
     expect(row).to_have_attribute("data-status", "waiting", timeout=20_000)
     expect(page.locator("#term-status .badge")).to_have_text("waiting")
-    page.wait_for_function("window.__notes.includes('wt1 is waiting for you')", timeout=10_000)
+    wait_for_js(page, "window.__notes.includes('wt1 is waiting for you')", 10_000)
     type_line(page, "y")
     expect(row).to_have_attribute("data-status", re.compile("idle|working"), timeout=20_000)
     expect(row).to_have_attribute("data-status", "idle", timeout=20_000)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.server.browser.conftest import Hivecell, save_screenshot
+from tests.server.browser.conftest import Hivecell, save_screenshot, wait_for_js
 
 pytestmark = pytest.mark.slow
 BURN = "timeout 600 sh -c 'while :; do :; done' >/dev/null 2>&1 &"
@@ -61,9 +61,10 @@ def test_task_card_and_status_bar_show_live_figures(
     # The burner shows: the first sample after loading says 0 (one reading), later ones more.
     before = bar.inner_text()
     expect(bar).not_to_have_text(before, timeout=FIGURE_WAIT_MS)
-    page.wait_for_function(
-        "() => parseFloat(document.querySelector('#sb-stats [data-stat=cpu]').textContent) > 20",
-        timeout=FIGURE_WAIT_MS,
+    wait_for_js(
+        page,
+        "parseFloat(document.querySelector('#sb-stats [data-stat=cpu]').textContent) > 20",
+        FIGURE_WAIT_MS,
     )
     assert _percent(cpu.inner_text()) > 20
     save_screenshot(page, "environments-stats")
