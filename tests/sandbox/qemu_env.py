@@ -26,7 +26,7 @@ def ci_template() -> Template:
     return TemplateStore(cache_dir()).build(name, reuse=True)
 
 
-def provider(home: Path) -> QemuProvider:
+def provider(home: Path, dns_servers: list[str] | None = None) -> QemuProvider:
     """A provider of VMs from the CI template, sharing the KVM probe and guest disk cache."""
     template = ci_template()
     return QemuProvider(
@@ -34,4 +34,5 @@ def provider(home: Path) -> QemuProvider:
         template=template.manifest.name,
         templates_dir=template.root.parent,
         cache_dir=cache_dir().parent / "qemu",
+        dns_servers=dns_servers,
     )

@@ -112,8 +112,12 @@ def test_the_qemu_command_line_keeps_the_vm_in_its_box(tmp_path: Path) -> None:
     assert restored[restored.index("-incoming") + 1] == "defer"
 
 
-def test_the_guest_disk_carries_this_hivecells_agent(tmp_path: Path) -> None:
+def test_the_guest_disk_carries_this_hivecells_agent(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     image = guestfiles.guest_disk(tmp_path)
+    # nothing on our stdout: a CLI's output (``sandbox create --json``) when it builds it
+    assert capfd.readouterr().out == ""
     assert image.name == f"guest-{guestfiles.guest_version()}.img"
     assert guestfiles.guest_disk(tmp_path) == image  # cached: built once per version
 

@@ -117,7 +117,12 @@ from hivecell.sandbox.local.provider import LocalProvider
 
 async def main() -> None:
     home, pycache, dns, spec = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], sys.argv[4]
-    provider = LocalProvider(home, pycache=pycache, dns_servers=[dns])
+    if sys.argv[5] == "qemu":
+        from tests.sandbox import qemu_env
+
+        provider = qemu_env.provider(home, dns_servers=[dns])
+    else:
+        provider = LocalProvider(home, pycache=pycache, dns_servers=[dns])
     info = await provider.create(SandboxSpec.model_validate_json(spec))
     print(info.id)
 
@@ -162,9 +167,12 @@ class World:
     home: Path
     pycache: Path
 
-    async def create(self, **spec: object) -> str:
+    async def create(self, provider: str = "local", **spec: object) -> str:
+        """A sandbox made (and so supervised) in the host namespace, asking our DNS test
+        server; ``provider``: local or qemu."""
         argv = ["ip", "netns", "exec", self.netns, sys.executable, "-c", CREATE]
         argv += [str(self.home), str(self.pycache), DNS, SandboxSpec(**spec).model_dump_json()]  # type: ignore[arg-type]
+        argv.append(provider)
         done = await anyio.run_process(argv, check=False, cwd=Path(__file__).parents[2])
         assert done.returncode == 0, done.stderr.decode()
         return done.stdout.decode().strip()

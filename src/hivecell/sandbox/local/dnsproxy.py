@@ -88,8 +88,11 @@ class DnsProxy:
         allows: Allows,
         on_answer: OnAnswer,
         on_question: OnQuestion,
+        listen: tuple[str, int] = LISTEN,
     ) -> None:
+        """``listen``: where in the namespace (a VM's guest reaches only 127.0.0.1)."""
         self.upstreams = upstreams
+        self.listen = listen
         self.allows = allows
         self.on_answer = on_answer
         self.on_question = on_question
@@ -101,7 +104,7 @@ class DnsProxy:
 
     def start(self, child_pid: int) -> None:
         """Listen inside the network namespace of ``child_pid``; answer from a thread."""
-        self._udp, self._tcp = _listen_in(child_pid)
+        self._udp, self._tcp = _listen_in(child_pid, self.listen)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._serve, name="dns", daemon=True)
         self._thread.start()
@@ -210,8 +213,8 @@ class DnsProxy:
         return None
 
 
-def _listen_in(child_pid: int) -> tuple[socket.socket, socket.socket]:
-    """UDP and TCP sockets on LISTEN in the box's network namespace."""
+def _listen_in(child_pid: int, listen: tuple[str, int]) -> tuple[socket.socket, socket.socket]:
+    """UDP and TCP sockets on ``listen`` in the box's network namespace."""
     made: list[socket.socket] = []
     failed: list[BaseException] = []
 
@@ -220,11 +223,11 @@ def _listen_in(child_pid: int) -> tuple[socket.socket, socket.socket]:
             _join_netns(child_pid)
             udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             made.append(udp)
-            udp.bind(LISTEN)
+            udp.bind(listen)
             tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             made.append(tcp)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            tcp.bind(LISTEN)
+            tcp.bind(listen)
             tcp.listen(64)
         except BaseException as exc:
             failed.append(exc)

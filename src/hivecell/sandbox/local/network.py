@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hivecell.sandbox.local import dnsproxy
 from hivecell.sandbox.local.dnsproxy import DnsProxy
 from hivecell.sandbox.local.hostfilter import BoxRules, HostFilter
 from hivecell.sandbox.local.netlog import ConnectionLog
@@ -54,7 +55,7 @@ class Network:
 
     def __init__(
         self, slirp4netns: str, host_filter: HostFilter, sandbox_id: str, plan: dict[str, Any],
-        log_path: Path,
+        log_path: Path, dns_listen: tuple[str, int] = dnsproxy.LISTEN,
     ) -> None:  # fmt: skip
         self.slirp4netns = slirp4netns
         self.host_filter = host_filter
@@ -63,7 +64,9 @@ class Network:
         self.log = ConnectionLog(
             log_path, self.rules.open is False, self.rules.cidr4 + self.rules.cidr6
         )
-        self.dns = DnsProxy(plan["dns_servers"], self._allows, self._answered, self.log.question)
+        self.dns = DnsProxy(
+            plan["dns_servers"], self._allows, self._answered, self.log.question, dns_listen
+        )
         self.slirp: Slirp | None = None
         self.gid = -1
         self._named: dict[str, float] = {}  # address -> when the filter forgets it
@@ -134,15 +137,17 @@ def start(slirp4netns: str, child_pid: int, gid: int) -> Slirp:
     once its loopback is up; returns once tap0 is configured.
 
     bwrap may nest a second user namespace inside the one owning the network namespace, so
-    slirp4netns must join the *owner* (found with NS_GET_USERNS), not the child's own.
+    slirp4netns must join the *owner* (found with NS_GET_USERNS), not the child's own; a
+    namespace root made without one (a VM's) is owned by ours, which it must not join.
     """
     userns = _owner_userns(child_pid)
     ready_r, ready_w = os.pipe()
     exit_r, exit_w = os.pipe()
+    fds = (ready_w, exit_r) if userns is None else (userns, ready_w, exit_r)
     try:
         proc = subprocess.Popen(
             _argv(slirp4netns, child_pid, userns, ready_w, exit_r),
-            pass_fds=(userns, ready_w, exit_r),
+            pass_fds=fds,
             stdin=subprocess.DEVNULL,
             group=gid,  # the sockets' fsgid is what the host filter matches
             extra_groups=[],
@@ -152,17 +157,20 @@ def start(slirp4netns: str, child_pid: int, gid: int) -> Slirp:
         os.close(exit_w)
         raise
     finally:
-        for fd in (userns, ready_w, exit_r):
+        for fd in fds:
             os.close(fd)
     slirp = Slirp(proc, exit_w)
     _await_ready(ready_r, slirp)
     return slirp
 
 
-def _argv(slirp4netns: str, child_pid: int, userns: int, ready_w: int, exit_r: int) -> list[str]:
+def _argv(
+    slirp4netns: str, child_pid: int, userns: int | None, ready_w: int, exit_r: int
+) -> list[str]:
+    owner = [] if userns is None else [f"--userns-path=/proc/self/fd/{userns}"]
     return [
         slirp4netns, "--configure", f"--mtu={MTU}", "--disable-host-loopback", "--disable-dns",
-        "--enable-sandbox", "--enable-seccomp", f"--userns-path=/proc/self/fd/{userns}",
+        "--enable-sandbox", "--enable-seccomp", *owner,
         f"--ready-fd={ready_w}", f"--exit-fd={exit_r}", str(child_pid), "tap0",
     ]  # fmt: skip
 
@@ -184,12 +192,19 @@ def _await_loopback(child_pid: int, timeout: float = 5.0) -> None:
     raise OSError(f"the box's loopback was not set up within {timeout} s")
 
 
-def _owner_userns(child_pid: int) -> int:
+def _owner_userns(child_pid: int) -> int | None:
+    """An fd of the user namespace owning the child's network namespace; None if ours."""
     netns = os.open(f"/proc/{child_pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        return fcntl.ioctl(netns, NS_GET_USERNS)
+        owner = fcntl.ioctl(netns, NS_GET_USERNS)
     finally:
         os.close(netns)
+    mine = Path("/proc/self/ns/user").stat()
+    theirs = os.fstat(owner)
+    if (theirs.st_dev, theirs.st_ino) == (mine.st_dev, mine.st_ino):
+        os.close(owner)
+        return None
+    return owner
 
 
 def _await_ready(ready_r: int, slirp: Slirp) -> None:

@@ -29,14 +29,13 @@ from hivecell.errors import (
     SandboxError,
     SandboxNotFound,
 )
-from hivecell.sandbox import netpolicy, supervised, transfer
+from hivecell.sandbox import natplan, supervised, transfer
 from hivecell.sandbox.base import NetworkConnection, SandboxInfo, SandboxSpec, SandboxUsage
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local import (
     bwrap,
     bytecode,
     disk,
-    dnsproxy,
     etcfiles,
     freeze,
     hostfilter,
@@ -179,7 +178,7 @@ class LocalProvider:
     def _refuse_impossible(self, spec: SandboxSpec) -> None:
         _require_provider(spec, self.name)
         _require_tools(spec)
-        _require_host_filter(spec)
+        natplan.require_host_filter(spec.network)
         _require_seccomp()
         self._limits(spec, "probe")  # refuse impossible limits before making folders
         _require_userns()
@@ -236,7 +235,7 @@ class LocalProvider:
         """Start the supervisor; returns its pid."""
         spec = meta.info.spec
         _require_tools(spec)
-        _require_host_filter(spec)
+        natplan.require_host_filter(spec.network)
         _mount_disk(layout)  # gone after a host reboot; home and /shared live there
         # bwrap binds shared/inbox by its host path: a link the box left there must not be
         # followed at boot (a read-only inbox is a mount point the box cannot replace; a
@@ -279,7 +278,9 @@ class LocalProvider:
             "nft": hostfilter.find_nft(),
             "network": spec.network,
             "seccomp": str(layout.seccomp),
-            "nat": self._nat_plan(spec) if spec.network == "nat" else None,
+            "nat": natplan.plan(spec.network_allow, self.dns_servers)
+            if spec.network == "nat"
+            else None,
             "limits": plan.to_json(),
             "disk": _disk_plan(layout, spec),
             "bwrap_args": bwrap.build(
@@ -291,12 +292,6 @@ class LocalProvider:
             ),
             "command": bwrap.boot_command(spec, self.runtime, plan),
         }
-
-    def _nat_plan(self, spec: SandboxSpec) -> dict[str, Any]:
-        servers = self.dns_servers
-        if servers is None:
-            servers = dnsproxy.nameservers(_read_text(dnsproxy.RESOLV_CONF))
-        return {"policy": netpolicy.plan(spec.network_allow), "dns_servers": servers}
 
     def _pycache(self) -> Path:
         with self._bytecode_lock:  # parallel creates: compile once, the others wait for it
@@ -465,19 +460,6 @@ def _identity(layout: Layout, host_uid: int | None) -> dict[str, int] | None:
     return {"uid": host_uid, "gid": host_uid}
 
 
-def _require_host_filter(spec: SandboxSpec) -> None:
-    if spec.network != "nat":
-        return
-    why = hostfilter.unavailable(hostfilter.find_nft())
-    if why is not None:
-        raise ConfigError(
-            "--network nat must keep the sandbox off the host's own addresses with an "
-            f"nftables filter, but {why}; otherwise use --network offline (no network).",
-            op="create",
-            context={"network": "nat", "reason": why},
-        )
-
-
 def _require_seccomp() -> None:
     why = seccomp.unavailable()
     if why is not None:
@@ -575,17 +557,7 @@ def _leave_host_filter(layout: Layout, pid: int | None) -> None:
     """The supervisor detaches when it stops; this covers one that was SIGKILLed."""
     if pid is not None and state.supervisor_alive(layout, pid):
         return  # its slirp4netns may still run: it must stay filtered
-    try:
-        plan = json.loads(layout.plan.read_text())
-    except (OSError, ValueError):
-        return
-    nft = plan.get("nft") or hostfilter.find_nft()
-    if plan.get("network") != "nat" or nft is None:
-        return
-    try:
-        hostfilter.HostFilter(nft).detach(layout.sandbox_id)
-    except OSError as exc:
-        raise SandboxError(str(exc), op="destroy", retryable=True) from exc
+    natplan.leave_host_filter(layout.plan, layout.sandbox_id)
 
 
 def _force_remove(func: Callable[..., Any], path: str, exc_info: Any) -> None:
@@ -600,10 +572,3 @@ def _force_remove(func: Callable[..., Any], path: str, exc_info: Any) -> None:
         shutil.rmtree(target, onerror=_force_remove)
     else:
         func(path)
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_text()
-    except OSError:
-        return ""  # no resolver: every allowed question gets SERVFAIL

@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from hivecell.errors import ConfigError
-from hivecell.sandbox import transfer
+from hivecell.sandbox import natplan, transfer
 from hivecell.sandbox.base import SandboxSpec
 from hivecell.sandbox.local import provider as local
 from hivecell.sandbox.local.layout import SUPERVISOR_MODULE, Layout
@@ -121,7 +121,7 @@ def _refuse_impossible(provider: LocalProvider, spec: SandboxSpec) -> None:
             f"sandbox isolation needs {', '.join(missing)}: install with apt install {packages}",
             op="create",
         )
-    local._require_host_filter(spec)
+    natplan.require_host_filter(spec.network)
     local._require_seccomp()
     provider._limits(spec, "probe")
     local._require_userns()

@@ -27,7 +27,7 @@ from importlib import metadata, resources
 from pathlib import Path
 
 import hivecell
-from hivecell.errors import ConfigError
+from hivecell.errors import ConfigError, SandboxError
 
 GUEST_PYTHON = (3, 11)  # Debian 12's python3
 # What the guest agent imports (guest/, protocol/); their dependencies come along.
@@ -163,11 +163,21 @@ def _build_disk(image: Path, version: str) -> None:
             stdout=subprocess.DEVNULL,
         )  # fmt: skip
         size_mb = _tree_mb(staging) * 2 + 16
-        subprocess.run(
+        # Its chatter ("Creating regular file ...") must not reach our stdout: it is a
+        # CLI's output (e.g. ``sandbox create --json``) when the first VM builds this disk.
+        made = subprocess.run(
             ["mkfs.ext4", "-q", "-F", "-L", "hivecell-guest", "-d", str(staging), str(tmp),
              f"{size_mb}M"],
-            check=True,
+            capture_output=True,
+            text=True,
+            check=False,
         )  # fmt: skip
+        if made.returncode != 0:
+            raise SandboxError(
+                f"mkfs.ext4 could not make the guest disk {image}: "
+                f"{(made.stderr or made.stdout).strip()}",
+                op="create",
+            )
         tmp.replace(image)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

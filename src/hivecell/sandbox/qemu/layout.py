@@ -5,6 +5,7 @@
         plan.json        the QEMU command line the supervisor runs (before each start)
         exit.json        how the last run ended (the supervisor)
         sandbox.log      the supervisor's and QEMU's output and the guest's console, capped
+        network.jsonl    a ``nat`` VM's connection log (local/netlog.py)
         disk.qcow2       the VM's disk: a copy-on-write overlay on its template's image
         shared/          /shared in the VM (inbox, outbox, workspace) over virtio-fs
         sockets/         guest.sock, vnc.sock (served by the supervisor), serial.sock
@@ -57,6 +58,10 @@ class VmLayout:
     @property
     def log(self) -> Path:
         return self.root / "sandbox.log"
+
+    @property
+    def network_log(self) -> Path:
+        return self.root / "network.jsonl"
 
     @property
     def disk(self) -> Path:

@@ -28,7 +28,7 @@ from anyio import to_thread
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from hivecell.errors import ConfigError, GuestUnavailable, SandboxError, SandboxNotFound, Timeout
-from hivecell.sandbox import supervised, transfer
+from hivecell.sandbox import natplan, supervised, transfer
 from hivecell.sandbox.base import (
     NetworkConnection,
     SandboxInfo,
@@ -37,6 +37,7 @@ from hivecell.sandbox.base import (
     SnapshotInfo,
 )
 from hivecell.sandbox.guest_client import GuestClient
+from hivecell.sandbox.local import hostfilter, netlog
 from hivecell.sandbox.qemu import accel, guestfiles, ops, snapshots, vm, warm
 from hivecell.sandbox.qemu.layout import SHARED_FOLDERS, SUPERVISOR_MODULE, VmLayout
 from hivecell.sandbox.qemu.ops import SaveRequest
@@ -81,12 +82,14 @@ class QemuProvider:
         qemu: str = QEMU,
         cache_dir: Path | None = None,
         warm: bool = True,
+        dns_servers: builtins.list[str] | None = None,
     ) -> None:
         """``templates_dir``: where templates are (default ``home/templates``);
         ``boot_timeout``: how long a VM may take to answer its first ping (TCG boots take
         ~15 s on an idle 2-core host, much longer when it is loaded); ``cache_dir``: the
         KVM probe's answer and the guest disk (default ``home/qemu``), shareable by homes;
-        ``warm``: start VMs from their template's warm state (see warm.py), else boot each."""
+        ``warm``: start VMs from their template's warm state (see warm.py), else boot each;
+        ``dns_servers``: the resolvers a ``nat`` VM's DNS asks (default: the host's)."""
         self.home = Path(home)
         self.template = template
         self.templates = TemplateStore(templates_dir or self.home / "templates")
@@ -94,6 +97,7 @@ class QemuProvider:
         self.qemu = qemu
         self.cache_dir = cache_dir or self.home / "qemu"
         self.warm = warm
+        self.dns_servers = dns_servers
 
     # --- the provider protocol ----------------------------------------------------------------
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
@@ -141,8 +145,9 @@ class QemuProvider:
         return await to_thread.run_sync(_freeze, layout, meta.supervisor_pid, frozen)
 
     async def network_log(self, sandbox_id: str) -> builtins.list[NetworkConnection]:
-        await self._load(sandbox_id)
-        return []  # offline VMs have no network device
+        layout, _ = await self._load(sandbox_id)
+        rows = await to_thread.run_sync(netlog.read, layout.network_log)
+        return [NetworkConnection.model_validate(row) for row in rows]
 
     async def usage(self, sandbox_id: str) -> SandboxUsage:
         layout, meta = await self._load(sandbox_id)
@@ -254,12 +259,13 @@ class QemuProvider:
                 op="create",
             )
         _virtiofsd()
-        if spec.network != "offline":
+        natplan.require_host_filter(spec.network)
+        if spec.network == "nat" and shutil.which("slirp4netns") is None:
             raise ConfigError(
-                "qemu sandboxes are offline-only so far: use --network offline, or the "
-                "local provider for --network nat",
+                "--network nat needs slirp4netns: sudo apt-get install -y slirp4netns; "
+                "otherwise use --network offline (no network)",
                 op="create",
-                context={"network": spec.network},
+                context={"network": "nat"},
             )
         return self.templates.get(self.template)
 
@@ -426,8 +432,16 @@ class QemuProvider:
             incoming=incoming is not None,
         )
         argv += ["-drive", f"file={guest_disk},if=virtio,format=raw,readonly=on"]
+        spec = meta.info.spec
+        # A warm state's VM (no /shared) gets a namespace of its own but no way out.
+        nat = spec.network == "nat" and meta.shared
         plan = {
             "argv": argv,
+            "network": spec.network,
+            "netns": spec.network == "nat",
+            "nat": natplan.plan(spec.network_allow, self.dns_servers) if nat else None,
+            "nft": hostfilter.find_nft(),
+            "slirp4netns": shutil.which("slirp4netns"),
             "virtiofsd": vm.virtiofsd_command(layout, _virtiofsd()) if meta.shared else [],
             "incoming": str(incoming) if incoming else None,
             "boot_timeout": self.boot_timeout,
@@ -595,16 +609,18 @@ def _alive(layout: VmLayout, pid: int | None) -> bool:
 
 
 def _stop(layout: VmLayout, pid: int | None) -> None:
-    """Returns once the VM's every process is gone (its log copier included)."""
-    if pid is None or not _alive(layout, pid):
-        return
-    below = supervised.descendants(pid)
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-        if not supervised.wait_gone(SUPERVISOR_MODULE, layout.root, pid, STOP_TIMEOUT):
-            os.kill(pid, signal.SIGKILL)  # QEMU dies with it (PR_SET_PDEATHSIG)
-            supervised.wait_gone(SUPERVISOR_MODULE, layout.root, pid, STOP_TIMEOUT)
-    supervised.wait_all_gone(below, STOP_TIMEOUT)
+    """Returns once the VM's every process is gone (its log copier and slirp4netns
+    included), and so is its entry in the host filter (a killed supervisor leaves it)."""
+    if pid is not None and _alive(layout, pid):
+        below = supervised.descendants(pid)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+            if not supervised.wait_gone(SUPERVISOR_MODULE, layout.root, pid, STOP_TIMEOUT):
+                os.kill(pid, signal.SIGKILL)  # QEMU and slirp4netns die with it
+                supervised.wait_gone(SUPERVISOR_MODULE, layout.root, pid, STOP_TIMEOUT)
+        if not supervised.wait_all_gone(below, STOP_TIMEOUT):
+            return  # something of it still runs: its sockets must stay filtered
+    natplan.leave_host_filter(layout.plan, layout.sandbox_id)
 
 
 def _qemu_pid(supervisor: int) -> int | None:

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -30,6 +32,8 @@ from qemu.qmp import EventListener, QMPClient, QMPError
 from hivecell.errors import GuestProtocolError, SandboxError
 from hivecell.protocol import unixstream
 from hivecell.sandbox import muxproxy
+from hivecell.sandbox.local import network
+from hivecell.sandbox.local.hostfilter import HostFilter
 from hivecell.sandbox.local.supervisor import cap_output, detach, log
 from hivecell.sandbox.qemu import machine, snapshots
 from hivecell.sandbox.qemu.guestctl import GuestControl
@@ -42,6 +46,11 @@ STOP_GRACE = 5.0
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 SQUEEZE_FLOOR_MB = 256  # the balloon's target after a restore: the guest keeps what it uses
+FILTER_CHECK_SECONDS = 2.0  # how long a flushed host filter may stay missing
+CLONE_NEWNET = 0x40000000
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+DNS_LISTEN = ("127.0.0.1", 53)  # QEMU's user network maps the guest's gateway here
 
 
 class Vm:
@@ -53,6 +62,8 @@ class Vm:
         self.incoming = Path(str(incoming)) if incoming else None
         self.boot_timeout = float(plan.get("boot_timeout") or 180.0)  # type: ignore[arg-type]
         self.memory_mb = int(plan.get("memory_mb") or 4096)  # type: ignore[call-overload]
+        self.plan = plan
+        self.network: network.Network | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: QMPClient | None = None
         self.control: GuestControl | None = None
@@ -73,18 +84,53 @@ class Vm:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_in_own_network if self.plan.get("netns") else _die_with_parent,
                 env={},
             )
+            self._connect_network()
             link = _connect_serial(self.layout.serial_socket, self.proc)
             if link is not None:
                 anyio.run(self._serve, link, listeners)
         except OSError as exc:
-            log(f"cannot run the VM: {exc}")
+            self.failure = f"cannot run the VM: {exc}"
+            log(self.failure)
         finally:
             for sock in listeners.values():
                 sock.close()
         return self._finish(self._reap())
+
+    def _connect_network(self) -> None:
+        """A ``nat`` VM's QEMU (paused until the guest is up) gets slirp4netns, its entry in
+        the host filter and our DNS in its namespace; raises OSError with nothing left."""
+        nat = self.plan.get("nat")
+        if not nat:
+            return  # offline, or a warm state's VM: a namespace of its own with no way out
+        assert self.proc is not None
+        host_filter = HostFilter(str(self.plan["nft"]))
+        self.network = network.Network(
+            str(self.plan["slirp4netns"]), host_filter, self.layout.sandbox_id,
+            nat, self.layout.network_log, dns_listen=DNS_LISTEN,  # type: ignore[arg-type]
+        )  # fmt: skip
+        try:
+            self.network.start(self.proc.pid)
+        except BaseException:
+            self.network = None
+            raise
+        log(f"network: nat, host filter group {self.network.gid}")
+
+    async def _keep_filter(self) -> None:
+        """Put the host filter back should it be flushed, log the flows; fail closed."""
+        assert self.network is not None
+        while True:
+            await anyio.sleep(FILTER_CHECK_SECONDS)
+            try:
+                if await to_thread.run_sync(self.network.check):
+                    log("the host filter had been removed (a ruleset flush?); put it back")
+            except OSError as exc:
+                self.failure = f"cannot put the host filter back: {exc}"
+                log(f"stopping the VM: {self.failure}")
+                self._terminate()
+                return
 
     def _start_virtiofsd(self) -> None:
         """The /shared file server (one per attach: it exits when QEMU lets go of it)."""
@@ -186,6 +232,11 @@ class Vm:
 
     def _finish(self, code: int) -> int:
         self._stop_helpers()
+        if self.network is not None:
+            try:  # slirp4netns first: its sockets must never go unfiltered
+                self.network.stop()
+            except OSError as exc:  # destroy retries
+                log(f"cannot detach from the host filter: {exc}")
         _reap_stragglers(self.groups)
         log(f"VM exited with {code}")
         self._record(code)
@@ -197,6 +248,8 @@ class Vm:
         async with anyio.create_task_group() as tg:
             tg.start_soon(_copy_console, self.proc)
             tg.start_soon(self._run_machine, stream, bound)
+            if self.network is not None:
+                tg.start_soon(self._keep_filter)
             await _wait_exit(self.proc.pid)
             tg.cancel_scope.cancel()
         if self.qmp is not None:
@@ -372,6 +425,18 @@ async def _wait_exit(pid: int) -> None:
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _in_own_network() -> None:
+    """QEMU's sockets in a network namespace with only a loopback (up, for our DNS), until
+    slirp4netns gives it a way out: whatever the guest reaches goes through the filter."""
+    _die_with_parent()
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.unshare(CLONE_NEWNET) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"unshare(CLONE_NEWNET): {os.strerror(errno)}")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", IFF_UP))
 
 
 def _reap_stragglers(groups: set[int]) -> None:

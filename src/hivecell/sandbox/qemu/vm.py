@@ -69,8 +69,20 @@ def command(
     ]  # fmt: skip
     if incoming:
         argv += ["-incoming", "defer"]
-    argv += ["-nic", "none"]  # offline: no network device at all (nat comes with slirp)
-    return argv
+    return argv + network(spec.network)
+
+
+def network(mode: str) -> list[str]:
+    """``offline``: no network device at all. ``nat``: QEMU's user-mode network, whose
+    sockets are made in a network namespace of QEMU's own that slirp4netns connects to the
+    host behind the host filter (supervisor.py). The guest reaches our DNS as its gateway
+    (10.0.2.2 is the namespace's 127.0.0.1, where nothing else listens)."""
+    if mode != "nat":
+        return ["-nic", "none"]
+    return [
+        "-netdev", "user,id=net0,ipv6=off",
+        "-device", "virtio-net-pci,netdev=net0",
+    ]  # fmt: skip
 
 
 def kernel_cmdline(layout: VmLayout, spec: SandboxSpec) -> str:
