@@ -137,9 +137,12 @@ async def test_unknown_and_hostile_ids(provider: QemuProvider) -> None:
                 await call(bad)
 
 
-async def test_network_other_than_offline_is_refused_clearly(provider: QemuProvider) -> None:
-    with pytest.raises(ConfigError, match="offline"):
-        await provider.create(SandboxSpec(network="nat"))
+async def test_an_offline_vm_has_no_network_device(vm: SandboxInfo, provider: QemuProvider) -> None:
+    async with await provider.connect(vm.id) as guest:
+        assert (await sh_out(guest, "ls /sys/class/net")).split() == ["lo"]
+        probe = "python3 -c 'import socket; socket.create_connection((\"198.51.100.10\", 80), 3)'"
+        result = await host.shell(guest, probe)
+        assert result["exit_code"] != 0 and "Network is unreachable" in result["stderr"]
 
 
 async def test_a_guest_that_garbles_its_agent_port_stops_only_itself(

@@ -15,6 +15,9 @@ from tests.sandbox.qemu_env import cache_dir, ci_template
 from tests.server.helpers import events, next_event, serve, write_provider
 
 SLOW = 900.0  # seconds for a request that creates, saves or restores a VM
+# One vCPU (a TCG vCPU is a busy host thread, and the other test worker needs a core), and
+# the shape of test_qemu_vm.py's VMs: they all start from one warm state.
+SMALL = {"cpus": 1, "memory_mb": 1024, "width": 800, "height": 600}
 
 pytestmark = [
     pytest.mark.anyio,
@@ -46,8 +49,7 @@ async def test_a_task_runs_in_a_vm_and_its_outbox_comes_back(home: Path) -> None
     async with ScriptedLLMServer(steps) as llm:
         write_provider(home, llm.base_url)
         async with serve(home) as running, events(running) as ws:
-            # one vCPU: a TCG vCPU is a busy host thread, and the other test worker needs a core
-            small = {"sandbox": {"cpus": 1, "memory_mb": 1024}}
+            small = {"sandbox": SMALL}
             assert (await running.client.put("/api/v1/settings", json=small)).status_code == 200
             refused = await running.post(
                 "/tasks",
@@ -73,7 +75,7 @@ async def test_snapshots_restore_and_fork_through_the_api(home: Path) -> None:
     a loaded host): these requests answer when the VM is up, so they get minutes, not 30 s."""
     _use_ci_template(home)
     async with serve(home) as running:
-        small = {"sandbox": {"cpus": 1, "memory_mb": 1024}}
+        small = {"sandbox": SMALL}
         assert (await running.client.put("/api/v1/settings", json=small)).status_code == 200
         made = await running.post("/sandboxes", json={"provider": "qemu"}, timeout=SLOW)
         assert made.status_code == 201, made.text
