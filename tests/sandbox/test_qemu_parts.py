@@ -11,7 +11,7 @@ import pytest
 
 from hivecell.errors import ConfigError, NotFound
 from hivecell.sandbox.base import SandboxSpec
-from hivecell.sandbox.qemu import guestfiles, vm
+from hivecell.sandbox.qemu import guestfiles, vm, warm
 from hivecell.sandbox.qemu.layout import VmLayout
 from hivecell.sandbox.qemu.template import (
     Template,
@@ -86,6 +86,49 @@ def test_a_template_in_use_is_neither_removed_nor_rebuilt(tmp_path: Path) -> Non
     with pytest.raises(ConfigError, match="destroy them first"):
         store.build("base")
     assert store.get("base").manifest.name == "base"
+
+
+def _fake_warm(template: Template, key: str, guest: str | None) -> warm.WarmState:
+    state = warm.state_for(template, key)
+    state.root.mkdir(parents=True)
+    state.disk.write_bytes(b"disk")
+    state.state.write_bytes(b"ram")
+    made = {"guest": guest, "format": warm.FORMAT} if guest else {"built_at": 1.0}  # older
+    state.record.write_text(json.dumps(made))
+    return state
+
+
+def test_other_versions_warm_states_go_unless_a_vm_stands_on_one(tmp_path: Path) -> None:
+    store = TemplateStore(tmp_path / "home" / "templates")
+    _fake_template(store.root, "base")
+    template = store.get("base")
+    for key in ("current", "other-shape"):
+        _fake_warm(template, key, "v2")  # this version's: kept whatever their use
+    for key in ("old", "legacy-record"):
+        _fake_warm(template, key, "v1" if key == "old" else None)
+    # a VM of another home registered on it (kept), one whose folder is gone (not kept)
+    elsewhere = tmp_path / "elsewhere" / "vm-00000001"
+    elsewhere.mkdir(parents=True)
+    _fake_warm(template, "registered", "v1").register(elsewhere)
+    ghost = tmp_path / "vm-00000002"
+    ghost.mkdir()
+    _fake_warm(template, "ghost-user", "v1").register(ghost)
+    ghost.rmdir()
+    # a VM of the template's own home made before registration existed
+    _fake_warm(template, "home-vm", "v1")
+    home_vm = tmp_path / "home" / "vms" / "vm-0000000a"
+    home_vm.mkdir(parents=True)
+    (home_vm / "meta.json").write_text(json.dumps({"template": "base", "warm": "home-vm"}))
+    _fake_warm(template, "being-cloned", "v1")
+    (warm.folder(template) / "b-current-123").mkdir()  # a build in progress: no record yet
+    with warm.locked(template, "being-cloned", shared=True):
+        removed = warm.prune(template, "v2")
+    assert removed == ["ghost-user", "legacy-record", "old"]
+    left = sorted(p.name for p in warm.folder(template).iterdir() if p.is_dir())
+    assert left == [
+        "b-current-123", "being-cloned", "current", "home-vm", "other-shape", "registered"
+    ]  # fmt: skip
+    assert warm.prune(template, "v2") == ["being-cloned"]  # once nobody clones it
 
 
 def test_the_qemu_command_line_keeps_the_vm_in_its_box(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import pytest
 from hivecell.errors import ConfigError, NotFound, SandboxNotFound
 from hivecell.sandbox import supervised
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
+from hivecell.sandbox.qemu import warm
 from hivecell.sandbox.qemu.provider import QemuProvider
 from hivecell.sandbox.router import ProviderRouter
 from tests.sandbox import host, qemu_env
@@ -207,6 +208,10 @@ async def test_vms_start_from_the_templates_warm_state_as_themselves(
         for info in (vm, twin):
             meta = json.loads((Path(info.shared_dir).parent / "meta.json").read_text())
             assert meta["warm"], meta  # started from the warm state, not booted
+            # and registered on it: no other hivecell version prunes it from under the VM
+            template = provider.templates.get(provider.template)
+            users = warm.state_for(template, meta["warm"]).in_use()
+            assert any(user.startswith(info.id) for user in users), users
             async with await provider.connect(info.id) as guest:
                 assert (await sh_out(guest, "hostname")).strip() == info.id
                 guest_now = float(await sh_out(guest, "date +%s.%N"))

@@ -106,7 +106,9 @@ class QemuProvider:
         template = await to_thread.run_sync(self._refuse_impossible, spec)
         choice = await to_thread.run_sync(accel.choose, template.kernel, self.cache_dir)
         start_from = await self._warm_state(template, spec, choice) if self.warm else None
-        layout, meta = await to_thread.run_sync(self._prepare, spec, template, choice, start_from)
+        layout, meta = await to_thread.run_sync(
+            self._prepare_from, spec, template, choice, start_from
+        )
         await self._launch_new(layout, meta, start_from.state if start_from else None)
         return await self.info(layout.sandbox_id)
 
@@ -226,6 +228,9 @@ class QemuProvider:
         try:
             child.sockets.mkdir(mode=0o700)
             _make_shared(child)
+            if parent.warm:  # its disk, a copy of the parent's, stands on that warm state
+                template = self.templates.get(parent.template)
+                warm.state_for(template, parent.warm).register(child.root)
         except BaseException:
             shutil.rmtree(child.root, ignore_errors=True)
             raise
@@ -316,7 +321,8 @@ class QemuProvider:
         """This shape's warm state; the first caller boots a VM and saves it, the others
         wait for that (a lock per state) and use it."""
         disk = await to_thread.run_sync(guestfiles.guest_disk, self.cache_dir)
-        warm_key = warm.key(template, spec, choice.accel, disk.stem.removeprefix("guest-"))
+        version = disk.stem.removeprefix("guest-")
+        warm_key = warm.key(template, spec, choice.accel, version)
         target = warm.state_for(template, warm_key)
         if await to_thread.run_sync(target.usable):
             return target
@@ -325,13 +331,45 @@ class QemuProvider:
         try:
             if not await to_thread.run_sync(target.usable):
                 await to_thread.run_sync(shutil.rmtree, target.root, True)
-                await self._build_warm(template, spec, choice, target)
+                await self._build_warm(template, spec, choice, target, version)
+                built = True
+            else:
+                built = False
         finally:
             lock.__exit__(None, None, None)
+        if built:  # a new agent version's first: older versions' states may go
+            await to_thread.run_sync(warm.prune, template, version)
         return target
 
+    def _prepare_from(
+        self,
+        spec: SandboxSpec,
+        template: Template,
+        choice: accel.AccelChoice,
+        start_from: WarmState | None,
+    ) -> tuple[VmLayout, VmMeta]:
+        """``_prepare``, registered as a user of its warm state (which pruning then keeps)."""
+        if start_from is None:
+            return self._prepare(spec, template, choice, None)
+        with warm.locked(template, start_from.root.name, shared=True):
+            if not start_from.record.is_file():
+                raise SandboxError(
+                    "the warm state for this shape was pruned by another hivecell meanwhile; "
+                    "create it again (it will be rebuilt)",
+                    op="create",
+                    retryable=True,
+                )
+            layout, meta = self._prepare(spec, template, choice, start_from)
+            start_from.register(layout.root)
+        return layout, meta
+
     async def _build_warm(
-        self, template: Template, spec: SandboxSpec, choice: accel.AccelChoice, target: WarmState
+        self,
+        template: Template,
+        spec: SandboxSpec,
+        choice: accel.AccelChoice,
+        target: WarmState,
+        version: str,
     ) -> None:
         started = time.monotonic()
         layout = VmLayout(warm.scratch(template, target.root.name))
@@ -358,7 +396,9 @@ class QemuProvider:
             await ops.request(layout.ops_socket, save)
             await to_thread.run_sync(_stop, layout, meta.supervisor_pid)
             seconds = time.monotonic() - started
-            await to_thread.run_sync(warm.keep, layout.root, layout.disk, state, target, seconds)
+            await to_thread.run_sync(
+                warm.keep, layout.root, layout.disk, state, target, seconds, version
+            )
         finally:
             with anyio.CancelScope(shield=True):
                 await to_thread.run_sync(_stop, layout, meta.supervisor_pid)
