@@ -210,9 +210,12 @@ def _build(inner: str, outer: str, tag: str) -> None:
 
 
 @contextlib.contextmanager
-def _serve(netns: str) -> Iterator[None]:
+def _serve(netns: str, script: str | None = None) -> Iterator[None]:
+    """A server in ``netns`` (the world's test hosts, unless ``script``) until the block ends;
+    it prints "ready" once it listens."""
     names = [f"{name}={address}" for name, address in NAMES.items()]
-    argv = ["ip", "netns", "exec", netns, sys.executable, "-c", WORLD_SERVER, *names]
+    code = [WORLD_SERVER, *names] if script is None else [script]
+    argv = ["ip", "netns", "exec", netns, sys.executable, "-c", *code]
     server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     try:
         assert server.stdout is not None and server.stdout.readline() == "ready\n"

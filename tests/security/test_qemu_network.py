@@ -10,8 +10,6 @@ the run saves its shape's warm state, the second starts from it.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from tests.security.test_network_policy import (
     World,
     _log_until,
     _probe,
+    _serve,
     world,
 )
 
@@ -60,14 +59,8 @@ while True:
 @pytest.fixture
 def host_service(world: World) -> Iterator[None]:
     """A service of "the host" on all its addresses, loopback included."""
-    argv = ["ip", "netns", "exec", world.netns, sys.executable, "-c", HOST_SERVICE]
-    server = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-    try:
-        assert server.stdout is not None and server.stdout.readline() == "ready\n"
+    with _serve(world.netns, HOST_SERVICE):
         yield
-    finally:
-        server.kill()
-        server.wait()
 
 
 @pytest.fixture

@@ -131,12 +131,28 @@ function todoRows(c, todo, index) {
   return [row, h("tr", { class: "todo-edit" }, h("td", { colspan: 6 }, form))];
 }
 
+// Re-rendering moves an open edit form, which takes the focus away from a field being typed
+// in: a live event mid-typing would send the next keystrokes nowhere. Put it back.
+function typingIn() {
+  const field = document.activeElement;
+  if (!field || !field.closest || !field.closest("form.todo-form")) return null;
+  return { field, start: field.selectionStart, end: field.selectionEnd };
+}
+
+function keepTyping(was) {
+  if (!was || !was.field.isConnected || document.activeElement === was.field) return;
+  was.field.focus();
+  if (was.start !== null && was.start !== undefined) was.field.setSelectionRange(was.start, was.end);
+}
+
 function renderWhiteboard(c) {
   for (const id of editForms.keys()) {
     const todo = c.todos.find((t) => t.id === id);
     if (!todo || todo.status !== "pending" || !c.live) editForms.delete(id);
   }
+  const typing = typingIn();
   replace($("#todos"), c.todos.map((todo, index) => todoRows(c, todo, index)));
+  keepTyping(typing);
   $("#todos-empty").hidden = c.todos.length > 0 || !c.live;
   $("#review-note").hidden = !reviewing(c);
   $("#add-todo-box").hidden = !c.live || !c.todos.length;
