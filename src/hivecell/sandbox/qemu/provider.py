@@ -106,9 +106,7 @@ class QemuProvider:
         template = await to_thread.run_sync(self._refuse_impossible, spec)
         choice = await to_thread.run_sync(accel.choose, template.kernel, self.cache_dir)
         start_from = await self._warm_state(template, spec, choice) if self.warm else None
-        layout, meta = await to_thread.run_sync(
-            self._prepare_from, spec, template, choice, start_from
-        )
+        layout, meta = await to_thread.run_sync(self._prepare, spec, template, choice, start_from)
         await self._launch_new(layout, meta, start_from.state if start_from else None)
         return await self.info(layout.sandbox_id)
 
@@ -287,8 +285,8 @@ class QemuProvider:
             layout.sockets.mkdir(mode=0o700)
             if start_from is None:
                 _make_overlay(template.disk, layout.disk, _template_size(template, spec))
-            else:  # the frozen disk of the warm state, which has the size already
-                _make_overlay(start_from.disk, layout.disk, _virtual_size(start_from.disk))
+            else:
+                _overlay_on_warm(template, start_from, layout)
         except BaseException:
             shutil.rmtree(layout.root, ignore_errors=True)
             raise
@@ -340,28 +338,6 @@ class QemuProvider:
         if built:  # a new agent version's first: older versions' states may go
             await to_thread.run_sync(warm.prune, template, version)
         return target
-
-    def _prepare_from(
-        self,
-        spec: SandboxSpec,
-        template: Template,
-        choice: accel.AccelChoice,
-        start_from: WarmState | None,
-    ) -> tuple[VmLayout, VmMeta]:
-        """``_prepare``, registered as a user of its warm state (which pruning then keeps)."""
-        if start_from is None:
-            return self._prepare(spec, template, choice, None)
-        with warm.locked(template, start_from.root.name, shared=True):
-            if not start_from.record.is_file():
-                raise SandboxError(
-                    "the warm state for this shape was pruned by another hivecell meanwhile; "
-                    "create it again (it will be rebuilt)",
-                    op="create",
-                    retryable=True,
-                )
-            layout, meta = self._prepare(spec, template, choice, start_from)
-            start_from.register(layout.root)
-        return layout, meta
 
     async def _build_warm(
         self,
@@ -591,6 +567,21 @@ def _virtiofsd() -> str:
 def _template_size(template: Template, spec: SandboxSpec) -> int:
     """The template's filesystem plus the sandbox's disk allowance."""
     return _virtual_size(template.disk) + ((spec.disk_mb or 4096) << 20)
+
+
+def _overlay_on_warm(template: Template, start_from: WarmState, layout: VmLayout) -> None:
+    """An overlay on the warm state's frozen disk (which has the size already), registered
+    as one of its users under its lock, so no pruning removes it from under the VM."""
+    with warm.locked(template, start_from.root.name, shared=True):
+        if not start_from.record.is_file():
+            raise SandboxError(
+                "the warm state for this shape was pruned by another hivecell meanwhile; "
+                "create it again (it will be rebuilt)",
+                op="create",
+                retryable=True,
+            )
+        _make_overlay(start_from.disk, layout.disk, _virtual_size(start_from.disk))
+        start_from.register(layout.root)
 
 
 def _make_overlay(backing: Path, disk: Path, size: int) -> None:
