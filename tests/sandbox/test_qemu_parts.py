@@ -153,6 +153,24 @@ def test_the_qemu_command_line_keeps_the_vm_in_its_box(tmp_path: Path) -> None:
     assert "name=org.hivecell.control.0" in joined
     restored = vm.command(layout, template, SandboxSpec(), "tcg", "qemu", incoming=True)
     assert restored[restored.index("-incoming") + 1] == "defer"
+    assert f"file={layout.disk}," in joined and "-runas" not in argv
+
+
+def test_a_root_started_qemu_drops_to_its_own_uid_and_dies_with_its_init(tmp_path: Path) -> None:
+    layout = VmLayout(tmp_path / "vm-0123abcd")
+    _fake_template(tmp_path / "t", "base")
+    template = TemplateStore(tmp_path / "t").get("base")
+    argv = vm.command(layout, template, SandboxSpec(), "tcg", "qemu", runas=2_080_374_800)
+    assert argv[argv.index("-runas") + 1] == "2080374800:2080374800"
+    # its filter must let -runas change the uid; it has no capability left to use it again
+    assert "elevateprivileges=allow" in argv[argv.index("-sandbox") + 1]
+    assert "spawn=deny" in argv[argv.index("-sandbox") + 1]
+    # the disk comes as descriptors: QEMU reopens it after a restore, as a uid that cannot
+    drive = f"file=/dev/fdset/{vm.DISK_FDSET},file.locking=off,"
+    assert drive in " ".join(argv) and str(layout.disk) not in " ".join(argv)
+    wrapped = vm.under_own_init(argv, "/usr/bin/unshare", "/bin/sh")
+    assert wrapped[:5] == ["/usr/bin/unshare", "--pid", "--fork", "--kill-child=SIGKILL", "/bin/sh"]
+    assert wrapped[-len(argv) :] == argv
 
 
 def test_the_guest_disk_carries_this_hivecells_agent(

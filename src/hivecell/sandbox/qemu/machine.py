@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 import anyio
+from anyio.abc import SocketAttribute
 from qemu.qmp import EventListener, QMPClient
 
 from hivecell.errors import SandboxError
@@ -53,7 +54,14 @@ async def resume(qmp: QMPClient) -> None:
 
 
 async def attach_shared(qmp: QMPClient, socket: Path) -> None:
-    """virtiofsd must be listening on ``socket``; the guest mounts the tag ``shared``."""
+    """virtiofsd must be listening on ``socket``; the guest mounts the tag ``shared``. QEMU
+    gets a connection made here, not the path: it runs as a uid that cannot reach it."""
+    connection = await anyio.connect_unix(socket)
+    try:
+        qmp.send_fd_scm(connection.extra(SocketAttribute.raw_socket).fileno())
+        await qmp.execute("getfd", {"fdname": SHARED_CHARDEV})
+    finally:
+        await connection.aclose()  # QEMU holds its own copy
     await qmp.execute(
         "chardev-add",
         {
@@ -61,7 +69,7 @@ async def attach_shared(qmp: QMPClient, socket: Path) -> None:
             "backend": {
                 "type": "socket",
                 "data": {
-                    "addr": {"type": "unix", "data": {"path": str(socket)}},
+                    "addr": {"type": "fd", "data": {"str": SHARED_CHARDEV}},
                     "server": False,
                 },
             },

@@ -37,7 +37,7 @@ from hivecell.sandbox.base import (
     SnapshotInfo,
 )
 from hivecell.sandbox.guest_client import GuestClient
-from hivecell.sandbox.local import hostfilter, netlog
+from hivecell.sandbox.local import hostfilter, netlog, uidpool
 from hivecell.sandbox.qemu import accel, guestfiles, ops, snapshots, vm, warm
 from hivecell.sandbox.qemu.layout import SHARED_FOLDERS, SUPERVISOR_MODULE, VmLayout
 from hivecell.sandbox.qemu.ops import SaveRequest
@@ -65,6 +65,9 @@ class VmMeta(BaseModel):
     guest_version: str = Field("", description="the guest disk's agent at the last start")
     shared: bool = Field(True, description="/shared is served (not in a warm-state VM)")
     warm: str | None = Field(None, description="the warm state it was created from")
+    qemu_uid: int | None = Field(
+        None, description="the host uid QEMU runs as (uidpool; when hivecell runs as root)"
+    )
 
 
 class QemuProvider:
@@ -378,6 +381,7 @@ class QemuProvider:
         finally:
             with anyio.CancelScope(shield=True):
                 await to_thread.run_sync(_stop, layout, meta.supervisor_pid)
+                await to_thread.run_sync(_release_uid, layout, meta)
                 await to_thread.run_sync(shutil.rmtree, layout.root, True)
 
     def _new_layout(self) -> VmLayout:
@@ -439,6 +443,7 @@ class QemuProvider:
         guest_disk = guest_disk or guestfiles.guest_disk(self.cache_dir)
         if meta.shared:
             transfer.ensure_folder(layout.shared, "inbox", None)
+        runas = _qemu_uid(layout, meta)
         argv = vm.command(
             layout,
             template,
@@ -446,13 +451,17 @@ class QemuProvider:
             meta.accel or "tcg",
             shutil.which(self.qemu) or "",
             incoming=incoming is not None,
+            runas=runas,
         )
         argv += ["-drive", f"file={guest_disk},if=virtio,format=raw,readonly=on"]
+        if runas is not None:
+            argv = vm.under_own_init(argv, _tool("unshare"), _tool("sh"))
         spec = meta.info.spec
         # A warm state's VM (no /shared) gets a namespace of its own but no way out.
         nat = spec.network == "nat" and meta.shared
         plan = {
             "argv": argv,
+            "own_init": runas is not None,
             "network": spec.network,
             "netns": spec.network == "nat",
             "nat": natplan.plan(spec.network_allow, self.dns_servers) if nat else None,
@@ -492,6 +501,7 @@ class QemuProvider:
         _stop(
             layout, meta.supervisor_pid if meta else supervised.find(SUPERVISOR_MODULE, layout.root)
         )
+        _release_uid(layout, meta)  # the pool skips a uid a process still runs as
         shutil.rmtree(layout.root)
 
     def _layout(self, sandbox_id: str, *, op: str) -> VmLayout:
@@ -654,16 +664,34 @@ def _stop(layout: VmLayout, pid: int | None) -> None:
     natplan.leave_host_filter(layout.plan, layout.sandbox_id)
 
 
-def _qemu_pid(supervisor: int) -> int | None:
-    try:
-        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    except OSError:
+def _qemu_uid(layout: VmLayout, meta: VmMeta) -> int | None:
+    """The VM's own uid for QEMU, claimed at its first start (None: we are not root, and
+    QEMU runs as us). Kept while the VM exists; destroy gives it back."""
+    if os.geteuid() != 0:
         return None
-    for child in children:
-        with contextlib.suppress(OSError):
-            if Path(f"/proc/{child}/exe").resolve().name.startswith("qemu-system"):
-                return int(child)
-    return None
+    if meta.qemu_uid is None:
+        try:
+            meta.qemu_uid = uidpool.allocate(layout.root.resolve())
+        except uidpool.PoolExhausted as exc:
+            raise SandboxError(str(exc), op="start", retryable=True) from exc
+    return meta.qemu_uid
+
+
+def _release_uid(layout: VmLayout, meta: VmMeta | None) -> None:
+    if meta is not None and meta.qemu_uid is not None:
+        uidpool.release(meta.qemu_uid, layout.root.resolve())
+
+
+def _tool(name: str) -> str:
+    found = shutil.which(name, path=SAFE_PATH)
+    if found is None:
+        raise ConfigError(f"{name} is not installed; it is part of util-linux / dash")
+    return found
+
+
+def _qemu_pid(supervisor: int) -> int | None:
+    qemu = vm.find_qemu(supervisor)
+    return None if qemu == supervisor else qemu
 
 
 def _freeze(layout: VmLayout, pid: int | None, frozen: bool) -> bool:

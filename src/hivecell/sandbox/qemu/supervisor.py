@@ -35,7 +35,7 @@ from hivecell.sandbox import muxproxy
 from hivecell.sandbox.local import network
 from hivecell.sandbox.local.hostfilter import HostFilter
 from hivecell.sandbox.local.supervisor import cap_output, detach, log
-from hivecell.sandbox.qemu import machine, snapshots
+from hivecell.sandbox.qemu import machine, snapshots, vm
 from hivecell.sandbox.qemu.guestctl import GuestControl
 from hivecell.sandbox.qemu.layout import VmLayout
 from hivecell.sandbox.qemu.ops import SaveRequest, serve_ops
@@ -76,17 +76,26 @@ class Vm:
 
     def run(self) -> int:
         listeners = _bind(self.layout)
+        disk_fds: list[int] = []
         try:
+            argv = self.argv
+            if self.plan.get("own_init"):  # QEMU will run as a uid that cannot open the disk
+                disk_fds = _open_disk(self.layout.disk)
+                argv = argv + _fdset_options(disk_fds, vm.DISK_FDSET)
             # QEMU's stdio is the guest's console. Never our own stdout: QEMU makes its stdio
             # non-blocking, which would break the log's copier sharing that pipe.
             self.proc = subprocess.Popen(
-                self.argv,
+                argv,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_in_own_network if self.plan.get("netns") else _die_with_parent,
                 env={},
+                pass_fds=disk_fds,
             )
+            for fd in disk_fds:
+                os.close(fd)
+            disk_fds = []
             self._connect_network()
             link = _connect_serial(self.layout.serial_socket, self.proc)
             if link is not None:
@@ -95,6 +104,8 @@ class Vm:
             self.failure = f"cannot run the VM: {exc}"
             log(self.failure)
         finally:
+            for fd in disk_fds:
+                os.close(fd)
             for sock in listeners.values():
                 sock.close()
         return self._finish(self._reap())
@@ -315,19 +326,26 @@ class Vm:
             self._terminate()
 
     def _terminate(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
+        """QEMU exits cleanly on SIGTERM; the loop sees it exit. Under its own init
+        (``vm.under_own_init``) QEMU itself gets it: the init's ``unshare`` would wait on."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        qemu = vm.find_qemu(self.proc.pid) if self.plan.get("own_init") else None
+        if qemu is None:
             self.proc.terminate()
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(qemu, signal.SIGTERM)
 
     def stop(self, signum: int, frame: object) -> None:
         self.stopping = True
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()  # QEMU exits cleanly on SIGTERM; the loop sees it exit
+        self._terminate()
 
     def _reap(self) -> int:
         if self.proc is None:
             return -1
         if self.proc.poll() is None:
-            self.proc.terminate()
+            self._terminate()
             try:
                 self.proc.wait(STOP_GRACE)
             except subprocess.TimeoutExpired:
@@ -439,6 +457,22 @@ def _in_own_network() -> None:
         fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", IFF_UP))
 
 
+def _open_disk(disk: Path) -> list[int]:
+    """The overlay read-only and read-write: QEMU takes from its set the one whose access
+    mode matches each open (read-only while a saved state comes in, then read-write)."""
+    flags = os.O_NOFOLLOW | os.O_CLOEXEC
+    read_only = os.open(disk, os.O_RDONLY | flags)
+    try:
+        return [read_only, os.open(disk, os.O_RDWR | flags)]
+    except OSError:
+        os.close(read_only)
+        raise
+
+
+def _fdset_options(fds: list[int], fdset: int) -> list[str]:
+    return [arg for fd in fds for arg in ("-add-fd", f"fd={fd},set={fdset}")]
+
+
 def _reap_stragglers(groups: set[int]) -> None:
     """What our helpers forked and left behind (virtiofsd's sandboxed child outlives its
     parent for a moment): we are their subreaper, so the VM's processes are all gone once
@@ -462,11 +496,11 @@ def main(argv: list[str]) -> int:
     detach(int(argv[1]))
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
     cap_output(LOG_CAP_BYTES)
-    vm = Vm(layout, json.loads(layout.plan.read_text()))
+    the_vm = Vm(layout, json.loads(layout.plan.read_text()))
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, vm.stop)
+        signal.signal(sig, the_vm.stop)
     log(f"starting {layout.sandbox_id}")
-    return vm.run()
+    return the_vm.run()
 
 
 if __name__ == "__main__":

@@ -4,12 +4,18 @@ Direct kernel boot of the template's kernel; the disk is the sandbox's qcow2 ove
 guest agent's only channel is a virtio-serial port named ``org.hivecell.agent.0`` whose host
 end is a unix socket the supervisor connects to (``wait=on``: the VM starts only once it
 has). No display device: the desktop is Xvfb inside the guest, seen through the agent.
-QEMU's own seccomp sandbox is on: an escape into the QEMU process cannot spawn, elevate or
-use obsolete syscalls.
+QEMU's own seccomp sandbox is on: an escape into the QEMU process cannot spawn or use
+obsolete syscalls. Started by root, QEMU opens everything it needs (disks, kernel, sockets,
+memory) and then runs as an unprivileged uid of its own (``-runas``), so an escape holds no
+capability and can open none of the host's files; see ``under_own_init`` for why it then
+runs in a PID namespace.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from hivecell.sandbox import supervised
 from hivecell.sandbox.base import SandboxSpec
 from hivecell.sandbox.qemu import guestctl, machine
 from hivecell.sandbox.qemu.layout import VmLayout
@@ -20,6 +26,7 @@ AGENT_PORT = "org.hivecell.agent.0"
 # 8.9 s instead of 13.1 s, create 32 s instead of 37 s): emulating AVX and friends costs more
 # than it saves. It has what Debian 12 and chromium need (SSE3, CX16).
 TCG_CPU = "qemu64"
+DISK_FDSET = 1  # QEMU's -add-fd set holding the overlay, opened read-only and read-write
 
 
 def command(
@@ -30,9 +37,12 @@ def command(
     qemu: str,
     *,
     incoming: bool = False,
+    runas: int | None = None,
 ) -> list[str]:
     """QEMU starts paused (``-S``): the supervisor plugs /shared in, then resumes it.
-    ``incoming``: it waits for a saved state (``migrate-incoming``) instead of booting."""
+    ``incoming``: it waits for a saved state (``migrate-incoming``) instead of booting.
+    ``runas``: the uid (and gid) it drops to once its files are open (when started as root).
+    """
     memory = spec.memory_mb or 4096
     cpus = max(1, round(spec.cpus or 2))
     argv = [
@@ -41,10 +51,10 @@ def command(
         "-cpu", "host" if accel == "kvm" else TCG_CPU,
         "-m", str(memory), "-smp", str(cpus),
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none",
-        "-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny",
+        "-sandbox", seccomp_option(runas),
         "-kernel", str(template.kernel), "-initrd", str(template.initrd),
         "-append", kernel_cmdline(layout, spec),
-        "-drive", f"file={layout.disk},if=virtio,format=qcow2,discard=unmap",
+        "-drive", f"{disk_option(layout, runas)},if=virtio,format=qcow2,discard=unmap",
         "-device", "virtio-serial-pci",
         "-chardev", f"socket,id=agent,path={layout.serial_socket},server=on,wait=on",
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT}",
@@ -69,7 +79,51 @@ def command(
     ]  # fmt: skip
     if incoming:
         argv += ["-incoming", "defer"]
+    if runas is not None:
+        argv += ["-runas", f"{runas}:{runas}"]
     return argv + network(spec.network)
+
+
+def disk_option(layout: VmLayout, runas: int | None) -> str:
+    """The overlay, or with ``runas`` the descriptors the supervisor passes (``DISK_FDSET``):
+    QEMU reopens the disk (read-only, then read-write) around a saved state, by then as a
+    uid that cannot reach the file. Its image locks stay off there: they are taken per open
+    file, so QEMU's two descriptors of the one file would lock each other out; nothing else
+    opens a VM's overlay while its one supervisor runs it."""
+    if runas is None:
+        return f"file={layout.disk}"
+    return f"file=/dev/fdset/{DISK_FDSET},file.locking=off"
+
+
+def seccomp_option(runas: int | None) -> str:
+    """QEMU's seccomp filter. ``elevateprivileges=deny`` would also forbid the setuid of
+    ``-runas`` (its filter is on before it drops): an unprivileged QEMU that may call setuid
+    (it has no capability left to use it) is the smaller risk than one that stays root."""
+    elevate = "allow" if runas is not None else "deny"
+    return f"on,obsolete=deny,elevateprivileges={elevate},spawn=deny,resourcecontrol=deny"
+
+
+def under_own_init(argv: list[str], unshare: str, sh: str) -> list[str]:
+    """``argv`` in a PID namespace of its own whose init is a shell that only waits for it.
+
+    The supervisor makes QEMU die with it (``PR_SET_PDEATHSIG``), but the kernel clears that
+    when a process changes its uid, which ``-runas`` does. The namespace's init keeps it (it
+    stays root): when the supervisor dies, ``unshare`` dies, its child the init gets SIGKILL,
+    and the kernel kills everything else in the namespace, QEMU included.
+    """
+    return [unshare, "--pid", "--fork", "--kill-child=SIGKILL", sh, "-c", '"$@" & wait $!',
+            "sh", *argv]  # fmt: skip
+
+
+def find_qemu(pid: int) -> int | None:
+    """The QEMU process at or below ``pid`` (a supervisor, or QEMU's namespace init)."""
+    for candidate in [pid, *sorted(p for p, _ in supervised.descendants(pid))]:
+        try:
+            if Path(f"/proc/{candidate}/exe").resolve().name.startswith("qemu-system"):
+                return candidate
+        except OSError:
+            continue
+    return None
 
 
 def network(mode: str) -> list[str]:

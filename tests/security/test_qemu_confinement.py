@@ -1,0 +1,134 @@
+"""What a guest that escapes into QEMU would hold: QEMU is started by root (it must open the
+template, the overlay, the sockets), then runs as a uid of its own with no capability, so
+the escape can open none of the host's files, not even its own VM's; and it cannot outlive
+its supervisor (the kernel clears PR_SET_PDEATHSIG on the uid change: its PID namespace's
+init keeps it)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+
+from hivecell.sandbox.base import SandboxInfo, SandboxSpec
+from hivecell.sandbox.local import uidpool
+from hivecell.sandbox.qemu import provider as qemu_provider
+from hivecell.sandbox.qemu import vm
+from hivecell.sandbox.qemu.layout import VmLayout
+from hivecell.sandbox.qemu.provider import QemuProvider, VmMeta
+from tests.sandbox import qemu_env
+from tests.sandbox.host import sh_out
+
+pytestmark = [
+    pytest.mark.anyio,
+    pytest.mark.slow,
+    pytest.mark.xdist_group("qemu"),
+    pytest.mark.timeout(1800),  # the first VM test of a run may build the template
+]
+SPEC = SandboxSpec(width=800, height=600, memory_mb=1024, cpus=1)  # test_qemu_vm's warm state
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+def vm_home() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="hc-vmsec-", dir="/tmp"))  # 0700, root's
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+async def provider(vm_home: Path) -> AsyncIterator[QemuProvider]:
+    made = await anyio.to_thread.run_sync(qemu_env.provider, vm_home)
+    yield made
+    for info in await made.list():
+        await made.destroy(info.id)
+
+
+def _meta(provider: QemuProvider, sandbox_id: str) -> tuple[VmLayout, VmMeta]:
+    layout = VmLayout.of(provider.home, sandbox_id)
+    meta = qemu_provider._load(layout)
+    assert meta is not None and meta.supervisor_pid is not None
+    return layout, meta
+
+
+def _status(pid: int) -> dict[str, str]:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
+
+
+def _as_uid(uid: int, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``argv`` with exactly what an escape from QEMU would have: its uid, no group, no cap."""
+    drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"]
+    return subprocess.run([*drop, "--", *argv], capture_output=True, text=True, check=False)
+
+
+async def test_qemu_runs_as_a_uid_of_its_own_that_reaches_no_host_file(
+    provider: QemuProvider,
+) -> None:
+    info: SandboxInfo = await provider.create(SPEC)
+    layout, meta = _meta(provider, info.id)
+    uid = meta.qemu_uid
+    assert uid is not None and uidpool.in_range(uid)
+    assert (uidpool.REGISTRY / str(uid)).read_text() == str(layout.root.resolve())
+    qemu = vm.find_qemu(meta.supervisor_pid or 0)
+    assert qemu is not None
+    status = _status(qemu)
+    assert status["Uid"].split() == [str(uid)] * 4 and status["Gid"].split() == [str(uid)] * 4
+    for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(status[caps], 16) == 0, (caps, status[caps])
+    assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+    # An escape can read or write none of it: the VM's own disk and log, its siblings' and the
+    # template's disks (under root's 0700 folders), nor make anything in the home.
+    template = provider.templates.get(provider.template)
+    for path in (layout.disk, layout.log, template.disk, template.kernel):
+        tried = _as_uid(uid, "cat", str(path))
+        assert tried.returncode != 0 and "Permission denied" in tried.stderr, (path, tried)
+    tried = _as_uid(uid, "touch", str(provider.home / "planted"))
+    assert tried.returncode != 0 and not (provider.home / "planted").exists()
+    # ...and the VM works as before: its disk (reopened after the restore) takes writes and
+    # /shared (whose socket QEMU no longer reaches) is served.
+    async with await provider.connect(info.id) as guest:
+        await sh_out(guest, "echo kept > ~/note.txt && sync && echo out > /shared/outbox/o.txt")
+        assert await sh_out(guest, "cat ~/note.txt") == "kept\n"
+    assert (layout.shared / "outbox" / "o.txt").read_text() == "out\n"
+    await provider.destroy(info.id)
+    assert not (uidpool.REGISTRY / str(uid)).exists()  # given back
+
+
+async def test_a_killed_supervisor_takes_qemu_with_it(provider: QemuProvider) -> None:
+    info = await provider.create(SPEC)
+    _, meta = _meta(provider, info.id)
+    supervisor = meta.supervisor_pid or 0
+    qemu = vm.find_qemu(supervisor)
+    assert qemu is not None and qemu != supervisor
+    started = _start_time(qemu)
+    os.kill(supervisor, signal.SIGKILL)
+    deadline = time.monotonic() + 60  # bounds a hang; the kernel kills it at once
+    while _start_time(qemu) == started:  # still that process (a zombie counts as gone)
+        assert time.monotonic() < deadline, "QEMU outlived its supervisor"
+        await anyio.sleep(0.05)
+    assert (await provider.info(info.id)).status != "running"
+    await provider.destroy(info.id)
+    uid = meta.qemu_uid
+    assert uid is not None and not (uidpool.REGISTRY / str(uid)).exists()
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time while it runs (None once it is gone or a zombie)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except FileNotFoundError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
