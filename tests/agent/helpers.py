@@ -27,6 +27,7 @@ from hivecell.agent.runner import RunSettings, TaskRunner
 from hivecell.sandbox.base import SandboxInfo, SandboxProvider
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local.provider import LocalProvider
+from hivecell.sandbox.router import ProviderRouter
 from hivecell.trace import TraceReader, TraceStep, TraceWriter
 
 Request = dict[str, Any]
@@ -45,6 +46,10 @@ def destroy_all(home: Path, pycache: Path) -> None:
         provider = LocalProvider(home, pycache=pycache)
         for info in await provider.list():
             await provider.destroy(info.id)
+        if (home / "vms").is_dir():  # VMs a server made (a failed test leaves them running)
+            vms = ProviderRouter(home)
+            for info in await vms.list():
+                await vms.destroy(info.id)
 
     anyio.run(destroy)
 
