@@ -46,7 +46,11 @@ install_uv() {
 }
 
 install_python() {
-  "$UV" sync --frozen --all-extras
+  # Bytecode now, not at every start: where PYTHONDONTWRITEBYTECODE is set (as on CI's
+  # machines) nothing writes it later, and every process compiled its imports from source
+  # (`hivecell up` took 8.3 s instead of 3.5 s here). compileall skips what is up to date.
+  "$UV" sync --frozen --all-extras --compile-bytecode
+  "$UV" run --frozen python -m compileall -q -j 0 src >/dev/null
 }
 
 run_server() {
