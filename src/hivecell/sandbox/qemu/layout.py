@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 SUPERVISOR_MODULE = "hivecell.sandbox.qemu.supervisor"
+# The template's init stub, in the guest (template.py writes it; the kernel command line
+# names it). Here: the supervisor must not import the template's models to know it.
+STUB_INIT = "/sbin/hivecell-init"
 SHARED_FOLDERS = ("inbox", "outbox", "workspace")
 
 

@@ -35,7 +35,7 @@ from hivecell.sandbox import muxproxy
 from hivecell.sandbox.local import network
 from hivecell.sandbox.local.hostfilter import HostFilter
 from hivecell.sandbox.local.supervisor import cap_output, detach, log
-from hivecell.sandbox.qemu import machine, snapshots, vm
+from hivecell.sandbox.qemu import machine, vm
 from hivecell.sandbox.qemu.guestctl import GuestControl
 from hivecell.sandbox.qemu.layout import VmLayout
 from hivecell.sandbox.qemu.ops import SaveRequest, serve_ops
@@ -229,6 +229,10 @@ class Vm:
                     await self.control.command("drop-caches")
                 await machine.save_state(self.qmp, state)
                 if disk is not None:
+                    # Here, not at the top: snapshots brings the sandbox models (~100 ms of
+                    # imports) into every VM's start, which never needs them.
+                    from hivecell.sandbox.qemu import snapshots
+
                     # the disk of a paused VM (QEMU flushed it when it stopped)
                     await to_thread.run_sync(snapshots.copy_disk, self.layout.disk, disk)
             finally:

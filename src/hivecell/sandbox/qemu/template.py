@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hivecell.errors import ConfigError, NotFound, SandboxError
 from hivecell.guest import desktopenv
+from hivecell.sandbox.qemu.layout import STUB_INIT
 
 SUITE = "bookworm"
 DEFAULT_NAME = "default"
@@ -51,7 +52,6 @@ DESKTOP_PACKAGES = (
 OPTIONS = {"libreoffice": ("libreoffice-writer", "libreoffice-calc", "libreoffice-impress")}
 TOOLS = {"mmdebstrap": "mmdebstrap", "mkfs.ext4": "e2fsprogs", "qemu-img": "qemu-utils"}
 FREE_SPACE_MB = 512  # room in the image beyond its files (sandboxes grow it to their cap)
-STUB_INIT = "/sbin/hivecell-init"
 STUB_SCRIPT = """#!/bin/sh
 # hivecell's init stub: the guest disk (/dev/vdb) carries the agent and the real init.
 if ! /bin/mount -t ext4 -o ro,nodev /dev/vdb /opt/hivecell; then

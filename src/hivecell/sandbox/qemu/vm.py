@@ -14,12 +14,15 @@ runs in a PID namespace.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hivecell.sandbox import supervised
-from hivecell.sandbox.base import SandboxSpec
 from hivecell.sandbox.qemu import guestctl, machine
-from hivecell.sandbox.qemu.layout import VmLayout
-from hivecell.sandbox.qemu.template import STUB_INIT, Template
+from hivecell.sandbox.qemu.layout import STUB_INIT, VmLayout
+
+if TYPE_CHECKING:  # the supervisor imports this module: not the models (~150 ms)
+    from hivecell.sandbox.base import SandboxSpec
+    from hivecell.sandbox.qemu.template import Template
 
 AGENT_PORT = "org.hivecell.agent.0"
 # Under TCG the plain x86-64 model boots faster than "max" (measured here: kernel to init
