@@ -43,7 +43,8 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def vm_home() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="hc-vmsec-", dir="/tmp"))  # 0700, root's
+    path = Path(tempfile.mkdtemp(prefix="hc-vmsec-", dir="/tmp"))
+    path.chmod(0o755)  # a home anyone may enter: what keeps QEMU's uid out must be our own
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
@@ -89,9 +90,12 @@ async def test_qemu_runs_as_a_uid_of_its_own_that_reaches_no_host_file(
     for caps in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
         assert int(status[caps], 16) == 0, (caps, status[caps])
     assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
-    # An escape can read or write none of it: the VM's own disk and log, its siblings' and the
-    # template's disks (under root's 0700 folders), nor make anything in the home.
+    # An escape can read or write none of it: the VM's own disk and log, the template's disk
+    # and kernel, nor make anything in the home. Their folders keep it out, wherever the
+    # home and the template store lie (this home is open to all; CI's cache folder is 0755).
     template = provider.templates.get(provider.template)
+    assert layout.root.stat().st_mode & 0o777 == 0o700
+    assert template.root.resolve().parent.stat().st_mode & 0o077 == 0
     for path in (layout.disk, layout.log, template.disk, template.kernel):
         tried = _as_uid(uid, "cat", str(path))
         assert tried.returncode != 0 and "Permission denied" in tried.stderr, (path, tried)

@@ -41,7 +41,7 @@ from hivecell.sandbox.local import hostfilter, netlog, uidpool
 from hivecell.sandbox.qemu import accel, guestfiles, ops, snapshots, vm, warm
 from hivecell.sandbox.qemu.layout import SHARED_FOLDERS, SUPERVISOR_MODULE, VmLayout
 from hivecell.sandbox.qemu.ops import SaveRequest
-from hivecell.sandbox.qemu.template import DEFAULT_NAME, Template, TemplateStore
+from hivecell.sandbox.qemu.template import DEFAULT_NAME, Template, TemplateStore, private_folder
 from hivecell.sandbox.qemu.warm import WarmState
 
 STOP_TIMEOUT = 15.0
@@ -352,7 +352,8 @@ class QemuProvider:
     ) -> None:
         started = time.monotonic()
         layout = VmLayout(warm.scratch(template, target.root.name))
-        layout.sockets.mkdir(mode=0o700, parents=True)
+        layout.root.mkdir(mode=0o700, parents=True)
+        layout.sockets.mkdir(mode=0o700)
         info = SandboxInfo(
             id=layout.sandbox_id, provider=self.name, status="stopped", spec=spec,
             created_at=time.time(), endpoint=f"unix:{layout.guest_socket}",
@@ -395,7 +396,7 @@ class QemuProvider:
                 )
             layout.root.parent.mkdir(parents=True, exist_ok=True)
             try:
-                layout.root.mkdir()
+                layout.root.mkdir(mode=0o700)  # QEMU's own uid may not enter (vm.py)
             except FileExistsError:
                 continue
             return layout
@@ -444,6 +445,8 @@ class QemuProvider:
         if meta.shared:
             transfer.ensure_folder(layout.shared, "inbox", None)
         runas = _qemu_uid(layout, meta)
+        if runas is not None:  # stores made before QEMU dropped root may be open to all
+            private_folder(template.root.resolve().parent)
         argv = vm.command(
             layout,
             template,
