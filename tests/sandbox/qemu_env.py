@@ -9,8 +9,14 @@ per hivecell version in a second), so code changes never invalidate this cache.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+
+import anyio
 
 from hivecell.sandbox.qemu.provider import QemuProvider
 from hivecell.sandbox.qemu.template import Template, TemplateStore, packages_for, template_key
@@ -36,3 +42,24 @@ def provider(home: Path, dns_servers: list[str] | None = None) -> QemuProvider:
         cache_dir=cache_dir().parent / "qemu",
         dns_servers=dns_servers,
     )
+
+
+@contextlib.contextmanager
+def scratch_home(prefix: str) -> Iterator[Path]:
+    """A short home under /tmp (unix socket paths), removed afterwards."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.asynccontextmanager
+async def vms(home: Path) -> AsyncIterator[QemuProvider]:
+    """``provider(home)``; every VM still there at the end is destroyed."""
+    made = await anyio.to_thread.run_sync(provider, home)
+    try:
+        yield made
+    finally:
+        for info in await made.list():
+            await made.destroy(info.id)

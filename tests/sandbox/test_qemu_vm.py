@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -44,17 +42,14 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def vm_home() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="hc-vm-", dir="/tmp"))
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with qemu_env.scratch_home("hc-vm-") as path:
+        yield path
 
 
 @pytest.fixture(scope="module")
 async def provider(vm_home: Path) -> AsyncIterator[QemuProvider]:
-    made = await anyio.to_thread.run_sync(qemu_env.provider, vm_home)
-    yield made
-    for info in await made.list():
-        await made.destroy(info.id)
+    async with qemu_env.vms(vm_home) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,8 @@ init keeps it)."""
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -43,18 +41,15 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="module")
 def vm_home() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="hc-vmsec-", dir="/tmp"))
-    path.chmod(0o755)  # a home anyone may enter: what keeps QEMU's uid out must be our own
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
+    with qemu_env.scratch_home("hc-vmsec-") as path:
+        path.chmod(0o755)  # a home anyone may enter: what keeps QEMU's uid out must be our own
+        yield path
 
 
 @pytest.fixture(scope="module")
 async def provider(vm_home: Path) -> AsyncIterator[QemuProvider]:
-    made = await anyio.to_thread.run_sync(qemu_env.provider, vm_home)
-    yield made
-    for info in await made.list():
-        await made.destroy(info.id)
+    async with qemu_env.vms(vm_home) as made:
+        yield made
 
 
 def _meta(provider: QemuProvider, sandbox_id: str) -> tuple[VmLayout, VmMeta]:
