@@ -692,15 +692,10 @@ def _tool(name: str) -> str:
     return found
 
 
-def _qemu_pid(supervisor: int) -> int | None:
-    qemu = vm.find_qemu(supervisor)
-    return None if qemu == supervisor else qemu
-
-
 def _freeze(layout: VmLayout, pid: int | None, frozen: bool) -> bool:
     if pid is None or not _alive(layout, pid):
         return False
-    qemu = _qemu_pid(pid)
+    qemu = vm.find_qemu(pid)
     if qemu is None:
         return False
     os.kill(qemu, signal.SIGSTOP if frozen else signal.SIGCONT)
@@ -712,7 +707,7 @@ def _usage(layout: VmLayout, meta: VmMeta) -> SandboxUsage:
     processes = 0
     pid = meta.supervisor_pid
     if pid is not None and _alive(layout, pid):
-        for one in filter(None, [pid, _qemu_pid(pid)]):
+        for one in filter(None, [pid, vm.find_qemu(pid)]):
             with contextlib.suppress(OSError, ValueError, IndexError):
                 fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
                 cpu += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

@@ -76,26 +76,24 @@ class Vm:
 
     def run(self) -> int:
         listeners = _bind(self.layout)
-        disk_fds: list[int] = []
         try:
-            argv = self.argv
-            if self.plan.get("own_init"):  # QEMU will run as a uid that cannot open the disk
-                disk_fds = _open_disk(self.layout.disk)
-                argv = argv + _fdset_options(disk_fds, vm.DISK_FDSET)
-            # QEMU's stdio is the guest's console. Never our own stdout: QEMU makes its stdio
-            # non-blocking, which would break the log's copier sharing that pipe.
-            self.proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                preexec_fn=_in_own_network if self.plan.get("netns") else _die_with_parent,
-                env={},
-                pass_fds=disk_fds,
-            )
-            for fd in disk_fds:
-                os.close(fd)
-            disk_fds = []
+            # QEMU that runs as a uid of its own gets the disk it could not open (vm.py)
+            disk_fds = _open_disk(self.layout.disk) if self.plan.get("own_init") else []
+            try:
+                # QEMU's stdio is the guest's console. Never our own stdout: QEMU makes its
+                # stdio non-blocking, which would break the log's copier sharing that pipe.
+                self.proc = subprocess.Popen(
+                    self.argv + _fdset_options(disk_fds, vm.DISK_FDSET),
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=_in_own_network if self.plan.get("netns") else _die_with_parent,
+                    env={},
+                    pass_fds=disk_fds,
+                )
+            finally:
+                for fd in disk_fds:
+                    os.close(fd)
             self._connect_network()
             link = _connect_serial(self.layout.serial_socket, self.proc)
             if link is not None:
@@ -104,8 +102,6 @@ class Vm:
             self.failure = f"cannot run the VM: {exc}"
             log(self.failure)
         finally:
-            for fd in disk_fds:
-                os.close(fd)
             for sock in listeners.values():
                 sock.close()
         return self._finish(self._reap())

@@ -155,10 +155,6 @@ class TemplateStore:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
-    def make_private(self) -> None:
-        """Only its owner may enter the store (see ``private_folder``)."""
-        private_folder(self.root)
-
     def list(self) -> builtins.list[TemplateManifest]:
         found = []
         for folder in sorted(self.root.glob("*/manifest.json")):
@@ -213,7 +209,7 @@ class TemplateStore:
         self._refuse_in_use(name, "rebuild")
         wanted = packages_for(packages, options)
         say = progress or (lambda line: None)
-        self.make_private()
+        private_folder(self.root)
         with self._lock(name):
             if reuse:  # built meanwhile by whoever held the lock, from the same packages
                 with contextlib.suppress(NotFound):
@@ -254,7 +250,7 @@ class TemplateStore:
 
     @contextmanager
     def _lock(self, name: str) -> Iterator[None]:
-        self.make_private()
+        private_folder(self.root)
         fd = os.open(self.root / f".lock-{name}", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -295,9 +291,9 @@ def private_folder(folder: Path) -> None:
     no other uid may enter, wherever the store or home lies (a shared cache folder's
     defaults are 0755)."""
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = folder.stat().st_mode
-    if mode & 0o077 and folder.stat().st_uid == os.geteuid():
-        folder.chmod(mode & 0o700)
+    found = folder.stat()
+    if found.st_mode & 0o077 and found.st_uid == os.geteuid():
+        folder.chmod(found.st_mode & 0o700)
 
 
 def install_policy(rootfs: Path, text: str) -> None:

@@ -119,8 +119,8 @@ def under_own_init(argv: list[str], unshare: str, sh: str) -> list[str]:
 
 
 def find_qemu(pid: int) -> int | None:
-    """The QEMU process at or below ``pid`` (a supervisor, or QEMU's namespace init)."""
-    for candidate in [pid, *sorted(p for p, _ in supervised.descendants(pid))]:
+    """The QEMU process below ``pid`` (a supervisor, or the ``unshare`` of its init)."""
+    for candidate in sorted(p for p, _ in supervised.descendants(pid)):
         try:
             if Path(f"/proc/{candidate}/exe").resolve().name.startswith("qemu-system"):
                 return candidate
