@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from hivecell.agent.service import TaskRequest, TaskService
 from hivecell.errors import NotFound
 from hivecell.sandbox.base import SandboxInfo
 from hivecell.sandbox.local.provider import LocalProvider
-from hivecell.store import TaskStore
+from hivecell.store import InvalidTransition, TaskStore
 from tests.agent.helpers import act, call, finish, provider_config, system_prompt, tool_results
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -114,4 +115,39 @@ async def test_a_run_that_breaks_is_recorded_as_failed(
     saved = await store.get(record.id)
     assert saved.status == "failed" and saved.success is False
     assert "missing.txt" in (saved.error or "")
+    assert await provider.list() == []
+
+
+async def test_the_record_shows_running_and_its_sandbox_before_the_first_model_request(
+    home: Path, provider: LocalProvider, store: TaskStore
+) -> None:
+    # The "running" write goes on while the runner connects and looks; the model's first
+    # request waits for it, so whoever the model's call prompts to look finds it.
+    seen: list[tuple[str, str | None]] = []
+
+    def first(request: dict[str, Any]) -> Reply:
+        with closing(sqlite3.connect(home / "hivecell.db")) as db:
+            row = db.execute("SELECT status, sandbox_id FROM tasks").fetchone()
+        seen.append(row)
+        return finish()[0]
+
+    async with service(home, provider, store, [first, *finish()[1:]]) as (svc, _):
+        request = TaskRequest(description="look")
+        record = await svc.create(request)
+        result = await svc.run(record, request)
+    assert result.status == "completed"
+    assert seen == [("running", result.sandbox_id)]
+
+
+async def test_a_task_finished_while_it_was_dispatched_never_reaches_the_model(
+    home: Path, provider: LocalProvider, store: TaskStore
+) -> None:
+    async with service(home, provider, store, finish()) as (svc, server):
+        request = TaskRequest(description="too late")
+        record = await svc.create(request)
+        await store.update(record.id, status="cancelled")  # a person, at the worst moment
+        with pytest.raises(InvalidTransition, match="is cancelled and cannot change status"):
+            await svc.run(record, request)
+    assert server.chat_requests == []
+    assert (await store.get(record.id)).status == "cancelled"
     assert await provider.list() == []

@@ -106,11 +106,19 @@ async def test_tabs_navigation_title_and_text(bguest: Guest, site: tuple[str, Si
     assert (first["url"], first["title"], first["active"]) == (f"{base}/a", "Page A", True)
     second = await bguest("browser_open", url=f"{base}/b")
     assert second["title"] == "Page B" and second["id"] != first["id"]
+    third = await bguest("browser_open", url=f"{base}/c")
+    # tabs are listed in the order they were opened, whichever one is active or was used last
     tabs = (await bguest("browser_tabs"))["tabs"]
-    assert {t["id"]: (t["title"], t["active"]) for t in tabs} == {
-        first["id"]: ("Page A", False),
-        second["id"]: ("Page B", True),
-    }
+    assert [(t["id"], t["title"], t["active"]) for t in tabs] == [
+        (first["id"], "Page A", False),
+        (second["id"], "Page B", False),
+        (third["id"], "Page C", True),
+    ]
+    await bguest("browser_switch_tab", tab_id=first["id"])
+    order = [t["id"] for t in (await bguest("browser_tabs"))["tabs"]]
+    assert order == [first["id"], second["id"], third["id"]]
+    await bguest("browser_close_tab", tab_id=third["id"])
+    await bguest("browser_switch_tab", tab_id=second["id"])
     navigated = await bguest("browser_navigate", url=f"{base}/c")
     assert (navigated["id"], navigated["title"]) == (second["id"], "Page C")
     back = await bguest("browser_go", action="back")

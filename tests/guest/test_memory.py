@@ -56,6 +56,27 @@ async def test_no_trim_while_a_request_runs() -> None:
     assert trims.count == 1
 
 
+async def test_quiet_releases_before_it_trims() -> None:
+    order: list[str] = []
+    trims = Trims()
+
+    async def release() -> None:
+        order.append("release")
+
+    def trim() -> bool:
+        order.append("trim")
+        return trims()
+
+    idle = IdleTrim(quiet=0.01, trim=trim, release=release)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(idle.run)
+        with idle.activity():
+            await anyio.lowlevel.checkpoint()
+        await trims.done.wait()
+        tg.cancel_scope.cancel()
+    assert order == ["release", "trim"]
+
+
 async def test_nothing_to_trim_without_work() -> None:
     trims = Trims()
     idle = IdleTrim(quiet=0.01, trim=trims)

@@ -38,8 +38,8 @@ def home() -> Iterator[Path]:
 async def make_provider(home: Path, pycache: Path) -> AsyncIterator[MakeProvider]:
     """Builds providers on this test's home; destroys every sandbox left there afterwards."""
 
-    def make(limits_backend: str = "auto") -> LocalProvider:
-        return LocalProvider(home, pycache=pycache, limits_backend=limits_backend)
+    def make(limits_backend: str = "auto", zygote: bool = True) -> LocalProvider:
+        return LocalProvider(home, pycache=pycache, limits_backend=limits_backend, zygote=zygote)
 
     yield make
     cleaner = make()

@@ -13,6 +13,7 @@ from typing import Any
 import anyio
 
 from hivecell.sandbox.guest_client import GuestClient
+from hivecell.sandbox.local import procs
 
 # tests/sandbox/test_nat_host_isolation.py puts its test hosts' veths on /30s of this range and
 # deletes them at any moment: another worker's address there can vanish mid-probe, and the
@@ -44,13 +45,15 @@ def _all_pids() -> list[int]:
 
 
 def process_tree(text: str) -> set[Proc]:
-    """Processes whose command line mentions ``text``, plus all their descendants."""
+    """Processes whose command line mentions ``text``, plus all their descendants and the
+    members of their boxes' PID namespaces (a zygote's boot process is not a descendant)."""
     stats = {pid: s for pid in _all_pids() if (s := _stat(pid)) is not None}
     roots = {pid for pid in stats if text in _cmdline(pid)}
     found, frontier = set(roots), set(roots)
     while frontier:
         frontier = {pid for pid, (ppid, _) in stats.items() if ppid in frontier} - found
         found |= frontier
+    found |= procs.namespace_members(found) & stats.keys()
     return {(pid, stats[pid][1]) for pid in found}
 
 

@@ -4,14 +4,16 @@ locking and refusals, the QEMU command line, the guest disk's contents."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 from pathlib import Path
 
+import anyio
 import pytest
 
-from hivecell.errors import ConfigError, NotFound
+from hivecell.errors import ConfigError, NotFound, SandboxError
 from hivecell.sandbox.base import SandboxSpec
-from hivecell.sandbox.qemu import guestfiles, vm, warm
+from hivecell.sandbox.qemu import guestfiles, machine, vm, warm
 from hivecell.sandbox.qemu.layout import VmLayout
 from hivecell.sandbox.qemu.template import (
     Template,
@@ -201,3 +203,34 @@ def test_the_guest_packages_come_with_their_dependencies() -> None:
     names = {d.metadata["Name"].lower().replace("_", "-") for d in guestfiles.distributions()}
     assert {"pydantic", "pydantic-core", "anyio", "python-xlib", "pillow", "mss"} <= names
     assert "fastapi" not in names and "openai" not in names  # host-only packages stay out
+
+
+@pytest.mark.anyio
+async def test_the_shared_folder_connection_waits_until_virtiofsd_listens(tmp_path: Path) -> None:
+    """virtiofsd binds its socket a moment before it listens: a connect in between is
+    refused, and a warm start failed so ("the VM did not come up: Connection refused")."""
+    path = tmp_path / "virtiofs.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))  # there, not yet listening
+        with pytest.raises(ConnectionRefusedError):
+            await anyio.connect_unix(path)
+
+        async def listen_soon() -> None:
+            await anyio.sleep(0.2)
+            server.listen(1)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listen_soon)
+            connection = await machine.connect_when_listening(path)
+        async with connection:
+            accepted, _ = server.accept()  # the connection QEMU is handed: the only one
+            accepted.close()
+
+
+@pytest.mark.anyio
+async def test_a_virtiofsd_that_never_listens_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "virtiofs.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+        with pytest.raises(SandboxError, match="virtiofsd did not start serving"):
+            await machine.connect_when_listening(path, timeout=0.3)

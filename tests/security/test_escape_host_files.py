@@ -254,11 +254,14 @@ async def test_host_files_held_open_by_box_processes_cannot_be_reopened(
     of the box. Find every fd of every box process whose target is not a path of the box
     and reopen it for reading and for appending (nothing is written). None may open, so
     the box can neither read host logs nor grow them past its disk cap."""
-    host_state = HostState([box.layout.log])
+    log = anyio.Path(box.layout.log)
+    before = await log.read_bytes()
     verdicts = await run_probe(guest, FD_REOPEN, None)
     opened = {link: v for link, v in verdicts.items() if "yes" in v}
     assert not opened, opened
-    host_state.assert_unchanged()
+    # The box's own output keeps being appended by its log copier (a late line under load):
+    # what was there stays, untruncated and unrewritten.
+    assert (await log.read_bytes()).startswith(before)
 
 
 HARDLINKS = r"""

@@ -21,7 +21,7 @@ from hivecell.agent.llm.scripted import ScriptedLLMServer
 from hivecell.agent.service import TRANSFER_FILE, TaskRequest, TaskResult, TaskService
 from hivecell.errors import PathDenied
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
-from hivecell.sandbox.local import freeze
+from hivecell.sandbox.local import freeze, procs
 from hivecell.sandbox.local.provider import LocalProvider
 from hivecell.sandbox.transfer import TransferLimits, copy_out
 from hivecell.store import TaskStore, default_database_url
@@ -201,7 +201,7 @@ async def test_reused_box_is_frozen_while_collected_and_resumed_after(
             await sh_out(guest, "setsid sh -c 'while :; do :; done' >/dev/null 2>&1 &")
         supervisor = _supervisor(provider, info)
         assert await provider.freeze(info.id, True)
-        box = freeze.descendants(supervisor)
+        box = procs.box_processes(supervisor)
         assert box and {freeze.state(pid) for pid in box} <= {"T", "t", None}
         await provider.freeze(info.id, False)
         assert "T" not in {freeze.state(pid) for pid in box}

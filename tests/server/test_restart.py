@@ -15,6 +15,7 @@ import pytest
 from anyio.abc import Process
 
 from hivecell.agent.llm.scripted import ScriptedLLMServer
+from hivecell.bench import leaks
 from hivecell.sandbox.local.provider import LocalProvider
 from tests.agent.helpers import act, call
 from tests.server.helpers import Running, write_provider
@@ -65,15 +66,11 @@ async def _read_link(process: Process) -> str:
 
 
 def processes_under(home: Path) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(home) in cmdline:
-            found.append(f"{proc.name}: {cmdline}")
-    return found
+    """Processes naming ``home``, but the host's zygote (bench.leaks.zygote_servers says
+    why it is nobody's leftover)."""
+    table = leaks.processes()
+    shared = leaks.zygote_servers(table)
+    return [p.describe() for p in table.values() if str(home) in p.cmdline and p.pid not in shared]
 
 
 async def test_sigkill_mid_task_then_restart_interrupts_and_cleans_up(

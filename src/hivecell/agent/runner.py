@@ -21,6 +21,7 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from hivecell.agent import approval, catalog, prompts
+from hivecell.agent.beside import beside
 from hivecell.agent.clock import WorkClock
 from hivecell.agent.control import Control, Extension, Pending
 from hivecell.agent.history import History, image_message
@@ -212,18 +213,14 @@ class _WriteBehind:
         Errors of ``body`` are re-raised as themselves, not wrapped in an ExceptionGroup, so
         callers still see the typed HivecellError.
         """
-        failure: Exception | None = None
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(self._drain)
+
+        async def then_close() -> _T:
             try:
-                result = await body()
-            except Exception as exc:
-                failure = exc
+                return await body()
             finally:
                 self._send.close()
-        if failure is not None:
-            raise failure
-        return result
+
+        return await beside(self._drain, then_close)
 
     async def _drain(self) -> None:
         async with self._receive:
@@ -245,7 +242,11 @@ class TaskRunner:
         inbox: list[str] | None = None,
         on_event: EventSink | None = None,
         host_tools: list[HostTool] | None = None,
+        ready: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``ready``: awaited after the first look, before the first model request (the
+        caller's own preparation, done meanwhile; its error ends the run as it would have
+        before the run began)."""
         self.description = description
         self.settings = settings or RunSettings()
         self.status: Status = "queued"
@@ -271,6 +272,7 @@ class TaskRunner:
         self._history: History | None = None
         self._tree_part: dict[str, Any] | None = None  # the newest observation's tree text
         self._writes = _WriteBehind()
+        self._ready = ready
         # call id -> the vendor safety checks a person approved for it (until its result)
         self._acknowledged: dict[str, list[dict[str, Any]]] = {}
 
@@ -306,6 +308,8 @@ class TaskRunner:
             self._system_prompt(shot), self.description, keep_images=self.settings.keep_screenshots
         )
         self._history.add(await self._observation("The desktop now.", shot))
+        if self._ready is not None:
+            await self._ready()
         while True:
             await self.control.checkpoint(self._history)
             await self._hold_at_limits(self._exceeded)

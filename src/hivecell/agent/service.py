@@ -18,6 +18,7 @@ import anyio
 from anyio.streams.memory import MemoryObjectReceiveStream
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from hivecell.agent.beside import beside
 from hivecell.agent.guestlink import GUEST_WINDOW_S, GuestEvent, GuestLink
 from hivecell.agent.hosttools import HostTool
 from hivecell.agent.runner import ChatModel, Outcome, RunSettings, TaskRunner
@@ -38,6 +39,38 @@ from hivecell.trace import StepKind, TraceWriter, write_network
 from hivecell.trace.files import write_atomically
 
 TRANSFER_FILE = "transfer.json"  # in the trace folder: what the outbox collection left out
+
+
+class _Started:
+    """The task's "running" row and its sandbox, written while the runner connects and takes
+    its first look instead of before (the write was ~8 ms of every warm dispatch). The first
+    model request waits for it (``wait``, which raises its error: a task cancelled meanwhile
+    ends as it did before), and so does the consumer of the runner's events, so no status
+    the runner reports overtakes it."""
+
+    def __init__(self, write: Callable[[], Awaitable[object]]) -> None:
+        self._write = write
+        self._done = anyio.Event()
+        self._error: Exception | None = None
+
+    async def write(self) -> None:
+        try:
+            await self._write()
+        except Exception as exc:  # raised by wait(), in the run's own path
+            self._error = exc
+        finally:
+            self._done.set()
+
+    async def written(self) -> bool:
+        """Once the write ended: whether it was made (a refused one leaves the row alone)."""
+        await self._done.wait()
+        return self._error is None
+
+    async def wait(self) -> None:
+        await self._done.wait()
+        if self._error is not None:
+            raise self._error
+
 
 EventHandler = Callable[[str, dict[str, Any]], Awaitable[None]]
 
@@ -181,13 +214,23 @@ class TaskService:
         # Ours alone to stop: made here and not kept, or made for this task by the caller.
         owned = (request.sandbox_id is None and not request.keep_sandbox) or request.owns_sandbox
         try:
-            await self._store.update(record.id, sandbox_id=info.id, status="running")
-            inbox = await anyio.to_thread.run_sync(
-                transfer.copy_in, request.files, Path(info.shared_dir), "inbox", self._limits
+            # No files, nothing to copy or check: a warm dispatch skips the worker thread.
+            inbox = (
+                await anyio.to_thread.run_sync(
+                    transfer.copy_in, request.files, Path(info.shared_dir), "inbox", self._limits
+                )
+                if request.files
+                else transfer.TransferReport()
             )
             names = [f"/shared/inbox/{name}" for name in inbox.copied]
-            outcome = await self._run_loop(
-                record, request, info, names, on_event, on_runner, host_tools
+            running = _Started(
+                lambda: self._store.update(record.id, sandbox_id=info.id, status="running")
+            )
+            outcome = await beside(
+                running.write,
+                lambda: self._run_loop(
+                    record, request, info, names, on_event, on_runner, host_tools, running
+                ),
             )
             report = await self._collect_after(outcome, info, record, owned=owned)
         finally:
@@ -297,6 +340,7 @@ class TaskService:
         on_event: EventHandler | None,
         on_runner: Callable[[TaskRunner], None] | None,
         host_tools: list[HostTool],
+        running: _Started,
     ) -> Outcome:
         send, receive = anyio.create_memory_object_stream[tuple[str, dict[str, Any]]](math.inf)
         runners: list[TaskRunner] = []
@@ -309,12 +353,7 @@ class TaskService:
                 early.append((event, reason))
 
         link = GuestLink(self._provider, info.id, on_fault=on_fault, window_s=self._guest_window_s)
-        async with (
-            link as guest,
-            TraceWriter(Path(str(record.trace_dir))) as trace,
-            anyio.create_task_group() as tg,
-        ):
-            tg.start_soon(self._consume, record.id, receive, on_event)
+        async with link as guest, TraceWriter(Path(str(record.trace_dir))) as trace:
             runner = TaskRunner(
                 description=request.description,
                 guest=guest.call,
@@ -326,14 +365,20 @@ class TaskService:
                 inbox=inbox,
                 on_event=lambda kind, data: send.send_nowait((kind, data)),
                 host_tools=host_tools,
+                ready=running.wait,
             )
             runners.append(runner)
             for event, reason in early:  # traced; a loss ends the run as soon as it starts
                 runner.guest_event(event, reason)
             if on_runner is not None:
                 on_runner(runner)
-            with send:
-                return await runner.run()
+
+            async def run() -> Outcome:
+                with send:  # its end ends the consumer
+                    return await runner.run()
+
+            # beside: the runner's errors stay typed (a task group would group them)
+            return await beside(lambda: self._consume(record.id, receive, on_event, running), run)
         raise AssertionError("unreachable")  # pragma: no cover - the block always returns
 
     async def _consume(
@@ -341,12 +386,17 @@ class TaskService:
         task_id: str,
         events: MemoryObjectReceiveStream[tuple[str, dict[str, Any]]],
         on_event: EventHandler | None,
+        running: _Started,
     ) -> None:
+        # No status the runner reports may overtake "running", nor be written when that was
+        # refused (the task ended meanwhile; the runner stops at its first model request).
+        ours = await running.written()
         async with events:
             async for kind, data in events:
-                if kind == "status" and data["status"] in ("paused", "waiting_for_user", "running"):
+                status = data.get("status") if kind == "status" else None
+                if ours and status in ("paused", "waiting_for_user", "running"):
                     await self._store.update(
-                        task_id, status=data["status"], error=data.get("reason") or None
+                        task_id, status=status, error=data.get("reason") or None
                     )
                 if on_event is not None:
                     await on_event(kind, {"task_id": task_id, **data})

@@ -23,6 +23,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from hivecell.sandbox.local import hostfilter, limits
+from hivecell.sandbox.local.zygote import client as zygote_client
+from hivecell.sandbox.local.zygote import launch as zygote_launch
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 CGROUP_CONTROLLERS = ("memory", "pids", "cpu")  # the ones limits.py puts sandboxes in
@@ -147,13 +149,29 @@ def run_processes(
     of its sandboxes' cgroups (supervisors detach from the server), and their descendants."""
     needle = str(home)
     mine = _own_lineage()
+    shared = zygote_servers(table)
     named = [
         p.pid
         for p in table.values()
-        if p.pid not in mine
+        if p.pid not in mine | shared
         and (_mentions(p.pid, p.cmdline, needle) or sandbox_cgroup(p.pid) in sandbox_ids)
     ]
-    return with_descendants(table, [*roots, *named]) - mine
+    starts = [pid for pid in [*roots, *named] if pid not in shared]
+    return with_descendants(table, starts) - mine - shared
+
+
+def zygote_servers(table: dict[int, Proc]) -> set[int]:
+    """The host's zygote (its bwrap and the server in it): one serves every home and leaves
+    when idle, so it is no run's leftover, though its command line names the home of the
+    box that started it. What it forks into a run's boxes is in their cgroups."""
+    module = f"-m {zygote_launch.SERVER_MODULE} "
+    outer = {p.pid for p in table.values() if module in p.cmdline}
+    inner = {
+        p.pid
+        for p in table.values()
+        if p.ppid in outer and p.cmdline.startswith(f"{zygote_client.TITLE} ")
+    }
+    return outer | inner
 
 
 @dataclass

@@ -15,6 +15,9 @@ from pydantic import BaseModel, Field
 from hivecell.bench.stats import Stats, timed
 from hivecell.sandbox.base import SandboxProvider, SandboxSpec
 from hivecell.sandbox.guest_client import GuestClient
+from hivecell.sandbox.local import procs as box_procs
+from hivecell.sandbox.local.zygote.client import TITLE as ZYGOTE_TITLE
+from hivecell.sandbox.local.zygote.supervisors import TITLE as SUPERVISORS_TITLE
 
 TARGETS_MS = {
     "cold_start": 250.0,
@@ -78,6 +81,13 @@ class SandboxReport(BaseModel):
         "added (until 2026-11-30 it was read with one sandbox up)"
     )
     idle_boxes: int = Field(description="sandboxes up while idle memory was read")
+    zygote_pss_mb: float = Field(
+        default=0.0,
+        description="PSS (MB) of the guest zygote and the supervisor server, read with the "
+        "idle sandboxes up: paid once per host, not per sandbox (their pages are shared with "
+        "every box's boot, agent and supervisor, whose PSS carries their part); 0 when "
+        "boxes start without them",
+    )
     parallel_started: int
     parallel_tried: int
     parallel: HerdReport
@@ -108,7 +118,7 @@ async def measure_sandbox(
         ids.append((await provider.create(spec)).id)
         async with await provider.connect(ids[0]) as guest:
             ops = await _operations(guest, runs)
-        rss, pss = await _idle_memory(provider, ids, idle_boxes, spec)
+        rss, pss, zygote = await _idle_memory(provider, ids, idle_boxes, spec)
     finally:
         with anyio.CancelScope(shield=True):
             for sandbox_id in ids:
@@ -120,6 +130,7 @@ async def measure_sandbox(
         idle_rss_mb=round(rss, 1),
         idle_pss_mb=round(pss, 1),
         idle_boxes=len(ids),
+        zygote_pss_mb=round(zygote, 1),
         parallel_started=herd.started,
         parallel_tried=parallel,
         parallel=herd,
@@ -129,8 +140,9 @@ async def measure_sandbox(
 
 async def _idle_memory(
     provider: SandboxProvider, ids: list[str], boxes: int, spec: SandboxSpec | None = None
-) -> tuple[float, float]:
-    """Median per-sandbox (RSS, PSS) with ``boxes`` sandboxes up, ``ids[0]`` already used.
+) -> tuple[float, float, float]:
+    """Median per-sandbox (RSS, PSS) with ``boxes`` sandboxes up, ``ids[0]`` already used,
+    and the zygotes' PSS.
 
     The others get one of each operation first, so every agent has loaded what a task loads
     (the screenshot path, the X input path) before it idles.
@@ -145,6 +157,7 @@ async def _idle_memory(
     return (
         statistics.median(rss for rss, _ in readings),
         statistics.median(pss for _, pss in readings),
+        await anyio.to_thread.run_sync(zygote_pss_mb, ids),
     )
 
 
@@ -334,6 +347,18 @@ def herd_memory_mb(sandbox_ids: list[str]) -> tuple[float, float]:
     return rss / 1024, pss / 1024
 
 
+def zygote_pss_mb(sandbox_ids: list[str]) -> float:
+    """Summed PSS of the guest zygote and supervisor server that started these sandboxes'
+    processes (their parents, known by their titles; older ones idling on the host aside)."""
+    titles = tuple(title.encode() + b"\0" for title in (ZYGOTE_TITLE, SUPERVISORS_TITLE))
+    procs = _process_table()
+    wanted = [sandbox_id.encode() for sandbox_id in sandbox_ids]
+    roots = [pid for pid, (_, cmd) in procs.items() if any(w in cmd for w in wanted)]
+    parents = {procs[pid][0] for pid in _descendants(procs, roots) if pid in procs}
+    servers = {pid for pid in parents if pid in procs and procs[pid][1].startswith(titles)}
+    return sum(_pss_kb(pid) for pid in servers) / 1024
+
+
 def sandbox_memory_mb(sandbox_id: str) -> tuple[float, float]:
     """(RSS, PSS) summed over every process of the sandbox.
 
@@ -365,13 +390,16 @@ def _process_table() -> dict[int, tuple[int, bytes]]:
 
 
 def _descendants(procs: dict[int, tuple[int, bytes]], roots: list[int]) -> set[int]:
+    """``roots``, their descendants and their boxes' PID namespaces (a zygote's boot
+    process and what it starts are in the box, but not below its supervisor)."""
     found = set(roots)
     grew = True
     while grew:
         new = {pid for pid, (ppid, _) in procs.items() if ppid in found and pid not in found}
         found |= new
         grew = bool(new)
-    return found
+    parents = {pid: ppid for pid, (ppid, _) in procs.items()}
+    return found | box_procs.namespace_members(found, parents)
 
 
 def _status_kb(pid: int, field: str, name: str = "status") -> int:

@@ -113,6 +113,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--listen-fd", type=int, help="serve on this bound unix socket (from the host)")
     p.add_argument("--vnc-fd", type=int, help="relay VNC viewers from this bound unix socket")
     p.add_argument(
+        "--life-fd", type=int, help="the box's init reads our exit code here (zygote boots)"
+    )
+    p.add_argument(
         "--device", type=Path, help="serve on this virtio-serial port (a VM), multiplexed"
     )
     p.add_argument("--policy", type=Path, help="the guest's allow/block lists (TOML, policy.py)")
@@ -144,6 +147,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def _elapsed_ms() -> float:
     return (time.monotonic() - _STARTED) * 1000
+
+
+def reset_clock() -> None:
+    """Boot starts now (a process forked from the zygote imported this module long ago)."""
+    global _STARTED
+    _STARTED = time.monotonic()
 
 
 def apply_rlimits(nproc: int | None, data: int | None, fsize: int | None = None) -> None:
@@ -481,6 +490,8 @@ def _run_agent_child(args: argparse.Namespace, desktop: Desktop) -> int:
         code = 1
         try:
             desktop.in_agent()
+            if args.life_fd is not None:  # boot's alone: it tells the box when boot ends
+                os.close(args.life_fd)
             serve = _prepare_agent(desktop)
             log.info("agent stopped: %s", serve(args))
             code = AGENT_STOPPED

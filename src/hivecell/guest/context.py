@@ -49,7 +49,8 @@ class Services:
         self.vnc: Any = None  # anyio Process of x11vnc while it runs
         self._x: XSession | None = None
         self.method_names: list[str] = []
-        self.idle = IdleTrim()  # hands freed memory back once requests stop (memory.py)
+        # hands freed memory back once requests stop (memory.py)
+        self.idle = IdleTrim(release=self._release_grabber)
 
     @property
     def x(self) -> XSession:
@@ -59,6 +60,10 @@ class Services:
 
             self._x = XSession.open(self.config.display)
         return self._x
+
+    async def _release_grabber(self) -> None:
+        if self._x is not None:
+            await self._x.release_grabber()
 
     def request_stop(self, reason: str) -> None:
         self.stop_reason = reason

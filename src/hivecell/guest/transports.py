@@ -43,7 +43,8 @@ async def unix_listener(path: Path) -> Listener[ByteStream]:
 async def fd_listener(fd: int) -> Listener[ByteStream]:
     """A unix socket the host bound where the box cannot reach it, handed over as an open fd.
 
-    We call listen() here, so the host's connects succeed only once the agent serves.
+    We call listen() here too: a host that did not (a VM's relay) gets connects only once
+    the agent serves; one that did (local boxes) has them waiting in the backlog meanwhile.
     """
     sock = socket.socket(fileno=fd)
     sock.listen()

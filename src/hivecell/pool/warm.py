@@ -35,6 +35,7 @@ RETRY_AFTER_S = 10.0  # a shape whose refill failed is tried again after this lo
 # agent's imports) on a small host otherwise lands on the task's first step and slowed its
 # dispatch by tens of milliseconds.
 REFILL_AFTER_TAKE_S = 1.0
+PRIME_SETTLE_S = 5.0  # a desktop that keeps changing (an animation) is primed as it is
 
 
 class PoolSettings(BaseModel):
@@ -269,9 +270,12 @@ class WarmPool:
     async def _prime(self, info: SandboxInfo) -> None:
         """One screenshot, as a task's first step takes: the guest loads its image code on
         first use, which a task taking this sandbox should not wait for, and encodes the
-        desktop the task will see first."""
+        desktop the task will see first. Taken once the desktop has settled: a box answers
+        before its panel and windows are drawn, and an encoding of that half-drawn screen
+        is never reused (the task's first look paid a fresh ~40 ms encode)."""
         try:
             async with await self._provider.connect(info.id) as guest:
+                await guest.call("wait_for_settle", {"timeout": PRIME_SETTLE_S}, timeout=30)
                 # The parameters of a task's first look, so that it gets this encoding again
                 # (the guest keeps the last one while the screen is unchanged).
                 params = {"format": "png", "max_width": RunSettings().screenshot_max_width}

@@ -146,12 +146,14 @@ def log_tail(log: Path, lines: int = 15) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-async def pings(socket: Path) -> bool:
+async def pings(socket: Path, timeout: float = 5.0) -> bool:
+    """Whether the guest answers within ``timeout`` seconds (a socket the host listens on
+    holds the ping in its backlog until the agent serves)."""
     from hivecell.sandbox.guest_client import GuestClient  # anyio: not for sync callers
 
     try:
-        async with GuestClient(f"unix:{socket}", connect_timeout=2) as guest:
-            await guest.call("ping", timeout=5)
+        async with GuestClient(f"unix:{socket}", connect_timeout=min(2.0, timeout)) as guest:
+            await guest.call("ping", timeout=timeout)
     except (GuestUnavailable, Timeout, TimeoutError):
         # Not up yet, or too busy booting to answer (TimeoutError: even to accept within
         # connect_timeout, on a loaded host): keep polling until the boot timeout.

@@ -49,6 +49,7 @@ class DevToolsBrowser:
         self._next_id = 0
         self._lock = threading.Lock()
         self._sessions: dict[str, str] = {}  # target id -> flat session id
+        self._seen: dict[str, int] = {}  # target id -> order first seen (the tabs' order)
         self.active: str | None = None
 
     @property
@@ -125,8 +126,17 @@ class DevToolsBrowser:
         return self._sessions[target]
 
     def pages(self) -> list[dict[str, Any]]:
+        """The page targets, oldest first: Target.getTargets has no stable order (a tab
+        opened later can come first), and a model numbering tabs needs one."""
         infos = self.call("Target.getTargets")["targetInfos"]
-        return [t for t in infos if t.get("type") == "page"]
+        pages = [t for t in infos if t.get("type") == "page"]
+        for page in pages:
+            self.remember(page["targetId"])
+        return sorted(pages, key=lambda page: self._seen[page["targetId"]])
+
+    def remember(self, target: str) -> None:
+        """Place a tab last in the tabs' order unless already placed."""
+        self._seen.setdefault(target, len(self._seen))
 
     def close(self) -> None:
         for fd in (self._out, self._in):
@@ -284,6 +294,7 @@ def _open_sync(browser: DevToolsBrowser, url: str) -> c.Tab:
         browser.active = target
         return _navigate(browser, target, url)
     target = browser.call("Target.createTarget", {"url": "about:blank"})["targetId"]
+    browser.remember(target)
     browser.active = target
     return _navigate(browser, target, url)
 

@@ -29,7 +29,10 @@ def _default_settle() -> m.SettleParams:
 
 @router.method("screenshot")
 async def screenshot(p: m.ScreenshotParams, ctx: CallContext) -> m.ScreenshotResult:
-    frame = await ctx.services.x.grab()
+    x = ctx.services.x
+    if (last := _LAST_SHOT.last(p)) is not None and await x.run(x.still_shows, last[0]):
+        return last[1]
+    frame = await x.grab()
     # Encoding runs outside the X lock: input calls need not wait for the PNG encoder.
     return await anyio.to_thread.run_sync(_LAST_SHOT.encoded, frame, p)
 
@@ -38,26 +41,33 @@ class _LastShot:
     """The last encoded screenshot, handed out again while the screen shows the same pixels.
 
     An agent looks at an unchanged screen often (the first look at a fresh desktop, after a
-    click that did nothing, a poll while a page loads): hashing the pixels costs ~3 ms (SHA-1
-    runs in hardware; zlib's crc32 took 7 here) where encoding a PNG costs 15-30. One slot:
-    a miss replaces it.
+    click that did nothing, a poll while a page loads). The X server's DAMAGE reports say
+    whether anything was drawn since the slot's grab without grabbing again (``last``); when
+    something was, the pixels may still be the same (a caret blinked twice): hashing them
+    costs ~3 ms (SHA-1 runs in hardware; zlib's crc32 took 7 here) where encoding a PNG costs
+    15-30. One slot: a miss replaces it.
     """
 
     def __init__(self) -> None:
-        self._slot: tuple[tuple[object, ...], m.ScreenshotResult] | None = None
+        self._slot: tuple[tuple[object, ...], Frame, m.ScreenshotResult] | None = None
+
+    def last(self, p: m.ScreenshotParams) -> tuple[Frame, m.ScreenshotResult] | None:
+        """The slot's grab (pixels dropped) and result, if ``p`` asks for the same image."""
+        slot = self._slot
+        if slot is None or slot[0][1:] != _image_key(slot[1].width, slot[1].height, p):
+            return None
+        return slot[1], slot[2]
 
     def encoded(self, frame: Frame, p: m.ScreenshotParams) -> m.ScreenshotResult:
         key = (
             hashlib.sha1(frame.bgra, usedforsecurity=False).digest(),
-            frame.width,
-            frame.height,
-            target_size(frame.width, frame.height, p),  # not scale/max_width: same size, same PNG
-            p.format,
-            None if p.format == "png" else p.quality,
+            *_image_key(frame.width, frame.height, p),
         )
+        mark = Frame(b"", frame.width, frame.height, frame.epoch)  # the slot keeps no pixels
         slot = self._slot  # one read: a concurrent call may replace it meanwhile
         if slot is not None and slot[0] == key:
-            return slot[1]
+            self._slot = (key, mark, slot[2])  # same pixels, newer grab: vouched for longer
+            return slot[2]
         data, width, height = encode(frame, p)
         result = m.ScreenshotResult(
             format=p.format,
@@ -68,8 +78,18 @@ class _LastShot:
             screen_height=frame.height,
             scale=width / frame.width,
         )
-        self._slot = (key, result)
+        self._slot = (key, mark, result)
         return result
+
+
+def _image_key(width: int, height: int, p: m.ScreenshotParams) -> tuple[object, ...]:
+    return (
+        width,
+        height,
+        target_size(width, height, p),  # not scale/max_width: same size, same PNG
+        p.format,
+        None if p.format == "png" else p.quality,
+    )
 
 
 _LAST_SHOT = _LastShot()

@@ -54,13 +54,16 @@ def build(
     args = [*_namespaces(layout.sandbox_id), *NO_NESTED_USERNS]
     args += _system_mounts(tmpfs_bytes)
     args += _bind_all("--ro-bind", etcfiles.binds(layout))
-    args += _bind_all("--ro-bind", [*runtime.binds, (str(pycache), PYCACHE)])
+    args += runtime_binds(runtime, pycache)
     args += _sandbox_mounts(layout, inbox_writable)
     args += _read_only_roots()
-    args += ["--chdir", etcfiles.SANDBOX_HOME, "--clearenv"]
-    for key, value in environment(runtime).items():
-        args += ["--setenv", key, value]
+    args += ["--chdir", etcfiles.SANDBOX_HOME, *environment_args(environment(runtime))]
     return args
+
+
+def environment_args(env: dict[str, str]) -> list[str]:
+    """Exactly ``env``, nothing of ours."""
+    return ["--clearenv", *(arg for item in env.items() for arg in ("--setenv", *item))]
 
 
 def _namespaces(sandbox_id: str) -> list[str]:
@@ -71,7 +74,8 @@ def _namespaces(sandbox_id: str) -> list[str]:
     ]  # fmt: skip
 
 
-def _system_mounts(tmpfs_bytes: int) -> list[str]:
+def system_binds() -> list[str]:
+    """/usr and the top-level folders (or merged-usr links) programs are found in."""
     args = ["--ro-bind", "/usr", "/usr"]
     for name in TOP_LEVEL:
         path = Path("/", name)
@@ -79,6 +83,16 @@ def _system_mounts(tmpfs_bytes: int) -> list[str]:
             args += ["--symlink", str(path.readlink()), str(path)]
         elif path.is_dir():
             args += ["--ro-bind", str(path), str(path)]
+    return args
+
+
+def runtime_binds(runtime: PythonRuntime, pycache: Path) -> list[str]:
+    """The host's Python runtime and the guest's bytecode, where the box finds them."""
+    return _bind_all("--ro-bind", [*runtime.binds, (str(pycache), PYCACHE)])
+
+
+def _system_mounts(tmpfs_bytes: int) -> list[str]:
+    args = system_binds()
     args += ["--proc", "/proc", *PROC_COVER, "--dev", "/dev"]
     for scratch in ("/dev/shm", "/tmp", "/var/tmp"):
         # sticky, world-writable as usual; sized, else a box fills host RAM when memory falls

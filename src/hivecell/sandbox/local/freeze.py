@@ -2,8 +2,9 @@
 
 The task service freezes a sandbox it keeps running (a reused one) while it copies the outbox,
 so the copy is one consistent snapshot; the no-follow copy in ``transfer.py`` is safe either
-way. The box's processes are the descendants of its supervisor: bwrap's pid namespace keeps
-orphans inside (they are re-parented to the box's init, never to host init). Signalling them
+way. The box's processes are those of ``procs.box_processes`` (its supervisor's descendants
+and its PID namespace's members: the zygote's boot process is the one not below the
+supervisor). Signalling them
 one by one races with fork, so passes repeat until one finds nothing new; a stopped process
 cannot fork, so this ends. Stdlib only.
 """
@@ -16,6 +17,8 @@ import signal
 import time
 from pathlib import Path
 
+from hivecell.sandbox.local import procs
+
 MAX_PASSES = 100
 STOP_WAIT = 2.0  # a process in uninterruptible sleep stops when its I/O is done
 _STOPPED = ("T", "t", "Z", "X")
@@ -24,7 +27,7 @@ _STOPPED = ("T", "t", "Z", "X")
 def stop(supervisor: int) -> None:
     signalled: set[int] = set()
     for _ in range(MAX_PASSES):
-        todo = descendants(supervisor) - signalled
+        todo = procs.box_processes(supervisor) - signalled
         if not todo:
             return
         for pid in todo:
@@ -34,22 +37,8 @@ def stop(supervisor: int) -> None:
 
 
 def resume(supervisor: int) -> None:
-    for pid in descendants(supervisor):
+    for pid in procs.box_processes(supervisor):
         _signal(pid, signal.SIGCONT)
-
-
-def descendants(root: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, parent in _parents().items():
-        children.setdefault(parent, []).append(pid)
-    found: set[int] = set()
-    todo = [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found
 
 
 def state(pid: int) -> str | None:
@@ -59,19 +48,6 @@ def state(pid: int) -> str | None:
     except OSError:
         return None
     return stat[stat.rindex(b")") + 2 :].split()[0].decode()  # comm may hold spaces and ")"
-
-
-def _parents() -> dict[int, int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_bytes()
-        except OSError:
-            continue  # exited while we looked
-        parents[int(entry.name)] = int(stat[stat.rindex(b")") + 2 :].split()[1])
-    return parents
 
 
 def _wait_stopped(pids: set[int]) -> None:

@@ -20,6 +20,8 @@ import os
 import stat
 from pathlib import Path
 
+from hivecell.sandbox.local.libc import check, libc
+
 TYPE_CHECKING = False  # not typing's: the supervisor of every sandbox imports this (~0.5 MB)
 
 if TYPE_CHECKING:
@@ -62,51 +64,37 @@ def userns_unavailable() -> str | None:
 
 
 # --- supervisor side: private mounts, staging, dropping root --------------------------------
-def _libc() -> ctypes.CDLL:
-    import ctypes
-
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _check(result: int, what: str) -> None:
-    if result != 0:
-        import ctypes
-
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-
-
-def _mount(libc: ctypes.CDLL, source: str | None, target: str, fstype: str | None, flags: int,
+def _mount(lib: ctypes.CDLL, source: str | None, target: str, fstype: str | None, flags: int,
            data: str | None = None) -> None:  # fmt: skip
     enc = [None if s is None else s.encode() for s in (source, target, fstype, data)]
-    _check(libc.mount(enc[0], enc[1], enc[2], flags, enc[3]), f"mount {source} on {target}")
+    check(lib.mount(enc[0], enc[1], enc[2], flags, enc[3]), f"mount {source} on {target}")
 
 
 def private_mounts() -> None:
     """Move this process into its own mount namespace; host mounts still propagate in."""
     STAGE.mkdir(mode=0o755, exist_ok=True)
-    libc = _libc()
-    _check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    _mount(libc, None, "/", None, MS_REC | MS_SLAVE)  # ours never propagate to the host
-    _mount(libc, "hivecell-stage", str(STAGE), "tmpfs", 0, "mode=0755,size=64k")
+    lib = libc()
+    check(lib.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
+    _mount(lib, None, "/", None, MS_REC | MS_SLAVE)  # ours never propagate to the host
+    _mount(lib, "hivecell-stage", str(STAGE), "tmpfs", 0, "mode=0755,size=64k")
 
 
 def stage_binds(args: list[str]) -> list[str]:
     """``args`` with every bind source an unprivileged uid cannot reach replaced by a copy
     bind-mounted under ``STAGE`` (call after ``private_mounts``)."""
-    libc = _libc()
+    lib = libc()
     out = list(args)
     i = 0
     while i < len(args):
         if args[i] in BIND_OPTIONS and i + 2 < len(args):
-            staged = _stage(libc, args[i + 1], i)
+            staged = _stage(lib, args[i + 1], i)
             if staged is not None:
                 out[i + 1] = staged
         i += 1 + OPERANDS.get(args[i], 0)
     return out
 
 
-def _stage(libc: ctypes.CDLL, source: str, n: int) -> str | None:
+def _stage(lib: ctypes.CDLL, source: str, n: int) -> str | None:
     real = Path(source).resolve()
     # bwrap walks the path as given (a link's own folder too), then the link's target.
     if not real.exists() or (_reachable(Path(source).absolute()) and _reachable(real)):
@@ -116,7 +104,7 @@ def _stage(libc: ctypes.CDLL, source: str, n: int) -> str | None:
         staged.mkdir()
     else:
         staged.touch()
-    _mount(libc, str(real), str(staged), None, MS_BIND | MS_REC)
+    _mount(lib, str(real), str(staged), None, MS_BIND | MS_REC)
     return str(staged)
 
 

@@ -8,6 +8,7 @@ does. SIGTERM stops the box. Stdlib only, so it starts in a few milliseconds.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -24,6 +25,7 @@ from types import FrameType
 from hivecell.sandbox.local import identity, limits
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.limits import LimitPlan
+from hivecell.sandbox.local.zygote import client
 
 TYPE_CHECKING = False  # not typing's: the supervisor of every sandbox imports this (~0.5 MB)
 # network (slirp4netns, the host filter, the DNS proxy) and disk are imported by the boxes
@@ -36,6 +38,7 @@ if TYPE_CHECKING:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 FILTER_CHECK_SECONDS = 2.0  # how long a flushed host filter may stay missing
 DISK_CHECK_SECONDS = 2.0  # how often the ``watch`` disk cap is measured (no loop mounts)
+GUEST_BACKLOG = 128
 LOG_CAP_BYTES = 16 << 20  # per run: what the box (and we) may add to sandbox.log
 # Copies stdin to stdout up to a byte count, then drops the rest until EOF: writers never
 # see EPIPE, and stop signals for the supervisor's group leave it reading to the end. A shell
@@ -72,15 +75,23 @@ class Box:
         self.terminal = bool(plan.get("terminal"))
 
     def run(self) -> int:
+        zygote = None
         try:
+            # Before this box's own set-up: a zygote started now inherits our mount
+            # namespace, and staging gives us one holding this box's files and disk; the
+            # zygote, serving every box for as long as it runs, kept them (a removed box's
+            # disk stayed attached, its blocks allocated).
+            zygote = self._connect_zygote()
             if self.plan.get("identity"):
                 _stage_for_unprivileged_bwrap(self.plan)
             limits.setup(self.limits)
-            self._start()
+            self._start(zygote)
             self._wait()
         except OSError as exc:
             log(f"cannot run the sandbox: {exc}")
         finally:
+            if zygote is not None:
+                zygote.close()
             code = self._cleanup()
         log(f"box exited with {code}")
         if self.terminal:  # the command's own exit code is the terminal owner's to show
@@ -102,37 +113,45 @@ class Box:
         except ProcessLookupError:
             pass
 
-    def _start(self) -> None:
-        args_fd = _args_memfd(self.plan["bwrap_args"])
-        seccomp_fd = _open_seccomp(self.plan["seccomp"])
-        info_r, info_w = os.pipe()
-        block_r, block_w = os.pipe()
-        sockets = [] if self.terminal else _bind_sockets(self.layout)
-        pipes = [args_fd, seccomp_fd, info_w, block_r]
-        fds = [*pipes, *(s.fileno() for s in sockets)]
-        argv = [self.plan["bwrap"], "--args", str(args_fd), "--seccomp", str(seccomp_fd)]
-        argv += ["--info-fd", str(info_w)]
-        argv += ["--block-fd", str(block_r), "--", *self.plan["command"]]
-        argv += [] if self.terminal else _socket_args(sockets)
-        try:
-            # The box writes to a pipe (cap_output), never to the log file itself: a box process's
-            # /proc/<pid>/fd/1 would otherwise reopen the host's log for writing.
-            # env={}: bwrap stays the box's pid 1, whose /proc/1/environ the box can read;
-            # ours is the caller's (API keys and all). The box's own comes from --setenv.
-            self.proc = subprocess.Popen(
-                argv,
-                pass_fds=fds,
-                stdin=None if self.terminal else subprocess.DEVNULL,
-                preexec_fn=self._enter_box,
-                env={},
-            )
-        finally:
-            for fd in pipes:
-                os.close(fd)
+    def _start(self, zygote: socket.socket | None) -> None:
+        with contextlib.ExitStack() as held:
+            if zygote is not None:
+                held.callback(zygote.close)  # only the boot's start needs it
+            args_fd = _args_memfd(self.plan["bwrap_args"])
+            seccomp_fd = _open_seccomp(self.plan["seccomp"])
+            info_r, info_w = os.pipe()
+            block_r, block_w = os.pipe()
+            held.callback(os.close, block_w)
+            sockets = [] if self.terminal else _bind_sockets(self.layout)
             for sock in sockets:
-                sock.close()  # only the box holds them now: if it dies, connects are refused
-        self.child_pid = _read_child_pid(info_r)
-        try:
+                # only the box holds them once it runs: if it dies, connects are refused
+                held.callback(sock.close)
+            pipes = [args_fd, seccomp_fd, info_w, block_r]
+            fds = [*pipes, *(s.fileno() for s in sockets)]
+            argv = [self.plan["bwrap"], "--args", str(args_fd), "--seccomp", str(seccomp_fd)]
+            argv += ["--info-fd", str(info_w)]
+            argv += ["--block-fd", str(block_r), "--"]
+            stdin: int | None = None if self.terminal else subprocess.DEVNULL
+            life = box_end = None
+            if zygote is not None:  # bwrap runs BOX_INIT; the zygote forks boot in later
+                life, box_end = socket.socketpair()
+                held.callback(life.close)
+                argv += client.BOX_INIT
+                stdin = box_end.fileno()
+            else:
+                argv += self.plan["command"]
+                argv += [] if self.terminal else _socket_args(sockets)
+            try:
+                self._popen(argv, fds, stdin)
+            finally:
+                for fd in pipes:
+                    os.close(fd)
+                if box_end is not None:
+                    box_end.close()
+                if zygote is None:
+                    for sock in sockets:
+                        sock.close()
+            self.child_pid = _read_child_pid(info_r)
             if self.stopping or self.child_pid is None:
                 self._kill()  # a stop request raced the start, or bwrap failed
                 return
@@ -140,8 +159,57 @@ class Box:
                 self.network = self._network()
                 self.network.start(self.child_pid)
             os.write(block_w, b"go")  # let the box run only once its network is in place
+            if zygote is not None and life is not None:
+                self._boot_from_zygote(zygote, life, sockets)
+
+    def _popen(self, argv: list[str], fds: list[int], stdin: int | None) -> None:
+        # The box writes to a pipe (cap_output), never to the log file itself: a box
+        # process's /proc/<pid>/fd/1 would otherwise reopen the host's log for writing.
+        # env={}: bwrap stays the box's pid 1, whose /proc/1/environ the box can read;
+        # ours is the caller's (API keys and all). The box's own comes from --setenv.
+        self.proc = subprocess.Popen(
+            argv, pass_fds=fds, stdin=stdin, preexec_fn=self._enter_box, env={}
+        )
+
+    def _connect_zygote(self) -> socket.socket | None:
+        plan = self.plan.get("zygote")
+        if plan is None or self.terminal:
+            return None
+        try:
+            return client.connect(plan)
+        except OSError as exc:
+            log(f"no zygote ({exc}); the box boots by itself")
+            return None
+
+    def _boot_from_zygote(
+        self, zygote: socket.socket, life: socket.socket, sockets: list[socket.socket]
+    ) -> None:
+        """Once bwrap runs BOX_INIT (the box is set up), have the zygote fork boot into it."""
+        if life.recv(1) != b"x":
+            return  # the box ended first (bwrap failed, or a stop); the log says why
+        assert self.child_pid is not None
+        request = {
+            "argv": self.plan["command"],
+            "env": self.plan["boot_env"],
+            "cwd": self.plan["boot_cwd"],
+            "uid": self.plan["zygote"]["uid"],
+            "gid": self.plan["zygote"]["gid"],
+            "umask": _umask(),
+            "cgroups": list(self.limits.cgroups),
+        }
+        pidfd = os.pidfd_open(self.child_pid)
+        seccomp_fd = _open_seccomp(self.plan["seccomp"])
+        guest, vnc = sockets
+        try:
+            fds = [pidfd, seccomp_fd, 2, life.fileno(), guest.fileno(), vnc.fileno()]
+            pid = client.spawn(zygote, request, fds)
+            log(f"boot forked from the zygote: pid {pid}")
+        except client.ZygoteError as exc:
+            if not self.stopping:
+                self._fail(str(exc))
         finally:
-            os.close(block_w)
+            os.close(pidfd)
+            os.close(seccomp_fd)
 
     def _wait(self) -> None:
         """Until the box exits; a ``nat`` box's host filter is checked and its connections
@@ -240,6 +308,12 @@ class Box:
         return code
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _args_memfd(args: list[str]) -> int:
     """bwrap reads its options from here: host paths stay out of the box's /proc/1/cmdline."""
     fd = os.memfd_create("bwrap-args", 0)
@@ -260,7 +334,9 @@ def _bind_sockets(layout: Layout) -> list[socket.socket]:
 
     The host connects to these paths, so they must not live where the box writes (it could
     replace them with links to another sandbox's socket or a host service). The box gets
-    them as fds; the guest calls listen(), so a connect succeeds only once it serves.
+    them as fds. The guest's listens from the start: the provider's first ping waits in its
+    backlog and is answered the moment the agent serves (no polling, whose sleeps and CPU
+    cost a cold start ~10 ms); the VNC relay's listens once the relay runs.
     """
     bound = []
     try:
@@ -269,6 +345,7 @@ def _bind_sockets(layout: Layout) -> list[socket.socket]:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             bound.append(sock)
             sock.bind(str(path))
+        bound[0].listen(GUEST_BACKLOG)
     except OSError:
         for sock in bound:
             sock.close()

@@ -126,13 +126,16 @@ class BootThrottle:
 
     def _take_slot(self, ticket: _Ticket) -> tuple[int, int] | None:
         fds = [os.open(self._slot_path(i), OPEN_FLAGS, 0o600) for i in range(self.slots)]
-        taken: tuple[int, int] | None = None
+        # A free slot first: closing an inotify instance waits for an RCU grace period
+        # (~15 ms here), a price only a creator that has to wait should pay.
+        taken = _try_any(fds)
         try:
-            with _CloseWatch(self.lock_dir) as watch:
-                while taken is None and not ticket.cancelled:
-                    taken = _try_any(fds)
-                    if taken is None:
-                        self._wait_for_release(watch, fds, ticket)
+            if taken is None:
+                with _CloseWatch(self.lock_dir) as watch:
+                    while taken is None and not ticket.cancelled:
+                        taken = _try_any(fds)  # again: one may have ended before the watch
+                        if taken is None:
+                            self._wait_for_release(watch, fds, ticket)
         finally:
             for fd in fds:
                 if taken is None or fd != taken[1]:

@@ -3,7 +3,7 @@
 A sampler calls this for every box every ~2 s, so it reads as little as it can:
 
 - which processes: the box's cgroup lists them (``cgroup.procs``, one read) when the cgroup
-  limits backend runs it; otherwise one scan of /proc finds the supervisor's descendants.
+  limits backend runs it; otherwise one scan of /proc finds its processes (``procs.box_processes``).
   The supervisor itself always counts (it is what the box costs beyond its own processes);
   its helpers outside the cgroup (the output copier, slirp4netns) are only found by the scan.
 - CPU: a cgroup v2 ``cpu.stat`` (``usage_usec``, which keeps what exited processes used) plus
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from hivecell.sandbox.base import SandboxUsage
-from hivecell.sandbox.local import disk, state
+from hivecell.sandbox.local import disk, procs, state
 from hivecell.sandbox.local.layout import Layout
 from hivecell.sandbox.local.state import SandboxMeta
 
@@ -74,7 +74,7 @@ class UsageReader:
         cgroups = _cgroups(layout)
         pids = _cgroup_pids(cgroups)
         if pids is None:
-            pids = descendants(pid)
+            pids = procs.box_processes(pid)
         pids.add(pid)
         rss, pss = self._memory_kb(layout.sandbox_id, pids)
         cpu = _cgroup_cpu(cgroups)
@@ -144,29 +144,6 @@ def _cgroup_pids(cgroups: list[Path]) -> set[int] | None:
         except OSError:
             continue  # removed meanwhile, or not this controller's: try the next
     return None
-
-
-def descendants(root: int) -> set[int]:
-    """Every process below ``root`` (one pass over /proc: no children files on every kernel)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.scandir(PROC):
-        if entry.name.isdigit():
-            parent = _ppid(entry.name)
-            if parent is not None:
-                children.setdefault(parent, []).append(int(entry.name))
-    found: set[int] = set()
-    stack = [root]
-    while stack:
-        for child in children.get(stack.pop(), ()):
-            if child not in found:
-                found.add(child)
-                stack.append(child)
-    return found
-
-
-def _ppid(pid: str) -> int | None:
-    fields = _stat_fields(pid)
-    return int(fields[1]) if fields else None
 
 
 def _stat_fields(pid: int | str) -> list[str] | None:

@@ -25,6 +25,7 @@ SHARED_DEVICE = "vfs0"
 SHARED_CHARDEV = "vfs"
 HOTPLUG_PORT = "hp0"
 MIGRATION_POLL = 0.02
+LISTEN_TIMEOUT = 30.0  # virtiofsd listens within milliseconds of binding, but TCG loads the host
 UNPLUG_TIMEOUT = 30.0  # an ACPI eject under TCG on a loaded host; a guest that refuses is stuck
 
 
@@ -53,10 +54,30 @@ async def resume(qmp: QMPClient) -> None:
     await qmp.execute("cont")
 
 
+async def connect_when_listening(
+    socket: Path, timeout: float = LISTEN_TIMEOUT
+) -> anyio.abc.SocketStream:
+    """A connection to ``socket`` once its server listens. virtiofsd creates the socket
+    (bind) a moment before it listens, and a connect in between is refused: a warm start
+    failed so on a loaded host. Probing by connecting is no option: virtiofsd serves one
+    connection and exits when it closes."""
+    with anyio.move_on_after(timeout):
+        while True:
+            try:
+                return await anyio.connect_unix(socket)
+            except ConnectionRefusedError:
+                await anyio.sleep(0.01)
+    raise SandboxError(
+        f"nothing listens on {socket} after {timeout:g} s: virtiofsd did not start serving; "
+        "/shared cannot be attached",
+        op="start",
+    )
+
+
 async def attach_shared(qmp: QMPClient, socket: Path) -> None:
     """virtiofsd must be listening on ``socket``; the guest mounts the tag ``shared``. QEMU
     gets a connection made here, not the path: it runs as a uid that cannot reach it."""
-    connection = await anyio.connect_unix(socket)
+    connection = await connect_when_listening(socket)
     try:
         qmp.send_fd_scm(connection.extra(SocketAttribute.raw_socket).fileno())
         await qmp.execute("getfd", {"fdname": SHARED_CHARDEV})
