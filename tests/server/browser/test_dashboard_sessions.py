@@ -25,6 +25,15 @@ from tests.sessions.helpers import make_repo, stop_all
 
 pytestmark = pytest.mark.slow
 ROWS = "#terminal .xterm-rows"
+# Makes the xterm 60 columns wider than it is, lets the page lay out twice, and measures.
+WIDEN_THE_XTERM = """async () => {
+  const box = document.querySelector('#terminal');
+  const before = box.getBoundingClientRect().width;
+  box.xterm.resize(box.xterm.cols + 60, box.xterm.rows);
+  await new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)));
+  return {before, after: box.getBoundingClientRect().width,
+          page: document.documentElement.scrollWidth, window: innerWidth};
+}"""
 # Records every notification the page raises (the real one is made too).
 RECORD_NOTIFICATIONS = """
 window.__notes = [];
@@ -116,6 +125,12 @@ def test_resizing_the_page_resizes_the_pty(sessions_home: Hivecell, page: Page, 
     assert (cols, rows) != (int(before[0] or 0), int(before[1] or 0))
     type_line(page, "stty size")
     expect(page.locator(ROWS)).to_contain_text(f"{rows} {cols}", timeout=20_000)
+    # The page, never the terminal in it, sets the terminal's width: an xterm wider than its
+    # column (as it is for a moment after the window narrows) once widened the column, fit()
+    # measured the terminal's own width and the PTY got a size the page did not show.
+    widths = page.evaluate(WIDEN_THE_XTERM)
+    assert widths["after"] == widths["before"], widths
+    assert widths["page"] <= widths["window"], widths
 
 
 def settled_size(page: Page, hivecell: Hivecell, name: str) -> tuple[int, int]:
