@@ -234,3 +234,48 @@ async def test_a_virtiofsd_that_never_listens_is_a_clear_error(tmp_path: Path) -
         server.bind(str(path))
         with pytest.raises(SandboxError, match="virtiofsd did not start serving"):
             await machine.connect_when_listening(path, timeout=0.3)
+
+
+class LateBalloon:
+    """Stands in for QEMU's QMP in front of a just-restored guest under TCG: the balloon
+    driver answers only after a few readings, then gives up 128 MiB per reading down to what
+    it can spare (300 MiB), and holds there."""
+
+    def __init__(self, late_readings: int) -> None:
+        self.late = late_readings
+        self.size_mb = 1024
+        self.commands: list[tuple[str, object]] = []
+
+    async def execute(self, command: str, args: dict[str, int] | None = None) -> object:
+        self.commands.append((command, args))
+        if command == "query-balloon":
+            if self.late:
+                self.late -= 1
+            else:
+                self.size_mb = max(300, self.size_mb - 128)
+            return {"actual": self.size_mb << 20}
+        return {}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("late_readings", [0, 5])
+async def test_the_squeeze_waits_for_a_late_balloon_and_for_it_to_settle(
+    late_readings: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A warm-started VM kept its whole RAM resident when the guest's balloon driver did
+    not answer by the first reading (the squeeze took "no change" for "done")."""
+    monkeypatch.setattr(machine, "BALLOON_POLL", 0.01)
+    monkeypatch.setattr(machine, "BALLOON_STALL_S", 0.05)
+    balloon = LateBalloon(late_readings)
+    lowest = await machine.squeeze(balloon, 1024, 256, timeout=10)  # type: ignore[arg-type]
+    assert lowest == 300
+    assert balloon.commands[0] == ("balloon", {"value": 256 << 20})
+    assert balloon.commands[-1] == ("balloon", {"value": 1024 << 20})  # handed back, empty
+
+
+@pytest.mark.anyio
+async def test_a_balloon_that_never_answers_is_let_go_at_the_timeout() -> None:
+    balloon = LateBalloon(late_readings=10**6)
+    with anyio.fail_after(5):
+        assert await machine.squeeze(balloon, 1024, 256, timeout=0.5) == 1024  # type: ignore[arg-type]
+    assert balloon.commands[-1] == ("balloon", {"value": 1024 << 20})

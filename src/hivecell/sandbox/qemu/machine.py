@@ -25,6 +25,8 @@ SHARED_DEVICE = "vfs0"
 SHARED_CHARDEV = "vfs"
 HOTPLUG_PORT = "hp0"
 MIGRATION_POLL = 0.02
+BALLOON_POLL = 0.2
+BALLOON_STALL_S = 1.0  # a balloon that shrank and then held this long is as small as it gets
 LISTEN_TIMEOUT = 30.0  # virtiofsd listens within milliseconds of binding, but TCG loads the host
 UNPLUG_TIMEOUT = 30.0  # an ACPI eject under TCG on a loaded host; a guest that refuses is stuck
 
@@ -158,16 +160,21 @@ async def squeeze(qmp: QMPClient, memory_mb: int, floor_mb: int, timeout: float)
     up are released on the host, then handed back empty (untouched until used). Loading a
     saved state makes the whole RAM resident (QEMU reads every page the stream says is zero
     to check it, which allocates shared memory), free pages included; this returns them.
-    Returns the balloon's lowest size in MiB."""
+    Returns the balloon's lowest size in MiB.
+
+    Done when the balloon shrank and then held still for ``BALLOON_STALL_S`` (as far as the
+    guest can spare); until it starts, it waits (up to ``timeout``): a just-restored guest
+    under TCG can take seconds to answer, and giving up at the first unchanged reading left
+    the whole RAM resident."""
     lowest = memory_mb
     await qmp.execute("balloon", {"value": floor_mb << 20})
+    still = 0.0
     with anyio.move_on_after(timeout):
-        while True:
-            await anyio.sleep(0.2)
+        while lowest > floor_mb and (lowest == memory_mb or still < BALLOON_STALL_S):
+            await anyio.sleep(BALLOON_POLL)
             actual = await qmp.execute("query-balloon")
             size = int(actual["actual"]) >> 20 if isinstance(actual, dict) else memory_mb
-            if size >= lowest:  # it stopped shrinking: as far as the guest can spare
-                break
-            lowest = size
+            still = 0.0 if size < lowest else still + BALLOON_POLL
+            lowest = min(lowest, size)
     await qmp.execute("balloon", {"value": memory_mb << 20})
     return lowest
