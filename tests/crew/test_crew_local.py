@@ -83,6 +83,11 @@ async def test_three_agents_share_three_todos_and_end_in_one_summary(
     kinds = [kind for kind, _ in events]
     assert kinds[0] == "crew.planned" and kinds[-1] == "crew.completed"
     assert kinds.count("crew.todo_assigned") == 3 and kinds.count("crew.todo_done") == 3
+    # Each agent said it was done before its desktop went (a page loaded meanwhile must not
+    # ask for the closing desktop's view), and the record shows every desktop closed.
+    done_agents = [data["agent"] for kind, data in events if kind == "crew.agent_done"]
+    assert sorted(done_agents) == ["ada", "bo", "cy"]
+    assert not any(m.desktop_open for m in crew.members)
     agent_requests = [r for r in server.chat_requests if not r.get("response_format")]
     assert {"whiteboard_read", "whiteboard_note", "todo_done", "todo_failed"} <= set(
         tool_call_names(agent_requests[0])

@@ -177,6 +177,7 @@ def _line(kind: str, data: dict[str, Any]) -> str | None:
             "plan:\n" + "\n".join(f"  {t['id']}: {t['title']}" for t in data.get("todos", []))
         ),
         "crew.agent_ready": lambda: f"{data.get('agent')}: desktop {data.get('sandbox_id')}",
+        "crew.agent_done": lambda: f"{data.get('agent')}: done, closes its desktop",
         "crew.todo_assigned": lambda: f"{todo.get('agent')}: takes {title}",
         "crew.todo_done": lambda: f"{todo.get('agent')}: done {title}: {todo.get('result')}",
         "crew.todo_failed": lambda: f"{todo.get('agent')}: failed {title}: {todo.get('result')}",

@@ -56,6 +56,9 @@ class Member(_Strict):
 
     name: str
     sandbox_id: str | None = None
+    # False from the moment its desktop starts closing: a page loaded meanwhile still finds
+    # the sandbox listed, but must not ask for a view it would be refused.
+    desktop_open: bool = False
     task_ids: list[str] = Field(default_factory=list)
     todo: str | None = None  # the TODO it works on now
     cost_usd: float = 0.0

@@ -195,14 +195,20 @@ class CrewRunner:
             if self.crew.error is None:
                 self.crew.error = f"{member.name} got no desktop: {exc}"
             return
-        member.sandbox_id = info.id
+        member.sandbox_id, member.desktop_open = info.id, True
         await self._changed("crew.agent_ready", {"agent": member.name, "sandbox_id": info.id})
         try:
             while (todo := await self._take(member)) is not None:
                 await self._run(member, info, todo)
         finally:
             with anyio.CancelScope(shield=True):
-                await self._desk.close_desktop(info.id)
+                member.desktop_open = False
+                try:
+                    await self._changed(
+                        "crew.agent_done", {"agent": member.name, "sandbox_id": info.id}
+                    )
+                finally:
+                    await self._desk.close_desktop(info.id)
 
     async def _take(self, member: Member) -> Todo | None:
         """The next TODO this agent may run; waits while the rest depend on running ones."""

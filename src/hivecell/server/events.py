@@ -31,6 +31,7 @@ EVENT_TYPES = (
     "crew.planned",
     "crew.started",
     "crew.agent_ready",
+    "crew.agent_done",
     "crew.todo_assigned",
     "crew.todo_started",
     "crew.todo_done",

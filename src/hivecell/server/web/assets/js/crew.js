@@ -255,9 +255,11 @@ function renderTile(c, member) {
     h("span", { class: "spacer" }), entry.state,
     entry.cost);
   const sandbox = member.sandbox_id;
-  // A member keeps its sandbox id after its desktop closed: only a desktop the server still
-  // lists is watched, and one that dropped its connection is not asked again.
-  const watchable = c.live && c.status === "running" && sandbox && alive.has(sandbox) && !closed.has(sandbox);
+  // A member keeps its sandbox id after its desktop closed: only an open desktop the server
+  // still lists is watched (one closing is listed until it is gone), and one that dropped its
+  // connection is not asked again.
+  const watchable = c.live && c.status === "running" && sandbox && member.desktop_open
+    && alive.has(sandbox) && !closed.has(sandbox);
   if (watchable && entry.sandbox !== sandbox) connect(entry, sandbox);
   if (!watchable && entry.rfb) disconnect(entry);
   if (!watchable && sandbox) setState(entry, "desktop closed");
