@@ -64,6 +64,24 @@ def _status(pid: int) -> dict[str, str]:
     return {key: value.strip() for key, _, value in (line.partition(":") for line in lines)}
 
 
+CAP_DAC_OVERRIDE, CAP_MKNOD, CAP_SETFCAP = 1 << 1, 1 << 27, 1 << 31
+
+
+def _virtiofsd_children(layout: VmLayout) -> list[int]:
+    """The virtiofsd processes serving ``layout`` that run in its sandbox (a PID namespace of
+    their own); their parent only waits."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            nspid = _status(int(proc.name)).get("NSpid", "").split()
+        except OSError:
+            continue
+        if f"--socket-path={layout.virtiofs_socket}".encode() in argv and len(nspid) > 1:
+            found.append(int(proc.name))
+    return found
+
+
 def _as_uid(uid: int, *argv: str) -> subprocess.CompletedProcess[str]:
     """``argv`` with exactly what an escape from QEMU would have: its uid, no group, no cap."""
     drop = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all"]
@@ -96,6 +114,13 @@ async def test_qemu_runs_as_a_uid_of_its_own_that_reaches_no_host_file(
         assert tried.returncode != 0 and "Permission denied" in tried.stderr, (path, tried)
     tried = _as_uid(uid, "touch", str(provider.home / "planted"))
     assert tried.returncode != 0 and not (provider.home / "planted").exists()
+    # /shared's file server keeps root's file capabilities, but not those to make device
+    # nodes or set file capabilities in the host's folder
+    servers = _virtiofsd_children(layout)
+    assert servers, "no virtiofsd serves this VM's /shared"
+    for pid in servers:
+        held = int(_status(pid)["CapEff"], 16)
+        assert held & CAP_DAC_OVERRIDE and not held & (CAP_MKNOD | CAP_SETFCAP), hex(held)
     # ...and the VM works as before: its disk (reopened after the restore) takes writes and
     # /shared (whose socket QEMU no longer reaches) is served.
     async with await provider.connect(info.id) as guest:

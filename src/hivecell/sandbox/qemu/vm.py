@@ -160,9 +160,12 @@ def kernel_cmdline(layout: VmLayout, spec: SandboxSpec) -> str:
 
 def virtiofsd_command(layout: VmLayout, virtiofsd: str) -> list[str]:
     """The file server for /shared: it pivots into ``layout.shared`` in namespaces of its
-    own, so nothing the guest names (links included) resolves outside that folder."""
+    own, so nothing the guest names (links included) resolves outside that folder. It runs as
+    root (files keep the guest's owners); of the capabilities it keeps, ``mknod`` and
+    ``setfcap`` go: a guest root could otherwise plant device nodes or file capabilities in
+    a folder the host reads."""
     return [
         virtiofsd, f"--socket-path={layout.virtiofs_socket}",
         "-o", f"source={layout.shared}", "-o", "cache=auto", "-o", "sandbox=namespace",
-        "-o", "log_level=warn",
+        "-o", "modcaps=-mknod:-setfcap", "-o", "log_level=warn",
     ]  # fmt: skip
