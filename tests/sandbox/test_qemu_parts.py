@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import anyio
@@ -221,7 +222,7 @@ async def test_the_shared_folder_connection_waits_until_virtiofsd_listens(tmp_pa
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(listen_soon)
-            connection = await machine.connect_when_listening(path)
+            connection = await machine.connect_when_listening(path, "virtiofsd")
         async with connection:
             accepted, _ = server.accept()  # the connection QEMU is handed: the only one
             accepted.close()
@@ -233,7 +234,7 @@ async def test_a_virtiofsd_that_never_listens_is_a_clear_error(tmp_path: Path) -
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
         server.bind(str(path))
         with pytest.raises(SandboxError, match="virtiofsd did not start serving"):
-            await machine.connect_when_listening(path, timeout=0.3)
+            await machine.connect_when_listening(path, "virtiofsd", timeout=0.3)
 
 
 class LateBalloon:
@@ -279,3 +280,51 @@ async def test_a_balloon_that_never_answers_is_let_go_at_the_timeout() -> None:
     with anyio.fail_after(5):
         assert await machine.squeeze(balloon, 1024, 256, timeout=0.5) == 1024  # type: ignore[arg-type]
     assert balloon.commands[-1] == ("balloon", {"value": 1024 << 20})
+
+
+GREETING = {
+    "QMP": {
+        "version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""},
+        "capabilities": [],
+    }
+}
+
+
+def _read_json(peer: socket.socket) -> dict[str, object]:
+    data = b""
+    while True:
+        data += peer.recv(4096) or b"}"  # a closed peer ends the read with a parse error
+        try:
+            found: dict[str, object] = json.loads(data)
+            return found
+        except ValueError:
+            continue
+
+
+@pytest.mark.anyio
+async def test_qmp_waits_until_its_socket_listens(tmp_path: Path) -> None:
+    """QEMU's QMP and control sockets exist from their bind, a moment before they listen:
+    the supervisor's connect retries while refused (as for virtiofsd). The peer answers the
+    QMP greeting and capabilities negotiation the way QEMU does."""
+    path = tmp_path / "qmp.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(path))
+
+        def serve() -> None:
+            time.sleep(0.2)
+            server.listen(1)
+            server.settimeout(10)  # a client that gave up never comes: the test ends anyway
+            peer, _ = server.accept()
+            with peer:
+                peer.sendall(json.dumps(GREETING).encode() + b"\r\n")
+                asked = _read_json(peer)  # QMP messages end with their closing brace
+                assert asked["execute"] == "qmp_capabilities"
+                answer = {"return": {}, **({"id": asked["id"]} if "id" in asked else {})}
+                peer.sendall(json.dumps(answer).encode() + b"\r\n")
+                while peer.recv(4096):  # until the client leaves
+                    pass
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(anyio.to_thread.run_sync, serve)
+            qmp = await machine.connect(path, "test")
+            await qmp.disconnect()

@@ -13,13 +13,19 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import anyio
 from anyio.abc import SocketAttribute
 from qemu.qmp import EventListener, QMPClient
+from qemu.qmp.protocol import ConnectError
 
 from hivecell.errors import SandboxError
+from hivecell.protocol import unixstream
+
+T = TypeVar("T")
 
 SHARED_DEVICE = "vfs0"
 SHARED_CHARDEV = "vfs"
@@ -33,7 +39,16 @@ UNPLUG_TIMEOUT = 30.0  # an ACPI eject under TCG on a loaded host; a guest that 
 
 async def connect(socket: Path, name: str) -> QMPClient:
     qmp = QMPClient(name)
-    await qmp.connect(str(socket))
+
+    async def attempt() -> None:
+        try:
+            await qmp.connect(str(socket))
+        except ConnectError as exc:  # back to IDLE: it may be tried again
+            if isinstance(exc.exc, ConnectionRefusedError):
+                raise exc.exc from None
+            raise
+
+    await when_listening(attempt, socket, "QEMU's QMP monitor")
     return qmp
 
 
@@ -56,30 +71,37 @@ async def resume(qmp: QMPClient) -> None:
     await qmp.execute("cont")
 
 
-async def connect_when_listening(
-    socket: Path, timeout: float = LISTEN_TIMEOUT
-) -> anyio.abc.SocketStream:
-    """A connection to ``socket`` once its server listens. virtiofsd creates the socket
-    (bind) a moment before it listens, and a connect in between is refused: a warm start
-    failed so on a loaded host. Probing by connecting is no option: virtiofsd serves one
-    connection and exits when it closes."""
+async def when_listening(
+    connect: Callable[[], Awaitable[T]], socket: Path, server: str, timeout: float = LISTEN_TIMEOUT
+) -> T:
+    """``connect()`` (to ``socket``) once its server listens. A unix socket's file appears
+    at its bind, a moment before its listen, and a connect in between is refused: a warm
+    start failed so with virtiofsd on a loaded host. Probing by connecting is no option:
+    virtiofsd serves one connection and exits when it closes."""
     with anyio.move_on_after(timeout):
         while True:
             try:
-                return await anyio.connect_unix(socket)
+                return await connect()
             except ConnectionRefusedError:
                 await anyio.sleep(0.01)
     raise SandboxError(
-        f"nothing listens on {socket} after {timeout:g} s: virtiofsd did not start serving; "
-        "/shared cannot be attached",
+        f"nothing listens on {socket} after {timeout:g} s: {server} did not start serving",
         op="start",
+    )
+
+
+async def connect_when_listening(
+    socket: Path, server: str, timeout: float = LISTEN_TIMEOUT
+) -> anyio.abc.SocketStream:
+    return await when_listening(
+        lambda: unixstream.connect_unix(str(socket)), socket, server, timeout
     )
 
 
 async def attach_shared(qmp: QMPClient, socket: Path) -> None:
     """virtiofsd must be listening on ``socket``; the guest mounts the tag ``shared``. QEMU
     gets a connection made here, not the path: it runs as a uid that cannot reach it."""
-    connection = await connect_when_listening(socket)
+    connection = await connect_when_listening(socket, "virtiofsd (/shared)")
     try:
         qmp.send_fd_scm(connection.extra(SocketAttribute.raw_socket).fileno())
         await qmp.execute("getfd", {"fdname": SHARED_CHARDEV})

@@ -178,7 +178,9 @@ class Vm:
         await to_thread.run_sync(_wait_for, self.layout.qmp_socket, self.proc)
         self.qmp = await machine.connect(self.layout.qmp_socket, self.layout.sandbox_id)
         await to_thread.run_sync(_wait_for, self.layout.control_socket, self.proc)
-        control = await unixstream.connect_unix(str(self.layout.control_socket))
+        control = await machine.connect_when_listening(
+            self.layout.control_socket, "QEMU's control port"
+        )
         self.control = GuestControl(control)
         if self.incoming is not None:
             await machine.load_state(self.qmp, self.incoming)
