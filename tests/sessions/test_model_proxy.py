@@ -338,3 +338,59 @@ async def test_an_agent_hanging_up_mid_answer_is_counted_and_ends_the_upstream(
         tg.cancel_scope.cancel()
     calls = [e for e in audit(folder) if e["action"] == "network_request"]
     assert len(calls) == 1 and calls[0]["target"].endswith("/v1/chat/completions")
+
+
+def proxy_listeners() -> int:
+    """How many listening proxy sockets this process holds, reachable or not (the host binds
+    through /proc/self/fd/N/sock, the name the kernel keeps)."""
+    mine = set()
+    for fd in Path("/proc/self/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = str(fd.readlink())
+            if target.startswith("socket:["):
+                mine.add(target[8:-1])
+    listening = 0x10000  # __SO_ACCEPTCON
+    count = 0
+    for row in Path("/proc/net/unix").read_text().splitlines()[1:]:
+        fields = row.split()
+        if len(fields) == 8 and fields[6] in mine and int(fields[3], 16) & listening:
+            count += bool(re.fullmatch(r"/proc/self/fd/\d+/sock", fields[7]))
+    return count
+
+
+async def test_a_session_ensured_from_two_places_at_once_is_served_once(shome: Path) -> None:
+    """A session's creation ensures its socket while the reconcile loop may find the same
+    folder: both bound the path, and the loser's 'address in use' ended the server (or the
+    winner's socket was unlinked from under it and served nobody)."""
+    async with (
+        ScriptedLLMServer([Reply(text="once")]) as up,
+        hosting(shome, provider(up.base_url)) as host,
+    ):
+        folder = make_session(shome, "s10")
+        async with anyio.create_task_group() as tg:
+            for _ in range(4):
+                tg.start_soon(host.ensure, "s10")
+                tg.start_soon(host.reconcile)
+        assert proxy_listeners() == 1
+        answer = await openai_client(folder).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content == "once"
+
+
+async def test_a_session_whose_socket_cannot_be_made_does_not_stop_the_others(
+    shome: Path,
+) -> None:
+    bad = make_session(shome, "s11")
+    (bad / "proxy").mkdir(mode=0o711)
+    (bad / "proxy" / "sock").write_text("not a socket")  # refused: "move it away"
+    good = make_session(shome, "s12")
+    async with (
+        ScriptedLLMServer([Reply(text="fine")]) as up,
+        hosting(shome, provider(up.base_url)) as host,
+    ):
+        assert set(host._serving) == {"s12"}
+        answer = await openai_client(good).chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert answer.choices[0].message.content == "fine"

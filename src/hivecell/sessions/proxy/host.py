@@ -52,6 +52,9 @@ class ProxyHost:
         self.root = home / "sessions"
         self.resolve = resolve
         self._serving: dict[str, anyio.CancelScope] = {}
+        # The reconcile loop and a session's creation both ensure a socket: one at a time,
+        # or both bind the same path and the second's "address in use" ended the server.
+        self._ensuring = anyio.Lock()
         self._tg: TaskGroup | None = None
         self._client: httpx.AsyncClient | None = None
 
@@ -74,7 +77,10 @@ class ProxyHost:
         """Serve every proxied session there is; stop serving the ones that are gone."""
         names = set(await anyio.to_thread.run_sync(self._proxied, set(self._serving)))
         for name in sorted(names - set(self._serving)):
-            await self.ensure(name)
+            try:
+                await self.ensure(name)
+            except (OSError, ValueError) as exc:  # that session's folder: tried again next round
+                log.warning("model proxy for session %s not served: %s", name, exc)
         for name in set(self._serving) - names:
             self._serving.pop(name).cancel()
 
@@ -96,17 +102,18 @@ class ProxyHost:
 
     async def ensure(self, name: str) -> None:
         """Listen for session ``name`` (its spec must say ``proxy``) unless already."""
-        if self._tg is None or name in self._serving:
-            return
-        folder = self.root / name
-        spec = await anyio.to_thread.run_sync(read_spec, folder)
-        sock = await anyio.to_thread.run_sync(_bind, socket_dir(folder))
-        try:
-            scope = await self._tg.start(self._listen, folder, spec, sock)
-        except BaseException:
-            sock.close()
-            raise
-        self._serving[name] = scope
+        async with self._ensuring:
+            if self._tg is None or name in self._serving:
+                return
+            folder = self.root / name
+            spec = await anyio.to_thread.run_sync(read_spec, folder)
+            sock = await anyio.to_thread.run_sync(_bind, socket_dir(folder))
+            try:
+                scope = await self._tg.start(self._listen, folder, spec, sock)
+            except BaseException:
+                sock.close()
+                raise
+            self._serving[name] = scope
 
     async def close(self, name: str) -> None:
         scope = self._serving.pop(name, None)
