@@ -6,6 +6,9 @@ from hivecell.sandbox.guest_client import GUEST_TIMEOUT_MARGIN, _effective_timeo
 def test_long_guest_timeouts_extend_the_wait() -> None:
     assert _effective_timeout(120.0, {"argv": ["x"], "timeout": 600}) == 600 + GUEST_TIMEOUT_MARGIN
     assert _effective_timeout(120.0, {"seconds": 300}) == 300 + GUEST_TIMEOUT_MARGIN
+    # a launch that waits 120 s for its window: the guest's "showed no window" comes back,
+    # not the host's vaguer "no answer"
+    assert _effective_timeout(120.0, {"window_timeout": 120}) == 120 + GUEST_TIMEOUT_MARGIN
 
 
 def test_short_or_missing_timeouts_keep_the_default() -> None:

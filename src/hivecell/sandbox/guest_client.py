@@ -355,7 +355,11 @@ def _effective_timeout(timeout: float | None, params: dict[str, Any] | None) -> 
     if timeout is None or not params:
         return timeout
     own = max(
-        (v for k in ("timeout", "seconds") if isinstance(v := params.get(k), int | float)),
+        (
+            v
+            for k in ("timeout", "seconds", "window_timeout")  # the guest's own waits
+            if isinstance(v := params.get(k), int | float)
+        ),
         default=0.0,
     )
     return max(timeout, own + GUEST_TIMEOUT_MARGIN)
