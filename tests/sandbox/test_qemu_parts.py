@@ -157,6 +157,10 @@ def test_the_qemu_command_line_keeps_the_vm_in_its_box(tmp_path: Path) -> None:
     restored = vm.command(layout, template, SandboxSpec(), "tcg", "qemu", incoming=True)
     assert restored[restored.index("-incoming") + 1] == "defer"
     assert f"file={layout.disk}," in joined and "-runas" not in argv
+    # the RAM is the supervisor's memfd (ramfile.py), shared as virtiofsd needs it
+    ram = vm.memory_options(7, 1024)
+    assert ram[1] == "memory-backend-file,id=mem,size=1024M,share=on,mem-path=/proc/self/fd/7"
+    assert "memory-backend" not in joined  # only the supervisor adds it, with its descriptor
 
 
 def test_a_root_started_qemu_drops_to_its_own_uid_and_dies_with_its_init(tmp_path: Path) -> None:

@@ -212,14 +212,10 @@ async def test_vms_start_from_the_templates_warm_state_as_themselves(
                 guest_now = float(await sh_out(guest, "date +%s.%N"))
             assert abs(guest_now - time.time()) < 30  # not the moment the state was saved
         assert await _urandom(provider, vm.id) != await _urandom(provider, twin.id)
-        # loading the state made all 1024 MiB of its RAM resident; the balloon gives the
-        # free part back (wait on the figure, not a clock), and the desktop still works
-        for _ in range(2400):
-            usage = await provider.usage(twin.id)
-            if usage.memory_pss_mb < 700:
-                break
-            await anyio.sleep(0.05)
-        assert usage.memory_pss_mb < 700, usage
+        # a clone holds the RAM its state saved (free pages were ballooned out before), not
+        # all 1024 MiB it was given; and the desktop works
+        usage = await provider.usage(twin.id)
+        assert usage.memory_pss_mb < 600, usage
         async with await provider.connect(twin.id) as guest:
             shot = await guest.call("screenshot", {"format": "png"})
             assert host.png_bytes(shot).startswith(PNG_MAGIC)

@@ -1,10 +1,10 @@
 """What the supervisor asks of QEMU itself, over QMP (the ``qemu.qmp`` library).
 
-- **State to and from a file**: a paused VM's RAM and device state is written with a
-  migration into a file descriptor passed over the QMP socket (QEMU's own seccomp sandbox
-  forbids ``exec:`` migrations); a VM started with ``-incoming defer`` reads one back. With
-  the disk as it was at that moment, that is a whole running desktop, restored in about a
-  second instead of a boot.
+- **State to and from a file**: a paused VM's device state is written with a migration
+  into a file descriptor passed over the QMP socket (QEMU's own seccomp sandbox forbids
+  ``exec:`` migrations); a VM started with ``-incoming defer`` reads one back. Its RAM goes
+  beside it (ramfile.py). With the disk as it was at that moment, that is a whole running
+  desktop, restored in well under a second of the host's time instead of a boot.
 - **/shared on and off**: virtio-fs (vhost-user) cannot be migrated, so its device is never
   on QEMU's command line: it is hot-plugged into a PCIe root port after a boot or a restore
   and unplugged (the guest lets go of it first) before a state is saved.
@@ -53,15 +53,19 @@ async def connect(socket: Path, name: str) -> QMPClient:
 
 
 async def save_state(qmp: QMPClient, path: Path) -> None:
-    """Pause the VM and write its state to ``path`` (it stays paused: ``cont`` resumes it)."""
+    """Pause the VM and write its devices' state to ``path`` (it stays paused: ``cont``
+    resumes it). Its RAM is not in it: the caller copies that (ramfile.py)."""
     await qmp.execute("stop")
+    await _leave_ram_out(qmp)
     await _pass_fd(qmp, os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600))
     await qmp.execute("migrate", {"uri": "fd:state"})
     await _migration_done(qmp, "save")
 
 
 async def load_state(qmp: QMPClient, path: Path) -> None:
-    """Into a VM started with ``-incoming defer``: it is paused with that state after."""
+    """Into a VM started with ``-incoming defer`` whose RAM holds what it held then
+    (ramfile.py): it is paused with that state after."""
+    await _leave_ram_out(qmp)
     await _pass_fd(qmp, os.open(path, os.O_RDONLY | os.O_NOFOLLOW))
     await qmp.execute("migrate-incoming", {"uri": "fd:state"})
     await _migration_done(qmp, "restore")
@@ -150,6 +154,14 @@ async def detach_shared(qmp: QMPClient) -> None:
                 retryable=True,
             ) from None
     await qmp.execute("chardev-remove", {"id": SHARED_CHARDEV})
+
+
+async def _leave_ram_out(qmp: QMPClient) -> None:
+    """The shared RAM (the supervisor's memfd) stays out of the stream, both ways."""
+    await qmp.execute(
+        "migrate-set-capabilities",
+        {"capabilities": [{"capability": "x-ignore-shared", "state": True}]},
+    )
 
 
 async def _pass_fd(qmp: QMPClient, fd: int) -> None:

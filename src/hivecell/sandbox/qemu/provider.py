@@ -38,7 +38,7 @@ from hivecell.sandbox.base import (
 )
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local import hostfilter, netlog, uidpool
-from hivecell.sandbox.qemu import accel, guestfiles, ops, snapshots, vm, warm
+from hivecell.sandbox.qemu import accel, guestfiles, ops, ramfile, snapshots, vm, warm
 from hivecell.sandbox.qemu.layout import SHARED_FOLDERS, SUPERVISOR_MODULE, VmLayout
 from hivecell.sandbox.qemu.ops import SaveRequest
 from hivecell.sandbox.qemu.template import DEFAULT_NAME, Template, TemplateStore, private_folder
@@ -202,6 +202,7 @@ class QemuProvider:
             await self._launch_new(child, child_meta, incoming, self._guest_disk_of(meta))
         finally:
             incoming.unlink(missing_ok=True)  # loaded by now (or never will be)
+            ramfile.path_for(incoming).unlink(missing_ok=True)
         return await self.info(child.sandbox_id)
 
     async def snapshots(self, sandbox_id: str) -> builtins.list[SnapshotInfo]:

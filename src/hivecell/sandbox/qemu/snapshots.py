@@ -1,6 +1,8 @@
-"""A VM's snapshots on the host: ``<vm>/snapshots/NAME/{state.bin,disk.qcow2,snapshot.json}``.
+"""A VM's snapshots on the host: ``<vm>/snapshots/NAME/{state.bin,state.ram,disk.qcow2,
+snapshot.json}``.
 
-``state.bin`` is the VM's RAM and devices at one moment and ``disk.qcow2`` a copy of its disk
+``state.bin`` is the VM's devices at one moment, ``state.ram`` its RAM (ramfile.py) and
+``disk.qcow2`` a copy of its disk
 overlay taken while it was paused there (the copy keeps the overlay's backing file, so it
 is only what the VM wrote). A restore starts QEMU on a copy of that disk with ``-incoming``
 from the state. The record names the guest disk the VM ran then: the agent in the saved RAM
@@ -20,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hivecell.errors import ConfigError, NotFound
 from hivecell.sandbox.base import SnapshotInfo
+from hivecell.sandbox.qemu import ramfile
 from hivecell.sandbox.qemu.layout import VmLayout
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -58,7 +61,8 @@ class Snapshot:
             return None  # being written, or half removed: not a snapshot
 
     def info(self, sandbox_id: str, record: SnapshotRecord) -> SnapshotInfo:
-        size = sum(p.stat().st_blocks * 512 for p in (self.state, self.disk) if p.exists())
+        files = (self.state, ramfile.path_for(self.state), self.disk)
+        size = sum(p.stat().st_blocks * 512 for p in files if p.exists())
         return SnapshotInfo(
             sandbox_id=sandbox_id, name=record.name, created_at=record.created_at, size_bytes=size
         )

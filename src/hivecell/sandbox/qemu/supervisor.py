@@ -35,7 +35,7 @@ from hivecell.sandbox import muxproxy
 from hivecell.sandbox.local import network
 from hivecell.sandbox.local.hostfilter import HostFilter
 from hivecell.sandbox.local.supervisor import cap_output, detach, log
-from hivecell.sandbox.qemu import machine, vm
+from hivecell.sandbox.qemu import machine, ramfile, vm
 from hivecell.sandbox.qemu.guestctl import GuestControl
 from hivecell.sandbox.qemu.layout import VmLayout
 from hivecell.sandbox.qemu.ops import SaveRequest, serve_ops
@@ -45,7 +45,10 @@ SERIAL_CONNECT_TIMEOUT = 30.0  # QEMU creates its socket within milliseconds of 
 STOP_GRACE = 5.0
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
-SQUEEZE_FLOOR_MB = 256  # the balloon's target after a restore: the guest keeps what it uses
+# Before a warm state is saved, the balloon is inflated towards this: the pages the guest
+# gives up become holes in its RAM, which its clones then neither copy nor hold.
+SQUEEZE_FLOOR_MB = 256
+SQUEEZE_TIMEOUT = 60.0
 FILTER_CHECK_SECONDS = 2.0  # how long a flushed host filter may stay missing
 CLONE_NEWNET = 0x40000000
 SIOCSIFFLAGS = 0x8914
@@ -62,6 +65,7 @@ class Vm:
         self.incoming = Path(str(incoming)) if incoming else None
         self.boot_timeout = float(plan.get("boot_timeout") or 180.0)  # type: ignore[arg-type]
         self.memory_mb = int(plan.get("memory_mb") or 4096)  # type: ignore[call-overload]
+        self.ram = -1  # the guest's RAM, shared with QEMU (ramfile.py)
         self.plan = plan
         self.network: network.Network | None = None
         self.proc: subprocess.Popen[bytes] | None = None
@@ -77,19 +81,25 @@ class Vm:
     def run(self) -> int:
         listeners = _bind(self.layout)
         try:
+            self.ram = ramfile.make(self.memory_mb)
+            if self.incoming is not None:
+                ramfile.fill(self.ram, ramfile.path_for(self.incoming))
+                log("RAM filled")
             # QEMU that runs as a uid of its own gets the disk it could not open (vm.py)
             disk_fds = _open_disk(self.layout.disk) if self.plan.get("own_init") else []
             try:
                 # QEMU's stdio is the guest's console. Never our own stdout: QEMU makes its
                 # stdio non-blocking, which would break the log's copier sharing that pipe.
                 self.proc = subprocess.Popen(
-                    self.argv + _fdset_options(disk_fds, vm.DISK_FDSET),
+                    self.argv
+                    + vm.memory_options(self.ram, self.memory_mb)
+                    + _fdset_options(disk_fds, vm.DISK_FDSET),
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT,
                     preexec_fn=_in_own_network if self.plan.get("netns") else _die_with_parent,
                     env={},
-                    pass_fds=disk_fds,
+                    pass_fds=[self.ram, *disk_fds],
                 )
             finally:
                 for fd in disk_fds:
@@ -98,7 +108,7 @@ class Vm:
             link = _connect_serial(self.layout.serial_socket, self.proc)
             if link is not None:
                 anyio.run(self._serve, link, listeners)
-        except OSError as exc:
+        except (OSError, SandboxError) as exc:
             self.failure = f"cannot run the VM: {exc}"
             log(self.failure)
         finally:
@@ -223,9 +233,14 @@ class Vm:
         async with self.ops_lock:
             await self._detach_shared()
             try:
-                if request.drop_caches:
+                if request.drop_caches:  # a warm state: only what the guest uses is saved
                     await self.control.command("drop-caches")
+                    lowest = await machine.squeeze(
+                        self.qmp, self.memory_mb, SQUEEZE_FLOOR_MB, SQUEEZE_TIMEOUT
+                    )
+                    log(f"memory squeezed: the balloon reached {lowest} MiB")
                 await machine.save_state(self.qmp, state)
+                await to_thread.run_sync(ramfile.dump, self.ram, ramfile.path_for(state))
                 if disk is not None:
                     # Here, not at the top: snapshots brings the sandbox models (~100 ms of
                     # imports) into every VM's start, which never needs them.
@@ -286,20 +301,10 @@ class Vm:
             if kind != "ops"
         }
         async with anyio.create_task_group() as tg:
-            if self.incoming is not None:
-                tg.start_soon(self._squeeze)
             send, receive = anyio.create_memory_object_stream[None](4)
             tg.start_soon(self._proxy, stream, listeners, receive)
             tg.start_soon(self._watch_reboots, send)
             tg.start_soon(serve_ops, self, bound["ops"])
-
-    async def _squeeze(self) -> None:
-        assert self.qmp is not None
-        try:
-            lowest = await machine.squeeze(self.qmp, self.memory_mb, SQUEEZE_FLOOR_MB, 60.0)
-            log(f"memory squeezed: the balloon reached {lowest} MiB")
-        except (QMPError, OSError) as exc:
-            log(f"could not squeeze the restored memory: {exc}")
 
     async def _watch_reboots(self, restarts: MemoryObjectSendStream[None]) -> None:
         """A guest that reboots (``reboot``, or a crash with panic=-1) comes back with a new

@@ -65,11 +65,8 @@ def command(
         "-device", f"virtserialport,chardev=ctl,name={guestctl.PORT}",
         "-qmp", f"unix:{layout.qmp_socket},server=on,wait=off",
         "-serial", "stdio",
-        # /shared over virtio-fs (the cloud kernel has no 9p); guest RAM is shared with
-        # virtiofsd, which serves only layout.shared from inside its own namespaces. Its
-        # device is hot-plugged into this port (machine.py): it cannot be migrated.
-        "-object", f"memory-backend-memfd,id=mem,size={memory}M,share=on",
-        "-numa", "node,memdev=mem",
+        # /shared over virtio-fs (the cloud kernel has no 9p): its device is hot-plugged
+        # into this port (machine.py), as it cannot be migrated.
         "-device", f"pcie-root-port,id={machine.HOTPLUG_PORT},chassis=1",
         "-device", "virtio-rng-pci",
         # the guest hands the pages it frees back to the host (free page reporting), and
@@ -85,6 +82,17 @@ def command(
     if runas is not None:
         argv += ["-runas", f"{runas}:{runas}"]
     return argv + network(spec.network)
+
+
+def memory_options(fd: int, memory_mb: int) -> list[str]:
+    """The guest's RAM: the supervisor's memfd ``fd`` (ramfile.py), which QEMU maps shared
+    (virtiofsd maps it too, and serves only layout.shared from inside its namespaces). QEMU
+    opens it by its /proc path before it drops root."""
+    return [
+        "-object", f"memory-backend-file,id=mem,size={memory_mb}M,share=on,"
+        f"mem-path=/proc/self/fd/{fd}",
+        "-numa", "node,memdev=mem",
+    ]  # fmt: skip
 
 
 def disk_option(layout: VmLayout, runas: int | None) -> str:

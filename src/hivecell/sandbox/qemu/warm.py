@@ -1,11 +1,13 @@
 """Warm states: a booted desktop saved once per template and shape, so VMs start in a second.
 
 After a template's first boot with a given shape (memory, CPUs, screen, desktop, disk size,
-accelerator, and the guest agent's version), its running VM is saved: RAM and devices into
-``state.bin``, its disk overlay frozen beside it. A new sandbox of that shape is an overlay
-on that frozen disk, started with ``-incoming`` from the state: no kernel boot, no desktop
-start, no agent imports. Stored with the template (``templates/NAME/warm/KEY/``), so removing
-or rebuilding a template removes its warm states too (both are refused while VMs use it).
+accelerator, and the guest agent's version), its running VM is saved: devices into
+``state.bin``, the RAM it uses into ``state.ram`` (ramfile.py; its page cache dropped and
+its free pages ballooned out first), its disk overlay frozen beside it. A new sandbox of that
+shape is an overlay on that frozen disk, started with ``-incoming`` from the state: no kernel
+boot, no desktop start, no agent imports. Stored with the template
+(``templates/NAME/warm/KEY/``), so removing or rebuilding a template removes its warm states
+too (both are refused while VMs use it).
 
 What a clone must not share with its siblings is renewed after the restore (see
 guestctl.GuestControl.come_back and the ``vmgenid`` device): clock, hostname, randomness.
@@ -31,9 +33,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from hivecell.sandbox.base import SandboxSpec
+from hivecell.sandbox.qemu import ramfile
 from hivecell.sandbox.qemu.template import Template
 
-FORMAT = 3  # bump when what a warm state holds changes (devices, steps)
+FORMAT = 4  # bump when what a warm state holds changes (devices, steps)
 USERS = "users"
 
 
@@ -50,6 +53,10 @@ class WarmState:
     @property
     def state(self) -> Path:
         return self.root / "state.bin"
+
+    @property
+    def ram(self) -> Path:
+        return ramfile.path_for(self.state)
 
     @property
     def record(self) -> Path:
@@ -86,7 +93,8 @@ class WarmState:
 
     def usable(self) -> bool:
         """Complete, and its disk's backing files all there (``qemu-img`` follows them)."""
-        if not (self.record.is_file() and self.state.is_file() and self.disk.is_file()):
+        parts = (self.record, self.state, self.ram, self.disk)
+        if not all(part.is_file() for part in parts):
             return False
         checked = subprocess.run(
             ["qemu-img", "info", "--backing-chain", "-U", str(self.disk)],
@@ -199,8 +207,14 @@ def keep(
     target.root.mkdir(parents=True, exist_ok=True)
     disk.replace(target.disk)
     state.replace(target.state)
+    ramfile.path_for(state).replace(target.ram)
     record: dict[str, object] = {"built_at": time.time(), "build_seconds": round(seconds, 1)}
-    record.update(guest=guest_version, format=FORMAT, state_bytes=target.state.stat().st_size)
+    record.update(
+        guest=guest_version,
+        format=FORMAT,
+        state_bytes=target.state.stat().st_size,
+        ram_bytes=target.ram.stat().st_blocks * 512,
+    )
     tmp = target.record.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
     tmp.replace(target.record)
