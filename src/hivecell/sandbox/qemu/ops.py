@@ -13,31 +13,22 @@ import functools
 import json
 import socket
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import anyio
 from anyio.abc import ByteStream
 from anyio.streams.buffered import BufferedByteReceiveStream
-from pydantic import BaseModel, ConfigDict, ValidationError
 
 from hivecell.errors import SandboxError
 from hivecell.protocol import unixstream
 
+if TYPE_CHECKING:  # its model (pydantic, ~55 ms) is imported by the first request, not at
+    # every VM's start: the supervisor imports this module on the way to the guest's ping
+    from hivecell.sandbox.qemu.saverequest import SaveRequest
+
 MAX_REQUEST = 64 * 1024
 REQUEST_TIMEOUT = 10.0  # to send the request line: a client that dawdles is dropped
 REPLY_TIMEOUT = 600.0  # a save writes the RAM and copies the disk: minutes on slow disks
-
-
-class SaveRequest(BaseModel):
-    """Write the VM's state (and a copy of its disk) at one moment."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    op: Literal["save"]
-    state: str
-    disk: str | None = None
-    then: Literal["resume", "quit"] = "resume"
-    drop_caches: bool = False
 
 
 class Saver(Protocol):
@@ -51,6 +42,10 @@ async def serve_ops(vm: Saver, bound: socket.socket) -> None:
 
 
 async def _one(vm: Saver, conn: ByteStream) -> None:
+    from pydantic import ValidationError
+
+    from hivecell.sandbox.qemu.saverequest import SaveRequest
+
     async with conn:
         try:
             with anyio.fail_after(REQUEST_TIMEOUT):

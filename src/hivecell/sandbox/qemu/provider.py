@@ -40,7 +40,7 @@ from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local import hostfilter, netlog, uidpool
 from hivecell.sandbox.qemu import accel, guestfiles, ops, ramfile, snapshots, vm, warm
 from hivecell.sandbox.qemu.layout import SHARED_FOLDERS, SUPERVISOR_MODULE, VmLayout
-from hivecell.sandbox.qemu.ops import SaveRequest
+from hivecell.sandbox.qemu.saverequest import SaveRequest
 from hivecell.sandbox.qemu.template import DEFAULT_NAME, Template, TemplateStore, private_folder
 from hivecell.sandbox.qemu.warm import WarmState
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio import to_thread
@@ -38,7 +39,10 @@ from hivecell.sandbox.local.supervisor import cap_output, detach, log
 from hivecell.sandbox.qemu import machine, ramfile, vm
 from hivecell.sandbox.qemu.guestctl import GuestControl
 from hivecell.sandbox.qemu.layout import VmLayout
-from hivecell.sandbox.qemu.ops import SaveRequest, serve_ops
+from hivecell.sandbox.qemu.ops import serve_ops
+
+if TYPE_CHECKING:  # pydantic: imported by the first save request, not at every start
+    from hivecell.sandbox.qemu.saverequest import SaveRequest
 
 LOG_CAP_BYTES = 16 << 20
 SERIAL_CONNECT_TIMEOUT = 30.0  # QEMU creates its socket within milliseconds of starting
