@@ -191,10 +191,9 @@ async def _migration_done(qmp: QMPClient, op: str) -> None:
 
 async def squeeze(qmp: QMPClient, memory_mb: int, floor_mb: int, timeout: float) -> int:
     """Inflate the balloon towards ``floor_mb`` and let it go again: the pages the guest gives
-    up are released on the host, then handed back empty (untouched until used). Loading a
-    saved state makes the whole RAM resident (QEMU reads every page the stream says is zero
-    to check it, which allocates shared memory), free pages included; this returns them.
-    Returns the balloon's lowest size in MiB.
+    up are released on the host (holes in its RAM), then handed back empty (untouched until
+    used). Before a warm state is saved: its clones then neither copy nor hold the guest's
+    free pages. Returns the balloon's lowest size in MiB.
 
     Done when the balloon shrank and then held still for ``BALLOON_STALL_S`` (as far as the
     guest can spare); until it starts, it waits (up to ``timeout``): a just-restored guest
@@ -206,9 +205,19 @@ async def squeeze(qmp: QMPClient, memory_mb: int, floor_mb: int, timeout: float)
     with anyio.move_on_after(timeout):
         while lowest > floor_mb and (lowest == memory_mb or still < BALLOON_STALL_S):
             await anyio.sleep(BALLOON_POLL)
-            actual = await qmp.execute("query-balloon")
-            size = int(actual["actual"]) >> 20 if isinstance(actual, dict) else memory_mb
+            size = await _balloon_mb(qmp, memory_mb)
             still = 0.0 if size < lowest else still + BALLOON_POLL
             lowest = min(lowest, size)
     await qmp.execute("balloon", {"value": memory_mb << 20})
+    # and until the guest has taken it all back: a state saved halfway would have every
+    # clone go on deflating after its restore, in the moment it should answer
+    # (polled: QEMU throttles its BALLOON_CHANGE events to one a second)
+    with anyio.move_on_after(timeout):
+        while (await _balloon_mb(qmp, memory_mb)) < memory_mb:  # noqa: ASYNC110 (QEMU's)
+            await anyio.sleep(BALLOON_POLL)
     return lowest
+
+
+async def _balloon_mb(qmp: QMPClient, memory_mb: int) -> int:
+    actual = await qmp.execute("query-balloon")
+    return int(actual["actual"]) >> 20 if isinstance(actual, dict) else memory_mb
