@@ -4,6 +4,7 @@ for the virtio-serial port."""
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import socket
@@ -23,7 +24,15 @@ from hivecell.guest.context import GuestConfig, Services
 from hivecell.guest.muxserve import ChannelHandler, serve_mux, serve_mux_device
 from hivecell.guest.server import Connection
 from hivecell.protocol import unixstream
-from hivecell.protocol.mux import DATA, HEADER, OPEN, RESET, MuxProtocolError, encode_frame
+from hivecell.protocol.mux import (
+    DATA,
+    HEADER,
+    OPEN,
+    RESET,
+    Mux,
+    MuxProtocolError,
+    encode_frame,
+)
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.muxproxy import proxy
 from tests.protocol.test_mux import RawPeer, link_pair
@@ -108,6 +117,46 @@ async def test_two_clients_ping_the_agent_at_once(
             tg.start_soon(pings, first)
             tg.start_soon(pings, second)
         assert answers == [True] * 40
+
+
+async def test_clients_wait_until_the_proxy_admits_them_and_admit_has_the_link_meanwhile(
+    sockets: Path, agent_handler: ChannelHandler
+) -> None:
+    """A restored VM's supervisor lets clients in only once the guest is back in the present
+    (its clock, name and randomness renewed), and meanwhile uses the link itself (a first
+    ping: the restored guest's code is translated again while the renewal runs)."""
+    opened: list[str] = []
+    agent_opened = anyio.Event()
+
+    async def agent(stream: ByteStream) -> None:
+        opened.append("agent")
+        agent_opened.set()
+        await agent_handler(stream)
+
+    client_waits = anyio.Event()
+    echoed: list[bytes] = []
+
+    async def admit(mux: Mux) -> None:
+        async with await mux.open("vnc") as own:
+            await own.send(b"hi")
+            echoed.append(await own.receive())
+        await client_waits.wait()
+        # a client let in would reach the guest within moments: give it a second (a slow
+        # host can only make this pass, never fail)
+        with anyio.move_on_after(1.0):
+            await agent_opened.wait()
+        assert opened == [], "a client got in before it was admitted"
+
+    listeners = {"agent": await listen(sockets / "agent.sock")}
+    async with link_pair() as (host_link, guest_link), anyio.create_task_group() as tg:
+        tg.start_soon(functools.partial(proxy, host_link, listeners, admit=admit))
+        tg.start_soon(serve_mux, guest_link, {"agent": agent, "vnc": echo})
+        with anyio.fail_after(30):
+            async with GuestClient(f"unix:{sockets}/agent.sock") as client:
+                client_waits.set()  # connected: in the listener's backlog
+                assert (await client.call("ping"))["pong"] is True
+        tg.cancel_scope.cancel()
+    assert echoed == [b"echo:hi"] and opened == ["agent"]
 
 
 async def test_each_kind_reaches_its_handler_and_a_failure_stays_in_its_channel(

@@ -112,3 +112,36 @@ def test_a_vm_supervisor_starts_without_the_request_model() -> None:
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     assert loaded.stdout.strip() == "[]", loaded.stdout
+
+
+@pytest.mark.parametrize("answer", [b"not json\n", b"{" * 100 + b"\n", b"", None])
+async def test_a_restored_guests_first_ping_never_ends_the_vm(
+    answer: bytes | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The supervisor's own first ping to a restored guest (a warm-up) gets garbage, an
+    end, or silence from a hostile or stuck agent: it returns, and the link still works."""
+    from hivecell.guest.muxserve import serve_mux
+    from hivecell.protocol.mux import Mux
+    from hivecell.sandbox.qemu import supervisor
+
+    monkeypatch.setattr(supervisor, "FIRST_PING_TIMEOUT", 0.5)
+
+    async def agent(stream: anyio.abc.ByteStream) -> None:
+        await stream.receive()
+        if answer is None:
+            await anyio.sleep_forever()
+        await stream.send(answer or b"")
+
+    async def echo(stream: anyio.abc.ByteStream) -> None:
+        await stream.send(await stream.receive())
+
+    async with link_pair() as (host_link, guest_link), anyio.create_task_group() as tg:
+        mux = Mux(host_link, initiator=True, accept=False)
+        tg.start_soon(mux.run)
+        tg.start_soon(serve_mux, guest_link, {"agent": agent, "vnc": echo})
+        with anyio.fail_after(10):
+            await supervisor._first_ping(mux)
+            async with await mux.open("vnc") as other:  # the link serves on
+                await other.send(b"still here")
+                assert await other.receive() == b"still here"
+        tg.cancel_scope.cancel()

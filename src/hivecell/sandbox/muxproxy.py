@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 
 import anyio
 from anyio.abc import ByteStream, Listener, ObjectReceiveStream, TaskGroup
@@ -34,6 +34,7 @@ async def proxy(
     *,
     max_channels: int = DEFAULT_MAX_CHANNELS,
     restarts: ObjectReceiveStream[None] | None = None,
+    admit: Callable[[Mux], Awaitable[None]] | None = None,
 ) -> None:
     """Serve ``listeners`` (kind -> listener) over ``link`` until the link ends (the VM
     died; returns) or the guest breaks the protocol (raises ``GuestProtocolError``).
@@ -46,8 +47,7 @@ async def proxy(
         for listener in listeners.values():
             await stack.enter_async_context(listener)
         async with anyio.create_task_group() as tg:
-            for kind, listener in listeners.items():
-                tg.start_soon(_accept_loop, mux, kind, listener, tg)
+            tg.start_soon(_admit_then_accept, mux, listeners, tg, admit)
             if restarts is not None:
                 tg.start_soon(_resync_on_restart, mux, restarts)
             try:
@@ -66,6 +66,18 @@ async def _resync_on_restart(mux: Mux, restarts: ObjectReceiveStream[None]) -> N
     async for _ in restarts:
         log.info("the guest restarted: ending its connections and resyncing")
         mux.resync()
+
+
+async def _admit_then_accept(
+    mux: Mux,
+    listeners: Mapping[str, Listener[ByteStream]],
+    tg: TaskGroup,
+    admit: Callable[[Mux], Awaitable[None]] | None,
+) -> None:
+    if admit is not None:
+        await admit(mux)
+    for kind, listener in listeners.items():
+        tg.start_soon(_accept_loop, mux, kind, listener, tg)
 
 
 async def _accept_loop(mux: Mux, kind: str, listener: Listener[ByteStream], tg: TaskGroup) -> None:

@@ -21,6 +21,7 @@ import struct
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,6 +33,8 @@ from qemu.qmp import EventListener, QMPClient, QMPError
 
 from hivecell.errors import GuestProtocolError, SandboxError
 from hivecell.protocol import unixstream
+from hivecell.protocol.framing import FrameReader, FrameWriter
+from hivecell.protocol.mux import Mux
 from hivecell.sandbox import muxproxy
 from hivecell.sandbox.local import network
 from hivecell.sandbox.local.hostfilter import HostFilter
@@ -44,6 +47,8 @@ from hivecell.sandbox.qemu.ops import serve_ops
 if TYPE_CHECKING:  # pydantic: imported by the first save request, not at every start
     from hivecell.sandbox.qemu.saverequest import SaveRequest
 
+FIRST_PING = {"jsonrpc": "2.0", "id": 0, "method": "ping", "params": {}}
+FIRST_PING_TIMEOUT = 10.0
 LOG_CAP_BYTES = 16 << 20
 SERIAL_CONNECT_TIMEOUT = 30.0  # QEMU creates its socket within milliseconds of starting
 STOP_GRACE = 5.0
@@ -81,6 +86,7 @@ class Vm:
         self.groups: set[int] = set()  # process groups of the helpers ever started
         self.stopping = False
         self.failure: str | None = None  # why the supervisor stopped the VM itself
+        self.ready = anyio.Event()  # the guest is up: clients and requests are let in
 
     def run(self) -> int:
         listeners = _bind(self.layout)
@@ -202,12 +208,39 @@ class Vm:
         await self._attach_shared()
         await machine.resume(self.qmp)
         log("running")
-        if self.incoming is not None:
+        if self.incoming is None:
+            await self.control.wait_ready(self.boot_timeout)
+            await self._mount()
+
+    async def _come_back(self, mux: Mux) -> None:
+        """A restored guest, before any client is let in (``muxproxy.proxy``'s ``admit``):
+        the present time, its own name and randomness, /shared. Its agent's first ping goes
+        meanwhile, on a channel of our own: under emulation a restored guest's code is
+        translated afresh, which the first client would otherwise wait for after these
+        (~40 ms here)."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_first_ping, mux)
+            failure = await self._renew()
+        if failure is not None:
+            self._fail(f"the VM did not come up: {failure}")
+            await anyio.sleep_forever()  # nobody is let in; the link ends with QEMU
+        self._admitted()
+
+    async def _renew(self) -> str | None:
+        """Why the restored guest could not be brought into the present, if it could not
+        (returned, not raised: a task group would wrap it)."""
+        assert self.control is not None
+        try:
             await self.control.come_back(self.layout.sandbox_id, time.time())
             log("clock, hostname and randomness renewed")
-        else:
-            await self.control.wait_ready(self.boot_timeout)
+            await self._mount()
+        except (SandboxError, OSError, TimeoutError) as exc:
+            return str(exc)
+        return None
+
+    async def _mount(self) -> None:
         if self.shared_on:
+            assert self.control is not None
             await self.control.command("mount")
             log("/shared mounted")
 
@@ -290,15 +323,16 @@ class Vm:
                 await self.qmp.disconnect()
 
     async def _run_machine(self, stream: ByteStream, bound: dict[str, socket.socket]) -> None:
-        """Up first (clients wait in the listeners' backlogs meanwhile), then serve."""
+        """Up first (clients wait in the listeners' backlogs meanwhile), then serve. A
+        restored guest's link is served from its resume on (``_come_back``)."""
         try:
             await self._bring_up()
         except (SandboxError, QMPError, OSError, TimeoutError) as exc:
-            self.failure = f"the VM did not come up: {exc}"
-            log(self.failure)
-            self._terminate()
+            self._fail(f"the VM did not come up: {exc}")
             return
-        log("guest ready")
+        restored = self.incoming is not None
+        if not restored:
+            self._admitted()
         listeners = {
             kind: await unixstream.unix_listener(sock)
             for kind, sock in bound.items()
@@ -306,9 +340,20 @@ class Vm:
         }
         async with anyio.create_task_group() as tg:
             send, receive = anyio.create_memory_object_stream[None](4)
-            tg.start_soon(self._proxy, stream, listeners, receive)
+            admit = self._come_back if restored else None
+            tg.start_soon(self._proxy, stream, listeners, receive, admit)
             tg.start_soon(self._watch_reboots, send)
+            await self.ready.wait()
             tg.start_soon(serve_ops, self, bound["ops"])
+
+    def _admitted(self) -> None:
+        log("guest ready")
+        self.ready.set()
+
+    def _fail(self, why: str) -> None:
+        self.failure = why
+        log(why)
+        self._terminate()
 
     async def _watch_reboots(self, restarts: MemoryObjectSendStream[None]) -> None:
         """A guest that reboots (``reboot``, or a crash with panic=-1) comes back with a new
@@ -328,9 +373,10 @@ class Vm:
         link: ByteStream,
         listeners: dict[str, Listener[ByteStream]],
         restarts: MemoryObjectReceiveStream[None],
+        admit: Callable[[Mux], Awaitable[None]] | None,
     ) -> None:
         try:
-            await muxproxy.proxy(link, listeners, restarts=restarts)
+            await muxproxy.proxy(link, listeners, restarts=restarts, admit=admit)
         except GuestProtocolError as exc:  # a broken or hostile guest: it stops here
             self.failure = str(exc)
             log(f"stopping the VM: {exc}")
@@ -424,6 +470,19 @@ def _connect_serial(path: Path, proc: subprocess.Popen[bytes]) -> socket.socket 
             time.sleep(0.01)
     log(f"QEMU did not open its agent port within {SERIAL_CONNECT_TIMEOUT:.0f} s")
     return None
+
+
+async def _first_ping(mux: Mux) -> None:
+    """What comes back does not matter (clients ask their own), nor whether anything does:
+    a guest that never answers, or answers garbage, is the readiness check's to find."""
+    with anyio.move_on_after(FIRST_PING_TIMEOUT):
+        try:
+            async with await mux.open("agent") as channel:
+                await FrameWriter(channel).send(FIRST_PING)
+                async for _ in FrameReader(channel):
+                    return
+        except Exception as exc:  # a warm-up: nothing of it may end the VM
+            log(f"the first ping went unanswered: {exc!r}")
 
 
 async def _copy_console(proc: subprocess.Popen[bytes]) -> None:
