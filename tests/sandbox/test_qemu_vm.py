@@ -16,7 +16,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from hivecell.errors import ConfigError, NotFound, SandboxNotFound
+from hivecell.errors import ConfigError, NotFound, SandboxError, SandboxNotFound
 from hivecell.sandbox import supervised
 from hivecell.sandbox.base import SandboxInfo, SandboxSpec
 from hivecell.sandbox.qemu import warm
@@ -261,6 +261,25 @@ async def test_snapshot_and_restore_bring_files_and_the_desktop_back(
     procs = host.process_tree(info.id)
     await provider.destroy(info.id)
     assert host.alive(procs) == set(), host.commands(host.alive(procs))
+
+
+async def test_a_tampered_snapshot_fails_its_restore_with_the_reason(
+    provider: QemuProvider,
+) -> None:
+    """A snapshot whose RAM file was cut short (a full disk, a hand edit): the restore
+    fails naming the file and what is wrong, and leaves no VM running."""
+    info = await provider.create(SPEC)
+    try:
+        await provider.snapshot(info.id, "cut")
+        saved = Path(info.shared_dir).parent / "snapshots" / "cut" / "state.ram"
+        os.truncate(saved, saved.stat().st_size // 2)
+        with pytest.raises(SandboxError, match=r"state\.ram is of a VM with 512 MiB, not 1024"):
+            await provider.restore(info.id, "cut")
+        assert (await provider.info(info.id)).status != "running"
+    finally:
+        procs = host.process_tree(info.id)
+        await provider.destroy(info.id)
+        assert host.alive(procs) == set(), host.commands(host.alive(procs))
 
 
 async def test_fork_makes_an_independent_vm_from_the_current_state(

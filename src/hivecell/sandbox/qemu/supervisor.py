@@ -81,6 +81,7 @@ class Vm:
         self.qmp: QMPClient | None = None
         self.control: GuestControl | None = None
         self.shared_on = False
+        self.virtiofsd_waiting = False  # started, QEMU not yet connected to it
         self.ops_lock = anyio.Lock()
         self.helpers: list[subprocess.Popen[bytes]] = []
         self.groups: set[int] = set()  # process groups of the helpers ever started
@@ -92,9 +93,6 @@ class Vm:
         listeners = _bind(self.layout)
         try:
             self.ram = ramfile.make(self.memory_mb)
-            if self.incoming is not None:
-                ramfile.fill(self.ram, ramfile.path_for(self.incoming))
-                log("RAM filled")
             # QEMU that runs as a uid of its own gets the disk it could not open (vm.py)
             disk_fds = _open_disk(self.layout.disk) if self.plan.get("own_init") else []
             try:
@@ -180,6 +178,7 @@ class Vm:
                     op="start",
                 )
             time.sleep(0.01)
+        self.virtiofsd_waiting = True
 
     def _stop_helpers(self) -> None:
         for helper in self.helpers:
@@ -191,25 +190,34 @@ class Vm:
                 helper.kill()
                 helper.wait()
         self.helpers.clear()
+        self.virtiofsd_waiting = False
 
     # --- bringing the machine up, and saving its state -------------------------------------
     async def _bring_up(self) -> None:
-        """Load a saved state or boot; plug /shared in; resume; get the guest ready."""
-        await to_thread.run_sync(_wait_for, self.layout.qmp_socket, self.proc)
-        self.qmp = await machine.connect(self.layout.qmp_socket, self.layout.sandbox_id)
-        await to_thread.run_sync(_wait_for, self.layout.control_socket, self.proc)
-        control = await machine.connect_when_listening(
-            self.layout.control_socket, "QEMU's control port"
-        )
-        self.control = GuestControl(control)
+        """Load a saved state or boot; plug /shared in; resume; get the guest ready. The
+        saved RAM is copied in and virtiofsd started while QEMU starts (it writes no guest
+        RAM before a state comes in)."""
+        async with anyio.create_task_group() as beside:
+            if self.incoming is not None:
+                beside.start_soon(to_thread.run_sync, self._fill_ram)
+            if self.virtiofsd:
+                beside.start_soon(to_thread.run_sync, self._start_virtiofsd)
+            await to_thread.run_sync(_wait_for, self.layout.qmp_socket, self.proc)
+            qmp = self.qmp = await machine.connect(self.layout.qmp_socket, self.layout.sandbox_id)
+            await to_thread.run_sync(_wait_for, self.layout.control_socket, self.proc)
+            control = self.control = GuestControl(
+                await machine.connect_when_listening(
+                    self.layout.control_socket, "QEMU's control port"
+                )
+            )
         if self.incoming is not None:
-            await machine.load_state(self.qmp, self.incoming)
+            await machine.load_state(qmp, self.incoming)
             log("state loaded")
         await self._attach_shared()
-        await machine.resume(self.qmp)
+        await machine.resume(qmp)
         log("running")
         if self.incoming is None:
-            await self.control.wait_ready(self.boot_timeout)
+            await control.wait_ready(self.boot_timeout)
             await self._mount()
 
     async def _come_back(self, mux: Mux) -> None:
@@ -248,9 +256,16 @@ class Vm:
         if not self.virtiofsd:
             return
         assert self.qmp is not None
-        await to_thread.run_sync(self._start_virtiofsd)
+        if not self.virtiofsd_waiting:  # not started by _bring_up
+            await to_thread.run_sync(self._start_virtiofsd)
+        self.virtiofsd_waiting = False  # it serves the one connection QEMU gets now
         await machine.attach_shared(self.qmp, self.layout.virtiofs_socket)
         self.shared_on = True
+
+    def _fill_ram(self) -> None:
+        assert self.incoming is not None
+        ramfile.fill(self.ram, ramfile.path_for(self.incoming))
+        log("RAM filled")
 
     async def _detach_shared(self) -> None:
         assert self.qmp is not None and self.control is not None
@@ -325,10 +340,13 @@ class Vm:
     async def _run_machine(self, stream: ByteStream, bound: dict[str, socket.socket]) -> None:
         """Up first (clients wait in the listeners' backlogs meanwhile), then serve. A
         restored guest's link is served from its resume on (``_come_back``)."""
+        failure = None
         try:
             await self._bring_up()
-        except (SandboxError, QMPError, OSError, TimeoutError) as exc:
-            self._fail(f"the VM did not come up: {exc}")
+        except* (SandboxError, QMPError, OSError, TimeoutError) as group:  # and beside it
+            failure = "; ".join(str(exc) for exc in group.exceptions)
+        if failure is not None:
+            self._fail(f"the VM did not come up: {failure}")
             return
         restored = self.incoming is not None
         if not restored:
