@@ -347,6 +347,11 @@ async def test_the_supervisor_server_refuses_a_bad_folder(provider: LocalProvide
             payload = json.dumps({"root": root}).encode()
             reply = await anyio.to_thread.run_sync(_send, plan, payload, [null])
             assert "error" in reply and "pid" not in reply, (root, reply)
+        # a kind of supervisor it does not have (it forks only its own entry points)
+        for kind in ("bwrap", "../local", 42, None):
+            payload = json.dumps({"root": str(provider.home), "kind": kind}).encode()
+            reply = await anyio.to_thread.run_sync(_send, plan, payload, [null])
+            assert "error" in reply and "pid" not in reply, (kind, reply)
     finally:
         os.close(null)
 

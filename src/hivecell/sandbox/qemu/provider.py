@@ -13,6 +13,7 @@ import builtins
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import secrets
@@ -38,12 +39,16 @@ from hivecell.sandbox.base import (
 )
 from hivecell.sandbox.guest_client import GuestClient
 from hivecell.sandbox.local import hostfilter, netlog, uidpool
+from hivecell.sandbox.local.pyruntime import PythonRuntime
+from hivecell.sandbox.local.zygote import client as zygote_client
+from hivecell.sandbox.local.zygote import launch as zygote_launch
 from hivecell.sandbox.qemu import accel, guestfiles, ops, ramfile, snapshots, vm, warm
 from hivecell.sandbox.qemu.layout import SHARED_FOLDERS, SUPERVISOR_MODULE, VmLayout
 from hivecell.sandbox.qemu.saverequest import SaveRequest
 from hivecell.sandbox.qemu.template import DEFAULT_NAME, Template, TemplateStore, private_folder
 from hivecell.sandbox.qemu.warm import WarmState
 
+log = logging.getLogger("hivecell.sandbox.qemu")
 STOP_TIMEOUT = 15.0
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # the supervisor's: never the caller's environment
 SHUTDOWN_TIMEOUT = 30.0  # a clean guest power-off under TCG on a loaded host
@@ -86,13 +91,17 @@ class QemuProvider:
         cache_dir: Path | None = None,
         warm: bool = True,
         dns_servers: builtins.list[str] | None = None,
+        zygote: bool = True,
+        zygote_dir: Path | None = None,
     ) -> None:
         """``templates_dir``: where templates are (default ``home/templates``);
         ``boot_timeout``: how long a VM may take to answer its first ping (TCG boots take
         ~15 s on an idle 2-core host, much longer when it is loaded); ``cache_dir``: the
         KVM probe's answer and the guest disk (default ``home/qemu``), shareable by homes;
         ``warm``: start VMs from their template's warm state (see warm.py), else boot each;
-        ``dns_servers``: the resolvers a ``nat`` VM's DNS asks (default: the host's)."""
+        ``dns_servers``: the resolvers a ``nat`` VM's DNS asks (default: the host's);
+        ``zygote``: fork supervisors from the host's supervisor server (as root only),
+        whose socket is in ``zygote_dir`` (default /run/hivecell/zygote, host-wide)."""
         self.home = Path(home)
         self.template = template
         self.templates = TemplateStore(templates_dir or self.home / "templates")
@@ -101,6 +110,9 @@ class QemuProvider:
         self.cache_dir = cache_dir or self.home / "qemu"
         self.warm = warm
         self.dns_servers = dns_servers
+        self.zygote = zygote
+        self.zygote_dir = zygote_dir or zygote_launch.FOLDER
+        self._supervisors: dict[str, object] | None = None
 
     # --- the provider protocol ----------------------------------------------------------------
     async def create(self, spec: SandboxSpec) -> SandboxInfo:
@@ -478,11 +490,31 @@ class QemuProvider:
         }
         layout.plan.write_text(json.dumps(plan))
         layout.exit.unlink(missing_ok=True)
-        pid = supervised.start(SUPERVISOR_MODULE, layout.root, layout.log, {"PATH": SAFE_PATH})
+        pid = self._start_supervisor(layout)
         meta.supervisor_pid = pid
         meta.guest_version = guest_disk.stem.removeprefix("guest-")
         _save(layout, meta)
         return pid
+
+    def _start_supervisor(self, layout: VmLayout) -> int:
+        """Forked by the host's supervisor server (local boxes' too: zygote/supervisors.py),
+        which has its imports done (~60 ms of a warm start); else a Python of its own."""
+        plan = self._supervisors_plan()
+        if plan is not None:
+            try:
+                return zygote_client.start_supervisor(plan, layout.root, layout.log, "qemu")
+            except OSError as exc:
+                log.warning("no supervisor server (%s); see %s", exc, plan["log"])
+        return supervised.start(SUPERVISOR_MODULE, layout.root, layout.log, {"PATH": SAFE_PATH})
+
+    def _supervisors_plan(self) -> dict[str, object] | None:
+        if not self.zygote:
+            return None
+        if self._supervisors is None:  # its key walks every source file: once
+            self._supervisors = zygote_launch.supervisors_plan(
+                PythonRuntime.detect(), folder=self.zygote_dir
+            )
+        return self._supervisors
 
     async def _wait_until_ready(self, layout: VmLayout, pid: int) -> None:
         deadline = anyio.current_time() + self.boot_timeout

@@ -580,8 +580,11 @@ def _reap_stragglers(groups: set[int]) -> None:
 
 
 def main(argv: list[str]) -> int:
+    """argv: the VM's folder, then a fd on which to report our pid (none when forked by
+    the supervisor server, which reports it)."""
     layout = VmLayout(Path(argv[0]).resolve())
-    detach(int(argv[1]))
+    if len(argv) > 1:
+        detach(int(argv[1]))
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1)
     cap_output(LOG_CAP_BYTES)
     the_vm = Vm(layout, json.loads(layout.plan.read_text()))

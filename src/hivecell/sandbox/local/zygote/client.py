@@ -83,13 +83,14 @@ def _start(plan: dict[str, Any]) -> None:
         listener.close()
 
 
-def start_supervisor(plan: dict[str, Any], root: Path, log: Path) -> int:
-    """A box's supervisor, forked by the supervisor server ``plan`` names; returns its pid."""
+def start_supervisor(plan: dict[str, Any], root: Path, log: Path, kind: str = "local") -> int:
+    """A sandbox's supervisor (``kind``: a local box's, or a VM's: "qemu"), forked by the
+    supervisor server ``plan`` names; returns its pid."""
     with log.open("ab") as out:
         out.write(f"--- start {time.strftime('%Y-%m-%d %H:%M:%S')}\n".encode())
         out.flush()
         with connect(plan) as conn:
-            return spawn(conn, {"root": str(root)}, [out.fileno()])
+            return spawn(conn, {"root": str(root), "kind": kind}, [out.fileno()])
 
 
 def spawn(conn: socket.socket, request: dict[str, Any], fds: list[int]) -> int:
