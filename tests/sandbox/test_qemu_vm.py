@@ -284,12 +284,20 @@ async def test_snapshot_and_restore_bring_files_and_the_desktop_back(
 async def test_a_tampered_snapshot_fails_its_restore_with_the_reason(
     provider: QemuProvider,
 ) -> None:
-    """A snapshot whose RAM file was cut short (a full disk, a hand edit): the restore
-    fails naming the file and what is wrong, and leaves no VM running."""
+    """A snapshot whose RAM file is gone (an older hivecell's, a hand edit) is refused
+    before the VM it would replace is stopped; one cut short (a full disk) fails its
+    restore naming the file and what is wrong, and leaves no VM running."""
     info = await provider.create(SPEC)
     try:
+        snapshots = Path(info.shared_dir).parent / "snapshots"
+        await provider.snapshot(info.id, "gone")
+        (snapshots / "gone" / "state.ram").unlink()
+        with pytest.raises(ConfigError, match="has no RAM file"):
+            await provider.restore(info.id, "gone")
+        async with await provider.connect(info.id) as guest:  # still running, untouched
+            assert (await guest.call("ping"))["pong"] is True
         await provider.snapshot(info.id, "cut")
-        saved = Path(info.shared_dir).parent / "snapshots" / "cut" / "state.ram"
+        saved = snapshots / "cut" / "state.ram"
         os.truncate(saved, saved.stat().st_size // 2)
         with pytest.raises(SandboxError, match=r"state\.ram is of a VM with 512 MiB, not 1024"):
             await provider.restore(info.id, "cut")

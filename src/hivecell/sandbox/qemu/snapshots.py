@@ -144,6 +144,15 @@ def restorable(layout: VmLayout, name: str) -> tuple[Snapshot, Path]:
             op="restore",
             context={"id": layout.sandbox_id, "name": name},
         )
+    ram = ramfile.path_for(snapshot.state)
+    if not ram.is_file():  # refused before the VM it would replace is stopped
+        raise ConfigError(
+            f"snapshot {name!r} has no RAM file ({ram.name}): an older hivecell kept the RAM "
+            "inside state.bin, or the file was removed; this one cannot restore it "
+            f"(hivecell sandbox snapshot-rm {layout.sandbox_id} {name})",
+            op="restore",
+            context={"id": layout.sandbox_id, "name": name},
+        )
     return snapshot, guest_disk
 
 

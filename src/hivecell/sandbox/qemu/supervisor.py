@@ -116,7 +116,7 @@ class Vm:
             link = _connect_serial(self.layout.serial_socket, self.proc)
             if link is not None:
                 anyio.run(self._serve, link, listeners)
-        except (OSError, SandboxError) as exc:
+        except OSError as exc:
             self.failure = f"cannot run the VM: {exc}"
             log(self.failure)
         finally:
