@@ -44,6 +44,19 @@ def provider(home: Path, dns_servers: list[str] | None = None) -> QemuProvider:
     )
 
 
+def as_users_default(home: Path) -> Template:
+    """``home`` as a user's after ``hivecell template build``: its ``default`` template is
+    the CI one (a link: no second build; its warm states are shared), and it shares the KVM
+    probe's answer and the guest disk. Returns the template."""
+    template = ci_template()
+    (home / "templates").mkdir(exist_ok=True)
+    (home / "templates" / "default").symlink_to(template.root)
+    shared = cache_dir().parent / "qemu"
+    shared.mkdir(parents=True, exist_ok=True)
+    (home / "qemu").symlink_to(shared)
+    return template
+
+
 @contextlib.contextmanager
 def scratch_home(prefix: str) -> Iterator[Path]:
     """A short home under /tmp (unix socket paths), removed afterwards."""

@@ -11,7 +11,7 @@ import pytest
 
 from hivecell.agent.llm.scripted import ScriptedLLMServer
 from tests.agent.helpers import act, call, finish, tool_results
-from tests.sandbox.qemu_env import cache_dir, ci_template
+from tests.sandbox import qemu_env
 from tests.server.helpers import events, next_event, serve, write_provider
 
 SLOW = 900.0  # seconds for a request that creates, saves or restores a VM
@@ -27,23 +27,8 @@ pytestmark = [
 ]
 
 
-def _use_ci_template(home: Path) -> str:
-    """The server's qemu provider looks in home/templates for 'default'."""
-    template = ci_template()
-    (home / "templates").mkdir()
-    (home / "templates" / "default").symlink_to(template.root)
-    (home / "qemu").symlink_to(_shared_cache())  # the KVM probe's answer, the guest disk
-    return template.manifest.kernel
-
-
-def _shared_cache() -> Path:
-    path = cache_dir().parent / "qemu"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
 async def test_a_task_runs_in_a_vm_and_its_outbox_comes_back(home: Path) -> None:
-    kernel = _use_ci_template(home)
+    kernel = qemu_env.as_users_default(home).manifest.kernel
     command = "uname -r | tee /shared/outbox/kernel.txt"
     steps = [act(call("run_shell", command=command)), *finish("read the kernel")]
     async with ScriptedLLMServer(steps) as llm:
@@ -73,7 +58,7 @@ async def test_a_task_runs_in_a_vm_and_its_outbox_comes_back(home: Path) -> None
 async def test_snapshots_restore_and_fork_through_the_api(home: Path) -> None:
     """The first VM of a shape boots and saves the warm state (a minute or more under TCG on
     a loaded host): these requests answer when the VM is up, so they get minutes, not 30 s."""
-    _use_ci_template(home)
+    qemu_env.as_users_default(home)
     async with serve(home) as running:
         small = {"sandbox": SMALL}
         assert (await running.client.put("/api/v1/settings", json=small)).status_code == 200
