@@ -59,7 +59,10 @@ async def test_a_frozen_app_is_left_out_and_the_others_still_walked(box: Any) ->
 async def test_hostile_page_stays_within_limits(box: Any, page: str) -> None:
     name = "wide" if page is HOSTILE_WIDE else "deep"
     path = await write(box, f"{name}.html", page)
-    await box.call("open_url", {"url": f"file://{path}", "window_timeout": 120})
+    try:
+        await box.call("open_url", {"url": f"file://{path}", "window_timeout": 120})
+    except Timeout as exc:  # seen twice in ~20 fresh-clone runs, never reproduced alone
+        raise AssertionError(f"{exc}\n{await _what_the_box_shows(box)}") from exc
     await window_titled(box, f"{name} ready")
     # Chromium sends the huge page's tree to its browser process over seconds and answers
     # slowly meanwhile: every walk must return within its budget, and one is cut short.
@@ -90,3 +93,16 @@ async def test_a_small_app_is_found_beside_the_hostile_pages(box: Any) -> None:
             "stdout"
         ] != "pushed":
             await anyio.sleep(0.05)
+
+
+async def _what_the_box_shows(box: Any) -> str:
+    """Where Chromium is stuck, for the failure's message: its processes (state, kernel wait
+    channel), the windows X knows and the window manager's list."""
+    command = (
+        "ps -eo pid,ppid,stat,wchan:32,etime,args | cut -c1-200; "
+        "xwininfo -root -tree | grep -v '(has no name)' | head -40; "
+        "xprop -root _NET_CLIENT_LIST _NET_ACTIVE_WINDOW"
+    )
+    with anyio.fail_after(60):
+        shown = await box.call("run_shell", {"command": command, "timeout": 30})
+    return f"{shown['stdout']}{shown['stderr']}"
