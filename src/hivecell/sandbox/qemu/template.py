@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hivecell.errors import ConfigError, NotFound, SandboxError
 from hivecell.guest import desktopenv
+from hivecell.sandbox.qemu import initramfs
 from hivecell.sandbox.qemu.layout import STUB_INIT
 
 SUITE = "bookworm"
@@ -42,7 +43,7 @@ DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # agent calls, plus what a VM needs to boot and run the agent.
 BOOT_PACKAGES = (
     "linux-image-cloud-amd64", "kmod", "tini", "e2fsprogs", "iproute2", "procps",
-    "python3", "ca-certificates",
+    "python3", "ca-certificates", "busybox-static",
 )  # fmt: skip
 DESKTOP_PACKAGES = (
     *desktopenv.PACKAGES["full"],
@@ -105,7 +106,9 @@ class Template:
 
 def template_key(packages: list[str], agent_policy: str | None = None) -> str:
     """Equal keys, equal templates: what a cache of built templates is keyed by."""
-    raw = "\n".join([SUITE, STUB_SCRIPT, *packages, *([agent_policy] if agent_policy else [])])
+    raw = "\n".join(
+        [SUITE, STUB_SCRIPT, initramfs.INIT, *packages, *([agent_policy] if agent_policy else [])]
+    )
     return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
 
@@ -365,11 +368,8 @@ def _take_kernel(rootfs: Path, scratch: Path) -> str:
     if not kernels:
         raise SandboxError("the template has no kernel (linux-image-cloud-amd64 did not install)")
     release = kernels[-1].name.removeprefix("vmlinuz-")
-    initrd = rootfs / "boot" / f"initrd.img-{release}"
-    if not initrd.exists():
-        raise SandboxError(f"the template's kernel {release} has no initramfs")
     shutil.copy2(kernels[-1], scratch / "vmlinuz")
-    shutil.copy2(initrd, scratch / "initrd.img")
+    initramfs.build(rootfs, release, scratch / "initrd.img")  # not Debian's: see initramfs.py
     return release
 
 
