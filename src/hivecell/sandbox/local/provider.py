@@ -10,7 +10,6 @@ from __future__ import annotations
 import builtins
 import contextlib
 import json
-import logging
 import os
 import shutil
 import signal
@@ -60,8 +59,6 @@ MAX_SOCKET_PATH = 107  # sun_path is 108 bytes including the NUL
 STOP_TIMEOUT = 10.0
 PING_TIMEOUT = 5.0  # one ping's wait; a slower boot is pinged again, up to boot_timeout
 HOST_TOOLS = {"bwrap": "bubblewrap", "Xvfb": "xvfb", "slirp4netns": "slirp4netns"}
-
-log = logging.getLogger("hivecell.sandbox.local")
 
 
 class LocalProvider:
@@ -315,12 +312,7 @@ class LocalProvider:
 
     def _start_supervisor(self, layout: Layout) -> int:
         plan = self.supervisors_plan()
-        if plan is not None:
-            try:
-                return zygote_client.start_supervisor(plan, layout.root, layout.log)
-            except OSError as exc:  # a box still starts, from a Python of its own
-                log.warning("no supervisor server (%s); see %s", exc, plan["log"])
-        return supervised.start(SUPERVISOR_MODULE, layout.root, layout.log)
+        return zygote_client.start_or_spawn(plan, SUPERVISOR_MODULE, layout.root, layout.log)
 
     def supervisors_plan(self) -> dict[str, Any] | None:
         """How supervisors are forked (None: each box's starts a Python of its own)."""

@@ -13,7 +13,6 @@ import builtins
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import re
 import secrets
@@ -48,7 +47,6 @@ from hivecell.sandbox.qemu.saverequest import SaveRequest
 from hivecell.sandbox.qemu.template import DEFAULT_NAME, Template, TemplateStore, private_folder
 from hivecell.sandbox.qemu.warm import WarmState
 
-log = logging.getLogger("hivecell.sandbox.qemu")
 STOP_TIMEOUT = 15.0
 SAFE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # the supervisor's: never the caller's environment
 SHUTDOWN_TIMEOUT = 30.0  # a clean guest power-off under TCG on a loaded host
@@ -499,13 +497,10 @@ class QemuProvider:
     def _start_supervisor(self, layout: VmLayout) -> int:
         """Forked by the host's supervisor server (local boxes' too: zygote/supervisors.py),
         which has its imports done (~60 ms of a warm start); else a Python of its own."""
-        plan = self._supervisors_plan()
-        if plan is not None:
-            try:
-                return zygote_client.start_supervisor(plan, layout.root, layout.log, "qemu")
-            except OSError as exc:
-                log.warning("no supervisor server (%s); see %s", exc, plan["log"])
-        return supervised.start(SUPERVISOR_MODULE, layout.root, layout.log, {"PATH": SAFE_PATH})
+        return zygote_client.start_or_spawn(
+            self._supervisors_plan(), SUPERVISOR_MODULE, layout.root, layout.log,
+            kind="qemu", env={"PATH": SAFE_PATH},
+        )  # fmt: skip
 
     def _supervisors_plan(self) -> dict[str, object] | None:
         if not self.zygote:

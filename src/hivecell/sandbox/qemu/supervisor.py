@@ -47,6 +47,7 @@ from hivecell.sandbox.qemu.ops import serve_ops
 if TYPE_CHECKING:  # pydantic: imported by the first save request, not at every start
     from hivecell.sandbox.qemu.saverequest import SaveRequest
 
+# spelled out, not jsonrpc.request_message(): that module brings pydantic into every start
 FIRST_PING = {"jsonrpc": "2.0", "id": 0, "method": "ping", "params": {}}
 FIRST_PING_TIMEOUT = 10.0
 LOG_CAP_BYTES = 16 << 20
@@ -81,7 +82,6 @@ class Vm:
         self.qmp: QMPClient | None = None
         self.control: GuestControl | None = None
         self.shared_on = False
-        self.virtiofsd_waiting = False  # started, QEMU not yet connected to it
         self.ops_lock = anyio.Lock()
         self.helpers: list[subprocess.Popen[bytes]] = []
         self.groups: set[int] = set()  # process groups of the helpers ever started
@@ -178,7 +178,6 @@ class Vm:
                     op="start",
                 )
             time.sleep(0.01)
-        self.virtiofsd_waiting = True
 
     def _stop_helpers(self) -> None:
         for helper in self.helpers:
@@ -190,7 +189,6 @@ class Vm:
                 helper.kill()
                 helper.wait()
         self.helpers.clear()
-        self.virtiofsd_waiting = False
 
     # --- bringing the machine up, and saving its state -------------------------------------
     async def _bring_up(self) -> None:
@@ -213,7 +211,7 @@ class Vm:
         if self.incoming is not None:
             await machine.load_state(qmp, self.incoming)
             log("state loaded")
-        await self._attach_shared()
+        await self._plug_shared()  # its virtiofsd started beside QEMU
         await machine.resume(qmp)
         log("running")
         if self.incoming is None:
@@ -253,12 +251,15 @@ class Vm:
             log("/shared mounted")
 
     async def _attach_shared(self) -> None:
+        if self.virtiofsd:
+            await to_thread.run_sync(self._start_virtiofsd)
+            await self._plug_shared()
+
+    async def _plug_shared(self) -> None:
+        """QEMU gets /shared from the virtiofsd just started (it serves that one connection)."""
         if not self.virtiofsd:
             return
         assert self.qmp is not None
-        if not self.virtiofsd_waiting:  # not started by _bring_up
-            await to_thread.run_sync(self._start_virtiofsd)
-        self.virtiofsd_waiting = False  # it serves the one connection QEMU gets now
         await machine.attach_shared(self.qmp, self.layout.virtiofs_socket)
         self.shared_on = True
 

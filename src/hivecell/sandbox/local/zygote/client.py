@@ -13,10 +13,13 @@ import array
 import contextlib
 import fcntl
 import json
+import logging
 import socket
 import subprocess
 import time
 from pathlib import Path
+
+_log = logging.getLogger("hivecell.sandbox")
 
 TYPE_CHECKING = False  # not typing's: the supervisor of every sandbox imports this
 if TYPE_CHECKING:
@@ -81,6 +84,28 @@ def _start(plan: dict[str, Any]) -> None:
                            stderr=log, env=plan.get("env", {}), check=True)  # fmt: skip
     finally:
         listener.close()
+
+
+def start_or_spawn(
+    plan: dict[str, Any] | None,
+    module: str,
+    root: Path,
+    log: Path,
+    *,
+    kind: str = "local",
+    env: dict[str, str] | None = None,
+) -> int:
+    """A sandbox's supervisor (``kind``: a local box's, or a VM's: "qemu"; ``module`` its
+    module): forked by the supervisor server ``plan`` names, or, without one (not root) or
+    when it cannot be reached, a Python of its own with ``env``. Returns its pid."""
+    if plan is not None:
+        try:
+            return start_supervisor(plan, root, log, kind)
+        except OSError as exc:  # the sandbox still starts
+            _log.warning("no supervisor server (%s); see %s", exc, plan["log"])
+    from hivecell.sandbox import supervised
+
+    return supervised.start(module, root, log, env)
 
 
 def start_supervisor(plan: dict[str, Any], root: Path, log: Path, kind: str = "local") -> int:
