@@ -257,7 +257,24 @@ class Guest:
                 if found:
                     return found[0]
                 await anyio.sleep(0.05)
-        raise AssertionError(f"no matching window within {timeout} s")
+        shown = await anyio.to_thread.run_sync(self.describe)
+        raise AssertionError(f"no matching window within {timeout} s; the display shows:\n{shown}")
+
+    def describe(self) -> str:
+        """Where a missing window is stuck, for a failure's message: the launched apps and the
+        window manager (state, kernel wait channel), the windows X knows and openbox's list."""
+        env = {**os.environ, "DISPLAY": self.services.config.display or ""}
+        command = (
+            "ps -eo pid,ppid,pgid,stat,wchan:32,etime,args | grep -E 'openbox|Xvfb|PID"
+            + "".join(f"|^ *{pid} " for pid in self.services.launched)
+            + "' | grep -v grep | cut -c1-200; "
+            "xwininfo -root -tree | grep -v '(has no name)' | head -40; "
+            "xprop -root _NET_CLIENT_LIST _NET_ACTIVE_WINDOW"
+        )
+        shown = subprocess.run(
+            ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=30
+        )
+        return shown.stdout + shown.stderr
 
     async def wait_gone(self, window_id: str, timeout: float = 10.0) -> None:
         with anyio.move_on_after(timeout):
