@@ -251,30 +251,43 @@ class Guest:
     ) -> dict[str, Any]:
         # A cap, not a wait: it returns once the window is there. An app's first window took
         # over 15 s once while the other test worker booted VMs under TCG.
+        windows: list[dict[str, Any]] = []
         with anyio.move_on_after(timeout):
             while True:
-                found = [w for w in (await self("list_windows"))["windows"] if match(w)]
+                windows = (await self("list_windows"))["windows"]
+                found = [w for w in windows if match(w)]
                 if found:
                     return found[0]
                 await anyio.sleep(0.05)
         shown = await anyio.to_thread.run_sync(self.describe)
-        raise AssertionError(f"no matching window within {timeout} s; the display shows:\n{shown}")
+        raise AssertionError(
+            f"no matching window within {timeout} s; list_windows gave {windows}; "
+            f"the display shows:\n{shown}"
+        )
 
     def describe(self) -> str:
-        """Where a missing window is stuck, for a failure's message: the launched apps and the
-        window manager (state, kernel wait channel), the windows X knows and openbox's list."""
+        """Where a missing window is stuck, for a failure's message: the launched apps, their
+        children and the window manager (state, kernel wait channel), the windows X knows and
+        openbox's list."""
         env = {**os.environ, "DISPLAY": self.services.config.display or ""}
+        ps = subprocess.run(
+            ["ps", "-eo", "pid,ppid,pgid,stat,wchan:32,etime,args"],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        launched = {str(pid) for pid in self.services.launched}
+        rows = ps.stdout.splitlines()
+        kept = [
+            row[:200] for row in rows[1:]
+            if set(row.split()[:3]) & launched or any(n in row for n in ("openbox", "Xvfb"))
+        ]  # fmt: skip
         command = (
-            "ps -eo pid,ppid,pgid,stat,wchan:32,etime,args | grep -E 'openbox|Xvfb|PID"
-            + "".join(f"|^ *{pid} " for pid in self.services.launched)
-            + "' | grep -v grep | cut -c1-200; "
             "xwininfo -root -tree | grep -v '(has no name)' | head -40; "
-            "xprop -root _NET_CLIENT_LIST _NET_ACTIVE_WINDOW"
+            "xprop -root _NET_CLIENT_LIST _NET_ACTIVE_WINDOW _NET_SUPPORTING_WM_CHECK"
         )
         shown = subprocess.run(
             ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=30
         )
-        return shown.stdout + shown.stderr
+        return "\n".join([rows[0] if rows else "", *kept, shown.stdout + shown.stderr])
 
     async def wait_gone(self, window_id: str, timeout: float = 10.0) -> None:
         with anyio.move_on_after(timeout):
