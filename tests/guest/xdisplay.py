@@ -29,6 +29,12 @@ from hivecell.guest.context import CallContext, GuestConfig, Services
 from hivecell.guest.tools import desktop
 
 SCREEN = (1280, 800)
+# What X and the window manager know, for a failure's message: the window tree (named ones)
+# and openbox's client list. Shell, so it runs in a sandbox's run_shell as on the host.
+X_STATE = (
+    "xwininfo -root -tree | grep -v '(has no name)' | head -40; "
+    "xprop -root _NET_CLIENT_LIST _NET_ACTIVE_WINDOW _NET_SUPPORTING_WM_CHECK"
+)
 START_TIMEOUT_S = 10.0
 
 
@@ -280,12 +286,8 @@ class Guest:
             row[:200] for row in rows[1:]
             if set(row.split()[:3]) & launched or any(n in row for n in ("openbox", "Xvfb"))
         ]  # fmt: skip
-        command = (
-            "xwininfo -root -tree | grep -v '(has no name)' | head -40; "
-            "xprop -root _NET_CLIENT_LIST _NET_ACTIVE_WINDOW _NET_SUPPORTING_WM_CHECK"
-        )
         shown = subprocess.run(
-            ["sh", "-c", command], env=env, capture_output=True, text=True, timeout=30
+            ["sh", "-c", X_STATE], env=env, capture_output=True, text=True, timeout=30
         )
         return "\n".join([rows[0] if rows else "", *kept, shown.stdout + shown.stderr])
 

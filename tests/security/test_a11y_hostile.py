@@ -21,6 +21,7 @@ from tests.guest.test_a11y_tree import (
     window_titled,
     write,
 )
+from tests.guest.xdisplay import X_STATE
 
 __all__ = ["anyio_backend", "box"]  # module-scoped fixtures, shared with the guest tests
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.xdist_group("a11y-hostile")]
@@ -98,11 +99,7 @@ async def test_a_small_app_is_found_beside_the_hostile_pages(box: Any) -> None:
 async def _what_the_box_shows(box: Any) -> str:
     """Where Chromium is stuck, for the failure's message: its processes (state, kernel wait
     channel), the windows X knows and the window manager's list."""
-    command = (
-        "ps -eo pid,ppid,stat,wchan:32,etime,args | cut -c1-200; "
-        "xwininfo -root -tree | grep -v '(has no name)' | head -40; "
-        "xprop -root _NET_CLIENT_LIST _NET_ACTIVE_WINDOW"
-    )
+    command = f"ps -eo pid,ppid,stat,wchan:32,etime,args | cut -c1-200; {X_STATE}"
     with anyio.fail_after(60):
         shown = await box.call("run_shell", {"command": command, "timeout": 30})
     return f"{shown['stdout']}{shown['stderr']}"
