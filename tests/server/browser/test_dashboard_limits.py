@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect
+from playwright.sync_api import Page, Route, expect
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.server.browser.conftest import Hivecell, save_screenshot
 
@@ -63,3 +64,36 @@ def test_limits_final_checkbox_in_settings(hivecell: Hivecell, page: Page) -> No
         time.sleep(0.1)
     page.reload()
     expect(page.locator("#prefs input[name='task.limits_final']")).to_be_checked()
+
+
+def test_settings_cannot_be_edited_or_saved_before_they_have_loaded(
+    hivecell: Hivecell, page: Page
+) -> None:
+    # A slow server: an edit made before the saved settings arrive was overwritten by them,
+    # and a save then stored the page's blank fields over the real settings.
+    hivecell.api("PUT", "/settings", {"pool": {"size": 0, "idle_timeout_s": 1200}})
+    held: list[Route] = []
+
+    def hold_the_load(route: Route) -> None:
+        if route.request.method == "GET":
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.goto(hivecell.url)
+    page.route("**/api/v1/settings", hold_the_load)
+    page.goto(f"{hivecell.base}/settings", wait_until="domcontentloaded")
+    page.wait_for_function("() => document.readyState === 'complete'")
+    for form in ("#prefs", "#approval-prefs"):
+        expect(page.locator(form)).to_have_attribute("inert", "")
+    save = page.get_by_role("button", name="Save defaults")
+    with pytest.raises(PlaywrightTimeout):
+        save.click(timeout=1000)  # inert: no click lands
+    assert len(held) == 1
+    held[0].continue_()
+    for form in ("#prefs", "#approval-prefs"):
+        expect(page.locator(form)).not_to_have_attribute("inert", "")
+    expect(page.locator("#prefs input[name='pool.idle_min']")).to_have_value("20")
+    save.click()
+    expect(page.locator("#toasts")).to_contain_text("Defaults saved")
+    assert hivecell.api("GET", "/settings")["pool"]["idle_timeout_s"] == 1200

@@ -248,11 +248,17 @@ setupPrefs();
 setupApproval();
 setupPrices();
 attempt(loadProviders);
+// The defaults forms stay inert until they show the saved settings: an edit made earlier
+// would be overwritten by the load, and a save would store the page's placeholders over them.
 attempt(async () => {
   const prefs = await api("/settings");
   fillPrefs(prefs);
   fillApproval(prefs);
   fillPrices(prefs);
+  for (const form of [$("#prefs"), $("#approval-prefs")]) {
+    form.inert = false;
+    form.removeAttribute("aria-busy");
+  }
 });
 if (!window.isSecureContext && location.hostname !== "127.0.0.1" && location.hostname !== "localhost") {
   toast("This page is not served over HTTPS: API keys you type travel in clear text.", "warn");
