@@ -90,6 +90,19 @@ async def until(ff: BiDi, tab: str, expression: str, timeout: float = 30) -> Any
     raise AssertionError(f"{expression} did not hold within {timeout} s (last: {last})")
 
 
+async def follow(ff: BiDi, tab: str, link: str, tries: int = 5) -> None:
+    """Click a link until the page leaves the dashboard. The live lists re-render as tasks
+    end, so a row can move between reading its position and the pointer's click (seen once
+    under load: the click landed beside the link and the test waited on the wrong page)."""
+    for _ in range(tries):
+        await ff.click(tab, link)
+        with anyio.move_on_after(5):
+            while await ff.evaluate(tab, "location.pathname") == "/":  # noqa: ASYNC110
+                await anyio.sleep(0.1)
+            return
+    raise AssertionError(f"clicking {link} {tries} times never left the dashboard")
+
+
 def q(selector: str) -> str:
     return f"document.querySelector({json.dumps(selector)})"
 
@@ -116,7 +129,7 @@ async def test_dashboard_in_firefox(hivecell: Hivecell, firefox: str) -> None:
         row = f"#history tr[data-task='{task_id}']"
         await until(ff, tab, q(f"{row} .badge") + "?.textContent === 'completed'", timeout=45)
 
-        await ff.click(tab, f"{row} a")
+        await follow(ff, tab, f"{row} a")
         await until(ff, tab, q("#task-status .badge") + "?.textContent === 'completed'")
         await until(ff, tab, q("#outputs a") + "?.textContent === 'answer.txt'")
         image = q("#replay-image")
