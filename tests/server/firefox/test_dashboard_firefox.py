@@ -3,6 +3,7 @@ sandboxes and a scripted model. Any console error or uncaught exception fails th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -96,9 +97,8 @@ async def follow(ff: BiDi, tab: str, link: str, tries: int = 5) -> None:
     under load: the click landed beside the link and the test waited on the wrong page)."""
     for _ in range(tries):
         await ff.click(tab, link)
-        with anyio.move_on_after(5):
-            while await ff.evaluate(tab, "location.pathname") == "/":  # noqa: ASYNC110
-                await anyio.sleep(0.1)
+        with contextlib.suppress(AssertionError):
+            await until(ff, tab, "location.pathname !== '/'", timeout=5)
             return
     raise AssertionError(f"clicking {link} {tries} times never left the dashboard")
 
